@@ -1,0 +1,52 @@
+"""The one settings object, read from CALSYNC_* environment variables at start-up."""
+
+from __future__ import annotations
+
+from typing import Literal
+from urllib.parse import urljoin
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALSYNC_", extra="ignore")
+
+    database_url: str = "postgresql://postgres@localhost:5432/calsync"
+    kafka_bootstrap: str = "localhost:9092"
+    topic: str = "booking-events"
+    dlq_topic: str = "booking-events.dlq"
+    group_id: str = "calendar-sync"
+
+    google_api_url: str = "https://www.googleapis.com/"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_client_id: str = ""
+    google_client_secret: SecretStr = SecretStr("")
+
+    # Concurrency and time budgets.
+    max_in_flight: int = Field(default=256, ge=1, description="Messages in flight per process.")
+    db_pool_size: int = Field(default=16, ge=2)
+    google_concurrency: int = Field(default=32, ge=1, description="Google calls at once.")
+    google_timeout_s: float = Field(default=15.0, gt=0)
+    retry_budget_s: float = Field(default=30.0, ge=0, description="Transient-failure retries.")
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_max_s: float = Field(default=8.0, gt=0)
+    token_refresh_margin_s: float = Field(default=300.0, ge=0)
+    commit_interval_s: float = Field(default=0.5, gt=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    infra_retry_max_s: float = Field(default=10.0, gt=0)
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: str = "INFO"
+
+    @property
+    def calendar_api_endpoint(self) -> str:
+        return urljoin(_with_slash(self.google_api_url), "calendar/v3/")
+
+    @property
+    def calendar_batch_uri(self) -> str:
+        return urljoin(_with_slash(self.google_api_url), "batch/calendar/v3")
+
+
+def _with_slash(url: str) -> str:
+    return url if url.endswith("/") else url + "/"
