@@ -1,0 +1,82 @@
+"""A small client of the sandbox's admin API, for tests, the demo and the bench."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from typing import Any
+from urllib.parse import quote, urlencode
+
+
+class SandboxClient:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + "/"
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url + "/token"
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.base_url}/_sandbox/{path}", data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            raw = answer.read()
+        return json.loads(raw) if raw else None
+
+    def add_account(
+        self,
+        email: str,
+        refresh_token: str,
+        calendars: list[dict[str, Any]] | None = None,
+        rotate_refresh_token: bool = False,
+    ) -> None:
+        self._call("POST", "accounts", {"email": email, "refresh_token": refresh_token,
+                                        "calendars": calendars,
+                                        "rotate_refresh_token": rotate_refresh_token})
+
+    def revoke(self, email: str) -> None:
+        self._call("POST", f"accounts/{quote(email)}/revoke")
+
+    def issue_access_token(self, email: str, lifetime_s: float | None = None) -> tuple[str, float]:
+        answer = self._call("POST", f"accounts/{quote(email)}/access-token",
+                            {"lifetime_s": lifetime_s})
+        return answer["access_token"], answer["expires_at"]
+
+    def events(self, email: str, calendar_id: str, show_deleted: bool = False) -> list[dict[str, Any]]:
+        query = urlencode({"showDeleted": "true" if show_deleted else "false"})
+        path = f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}/events?{query}"
+        return list(self._call("GET", path)["items"])
+
+    def delete_by_hand(self, email: str, calendar_id: str, event_id: str) -> None:
+        self._call("DELETE", f"accounts/{quote(email)}/calendars/"
+                             f"{quote(calendar_id, safe='')}/events/{event_id}")
+
+    def set_access_role(self, email: str, calendar_id: str, role: str) -> None:
+        self._call("PATCH", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}",
+                   {"access_role": role})
+
+    def remove_calendar(self, email: str, calendar_id: str) -> None:
+        self._call("DELETE", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}")
+
+    def add_fault(self, status: int, count: int = 1, **match: Any) -> None:
+        self._call("POST", "faults", {"status": status, "count": count, **match})
+
+    def clear_faults(self) -> None:
+        self._call("DELETE", "faults")
+
+    def configure(self, **settings: Any) -> None:
+        self._call("POST", "config", settings)
+
+    def calls(self, since: float = 0.0, detail: bool = False) -> Any:
+        query = urlencode({"since": since, "detail": "true" if detail else "false"})
+        return self._call("GET", f"calls?{query}")
+
+    def reset(self) -> None:
+        self._call("POST", "reset")

@@ -1,0 +1,201 @@
+"""The sandbox HTTP server: Calendar v3, the OAuth token endpoint, and an admin API.
+
+Google paths: `POST /token`, `/calendar/v3/users/me/calendarList`,
+`/calendar/v3/calendars/{calendarId}/events[/{eventId}]`.
+Admin paths (tests, demo, bench; never used by the service): `/_sandbox/...`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from consumer.sandbox import calendar_api
+from consumer.sandbox.state import Call, Fault, GoogleError, OAuthError, SandboxState
+
+_EVENTS = re.compile(r"^/calendar/v3/calendars/([^/]+)/events(?:/([^/]+))?$")
+_CAL_LIST = "/calendar/v3/users/me/calendarList"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as httplib2 expects
+    server: SandboxHTTPServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet by default
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        payload = b"" if status == 204 else json.dumps(body).encode()
+        self.send_response(status)
+        if status != 204:
+            self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(payload)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if payload:
+            self.wfile.write(payload)
+
+    def _dispatch(self, method: str) -> None:
+        url = urlsplit(self.path)
+        raw = self._body()
+        state = self.server.state
+        try:
+            if url.path.startswith("/_sandbox/"):
+                status, body = self.server.admin(method, url.path, parse_qs(url.query), raw)
+                self._send(status, body)
+            elif url.path == "/token" and method == "POST":
+                self._token(state, raw)
+            else:
+                self._calendar(state, method, url.path, parse_qs(url.query), raw)
+        except Exception as exc:  # the sandbox must answer, whatever happened
+            self._send(500, {"error": {"code": 500, "message": f"sandbox error: {exc!r}"}})
+
+    def _token(self, state: SandboxState, raw: bytes) -> None:
+        form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        time.sleep(state.latency_s)
+        try:
+            answer = state.token_grant(form)
+            self._send(200, answer, {"Cache-Control": "no-store"})
+            status = 200
+        except OAuthError as exc:
+            self._send(exc.status, {"error": exc.error, "error_description": exc.description})
+            status = exc.status
+        state.record(Call(time.time(), "POST", "/token", "token", None, None, None, status))
+
+    def _calendar(
+        self,
+        state: SandboxState,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        raw: bytes,
+    ) -> None:
+        match = _EVENTS.match(path)
+        calendar_id = unquote(match.group(1)) if match else None
+        event_id = unquote(match.group(2)) if match and match.group(2) else None
+        op = _operation(method, path, match, event_id)
+        account: str | None = None
+        status = 500
+        delay = state.latency_s
+        try:
+            with state.lock:
+                account = state.authenticate(self.headers.get("Authorization"))
+                fault = state.take_fault(method, path, account)
+                if fault is not None:
+                    delay += fault.delay_s
+                    raise _fault_error(fault)
+                state.charge_quota(account)
+                body = json.loads(raw) if raw else {}
+                status, answer = _serve(state, op, account, calendar_id, event_id, body, query)
+            time.sleep(delay)
+            self._send(status, answer)
+        except GoogleError as exc:
+            status = exc.status
+            time.sleep(delay)
+            self._send(exc.status, exc.body(), exc.headers)
+        finally:
+            state.record(Call(time.time(), method, path, op, account, calendar_id, event_id,
+                              status))
+
+
+def _operation(method: str, path: str, match: re.Match[str] | None, event_id: str | None) -> str:
+    if path == _CAL_LIST and method == "GET":
+        return "calendarList.list"
+    if match is None:
+        return "unknown"
+    if event_id is None:
+        return {"POST": "events.insert", "GET": "events.list"}.get(method, "unknown")
+    return {"GET": "events.get", "PUT": "events.update", "PATCH": "events.patch",
+            "DELETE": "events.delete"}.get(method, "unknown")
+
+
+def _serve(
+    state: SandboxState,
+    op: str,
+    account: str,
+    calendar_id: str | None,
+    event_id: str | None,
+    body: dict[str, Any],
+    query: dict[str, list[str]],
+) -> tuple[int, dict[str, Any]]:
+    if op == "calendarList.list":
+        return calendar_api.calendar_list(state, account)
+    if calendar_id is None or op == "unknown":
+        raise GoogleError(404, "notFound", "Not Found")
+    if op == "events.insert":
+        return calendar_api.insert_event(state, account, calendar_id, body)
+    if op == "events.list":
+        return calendar_api.list_events(state, account, calendar_id, query)
+    assert event_id is not None
+    if op == "events.get":
+        return calendar_api.get_event(state, account, calendar_id, event_id)
+    if op in ("events.update", "events.patch"):
+        return calendar_api.update_event(state, account, calendar_id, event_id, body,
+                                         patch=op == "events.patch")
+    return calendar_api.delete_event(state, account, calendar_id, event_id)
+
+
+def _fault_error(fault: Fault) -> GoogleError:
+    headers = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after else None
+    if fault.status in (403, 429):
+        reason = fault.reason or "rateLimitExceeded"
+        return GoogleError(fault.status, reason, "Rate Limit Exceeded", "usageLimits", headers)
+    if fault.status == 401:
+        return GoogleError(401, "authError", "Invalid Credentials")
+    messages = {500: "Backend Error", 502: "Bad Gateway", 503: "Service Unavailable"}
+    return GoogleError(fault.status, fault.reason or "backendError",
+                       messages.get(fault.status, "Error"), headers=headers)
+
+
+class SandboxHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def __init__(self, address: tuple[str, int], state: SandboxState | None = None) -> None:
+        super().__init__(address, _Handler)
+        self.state = state or SandboxState()
+        from consumer.sandbox.admin import admin_routes
+
+        self._admin: Callable[..., tuple[int, Any]] = admin_routes(self.state)
+
+    def admin(
+        self, method: str, path: str, query: dict[str, list[str]], raw: bytes
+    ) -> tuple[int, Any]:
+        return self._admin(method, path, query, json.loads(raw) if raw else {})
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}/"
+
+
+def start_in_thread(host: str = "127.0.0.1", port: int = 0) -> SandboxHTTPServer:
+    server = SandboxHTTPServer((host, port))
+    threading.Thread(target=server.serve_forever, name="google-sandbox", daemon=True).start()
+    return server

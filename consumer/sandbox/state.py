@@ -1,0 +1,273 @@
+"""The sandbox's in-memory Google: accounts, tokens, calendars, events, quotas and faults.
+
+Only the behaviour the service relies on is modelled, but that behaviour follows Google's:
+client-supplied event ids (base32hex, 5-1024 characters) that stay taken after a delete,
+409 on a second insert, 410 on a deleted event, 404 on an unknown one, 401 on a bad or
+expired access token, `invalid_grant` on a revoked refresh token, 403/429 rate limits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")
+WRITE_ROLES = frozenset({"writer", "owner"})
+
+
+class GoogleError(Exception):
+    """An error answer, in the JSON shape the Calendar API uses."""
+
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        message: str,
+        domain: str = "global",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.domain = domain
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "errors": [{"domain": self.domain, "reason": self.reason, "message": self.message}],
+            "code": self.status,
+            "message": self.message,
+        }
+        if self.status == 401:
+            error["errors"][0].update(location="Authorization", locationType="header")
+            error["status"] = "UNAUTHENTICATED"
+        return {"error": error}
+
+
+class OAuthError(Exception):
+    """An error answer of the OAuth token endpoint (RFC 6749 section 5.2)."""
+
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+
+
+def not_found() -> GoogleError:
+    return GoogleError(404, "notFound", "Not Found")
+
+
+def deleted() -> GoogleError:
+    return GoogleError(410, "deleted", "Resource has been deleted")
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Calendar:
+    id: str
+    summary: str
+    access_role: str = "owner"
+    primary: bool = False
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Account:
+    email: str
+    refresh_tokens: set[str] = field(default_factory=set)
+    calendars: dict[str, Calendar] = field(default_factory=dict)
+    rotate_refresh_token: bool = False
+
+
+@dataclass
+class Fault:
+    """Answer the next `count` matching calls with an error instead of serving them."""
+
+    status: int
+    count: int = 1
+    method: str | None = None
+    path_contains: str | None = None
+    account: str | None = None
+    reason: str | None = None
+    retry_after: float | None = None
+    delay_s: float = 0.0
+
+
+@dataclass
+class Call:
+    at: float
+    method: str
+    path: str
+    op: str
+    account: str | None
+    calendar: str | None
+    event_id: str | None
+    status: int
+
+
+class SandboxState:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.accounts: dict[str, Account] = {}
+        self.access_tokens: dict[str, tuple[str, float]] = {}
+        self.clients: dict[str, str] = {}  # client_id -> secret; empty = any client accepted
+        self.faults: list[Fault] = []
+        self.calls: list[Call] = []
+        self.latency_s = 0.0
+        self.token_lifetime_s = 3599
+        self.quota_per_account_per_min: int | None = None
+        self.quota_per_project_per_min: int | None = None
+        self.rate_limit_status = 403
+        self._window_project: deque[float] = deque()
+        self._window_account: dict[str, deque[float]] = {}
+        self._ids = itertools.count(1)
+
+    # --- administration -------------------------------------------------------------------
+
+    def add_account(
+        self,
+        email: str,
+        refresh_token: str,
+        calendars: list[dict[str, Any]] | None = None,
+        rotate_refresh_token: bool = False,
+    ) -> Account:
+        with self.lock:
+            account = self.accounts.get(email) or Account(email=email)
+            account.refresh_tokens.add(refresh_token)
+            account.rotate_refresh_token = rotate_refresh_token
+            specs = calendars or [{"id": email, "summary": email, "primary": True}]
+            for spec in specs:
+                if spec["id"] not in account.calendars:
+                    account.calendars[spec["id"]] = Calendar(
+                        id=spec["id"],
+                        summary=spec.get("summary", spec["id"]),
+                        access_role=spec.get("access_role", "owner"),
+                        primary=bool(spec.get("primary", False)),
+                    )
+            self.accounts[email] = account
+            return account
+
+    def issue_access_token(self, email: str, lifetime_s: float | None = None) -> tuple[str, float]:
+        with self.lock:
+            token = "ya29.sandbox-" + secrets.token_urlsafe(24)
+            expires_at = time.time() + (lifetime_s if lifetime_s is not None else
+                                        self.token_lifetime_s)
+            self.access_tokens[token] = (email, expires_at)
+            return token, expires_at
+
+    def revoke(self, email: str) -> None:
+        """What a user does in their Google Account's security settings."""
+        with self.lock:
+            account = self.accounts[email]
+            account.refresh_tokens.clear()
+            for token, (owner, _) in list(self.access_tokens.items()):
+                if owner == email:
+                    del self.access_tokens[token]
+
+    def calendar(self, email: str, calendar_id: str) -> Calendar:
+        account = self.accounts.get(email)
+        if account is None or calendar_id not in account.calendars:
+            raise not_found()
+        return account.calendars[calendar_id]
+
+    # --- the token endpoint ---------------------------------------------------------------
+
+    def token_grant(self, form: dict[str, str]) -> dict[str, Any]:
+        with self.lock:
+            client_id = form.get("client_id", "")
+            if self.clients and self.clients.get(client_id) != form.get("client_secret"):
+                raise OAuthError(401, "invalid_client", "The OAuth client was not found.")
+            grant = form.get("grant_type")
+            if grant != "refresh_token":
+                raise OAuthError(400, "unsupported_grant_type", f"Invalid grant_type: {grant}")
+            refresh_token = form.get("refresh_token", "")
+            account = next(
+                (a for a in self.accounts.values() if refresh_token in a.refresh_tokens), None
+            )
+            if account is None:
+                raise OAuthError(400, "invalid_grant", "Token has been expired or revoked.")
+            token, _ = self.issue_access_token(account.email)
+            answer: dict[str, Any] = {
+                "access_token": token,
+                "expires_in": self.token_lifetime_s,
+                "token_type": "Bearer",
+                "scope": "https://www.googleapis.com/auth/calendar.events "
+                "https://www.googleapis.com/auth/calendar.readonly",
+            }
+            if account.rotate_refresh_token:
+                new = "1//sandbox-" + secrets.token_urlsafe(24)
+                account.refresh_tokens.add(new)
+                answer["refresh_token"] = new
+            return answer
+
+    # --- checks every Calendar call goes through ----------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> str:
+        scheme, _, token = (authorization or "").partition(" ")
+        entry = self.access_tokens.get(token) if scheme.lower() == "bearer" else None
+        if entry is None or entry[1] <= time.time():
+            raise GoogleError(
+                401,
+                "authError",
+                "Request had invalid authentication credentials. Expected OAuth 2 access "
+                "token, login cookie or other valid authentication credential.",
+                headers={"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'},
+            )
+        return entry[0]
+
+    def take_fault(self, method: str, path: str, account: str | None) -> Fault | None:
+        for fault in self.faults:
+            if fault.method and fault.method != method:
+                continue
+            if fault.path_contains and fault.path_contains not in path:
+                continue
+            if fault.account and fault.account != account:
+                continue
+            fault.count -= 1
+            if fault.count <= 0:
+                self.faults.remove(fault)
+            return fault
+        return None
+
+    def charge_quota(self, account: str) -> None:
+        """Sliding one-minute windows, per project and per user, as Google enforces them."""
+        now = time.monotonic()
+        project = self._window_project
+        user = self._window_account.setdefault(account, deque())
+        for window in (project, user):
+            while window and window[0] <= now - 60:
+                window.popleft()
+        if self.quota_per_project_per_min is not None and (
+            len(project) >= self.quota_per_project_per_min
+        ):
+            raise self._rate_limited("rateLimitExceeded", "Rate Limit Exceeded")
+        if self.quota_per_account_per_min is not None and (
+            len(user) >= self.quota_per_account_per_min
+        ):
+            raise self._rate_limited("userRateLimitExceeded", "User Rate Limit Exceeded")
+        project.append(now)
+        user.append(now)
+
+    def _rate_limited(self, reason: str, message: str) -> GoogleError:
+        status = self.rate_limit_status
+        return GoogleError(status, reason if status == 403 else "rateLimitExceeded", message,
+                           domain="usageLimits")
+
+    def record(self, call: Call) -> None:
+        with self.lock:
+            self.calls.append(call)
+
+    def next_sequence(self) -> int:
+        return next(self._ids)
