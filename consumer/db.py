@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from consumer.models import BookingEvent, CalendarLink, LinkState, RecordedEvent, SyncResult
+
+Connection = psycopg.AsyncConnection[DictRow]
+Pool = AsyncConnectionPool[Connection]
 
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
 _MIGRATION_LOCK = 7_361_211  # pg_advisory_lock key: one migrator at a time
@@ -34,7 +37,7 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
                 if path.name in done:
                     continue
                 with conn.transaction():
-                    conn.execute(path.read_text())  # type: ignore[call-overload]
+                    conn.execute(path.read_text().encode())
                     conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)",
                                  (path.name,))
                 applied.append(path.name)
@@ -139,13 +142,14 @@ def _link_row(row: dict[str, Any]) -> LinkRow:
 class Repository:
     """Named queries over one connection pool. Parameters are always bound."""
 
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self.pool = pool
 
     @classmethod
-    def pool_for(cls, database_url: str, size: int, name: str) -> AsyncConnectionPool:
+    def pool_for(cls, database_url: str, size: int, name: str) -> Pool:
         return AsyncConnectionPool(
             database_url, min_size=1, max_size=size, open=False, name=name,
+            connection_class=psycopg.AsyncConnection[DictRow],
             kwargs={"row_factory": dict_row, "autocommit": True},
         )
 
@@ -180,14 +184,14 @@ class Repository:
         async with self.pool.connection() as conn:
             await conn.execute(_SELECT_CALENDAR, (calendar_id, link_id))
 
-    async def lock_link_tokens(self, conn: psycopg.AsyncConnection[Any], link_id: str
+    async def lock_link_tokens(self, conn: Connection, link_id: str
                                ) -> LinkTokens | None:
         row = await (await conn.execute(_LOCK_LINK_TOKENS, (link_id,))).fetchone()
         if row is None:
             return None
         return LinkTokens(row["refresh_token"], row["access_token"], row["token_expires_at"])
 
-    async def save_tokens(self, conn: psycopg.AsyncConnection[Any], link_id: str,
+    async def save_tokens(self, conn: Connection, link_id: str,
                           tokens: LinkTokens) -> None:
         await conn.execute(_SAVE_TOKENS, (tokens.access_token, tokens.expires_at,
                                           tokens.refresh_token, link_id))
@@ -195,7 +199,7 @@ class Repository:
     # --- what is applied, and the results ------------------------------------------------------
 
     async def lock_link_booking(
-        self, conn: psycopg.AsyncConnection[Any], link_id: str, booking_id: str
+        self, conn: Connection, link_id: str, booking_id: str
     ) -> RecordedEvent | None:
         """Lock the (link, booking) record for the transaction; None when never applied."""
         await conn.execute(_ENSURE_LINK_BOOKING, (link_id, booking_id))
@@ -209,7 +213,7 @@ class Repository:
 
     async def record_result(
         self,
-        conn: psycopg.AsyncConnection[Any],
+        conn: Connection,
         event: BookingEvent,
         position: MessagePosition | None,
         result: SyncResult,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -110,7 +109,7 @@ class GoogleCalendar:
             return request.execute(http=self._http(), num_retries=0)
         except HttpError as exc:
             raise _from_http_error(exc) from None
-        except (TimeoutError, socket.timeout, OSError, httplib2.HttpLib2Error) as exc:
+        except (TimeoutError, OSError, httplib2.HttpLib2Error) as exc:
             self._local.http = None  # the connection may be half-used; start afresh
             raise GoogleApiError(None, type(exc).__name__, str(exc) or "no answer") from None
 

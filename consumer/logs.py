@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from datetime import datetime
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -30,6 +31,13 @@ def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
 _SAFE_KEYS = frozenset({"token_expires_at"})
 
 
+def iso_datetimes(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in event.items():
+        if isinstance(value, datetime):
+            event[key] = value.isoformat()
+    return event
+
+
 def configure_logging(settings: Settings, stream: Any = None) -> None:
     stream = stream or sys.stderr
     pretty = settings.log_format == "console" or (
@@ -44,6 +52,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            iso_datetimes,
             redact_secrets,
             renderer,
         ],

@@ -12,13 +12,15 @@ from consumer.models import SUPPORTED_SCHEMA_VERSIONS, BookingEvent
 
 @dataclass(frozen=True)
 class BadMessage:
-    error_type: str  # not_utf8 | not_json | unsupported_schema_version | schema_violation | key_mismatch
+    # not_utf8 | not_json | unsupported_schema_version | schema_violation | key_mismatch
+    error_type: str
     error: str
 
 
 def parse_message(key: bytes | None, value: bytes | None) -> BookingEvent | BadMessage:
     if value is None:
-        return BadMessage("schema_violation", "empty value (tombstone): a booking event is required")
+        return BadMessage("schema_violation",
+                          "empty value (tombstone): a booking event is required")
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:

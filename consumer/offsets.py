@@ -16,15 +16,19 @@ class PartitionOffsets:
         self._order: deque[int] = deque()
         self._done: set[int] = set()
         self._next: int | None = None  # one past the highest finished prefix
+        self._highest: int | None = None
         self.committed: int | None = None
 
     def __len__(self) -> int:
         return len(self._order)
 
-    def add(self, offset: int) -> None:
-        if self._order and offset <= self._order[-1]:
-            raise ValueError(f"offset {offset} read after {self._order[-1]}")
+    def add(self, offset: int) -> bool:
+        """Take an offset; False when it was taken before (a redelivery: already handled)."""
+        if self._highest is not None and offset <= self._highest:
+            return False
+        self._highest = offset
         self._order.append(offset)
+        return True
 
     def finish(self, offset: int) -> None:
         self._done.add(offset)

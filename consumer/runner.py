@@ -73,7 +73,9 @@ class ConsumerRunner:
     # --- dispatch ------------------------------------------------------------------------
 
     def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
-        self._offsets.setdefault(tp, PartitionOffsets()).add(record.offset)
+        if not self._offsets.setdefault(tp, PartitionOffsets()).add(record.offset):
+            log.debug("redelivery_skipped", partition=tp.partition, offset=record.offset)
+            return
         chain: _Chain = (tp, record.key)
         task = asyncio.create_task(self._process(tp, record, self._tails.get(chain)))
         self._tails[chain] = task

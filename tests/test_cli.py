@@ -1,0 +1,101 @@
+"""`calsync` commands, run as a person runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+
+from tests.conftest import ROOT, Env
+
+
+def calsync(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "consumer.cli", *args], env=env.env_vars,
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+async def test_migrate_is_harmless_twice(env: Env) -> None:
+    fresh = env.settings.database_url.replace(f"/{env.name}?", f"/{env.name}_m?")
+    import psycopg
+
+    with psycopg.connect(env.settings.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{env.name}_m"')  # type: ignore[arg-type]
+    env.settings = env.settings.model_copy(update={"database_url": fresh})
+    first = calsync(env, "migrate")
+    assert first.returncode == 0, first.stderr
+    assert "001_init.sql" in first.stdout
+    second = calsync(env, "migrate")
+    assert second.returncode == 0, second.stderr
+    assert "applied 0 migration(s)" in second.stdout
+
+
+async def test_links_import_calendars_select_list(env: Env) -> None:
+    email, refresh = env.account(calendars=[
+        {"id": "work", "summary": "Work", "primary": True},
+        {"id": "bookings", "summary": "Bookings", "access_role": "writer"},
+        {"id": "holidays", "summary": "Holidays", "access_role": "reader"},
+    ])
+    imported = calsync(env, "links", "import", "--activity", "act_9", "--account", email,
+                       "--refresh-token", refresh)
+    assert imported.returncode == 0, imported.stderr
+    link_id = imported.stdout.strip().splitlines()[-1]
+    assert link_id.startswith("lnk_")
+    assert refresh not in imported.stdout + imported.stderr
+
+    listed = json.loads(calsync(env, "links", "list", "--json").stdout)
+    assert [(x["id"], x["state"], x["calendar_id"]) for x in listed] == [
+        (link_id, "pending", None)]
+    assert not any("token" in key for key in listed[0])
+
+    calendars = json.loads(calsync(env, "links", "calendars", link_id, "--json").stdout)
+    assert calendars == [
+        {"id": "work", "name": "Work", "primary": True, "writable": True},
+        {"id": "bookings", "name": "Bookings", "primary": False, "writable": True},
+        {"id": "holidays", "name": "Holidays", "primary": False, "writable": False},
+    ]
+    table = calsync(env, "links", "calendars", link_id)
+    assert "Holidays" in table.stdout and table.returncode == 0
+
+    refused = calsync(env, "links", "select", link_id, "holidays")
+    assert refused.returncode != 0
+    assert "not writable" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    unknown = calsync(env, "links", "select", link_id, "nope")
+    assert unknown.returncode != 0 and "not in the calendar list" in unknown.stderr
+    assert json.loads(calsync(env, "links", "list", "--json").stdout)[0]["state"] == "pending"
+
+    chosen = calsync(env, "links", "select", link_id, "bookings")
+    assert chosen.returncode == 0, chosen.stderr
+    after = json.loads(calsync(env, "links", "list", "--json").stdout)[0]
+    assert (after["state"], after["calendar_id"]) == ("active", "bookings")
+    assert "active" in calsync(env, "links", "list").stdout
+
+
+async def test_links_import_with_tokens_and_calendar_is_active(env: Env) -> None:
+    email, refresh = env.account()
+    token, _ = env.sandbox.issue_access_token(email)
+    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    result = calsync(env, "links", "import", "--activity", "act_1", "--account", email,
+                     "--refresh-token", refresh, "--access-token", token, "--expires-at",
+                     expires, "--calendar", email)
+    assert result.returncode == 0, result.stderr
+    link_id = result.stdout.strip().splitlines()[-1]
+    row = env.query("SELECT state, access_token FROM calendar_links WHERE id = %s", link_id)[0]
+    assert row == {"state": "active", "access_token": token}
+
+
+async def test_cli_refusals_are_one_clear_line(env: Env) -> None:
+    missing = calsync(env, "links", "calendars", "lnk_nope")
+    assert missing.returncode == 1 and missing.stderr.strip() == (
+        "calsync: no link 'lnk_nope' (see: calsync links list)")
+    naive = calsync(env, "links", "import", "--activity", "a", "--account", "x@example.com",
+                    "--refresh-token", "r", "--access-token", "t", "--expires-at",
+                    "2026-01-01T00:00:00")
+    assert naive.returncode == 2 and "no time zone" in naive.stderr
+    email, refresh = env.account()
+    env.sandbox.revoke(email)
+    revoked_link = calsync(env, "links", "import", "--activity", "a", "--account", email,
+                           "--refresh-token", refresh).stdout.strip().splitlines()[-1]
+    revoked = calsync(env, "links", "calendars", revoked_link)
+    assert revoked.returncode == 1 and "invalid_grant" in revoked.stderr
+    assert "Traceback" not in revoked.stderr
