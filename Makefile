@@ -1,0 +1,45 @@
+# calendar-sync. `make run` and `make test` do all set-up on a fresh Debian/Ubuntu machine
+# with Python 3.11+: they create .venv and install the project with its embedded stack.
+SHELL := /bin/bash
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+	2>/dev/null && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint schema clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then echo "calendar-sync needs Python 3.11 or newer" >&2; exit 1; fi
+	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			v=$$($(PYTHON) -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")'); \
+			apt-get update -qq && (apt-get install -y -qq "python$$v-venv" || apt-get install -y -qq python3-venv); \
+		else echo "install your Python's venv package (e.g. sudo apt-get install python3-venv)" >&2; exit 1; fi; \
+	fi
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+# The main job on embedded defaults: broker, PostgreSQL, Google sandbox, consumer, a story.
+run: install
+	$(BIN)/calsync demo
+
+# The whole suite: real broker, real PostgreSQL, the Google sandbox (started by the tests).
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check consumer tests
+	$(BIN)/mypy consumer
+
+# Regenerate schemas/ from the pydantic models (a test fails when they differ).
+schema: install
+	$(BIN)/calsync schema --write
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
