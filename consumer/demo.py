@@ -203,7 +203,7 @@ def run_demo(state_dir: str, pace: float) -> int:
         print(f"\n== Starting `calsync consume` (logs: {log_path})")
         consumer = subprocess.Popen(
             [sys.executable, "-m", "consumer.cli", "consume"],
-            env={**os.environ, **_env(settings)}, stdout=open(log_path, "wb"),  # noqa: SIM115
+            env={**os.environ, **_env(settings)}, stdout=open(log_path, "wb"),
             stderr=subprocess.STDOUT)
 
         expected_results, expected_dead = 0, 0

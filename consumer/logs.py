@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from datetime import datetime
 from collections.abc import MutableMapping
+from datetime import datetime
 from typing import Any
 
 import structlog
