@@ -157,7 +157,8 @@ def run_demo(state_dir: str, pace: float) -> int:
     state.mkdir(parents=True, exist_ok=True)
     consumer: subprocess.Popen[bytes] | None = None
     broker = None
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C
+    for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the demo like Ctrl-C
+        signal.signal(sig, signal.default_int_handler)
     # The story is the output here; the consumer's own logs go to its log file.
     configure_logging(Settings(log_level="WARNING", log_format="console"))
     try:

@@ -185,3 +185,14 @@ def _committed_total_is(env: Env, expected: int):  # type: ignore[no-untyped-def
     async def check() -> bool:
         return sum(v or 0 for v in (await env.committed()).values()) == expected
     return check
+
+
+async def test_a_google_call_that_times_out_is_retried(env: Env) -> None:
+    email, refresh = env.account()
+    await env.link(email, refresh)
+    env.sandbox.add_fault(503, count=1, account=email, delay_s=2.0)  # answers too late
+    async with env.consumer(google_timeout_s=0.5):
+        await env.publish(booking_event("bk_1", 1))
+        rows = await wait_until(lambda: env.results("bk_1"), what="the result")
+    assert (rows[0]["outcome"], rows[0]["attempts"]) == ("applied", 2)
+    assert len(env.events(email)) == 1
