@@ -7,7 +7,7 @@ import asyncio
 import json
 import secrets
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -69,10 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(coro: Coroutine[Any, Any, int | None]) -> int:
-    return asyncio.run(coro) or 0
-
-
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
 
@@ -82,7 +78,7 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
     if command == "import":
         if (args.access_token is None) != (args.expires_at is None):
             raise CliError("--access-token and --expires-at go together")
-        link_id = _run_value(links.import_link(
+        link_id = asyncio.run(links.import_link(
             settings, activity_id=args.activity, account_email=args.account,
             refresh_token=args.refresh_token, access_token=args.access_token,
             expires_at=args.expires_at, calendar_id=args.calendar,
@@ -92,7 +88,7 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
         print(link_id)
         return 0
     if command == "calendars":
-        calendars = _run_value(links.list_calendars(settings, args.link))
+        calendars = asyncio.run(links.list_calendars(settings, args.link))
         if args.json:
             _print_json([{"id": c.id, "name": c.name, "primary": c.primary,
                           "writable": c.writable} for c in calendars])
@@ -103,10 +99,10 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
                       f"{'yes' if c.writable else 'no':9} {c.id}")
         return 0
     if command == "select":
-        chosen = _run_value(links.select_calendar(settings, args.link, args.calendar_id))
+        chosen = asyncio.run(links.select_calendar(settings, args.link, args.calendar_id))
         print(f"link {args.link} now syncs to calendar {chosen.name!r} ({chosen.id})")
         return 0
-    rows = _run_value(links.list_links(settings))
+    rows = asyncio.run(links.list_links(settings))
     if args.json:
         _print_json(rows)
     else:
@@ -116,10 +112,6 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{r['id']:22} {r['activity_id'][:14]:14} {r['account_email'][:28]:28} "
                   f"{(r['state'] + reason)[:20]:20} {r['calendar_id'] or '-'}")
     return 0
-
-
-def _run_value(coro: Coroutine[Any, Any, Any]) -> Any:
-    return asyncio.run(coro)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,7 +149,7 @@ def _cmd_migrate(settings: Settings) -> int:
 def _cmd_consume(settings: Settings) -> int:
     from consumer.app import consume
 
-    _run(consume(settings, install_signal_handlers=True))
+    asyncio.run(consume(settings, install_signal_handlers=True))
     return 0
 
 

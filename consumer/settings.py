@@ -43,10 +43,6 @@ class Settings(BaseSettings):
     def calendar_api_endpoint(self) -> str:
         return urljoin(_with_slash(self.google_api_url), "calendar/v3/")
 
-    @property
-    def calendar_batch_uri(self) -> str:
-        return urljoin(_with_slash(self.google_api_url), "batch/calendar/v3")
-
 
 def _with_slash(url: str) -> str:
     return url if url.endswith("/") else url + "/"
