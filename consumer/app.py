@@ -9,8 +9,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
+from aiokafka.errors import KafkaError
 
-from consumer.db import Repository
+from consumer.db import Repository, pending_migrations
 from consumer.google_calendar import GoogleCalendar
 from consumer.kafka import build_consumer, build_producer, ensure_topics
 from consumer.runner import ConsumerRunner
@@ -19,6 +20,10 @@ from consumer.sync import SyncEngine
 from consumer.tokens import TokenProvider
 
 log = structlog.get_logger(__name__)
+
+
+class StartupError(Exception):
+    """The consumer cannot start; the message says what to do."""
 
 
 @dataclass
@@ -55,11 +60,18 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
                   install_signal_handlers: bool = False) -> None:
     """Run the consumer until `stop` is set (or, as a process, until SIGTERM/SIGINT)."""
     stop = stop or asyncio.Event()
+    missing = await asyncio.to_thread(pending_migrations, settings.database_url)
+    if missing:
+        raise StartupError(f"the database is not migrated ({', '.join(missing)} pending): "
+                           "run `calsync migrate` first")
     if install_signal_handlers:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    await ensure_topics(settings.kafka_bootstrap, [settings.dlq_topic])
+    try:
+        await ensure_topics(settings.kafka_bootstrap, [settings.dlq_topic])
+    except KafkaError as exc:
+        raise StartupError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     async with services(settings) as svc:
         runner = ConsumerRunner(settings, svc.engine, svc.repository, build_consumer(settings),
                                 build_producer(settings))

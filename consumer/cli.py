@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
+import psycopg
 from pydantic import ValidationError
 
 from consumer import links
@@ -136,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, links.LinkError) as exc:
         print(f"calsync: {exc}", file=sys.stderr)
         return 1
+    except psycopg.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        print(f"calsync: cannot reach PostgreSQL: {first_line}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 
@@ -147,9 +152,12 @@ def _cmd_migrate(settings: Settings) -> int:
 
 
 def _cmd_consume(settings: Settings) -> int:
-    from consumer.app import consume
+    from consumer.app import StartupError, consume
 
-    asyncio.run(consume(settings, install_signal_handlers=True))
+    try:
+        asyncio.run(consume(settings, install_signal_handlers=True))
+    except StartupError as exc:
+        raise CliError(str(exc)) from None
     return 0
 
 

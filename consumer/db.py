@@ -46,6 +46,17 @@ def migrate(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
     return applied
 
 
+def pending_migrations(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Migrations in sql/ that the database has not applied."""
+    wanted = [path.name for path in sorted(sql_dir.glob("*.sql"))]
+    with psycopg.connect(database_url) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+        if not exists or exists[0] is None:
+            return wanted
+        done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    return [name for name in wanted if name not in done]
+
+
 @dataclass(frozen=True)
 class LinkTokens:
     refresh_token: str

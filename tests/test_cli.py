@@ -99,3 +99,29 @@ async def test_cli_refusals_are_one_clear_line(env: Env) -> None:
     revoked = calsync(env, "links", "calendars", revoked_link)
     assert revoked.returncode == 1 and "invalid_grant" in revoked.stderr
     assert "Traceback" not in revoked.stderr
+
+
+async def test_consume_refuses_to_start_on_an_unmigrated_database(env: Env) -> None:
+    import psycopg
+
+    with psycopg.connect(env.settings.database_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{env.name}_empty"'.encode())
+    env.settings = env.settings.model_copy(update={
+        "database_url": env.settings.database_url.replace(f"/{env.name}?",
+                                                          f"/{env.name}_empty?")})
+    result = calsync(env, "consume")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "calsync: the database is not migrated (001_init.sql pending): "
+        "run `calsync migrate` first")
+
+
+async def test_consume_says_when_kafka_is_unreachable(env: Env) -> None:
+    from consumer.stack import free_port
+
+    env.settings = env.settings.model_copy(
+        update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    result = calsync(env, "consume")
+    assert result.returncode == 1
+    assert "calsync: cannot reach Kafka at 127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr
