@@ -88,3 +88,5 @@ async def test_sigterm_finishes_commits_and_exits_zero(env: Env, tmp_path: Path)
     text = log.read_text()
     assert '"event": "consumer_stopped"' in text
     assert "Traceback" not in text
+    saved = env.query("SELECT access_token FROM calendar_links")[0]["access_token"]
+    assert refresh not in text and saved and saved not in text
