@@ -85,7 +85,9 @@ class ConsumerRunner:
 
     def _forget(self, chain: _Chain, task: asyncio.Task[None]) -> None:
         self.in_flight -= 1
-        self._tasks[chain[0]].discard(task)
+        tasks = self._tasks.get(chain[0])  # None once a drain has forgotten the partition
+        if tasks is not None:
+            tasks.discard(task)
         if self._tails.get(chain) is task:
             del self._tails[chain]
 

@@ -167,6 +167,15 @@ class Env:
         finally:
             await probe.stop()
 
+    async def committed_total(self) -> int:
+        return sum(offset or 0 for offset in (await self.committed()).values())
+
+    async def all_committed(self) -> bool:
+        """Every partition's committed offset has reached its end."""
+        committed = await self.committed()
+        return all((committed.get(p) or 0) >= end
+                   for p, end in (await self.end_offsets()).items())
+
     async def end_offsets(self) -> dict[int, int]:
         probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
         await probe.start()

@@ -87,7 +87,7 @@ async def test_a_failure_past_the_budget_is_recorded_and_blocks_nothing(env: Env
     assert {(r["outcome"], r["reason"]) for r in failed} == {("failed", "retries_exhausted")}
     assert all(r["attempts"] > 1 and "503" in r["error"] for r in failed)
     assert len(env.events(healthy)) == 3
-    assert sum(v or 0 for v in (await env.committed()).values()) == 3
+    assert await env.committed_total() == 3
     assert any(e["event"] == "link_sync_failed" and e["log_level"] == "warning" for e in logs)
 
 
@@ -135,7 +135,7 @@ async def test_bad_messages_are_dead_lettered_and_the_offset_moves_on(env: Env) 
                 lambda: len(env.query("SELECT id FROM dead_letters")) == len(BAD_MESSAGES),
                 what="dead letters recorded")
             await wait_until(
-                lambda: _committed_total(env), what="offsets past every message")
+                env.all_committed, what="offsets past every message")
     copies = await env.read_dlq(len(BAD_MESSAGES))
     assert len(copies) == len(BAD_MESSAGES)
     sent = {(key, value): kind for key, value, kind in BAD_MESSAGES}
@@ -154,12 +154,6 @@ async def test_bad_messages_are_dead_lettered_and_the_offset_moves_on(env: Env) 
     assert len(env.events(email)) == 1
 
 
-async def _committed_total(env: Env) -> bool:
-    committed = await env.committed()
-    ends = await env.end_offsets()
-    return all((committed.get(p) or 0) == end for p, end in ends.items())
-
-
 async def test_the_database_going_away_holds_the_offset_until_it_is_back(env: Env) -> None:
     email, refresh = env.account()
     await env.link(email, refresh)
@@ -172,19 +166,14 @@ async def test_the_database_going_away_holds_the_offset_until_it_is_back(env: En
         await env.publish(booking_event("bk_1", 1))
         await wait_until(lambda: env.events(email), what="the Google call")
         await asyncio.sleep(0.5)
-        assert sum(v or 0 for v in (await env.committed()).values()) == 0
+        assert await env.committed_total() == 0
         with psycopg.connect(env.database_url, autocommit=True) as conn:
             conn.execute("ALTER TABLE sync_results_away RENAME TO sync_results")
         rows = await wait_until(lambda: env.results("bk_1"), timeout_s=30, what="recovery")
-        await wait_until(_committed_total_is(env, 1), what="the offset")
+        await wait_until(env.all_committed, what="the offset")
+        assert await env.committed_total() == 1
     assert rows[0]["reason"] in ("booking_synced", "already_existed")
     assert len(env.events(email)) == 1
-
-
-def _committed_total_is(env: Env, expected: int):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return sum(v or 0 for v in (await env.committed()).values()) == expected
-    return check
 
 
 async def test_a_google_call_that_times_out_is_retried(env: Env) -> None:

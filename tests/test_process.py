@@ -10,12 +10,6 @@ from pathlib import Path
 from tests.conftest import Env, booking_event, wait_until
 
 
-async def everything_committed(env: Env) -> bool:
-    committed = await env.committed()
-    ends = await env.end_offsets()
-    return all((committed.get(p) or 0) >= end for p, end in ends.items())
-
-
 async def test_sigkill_mid_burst_then_restart_ends_with_one_event_each(
         env: Env, tmp_path: Path) -> None:
     one, one_refresh = env.account("one")
@@ -45,7 +39,7 @@ async def test_sigkill_mid_burst_then_restart_ends_with_one_event_each(
 
         second = env.start_process(log)
         try:
-            await wait_until(lambda: everything_committed(env), timeout_s=120,
+            await wait_until(env.all_committed, timeout_s=120,
                              what="the restarted consumer to catch up")
         finally:
             second.send_signal(signal.SIGTERM)
@@ -84,7 +78,7 @@ async def test_sigterm_finishes_commits_and_exits_zero(env: Env, tmp_path: Path)
             process.kill()
             raise
     assert process.returncode == 0, log.read_text()[-2000:]
-    assert await everything_committed(env)
+    assert await env.all_committed()
     text = log.read_text()
     assert '"event": "consumer_stopped"' in text
     assert "Traceback" not in text
