@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import structlog
 from aiokafka.errors import KafkaError
 
+from consumer.crypto import TokenCipher, TokenKeyError
 from consumer.db import Repository, pending_migrations
 from consumer.google_calendar import GoogleCalendar
 from consumer.kafka import build_consumer, build_producer, ensure_topics
@@ -29,6 +30,7 @@ class StartupError(Exception):
 @dataclass
 class Services:
     settings: Settings
+    cipher: TokenCipher
     repository: Repository
     google: GoogleCalendar
     tokens: TokenProvider
@@ -36,18 +38,24 @@ class Services:
 
 
 @asynccontextmanager
-async def services(settings: Settings) -> AsyncIterator[Services]:
+async def services(settings: Settings, pool_size: int | None = None
+                   ) -> AsyncIterator[Services]:
+    try:
+        cipher = TokenCipher.from_settings(settings)
+    except TokenKeyError as exc:
+        raise StartupError(str(exc)) from None
     # Token refreshes get a pool of their own: a sync holds a connection (and the row lock
     # of its (link, booking)) while it may need a refresh, which must never wait for it.
-    repository = Repository(Repository.pool_for(settings.database_url, settings.db_pool_size,
-                                                "sync"))
-    token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"))
+    repository = Repository(Repository.pool_for(
+        settings.database_url, pool_size or settings.db_pool_size, "sync"), cipher)
+    token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"),
+                                  cipher)
     await repository.pool.open(wait=True, timeout=30)
     await token_repository.pool.open(wait=True, timeout=30)
     google = GoogleCalendar(settings)
     tokens = TokenProvider(settings, token_repository)
     try:
-        yield Services(settings, repository, google, tokens,
+        yield Services(settings, cipher, repository, google, tokens,
                        SyncEngine(settings, repository, google, tokens))
     finally:
         google.close()

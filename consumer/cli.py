@@ -5,23 +5,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import secrets
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from pydantic import ValidationError
 
 from consumer import links
+from consumer.app import StartupError
+from consumer.crypto import TokenCipher, TokenKeyError
 from consumer.db import migrate
 from consumer.logs import configure_logging
 from consumer.settings import Settings
 
+T = TypeVar("T")
+
 
 class CliError(Exception):
     """A refusal the user can act on: printed as one line, exit status 1."""
+
+
+def _with_links(settings: Settings, work: Callable[[links.LinkService], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with links.link_service(settings) as service:
+            return await work(service)
+
+    return asyncio.run(run())
 
 
 def _aware(value: str) -> datetime:
@@ -43,8 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the booking event JSON Schema")
     schema.add_argument("--write", action="store_true", help="write it into schemas/")
 
+    sub.add_parser("serve", help="the links HTTP API and Google's OAuth redirect "
+                   "(CALSYNC_HTTP_HOST, CALSYNC_HTTP_PORT, CALSYNC_ADMIN_TOKEN)")
+    keys = sub.add_parser("keys", help="the token encryption key (CALSYNC_TOKEN_KEY)"
+                          ).add_subparsers(dest="keys_command", required=True)
+    keys.add_parser("generate", help="print a new key")
+    keys.add_parser("rotate", help="re-encrypt every stored token under the first key")
+
     link = sub.add_parser("links", help="calendar links").add_subparsers(dest="links_command",
                                                                           required=True)
+    con = link.add_parser("connect", help="start connecting a Google account to an activity: "
+                          "prints the consent URL to open in a browser")
+    con.add_argument("activity")
+    dis = link.add_parser("disconnect", help="revoke the account's token and stop syncing")
+    dis.add_argument("link")
+    dis.add_argument("--remove-events", action="store_true",
+                     help="also delete the link's events from the calendar (default: keep)")
     imp = link.add_parser("import", help="register a link from tokens obtained elsewhere")
     imp.add_argument("--activity", required=True)
     imp.add_argument("--account", required=True, help="the Google account's email")
@@ -79,39 +105,94 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
     if command == "import":
         if (args.access_token is None) != (args.expires_at is None):
             raise CliError("--access-token and --expires-at go together")
-        link_id = asyncio.run(links.import_link(
-            settings, activity_id=args.activity, account_email=args.account,
+        link_id = _with_links(settings, lambda s: s.import_link(
+            activity_id=args.activity, account_email=args.account,
             refresh_token=args.refresh_token, access_token=args.access_token,
-            expires_at=args.expires_at, calendar_id=args.calendar,
-            link_id="lnk_" + secrets.token_hex(8)))
+            expires_at=args.expires_at, calendar_id=args.calendar))
         state = "active" if args.calendar else "pending (choose a calendar: calsync links select)"
-        print(f"imported link for {args.account} on activity {args.activity}: {state}")
+        print(f"imported link for {args.account} on activity {args.activity}: {state}",
+              file=sys.stderr)
         print(link_id)
         return 0
+    if command == "connect":
+        started = _with_links(settings, lambda s: s.start_connect(args.activity))
+        print(f"open this URL in a browser and sign in with the Google account to connect to "
+              f"activity {started['activity_id']} (valid until {started['expires_at']}); Google "
+              f"will send the browser back to {started['redirect_uri']}", file=sys.stderr)
+        print(started["authorization_url"])
+        return 0
     if command == "calendars":
-        calendars = asyncio.run(links.list_calendars(settings, args.link))
+        calendars = _with_links(settings, lambda s: s.calendars(args.link))
         if args.json:
-            _print_json([{"id": c.id, "name": c.name, "primary": c.primary,
-                          "writable": c.writable} for c in calendars])
+            _print_json(calendars)
         else:
             print(f"{'NAME':30} {'PRIMARY':8} {'WRITABLE':9} ID")
             for c in calendars:
-                print(f"{c.name[:30]:30} {'yes' if c.primary else 'no':8} "
-                      f"{'yes' if c.writable else 'no':9} {c.id}")
+                print(f"{c['name'][:30]:30} {'yes' if c['primary'] else 'no':8} "
+                      f"{'yes' if c['writable'] else 'no':9} {c['id']}")
         return 0
     if command == "select":
-        chosen = asyncio.run(links.select_calendar(settings, args.link, args.calendar_id))
-        print(f"link {args.link} now syncs to calendar {chosen.name!r} ({chosen.id})")
+        done = _with_links(settings, lambda s: s.select(args.link, args.calendar_id))
+        merged = f" (folded into earlier link {done['link']['id']})" if done["merged_from"] else ""
+        print(f"link {args.link} now syncs to calendar {done['calendar']['name']!r} "
+              f"({done['calendar']['id']}){merged}; backfilled: {_counts(done['backfill'])}")
         return 0
-    rows = asyncio.run(links.list_links(settings))
+    if command == "disconnect":
+        done = _with_links(settings, lambda s: s.disconnect(args.link, args.remove_events))
+        events = (f"{done['events_removed']} events removed" if args.remove_events
+                  else "events kept on the calendar")
+        token = ("token revoked at Google" if done["token_revoked"] else
+                 "token not revoked at Google (still used by "
+                 f"{', '.join(done['token_still_used_by'])})" if done["token_still_used_by"]
+                 else "token was already revoked")
+        print(f"link {args.link} disconnected: {events}; {token}")
+        return 0
+    rows = _with_links(settings, lambda s: s.list())
     if args.json:
         _print_json(rows)
     else:
-        print(f"{'ID':22} {'ACTIVITY':14} {'ACCOUNT':28} {'STATE':20} CALENDAR")
+        print(f"{'ID':22} {'ACTIVITY':14} {'ACCOUNT':30} {'STATE':21} {'SINCE':20} "
+              f"{'CALENDAR':24} REASON")
         for r in rows:
-            reason = f" ({r['state_reason']})" if r["state_reason"] else ""
-            print(f"{r['id']:22} {r['activity_id'][:14]:14} {r['account_email'][:28]:28} "
-                  f"{(r['state'] + reason)[:20]:20} {r['calendar_id'] or '-'}")
+            print(f"{r['id']:22} {r['activity_id'][:14]:14} {r['account_email'][:30]:30} "
+                  f"{r['state']:21} {r['state_changed_at'][:19]:20} "
+                  f"{(r['calendar_id'] or '-')[:24]:24} {r['state_reason'] or ''}")
+    return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in counts.items()) or "nothing to do"
+
+
+def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    if args.keys_command == "generate":
+        print(TokenCipher.generate_key())
+        return 0
+
+    async def rotate(service: links.LinkService) -> tuple[int, int]:
+        return await service.store.rotate_key()
+
+    links_done, states_done = _with_links(settings, rotate)
+    print(f"re-encrypted the tokens of {links_done} link(s) and {states_done} pending "
+          "connection(s) under the first key of CALSYNC_TOKEN_KEY")
+    return 0
+
+
+def _cmd_serve(settings: Settings) -> int:
+    from consumer.http_api import serve
+
+    if settings.admin_token is None or not settings.admin_token.get_secret_value():
+        raise CliError("CALSYNC_ADMIN_TOKEN is not set: the API needs a bearer credential")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with links.link_service(settings) as service:
+            await serve(settings, service, stop)
+
+    asyncio.run(run())
     return 0
 
 
@@ -129,12 +210,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "consume": lambda: _cmd_consume(settings),
         "schema": lambda: _cmd_schema(args.write),
         "links": lambda: _cmd_links(args, settings),
+        "keys": lambda: _cmd_keys(args, settings),
+        "serve": lambda: _cmd_serve(settings),
         "sandbox": lambda: _cmd_sandbox(args.host, args.port),
         "demo": lambda: _cmd_demo(args),
     }
     try:
         return handlers[args.command]()
-    except (CliError, links.LinkError) as exc:
+    except (CliError, links.LinkError, StartupError, TokenKeyError) as exc:
         print(f"calsync: {exc}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as exc:
@@ -152,12 +235,9 @@ def _cmd_migrate(settings: Settings) -> int:
 
 
 def _cmd_consume(settings: Settings) -> int:
-    from consumer.app import StartupError, consume
+    from consumer.app import consume
 
-    try:
-        asyncio.run(consume(settings, install_signal_handlers=True))
-    except StartupError as exc:
-        raise CliError(str(exc)) from None
+    asyncio.run(consume(settings, install_signal_handlers=True))
     return 0
 
 

@@ -13,6 +13,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from consumer.crypto import TokenCipher
 from consumer.models import BookingEvent, CalendarLink, LinkState, RecordedEvent, SyncResult
 
 Connection = psycopg.AsyncConnection[DictRow]
@@ -59,18 +60,24 @@ def pending_migrations(database_url: str, sql_dir: Path = SQL_DIR) -> list[str]:
 
 @dataclass(frozen=True)
 class LinkTokens:
+    """Tokens in clear: only ever in memory; the repository encrypts them on the way out."""
+
     refresh_token: str
     access_token: str | None
     expires_at: datetime | None
+
+    def __repr__(self) -> str:  # never let a token reach a log line or a traceback
+        return f"LinkTokens(expires_at={self.expires_at!r})"
 
 
 @dataclass(frozen=True)
 class LinkRow:
     link: CalendarLink
-    tokens: LinkTokens
+    tokens: LinkTokens | None  # None once a disconnect has wiped them
     state_reason: str | None
     state_changed_at: datetime
     created_at: datetime
+    backfilled_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -82,33 +89,37 @@ class MessagePosition:
 
 _LINK_COLUMNS = (
     "id, activity_id, account_email, calendar_id, state, state_reason, state_changed_at, "
-    "refresh_token, access_token, token_expires_at, created_at"
+    "refresh_token_enc, access_token_enc, token_expires_at, created_at, backfilled_at"
 )
 _LINKS_FOR_ACTIVITY = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE activity_id = %s"
 _LINK_BY_ID = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE id = %s"
 _ALL_LINKS = f"SELECT {_LINK_COLUMNS} FROM calendar_links ORDER BY created_at, id"
 _LOCK_LINK_TOKENS = (
-    "SELECT refresh_token, access_token, token_expires_at FROM calendar_links "
+    "SELECT refresh_token_enc, access_token_enc, token_expires_at FROM calendar_links "
     "WHERE id = %s FOR NO KEY UPDATE"  # no conflict with FK key-share locks
 )
-_SAVE_TOKENS = (
-    "UPDATE calendar_links SET access_token = %s, token_expires_at = %s, refresh_token = %s,"
-    " updated_at = now() WHERE id = %s"
+_SAVE_ACCESS_TOKEN = (
+    "UPDATE calendar_links SET access_token_enc = %s, token_expires_at = %s, updated_at = now()"
+    " WHERE id = %s"
+)
+_SAVE_ALL_TOKENS = (
+    "UPDATE calendar_links SET access_token_enc = %s, token_expires_at = %s,"
+    " refresh_token_enc = %s, updated_at = now() WHERE id = %s"
 )
 _INSERT_LINK = (
     "INSERT INTO calendar_links (id, activity_id, account_email, calendar_id, state,"
-    " refresh_token, access_token, token_expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-)
-_SELECT_CALENDAR = (
-    "UPDATE calendar_links SET calendar_id = %s, state = 'active', state_reason = NULL,"
-    " state_changed_at = now(), updated_at = now() WHERE id = %s"
+    " refresh_token_enc, access_token_enc, token_expires_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _ENSURE_LINK_BOOKING = (
     "INSERT INTO link_bookings (link_id, booking_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 )
+# The link row is key-share locked with the (link, booking) row: a disconnect (FOR UPDATE on
+# the link) waits for such in-flight work, and work that starts later sees the new state.
 _LOCK_LINK_BOOKING = (
-    "SELECT applied_version, google_event_id, generation FROM link_bookings"
-    " WHERE link_id = %s AND booking_id = %s FOR UPDATE"
+    "SELECT lb.applied_version, lb.google_event_id, lb.generation, cl.state"
+    " FROM link_bookings lb JOIN calendar_links cl ON cl.id = lb.link_id"
+    " WHERE lb.link_id = %s AND lb.booking_id = %s FOR UPDATE OF lb FOR KEY SHARE OF cl"
 )
 _SAVE_LINK_BOOKING = (
     "UPDATE link_bookings SET applied_version = %s, google_event_id = %s, generation = %s,"
@@ -117,7 +128,7 @@ _SAVE_LINK_BOOKING = (
 _INSERT_RESULT = (
     "INSERT INTO sync_results (event_id, event_type, topic, kafka_partition, kafka_offset,"
     " booking_id, booking_version, link_id, operation, outcome, reason, google_event_id, error,"
-    " attempts) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " attempts, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
 _UPSERT_BOOKING = (
     "INSERT INTO bookings (booking_id, activity_id, version, event_type, event)"
@@ -126,6 +137,16 @@ _UPSERT_BOOKING = (
     " version = EXCLUDED.version, event_type = EXCLUDED.event_type, event = EXCLUDED.event,"
     " updated_at = now() WHERE bookings.version < EXCLUDED.version"
 )
+_LEAVE_ACTIVE = (
+    "UPDATE calendar_links SET state = %s, state_reason = %s, state_changed_at = now(),"
+    " updated_at = now() WHERE id = %s AND state = 'active' RETURNING id"
+)
+_BOOKINGS_OF_ACTIVITY = (
+    "SELECT b.event, lb.applied_version, lb.google_event_id, lb.generation FROM bookings b"
+    " LEFT JOIN link_bookings lb ON lb.link_id = %s AND lb.booking_id = b.booking_id"
+    " WHERE b.activity_id = %s ORDER BY b.booking_id"
+)
+_MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"
 _INSERT_DEAD_LETTER = (
     "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key,"
     " message_value, headers, error_type, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -134,7 +155,12 @@ _INSERT_DEAD_LETTER = (
 )
 
 
-def _link_row(row: dict[str, Any]) -> LinkRow:
+def _link_row(row: dict[str, Any], cipher: TokenCipher | None) -> LinkRow:
+    tokens: LinkTokens | None = None
+    if row["refresh_token_enc"] is not None and cipher is not None:
+        access = row["access_token_enc"]
+        tokens = LinkTokens(cipher.decrypt(row["refresh_token_enc"]),
+                            cipher.decrypt(access) if access else None, row["token_expires_at"])
     return LinkRow(
         link=CalendarLink(
             id=row["id"],
@@ -143,18 +169,34 @@ def _link_row(row: dict[str, Any]) -> LinkRow:
             calendar_id=row["calendar_id"],
             state=LinkState(row["state"]),
         ),
-        tokens=LinkTokens(row["refresh_token"], row["access_token"], row["token_expires_at"]),
+        tokens=tokens,
         state_reason=row["state_reason"],
         state_changed_at=row["state_changed_at"],
         created_at=row["created_at"],
+        backfilled_at=row["backfilled_at"],
     )
 
 
 class Repository:
-    """Named queries over one connection pool. Parameters are always bound."""
+    """Named queries over one connection pool. Parameters are always bound.
 
-    def __init__(self, pool: Pool) -> None:
+    Tokens cross this boundary in clear and are stored encrypted with `cipher`; a repository
+    without a cipher reads links without their tokens (tokens=None) and cannot store any.
+    """
+
+    def __init__(self, pool: Pool, cipher: TokenCipher | None = None) -> None:
         self.pool = pool
+        self.cipher = cipher
+
+    def _cipher(self) -> TokenCipher:
+        if self.cipher is None:
+            raise RuntimeError("this repository was built without the token key")
+        return self.cipher
+
+    def encrypt_tokens(self, tokens: LinkTokens) -> tuple[str, str | None]:
+        cipher = self._cipher()
+        access = cipher.encrypt(tokens.access_token) if tokens.access_token else None
+        return cipher.encrypt(tokens.refresh_token), access
 
     @classmethod
     def pool_for(cls, database_url: str, size: int, name: str) -> Pool:
@@ -173,54 +215,90 @@ class Repository:
     async def links_for_activity(self, activity_id: str) -> list[LinkRow]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(_LINKS_FOR_ACTIVITY, (activity_id,))
-            return [_link_row(row) for row in await cur.fetchall()]
+            return [_link_row(row, self.cipher) for row in await cur.fetchall()]
 
     async def link(self, link_id: str) -> LinkRow | None:
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_LINK_BY_ID, (link_id,))).fetchone()
-            return _link_row(row) if row else None
+            return _link_row(row, self.cipher) if row else None
 
     async def all_links(self) -> list[LinkRow]:
         async with self.pool.connection() as conn:
-            return [_link_row(row) for row in await (await conn.execute(_ALL_LINKS)).fetchall()]
+            rows = await (await conn.execute(_ALL_LINKS)).fetchall()
+            return [_link_row(row, self.cipher) for row in rows]
 
-    async def insert_link(self, link: CalendarLink, tokens: LinkTokens) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(_INSERT_LINK, (
-                link.id, link.activity_id, link.account_email, link.calendar_id,
-                link.state.value, tokens.refresh_token, tokens.access_token, tokens.expires_at,
-            ))
+    async def insert_link(self, link: CalendarLink, tokens: LinkTokens,
+                          conn: Connection | None = None) -> None:
+        refresh, access = self.encrypt_tokens(tokens)
+        params = (link.id, link.activity_id, link.account_email, link.calendar_id,
+                  link.state.value, refresh, access, tokens.expires_at)
+        if conn is not None:
+            await conn.execute(_INSERT_LINK, params)
+            return
+        async with self.pool.connection() as own:
+            await own.execute(_INSERT_LINK, params)
 
-    async def select_calendar(self, link_id: str, calendar_id: str) -> None:
+    async def leave_active(self, link_id: str, state: LinkState, reason: str) -> bool:
+        """Move an active link to an unhealthy state; False if it was not active (any more)."""
         async with self.pool.connection() as conn:
-            await conn.execute(_SELECT_CALENDAR, (calendar_id, link_id))
+            cur = await conn.execute(_LEAVE_ACTIVE, (state.value, reason, link_id))
+            return await cur.fetchone() is not None
+
+    async def bookings_of_activity(self, link_id: str, activity_id: str
+                                   ) -> list[tuple[BookingEvent, RecordedEvent | None]]:
+        """The latest recorded state of each booking of the activity, with what the link
+        holds for it."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_BOOKINGS_OF_ACTIVITY,
+                                             (link_id, activity_id))).fetchall()
+        answer: list[tuple[BookingEvent, RecordedEvent | None]] = []
+        for row in rows:
+            recorded = None
+            if row["applied_version"] is not None or (row["generation"] or 0) > 0:
+                recorded = RecordedEvent(applied_version=row["applied_version"],
+                                         google_event_id=row["google_event_id"],
+                                         generation=row["generation"])
+            answer.append((BookingEvent.model_validate(row["event"]), recorded))
+        return answer
+
+    async def mark_backfilled(self, link_id: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_MARK_BACKFILLED, (link_id,))
 
     async def lock_link_tokens(self, conn: Connection, link_id: str
                                ) -> LinkTokens | None:
         row = await (await conn.execute(_LOCK_LINK_TOKENS, (link_id,))).fetchone()
-        if row is None:
+        if row is None or row["refresh_token_enc"] is None:
             return None
-        return LinkTokens(row["refresh_token"], row["access_token"], row["token_expires_at"])
+        cipher = self._cipher()
+        access = row["access_token_enc"]
+        return LinkTokens(cipher.decrypt(row["refresh_token_enc"]),
+                          cipher.decrypt(access) if access else None, row["token_expires_at"])
 
-    async def save_tokens(self, conn: Connection, link_id: str,
-                          tokens: LinkTokens) -> None:
-        await conn.execute(_SAVE_TOKENS, (tokens.access_token, tokens.expires_at,
-                                          tokens.refresh_token, link_id))
+    async def save_tokens(self, conn: Connection, link_id: str, tokens: LinkTokens,
+                          refresh_token_changed: bool) -> None:
+        refresh, access = self.encrypt_tokens(tokens)
+        if refresh_token_changed:
+            await conn.execute(_SAVE_ALL_TOKENS, (access, tokens.expires_at, refresh, link_id))
+        else:
+            await conn.execute(_SAVE_ACCESS_TOKEN, (access, tokens.expires_at, link_id))
 
     # --- what is applied, and the results ------------------------------------------------------
 
     async def lock_link_booking(
         self, conn: Connection, link_id: str, booking_id: str
-    ) -> RecordedEvent | None:
-        """Lock the (link, booking) record for the transaction; None when never applied."""
+    ) -> tuple[RecordedEvent | None, LinkState]:
+        """Lock the (link, booking) record for the transaction, and read the link's state
+        as of now. The record is None when never applied."""
         await conn.execute(_ENSURE_LINK_BOOKING, (link_id, booking_id))
         row = await (await conn.execute(_LOCK_LINK_BOOKING, (link_id, booking_id))).fetchone()
         assert row is not None
+        state = LinkState(row["state"])
         if row["applied_version"] is None and row["generation"] == 0:
-            return None
+            return None, state
         return RecordedEvent(applied_version=row["applied_version"],
                              google_event_id=row["google_event_id"],
-                             generation=row["generation"])
+                             generation=row["generation"]), state
 
     async def record_result(
         self,
@@ -228,6 +306,7 @@ class Repository:
         event: BookingEvent,
         position: MessagePosition | None,
         result: SyncResult,
+        source: str = "event",
     ) -> None:
         booking = event.booking
         if result.recorded is not None:
@@ -241,7 +320,7 @@ class Repository:
             position.offset if position else None,
             booking.id, booking.version, result.link_id, result.operation.value,
             result.outcome.value, result.reason, result.google_event_id, result.error,
-            result.attempts,
+            result.attempts, source,
         ))
 
     async def upsert_booking(self, event: BookingEvent) -> None:

@@ -19,11 +19,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psycopg
 from aiokafka import AIOKafkaProducer
 
 from consumer import links
+from consumer.crypto import TokenCipher
 from consumer.db import migrate
 from consumer.kafka import ensure_topics
 from consumer.logs import configure_logging
@@ -129,6 +131,24 @@ def _fresh_database(pg: EmbeddedPostgres) -> str:
     return pg.uri_for(DEMO_DB)
 
 
+async def _connect(settings: Settings, sandbox: SandboxClient,
+                   calendars: list[Calendar]) -> None:
+    """The OAuth flow as a person walks it: consent URL, Google's consent, the redirect."""
+    async with links.link_service(settings) as service:
+        for cal in calendars:
+            started = await service.start_connect(ACTIVITY)
+            redirect = sandbox.consent(started["authorization_url"], cal.email)
+            params = {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()}
+            connected = await service.finish_connect(params)
+            link_id = connected["links"][0]["id"]
+            names = ", ".join(f"{c['name']}{' (primary)' if c['primary'] else ''}"
+                              f"{'' if c['writable'] else ' (read-only)'}"
+                              for c in connected["calendars"])
+            await service.select(link_id, cal.calendar_id)
+            print(f"   {link_id}: {cal.email} consented; calendars [{names}] -> selected "
+                  f"{cal.calendar_id}")
+
+
 def _env(settings: Settings) -> dict[str, str]:
     return {"CALSYNC_DATABASE_URL": settings.database_url,
             "CALSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -136,6 +156,11 @@ def _env(settings: Settings) -> dict[str, str]:
             "CALSYNC_GOOGLE_TOKEN_URL": settings.google_token_url,
             "CALSYNC_GOOGLE_CLIENT_ID": settings.google_client_id,
             "CALSYNC_GOOGLE_CLIENT_SECRET": settings.google_client_secret.get_secret_value(),
+            "CALSYNC_GOOGLE_AUTH_URL": settings.google_auth_url,
+            "CALSYNC_GOOGLE_REVOKE_URL": settings.google_revoke_url,
+            "CALSYNC_GOOGLE_CA_BUNDLE": settings.google_ca_bundle or "",
+            "CALSYNC_TOKEN_KEY": settings.token_key.get_secret_value() if settings.token_key
+            else "",
             "CALSYNC_LOG_FORMAT": "json"}
 
 
@@ -169,16 +194,20 @@ def run_demo(state_dir: str, pace: float) -> int:
         migrate(database_url)
         broker = start_broker(log_path=state / "tansu.log")
         print(f"   Kafka broker {broker.bootstrap} (Tansu, in memory)")
-        sandbox_server = start_in_thread()
-        sandbox = SandboxClient(sandbox_server.url)
+        sandbox_server = start_in_thread(ca_file=state / "sandbox-ca.pem")
+        sandbox = SandboxClient(sandbox_server.url, sandbox_server.ca_file)
         sandbox.configure(clients={"demo-client": "demo-secret"}, latency_s=0.02)
         print(f"   Google       {sandbox_server.url} (the project's sandbox)")
         settings = Settings(database_url=database_url, kafka_bootstrap=broker.bootstrap,
                             google_api_url=sandbox.api_url, google_token_url=sandbox.token_url,
-                            google_client_id="demo-client", google_client_secret="demo-secret")
+                            google_client_id="demo-client", google_client_secret="demo-secret",
+                            google_auth_url=sandbox.auth_url,
+                            google_revoke_url=sandbox.revoke_url,
+                            google_ca_bundle=str(sandbox_server.ca_file),
+                            token_key=TokenCipher.generate_key())
         asyncio.run(ensure_topics(broker.bootstrap, [settings.topic], partitions=3))
 
-        print("\n== Connecting two Google accounts to the activity 'Kayak Tour'")
+        print("\n== Connecting two Google accounts to the activity 'Kayak Tour' (OAuth consent)")
         sandbox.add_account("owner@example.com", "1//owner-refresh", [
             {"id": "owner@example.com", "summary": "Owner", "primary": True},
             {"id": "bookings-owner", "summary": "Bookings"},
@@ -188,17 +217,7 @@ def run_demo(state_dir: str, pace: float) -> int:
                               "bookings-owner"),
                      Calendar("manager@example.com / primary", "manager@example.com",
                               "manager@example.com")]
-        for cal, refresh in zip(calendars, ("1//owner-refresh", "1//manager-refresh"),
-                                strict=True):
-            link_id = asyncio.run(links.import_link(
-                settings, link_id=f"lnk_{cal.email.split('@')[0]}", activity_id=ACTIVITY,
-                account_email=cal.email, refresh_token=refresh, access_token=None,
-                expires_at=None, calendar_id=None))
-            found = asyncio.run(links.list_calendars(settings, link_id))
-            names = ", ".join(f"{c.name}{' (primary)' if c.primary else ''}"
-                              f"{'' if c.writable else ' (read-only)'}" for c in found)
-            asyncio.run(links.select_calendar(settings, link_id, cal.calendar_id))
-            print(f"   {link_id}: {cal.email} has [{names}] -> selected {cal.calendar_id}")
+        asyncio.run(_connect(settings, sandbox, calendars))
 
         log_path = state / "consumer.log"
         print(f"\n== Starting `calsync consume` (logs: {log_path})")

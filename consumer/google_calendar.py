@@ -82,10 +82,11 @@ class CalendarInfo:
 class GoogleCalendar:
     def __init__(self, settings: Settings) -> None:
         self._timeout = settings.google_timeout_s
+        self._ca_certs = settings.google_ca_bundle
         self._local = threading.local()
         self._service = build(
             "calendar", "v3",
-            http=httplib2.Http(timeout=self._timeout),
+            http=httplib2.Http(timeout=self._timeout, ca_certs=self._ca_certs),
             client_options={"api_endpoint": settings.calendar_api_endpoint},
             static_discovery=True,
             cache_discovery=False,
@@ -99,7 +100,8 @@ class GoogleCalendar:
     def _http(self) -> httplib2.Http:
         http: httplib2.Http | None = getattr(self._local, "http", None)
         if http is None:
-            http = self._local.http = httplib2.Http(timeout=self._timeout)
+            http = self._local.http = httplib2.Http(timeout=self._timeout,
+                                                    ca_certs=self._ca_certs)
         return http
 
     def _execute(self, make_request: Callable[[Any], Any], token: str) -> Any:
@@ -133,6 +135,23 @@ class GoogleCalendar:
     async def delete_event(self, token: str, calendar_id: str, event_id: str) -> None:
         await self._call(
             lambda s: s.events().delete(calendarId=calendar_id, eventId=event_id), token)
+
+    async def list_link_events(self, token: str, calendar_id: str, link_id: str
+                               ) -> list[dict[str, Any]]:
+        """Every live event this service put on the calendar for one link."""
+        events: list[dict[str, Any]] = []
+        page_token: str | None = None
+        while True:
+            def request(s: Any, after: str | None = page_token) -> Any:
+                return s.events().list(
+                    calendarId=calendar_id, privateExtendedProperty=f"link_id={link_id}",
+                    maxResults=2500, pageToken=after, fields="items(id),nextPageToken")
+
+            page = await self._call(request, token)
+            events.extend(page.get("items", []))
+            page_token = page.get("nextPageToken")
+            if not page_token:
+                return events
 
     async def list_calendars(self, token: str) -> list[CalendarInfo]:
         calendars: list[CalendarInfo] = []

@@ -22,6 +22,20 @@ class Settings(BaseSettings):
     google_token_url: str = "https://oauth2.googleapis.com/token"
     google_client_id: str = ""
     google_client_secret: SecretStr = SecretStr("")
+    google_auth_url: str = "https://accounts.google.com/o/oauth2/auth"
+    google_revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    google_ca_bundle: str | None = Field(
+        default=None, description="CA file to trust for Google's endpoints; default: system CAs")
+
+    # Links: the OAuth connect flow, tokens at rest, and the HTTP service (`calsync serve`).
+    token_key: SecretStr | None = Field(
+        default=None, description="Fernet keys, comma-separated; the first encrypts")
+    admin_token: SecretStr | None = Field(default=None, description="Bearer for the HTTP API")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    http_public_url: str | None = Field(
+        default=None, description="How browsers reach `calsync serve`; default http://host:port")
+    oauth_state_ttl_s: float = Field(default=600.0, gt=0)
 
     # Concurrency and time budgets.
     max_in_flight: int = Field(default=256, ge=1, description="Messages in flight per process.")
@@ -38,6 +52,11 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"
+
+    @property
+    def oauth_redirect_uri(self) -> str:
+        base = self.http_public_url or f"http://{self.http_host}:{self.http_port}"
+        return base.rstrip("/") + "/oauth/callback"
 
     @property
     def calendar_api_endpoint(self) -> str:

@@ -3,6 +3,12 @@
 Each link is independent: its own transaction, its own token, its own failures. The
 (link, booking) record is locked while Google is called, so two consumers that briefly
 hold the same partition during a rebalance cannot interleave their writes for a booking.
+
+A link's health is kept here too: a refresh token Google refuses turns the link
+`reauth_required`, a calendar that is gone or no longer writable turns it
+`calendar_unavailable`; either way no more Google calls are made for it, and the warning is
+logged once, by whoever made the transition. Work for a link that leaves `active` (here or,
+through the watcher, in another process) stops before its next Google call.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from tenacity import (
 )
 
 from consumer.core import google_event_id, plan_operation, render_event
-from consumer.db import LinkRow, MessagePosition, Repository
+from consumer.db import LinkRow, LinkTokens, MessagePosition, Repository
 from consumer.google_calendar import GoogleApiError
 from consumer.models import (
     BookingEvent,
@@ -53,12 +59,30 @@ class CalendarGateway(Protocol):
 
 
 class AccessTokens(Protocol):
-    async def access_token(self, link_id: str, stored: Any, rejected: str | None = None
-                           ) -> str: ...
+    async def access_token(self, link_id: str, stored: LinkTokens | None,
+                           rejected: str | None = None) -> str: ...
+
+    def forget(self, link_id: str) -> None: ...
+
+
+class LinkHalted(Exception):
+    """The link left `active` while work for it was in flight."""
+
+
+class CalendarUnavailable(Exception):
+    """The link's calendar is gone (404 on insert) or no longer writable (403)."""
+
+    def __init__(self, cause: GoogleApiError) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
 
 
 def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, GoogleApiError) and exc.transient
+
+
+def _calendar_refused(exc: GoogleApiError) -> bool:
+    return exc.status == 403 and not exc.transient
 
 
 @dataclass
@@ -71,7 +95,12 @@ class _LinkCall:
     attempts: int = 0
     refreshed: bool = field(default=False)
 
+    def _check_active(self) -> None:
+        if self.row.link.id in self.engine.halted:
+            raise LinkHalted(self.row.link.id)
+
     async def run(self, call: Callable[[str], Awaitable[T]]) -> T:
+        self._check_active()
         if self.token is None:
             self.token = await self.engine.tokens.access_token(self.row.link.id, self.row.tokens)
         try:
@@ -80,6 +109,7 @@ class _LinkCall:
             if not exc.unauthorized or self.refreshed:
                 raise
         # A token we believed valid was refused: refresh once and try again.
+        self._check_active()
         self.refreshed = True
         self.token = await self.engine.tokens.access_token(
             self.row.link.id, self.row.tokens, rejected=self.token)
@@ -95,6 +125,8 @@ class _LinkCall:
         )
         async for attempt in retrying:
             with attempt:
+                if self.attempts:
+                    self._check_active()
                 self.attempts += 1
                 assert self.token is not None
                 return await call(self.token)
@@ -122,6 +154,15 @@ class SyncEngine:
         self.repository = repository
         self.google = google
         self.tokens = tokens
+        self.halted: set[str] = set()  # links known to have left `active` mid-flight
+
+    def link_changed(self, link_id: str, state: LinkState) -> None:
+        """Another process changed a link (the watcher tells): stop or resume its work."""
+        self.tokens.forget(link_id)
+        if state is LinkState.ACTIVE:
+            self.halted.discard(link_id)
+        else:
+            self.halted.add(link_id)
 
     async def handle(self, event: BookingEvent, position: MessagePosition | None = None
                      ) -> list[SyncResult]:
@@ -133,33 +174,80 @@ class SyncEngine:
                                            for row in active)))
 
     async def sync_link(self, event: BookingEvent, row: LinkRow,
-                        position: MessagePosition | None) -> SyncResult:
+                        position: MessagePosition | None, source: str = "event") -> SyncResult:
         booking = event.booking
         bound = log.bind(link_id=row.link.id, booking_id=booking.id, version=booking.version)
+        health: tuple[LinkState, str] | None = None
         async with self.repository.pool.connection() as conn, conn.transaction():
-            recorded = await self.repository.lock_link_booking(conn, row.link.id, booking.id)
-            planned = plan_operation(event, row.link, recorded)
+            recorded, state = await self.repository.lock_link_booking(conn, row.link.id,
+                                                                      booking.id)
             call = _LinkCall(self, row)
+            if state is not LinkState.ACTIVE:  # changed since the link was read
+                result = _result(row, Operation.NONE, Outcome.SKIPPED, f"link_{state}", call)
+                await self.repository.record_result(conn, event, position, result, source)
+                return result
+            planned = plan_operation(event, row.link, recorded)
             try:
                 result = await self._apply(planned, event, row, recorded, call)
+            except LinkHalted:
+                result = _result(row, planned.operation, Outcome.SKIPPED, "link_not_active",
+                                 call)
             except TokenRefreshFailed as exc:
                 if exc.permanent:
-                    bound.warning("link_skipped_token_refresh_failed", cause=exc.reason)
+                    health = (LinkState.REAUTH_REQUIRED, f"token refresh refused: {exc.reason}")
                 else:
                     bound.warning("token_endpoint_unavailable", cause=exc.reason)
                 result = _result(row, planned.operation,
                                  Outcome.SKIPPED if exc.permanent else Outcome.FAILED,
                                  "token_refresh_failed", call, error=exc.reason)
+            except CalendarUnavailable as exc:
+                health = (LinkState.CALENDAR_UNAVAILABLE, str(exc.cause))
+                result = _result(row, planned.operation, Outcome.FAILED, "calendar_unavailable",
+                                 call, error=str(exc.cause))
             except GoogleApiError as exc:
                 reason = "retries_exhausted" if exc.transient else "google_refused"
                 bound.warning("link_sync_failed", op=planned.operation.value, cause=str(exc),
                               attempts=call.attempts)
                 result = _result(row, planned.operation, Outcome.FAILED, reason, call,
                                  error=str(exc))
-            await self.repository.record_result(conn, event, position, result)
+            await self.repository.record_result(conn, event, position, result, source)
+        if health is not None:
+            await self._leave_active(row, *health)
         bound.debug("link_synced", op=result.operation.value, outcome=result.outcome.value,
                     reason=result.reason)
         return result
+
+    async def _leave_active(self, row: LinkRow, state: LinkState, reason: str) -> None:
+        """Stop all work for the link; the process that makes the change logs it, once."""
+        self.halted.add(row.link.id)
+        # After the sync transaction: the update must not wait behind a disconnect that is
+        # itself waiting for that transaction.
+        if await self.repository.leave_active(row.link.id, state, reason):
+            log.warning(f"link_{state}", link_id=row.link.id, activity_id=row.link.activity_id,
+                        account=row.link.account_email, calendar_id=row.link.calendar_id,
+                        cause=reason)
+
+    async def backfill(self, row: LinkRow, concurrency: int = 8) -> dict[str, int]:
+        """Bring a link that just became active up to the latest recorded booking states,
+        through the same locked, versioned path as events (so events cannot double them)."""
+        self.halted.discard(row.link.id)
+        self.tokens.forget(row.link.id)
+        pending = [event for event, recorded in
+                   await self.repository.bookings_of_activity(row.link.id, row.link.activity_id)
+                   if plan_operation(event, row.link, recorded).operation is not Operation.NONE]
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(event: BookingEvent) -> SyncResult:
+            async with gate:
+                return await self.sync_link(event, row, None, source="backfill")
+
+        results = await asyncio.gather(*(one(event) for event in pending))
+        counts = {"bookings": len(results)}
+        for result in results:
+            counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
+        await self.repository.mark_backfilled(row.link.id)
+        log.info("link_backfilled", link_id=row.link.id, **counts)
+        return counts
 
     async def _apply(self, planned: PlannedOperation, event: BookingEvent, row: LinkRow,
                      recorded: RecordedEvent | None, call: _LinkCall) -> SyncResult:
@@ -182,6 +270,8 @@ class SyncEngine:
             try:
                 await call.run(lambda t: self.google.update_event(t, calendar_id, event_id, body))
             except GoogleApiError as exc:
+                if _calendar_refused(exc):
+                    raise CalendarUnavailable(exc) from None
                 if not exc.gone:
                     raise
                 # Deleted by hand at Google: drop the stale record, create a fresh event
@@ -197,6 +287,8 @@ class SyncEngine:
         try:
             await call.run(lambda t: self.google.delete_event(t, calendar_id, event_id))
         except GoogleApiError as exc:
+            if _calendar_refused(exc):
+                raise CalendarUnavailable(exc) from None
             if not exc.gone:
                 raise
             reason = "already_gone"
@@ -219,6 +311,10 @@ class SyncEngine:
                 return _result(row, Operation.CREATE, Outcome.APPLIED, reason, call, new,
                                event_id)
             except GoogleApiError as exc:
+                # An insert that finds no calendar, or no right to write to it, says the
+                # calendar itself is unusable (unlike a 404 on one event).
+                if exc.status == 404 or _calendar_refused(exc):
+                    raise CalendarUnavailable(exc) from None
                 if exc.status != 409:
                     raise
             # 409: an earlier attempt (a retry, a replay, a crash before recording) already

@@ -7,7 +7,9 @@
 - Refresh refused (`invalid_grant`: access revoked): TokenRefreshFailed.
 
 Refreshes are single-flight per link within a process (an asyncio lock) and across the
-consumer group (the link row is locked while refreshing, then re-read).
+consumer group (the link row is locked while refreshing, then re-read). A refresh token
+Google refused is remembered, so work already queued for the link fails without calling
+Google again; a reconnect stores a new refresh token, which is tried afresh.
 """
 
 from __future__ import annotations
@@ -42,11 +44,17 @@ class TokenProvider:
         self._repository = repository
         self._margin = timedelta(seconds=settings.token_refresh_margin_s)
         self._cache: dict[str, LinkTokens] = {}
+        self._refused: dict[str, str] = {}  # link id -> refresh token Google refused
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="oauth")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def forget(self, link_id: str) -> None:
+        """Drop what is cached for a link (it was reconnected or disconnected)."""
+        self._cache.pop(link_id, None)
+        self._refused.pop(link_id, None)
 
     def _usable(self, tokens: LinkTokens | None, rejected: str | None) -> str | None:
         if tokens is None or not tokens.access_token or tokens.expires_at is None:
@@ -57,7 +65,7 @@ class TokenProvider:
             return tokens.access_token
         return None
 
-    async def access_token(self, link_id: str, stored: LinkTokens,
+    async def access_token(self, link_id: str, stored: LinkTokens | None,
                            rejected: str | None = None) -> str:
         """A token with more than the margin left. `rejected`: one Google just refused."""
         for tokens in (self._cache.get(link_id), stored):
@@ -72,13 +80,23 @@ class TokenProvider:
         async with self._repository.pool.connection() as conn, conn.transaction():
             current = await self._repository.lock_link_tokens(conn, link_id)
             if current is None:
-                raise TokenRefreshFailed("link_not_found", permanent=True)
+                raise TokenRefreshFailed("link_has_no_tokens", permanent=True)
             if (token := self._usable(current, rejected)) is not None:
                 self._cache[link_id] = current  # another consumer refreshed it meanwhile
                 return token
+            if self._refused.get(link_id) == current.refresh_token:
+                raise TokenRefreshFailed("invalid_grant", permanent=True)
             loop = asyncio.get_running_loop()
-            fresh = await loop.run_in_executor(self._pool, self._grant, current.refresh_token)
-            await self._repository.save_tokens(conn, link_id, fresh)
+            try:
+                fresh = await loop.run_in_executor(self._pool, self._grant,
+                                                   current.refresh_token)
+            except TokenRefreshFailed as exc:
+                if exc.permanent:
+                    self._refused[link_id] = current.refresh_token
+                raise
+            await self._repository.save_tokens(
+                conn, link_id, fresh,
+                refresh_token_changed=fresh.refresh_token != current.refresh_token)
         self._cache[link_id] = fresh
         log.info("token_refreshed", link_id=link_id, expires_at=fresh.expires_at)
         assert fresh.access_token is not None
@@ -93,7 +111,7 @@ class TokenProvider:
             client_secret=self._settings.google_client_secret.get_secret_value(),
         )
         request = google_auth_httplib2.Request(httplib2.Http(
-            timeout=self._settings.google_timeout_s))
+            timeout=self._settings.google_timeout_s, ca_certs=self._settings.google_ca_bundle))
         try:
             credentials.refresh(request)  # type: ignore[no-untyped-call]
         except RefreshError as exc:

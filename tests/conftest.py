@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 
 from consumer import links
 from consumer.app import consume
+from consumer.crypto import TokenCipher
 from consumer.db import migrate
 from consumer.kafka import ensure_topics
 from consumer.sandbox import SandboxClient, start_in_thread
@@ -35,6 +36,8 @@ from consumer.stack import EmbeddedBroker, EmbeddedPostgres, start_broker, start
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "calsync_template"
 CLIENT_ID, CLIENT_SECRET = "calsync-test-client", "test-client-secret"
+TOKEN_KEY = TokenCipher.generate_key()
+ADMIN_TOKEN = "test-admin-" + uuid.uuid4().hex
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +57,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]
 @pytest.fixture(scope="session")
 def sandbox() -> Iterator[SandboxClient]:
     server = start_in_thread()
-    client = SandboxClient(server.url)
+    client = SandboxClient(server.url, server.ca_file)
     client.configure(clients={CLIENT_ID: CLIENT_SECRET})
     yield client
     server.shutdown()
@@ -90,6 +93,8 @@ class Env:
             google_token_url=sandbox.token_url, google_client_id=CLIENT_ID,
             google_client_secret=CLIENT_SECRET, retry_budget_s=3.0, retry_initial_s=0.05,
             retry_max_s=0.5, commit_interval_s=0.1, shutdown_grace_s=5.0, log_format="json",
+            google_auth_url=sandbox.auth_url, google_revoke_url=sandbox.revoke_url,
+            google_ca_bundle=sandbox.ca_file, token_key=TOKEN_KEY, admin_token=ADMIN_TOKEN,
         )
         self.producer: AIOKafkaProducer | None = None
 
@@ -103,6 +108,10 @@ class Env:
                 "CALSYNC_GOOGLE_TOKEN_URL": s.google_token_url,
                 "CALSYNC_GOOGLE_CLIENT_ID": CLIENT_ID,
                 "CALSYNC_GOOGLE_CLIENT_SECRET": CLIENT_SECRET,
+                "CALSYNC_GOOGLE_AUTH_URL": s.google_auth_url,
+                "CALSYNC_GOOGLE_REVOKE_URL": s.google_revoke_url,
+                "CALSYNC_GOOGLE_CA_BUNDLE": self.sandbox.ca_file,
+                "CALSYNC_TOKEN_KEY": TOKEN_KEY, "CALSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
                 "CALSYNC_RETRY_BUDGET_S": "3", "CALSYNC_RETRY_INITIAL_S": "0.05",
                 "CALSYNC_COMMIT_INTERVAL_S": "0.1", "CALSYNC_LOG_FORMAT": "json"}
 
@@ -120,13 +129,25 @@ class Env:
 
     # --- links and records ---------------------------------------------------------------
 
+    def stored_tokens(self, link_id: str) -> dict[str, Any]:
+        """A link's tokens as stored, decrypted with the test key."""
+        row = self.query("SELECT refresh_token_enc, access_token_enc, token_expires_at"
+                         " FROM calendar_links WHERE id = %s", link_id)[0]
+        cipher = TokenCipher([TOKEN_KEY])
+        return {"refresh_token": row["refresh_token_enc"] and
+                cipher.decrypt(row["refresh_token_enc"]),
+                "access_token": row["access_token_enc"] and
+                cipher.decrypt(row["access_token_enc"]),
+                "token_expires_at": row["token_expires_at"]}
+
     async def link(self, email: str, refresh_token: str, calendar_id: str | None = "",
                    activity_id: str = "act_1", access_token: str | None = None,
                    expires_at: datetime | None = None) -> str:
-        return await links.import_link(
-            self.settings, link_id="lnk_" + uuid.uuid4().hex[:12], activity_id=activity_id,
-            account_email=email, refresh_token=refresh_token, access_token=access_token,
-            expires_at=expires_at, calendar_id=email if calendar_id == "" else calendar_id)
+        async with links.link_service(self.settings) as service:
+            return await service.import_link(
+                activity_id=activity_id, account_email=email, refresh_token=refresh_token,
+                access_token=access_token, expires_at=expires_at,
+                calendar_id=email if calendar_id == "" else calendar_id)
 
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:

@@ -80,8 +80,9 @@ async def test_links_import_with_tokens_and_calendar_is_active(env: Env) -> None
                      expires, "--calendar", email)
     assert result.returncode == 0, result.stderr
     link_id = result.stdout.strip().splitlines()[-1]
-    row = env.query("SELECT state, access_token FROM calendar_links WHERE id = %s", link_id)[0]
-    assert row == {"state": "active", "access_token": token}
+    row = env.query("SELECT state FROM calendar_links WHERE id = %s", link_id)[0]
+    assert row == {"state": "active"}
+    assert env.stored_tokens(link_id)["access_token"] == token
 
 
 async def test_cli_refusals_are_one_clear_line(env: Env) -> None:
@@ -112,7 +113,8 @@ async def test_consume_refuses_to_start_on_an_unmigrated_database(env: Env) -> N
     result = calsync(env, "consume")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "calsync: the database is not migrated (001_init.sql pending): "
+        "calsync: the database is not migrated (001_init.sql, 002_links_lifecycle.sql "
+        "pending): "
         "run `calsync migrate` first")
 
 

@@ -91,7 +91,7 @@ async def test_a_failure_past_the_budget_is_recorded_and_blocks_nothing(env: Env
     assert any(e["event"] == "link_sync_failed" and e["log_level"] == "warning" for e in logs)
 
 
-async def test_a_deleted_calendar_fails_that_link_only(env: Env) -> None:
+async def test_a_deleted_calendar_makes_that_link_calendar_unavailable_only(env: Env) -> None:
     gone, gone_refresh = env.account("gone", calendars=[
         {"id": "primary-g", "summary": "Main", "primary": True},
         {"id": "old-bookings", "summary": "Old bookings"}])
@@ -103,9 +103,11 @@ async def test_a_deleted_calendar_fails_that_link_only(env: Env) -> None:
         await env.publish(booking_event("bk_1", 1))
         await wait_until(lambda: len(env.results()) == 2, what="2 results")
     row = next(r for r in env.results() if r["link_id"] == gone_link)
-    assert (row["outcome"], row["reason"]) == ("failed", "google_refused")
+    assert (row["outcome"], row["reason"]) == ("failed", "calendar_unavailable")
     assert "404" in row["error"]
     assert len(env.events(healthy)) == 1
+    link = env.query("SELECT state, state_reason FROM calendar_links WHERE id = %s", gone_link)
+    assert link[0]["state"] == "calendar_unavailable" and "404" in link[0]["state_reason"]
 
 
 BAD_MESSAGES: list[tuple[bytes | None, bytes, str]] = [

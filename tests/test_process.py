@@ -82,5 +82,6 @@ async def test_sigterm_finishes_commits_and_exits_zero(env: Env, tmp_path: Path)
     text = log.read_text()
     assert '"event": "consumer_stopped"' in text
     assert "Traceback" not in text
-    saved = env.query("SELECT access_token FROM calendar_links")[0]["access_token"]
+    link_id = env.query("SELECT id FROM calendar_links")[0]["id"]
+    saved = env.stored_tokens(link_id)["access_token"]
     assert refresh not in text and saved and saved not in text

@@ -172,13 +172,15 @@ async def test_a_duplicate_create_makes_no_second_event(env: Env) -> None:
 
 def _insert(env: Env, email: str, token: str, body: dict[str, Any]) -> None:
     import json
+    import ssl
     import urllib.request
 
     request = urllib.request.Request(
         f"{env.settings.calendar_api_endpoint}calendars/{email}/events",
         data=json.dumps(body).encode(), method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
-    urllib.request.urlopen(request).read()
+    context = ssl.create_default_context(cafile=env.sandbox.ca_file)
+    urllib.request.urlopen(request, context=context).read()
 
 
 async def test_many_bookings_in_flight_stay_ordered_per_booking(env: Env) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,8 +16,7 @@ def token_calls(env: Env, since: float) -> int:
 
 
 def link_tokens(env: Env, link_id: str) -> dict[str, Any]:
-    return env.query("SELECT refresh_token, access_token, token_expires_at FROM calendar_links"
-                     " WHERE id = %s", link_id)[0]
+    return env.stored_tokens(link_id)
 
 
 async def sync_one(env: Env, booking_id: str = "bk_1") -> list[dict[str, Any]]:
@@ -102,28 +102,37 @@ async def test_a_401_that_persists_after_refresh_fails_the_link_only(env: Env) -
     assert "401" in rows[0]["error"]
 
 
-async def test_a_revoked_link_is_skipped_with_a_warning_while_others_sync(env: Env) -> None:
+async def test_a_revoked_link_becomes_reauth_required_once_while_others_sync(env: Env) -> None:
     revoked, revoked_refresh = env.account("revoked")
     healthy, healthy_refresh = env.account("healthy")
     revoked_link = await env.link(revoked, revoked_refresh)
     healthy_link = await env.link(healthy, healthy_refresh)
     env.sandbox.revoke(revoked)  # the user removed access in their Google Account
+    since = time.time()
     with capture_logs() as logs:
         async with env.consumer():
             await env.publish(booking_event("bk_1", 1))
-            await env.publish(booking_event("bk_2", 1))
-            await wait_until(lambda: len(env.results()) == 4, what="4 results")
-    by_link = {(r["link_id"], r["booking_id"]): r for r in env.results()}
-    for booking in ("bk_1", "bk_2"):
-        skipped = by_link[(revoked_link, booking)]
-        assert (skipped["outcome"], skipped["reason"]) == ("skipped", "token_refresh_failed")
-        assert skipped["error"] == "invalid_grant"
-        assert by_link[(healthy_link, booking)]["outcome"] == "applied"
-    assert len(env.events(healthy)) == 2
+            await wait_until(lambda: len(env.results()) == 2, what="2 results")
+            for booking in ("bk_2", "bk_3", "bk_4"):
+                await env.publish(booking_event(booking, 1))
+            await wait_until(lambda: len(env.events(healthy)) == 4, what="4 healthy events")
+            await wait_until(env.all_committed, what="offsets committed")
+    skipped = [r for r in env.results() if r["link_id"] == revoked_link]
+    assert [(r["booking_id"], r["outcome"], r["reason"], r["error"]) for r in skipped] == [
+        ("bk_1", "skipped", "token_refresh_failed", "invalid_grant")]
+    assert all(r["outcome"] == "applied" for r in env.results() if r["link_id"] == healthy_link)
     assert env.events(revoked) == []
-    warnings = [e for e in logs if e["event"] == "link_skipped_token_refresh_failed"]
-    assert warnings and warnings[0]["log_level"] == "warning"
+    # One refused refresh for the revoked account, then no Google call at all for it.
+    calls = env.sandbox.calls(since=since, detail=True)["calls"]
+    assert sum(1 for c in calls if c["op"] == "token" and c["status"] == 400) == 1
+    state = env.query("SELECT state, state_reason FROM calendar_links WHERE id = %s",
+                      revoked_link)[0]
+    assert state["state"] == "reauth_required" and "invalid_grant" in state["state_reason"]
+    warnings = [e for e in logs if e["event"] == "link_reauth_required"]
+    assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
     assert warnings[0]["link_id"] == revoked_link
+    others = [e for e in logs if e["log_level"] == "warning" and e is not warnings[0]]
+    assert not others
     # Skipped is not applied: nothing is recorded as being on the revoked calendar.
     applied = env.query("SELECT applied_version FROM link_bookings WHERE link_id = %s",
                         revoked_link)

@@ -94,5 +94,6 @@ def _route(
             for key, value in vars(fresh).items():
                 if key != "lock":
                     setattr(state, key, value)
+            state.oauth.state = state
             return 200, {}
     return 404, {"error": {"code": 404, "message": f"no admin route {method} /{'/'.join(parts)}"}}

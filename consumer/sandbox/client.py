@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+import ssl
+import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 class SandboxClient:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, ca_file: Path | str) -> None:
         self.base_url = base_url.rstrip("/")
+        self.ca_file = str(ca_file)
+        self._context = ssl.create_default_context(cafile=self.ca_file)
+        self._opener = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self._context))
+        self._no_redirect = urllib.request.build_opener(
+            urllib.request.HTTPSHandler(context=self._context), _NoRedirect)
 
     @property
     def api_url(self) -> str:
@@ -20,13 +34,38 @@ class SandboxClient:
     def token_url(self) -> str:
         return self.base_url + "/token"
 
+    @property
+    def auth_url(self) -> str:
+        return self.base_url + "/o/oauth2/auth"
+
+    @property
+    def revoke_url(self) -> str:
+        return self.base_url + "/revoke"
+
+    def consent(self, authorization_url: str, account: str, *, deny: bool = False,
+                scopes: list[str] | None = None) -> str:
+        """What a person does on Google's consent page: returns where Google redirects to."""
+        extra = {"sandbox_account": account}
+        if deny:
+            extra["sandbox_decision"] = "deny"
+        if scopes is not None:
+            extra["sandbox_scopes"] = " ".join(scopes)
+        url = authorization_url + ("&" if "?" in authorization_url else "?") + urlencode(extra)
+        try:
+            with self._no_redirect.open(url, timeout=30) as answer:
+                raise RuntimeError(f"consent answered {answer.status}, not a redirect")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 302:
+                raise RuntimeError(f"consent refused: {exc.code} {exc.read().decode()}") from None
+            return str(exc.headers["Location"])
+
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
             f"{self.base_url}/_sandbox/{path}", data=data, method=method,
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=30) as answer:
+        with self._opener.open(request, timeout=30) as answer:
             raw = answer.read()
         return json.loads(raw) if raw else None
 

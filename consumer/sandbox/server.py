@@ -1,22 +1,31 @@
 """The sandbox HTTP server: Calendar v3, the OAuth token endpoint, and an admin API.
 
-Google paths: `POST /token`, `/calendar/v3/users/me/calendarList`,
-`/calendar/v3/calendars/{calendarId}/events[/{eventId}]`.
+Google paths: `GET /o/oauth2/auth` (consent), `POST /token`, `POST /revoke`,
+`/calendar/v3/users/me/calendarList`, `/calendar/v3/calendars/{calendarId}/events[/{eventId}]`.
+It speaks HTTPS only, as Google does, with a certificate from its own throwaway CA
+(trustme): clients trust it through CALSYNC_GOOGLE_CA_BUNDLE, the file `ca_file` names.
 Admin paths (tests, demo, bench; never used by the service): `/_sandbox/...`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import ssl
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import trustme
+
 from consumer.sandbox import calendar_api
+from consumer.sandbox.oauth import ConsentError
 from consumer.sandbox.state import Call, Fault, GoogleError, OAuthError, SandboxState
 
 _EVENTS = re.compile(r"^/calendar/v3/calendars/([^/]+)/events(?:/([^/]+))?$")
@@ -71,6 +80,10 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(status, body)
             elif url.path == "/token" and method == "POST":
                 self._token(state, raw)
+            elif url.path == "/o/oauth2/auth" and method == "GET":
+                self._consent(state, url.query)
+            elif url.path == "/revoke" and method == "POST":
+                self._revoke(state, url.query, raw)
             else:
                 self._calendar(state, method, url.path, parse_qs(url.query), raw)
         except Exception as exc:  # the sandbox must answer, whatever happened
@@ -87,6 +100,34 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(exc.status, {"error": exc.error, "error_description": exc.description})
             status = exc.status
         state.record(Call(time.time(), "POST", "/token", "token", None, None, None, status))
+
+    def _consent(self, state: SandboxState, query: str) -> None:
+        params = {k: v[0] for k, v in parse_qs(query).items()}
+        try:
+            location = state.oauth.authorize(params)
+        except ConsentError as exc:
+            self._send(400, {"error": exc.error, "error_description": exc.description})
+            status = 400
+        else:
+            self.send_response(302)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            status = 302
+        state.record(Call(time.time(), "GET", "/o/oauth2/auth", "oauth.consent",
+                          params.get("sandbox_account"), None, None, status))
+
+    def _revoke(self, state: SandboxState, query: str, raw: bytes) -> None:
+        form = {k: v[0] for k, v in parse_qs(query or raw.decode()).items()}
+        try:
+            state.oauth.revoke(form.get("token", ""))
+            self._send(200, {})
+            status = 200
+        except OAuthError as exc:
+            self._send(exc.status, {"error": exc.error, "error_description": exc.description})
+            status = exc.status
+        state.record(Call(time.time(), "POST", "/revoke", "oauth.revoke", None, None, None,
+                          status))
 
     def _calendar(
         self,
@@ -177,12 +218,32 @@ class SandboxHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], state: SandboxState | None = None) -> None:
+    def __init__(self, address: tuple[str, int], state: SandboxState | None = None,
+                 ca_file: Path | None = None) -> None:
         super().__init__(address, _Handler)
         self.state = state or SandboxState()
         from consumer.sandbox.admin import admin_routes
 
         self._admin: Callable[..., tuple[int, Any]] = admin_routes(self.state)
+        authority = trustme.CA(organization_name="calendar-sync Google sandbox")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+        # The handshake runs in the request's thread (finish_request), not in the accept loop.
+        self.socket = context.wrap_socket(self.socket, server_side=True,
+                                          do_handshake_on_connect=False)
+        if ca_file is None:
+            handle, name = tempfile.mkstemp(prefix="calsync-sandbox-ca-", suffix=".pem")
+            os.close(handle)
+            ca_file = Path(name)
+        authority.cert_pem.write_to_path(str(ca_file))
+        self.ca_file = ca_file
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        try:
+            request.do_handshake()
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(request, client_address)
 
     def admin(
         self, method: str, path: str, query: dict[str, list[str]], raw: bytes
@@ -192,10 +253,11 @@ class SandboxHTTPServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}/"
+        return f"https://{host!s}:{port}/"
 
 
-def start_in_thread(host: str = "127.0.0.1", port: int = 0) -> SandboxHTTPServer:
-    server = SandboxHTTPServer((host, port))
+def start_in_thread(host: str = "127.0.0.1", port: int = 0,
+                    ca_file: Path | None = None) -> SandboxHTTPServer:
+    server = SandboxHTTPServer((host, port), ca_file=ca_file)
     threading.Thread(target=server.serve_forever, name="google-sandbox", daemon=True).start()
     return server

@@ -133,6 +133,9 @@ class SandboxState:
         self._window_project: deque[float] = deque()
         self._window_account: dict[str, deque[float]] = {}
         self._ids = itertools.count(1)
+        from consumer.sandbox.oauth import OAuthServer  # it builds on this module
+
+        self.oauth = OAuthServer(self)
 
     # --- administration -------------------------------------------------------------------
 
@@ -190,6 +193,8 @@ class SandboxState:
             if self.clients and self.clients.get(client_id) != form.get("client_secret"):
                 raise OAuthError(401, "invalid_client", "The OAuth client was not found.")
             grant = form.get("grant_type")
+            if grant == "authorization_code":
+                return self.oauth.exchange_code(form)
             if grant != "refresh_token":
                 raise OAuthError(400, "unsupported_grant_type", f"Invalid grant_type: {grant}")
             refresh_token = form.get("refresh_token", "")

@@ -1,0 +1,177 @@
+"""The sandbox's Google OAuth 2.0 server: consent, code exchange, refresh, revoke.
+
+It follows what Google documents and does for web server applications:
+- `GET /o/oauth2/auth` answers with a redirect to `redirect_uri` carrying `code` and `state`
+  (or `error=access_denied`). A person would pick an account and consent on a page; here the
+  caller says who they are with `sandbox_account` (and may refuse with
+  `sandbox_decision=deny`, or untick scopes with `sandbox_scopes`, as granular consent allows).
+- A code is single-use, expires after 10 minutes, is bound to the client, the redirect URI and
+  the PKCE challenge (S256): anything else is `invalid_grant`.
+- A refresh token is returned only for `access_type=offline`, and on a later consent only
+  with `prompt=consent`, as Google does.
+- An OpenID `id_token` (RS256 JWT with iss, aud, sub, email, email_verified) comes with the
+  tokens when `openid` was granted.
+- `POST /revoke` with any token of a grant revokes the whole grant (all its tokens).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import google.auth.crypt
+import google.auth.jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from consumer.sandbox.state import OAuthError, SandboxState
+
+ISSUER = "https://accounts.google.com"
+CODE_LIFETIME_S = 600
+
+
+class ConsentError(Exception):
+    """A request Google's consent page would refuse outright (shown as an error page)."""
+
+    def __init__(self, error: str, description: str) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+
+
+@dataclass
+class AuthorizationCode:
+    email: str
+    client_id: str
+    redirect_uri: str
+    scopes: list[str]
+    offline: bool
+    force_consent: bool
+    code_challenge: str | None
+    expires_at: float
+
+
+@dataclass
+class OAuthServer:
+    state: SandboxState
+    codes: dict[str, AuthorizationCode] = field(default_factory=dict)
+    consented: set[tuple[str, str]] = field(default_factory=set)  # (email, client_id)
+    _signer: google.auth.crypt.RSASigner | None = None
+
+    def _id_token_signer(self) -> google.auth.crypt.RSASigner:
+        if self._signer is None:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            pem = key.private_bytes(serialization.Encoding.PEM,
+                                    serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+            self._signer = google.auth.crypt.RSASigner.from_string(  # type: ignore[no-untyped-call]
+                pem, key_id="sandbox-1")
+        return self._signer
+
+    def authorize(self, query: dict[str, str]) -> str:
+        """The consent step; returns the URL Google redirects the browser to."""
+        client_id = query.get("client_id", "")
+        if not client_id or (self.state.clients and client_id not in self.state.clients):
+            raise ConsentError("invalid_client", "The OAuth client was not found.")
+        redirect_uri = query.get("redirect_uri", "")
+        if not redirect_uri:
+            raise ConsentError("invalid_request", "Missing required parameter: redirect_uri")
+        if query.get("response_type") != "code":
+            raise ConsentError("unsupported_response_type",
+                               f"Invalid response_type: {query.get('response_type')}")
+        scopes = query.get("scope", "").split()
+        if not scopes:
+            raise ConsentError("invalid_request", "Missing required parameter: scope")
+        challenge = query.get("code_challenge")
+        if challenge and query.get("code_challenge_method", "plain") != "S256":
+            raise ConsentError("invalid_request", "Only S256 code challenges are accepted here")
+        email = query.get("sandbox_account", "")
+        with self.state.lock:
+            if email not in self.state.accounts:
+                raise ConsentError("invalid_request",
+                                   f"sandbox: no account {email!r} to sign in with")
+            answer: dict[str, str] = {}
+            if query.get("state") is not None:
+                answer["state"] = query["state"]
+            if query.get("sandbox_decision") == "deny":
+                answer["error"] = "access_denied"
+                return _with_query(redirect_uri, answer)
+            granted = query.get("sandbox_scopes", "").split() or scopes
+            code = "4/0sandbox-" + secrets.token_urlsafe(32)
+            self.codes[code] = AuthorizationCode(
+                email=email, client_id=client_id, redirect_uri=redirect_uri,
+                scopes=[s for s in scopes if s in granted],
+                offline=query.get("access_type") == "offline",
+                force_consent="consent" in query.get("prompt", "").split(),
+                code_challenge=challenge, expires_at=time.time() + CODE_LIFETIME_S)
+            answer.update(code=code, scope=" ".join(self.codes[code].scopes), prompt="consent")
+            return _with_query(redirect_uri, answer)
+
+    def exchange_code(self, form: dict[str, str]) -> dict[str, Any]:
+        with self.state.lock:
+            grant = self.codes.pop(form.get("code", ""), None)  # single use
+            if grant is None or grant.expires_at < time.time():
+                raise OAuthError(400, "invalid_grant", "Malformed auth code.")
+            if grant.client_id != form.get("client_id"):
+                raise OAuthError(400, "invalid_grant", "Unauthorized")
+            if grant.redirect_uri != form.get("redirect_uri"):
+                raise OAuthError(400, "redirect_uri_mismatch", "Bad Request")
+            if grant.code_challenge is not None:
+                verifier = form.get("code_verifier", "")
+                if not verifier:
+                    raise OAuthError(400, "invalid_grant", "Missing code verifier.")
+                if _s256(verifier) != grant.code_challenge:
+                    raise OAuthError(400, "invalid_grant", "Invalid code verifier.")
+            account = self.state.accounts[grant.email]
+            token, _ = self.state.issue_access_token(grant.email)
+            answer: dict[str, Any] = {
+                "access_token": token, "expires_in": self.state.token_lifetime_s,
+                "token_type": "Bearer", "scope": " ".join(grant.scopes),
+            }
+            first_consent = (grant.email, grant.client_id) not in self.consented
+            if grant.offline and (first_consent or grant.force_consent):
+                refresh = "1//sandbox-" + secrets.token_urlsafe(32)
+                account.refresh_tokens.add(refresh)
+                answer["refresh_token"] = refresh
+            self.consented.add((grant.email, grant.client_id))
+            if "openid" in grant.scopes:
+                answer["id_token"] = self._id_token(grant)
+            return answer
+
+    def _id_token(self, grant: AuthorizationCode) -> str:
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "iss": ISSUER, "aud": grant.client_id, "azp": grant.client_id,
+            "sub": str(int(hashlib.sha256(grant.email.encode()).hexdigest()[:15], 16)),
+            "iat": now, "exp": now + 3600,
+        }
+        if any(s in grant.scopes for s in ("email", "https://www.googleapis.com/auth/userinfo.email")):
+            payload.update(email=grant.email, email_verified=True)
+        signed: bytes = google.auth.jwt.encode(  # type: ignore[no-untyped-call]
+            self._id_token_signer(), payload)
+        return signed.decode()
+
+    def revoke(self, token: str) -> None:
+        with self.state.lock:
+            owner = next((a.email for a in self.state.accounts.values()
+                          if token in a.refresh_tokens), None)
+            if owner is None and token in self.state.access_tokens:
+                owner = self.state.access_tokens[token][0]
+            if owner is None:
+                raise OAuthError(400, "invalid_token", "Token expired or revoked")
+            self.state.revoke(owner)
+            self.consented = {c for c in self.consented if c[0] != owner}
+
+
+def _s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def _with_query(url: str, params: dict[str, str]) -> str:
+    return url + ("&" if "?" in url else "?") + urlencode(params)
