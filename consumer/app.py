@@ -15,6 +15,7 @@ from consumer.crypto import TokenCipher, TokenKeyError
 from consumer.db import Repository, pending_migrations
 from consumer.google_calendar import GoogleCalendar
 from consumer.kafka import build_consumer, build_producer, ensure_topics
+from consumer.link_watcher import watch_links
 from consumer.runner import ConsumerRunner
 from consumer.settings import Settings
 from consumer.sync import SyncEngine
@@ -83,4 +84,10 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
     async with services(settings) as svc:
         runner = ConsumerRunner(settings, svc.engine, svc.repository, build_consumer(settings),
                                 build_producer(settings))
-        await runner.run(stop)
+        watcher = asyncio.create_task(watch_links(settings.database_url,
+                                                  svc.engine.link_changed))
+        try:
+            await runner.run(stop)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)

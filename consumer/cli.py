@@ -204,7 +204,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"calsync: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
               file=sys.stderr)
         return 2
-    configure_logging(settings)
+    quiet = args.command not in ("consume", "serve") and settings.log_level.upper() == "INFO"
+    # A person running a one-off command reads its answer, not the service's info lines.
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}) if quiet
+                      else settings)
     handlers: dict[str, Callable[[], int]] = {
         "migrate": lambda: _cmd_migrate(settings),
         "consume": lambda: _cmd_consume(settings),

@@ -13,18 +13,39 @@ import structlog
 
 from consumer.settings import Settings
 
-_SECRET_KEYS = re.compile(r"token|secret|password|authorization|credential", re.IGNORECASE)
-_SECRET_VALUES = re.compile(r"(ya29\.[\w.-]+|1//[\w.-]+|Bearer\s+[\w.-]+)")
+_SECRET_KEYS = re.compile(r"token|secret|password|authorization|credential|verifier|^code$",
+                          re.IGNORECASE)
+# Google access tokens, refresh tokens and authorization codes; bearer headers; JWTs (the
+# OpenID id_token); Fernet ciphertexts (stored tokens); `code=` in redirect URLs.
+_SECRET_VALUES = re.compile(
+    r"ya29\.[\w.-]+|1//[\w.-]+|4/0[\w.-]+|Bearer\s+[\w.-]+|eyJ[\w-]*\.[\w-]+\.[\w-]*"
+    r"|gAAAAA[\w=-]{20,}|(?<=[?&]code=)[^&\s]+")
 REDACTED = "[redacted]"
 
 
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRET_VALUES.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {k: REDACTED if _secret_key(str(k)) else _redact_value(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(v) for v in value]
+    return value
+
+
+def _secret_key(key: str) -> bool:
+    return bool(_SECRET_KEYS.search(key)) and key not in _SAFE_KEYS
+
+
 def redact_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Drop anything token-like, by key name or by shape, from every log line."""
+    """Drop anything token-like, by key name or by shape, from every log line (nested
+    values and rendered exceptions included)."""
     for key, value in list(event.items()):
-        if key != "event" and _SECRET_KEYS.search(key) and key not in _SAFE_KEYS:
+        if key != "event" and _secret_key(key):
             event[key] = REDACTED
-        elif isinstance(value, str):
-            event[key] = _SECRET_VALUES.sub(REDACTED, value)
+        else:
+            event[key] = _redact_value(value)
     return event
 
 

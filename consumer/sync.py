@@ -186,6 +186,9 @@ class SyncEngine:
                 result = _result(row, Operation.NONE, Outcome.SKIPPED, f"link_{state}", call)
                 await self.repository.record_result(conn, event, position, result, source)
                 return result
+            # Read under the link's key-share lock: active now, whatever a missed or late
+            # notice says. Only work already past this point can be halted.
+            self.halted.discard(row.link.id)
             planned = plan_operation(event, row.link, recorded)
             try:
                 result = await self._apply(planned, event, row, recorded, call)

@@ -31,7 +31,14 @@ from consumer.db import migrate
 from consumer.kafka import ensure_topics
 from consumer.sandbox import SandboxClient, start_in_thread
 from consumer.settings import Settings
-from consumer.stack import EmbeddedBroker, EmbeddedPostgres, start_broker, start_postgres
+from consumer.stack import (
+    EmbeddedBroker,
+    EmbeddedPostgres,
+    free_port,
+    start_broker,
+    start_postgres,
+    wait_for_port,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_DB = "calsync_template"
@@ -234,12 +241,28 @@ class Env:
             stop.set()
             await asyncio.wait_for(task, 30)
 
-    def start_process(self, log_path: Path, **extra_env: str) -> subprocess.Popen[bytes]:
-        """`calsync consume` as users run it, in its own process."""
+    def start_process(self, log_path: Path, *command: str,
+                      **extra_env: str) -> subprocess.Popen[bytes]:
+        """`calsync consume` (or another command) as users run it, in its own process."""
         env = {**self.env_vars, **extra_env}
-        return subprocess.Popen([sys.executable, "-m", "consumer.cli", "consume"], env=env,
-                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
+        return subprocess.Popen([sys.executable, "-m", "consumer.cli", *(command or ["consume"])],
+                                env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
                                 cwd=ROOT)
+
+    @asynccontextmanager
+    async def serve(self, log_path: Path) -> AsyncIterator[str]:
+        """`calsync serve` in its own process; yields its base URL."""
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        self.settings = self.settings.model_copy(update={"http_port": port})
+        process = self.start_process(log_path, "serve", CALSYNC_HTTP_PORT=str(port))
+        try:
+            await asyncio.to_thread(wait_for_port, port, 30)
+            yield base
+        finally:
+            process.terminate()
+            status = await asyncio.to_thread(process.wait, 30)
+            assert status == 0, f"calsync serve exited {status}; see {log_path}"
 
     async def close(self) -> None:
         if self.producer is not None:

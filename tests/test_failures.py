@@ -110,6 +110,25 @@ async def test_a_deleted_calendar_makes_that_link_calendar_unavailable_only(env:
     assert link[0]["state"] == "calendar_unavailable" and "404" in link[0]["state_reason"]
 
 
+
+async def test_a_calendar_no_longer_writable_makes_the_link_calendar_unavailable(
+        env: Env) -> None:
+    email, refresh = env.account()
+    link_id = await env.link(email, refresh)
+    async with env.consumer():
+        await env.publish(booking_event("bk_1", 1))
+        await wait_until(lambda: len(env.events(email)) == 1, what="the event")
+        env.sandbox.set_access_role(email, email, "reader")  # the owner shared it read-only
+        await env.publish(booking_event("bk_1", 2, "booking.updated", customer_name="Ann"))
+        await env.publish(booking_event("bk_2", 1))
+        await wait_until(lambda: env.query(
+            "SELECT 1 FROM calendar_links WHERE state = 'calendar_unavailable'"), what="state")
+        await wait_until(env.all_committed, what="offsets committed")
+    link = env.query("SELECT state_reason FROM calendar_links WHERE id = %s", link_id)[0]
+    assert "403" in link["state_reason"] and "requiredAccessLevel" in link["state_reason"]
+    update = env.results("bk_1")[-1]
+    assert (update["outcome"], update["reason"]) == ("failed", "calendar_unavailable")
+
 BAD_MESSAGES: list[tuple[bytes | None, bytes, str]] = [
     (b"bk_x", b"\xff\xfe not utf-8", "not_utf8"),
     (b"bk_x", b"{not json", "not_json"),

@@ -63,7 +63,7 @@ def _route(
             event["status"] = "cancelled"
             return 200, {}
         case ("GET", ["tokens"]):
-            return 200, {"access_tokens": len(state.access_tokens)}
+            return 200, {"access_tokens": len(state.access_tokens), "issued": state.issued}
         case ("POST", ["faults"]):
             state.faults.append(Fault(**body))
             return 200, {"pending": len(state.faults)}

@@ -137,6 +137,7 @@ class OAuthServer:
             if grant.offline and (first_consent or grant.force_consent):
                 refresh = "1//sandbox-" + secrets.token_urlsafe(32)
                 account.refresh_tokens.add(refresh)
+                self.state.issued.append(refresh)
                 answer["refresh_token"] = refresh
             self.consented.add((grant.email, grant.client_id))
             if "openid" in grant.scopes:

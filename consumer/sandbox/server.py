@@ -9,6 +9,7 @@ Admin paths (tests, demo, bench; never used by the service): `/_sandbox/...`.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -91,6 +92,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _token(self, state: SandboxState, raw: bytes) -> None:
         form = {k: v[0] for k, v in parse_qs(raw.decode()).items()}
+        # Client credentials may come as HTTP Basic instead (RFC 6749, section 2.3.1).
+        scheme, _, credentials = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "basic" and credentials:
+            client_id, _, secret = base64.b64decode(credentials).decode().partition(":")
+            form.setdefault("client_id", unquote(client_id))
+            form.setdefault("client_secret", unquote(secret))
         time.sleep(state.latency_s)
         try:
             answer = state.token_grant(form)

@@ -122,6 +122,7 @@ class SandboxState:
         self.lock = threading.RLock()
         self.accounts: dict[str, Account] = {}
         self.access_tokens: dict[str, tuple[str, float]] = {}
+        self.issued: list[str] = []  # every token ever handed out (tests look for leaks)
         self.clients: dict[str, str] = {}  # client_id -> secret; empty = any client accepted
         self.faults: list[Fault] = []
         self.calls: list[Call] = []
@@ -168,6 +169,7 @@ class SandboxState:
             expires_at = time.time() + (lifetime_s if lifetime_s is not None else
                                         self.token_lifetime_s)
             self.access_tokens[token] = (email, expires_at)
+            self.issued.append(token)
             return token, expires_at
 
     def revoke(self, email: str) -> None:
@@ -214,6 +216,7 @@ class SandboxState:
             if account.rotate_refresh_token:
                 new = "1//sandbox-" + secrets.token_urlsafe(24)
                 account.refresh_tokens.add(new)
+                self.issued.append(new)
                 answer["refresh_token"] = new
             return answer
 

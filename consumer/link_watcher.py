@@ -1,0 +1,36 @@
+"""Listens for link changes (PostgreSQL NOTIFY on `calsync_links`, sent by a trigger on
+calendar_links) so that a consumer stops a link's in-flight work the moment another process
+disconnects it, and drops cached tokens when a link is reconnected."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import psycopg
+import structlog
+
+from consumer.models import LinkState
+
+log = structlog.get_logger(__name__)
+CHANNEL = "calsync_links"
+
+
+async def watch_links(database_url: str, changed: Callable[[str, LinkState], None],
+                      retry_s: float = 1.0) -> None:
+    """Run until cancelled; reconnects after a database outage."""
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(database_url,
+                                                             autocommit=True) as conn:
+                await conn.execute(f"LISTEN {CHANNEL}")
+                async for notice in conn.notifies():
+                    link_id, _, state = notice.payload.partition(" ")
+                    try:
+                        changed(link_id, LinkState(state))
+                    except ValueError:
+                        log.warning("link_notice_unreadable", payload=notice.payload)
+        except psycopg.OperationalError as exc:
+            log.info("link_watcher_reconnecting", cause=str(exc).strip().splitlines()[0]
+                     if str(exc).strip() else type(exc).__name__)
+            await asyncio.sleep(retry_s)
