@@ -131,22 +131,81 @@ def _fresh_database(pg: EmbeddedPostgres) -> str:
     return pg.uri_for(DEMO_DB)
 
 
-async def _connect(settings: Settings, sandbox: SandboxClient,
-                   calendars: list[Calendar]) -> None:
+async def _consent(service: links.LinkService, sandbox: SandboxClient, email: str
+                   ) -> dict[str, Any]:
     """The OAuth flow as a person walks it: consent URL, Google's consent, the redirect."""
+    started = await service.start_connect(ACTIVITY)
+    redirect = sandbox.consent(started["authorization_url"], email)
+    return await service.finish_connect(
+        {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()})
+
+
+async def _connect(settings: Settings, sandbox: SandboxClient,
+                   calendars: list[Calendar]) -> list[str]:
+    link_ids = []
     async with links.link_service(settings) as service:
         for cal in calendars:
-            started = await service.start_connect(ACTIVITY)
-            redirect = sandbox.consent(started["authorization_url"], cal.email)
-            params = {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()}
-            connected = await service.finish_connect(params)
+            connected = await _consent(service, sandbox, cal.email)
             link_id = connected["links"][0]["id"]
+            link_ids.append(link_id)
             names = ", ".join(f"{c['name']}{' (primary)' if c['primary'] else ''}"
                               f"{'' if c['writable'] else ' (read-only)'}"
                               for c in connected["calendars"])
             await service.select(link_id, cal.calendar_id)
             print(f"   {link_id}: {cal.email} consented; calendars [{names}] -> selected "
                   f"{cal.calendar_id}")
+    return link_ids
+
+
+async def _link_states(settings: Settings) -> None:
+    async with links.link_service(settings) as service:
+        for link in await service.list():
+            reason = f" ({link['state_reason']})" if link["state_reason"] else ""
+            print(f"   {link['id']}: {link['account_email']} -> {link['state']}{reason}")
+
+
+async def _reconnect(settings: Settings, sandbox: SandboxClient, email: str) -> None:
+    async with links.link_service(settings) as service:
+        again = await _consent(service, sandbox, email)
+    for link_id, counts in again["backfill"].items():
+        print(f"   {link_id} reconnected and active again; caught up: "
+              + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+async def _disconnect(settings: Settings, link_id: str) -> None:
+    async with links.link_service(settings) as service:
+        done = await service.disconnect(link_id, remove_events=True)
+    print(f"   {link_id}: {done['link']['state']}, {done['events_removed']} event(s) removed, "
+          f"token {'revoked at Google' if done['token_revoked'] else 'kept'}")
+
+
+def _links_epilogue(settings: Settings, sandbox: SandboxClient, calendars: list[Calendar],
+                    link_ids: list[str], expected_results: int, pace: float) -> None:
+    """Link health and lifecycle: a revoked account, its reconnection, a disconnect."""
+    owner_link = link_ids[0]
+    manager = calendars[1].email
+    time.sleep(pace)
+    print(f"\n== Step {len(STORY) + 1}: {manager} removes the app's access in their Google "
+          "Account; Sam books BK-1005")
+    sandbox.revoke(manager)
+    asyncio.run(_publish(settings.kafka_bootstrap, settings.topic, _event(
+        "bk_1005", 1, "booking.created", "Sam Lee", "2026-04-19T09:00:00Z",
+        "2026-04-19T10:00:00Z")))
+    _wait_for(settings.database_url, expected_results + 2, 1)
+    _print_step_results(settings.database_url, 2)
+    asyncio.run(_link_states(settings))
+    _print_calendars(sandbox, calendars)
+    time.sleep(pace)
+    print(f"\n== Step {len(STORY) + 2}: {manager} connects again (OAuth consent): the link "
+          "catches up, nothing doubled")
+    asyncio.run(_reconnect(settings, sandbox, manager))
+    _print_calendars(sandbox, calendars)
+    time.sleep(pace)
+    print(f"\n== Step {len(STORY) + 3}: the owner disconnects {owner_link}, removing its "
+          "events (calsync links disconnect --remove-events)")
+    asyncio.run(_disconnect(settings, owner_link))
+    asyncio.run(_link_states(settings))
+    _print_calendars(sandbox, calendars)
 
 
 def _env(settings: Settings) -> dict[str, str]:
@@ -217,7 +276,7 @@ def run_demo(state_dir: str, pace: float) -> int:
                               "bookings-owner"),
                      Calendar("manager@example.com / primary", "manager@example.com",
                               "manager@example.com")]
-        asyncio.run(_connect(settings, sandbox, calendars))
+        link_ids = asyncio.run(_connect(settings, sandbox, calendars))
 
         log_path = state / "consumer.log"
         print(f"\n== Starting `calsync consume` (logs: {log_path})")
@@ -244,6 +303,7 @@ def run_demo(state_dir: str, pace: float) -> int:
                 for line in first["description"].splitlines():
                     print(f"       {line}")
 
+        _links_epilogue(settings, sandbox, calendars, link_ids, expected_results, pace)
         with psycopg.connect(database_url) as conn:
             dead = conn.execute("SELECT error_type, error FROM dead_letters").fetchall()
         for error_type, error in dead:
