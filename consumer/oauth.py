@@ -21,7 +21,8 @@ import google.auth.jwt
 import requests
 from google_auth_oauthlib.flow import Flow
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
-from oauthlib.oauth2.rfc6749.errors import OAuth2Error
+from oauthlib.oauth2 import WebApplicationClient
+from oauthlib.oauth2.rfc6749.errors import InsecureTransportError, OAuth2Error
 
 from consumer.crypto import TokenCipher
 from consumer.db import LinkTokens
@@ -144,9 +145,17 @@ class OAuthClient:
 
     def revoke(self, token: str) -> bool:
         """Revoke the grant at Google (blocking). True when Google no longer honours it."""
+        # oauthlib builds the RFC 7009 request (and refuses a revocation URL without TLS).
         try:
-            answer = requests.post(self._settings.google_revoke_url, data={"token": token},
-                                   verify=self._verify, timeout=self._settings.google_timeout_s)
+            url, headers, body = WebApplicationClient(
+                self._settings.google_client_id).prepare_token_revocation_request(
+                self._settings.google_revoke_url, token, token_type_hint="refresh_token")
+        except InsecureTransportError:
+            raise OAuthRefused("insecure_transport", "CALSYNC_GOOGLE_REVOKE_URL must be "
+                               "https") from None
+        try:
+            answer = requests.post(url, data=body, headers=headers, verify=self._verify,
+                                   timeout=self._settings.google_timeout_s)
         except requests.RequestException as exc:
             raise OAuthRefused("google_unreachable", f"Google's revoke endpoint did not "
                                f"answer: {type(exc).__name__}") from None
