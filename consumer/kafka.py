@@ -26,6 +26,7 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=settings.group_id,
+        group_instance_id=settings.instance_id or None,
         client_id=f"calsync-{settings.group_id}",
         enable_auto_commit=False,  # offsets move only after results are recorded
         auto_offset_reset="earliest",

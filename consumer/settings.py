@@ -17,6 +17,9 @@ class Settings(BaseSettings):
     topic: str = "booking-events"
     dlq_topic: str = "booking-events.dlq"
     group_id: str = "calendar-sync"
+    instance_id: str | None = Field(
+        default=None, description="Static group membership (group.instance.id): a restart "
+        "within the session timeout keeps its partitions, no rebalance")
 
     google_api_url: str = "https://www.googleapis.com/"
     google_token_url: str = "https://oauth2.googleapis.com/token"
