@@ -16,6 +16,8 @@ from consumer.db import Repository, pending_migrations
 from consumer.google_calendar import GoogleCalendar
 from consumer.kafka import build_consumer, build_producer, ensure_topics
 from consumer.link_watcher import watch_links
+from consumer.metrics import Metrics
+from consumer.ops_http import refresh_link_gauge, start_ops_http
 from consumer.runner import ConsumerRunner
 from consumer.settings import Settings
 from consumer.sync import SyncEngine
@@ -31,6 +33,7 @@ class StartupError(Exception):
 @dataclass
 class Services:
     settings: Settings
+    metrics: Metrics
     cipher: TokenCipher
     repository: Repository
     google: GoogleCalendar
@@ -53,11 +56,12 @@ async def services(settings: Settings, pool_size: int | None = None
                                   cipher)
     await repository.pool.open(wait=True, timeout=30)
     await token_repository.pool.open(wait=True, timeout=30)
-    google = GoogleCalendar(settings)
-    tokens = TokenProvider(settings, token_repository)
+    metrics = Metrics()
+    google = GoogleCalendar(settings, metrics)
+    tokens = TokenProvider(settings, token_repository, metrics)
     try:
-        yield Services(settings, cipher, repository, google, tokens,
-                       SyncEngine(settings, repository, google, tokens))
+        yield Services(settings, metrics, cipher, repository, google, tokens,
+                       SyncEngine(settings, repository, google, tokens, metrics))
     finally:
         google.close()
         tokens.close()
@@ -83,11 +87,21 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
         raise StartupError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     async with services(settings) as svc:
         runner = ConsumerRunner(settings, svc.engine, svc.repository, build_consumer(settings),
-                                build_producer(settings))
-        watcher = asyncio.create_task(watch_links(settings.database_url,
-                                                  svc.engine.link_changed))
+                                build_producer(settings), svc.metrics)
+        try:
+            ops = await start_ops_http(settings, runner, svc.metrics)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {settings.http_host}:{settings.metrics_port} "
+                               f"for /metrics ({exc.strerror}): set CALSYNC_METRICS_PORT"
+                               ) from None
+        background = [
+            asyncio.create_task(watch_links(settings.database_url, svc.engine.link_changed)),
+            asyncio.create_task(refresh_link_gauge(svc.metrics, settings.database_url)),
+        ]
         try:
             await runner.run(stop)
         finally:
-            watcher.cancel()
-            await asyncio.gather(watcher, return_exceptions=True)
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await ops.cleanup()

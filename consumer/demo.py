@@ -220,6 +220,7 @@ def _env(settings: Settings) -> dict[str, str]:
             "CALSYNC_GOOGLE_CA_BUNDLE": settings.google_ca_bundle or "",
             "CALSYNC_TOKEN_KEY": settings.token_key.get_secret_value() if settings.token_key
             else "",
+            "CALSYNC_METRICS_PORT": "0",  # any free port: see consumer.log
             "CALSYNC_LOG_FORMAT": "json"}
 
 

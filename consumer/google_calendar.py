@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import httplib2
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
+from consumer.metrics import Metrics
 from consumer.settings import Settings
 
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded",
@@ -80,7 +82,8 @@ class CalendarInfo:
 
 
 class GoogleCalendar:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics()
         self._timeout = settings.google_timeout_s
         self._ca_certs = settings.google_ca_bundle
         self._local = threading.local()
@@ -107,13 +110,19 @@ class GoogleCalendar:
     def _execute(self, make_request: Callable[[Any], Any], token: str) -> Any:
         request = make_request(self._service)
         request.headers["authorization"] = f"Bearer {token}"
+        method = str(request.methodId).removeprefix("calendar.")
+        started = time.perf_counter()
         try:
-            return request.execute(http=self._http(), num_retries=0)
+            answer = request.execute(http=self._http(), num_retries=0)
         except HttpError as exc:
+            self._metrics.google_call(method, started, int(exc.resp.status))
             raise _from_http_error(exc) from None
         except (TimeoutError, OSError, httplib2.HttpLib2Error) as exc:
+            self._metrics.google_call(method, started, None)
             self._local.http = None  # the connection may be half-used; start afresh
             raise GoogleApiError(None, type(exc).__name__, str(exc) or "no answer") from None
+        self._metrics.google_call(method, started, 200)
+        return answer
 
     async def _call(self, make_request: Callable[[Any], Any], token: str) -> Any:
         loop = asyncio.get_running_loop()

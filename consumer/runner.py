@@ -28,6 +28,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from consumer.db import MessagePosition, Repository
 from consumer.kafka import dead_letter_headers
 from consumer.messages import BadMessage, parse_message
+from consumer.metrics import Metrics, PartitionLag
 from consumer.offsets import PartitionOffsets
 from consumer.settings import Settings
 from consumer.sync import SyncEngine
@@ -38,7 +39,11 @@ _Chain = tuple[TopicPartition, bytes | None]
 
 class ConsumerRunner:
     def __init__(self, settings: Settings, engine: SyncEngine, repository: Repository,
-                 consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+                 consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                 metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.metrics.watch_lag(self.lag)
         self.settings = settings
         self.engine = engine
         self.repository = repository
@@ -50,14 +55,22 @@ class ConsumerRunner:
         self._last_commit = 0.0
         self.in_flight = 0
         self.processed = 0
+        # Health: when the loop last turned, and per partition when it last made progress.
+        self.started = False
+        self.ops_port: int | None = None  # where /metrics and the health checks listen
+        self.loop_turned_at = time.monotonic()
+        self._progress_at: dict[TopicPartition, float] = {}
+        self._fetched_at_ms: dict[TopicPartition, dict[int, int]] = defaultdict(dict)
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
         await self.producer.start()
         await self.consumer.start()
         log.info("consumer_started", topic=self.settings.topic, group=self.settings.group_id)
+        self.started = True
         try:
             while not stop.is_set():
+                self.loop_turned_at = time.monotonic()
                 batch = await self.consumer.getmany(timeout_ms=200)
                 for tp, records in batch.items():
                     for record in records:
@@ -77,6 +90,7 @@ class ConsumerRunner:
             log.debug("redelivery_skipped", partition=tp.partition, offset=record.offset)
             return
         chain: _Chain = (tp, record.key)
+        self._fetched_at_ms[tp][record.offset] = record.timestamp
         task = asyncio.create_task(self._process(tp, record, self._tails.get(chain)))
         self._tails[chain] = task
         self._tasks[tp].add(task)
@@ -96,6 +110,10 @@ class ConsumerRunner:
         if before is not None:
             await asyncio.wait([before])  # same booking: strictly after the previous record
         position = MessagePosition(tp.topic, tp.partition, record.offset)
+        # Every log line of this message's work says which message it is (a task's own context).
+        structlog.contextvars.bind_contextvars(
+            topic=tp.topic, partition=tp.partition, offset=record.offset,
+            key=record.key.decode("utf-8", "replace") if record.key else None)
         delay = 0.2
         while True:
             try:
@@ -109,14 +127,18 @@ class ConsumerRunner:
         offsets = self._offsets.get(tp)
         if offsets is not None:
             offsets.finish(record.offset)
+        self._fetched_at_ms[tp].pop(record.offset, None)
         self.processed += 1
 
     async def _handle(self, record: ConsumerRecord[Any, Any], position: MessagePosition) -> None:
         parsed = parse_message(record.key, record.value)
         if isinstance(parsed, BadMessage):
             await self._dead_letter(record, position, parsed)
+            self.metrics.messages.labels("dead_lettered").inc()
+            self.metrics.dead_letters.labels(parsed.error_type).inc()
             return
         await self.engine.handle(parsed, position)
+        self.metrics.messages.labels("synced").inc()
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], position: MessagePosition,
                            bad: BadMessage) -> None:
@@ -158,14 +180,49 @@ class ConsumerRunner:
                 wanted[tp] = point
         if not wanted:
             return
+        started = time.perf_counter()
         try:
             await self.consumer.commit(wanted)
         except KafkaError as exc:
             log.warning("offset_commit_failed", cause=repr(exc))
             return
+        self.metrics.commits.observe(time.perf_counter() - started)
         for tp, point in wanted.items():
             if tp in self._offsets:
+                if self._offsets[tp].committed != point:
+                    self._progress_at[tp] = now
                 self._offsets[tp].committed = point
+
+    # --- what health checks and metrics read --------------------------------------------------
+
+    def lag(self) -> list[PartitionLag]:
+        now_ms = time.time() * 1000
+        answer = []
+        for tp in sorted(self.consumer.assignment(), key=lambda t: t.partition):
+            highwater = self.consumer.highwater(tp)
+            offsets = self._offsets.get(tp)
+            point = offsets.commit_point() if offsets is not None else None
+            if point is None:
+                point = offsets.committed if offsets is not None else None
+            records = max(0, highwater - point) if highwater is not None and point is not None \
+                else 0
+            pending = self._fetched_at_ms.get(tp)
+            oldest = min(pending.values()) if pending else None
+            seconds = max(0.0, (now_ms - oldest) / 1000) if oldest is not None else 0.0
+            answer.append(PartitionLag(tp.topic, tp.partition, records, seconds))
+        return answer
+
+    def stalled(self, threshold_s: float) -> list[int]:
+        """Partitions with lag that have not moved their offset for `threshold_s`."""
+        now = time.monotonic()
+        stalled = []
+        for lag in self.lag():
+            tp = TopicPartition(lag.topic, lag.partition)
+            if lag.records == 0:
+                self._progress_at[tp] = now
+            elif now - self._progress_at.get(tp, now) > threshold_s:
+                stalled.append(lag.partition)
+        return stalled
 
     async def drain(self, partitions: list[TopicPartition], reason: str) -> None:
         """Let in-flight work of these partitions finish within the grace, commit, forget."""
@@ -181,6 +238,8 @@ class ConsumerRunner:
         for tp in partitions:
             self._offsets.pop(tp, None)
             self._tasks.pop(tp, None)
+            self._progress_at.pop(tp, None)
+            self._fetched_at_ms.pop(tp, None)
         for chain in [c for c in self._tails if c[0] in partitions]:
             del self._tails[chain]
         if partitions:
@@ -193,7 +252,14 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        await self.runner.drain(list(revoked), reason="revoked")
+        revoked = list(revoked)
+        if revoked:
+            self.runner.metrics.rebalances.labels("revoked").inc()
+        await self.runner.drain(revoked, reason="revoked")
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.runner.metrics.rebalances.labels("assigned").inc()
+        now = time.monotonic()
+        for tp in assigned:
+            self.runner._progress_at.setdefault(tp, now)
         log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))

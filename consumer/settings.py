@@ -40,6 +40,12 @@ class Settings(BaseSettings):
         default=None, description="How browsers reach `calsync serve`; default http://host:port")
     oauth_state_ttl_s: float = Field(default=600.0, gt=0)
 
+    # The consumer's /metrics, /healthz and /readyz (on CALSYNC_HTTP_HOST).
+    metrics_port: int = Field(default=9400, ge=0, le=65535, description="0: any free port")
+    stall_threshold_s: float = Field(
+        default=300.0, gt=0, description="/healthz fails when a partition with lag has not "
+        "moved its offset for this long")
+
     # Concurrency and time budgets.
     max_in_flight: int = Field(default=256, ge=1, description="Messages in flight per process.")
     db_pool_size: int = Field(default=16, ge=2)

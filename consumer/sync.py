@@ -31,6 +31,7 @@ from tenacity import (
 from consumer.core import google_event_id, plan_operation, render_event
 from consumer.db import LinkRow, LinkTokens, MessagePosition, Repository
 from consumer.google_calendar import GoogleApiError
+from consumer.metrics import Metrics
 from consumer.models import (
     BookingEvent,
     LinkState,
@@ -149,7 +150,8 @@ def _backoff(initial: float, maximum: float) -> Callable[[RetryCallState], float
 
 class SyncEngine:
     def __init__(self, settings: Settings, repository: Repository, google: CalendarGateway,
-                 tokens: AccessTokens) -> None:
+                 tokens: AccessTokens, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
         self.settings = settings
         self.repository = repository
         self.google = google
@@ -185,6 +187,7 @@ class SyncEngine:
             if state is not LinkState.ACTIVE:  # changed since the link was read
                 result = _result(row, Operation.NONE, Outcome.SKIPPED, f"link_{state}", call)
                 await self.repository.record_result(conn, event, position, result, source)
+                self.metrics.link_operations.labels("none", "skipped").inc()
                 return result
             # Read under the link's key-share lock: active now, whatever a missed or late
             # notice says. Only work already past this point can be halted.
@@ -214,6 +217,7 @@ class SyncEngine:
                 result = _result(row, planned.operation, Outcome.FAILED, reason, call,
                                  error=str(exc))
             await self.repository.record_result(conn, event, position, result, source)
+        self.metrics.link_operations.labels(result.operation.value, result.outcome.value).inc()
         if health is not None:
             await self._leave_active(row, *health)
         bound.debug("link_synced", op=result.operation.value, outcome=result.outcome.value,

@@ -26,6 +26,7 @@ from google.auth.exceptions import RefreshError, TransportError
 from google.oauth2.credentials import Credentials
 
 from consumer.db import LinkTokens, Repository
+from consumer.metrics import Metrics
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -39,7 +40,9 @@ class TokenRefreshFailed(Exception):
 
 
 class TokenProvider:
-    def __init__(self, settings: Settings, repository: Repository) -> None:
+    def __init__(self, settings: Settings, repository: Repository,
+                 metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._repository = repository
         self._margin = timedelta(seconds=settings.token_refresh_margin_s)
@@ -91,9 +94,12 @@ class TokenProvider:
                 fresh = await loop.run_in_executor(self._pool, self._grant,
                                                    current.refresh_token)
             except TokenRefreshFailed as exc:
+                self._metrics.token_refreshes.labels(
+                    "refused" if exc.permanent else "unavailable").inc()
                 if exc.permanent:
                     self._refused[link_id] = current.refresh_token
                 raise
+            self._metrics.token_refreshes.labels("ok").inc()
             await self._repository.save_tokens(
                 conn, link_id, fresh,
                 refresh_token_changed=fresh.refresh_token != current.refresh_token)

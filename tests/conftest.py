@@ -102,6 +102,7 @@ class Env:
             retry_max_s=0.5, commit_interval_s=0.1, shutdown_grace_s=5.0, log_format="json",
             google_auth_url=sandbox.auth_url, google_revoke_url=sandbox.revoke_url,
             google_ca_bundle=sandbox.ca_file, token_key=TOKEN_KEY, admin_token=ADMIN_TOKEN,
+            metrics_port=0,
         )
         self.producer: AIOKafkaProducer | None = None
 
@@ -119,6 +120,7 @@ class Env:
                 "CALSYNC_GOOGLE_REVOKE_URL": s.google_revoke_url,
                 "CALSYNC_GOOGLE_CA_BUNDLE": self.sandbox.ca_file,
                 "CALSYNC_TOKEN_KEY": TOKEN_KEY, "CALSYNC_ADMIN_TOKEN": ADMIN_TOKEN,
+                "CALSYNC_METRICS_PORT": str(s.metrics_port),
                 "CALSYNC_RETRY_BUDGET_S": "3", "CALSYNC_RETRY_INITIAL_S": "0.05",
                 "CALSYNC_COMMIT_INTERVAL_S": "0.1", "CALSYNC_LOG_FORMAT": "json"}
 

@@ -160,6 +160,8 @@ class _Handler(BaseHTTPRequestHandler):
                     raise _fault_error(fault)
                 state.charge_quota(account)
                 body = json.loads(raw) if raw else {}
+                if op == "events.insert" and isinstance(body.get("id"), str):
+                    event_id = body["id"]  # client-supplied: the call log names it
                 status, answer = _serve(state, op, account, calendar_id, event_id, body, query)
             time.sleep(delay)
             self._send(status, answer)

@@ -1,0 +1,82 @@
+"""Prometheus metrics (prometheus-client), one registry per consumer process.
+
+Names follow Prometheus conventions (`calsync_` prefix, base units, `_total` on counters) and
+labels are bounded: operation, outcome, method, status, state, error type, partition. Never
+a booking, link or account id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    records: int  # high watermark minus the next offset to record
+    seconds: float  # age of the oldest fetched record not yet recorded (0 when none)
+
+
+class _LagCollector(Collector):
+    def __init__(self, source: Callable[[], list[PartitionLag]]) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        records = GaugeMetricFamily("calsync_consumer_lag_records",
+                                    "Records of an assigned partition not yet recorded",
+                                    labels=["topic", "partition"])
+        seconds = GaugeMetricFamily("calsync_consumer_lag_seconds",
+                                    "Age of the oldest fetched record not yet recorded",
+                                    labels=["topic", "partition"])
+        for lag in self._source():
+            labels = [lag.topic, str(lag.partition)]
+            records.add_metric(labels, lag.records)
+            seconds.add_metric(labels, lag.seconds)
+        yield records
+        yield seconds
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.messages = Counter("calsync_messages", "Kafka messages handled, by outcome",
+                                ["outcome"], registry=r)
+        self.link_operations = Counter("calsync_link_operations",
+                                       "Per-link results, by operation and outcome",
+                                       ["operation", "outcome"], registry=r)
+        self.google_requests = Histogram("calsync_google_request_duration_seconds",
+                                         "Google Calendar API calls, by method and status",
+                                         ["method", "status"], buckets=_LATENCY_BUCKETS,
+                                         registry=r)
+        self.token_refreshes = Counter("calsync_token_refreshes",
+                                       "OAuth access token refreshes, by result", ["result"],
+                                       registry=r)
+        self.dead_letters = Counter("calsync_dead_letters",
+                                    "Messages dead-lettered, by error type", ["error_type"],
+                                    registry=r)
+        self.in_flight = Gauge("calsync_in_flight_messages",
+                               "Messages fetched and not yet recorded", registry=r)
+        self.commits = Histogram("calsync_offset_commit_duration_seconds",
+                                 "Offset commits to Kafka", buckets=_LATENCY_BUCKETS,
+                                 registry=r)
+        self.rebalances = Counter("calsync_rebalances",
+                                  "Partition assignments and revocations", ["event"],
+                                  registry=r)
+        self.links = Gauge("calsync_links", "Calendar links, by state", ["state"], registry=r)
+
+    def watch_lag(self, source: Callable[[], list[PartitionLag]]) -> None:
+        self.registry.register(_LagCollector(source))
+
+    def google_call(self, method: str, started: float, status: int | None) -> None:
+        self.google_requests.labels(method, str(status) if status else "network").observe(
+            time.perf_counter() - started)
