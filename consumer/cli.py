@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import NoReturn, TypeVar
 
 import psycopg
 from pydantic import ValidationError
 
-from consumer import links
+from consumer import cli_ops, links
 from consumer.app import StartupError
+from consumer.cli_ops import CliError, print_json
 from consumer.crypto import TokenCipher, TokenKeyError
 from consumer.db import migrate
 from consumer.logs import configure_logging
+from consumer.operations import OpsError, parse_duration
 from consumer.settings import Settings
 
 T = TypeVar("T")
-
-
-class CliError(Exception):
-    """A refusal the user can act on: printed as one line, exit status 1."""
 
 
 def _with_links(settings: Settings, work: Callable[[links.LinkService], Awaitable[T]]) -> T:
@@ -47,13 +44,78 @@ def _aware(value: str) -> datetime:
     return parsed
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not the usage block
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
+def _partitions(value: str) -> list[int]:
+    try:
+        parts = sorted({int(p) for p in value.split(",") if p.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of partitions: "
+                                         f"{value!r}") from None
+    if not parts or parts[0] < 0:
+        raise argparse.ArgumentTypeError(f"not a list of partition numbers: {value!r}")
+    return parts
+
+
+def _duration(value: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive number: {value!r}")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="calsync", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="calsync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     sub.add_parser("migrate", help="apply sql/ migrations (running it twice is harmless)")
     sub.add_parser("consume", help="run the consumer until SIGTERM or SIGINT")
     schema = sub.add_parser("schema", help="print the booking event JSON Schema")
     schema.add_argument("--write", action="store_true", help="write it into schemas/")
+
+    replay = sub.add_parser("replay", help="reset the group's offsets to re-read messages "
+                            "(like kafka-consumer-groups --reset-offsets); dry run by default")
+    replay.add_argument("--group", help="consumer group (default: CALSYNC_GROUP_ID)")
+    replay.add_argument("--topic", help="topic (default: CALSYNC_TOPIC)")
+    replay.add_argument("--partitions", type=_partitions, help="e.g. 0,3,7 (default: all)")
+    where = replay.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to-datetime", type=_aware, help="ISO 8601 with a time zone")
+    where.add_argument("--by-duration", type=_duration, help="ISO 8601 duration back from "
+                       "now, e.g. PT2H")
+    where.add_argument("--to-offset", type=int)
+    where.add_argument("--shift-by", type=int, help="negative: re-read that many")
+    where.add_argument("--to-earliest", action="store_true")
+    replay.add_argument("--execute", action="store_true", help="apply the plan")
+    replay.add_argument("--resync", action="store_true", help="with --execute: also re-apply "
+                        "the latest state of the affected bookings to Google")
+    replay.add_argument("--by", help="who asks (recorded; default: user@host)")
+    replay.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="members, lag, links, failures, dead letters")
+    status.add_argument("--json", action="store_true")
+    dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command",
+                                                                    required=True)
+    dlq_list = dlq.add_parser("list", help="dead letters waiting (--all: replayed ones too)")
+    dlq_list.add_argument("--all", action="store_true")
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_show = dlq.add_parser("show", help="one dead letter, whole")
+    dlq_show.add_argument("id", type=int)
+    dlq_replay = dlq.add_parser("replay", help="put dead letters back on their topic, once")
+    dlq_replay.add_argument("ids", type=int, nargs="*", help="default: all waiting")
+    dlq_replay.add_argument("--rate", type=_positive, default=10.0, help="messages a second")
+    dlq_replay.add_argument("--value-file", help="a corrected value for one dead letter")
+    dlq_replay.add_argument("--by", help="who asks (recorded; default: user@host)")
 
     sub.add_parser("serve", help="the links HTTP API and Google's OAuth redirect "
                    "(CALSYNC_HTTP_HOST, CALSYNC_HTTP_PORT, CALSYNC_ADMIN_TOKEN)")
@@ -96,10 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
-
-
 def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
     command = args.links_command
     if command == "import":
@@ -124,7 +182,7 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
     if command == "calendars":
         calendars = _with_links(settings, lambda s: s.calendars(args.link))
         if args.json:
-            _print_json(calendars)
+            print_json(calendars)
         else:
             print(f"{'NAME':30} {'PRIMARY':8} {'WRITABLE':9} ID")
             for c in calendars:
@@ -149,7 +207,7 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     rows = _with_links(settings, lambda s: s.list())
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
         print(f"{'ID':22} {'ACTIVITY':14} {'ACCOUNT':30} {'STATE':21} {'SINCE':20} "
               f"{'CALENDAR':24} REASON")
@@ -215,12 +273,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "links": lambda: _cmd_links(args, settings),
         "keys": lambda: _cmd_keys(args, settings),
         "serve": lambda: _cmd_serve(settings),
+        "replay": lambda: cli_ops.replay(args, settings),
+        "status": lambda: cli_ops.status(args, settings),
+        "dlq": lambda: cli_ops.dlq(args, settings),
         "sandbox": lambda: _cmd_sandbox(args.host, args.port),
         "demo": lambda: _cmd_demo(args),
     }
     try:
         return handlers[args.command]()
-    except (CliError, links.LinkError, StartupError, TokenKeyError) as exc:
+    except (CliError, links.LinkError, StartupError, TokenKeyError, OpsError) as exc:
         print(f"calsync: {exc}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as exc:

@@ -146,12 +146,21 @@ _BOOKINGS_OF_ACTIVITY = (
     " LEFT JOIN link_bookings lb ON lb.link_id = %s AND lb.booking_id = b.booking_id"
     " WHERE b.activity_id = %s ORDER BY b.booking_id"
 )
+_LATEST_BOOKING = "SELECT event FROM bookings WHERE booking_id = %s"
 _MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"
 _INSERT_DEAD_LETTER = (
     "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key,"
     " message_value, headers, error_type, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
     " ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE SET"
     " error_type = EXCLUDED.error_type, error = EXCLUDED.error, recorded_at = now()"
+)
+
+
+_DEAD_LETTER_REPROCESSED = (
+    "SELECT reprocessed_at IS NOT NULL AS done FROM dead_letters WHERE id = %s"
+)
+_MARK_DEAD_LETTER_REPROCESSED = (
+    "UPDATE dead_letters SET reprocessed_at = now() WHERE id = %s AND reprocessed_at IS NULL"
 )
 
 
@@ -261,6 +270,11 @@ class Repository:
             answer.append((BookingEvent.model_validate(row["event"]), recorded))
         return answer
 
+    async def latest_booking(self, booking_id: str) -> BookingEvent | None:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_LATEST_BOOKING, (booking_id,))).fetchone()
+        return BookingEvent.model_validate(row["event"]) if row else None
+
     async def mark_backfilled(self, link_id: str) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(_MARK_BACKFILLED, (link_id,))
@@ -346,3 +360,13 @@ class Repository:
                 position.topic, position.partition, position.offset, key, value, header_json,
                 error_type, error,
             ))
+
+    async def dead_letter_reprocessed(self, dead_letter_id: int) -> bool:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_DEAD_LETTER_REPROCESSED,
+                                            (dead_letter_id,))).fetchone()
+            return bool(row and row["done"])
+
+    async def mark_dead_letter_reprocessed(self, dead_letter_id: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_MARK_DEAD_LETTER_REPROCESSED, (dead_letter_id,))

@@ -19,6 +19,8 @@ DLQ_ERROR_TYPE = "error.type"
 DLQ_SOURCE_TOPIC = "error.source.topic"
 DLQ_SOURCE_PARTITION = "error.source.partition"
 DLQ_SOURCE_OFFSET = "error.source.offset"
+# On a message `calsync dlq replay` put back: the dead_letters id it is a copy of.
+DLQ_REPLAY_OF = "calsync.dlq.replay-of"
 
 
 def build_consumer(settings: Settings) -> AIOKafkaConsumer:

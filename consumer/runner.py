@@ -20,13 +20,15 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+import psycopg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from consumer.db import MessagePosition, Repository
-from consumer.kafka import dead_letter_headers
+from consumer.kafka import DLQ_REPLAY_OF, dead_letter_headers
+from consumer.members import HEARTBEAT_S, MemberReport
 from consumer.messages import BadMessage, parse_message
 from consumer.metrics import Metrics, PartitionLag
 from consumer.offsets import PartitionOffsets
@@ -58,6 +60,9 @@ class ConsumerRunner:
         # Health: when the loop last turned, and per partition when it last made progress.
         self.started = False
         self.ops_port: int | None = None  # where /metrics and the health checks listen
+        self.member = MemberReport(settings.database_url, settings.group_id, settings.topic,
+                                   settings.instance_id)
+        self._reported_at = 0.0
         self.loop_turned_at = time.monotonic()
         self._progress_at: dict[TopicPartition, float] = {}
         self._fetched_at_ms: dict[TopicPartition, dict[int, int]] = defaultdict(dict)
@@ -77,11 +82,26 @@ class ConsumerRunner:
                         self._dispatch(tp, record)
                 self._apply_backpressure()
                 await self._commit(force=False)
+                await self._report_membership()
         finally:
             await self.drain(list(self._offsets), reason="shutdown")
             await self.consumer.stop()  # leaves the group
             await self.producer.stop()
+            try:
+                await self.member.leave()
+            except psycopg.Error as exc:
+                log.warning("member_not_removed", cause=type(exc).__name__)
             log.info("consumer_stopped", processed=self.processed)
+
+    async def _report_membership(self) -> None:
+        now = time.monotonic()
+        if now - self._reported_at < HEARTBEAT_S:
+            return
+        self._reported_at = now
+        try:
+            await self.member.report([tp.partition for tp in self.consumer.assignment()])
+        except psycopg.Error as exc:  # a database outage is seen (and retried) elsewhere
+            log.debug("member_not_reported", cause=type(exc).__name__)
 
     # --- dispatch ------------------------------------------------------------------------
 
@@ -131,6 +151,19 @@ class ConsumerRunner:
         self.processed += 1
 
     async def _handle(self, record: ConsumerRecord[Any, Any], position: MessagePosition) -> None:
+        replay_of = next((int(v) for k, v in record.headers or () if k == DLQ_REPLAY_OF
+                          and v.isdigit()), None)
+        if replay_of is not None and await self.repository.dead_letter_reprocessed(replay_of):
+            log.info("dead_letter_replay_skipped", dead_letter_id=replay_of,
+                     why="already processed")
+            self.metrics.messages.labels("skipped").inc()
+            return
+        await self._handle_message(record, position)
+        if replay_of is not None:
+            await self.repository.mark_dead_letter_reprocessed(replay_of)
+
+    async def _handle_message(self, record: ConsumerRecord[Any, Any],
+                              position: MessagePosition) -> None:
         parsed = parse_message(record.key, record.value)
         if isinstance(parsed, BadMessage):
             await self._dead_letter(record, position, parsed)

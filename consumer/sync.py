@@ -176,7 +176,10 @@ class SyncEngine:
                                            for row in active)))
 
     async def sync_link(self, event: BookingEvent, row: LinkRow,
-                        position: MessagePosition | None, source: str = "event") -> SyncResult:
+                        position: MessagePosition | None, source: str = "event",
+                        force: bool = False) -> SyncResult:
+        """`force`: apply the booking even where the recorded version says it is applied
+        (a resync, for when Google's side drifted)."""
         booking = event.booking
         bound = log.bind(link_id=row.link.id, booking_id=booking.id, version=booking.version)
         health: tuple[LinkState, str] | None = None
@@ -192,6 +195,8 @@ class SyncEngine:
             # Read under the link's key-share lock: active now, whatever a missed or late
             # notice says. Only work already past this point can be halted.
             self.halted.discard(row.link.id)
+            if force and recorded is not None:
+                recorded = recorded.model_copy(update={"applied_version": None})
             planned = plan_operation(event, row.link, recorded)
             try:
                 result = await self._apply(planned, event, row, recorded, call)

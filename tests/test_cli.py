@@ -113,8 +113,8 @@ async def test_consume_refuses_to_start_on_an_unmigrated_database(env: Env) -> N
     result = calsync(env, "consume")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "calsync: the database is not migrated (001_init.sql, 002_links_lifecycle.sql "
-        "pending): "
+        "calsync: the database is not migrated ("
+        + ", ".join(sorted(p.name for p in (ROOT / "sql").glob("*.sql"))) + " pending): "
         "run `calsync migrate` first")
 
 

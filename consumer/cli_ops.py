@@ -1,0 +1,107 @@
+"""`calsync replay`, `calsync status`, `calsync dlq`: the on-call commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from consumer.settings import Settings
+
+
+class CliError(Exception):
+    """A refusal the user can act on: printed as one line, exit status 1."""
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def replay(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer import operations as ops
+
+    if args.resync and not args.execute:
+        raise CliError("--resync goes with --execute (a dry run changes nothing)")
+    group, topic = args.group or settings.group_id, args.topic or settings.topic
+    spec = ops.ResetSpec(args.to_datetime, args.by_duration, args.to_offset, args.shift_by,
+                         args.to_earliest)
+
+    async def run() -> tuple[list[ops.PartitionPlan], int | None]:
+        await ops.refuse_if_active(settings, group)
+        plan = await ops.plan_replay(settings, group, topic, args.partitions, spec)
+        resynced = None
+        if args.execute:
+            await ops.execute_replay(settings, group, topic, plan)
+            if args.resync:
+                resynced = await ops.resync(
+                    settings, await ops.affected_bookings(settings, topic, plan))
+        await ops.record_replay(settings, group, topic, spec, plan, args.execute,
+                                args.resync, args.by, resynced)
+        return plan, resynced
+
+    plan, resynced = asyncio.run(run())
+    if args.json:
+        print_json({"group": group, "topic": topic, "executed": args.execute,
+                     "resynced": resynced, "partitions": [
+                         {"partition": p.partition, "current": p.current, "new": p.new,
+                          "rereads": p.rereads} for p in plan]})
+        return 0
+    print(f"{'PARTITION':10} {'CURRENT':>10} {'NEW':>10} {'RE-READ':>8}")
+    for p in plan:
+        print(f"{p.partition:<10} {p.current:>10} {p.new:>10} {p.rereads:>8}")
+    total = sum(p.rereads for p in plan)
+    if not args.execute:
+        print(f"dry run: {total} message(s) would be re-read by group {group}; "
+              "add --execute to apply")
+    else:
+        print(f"done: group {group} will re-read {total} message(s) on {topic}"
+              + (f"; {resynced} event operation(s) re-applied to Google" if args.resync
+                 else ""))
+    return 0
+
+
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer import status as on_call
+
+    collected = asyncio.run(on_call.collect(settings))
+    if args.json:
+        print_json(collected)
+    else:
+        print(on_call.render(collected))
+    return 0
+
+
+def dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from consumer import operations as ops
+
+    if args.dlq_command == "list":
+        rows = asyncio.run(ops.dead_letters(settings, args.all))
+        if args.json:
+            print_json(rows)
+            return 0
+        print(f"{'ID':>6} {'RECORDED':19} {'SOURCE':28} {'TYPE':24} {'REPLAYED':19} ERROR")
+        for r in rows:
+            source = f"{r['topic']}/{r['kafka_partition']}@{r['kafka_offset']}"
+            replayed = r["replayed_at"].isoformat()[:19] if r["replayed_at"] else "-"
+            print(f"{r['id']:>6} {r['recorded_at'].isoformat()[:19]:19} {source[:28]:28} "
+                  f"{r['error_type'][:24]:24} {replayed:19} {r['error'][:60]}")
+        return 0
+    if args.dlq_command == "show":
+        row = asyncio.run(ops.dead_letter(settings, args.id))
+        for key in ("message_key", "message_value"):
+            raw = row[key]
+            row[key] = raw.decode("utf-8", "replace") if raw is not None else None
+        print_json(row)
+        return 0
+    value = None
+    if args.value_file:
+        try:
+            value = Path(args.value_file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.value_file}: {exc.strerror}") from None
+    done = asyncio.run(ops.replay_dead_letters(settings, args.ids, args.rate, value, args.by))
+    print(f"put back {len(done)} dead letter(s): {', '.join(map(str, done)) or 'none waiting'}")
+    return 0

@@ -1,0 +1,69 @@
+"""Consumer processes report themselves in PostgreSQL (consumer_members), so on-call tooling
+knows which members of a group are alive and what they hold, whatever the broker reports."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from psycopg.rows import dict_row
+
+HEARTBEAT_S = 5.0
+ALIVE_WITHIN_S = 3 * HEARTBEAT_S
+
+_REPORT = (
+    "INSERT INTO consumer_members (group_id, member, host, pid, topic, partitions)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (group_id, member) DO UPDATE SET"
+    " partitions = EXCLUDED.partitions, seen_at = now()"
+)
+_LEAVE = "DELETE FROM consumer_members WHERE group_id = %s AND member = %s"
+_ALIVE = (
+    "SELECT member, host, pid, topic, partitions, started_at, seen_at FROM consumer_members"
+    " WHERE group_id = %s AND seen_at > now() - make_interval(secs => %s) ORDER BY member"
+)
+
+
+@dataclass(frozen=True)
+class Member:
+    member: str
+    host: str
+    pid: int
+    topic: str
+    partitions: list[int]
+    started_at: datetime
+    seen_at: datetime
+
+
+class MemberReport:
+    """This process, as a member of its group."""
+
+    def __init__(self, database_url: str, group_id: str, topic: str,
+                 instance_id: str | None) -> None:
+        self.database_url = database_url
+        self.group_id = group_id
+        self.topic = topic
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.member = instance_id or f"{self.host}-{self.pid}-{uuid.uuid4().hex[:6]}"
+
+    async def report(self, partitions: list[int]) -> None:
+        async with await psycopg.AsyncConnection.connect(self.database_url,
+                                                         autocommit=True) as conn:
+            await conn.execute(_REPORT, (self.group_id, self.member, self.host, self.pid,
+                                         self.topic, sorted(partitions)))
+
+    async def leave(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.database_url,
+                                                         autocommit=True) as conn:
+            await conn.execute(_LEAVE, (self.group_id, self.member))
+
+
+async def alive_members(database_url: str, group_id: str) -> list[Member]:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True,
+                                                     row_factory=dict_row) as conn:
+        rows = await (await conn.execute(_ALIVE, (group_id, ALIVE_WITHIN_S))).fetchall()
+    return [Member(**row) for row in rows]

@@ -1,0 +1,94 @@
+"""`calsync status`: one screen for on-call (and `--json` for machines)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+from psycopg.rows import dict_row
+
+from consumer.members import alive_members
+from consumer.operations import OpsError, kafka_probe
+from consumer.settings import Settings
+
+_LINKS = (
+    "SELECT state, count(*) AS links, array_remove(array_agg(DISTINCT state_reason), NULL)"
+    " AS reasons FROM calendar_links GROUP BY state ORDER BY state"
+)
+_FAILURES = (
+    "SELECT reason, outcome, count(*) AS results FROM sync_results WHERE outcome IN"
+    " ('failed', 'skipped') AND recorded_at > now() - interval '1 hour'"
+    " GROUP BY reason, outcome ORDER BY count(*) DESC"
+)
+_DLQ = (
+    "SELECT count(*) FILTER (WHERE replayed_at IS NULL) AS waiting, count(*) AS total,"
+    " min(recorded_at) FILTER (WHERE replayed_at IS NULL) AS oldest FROM dead_letters"
+)
+
+
+async def collect(settings: Settings) -> dict[str, Any]:
+    group, topic = settings.group_id, settings.topic
+    members = [{"member": m.member, "host": m.host, "pid": m.pid, "partitions": m.partitions,
+                "seen_at": m.seen_at.isoformat()}
+               for m in await alive_members(settings.database_url, group)]
+    probe = await kafka_probe(settings, group)
+    try:
+        if topic not in await probe.topics():
+            raise OpsError(f"unknown topic {topic!r}")
+        tps = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
+        ends = await probe.end_offsets(tps)
+        lag = []
+        for tp in tps:
+            committed = await probe.committed(tp)
+            lag.append({"partition": tp.partition, "committed": committed, "end": ends[tp],
+                        "lag": ends[tp] - (committed or 0)})
+    finally:
+        await probe.stop()
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        described = (await admin.describe_consumer_groups([group]))[0].groups[0]
+        broker: dict[str, Any] = {"state": described[2], "members": len(described[5])}
+    except (KafkaError, IndexError):
+        broker = {"state": "unknown", "members": None}
+    finally:
+        await admin.close()
+    async with await psycopg.AsyncConnection.connect(settings.database_url,
+                                                     row_factory=dict_row) as conn:
+        links = await (await conn.execute(_LINKS)).fetchall()
+        failures = await (await conn.execute(_FAILURES)).fetchall()
+        dlq = await (await conn.execute(_DLQ)).fetchone()
+    assert dlq is not None
+    return {
+        "group": group, "topic": topic, "members": members, "broker_group": broker,
+        "partitions": lag, "total_lag": sum(p["lag"] for p in lag),
+        "links": links, "failures_last_hour": failures,
+        "dead_letters": {"waiting": dlq["waiting"], "total": dlq["total"],
+                         "oldest_waiting": dlq["oldest"].isoformat() if dlq["oldest"] else None},
+    }
+
+
+def render(status: dict[str, Any]) -> str:
+    lines = [f"group {status['group']} on topic {status['topic']}: "
+             f"{len(status['members'])} live member(s) "
+             f"(broker: {status['broker_group']['state']}, "
+             f"{status['broker_group']['members']} listed)"]
+    for m in status["members"]:
+        lines.append(f"  {m['member']:40} partitions {m['partitions']}  seen {m['seen_at'][:19]}")
+    lines.append(f"lag: {status['total_lag']} message(s)")
+    lines.append("  " + "  ".join(f"p{p['partition']}={p['lag']}" for p in status["partitions"]))
+    lines.append("links:")
+    for row in status["links"]:
+        reasons = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
+        lines.append(f"  {row['state']:22} {row['links']}{reasons}")
+    lines.append("failures in the last hour:" if status["failures_last_hour"]
+                 else "failures in the last hour: none")
+    for row in status["failures_last_hour"]:
+        lines.append(f"  {row['outcome']:8} {row['reason']:28} {row['results']}")
+    dlq = status["dead_letters"]
+    lines.append(f"dead letters: {dlq['waiting']} waiting (of {dlq['total']})"
+                 + (f", oldest {dlq['oldest_waiting'][:19]}" if dlq["oldest_waiting"] else ""))
+    return "\n".join(lines)
