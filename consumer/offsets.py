@@ -42,3 +42,9 @@ class PartitionOffsets:
         if self._next is None or (self.committed is not None and self._next <= self.committed):
             return None
         return self._next
+
+    def first_unrecorded(self) -> int | None:
+        """The lowest offset not yet recorded (None before anything was read)."""
+        if self._order:
+            return self._order[0]
+        return self._next if self._next is not None else self.committed

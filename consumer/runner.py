@@ -234,9 +234,7 @@ class ConsumerRunner:
         for tp in sorted(self.consumer.assignment(), key=lambda t: t.partition):
             highwater = self.consumer.highwater(tp)
             offsets = self._offsets.get(tp)
-            point = offsets.commit_point() if offsets is not None else None
-            if point is None:
-                point = offsets.committed if offsets is not None else None
+            point = offsets.first_unrecorded() if offsets is not None else None
             records = max(0, highwater - point) if highwater is not None and point is not None \
                 else 0
             pending = self._fetched_at_ms.get(tp)

@@ -82,3 +82,17 @@ def test_commit_point_never_passes_an_unfinished_offset() -> None:
     assert offsets.commit_point() == 14 and len(offsets) == 0
     assert offsets.add(5) is False  # a redelivery is not taken twice
     assert offsets.add(13) is False and offsets.add(14) is True
+
+
+def test_first_unrecorded_offset_is_what_lag_counts_from() -> None:
+    offsets = PartitionOffsets()
+    assert offsets.first_unrecorded() is None  # nothing read yet
+    for offset in (10, 11, 12):
+        offsets.add(offset)
+    assert offsets.first_unrecorded() == 10  # in flight is not recorded
+    offsets.finish(11)
+    assert offsets.first_unrecorded() == 10
+    offsets.finish(10)
+    assert offsets.first_unrecorded() == 12
+    offsets.finish(12)
+    assert offsets.first_unrecorded() == 13

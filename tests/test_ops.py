@@ -88,8 +88,10 @@ async def scrape_links(port: int) -> bool:
 
 
 async def test_health_and_readiness_follow_the_database(env: Env) -> None:
+    email, refresh = env.account()
+    await env.link(email, refresh)
     port = free_port()
-    async with env.consumer(metrics_port=port):
+    async with env.consumer(metrics_port=port, stall_threshold_s=1.0, infra_retry_max_s=0.5):
         status, body = await wait_until(lambda: ready(port), what="ready")
         assert body["checks"] == {"consumer": "ok", "database": "ok", "broker": "ok"}
         assert (await probe(port, "/healthz"))[0] == 200
@@ -103,9 +105,21 @@ async def test_health_and_readiness_follow_the_database(env: Env) -> None:
                 assert status == 503 and body["checks"]["database"].startswith("unreachable")
                 assert body["checks"]["broker"] == "ok"
                 assert (await probe(port, "/healthz"))[0] == 200  # alive, just not ready
+                # A message that cannot be recorded: its partition stalls, liveness fails.
+                await env.publish(booking_event("bk_1", 1))
+                status, body = await wait_until(lambda: unhealthy(port), what="a stall")
+                assert body["checks"]["partitions"].startswith("stalled")
             finally:
                 admin.execute(f'ALTER DATABASE "{env.name}" ALLOW_CONNECTIONS true'.encode())
         await wait_until(lambda: ready(port), what="ready again")
+        await wait_until(env.all_committed, what="the message recorded")
+        assert (await probe(port, "/healthz"))[0] == 200
+        assert len(env.events(email)) == 1
+
+
+async def unhealthy(port: int) -> tuple[int, dict[str, Any]] | None:
+    status, body = await probe(port, "/healthz")
+    return (status, body) if status == 503 else None
 
 
 async def ready(port: int) -> tuple[int, dict[str, Any]] | None:
@@ -208,3 +222,35 @@ def assigned_partitions(log_path: Path) -> set[int]:
         if line.startswith("{") and '"partitions_assigned"' in line:
             partitions |= set(json.loads(line)["partitions"])
     return partitions
+
+
+async def test_logs_are_json_with_context_and_quiet_per_message(env: Env,
+                                                                tmp_path: Path) -> None:
+    email, refresh = env.account()
+    link_id = await env.link(email, refresh)
+    env.sandbox.add_fault(500, count=1000, account=email, path_contains="bk-fail")
+    log_path = tmp_path / "consumer.log"
+    process = env.start_process(log_path, CALSYNC_RETRY_BUDGET_S="0.3")
+    try:
+        for number in range(10):
+            await env.publish(booking_event(f"bk_{number}", 1))
+        await wait_until(lambda: len(env.events(email)) == 10, what="10 events")
+        env.sandbox.add_fault(500, count=1000, account=email, method="POST")
+        await env.publish(booking_event("bk_fail", 1))
+        await wait_until(lambda: env.results("bk_fail"), what="the failure recorded")
+        await wait_until(env.all_committed, what="offsets committed")
+    finally:
+        env.sandbox.clear_faults()
+        process.terminate()
+        assert await asyncio.to_thread(process.wait, 30) == 0
+    lines = [json.loads(line) for line in log_path.read_text().splitlines()
+             if line.startswith("{")]
+    failures = [line for line in lines if line["event"] == "link_sync_failed"]
+    assert len(failures) == 1
+    failure = failures[0]
+    assert failure["level"] == "warning" and "500" in failure["cause"]
+    assert (failure["topic"], failure["booking_id"], failure["link_id"]) == (
+        env.settings.topic, "bk_fail", link_id)
+    assert isinstance(failure["partition"], int) and isinstance(failure["offset"], int)
+    info = [line for line in lines if line["level"] == "info"]
+    assert len(info) < 11  # start-up, assignment, a token refresh: nothing per message
