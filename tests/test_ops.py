@@ -182,6 +182,7 @@ async def test_three_consumers_on_twelve_partitions_with_members_joining_and_lea
                                             customer_name=f"Customer v{version}"))
 
     logs = [tmp_path / f"member-{i}.log" for i in range(3)]
+    since = env.sandbox.calls()["now"]
     members = [env.start_process(logs[0])]
     try:
         await publish(bookings[:12])
@@ -210,6 +211,11 @@ async def test_three_consumers_on_twelve_partitions_with_members_joining_and_lea
                    if e["summary"].endswith("Customer v2")}
         assert updated == set(bookings[:12])
     assert not env.query("SELECT 1 FROM sync_results WHERE outcome = 'failed'")
+    # Members left with SIGTERM mid-stream: not one Google call was repeated.
+    writes = google_writes(env, since)
+    assert Counter(op for op, _ in writes.elements()) == {"events.insert": 96,
+                                                          "events.update": 24}
+    assert all(count == 1 for count in writes.values())
     # Partitions were spread: every member was assigned some, together all twelve.
     assigned = [assigned_partitions(path) for path in logs]
     assert all(assigned), assigned
