@@ -316,6 +316,7 @@ def run_demo(state_dir: str, pace: float) -> int:
                 if "SECRET" not in key:
                     print(f"     export {key}='{value}'")
             print("     .venv/bin/calsync links list")
+            print("     .venv/bin/calsync status")
             print("\n   Ctrl-C stops everything.")
             while consumer.poll() is None:
                 time.sleep(0.5)
