@@ -271,6 +271,13 @@ class Env:
             await self.producer.stop()
 
 
+def calsync(env: Env, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`calsync ARGS` as a person runs it, with the test's environment."""
+    return subprocess.run([sys.executable, "-m", "consumer.cli", *args],
+                          env={**env.env_vars, **extra_env}, cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
 async def wait_until(predicate: Callable[[], Any] | Callable[[], Awaitable[Any]],
                      timeout_s: float = 20.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout_s

@@ -3,16 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import ROOT, Env
-
-
-def calsync(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "consumer.cli", *args], env=env.env_vars,
-                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+from tests.conftest import ROOT, Env, calsync
 
 
 async def test_migrate_is_harmless_twice(env: Env) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,13 +15,7 @@ from consumer.crypto import TokenCipher, TokenKeyError
 from consumer.http_api import serve
 from consumer.links import LinkError, link_service
 from consumer.stack import free_port
-from tests.conftest import ADMIN_TOKEN, ROOT, TOKEN_KEY, Env, booking_event, wait_until
-
-
-def calsync(env: Env, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "consumer.cli", *args],
-                          env={**env.env_vars, **extra_env}, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+from tests.conftest import ADMIN_TOKEN, TOKEN_KEY, Env, booking_event, calsync, wait_until
 
 
 def one_line_refusal(result: subprocess.CompletedProcess[str], text: str) -> None:

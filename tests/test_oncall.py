@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,12 +11,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import ROOT, Env, booking_event, wait_until
-
-
-def calsync(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "consumer.cli", *args], env=env.env_vars,
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+from tests.conftest import Env, booking_event, calsync, wait_until
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
