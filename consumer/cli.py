@@ -88,8 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="reset the group's offsets to re-read messages "
                             "(like kafka-consumer-groups --reset-offsets); dry run by default")
     replay.add_argument("--group", help="consumer group (default: CALSYNC_GROUP_ID)")
-    replay.add_argument("--topic", help="topic (default: CALSYNC_TOPIC)")
+    replay.add_argument("--topic", help="topic, or topic:0,3 for some partitions as "
+                        "kafka-consumer-groups takes it (default: CALSYNC_TOPIC)")
     replay.add_argument("--partitions", type=_partitions, help="e.g. 0,3,7 (default: all)")
+    replay.add_argument("--dry-run", action="store_true", help="the default: print the plan")
     where = replay.add_mutually_exclusive_group(required=True)
     where.add_argument("--to-datetime", type=_aware, help="ISO 8601 with a time zone")
     where.add_argument("--by-duration", type=_duration, help="ISO 8601 duration back from "

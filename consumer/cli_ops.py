@@ -23,7 +23,17 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.resync and not args.execute:
         raise CliError("--resync goes with --execute (a dry run changes nothing)")
+    if args.dry_run and args.execute:
+        raise CliError("--dry-run and --execute exclude each other")
     group, topic = args.group or settings.group_id, args.topic or settings.topic
+    if ":" in topic:  # kafka-consumer-groups' topic:0,1,2
+        topic, _, listed = topic.partition(":")
+        if args.partitions:
+            raise CliError("give partitions once: --topic T:0,1 or --partitions 0,1")
+        try:
+            args.partitions = sorted({int(p) for p in listed.split(",") if p.strip()})
+        except ValueError:
+            raise CliError(f"not a list of partitions after {topic}: {listed!r}") from None
     spec = ops.ResetSpec(args.to_datetime, args.by_duration, args.to_offset, args.shift_by,
                          args.to_earliest)
 

@@ -39,6 +39,9 @@ async def test_replay_by_datetime_changes_nothing_and_resync_repairs(env: Env) -
     assert not dry["executed"]
     assert sum(p["rereads"] for p in dry["partitions"]) == 2
     assert await env.committed_total() == 2  # a dry run changes nothing
+    some = ok_json(calsync(env, "replay", "--to-earliest", "--dry-run", "--json", "--topic",
+                           f"{env.settings.topic}:0,2"))
+    assert [p["partition"] for p in some["partitions"]] == [0, 2]
 
     done = ok_json(calsync(env, "replay", "--to-datetime", before, "--execute", "--json"))
     assert done["executed"] and await env.committed_total() == 0
@@ -61,8 +64,8 @@ async def test_replay_by_datetime_changes_nothing_and_resync_repairs(env: Env) -
     assert gone["id"] not in {e["id"] for e in events}  # recreated under a new id
     replays = env.query("SELECT who, executed, resync, spec, resynced FROM replays ORDER BY id")
     assert [(r["executed"], r["resync"]) for r in replays] == [
-        (False, False), (True, False), (True, True)]
-    assert replays[2]["who"] == "oncall@example.com" and replays[2]["resynced"] == 2
+        (False, False), (False, False), (True, False), (True, True)]
+    assert replays[3]["who"] == "oncall@example.com" and replays[3]["resynced"] == 2
     assert replays[0]["spec"].startswith("--to-datetime ")
 
 
@@ -88,6 +91,10 @@ async def test_replay_and_dlq_arguments_are_checked_before_anything(env: Env) ->
             f"'{env.settings.topic}'",
         ("replay", "--to-earliest", "--partitions", "0,7"):
             f"calsync: topic '{env.settings.topic}' has no partition 7 (it has 0..2)",
+        ("replay", "--to-earliest", "--topic", f"{env.settings.topic}:0,9"):
+            f"calsync: topic '{env.settings.topic}' has no partition 9 (it has 0..2)",
+        ("replay", "--to-earliest", "--dry-run", "--execute"):
+            "calsync: --dry-run and --execute exclude each other",
         ("replay", "--to-offset", "99"):
             "calsync: offset 99 is out of range for partition 0 (0..",
         ("replay", "--to-datetime", "2026-01-01T00:00:00"):
