@@ -85,9 +85,10 @@ class StateRefused(Exception):
 class CalendarTaken(Exception):
     """Another live link of the activity already syncs the same account's calendar."""
 
-    def __init__(self, link_id: str) -> None:
+    def __init__(self, link_id: str, state: str = "active") -> None:
         super().__init__(link_id)
         self.link_id = link_id
+        self.state = state
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class LinkStore:
                 row["activity_id"], row["account_email"], calendar_id, link_id))).fetchall()
             live = [o for o in others if o["state"] != LinkState.DISCONNECTED]
             if live:
-                raise CalendarTaken(live[0]["id"])
+                raise CalendarTaken(live[0]["id"], live[0]["state"])
             try:
                 if others:  # a disconnected link of the same calendar
                     old = others[0]["id"]

@@ -166,8 +166,10 @@ class LinkService:
         try:
             activation = await self.store.activate(link_id, calendar_id)
         except CalendarTaken as exc:
+            fix = ("" if exc.state == LinkState.ACTIVE else
+                   f" (it is {exc.state}: reconnect or re-select that link instead)")
             raise LinkError(f"calendar {calendar_id!r} of {row.link.account_email} already "
-                            f"receives this activity's events through link {exc.link_id}", 409,
+                            f"belongs to this activity's link {exc.link_id}{fix}", 409,
                             "calendar_taken") from None
         active = await self._existing(activation.link_id)
         log.info("link_activated", link_id=active.link.id, calendar_id=calendar_id,

@@ -47,14 +47,18 @@ async def test_cli_connect_prints_the_consent_url(env: Env) -> None:
 async def test_cli_refusals_are_one_line_and_change_nothing(env: Env) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
+    second = await env.link(email, refresh, calendar_id=None)  # same account, pending
     links_now = ("SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
-                 " state_changed_at, refresh_token_enc FROM calendar_links")
+                 " state_changed_at, refresh_token_enc FROM calendar_links ORDER BY id")
     before = env.query(links_now)
     one_line_refusal(calsync(env, "links", "disconnect", "lnk_nope"),
                      "calsync: no link 'lnk_nope' (see: calsync links list)")
     one_line_refusal(calsync(env, "links", "select", link_id, "not-mine"),
                      f"calsync: calendar 'not-mine' is not in the calendar list of {email} "
                      f"(see: calsync links calendars {link_id})")
+    one_line_refusal(calsync(env, "links", "select", second, email),
+                     f"calsync: calendar '{email}' of {email} already belongs to this "
+                     f"activity's link {link_id}")
     one_line_refusal(calsync(env, "links", "connect", " "),
                      "calsync: activity id must be a non-empty id without spaces (at most 200 "
                      "characters)")
