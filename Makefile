@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint schema clean
+.PHONY: install run test lint schema bench clean
 
 install: $(STAMP)
 
@@ -34,8 +34,12 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff check consumer tests
-	$(BIN)/mypy consumer
+	$(BIN)/ruff check consumer tests bench
+	$(BIN)/mypy consumer bench
+
+# The benchmark (never part of the tests): prints a table, writes bench-results/latest.json.
+bench: install
+	$(BIN)/python -m bench
 
 # Regenerate schemas/ from the pydantic models (a test fails when they differ).
 schema: install

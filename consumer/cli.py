@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     box = sub.add_parser("sandbox", help="run the Google sandbox HTTP server")
     box.add_argument("--host", default="127.0.0.1")
     box.add_argument("--port", type=int, default=8089)
+    box.add_argument("--ca-file", help="where to write the CA that signed its certificate")
     demo = sub.add_parser("demo", help="the whole story on an embedded stack (make run)")
     demo.add_argument("--state-dir", default=".run")
     demo.add_argument("--pace", type=float, default=1.0, help="seconds between story steps")
@@ -278,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": lambda: cli_ops.replay(args, settings),
         "status": lambda: cli_ops.status(args, settings),
         "dlq": lambda: cli_ops.dlq(args, settings),
-        "sandbox": lambda: _cmd_sandbox(args.host, args.port),
+        "sandbox": lambda: _cmd_sandbox(args.host, args.port, args.ca_file),
         "demo": lambda: _cmd_demo(args),
     }
     try:
@@ -319,11 +320,13 @@ def _cmd_schema(write: bool) -> int:
     return 0
 
 
-def _cmd_sandbox(host: str, port: int) -> int:
+def _cmd_sandbox(host: str, port: int, ca_file: str | None) -> int:
+    from pathlib import Path
+
     from consumer.sandbox.server import SandboxHTTPServer
 
-    server = SandboxHTTPServer((host, port))
-    print(f"google sandbox listening on {server.url}", flush=True)
+    server = SandboxHTTPServer((host, port), ca_file=Path(ca_file) if ca_file else None)
+    print(f"google sandbox listening on {server.url} (CA: {server.ca_file})", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
