@@ -193,11 +193,17 @@ def main() -> int:
     broker = start_broker(log_path=STATE / "tansu.log")
     port = free_port()
     ca_file = STATE / "sandbox-ca.pem"
+    ca_file.unlink(missing_ok=True)  # the sandbox writes a fresh one once it listens
     sandbox_process = subprocess.Popen(
         [sys.executable, "-m", "consumer.cli", "sandbox", "--port", str(port), "--ca-file",
          str(ca_file)], stdout=subprocess.DEVNULL, cwd=ROOT)
     try:
         wait_for_port(port, 30)
+        deadline = time.monotonic() + 30
+        while not ca_file.exists() or not ca_file.stat().st_size:
+            if time.monotonic() > deadline:
+                raise SystemExit("the sandbox wrote no CA file")
+            time.sleep(0.05)
         sandbox = SandboxClient(f"https://127.0.0.1:{port}/", ca_file)
         sandbox.configure(clients={CLIENT_ID: CLIENT_SECRET})
         settings = Settings(
