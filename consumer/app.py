@@ -48,8 +48,7 @@ async def services(settings: Settings, pool_size: int | None = None
         cipher = TokenCipher.from_settings(settings)
     except TokenKeyError as exc:
         raise StartupError(str(exc)) from None
-    # Token refreshes get a pool of their own: a sync holds a connection (and the row lock
-    # of its (link, booking)) while it may need a refresh, which must never wait for it.
+    # Token refreshes get a pool of their own: they must never queue behind the intake.
     repository = Repository(Repository.pool_for(
         settings.database_url, pool_size or settings.db_pool_size, "sync"), cipher)
     token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"),
@@ -59,10 +58,11 @@ async def services(settings: Settings, pool_size: int | None = None
     metrics = Metrics()
     google = GoogleCalendar(settings, metrics)
     tokens = TokenProvider(settings, token_repository, metrics)
+    engine = SyncEngine(settings, repository, google, tokens, metrics)
     try:
-        yield Services(settings, metrics, cipher, repository, google, tokens,
-                       SyncEngine(settings, repository, google, tokens, metrics))
+        yield Services(settings, metrics, cipher, repository, google, tokens, engine)
     finally:
+        await engine.close()
         google.close()
         tokens.close()
         await token_repository.pool.close()

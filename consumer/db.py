@@ -14,7 +14,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from consumer.crypto import TokenCipher
-from consumer.models import BookingEvent, CalendarLink, LinkState, RecordedEvent, SyncResult
+from consumer.models import BookingEvent, CalendarLink, LinkState, RecordedEvent
 
 Connection = psycopg.AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Connection]
@@ -92,6 +92,13 @@ _LINK_COLUMNS = (
     "refresh_token_enc, access_token_enc, token_expires_at, created_at, backfilled_at"
 )
 _LINKS_FOR_ACTIVITY = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE activity_id = %s"
+# The hot path reads links without their tokens: the token provider caches those per link.
+_LINKS_OF_ACTIVITIES = (
+    "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
+    " state_changed_at, NULL AS refresh_token_enc, NULL AS access_token_enc,"
+    " NULL AS token_expires_at, created_at, backfilled_at"
+    " FROM calendar_links WHERE activity_id = ANY(%s)"
+)
 _LINK_BY_ID = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE id = %s"
 _ALL_LINKS = f"SELECT {_LINK_COLUMNS} FROM calendar_links ORDER BY created_at, id"
 _LOCK_LINK_TOKENS = (
@@ -111,28 +118,9 @@ _INSERT_LINK = (
     " refresh_token_enc, access_token_enc, token_expires_at)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
-_ENSURE_LINK_BOOKING = (
-    "INSERT INTO link_bookings (link_id, booking_id) VALUES (%s, %s) ON CONFLICT DO NOTHING"
-)
-# The link row is key-share locked with the (link, booking) row: a disconnect (FOR UPDATE on
-# the link) waits for such in-flight work, and work that starts later sees the new state.
-_LOCK_LINK_BOOKING = (
-    "SELECT lb.applied_version, lb.google_event_id, lb.generation, cl.state"
-    " FROM link_bookings lb JOIN calendar_links cl ON cl.id = lb.link_id"
-    " WHERE lb.link_id = %s AND lb.booking_id = %s FOR UPDATE OF lb FOR KEY SHARE OF cl"
-)
-_SAVE_LINK_BOOKING = (
-    "UPDATE link_bookings SET applied_version = %s, google_event_id = %s, generation = %s,"
-    " updated_at = now() WHERE link_id = %s AND booking_id = %s"
-)
-_INSERT_RESULT = (
-    "INSERT INTO sync_results (event_id, event_type, topic, kafka_partition, kafka_offset,"
-    " booking_id, booking_version, link_id, operation, outcome, reason, google_event_id, error,"
-    " attempts, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-)
-_UPSERT_BOOKING = (
+_UPSERT_BOOKINGS = (
     "INSERT INTO bookings (booking_id, activity_id, version, event_type, event)"
-    " VALUES (%s, %s, %s, %s, %s)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::jsonb[])"
     " ON CONFLICT (booking_id) DO UPDATE SET activity_id = EXCLUDED.activity_id,"
     " version = EXCLUDED.version, event_type = EXCLUDED.event_type, event = EXCLUDED.event,"
     " updated_at = now() WHERE bookings.version < EXCLUDED.version"
@@ -226,6 +214,15 @@ class Repository:
             cur = await conn.execute(_LINKS_FOR_ACTIVITY, (activity_id,))
             return [_link_row(row, self.cipher) for row in await cur.fetchall()]
 
+    async def links_of_activities(self, activity_ids: set[str]) -> dict[str, list[LinkRow]]:
+        """Every link of these activities, without tokens."""
+        answer: dict[str, list[LinkRow]] = {}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_LINKS_OF_ACTIVITIES, (list(activity_ids),))
+            for row in await cur.fetchall():
+                answer.setdefault(row["activity_id"], []).append(_link_row(row, None))
+        return answer
+
     async def link(self, link_id: str) -> LinkRow | None:
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_LINK_BY_ID, (link_id,))).fetchone()
@@ -297,53 +294,21 @@ class Repository:
         else:
             await conn.execute(_SAVE_ACCESS_TOKEN, (access, tokens.expires_at, link_id))
 
-    # --- what is applied, and the results ------------------------------------------------------
+    # --- bookings and dead letters ---------------------------------------------------------
 
-    async def lock_link_booking(
-        self, conn: Connection, link_id: str, booking_id: str
-    ) -> tuple[RecordedEvent | None, LinkState]:
-        """Lock the (link, booking) record for the transaction, and read the link's state
-        as of now. The record is None when never applied."""
-        await conn.execute(_ENSURE_LINK_BOOKING, (link_id, booking_id))
-        row = await (await conn.execute(_LOCK_LINK_BOOKING, (link_id, booking_id))).fetchone()
-        assert row is not None
-        state = LinkState(row["state"])
-        if row["applied_version"] is None and row["generation"] == 0:
-            return None, state
-        return RecordedEvent(applied_version=row["applied_version"],
-                             google_event_id=row["google_event_id"],
-                             generation=row["generation"]), state
-
-    async def record_result(
-        self,
-        conn: Connection,
-        event: BookingEvent,
-        position: MessagePosition | None,
-        result: SyncResult,
-        source: str = "event",
-    ) -> None:
-        booking = event.booking
-        if result.recorded is not None:
-            rec = result.recorded
-            await conn.execute(_SAVE_LINK_BOOKING, (rec.applied_version, rec.google_event_id,
-                                                    rec.generation, result.link_id, booking.id))
-        await conn.execute(_INSERT_RESULT, (
-            event.event_id, event.event_type.value,
-            position.topic if position else None,
-            position.partition if position else None,
-            position.offset if position else None,
-            booking.id, booking.version, result.link_id, result.operation.value,
-            result.outcome.value, result.reason, result.google_event_id, result.error,
-            result.attempts, source,
-        ))
-
-    async def upsert_booking(self, event: BookingEvent) -> None:
-        booking = event.booking
+    async def upsert_bookings(self, events: list[BookingEvent]) -> None:
+        """Keep the latest version of each booking, in one statement."""
+        latest: dict[str, BookingEvent] = {}
+        for event in events:  # one statement may not touch a row twice
+            seen = latest.get(event.booking.id)
+            if seen is None or seen.booking.version < event.booking.version:
+                latest[event.booking.id] = event
+        chosen = list(latest.values())
         async with self.pool.connection() as conn:
-            await conn.execute(_UPSERT_BOOKING, (
-                booking.id, booking.activity_id, booking.version, event.event_type.value,
-                event.model_dump_json(),
-            ))
+            await conn.execute(_UPSERT_BOOKINGS, (
+                [e.booking.id for e in chosen], [e.booking.activity_id for e in chosen],
+                [e.booking.version for e in chosen], [e.event_type.value for e in chosen],
+                [e.model_dump_json() for e in chosen]))
 
     async def record_dead_letter(
         self,

@@ -14,6 +14,7 @@ from psycopg import errors
 from consumer.crypto import TokenCipher
 from consumer.db import Connection, LinkRow, LinkTokens, Repository
 from consumer.models import CalendarLink, LinkState
+from consumer.sync_store import link_lock_key
 
 _INSERT_STATE = (
     "INSERT INTO oauth_states (nonce, activity_id, code_verifier_enc, expires_at)"
@@ -31,6 +32,7 @@ _RECONNECT = (
     " updated_at = now() WHERE activity_id = %s AND account_email = %s"
     " AND state = 'reauth_required' RETURNING id"
 )
+_WAIT_FOR_CLAIMS = "SELECT pg_advisory_xact_lock(%s)"
 _LOCK_LINK = "SELECT state, activity_id, account_email FROM calendar_links WHERE id = %s FOR UPDATE"
 _LIVE_ON_CALENDAR = (
     "SELECT id, state FROM calendar_links WHERE activity_id = %s AND account_email = %s"
@@ -171,15 +173,15 @@ class LinkStore:
             await conn.execute(_DISCONNECT, (reason, link_id))
 
     async def wait_for_in_flight(self, link_id: str, timeout_s: float) -> bool:
-        """Wait until no transaction still works on the link (sync transactions key-share
-        lock its row). Short lock timeouts, so that this never queues ahead of a token
-        refresh that such a transaction waits for."""
+        """Wait until no work is in flight for the link in any process (each claim holds the
+        link's advisory lock shared, see sync_store). Short lock timeouts, and new claims
+        are not starved: they see the link's new state once they get in."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             try:
                 async with self.pool.connection() as conn, conn.transaction():
                     await conn.execute("SET LOCAL lock_timeout = '200ms'")
-                    await conn.execute(_LOCK_LINK, (link_id,))
+                    await conn.execute(_WAIT_FOR_CLAIMS, (link_lock_key(link_id),))
                 return True
             except errors.LockNotAvailable:
                 if asyncio.get_running_loop().time() > deadline:

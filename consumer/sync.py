@@ -28,6 +28,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from consumer.batching import Batcher
 from consumer.core import google_event_id, plan_operation, render_event
 from consumer.db import LinkRow, LinkTokens, MessagePosition, Repository
 from consumer.google_calendar import GoogleApiError
@@ -42,6 +43,7 @@ from consumer.models import (
     SyncResult,
 )
 from consumer.settings import Settings
+from consumer.sync_store import SyncStore
 from consumer.tokens import TokenRefreshFailed
 
 log = structlog.get_logger(__name__)
@@ -150,13 +152,21 @@ def _backoff(initial: float, maximum: float) -> Callable[[RetryCallState], float
 
 class SyncEngine:
     def __init__(self, settings: Settings, repository: Repository, google: CalendarGateway,
-                 tokens: AccessTokens, metrics: Metrics | None = None) -> None:
+                 tokens: AccessTokens, metrics: Metrics | None = None,
+                 store: SyncStore | None = None) -> None:
         self.metrics = metrics or Metrics()
         self.settings = settings
         self.repository = repository
         self.google = google
         self.tokens = tokens
+        self.store = store or SyncStore(settings.database_url)
         self.halted: set[str] = set()  # links known to have left `active` mid-flight
+        # Many messages' bookings are upserted and their links read in one round trip.
+        self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(self._take_in)
+
+    async def close(self) -> None:
+        await self._intake.close()
+        await self.store.close()
 
     def link_changed(self, link_id: str, state: LinkState) -> None:
         """Another process changed a link (the watcher tells): stop or resume its work."""
@@ -169,11 +179,18 @@ class SyncEngine:
     async def handle(self, event: BookingEvent, position: MessagePosition | None = None
                      ) -> list[SyncResult]:
         """Apply one event to every active link; returns once every result is recorded."""
-        await self.repository.upsert_booking(event)
-        rows = await self.repository.links_for_activity(event.booking.activity_id)
+        rows = await self._intake.submit(event)
         active = [row for row in rows if row.link.state is LinkState.ACTIVE]
         return list(await asyncio.gather(*(self.sync_link(event, row, position)
                                            for row in active)))
+
+    async def _take_in(self, events: list[BookingEvent]) -> list[list[LinkRow]]:
+        # The bookings are committed before the links are read: a link activated meanwhile
+        # is either seen here or backfilled from these rows (its backfill reads them later).
+        await self.repository.upsert_bookings(events)
+        links = await self.repository.links_of_activities(
+            {event.booking.activity_id for event in events})
+        return [links.get(event.booking.activity_id, []) for event in events]
 
     async def sync_link(self, event: BookingEvent, row: LinkRow,
                         position: MessagePosition | None, source: str = "event",
@@ -183,16 +200,16 @@ class SyncEngine:
         booking = event.booking
         bound = log.bind(link_id=row.link.id, booking_id=booking.id, version=booking.version)
         health: tuple[LinkState, str] | None = None
-        async with self.repository.pool.connection() as conn, conn.transaction():
-            recorded, state = await self.repository.lock_link_booking(conn, row.link.id,
-                                                                      booking.id)
+        claim = await self.store.claim(row.link.id, booking.id)
+        try:
+            recorded, state = claim.recorded, claim.state
             call = _LinkCall(self, row)
             if state is not LinkState.ACTIVE:  # changed since the link was read
                 result = _result(row, Operation.NONE, Outcome.SKIPPED, f"link_{state}", call)
-                await self.repository.record_result(conn, event, position, result, source)
+                await self.store.record(claim, event, position, result, source)
                 self.metrics.link_operations.labels("none", "skipped").inc()
                 return result
-            # Read under the link's key-share lock: active now, whatever a missed or late
+            # Read under the link's shared lock: active now, whatever a missed or late
             # notice says. Only work already past this point can be halted.
             self.halted.discard(row.link.id)
             if force and recorded is not None:
@@ -221,7 +238,9 @@ class SyncEngine:
                               attempts=call.attempts)
                 result = _result(row, planned.operation, Outcome.FAILED, reason, call,
                                  error=str(exc))
-            await self.repository.record_result(conn, event, position, result, source)
+            await self.store.record(claim, event, position, result, source)
+        finally:
+            await self.store.release(claim)
         self.metrics.link_operations.labels(result.operation.value, result.outcome.value).inc()
         if health is not None:
             await self._leave_active(row, *health)
@@ -232,8 +251,8 @@ class SyncEngine:
     async def _leave_active(self, row: LinkRow, state: LinkState, reason: str) -> None:
         """Stop all work for the link; the process that makes the change logs it, once."""
         self.halted.add(row.link.id)
-        # After the sync transaction: the update must not wait behind a disconnect that is
-        # itself waiting for that transaction.
+        # After the claim is released: the update must not wait behind a disconnect that is
+        # itself waiting for that claim.
         if await self.repository.leave_active(row.link.id, state, reason):
             log.warning(f"link_{state}", link_id=row.link.id, activity_id=row.link.activity_id,
                         account=row.link.account_email, calendar_id=row.link.calendar_id,
