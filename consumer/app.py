@@ -18,6 +18,7 @@ from consumer.kafka import build_consumer, build_producer, ensure_topics
 from consumer.link_watcher import watch_links
 from consumer.metrics import Metrics
 from consumer.ops_http import refresh_link_gauge, start_ops_http
+from consumer.quota import GroupQuota
 from consumer.runner import ConsumerRunner
 from consumer.settings import Settings
 from consumer.sync import SyncEngine
@@ -58,7 +59,8 @@ async def services(settings: Settings, pool_size: int | None = None
     metrics = Metrics()
     google = GoogleCalendar(settings, metrics)
     tokens = TokenProvider(settings, token_repository, metrics)
-    engine = SyncEngine(settings, repository, google, tokens, metrics)
+    engine = SyncEngine(settings, repository, google, tokens, metrics,
+                        quota=GroupQuota(settings, repository.pool, metrics))
     try:
         yield Services(settings, metrics, cipher, repository, google, tokens, engine)
     finally:

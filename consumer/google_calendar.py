@@ -47,6 +47,11 @@ class GoogleApiError(Exception):
         return self.status == 403 and self.reason in RATE_LIMIT_REASONS
 
     @property
+    def rate_limited(self) -> bool:
+        return self.status in (403, 429) and (self.status == 429
+                                              or self.reason in RATE_LIMIT_REASONS)
+
+    @property
     def gone(self) -> bool:
         return self.status in GONE_STATUSES
 

@@ -73,6 +73,15 @@ class Metrics:
                                   "Partition assignments and revocations", ["event"],
                                   registry=r)
         self.links = Gauge("calsync_links", "Calendar links, by state", ["state"], registry=r)
+        self.fetch_flow = Counter("calsync_fetch_flow",
+                                  "Fetching paused (max_in_flight reached) and resumed",
+                                  ["event"], registry=r)
+        self.quota_waits = Histogram("calsync_quota_wait_seconds",
+                                     "Time a Google call waited for its quota slot, by quota",
+                                     ["quota"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.quota_slowdowns = Counter("calsync_quota_slowdowns",
+                                       "Quotas slowed down after Google refused calls for rate "
+                                       "limits, by quota", ["quota"], registry=r)
 
     def watch_lag(self, source: Callable[[], list[PartitionLag]]) -> None:
         self.registry.register(_LagCollector(source))

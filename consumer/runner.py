@@ -56,6 +56,7 @@ class ConsumerRunner:
         self._tails: dict[_Chain, asyncio.Task[None]] = {}
         self._last_commit = 0.0
         self.in_flight = 0
+        self.peak_in_flight = 0
         self.processed = 0
         # Health: when the loop last turned, and per partition when it last made progress.
         self.started = False
@@ -76,11 +77,14 @@ class ConsumerRunner:
         try:
             while not stop.is_set():
                 self.loop_turned_at = time.monotonic()
-                batch = await self.consumer.getmany(timeout_ms=200)
+                self._apply_backpressure()
+                # Never more than max_in_flight: at most the room left is taken; with no
+                # room, every partition is paused and the poll still turns (and answers).
+                room = self.settings.max_in_flight - self.in_flight
+                batch = await self.consumer.getmany(timeout_ms=200, max_records=max(1, room))
                 for tp, records in batch.items():
                     for record in records:
                         self._dispatch(tp, record)
-                self._apply_backpressure()
                 await self._commit(force=False)
                 await self._report_membership()
         finally:
@@ -115,6 +119,7 @@ class ConsumerRunner:
         self._tails[chain] = task
         self._tasks[tp].add(task)
         self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         task.add_done_callback(lambda t: self._forget(chain, t))
 
     def _forget(self, chain: _Chain, task: asyncio.Task[None]) -> None:
@@ -193,10 +198,13 @@ class ConsumerRunner:
         if self.in_flight >= self.settings.max_in_flight:
             newly = [tp for tp in assigned if tp not in self.consumer.paused()]
             if newly:
+                if len(newly) == len(assigned):
+                    self.metrics.fetch_flow.labels("paused").inc()
                 self.consumer.pause(*newly)
                 log.debug("fetch_paused", in_flight=self.in_flight)
         elif self.consumer.paused() and self.in_flight <= self.settings.max_in_flight // 2:
             self.consumer.resume(*self.consumer.paused())
+            self.metrics.fetch_flow.labels("resumed").inc()
             log.debug("fetch_resumed", in_flight=self.in_flight)
 
     async def _commit(self, force: bool, partitions: Iterable[TopicPartition] | None = None

@@ -47,7 +47,10 @@ class Settings(BaseSettings):
         "moved its offset for this long")
 
     # Concurrency and time budgets.
-    max_in_flight: int = Field(default=256, ge=1, description="Messages in flight per process.")
+    max_in_flight: int = Field(
+        default=1024, ge=1, description="Messages in flight per process; beyond it, fetching "
+        "pauses. Waiting work holds no connection, so this can be large: it is what lets "
+        "other accounts' bookings go on while one account waits for its quota")
     db_pool_size: int = Field(default=16, ge=2)
     google_concurrency: int = Field(default=32, ge=1, description="Google calls at once.")
     google_timeout_s: float = Field(default=15.0, gt=0)
@@ -58,6 +61,13 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(default=0.5, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     infra_retry_max_s: float = Field(default=10.0, gt=0)
+
+    # Google's quotas, kept group-wide (coordinated in PostgreSQL); 0: no limit.
+    quota_per_account_per_min: int = Field(default=600, ge=0)
+    quota_per_project_per_min: int = Field(default=10_000, ge=0)
+    quota_use_share: float = Field(
+        default=0.97, gt=0, le=1, description="Share of each quota the group aims at; the "
+        "rest absorbs jitter against Google's sliding windows")
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

@@ -42,6 +42,7 @@ from consumer.models import (
     RecordedEvent,
     SyncResult,
 )
+from consumer.quota import GroupQuota
 from consumer.settings import Settings
 from consumer.sync_store import SyncStore
 from consumer.tokens import TokenRefreshFailed
@@ -120,6 +121,13 @@ class _LinkCall:
 
     async def _with_retries(self, call: Callable[[str], Awaitable[T]]) -> T:
         settings = self.engine.settings
+        quota = self.engine.quota
+        account = self.row.link.account_email
+        # The first slot is waited for before the retry budget starts: a long queue for a
+        # busy account is not a failure.
+        if quota is not None:
+            await quota.acquire(account)
+        slot_taken = True
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_transient),
             wait=_backoff(settings.retry_initial_s, settings.retry_max_s),
@@ -130,9 +138,17 @@ class _LinkCall:
             with attempt:
                 if self.attempts:
                     self._check_active()
+                if quota is not None and not slot_taken:
+                    await quota.acquire(account)
+                slot_taken = False
                 self.attempts += 1
                 assert self.token is not None
-                return await call(self.token)
+                try:
+                    return await call(self.token)
+                except GoogleApiError as exc:
+                    if quota is not None and exc.rate_limited:
+                        await quota.refused(account, exc.reason, exc.retry_after)
+                    raise
         raise AssertionError("unreachable")
 
 
@@ -153,13 +169,14 @@ def _backoff(initial: float, maximum: float) -> Callable[[RetryCallState], float
 class SyncEngine:
     def __init__(self, settings: Settings, repository: Repository, google: CalendarGateway,
                  tokens: AccessTokens, metrics: Metrics | None = None,
-                 store: SyncStore | None = None) -> None:
+                 store: SyncStore | None = None, quota: GroupQuota | None = None) -> None:
         self.metrics = metrics or Metrics()
         self.settings = settings
         self.repository = repository
         self.google = google
         self.tokens = tokens
         self.store = store or SyncStore(settings.database_url)
+        self.quota = quota if quota is not None and quota.limited else None
         self.halted: set[str] = set()  # links known to have left `active` mid-flight
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(self._take_in)
@@ -167,6 +184,8 @@ class SyncEngine:
     async def close(self) -> None:
         await self._intake.close()
         await self.store.close()
+        if self.quota is not None:
+            await self.quota.close()
 
     def link_changed(self, link_id: str, state: LinkState) -> None:
         """Another process changed a link (the watcher tells): stop or resume its work."""

@@ -89,6 +89,13 @@ def _route(
                 "by_status": Counter(str(c.status) for c in calls),
                 "now": time.time(),
             }
+        case ("GET", ["quota"]):
+            with state.lock:
+                return 200, state.quota_report()
+        case ("DELETE", ["quota"]):  # a fresh minute: windows and counts start again
+            with state.lock:
+                state.reset_quota_windows()
+            return 200, {}
         case ("POST", ["reset"]):
             fresh = SandboxState()
             for key, value in vars(fresh).items():

@@ -125,5 +125,13 @@ class SandboxClient:
         query = urlencode({"since": since, "detail": "true" if detail else "false"})
         return self._call("GET", f"calls?{query}")
 
+    def quota(self) -> dict[str, Any]:
+        """Per account (and "*project*"): calls, refused, max_per_minute, span_s."""
+        answer: dict[str, Any] = self._call("GET", "quota")
+        return answer
+
+    def reset_quota(self) -> None:
+        self._call("DELETE", "quota")
+
     def reset(self) -> None:
         self._call("POST", "reset")

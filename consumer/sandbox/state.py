@@ -13,7 +13,7 @@ import re
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -117,6 +117,19 @@ class Call:
     status: int
 
 
+PROJECT = "*project*"  # the quota report's key for the project as a whole
+
+
+def _window_stats(times: list[float], refused: int) -> dict[str, Any]:
+    most, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - 60:
+            start += 1
+        most = max(most, end - start + 1)
+    return {"calls": len(times), "refused": refused, "max_per_minute": most,
+            "span_s": times[-1] - times[0] if times else 0.0}
+
+
 class SandboxState:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -133,6 +146,9 @@ class SandboxState:
         self.rate_limit_status = 403
         self._window_project: deque[float] = deque()
         self._window_account: dict[str, deque[float]] = {}
+        # What a quota report reads: every charged call's time, and the refusals, by quota.
+        self.charged: dict[str, list[float]] = {}
+        self.quota_refusals: Counter[str] = Counter()
         self._ids = itertools.count(1)
         from consumer.sandbox.oauth import OAuthServer  # it builds on this module
 
@@ -260,13 +276,33 @@ class SandboxState:
         if self.quota_per_project_per_min is not None and (
             len(project) >= self.quota_per_project_per_min
         ):
+            self.quota_refusals[PROJECT] += 1
             raise self._rate_limited("rateLimitExceeded", "Rate Limit Exceeded")
         if self.quota_per_account_per_min is not None and (
             len(user) >= self.quota_per_account_per_min
         ):
+            self.quota_refusals[account] += 1
             raise self._rate_limited("userRateLimitExceeded", "User Rate Limit Exceeded")
         project.append(now)
         user.append(now)
+        self.charged.setdefault(account, []).append(now)
+
+    def reset_quota_windows(self) -> None:
+        self._window_project.clear()
+        self._window_account.clear()
+        self.charged.clear()
+        self.quota_refusals.clear()
+
+    def quota_report(self) -> dict[str, Any]:
+        """Per account and for the project: calls charged, refusals, the most calls in any
+        sliding minute, and the span from the first call to the last."""
+        every = sorted(t for times in self.charged.values() for t in times)
+        report = {PROJECT: _window_stats(every, self.quota_refusals[PROJECT])}
+        report.update({account: _window_stats(times, self.quota_refusals[account])
+                       for account, times in self.charged.items()})
+        for account in self.quota_refusals:
+            report.setdefault(account, _window_stats([], self.quota_refusals[account]))
+        return report
 
     def _rate_limited(self, reason: str, message: str) -> GoogleError:
         status = self.rate_limit_status

@@ -1,0 +1,171 @@
+"""What the bench's scenarios share: events, producing, links, consumer processes, /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from consumer.db import migrate
+from consumer.links import link_service
+from consumer.sandbox import SandboxClient
+from consumer.settings import Settings
+from consumer.stack import EmbeddedPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = ROOT / "bench-results"
+
+
+@dataclass
+class Row:
+    scenario: str
+    consumer: str
+    link_ops: int
+    seconds: float
+    ops_per_s: float
+    cpu_ms_per_op: float | None = None
+    peak_rss_mb: float | None = None
+    quota_share: float | None = None  # achieved rate / the project's quota
+    rejected_share: float | None = None  # calls refused with 403/429 for rate limits
+    latency_p50_s: float | None = None
+    latency_p99_s: float | None = None
+    note: str = ""
+
+
+def event(booking: int, version: int, activity: str, occurred_at: str = "2026-04-01T12:00:00Z"
+          ) -> bytes:
+    day = 1 + booking % 28
+    return json.dumps({
+        "schema_version": 1, "event_id": f"00000000-0000-4000-8000-{booking:06d}{version:06d}",
+        "event_type": "booking.created" if version == 1 else "booking.updated",
+        "occurred_at": occurred_at,
+        "booking": {
+            "id": f"bk_{booking}", "version": version, "confirmation_code": f"BK-{booking}",
+            "status": "confirmed", "source": "web", "activity_id": activity,
+            "activity_name": "Kayak Tour", "customer_name": f"Customer {booking} v{version}",
+            "location_name": "Lake Dock", "start": f"2026-05-{day:02d}T09:00:00Z",
+            "end": f"2026-05-{day:02d}T11:00:00Z",
+        },
+    }).encode()
+
+
+async def produce(bootstrap: str, topic: str, bookings: int, versions: int,
+                  activities: list[str]) -> None:
+    """Every booking's versions in order; bookings spread over the activities."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    await producer.start()
+    try:
+        for version in range(1, versions + 1):
+            for booking in range(bookings):
+                await producer.send(topic, event(booking, version,
+                                                 activities[booking % len(activities)]),
+                                    key=f"bk_{booking}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def fresh_database(pg: EmbeddedPostgres, name: str) -> str:
+    with psycopg.connect(pg.uri, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    url = pg.uri_for(name)
+    migrate(url)
+    return url
+
+
+async def make_links(settings: Settings, sandbox: SandboxClient, activities: list[str],
+                     per_activity: int, tag: str) -> list[tuple[str, str]]:
+    """`per_activity` links on each activity, each of its own Google account."""
+    made = []
+    async with link_service(settings) as service:
+        for activity in activities:
+            for n in range(per_activity):
+                email = f"{tag}-{activity}-{n}@bench.example.com"
+                refresh = f"1//bench-{tag}-{activity}-{n}"
+                sandbox.add_account(email, refresh)
+                made.append((await service.import_link(
+                    activity_id=activity, account_email=email, refresh_token=refresh,
+                    access_token=None, expires_at=None, calendar_id=email), email))
+    return made
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) and peak RSS in MB of a live process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    peak = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
+                .splitlines() if line.startswith("VmHWM:"))
+    return cpu, peak / 1024
+
+
+def result_count(database_url: str) -> tuple[int, float]:
+    """Results recorded, and the seconds from the first to the last."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*), extract(epoch FROM max(recorded_at) -"
+                           " min(recorded_at)) FROM sync_results").fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1] or 0.0)
+
+
+def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
+    secret = settings.token_key.get_secret_value() if settings.token_key else ""
+    return {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url,
+            "CALSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+            "CALSYNC_TOPIC": settings.topic, "CALSYNC_DLQ_TOPIC": settings.dlq_topic,
+            "CALSYNC_GROUP_ID": settings.group_id,
+            "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
+            "CALSYNC_GOOGLE_TOKEN_URL": settings.google_token_url,
+            "CALSYNC_GOOGLE_CLIENT_ID": settings.google_client_id,
+            "CALSYNC_GOOGLE_CLIENT_SECRET": settings.google_client_secret.get_secret_value(),
+            "CALSYNC_GOOGLE_CA_BUNDLE": settings.google_ca_bundle or "",
+            "CALSYNC_TOKEN_KEY": secret, "CALSYNC_METRICS_PORT": "0",
+            "CALSYNC_LOG_FORMAT": "json", "CALSYNC_LOG_LEVEL": "WARNING", **extra}
+
+
+@contextmanager
+def consumers(count: int, env: dict[str, str], name: str, profile: bool = False
+              ) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """`calsync consume`, `count` processes, as users run it; SIGTERM at the end."""
+    processes = []
+    for n in range(count):
+        command = [sys.executable, "-m", "consumer.cli", "consume"]
+        if profile:
+            command = [sys.executable, "-m", "cProfile", "-o", str(STATE / f"{name}.prof"),
+                       "-m", "consumer.cli", "consume"]
+        log = open(STATE / f"{name}-{n}.log", "wb")
+        processes.append(subprocess.Popen(command, env=env, stdout=log,
+                                          stderr=subprocess.STDOUT, cwd=ROOT))
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def wait_for_results(database_url: str, expected: int, processes: list[subprocess.Popen[bytes]],
+                     timeout_s: float, name: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (done := result_count(database_url)[0]) < expected:
+        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+            raise SystemExit(f"the consumer stopped or timed out at {done}/{expected}; "
+                             f"see {STATE / name}-*.log")
+        time.sleep(0.5)
+

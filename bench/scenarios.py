@@ -1,0 +1,190 @@
+"""The bench's scenarios. Each gets its own database, topic and consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from bench.common import (
+    STATE,
+    Row,
+    consumer_env,
+    consumers,
+    event,
+    fresh_database,
+    make_links,
+    proc_stats,
+    produce,
+    result_count,
+    wait_for_results,
+)
+from bench.naive import run_naive
+from consumer.kafka import ensure_topics
+from consumer.sandbox import SandboxClient
+from consumer.settings import Settings
+from consumer.stack import EmbeddedPostgres
+
+PARTITIONS = 12
+UNLIMITED = {"CALSYNC_QUOTA_PER_ACCOUNT_PER_MIN": "0", "CALSYNC_QUOTA_PER_PROJECT_PER_MIN": "0"}
+
+
+@dataclass
+class Bench:
+    pg: EmbeddedPostgres
+    sandbox: SandboxClient
+    base: Settings  # broker, sandbox and client credentials
+    timeout_s: float
+
+    async def prepare(self, name: str, accounts: int, tag: str
+                      ) -> tuple[Settings, list[str], list[tuple[str, str]]]:
+        """A database, a topic and `accounts` links, two to an activity."""
+        settings = self.base.model_copy(update={
+            "database_url": fresh_database(self.pg, f"bench_{name}"),
+            "topic": f"bench.{name}", "dlq_topic": f"bench.{name}.dlq",
+            "group_id": f"bench-{name}"})
+        await ensure_topics(settings.kafka_bootstrap, [settings.topic], PARTITIONS)
+        activities = [f"act_{tag}_{n}" for n in range(max(1, accounts // 2))]
+        made = await make_links(settings, self.sandbox, activities, 2, tag)
+        return settings, activities, made
+
+
+def scenario_1(bench: Bench, bookings: int, versions: int, naive_messages: int,
+               profile: bool) -> list[Row]:
+    """Unthrottled, 50 ms a call: our consumer against the naive one."""
+    bench.sandbox.configure(latency_s=0.05, quota_per_account_per_min=None,
+                            quota_per_project_per_min=None)
+    settings, activities, made = asyncio.run(bench.prepare("s1", 2, "s1"))
+    total = bookings * versions
+    print(f"   producing {total} events ({bookings} bookings x {versions} versions)", flush=True)
+    asyncio.run(produce(settings.kafka_bootstrap, settings.topic, bookings, versions,
+                        activities))
+    expected = total * len(made)
+    print(f"   calsync consume: {expected} link-operations", flush=True)
+    with consumers(1, consumer_env(settings, **UNLIMITED), "s1", profile) as processes:
+        wait_for_results(settings.database_url, expected, processes, bench.timeout_s, "s1")
+        cpu, rss = proc_stats(processes[0].pid)
+    count, span = result_count(settings.database_url)
+    ours = Row("1: unthrottled, 50 ms/call", "calsync consume", count, span, count / span,
+               cpu * 1000 / count, rss, note=f"{bookings} bookings x {versions} versions x "
+               "2 links; CPU includes start-up")
+    print(f"   naive baseline: {naive_messages} messages", flush=True)
+    naive = asyncio.run(run_naive(settings, bench.sandbox, made, naive_messages))
+    naive_row = Row("1: unthrottled, 50 ms/call", "naive baseline", naive.link_ops,
+                    naive.seconds, naive.link_ops / naive.seconds,
+                    note=f"first {naive_messages} messages")
+    return [ours, naive_row]
+
+
+def scenario_1_backlog(bench: Bench, backlog: int, seconds: float) -> Row:
+    """Peak RSS while a 100,000-message backlog waits: memory follows max_in_flight."""
+    bench.sandbox.configure(latency_s=0.05, quota_per_account_per_min=None,
+                            quota_per_project_per_min=None)
+    settings, activities, _ = asyncio.run(bench.prepare("s1b", 2, "s1b"))
+    print(f"   producing a backlog of {backlog} events", flush=True)
+    asyncio.run(produce(settings.kafka_bootstrap, settings.topic, backlog, 1, activities))
+    with consumers(1, consumer_env(settings, **UNLIMITED), "s1b") as processes:
+        time.sleep(seconds)
+        cpu, rss = proc_stats(processes[0].pid)
+    count, span = result_count(settings.database_url)
+    return Row("1: backlog of 100,000", "calsync consume", count, span,
+               count / span if span else 0.0, cpu * 1000 / max(count, 1), rss,
+               note=f"{backlog} messages waiting; ran {seconds:.0f} s")
+
+
+def scenario_2(bench: Bench, processes: int, messages: int) -> Row:
+    """At Google's quota: 6,000/min for the project, 600/min per account, 40 accounts."""
+    bench.sandbox.configure(latency_s=0.05, quota_per_account_per_min=600,
+                            quota_per_project_per_min=6000)
+    name = f"s2p{processes}"
+    settings, activities, made = asyncio.run(bench.prepare(name, 40, name))
+    print(f"   {processes} process(es): {messages} messages, {messages * 2} link-operations "
+          f"over {len(made)} accounts", flush=True)
+    asyncio.run(produce(settings.kafka_bootstrap, settings.topic, messages, 1, activities))
+    bench.sandbox.reset_quota()
+    env = consumer_env(settings, CALSYNC_QUOTA_PER_ACCOUNT_PER_MIN="600",
+                       CALSYNC_QUOTA_PER_PROJECT_PER_MIN="6000")
+    with consumers(processes, env, name) as running:
+        wait_for_results(settings.database_url, messages * 2, running, bench.timeout_s, name)
+    report = bench.sandbox.quota()
+    project = report["*project*"]
+    calls, refused, span = project["calls"], project["refused"], project["span_s"]
+    refused += sum(v["refused"] for k, v in report.items() if k != "*project*")
+    rate = (calls - 1) / span if span else 0.0
+    count, seconds = result_count(settings.database_url)
+    return Row(f"2: quota 6,000/min, {processes} process{'es' if processes > 1 else ''}",
+               "calsync consume", count, seconds, count / seconds if seconds else 0.0,
+               quota_share=rate / (6000 / 60), rejected_share=refused / max(calls + refused, 1),
+               note=f"{calls} calls in {span:.0f} s; most in one minute "
+               f"{project['max_per_minute']}; {refused} refused")
+
+
+def scenario_3(bench: Bench, seconds: float) -> Row:
+    """A steady inflow at 70% of the quota: latency from message to recorded result."""
+    bench.sandbox.configure(latency_s=0.05, quota_per_account_per_min=600,
+                            quota_per_project_per_min=6000)
+    settings, activities, _ = asyncio.run(bench.prepare("s3", 40, "s3"))
+    bench.sandbox.reset_quota()
+    rate = 0.7 * 6000 / 60 / 2  # messages a second, 2 links each
+    env = consumer_env(settings, CALSYNC_QUOTA_PER_ACCOUNT_PER_MIN="600",
+                       CALSYNC_QUOTA_PER_PROJECT_PER_MIN="6000")
+    with consumers(1, env, "s3") as running:
+        asyncio.run(_warm_up(settings, activities[0]))  # joined and working before the clock
+        wait_for_results(settings.database_url, 2, running, bench.timeout_s, "s3")
+        print(f"   steady inflow: {rate:.0f} messages/s for {seconds:.0f} s", flush=True)
+        sent = asyncio.run(_steady(settings, activities, rate, seconds))
+        wait_for_results(settings.database_url, 2 + len(sent) * 2, running, bench.timeout_s,
+                         "s3")
+    with psycopg.connect(settings.database_url) as conn:
+        rows = conn.execute("SELECT event_id::text, recorded_at FROM sync_results").fetchall()
+    latencies = sorted((recorded.timestamp() - sent[event_id]) for event_id, recorded in rows
+                       if event_id in sent)
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    report = bench.sandbox.quota()["*project*"]
+    return Row("3: steady 70% of quota", "calsync consume", len(latencies), seconds,
+               len(latencies) / seconds, latency_p50_s=p50, latency_p99_s=p99,
+               rejected_share=report["refused"] / max(report["calls"] + report["refused"], 1),
+               note=f"{len(sent)} messages at {rate:.0f}/s; from produce to result recorded")
+
+
+async def _warm_up(settings: Settings, activity: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic, event(999_999, 1, activity),
+                                     key=b"bk_999999")
+    finally:
+        await producer.stop()
+
+
+async def _steady(settings: Settings, activities: list[str], rate: float, seconds: float
+                  ) -> dict[str, float]:
+    """Produce at `rate` a second, evenly; answers each event id's send time."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=1)
+    await producer.start()
+    sent: dict[str, float] = {}
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for n in range(int(rate * seconds)):
+            delay = start + n / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = datetime.now(UTC)
+            value = event(n, 1, activities[n % len(activities)],
+                          occurred_at=now.isoformat().replace("+00:00", "Z"))
+            sent[f"00000000-0000-4000-8000-{n:06d}{1:06d}"] = now.timestamp()
+            await producer.send(settings.topic, value, key=f"bk_{n}".encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+__all__ = ["STATE", "Bench", "scenario_1", "scenario_1_backlog", "scenario_2", "scenario_3"]
