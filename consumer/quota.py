@@ -6,6 +6,9 @@ many processes run, the group never goes over the rate, and calls come evenly sp
 instead of in bursts. Each quota has its own queue here: an account that is throttled (or
 busy) makes its own calls wait, never another account's. A call takes its project slot only
 once its account slot has come, so no project slot waits unused behind a slow account.
+Slots go to the oldest message first (its ticket, given in arrival order), not to whichever
+call asked first: with a backlog, messages then finish one after another and offsets move,
+instead of all of them advancing a little and none finishing.
 
 The group aims at `quota_use_share` of each configured quota: Google counts in sliding
 windows, and the rest absorbs jitter. When Google still answers 403/429 for rate limits,
@@ -15,8 +18,9 @@ the quota's pace drops group-wide (and honours Retry-After), then recovers slot 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import structlog
@@ -36,7 +40,7 @@ _AHEAD_S = 0.5  # reserve at most about this much of a quota's time at once, per
 @dataclass
 class _Queue:
     interval_s: float
-    waiters: deque[asyncio.Future[None]] = field(default_factory=deque)
+    waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)  # heap
     pump: asyncio.Task[None] | None = None
     quiet_until: float = 0.0  # loop time: refused by Google, slots reserved before are void
 
@@ -54,6 +58,7 @@ class GroupQuota:
                                   if settings.quota_per_account_per_min else None)
         self._pool = pool
         self._queues: dict[str, _Queue] = {}
+        self._arrivals = itertools.count()  # ties between equal tickets: first come, first served
         self._reserver: Batcher[tuple[str, int, float], tuple[float, float]] = Batcher(
             self._reserve)
 
@@ -61,15 +66,15 @@ class GroupQuota:
     def limited(self) -> bool:
         return self._project_interval is not None or self._account_interval is not None
 
-    async def acquire(self, account: str) -> None:
-        """Wait for this account's next slot, then the project's."""
+    async def acquire(self, account: str, ticket: int = 0) -> None:
+        """Wait for this account's next slot, then the project's; lower tickets go first."""
         if self._account_interval is not None:
             started = time.perf_counter()
-            await self._slot(self._account_prefix + account, self._account_interval)
+            await self._slot(self._account_prefix + account, self._account_interval, ticket)
             self._metrics.quota_waits.labels("account").observe(time.perf_counter() - started)
         if self._project_interval is not None:
             started = time.perf_counter()
-            await self._slot(self._project_key, self._project_interval)
+            await self._slot(self._project_key, self._project_interval, ticket)
             self._metrics.quota_waits.labels("project").observe(time.perf_counter() - started)
 
     async def refused(self, account: str, reason: str, retry_after_s: float | None) -> None:
@@ -93,12 +98,12 @@ class GroupQuota:
                 log.info("quota_slowed_down", quota=scope, account=account, reason=reason,
                          pace=row["pace"] if row else None, retry_after_s=retry_after_s)
 
-    async def _slot(self, key: str, interval_s: float) -> None:
+    async def _slot(self, key: str, interval_s: float, ticket: int) -> None:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(interval_s)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        queue.waiters.append(waiter)
+        heapq.heappush(queue.waiters, (ticket, next(self._arrivals), waiter))
         if queue.pump is None or queue.pump.done():
             queue.pump = asyncio.create_task(self._pump(key, queue))
         await waiter
@@ -107,8 +112,8 @@ class GroupQuota:
         loop = asyncio.get_running_loop()
         try:
             while True:
-                while queue.waiters and queue.waiters[0].done():  # cancelled meanwhile
-                    queue.waiters.popleft()
+                while queue.waiters and queue.waiters[0][2].done():  # cancelled meanwhile
+                    heapq.heappop(queue.waiters)
                 if not queue.waiters:
                     break
                 if (quiet := queue.quiet_until - loop.time()) > 0:
@@ -124,15 +129,15 @@ class GroupQuota:
                     if queue.quiet_until > asked_at:
                         break  # Google refused meanwhile: reserve afresh, at the new pace
                     while queue.waiters:  # a slot nobody waits for any more is lost
-                        waiter = queue.waiters.popleft()
+                        waiter = heapq.heappop(queue.waiters)[2]
                         if not waiter.done():
                             waiter.set_result(None)
                             break
         except Exception as exc:  # the database: the waiters fail, the caller retries
-            while queue.waiters:
-                waiter = queue.waiters.popleft()
+            for _, _, waiter in queue.waiters:
                 if not waiter.done():
                     waiter.set_exception(exc)
+            queue.waiters.clear()
         finally:
             if not queue.waiters:
                 self._queues.pop(key, None)

@@ -14,6 +14,7 @@ through the watcher, in another process) stops before its next Google call.
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -95,6 +96,7 @@ class _LinkCall:
 
     engine: SyncEngine
     row: LinkRow
+    ticket: int  # the message's place in arrival order: quota slots go to the oldest first
     token: str | None = None
     attempts: int = 0
     refreshed: bool = field(default=False)
@@ -126,7 +128,7 @@ class _LinkCall:
         # The first slot is waited for before the retry budget starts: a long queue for a
         # busy account is not a failure.
         if quota is not None:
-            await quota.acquire(account)
+            await quota.acquire(account, self.ticket)
         slot_taken = True
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_transient),
@@ -139,7 +141,7 @@ class _LinkCall:
                 if self.attempts:
                     self._check_active()
                 if quota is not None and not slot_taken:
-                    await quota.acquire(account)
+                    await quota.acquire(account, self.ticket)
                 slot_taken = False
                 self.attempts += 1
                 assert self.token is not None
@@ -180,6 +182,7 @@ class SyncEngine:
         self.halted: set[str] = set()  # links known to have left `active` mid-flight
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(self._take_in)
+        self._tickets = itertools.count()
 
     async def close(self) -> None:
         await self._intake.close()
@@ -198,9 +201,10 @@ class SyncEngine:
     async def handle(self, event: BookingEvent, position: MessagePosition | None = None
                      ) -> list[SyncResult]:
         """Apply one event to every active link; returns once every result is recorded."""
+        ticket = next(self._tickets)
         rows = await self._intake.submit(event)
         active = [row for row in rows if row.link.state is LinkState.ACTIVE]
-        return list(await asyncio.gather(*(self.sync_link(event, row, position)
+        return list(await asyncio.gather(*(self.sync_link(event, row, position, ticket=ticket)
                                            for row in active)))
 
     async def _take_in(self, events: list[BookingEvent]) -> list[list[LinkRow]]:
@@ -213,7 +217,7 @@ class SyncEngine:
 
     async def sync_link(self, event: BookingEvent, row: LinkRow,
                         position: MessagePosition | None, source: str = "event",
-                        force: bool = False) -> SyncResult:
+                        force: bool = False, ticket: int | None = None) -> SyncResult:
         """`force`: apply the booking even where the recorded version says it is applied
         (a resync, for when Google's side drifted)."""
         booking = event.booking
@@ -222,7 +226,7 @@ class SyncEngine:
         claim = await self.store.claim(row.link.id, booking.id)
         try:
             recorded, state = claim.recorded, claim.state
-            call = _LinkCall(self, row)
+            call = _LinkCall(self, row, next(self._tickets) if ticket is None else ticket)
             if state is not LinkState.ACTIVE:  # changed since the link was read
                 result = _result(row, Operation.NONE, Outcome.SKIPPED, f"link_{state}", call)
                 await self.store.record(claim, event, position, result, source)

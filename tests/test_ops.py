@@ -80,7 +80,7 @@ async def test_metrics_move_as_messages_flow(env: Env) -> None:
     # Bounded labels only: no booking, link or account ids.
     labels = {k for (_, ls) in second for k, _ in ls}
     assert labels <= {"outcome", "operation", "method", "status", "result", "error_type",
-                      "event", "state", "topic", "partition", "le"}
+                      "event", "state", "topic", "partition", "quota", "le"}
 
 
 async def scrape_links(port: int) -> bool:
