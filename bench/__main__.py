@@ -99,7 +99,8 @@ def main() -> int:
                         help="run only these scenarios (repeatable)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--profile", action="store_true",
-                        help="cProfile scenario 1's consumer into bench-results/s1.prof")
+                        help="sample scenario 1's consumer with py-spy (pip install py-spy) into "
+                             "bench-results/s1-0.pyspy.txt")
     args = parser.parse_args()
     wanted = set(args.only or ["1", "2", "3"])
     STATE.mkdir(exist_ok=True)

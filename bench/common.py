@@ -141,12 +141,15 @@ def consumers(count: int, env: dict[str, str], name: str, profile: bool = False
     processes = []
     for n in range(count):
         command = [sys.executable, "-m", "consumer.cli", "consume"]
-        if profile:
-            command = [sys.executable, "-m", "cProfile", "-o", str(STATE / f"{name}.prof"),
-                       "-m", "consumer.cli", "consume"]
         log = open(STATE / f"{name}-{n}.log", "wb")
         processes.append(subprocess.Popen(command, env=env, stdout=log,
                                           stderr=subprocess.STDOUT, cwd=ROOT))
+        if profile:  # py-spy samples every thread (cProfile would see only the event loop's)
+            subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                              "--pid", str(processes[-1].pid), "--duration", "40",
+                              "--rate", "100", "--nonblocking", "--gil", "--format", "raw",
+                              "-o", str(STATE / f"{name}-{n}.pyspy.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         yield processes
     finally:

@@ -79,6 +79,10 @@ class Metrics:
         self.quota_waits = Histogram("calsync_quota_wait_seconds",
                                      "Time a Google call waited for its quota slot, by quota",
                                      ["quota"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.google_batches = Histogram("calsync_google_batch_calls",
+                                        "Calls per HTTP request to Google (1: a plain call, "
+                                        "more: one request to the batch endpoint)",
+                                        buckets=(1, 2, 5, 10, 20, 50, 100, 1000), registry=r)
         self.quota_slowdowns = Counter("calsync_quota_slowdowns",
                                        "Quotas slowed down after Google refused calls for rate "
                                        "limits, by quota", ["quota"], registry=r)

@@ -52,7 +52,12 @@ class Settings(BaseSettings):
         "pauses. Waiting work holds no connection, so this can be large: it is what lets "
         "other accounts' bookings go on while one account waits for its quota")
     db_pool_size: int = Field(default=16, ge=2)
-    google_concurrency: int = Field(default=32, ge=1, description="Google calls at once.")
+    google_concurrency: int = Field(
+        default=8, ge=1, description="HTTP requests to Google at once, each one call or a "
+        "batch of calls; beyond them, waiting calls go together in batches")
+    google_batch_size: int = Field(
+        default=50, ge=1, le=1000, description="Most calls in one request to Google's batch "
+        "endpoint (Google takes up to 1000, advises 50); 1: never batch")
     google_timeout_s: float = Field(default=15.0, gt=0)
     retry_budget_s: float = Field(default=30.0, ge=0, description="Transient-failure retries.")
     retry_initial_s: float = Field(default=0.5, gt=0)
@@ -80,6 +85,10 @@ class Settings(BaseSettings):
     @property
     def calendar_api_endpoint(self) -> str:
         return urljoin(_with_slash(self.google_api_url), "calendar/v3/")
+
+    @property
+    def calendar_batch_uri(self) -> str:
+        return urljoin(_with_slash(self.google_api_url), "batch/calendar/v3")
 
 
 def _with_slash(url: str) -> str:

@@ -1,7 +1,8 @@
 """The sandbox HTTP server: Calendar v3, the OAuth token endpoint, and an admin API.
 
 Google paths: `GET /o/oauth2/auth` (consent), `POST /token`, `POST /revoke`,
-`/calendar/v3/users/me/calendarList`, `/calendar/v3/calendars/{calendarId}/events[/{eventId}]`.
+`/calendar/v3/users/me/calendarList`, `/calendar/v3/calendars/{calendarId}/events[/{eventId}]`,
+and the batch endpoint `POST /batch/calendar/v3` over them (sandbox/batch.py).
 It speaks HTTPS only, as Google does, with a certificate from its own throwaway CA
 (trustme): clients trust it through CALSYNC_GOOGLE_CA_BUNDLE, the file `ca_file` names.
 Admin paths (tests, demo, bench; never used by the service): `/_sandbox/...`.
@@ -26,6 +27,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import trustme
 
 from consumer.sandbox import calendar_api
+from consumer.sandbox.batch import (
+    BATCH_PATH,
+    BatchFormatError,
+    InnerResponse,
+    parse_batch,
+    render_batch,
+)
 from consumer.sandbox.oauth import ConsentError
 from consumer.sandbox.state import Call, Fault, GoogleError, OAuthError, SandboxState
 
@@ -85,6 +93,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._consent(state, url.query)
             elif url.path == "/revoke" and method == "POST":
                 self._revoke(state, url.query, raw)
+            elif url.path == BATCH_PATH and method == "POST":
+                self._batch(state, raw)
             else:
                 self._calendar(state, method, url.path, parse_qs(url.query), raw)
         except Exception as exc:  # the sandbox must answer, whatever happened
@@ -144,34 +154,71 @@ class _Handler(BaseHTTPRequestHandler):
         query: dict[str, list[str]],
         raw: bytes,
     ) -> None:
-        match = _EVENTS.match(path)
-        calendar_id = unquote(match.group(1)) if match else None
-        event_id = unquote(match.group(2)) if match and match.group(2) else None
-        op = _operation(method, path, match, event_id)
-        account: str | None = None
-        status = 500
-        delay = state.latency_s
+        status, body, headers, delay = _calendar_call(
+            state, method, path, query, raw, self.headers.get("Authorization"))
+        time.sleep(delay)
+        self._send(status, body, headers)
+
+    def _batch(self, state: SandboxState, raw: bytes) -> None:
         try:
-            with state.lock:
-                account = state.authenticate(self.headers.get("Authorization"))
-                fault = state.take_fault(method, path, account)
-                if fault is not None:
-                    delay += fault.delay_s
-                    raise _fault_error(fault)
-                state.charge_quota(account)
-                body = json.loads(raw) if raw else {}
-                if op == "events.insert" and isinstance(body.get("id"), str):
-                    event_id = body["id"]  # client-supplied: the call log names it
-                status, answer = _serve(state, op, account, calendar_id, event_id, body, query)
-            time.sleep(delay)
-            self._send(status, answer)
-        except GoogleError as exc:
-            status = exc.status
-            time.sleep(delay)
-            self._send(exc.status, exc.body(), exc.headers)
-        finally:
-            state.record(Call(time.time(), method, path, op, account, calendar_id, event_id,
-                              status))
+            requests = parse_batch(self.headers.get("Content-Type") or "", raw)
+        except BatchFormatError as exc:
+            self._send(400, GoogleError(400, "badRequest", str(exc)).body())
+            return
+        responses, delay, batch = [], 0.0, state.next_sequence()
+        for inner in requests:  # the outer request's headers apply unless a part has its own
+            authorization = inner.headers.get("authorization") or self.headers.get(
+                "Authorization")
+            status, body, headers, own_delay = _calendar_call(
+                state, inner.method, inner.path, parse_qs(inner.query), inner.body,
+                authorization, batch)
+            responses.append(InnerResponse(inner.content_id, status, body, headers))
+            delay = max(delay, own_delay)  # served side by side: as slow as the slowest
+        content_type, payload = render_batch(responses)
+        time.sleep(delay)
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+def _calendar_call(
+    state: SandboxState,
+    method: str,
+    path: str,
+    query: dict[str, list[str]],
+    raw: bytes,
+    authorization: str | None,
+    batch: int | None = None,
+) -> tuple[int, Any, dict[str, str], float]:
+    """One Calendar call: its status, body, headers and how long Google takes to answer."""
+    match = _EVENTS.match(path)
+    calendar_id = unquote(match.group(1)) if match else None
+    event_id = unquote(match.group(2)) if match and match.group(2) else None
+    op = _operation(method, path, match, event_id)
+    account: str | None = None
+    status = 500
+    delay = state.latency_s
+    try:
+        with state.lock:
+            account = state.authenticate(authorization)
+            fault = state.take_fault(method, path, account)
+            if fault is not None:
+                delay += fault.delay_s
+                raise _fault_error(fault)
+            state.charge_quota(account)
+            body = json.loads(raw) if raw else {}
+            if op == "events.insert" and isinstance(body.get("id"), str):
+                event_id = body["id"]  # client-supplied: the call log names it
+            status, answer = _serve(state, op, account, calendar_id, event_id, body, query)
+        return status, answer, {}, delay
+    except GoogleError as exc:
+        status = exc.status
+        return exc.status, exc.body(), exc.headers, delay
+    finally:
+        state.record(Call(time.time(), method, path, op, account, calendar_id, event_id,
+                          status, batch))
 
 
 def _operation(method: str, path: str, match: re.Match[str] | None, event_id: str | None) -> str:

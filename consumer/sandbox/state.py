@@ -115,6 +115,7 @@ class Call:
     calendar: str | None
     event_id: str | None
     status: int
+    batch: int | None = None  # the request to the batch endpoint that carried the call
 
 
 PROJECT = "*project*"  # the quota report's key for the project as a whole
