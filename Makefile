@@ -38,8 +38,9 @@ lint: install
 	$(BIN)/mypy consumer bench
 
 # The benchmark (never part of the tests): prints a table, writes bench-results/latest.json.
+# Options: make bench BENCH_ARGS="--only 2 --profile" (python -m bench --help).
 bench: install
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 # Regenerate schemas/ from the pydantic models (a test fails when they differ).
 schema: install

@@ -9,7 +9,8 @@ time, one transaction and one offset commit per message.
    then a 100,000-message backlog for peak RSS.
 2. Quota 6,000/min per project and 600/min per account over 40 accounts, a large backlog,
    with one consumer process and with three.
-3. A steady inflow at 70% of that quota: latency from produce to result recorded.
+3. A steady inflow at 70% of that quota: latency from the message timestamp to the result
+   recorded.
 
 Prints one table and writes it as JSON and Markdown (bench-results/latest.*).
 """
@@ -99,8 +100,8 @@ def main() -> int:
                         help="run only these scenarios (repeatable)")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--profile", action="store_true",
-                        help="sample scenario 1's consumer with py-spy (pip install py-spy) into "
-                             "bench-results/s1-0.pyspy.txt")
+                        help="sample scenario 1's consumer with py-spy (every thread, only samples "
+                             "holding the GIL) into bench-results/s1-0.pyspy.txt")
     args = parser.parse_args()
     wanted = set(args.only or ["1", "2", "3"])
     STATE.mkdir(exist_ok=True)

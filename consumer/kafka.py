@@ -33,6 +33,8 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
         enable_auto_commit=False,  # offsets move only after results are recorded
         auto_offset_reset="earliest",
         rebalance_timeout_ms=rebalance_timeout_ms,
+        session_timeout_ms=int(settings.kafka_session_timeout_s * 1000),
+        heartbeat_interval_ms=max(100, int(settings.kafka_session_timeout_s * 1000 / 3)),
         max_poll_interval_ms=max(300_000, rebalance_timeout_ms),
         max_poll_records=500,
     )

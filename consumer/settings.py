@@ -20,6 +20,9 @@ class Settings(BaseSettings):
     instance_id: str | None = Field(
         default=None, description="Static group membership (group.instance.id): a restart "
         "within the session timeout keeps its partitions, no rebalance")
+    kafka_session_timeout_s: float = Field(
+        default=10.0, gt=0, description="A member silent this long is dropped from the group "
+        "and its partitions move (heartbeats every third of it)")
 
     google_api_url: str = "https://www.googleapis.com/"
     google_token_url: str = "https://oauth2.googleapis.com/token"

@@ -153,3 +153,34 @@ async def test_fetching_pauses_at_max_in_flight_and_resumes(env: Env) -> None:
     assert oldest_turn_while_paused < 0.5
     assert Counter(e["extendedProperties"]["private"]["booking_id"]
                    for e in env.events(email)) == {f"bk_{n}": 1 for n in range(40)}
+
+
+async def test_offsets_never_pass_a_message_still_in_flight(env: Env) -> None:
+    env.settings = env.settings.model_copy(update={"topic": f"{env.name}.single"})
+    await ensure_topics(env.settings.kafka_bootstrap, [env.settings.topic], 1)
+    slow, slow_refresh = env.account("slow")
+    fast, fast_refresh = env.account("fast")
+    await env.link(slow, slow_refresh, activity_id="act_slow")
+    await env.link(fast, fast_refresh, activity_id="act_fast")
+    # Offset 0 waits 4 s for Google (then a 503, retried); offsets 1-10 go straight through.
+    env.sandbox.add_fault(503, count=1, account=slow, delay_s=4)
+    await env.publish(booking_event("bk_slow", activity_id="act_slow"))
+    for n in range(10):
+        await env.publish(booking_event(f"bk_fast_{n}", activity_id="act_fast"))
+    seen: list[int | None] = []
+    try:
+        async with env.consumer(retry_budget_s=30):
+            await wait_until(lambda: len(env.events(fast)) == 10, timeout_s=30,
+                             what="the ten later messages")
+            assert env.events(slow) == []  # still in flight
+            for _ in range(5):  # the later ones are recorded; commits keep being made
+                seen.append((await env.committed())[0])
+                await asyncio.sleep(0.2)
+            assert env.events(slow) == [], "the fault ended before the check did"
+            await wait_until(lambda: len(env.events(slow)) == 1, timeout_s=30,
+                             what="the slow message")
+            await wait_until(env.all_committed, what="offsets committed")
+    finally:
+        env.sandbox.clear_faults()
+    assert all(offset in (None, 0) for offset in seen), seen
+    assert (await env.committed())[0] == 11
