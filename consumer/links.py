@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from consumer.app import Services, services
 from consumer.db import LinkRow, LinkTokens
@@ -24,10 +24,12 @@ from consumer.link_store import CalendarTaken, LinkStore, StateRefused, link_sum
 from consumer.models import CalendarLink, LinkState
 from consumer.oauth import OAuthClient, OAuthRefused
 from consumer.settings import Settings
+from consumer.sync import google_backoff
 from consumer.tokens import TokenRefreshFailed
 
 log = structlog.get_logger(__name__)
 _MAX_ID_LENGTH = 200
+T = TypeVar("T")
 
 
 class LinkError(Exception):
@@ -125,9 +127,32 @@ class LinkService:
 
     # --- calendars ----------------------------------------------------------------------
 
+    async def _google(self, account: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """An operator's Google call, paced like the sync's: it first takes a slot of the
+        account's and the project's group-wide quota (ahead of queued messages: someone is
+        waiting), transient failures are retried, and a 403/429 for rate limits slows that
+        quota down for the whole group. Without this, removing a calendar's thousands of
+        events would burst past the account's 600 calls a minute."""
+        quota = self.svc.engine.quota
+        async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, GoogleApiError)
+                                         and e.transient),
+                wait=google_backoff(self.settings.retry_initial_s, self.settings.retry_max_s),
+                stop=stop_after_attempt(6), reraise=True):
+            with attempt:
+                if quota is not None:
+                    await quota.acquire(account)
+                try:
+                    return await call(*args)
+                except GoogleApiError as exc:
+                    if quota is not None and exc.rate_limited:
+                        await quota.refused(account, exc.reason, exc.retry_after)
+                    raise
+        raise AssertionError("unreachable")
+
     async def _list_calendars(self, token: str, email: str) -> list[CalendarInfo]:
         try:
-            return await self.svc.google.list_calendars(token)
+            return await self._google(email, self.svc.google.list_calendars, token)
         except GoogleApiError as exc:
             raise LinkError(f"Google could not list the calendars of {email}: {exc}", 502,
                             "google_error") from None
@@ -207,19 +232,15 @@ class LinkService:
     async def _remove_events(self, row: LinkRow, token: str) -> int:
         calendar_id = row.link.calendar_id
         assert calendar_id is not None
-        google = self.svc.google
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, GoogleApiError) and e.transient),
-            wait=wait_random_exponential(multiplier=self.settings.retry_initial_s,
-                                         max=self.settings.retry_max_s),
-            stop=stop_after_attempt(6), reraise=True)
+        google, account = self.svc.google, row.link.account_email
         try:
-            events: list[dict[str, Any]] = await retrying(
-                google.list_link_events, token, calendar_id, row.link.id)
+            events: list[dict[str, Any]] = await self._google(
+                account, google.list_link_events, token, calendar_id, row.link.id)
 
             async def delete(event_id: str) -> None:
                 try:
-                    await retrying(google.delete_event, token, calendar_id, event_id)
+                    await self._google(account, google.delete_event, token, calendar_id,
+                                       event_id)
                 except GoogleApiError as exc:
                     if not exc.gone:
                         raise

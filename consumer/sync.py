@@ -132,7 +132,7 @@ class _LinkCall:
         slot_taken = True
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_transient),
-            wait=_backoff(settings.retry_initial_s, settings.retry_max_s),
+            wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
             stop=stop_before_delay(settings.retry_budget_s),
             reraise=True,
         )
@@ -154,7 +154,7 @@ class _LinkCall:
         raise AssertionError("unreachable")
 
 
-def _backoff(initial: float, maximum: float) -> Callable[[RetryCallState], float]:
+def google_backoff(initial: float, maximum: float) -> Callable[[RetryCallState], float]:
     """Exponential backoff with full jitter, never shorter than Google's Retry-After."""
     jittered = wait_random_exponential(multiplier=initial, max=maximum)
 

@@ -200,3 +200,24 @@ async def test_disconnect_stops_a_link_in_flight_in_another_process(env: Env) ->
                     if c["account"] == email] == []
     finally:
         env.sandbox.clear_faults()
+
+
+async def test_removing_a_links_events_keeps_to_the_accounts_quota(env: Env) -> None:
+    email, refresh = env.account()
+    link_id = await env.link(email, refresh)
+    async with env.consumer():
+        for n in range(20):
+            await env.publish(booking_event(f"bk_{n}", 1))
+        await wait_until(lambda: len(env.events(email)) == 20, what="20 events")
+    since = env.sandbox.calls()["now"]
+    # An operator's deletes wait for the account's group-wide slots like the sync's calls:
+    # 300 a minute (share 0.97) is one every 0.21 s, where unpaced they would go in a burst.
+    settings = env.settings.model_copy(update={"quota_per_account_per_min": 300})
+    async with link_service(settings) as service:
+        done = await service.disconnect(link_id, remove_events=True)
+    assert done["events_removed"] == 20 and env.events(email) == []
+    deletes = [c["at"] for c in env.sandbox.calls(since=since, detail=True)["calls"]
+               if c["account"] == email and c["op"] == "events.delete"]
+    assert len(deletes) == 20
+    interval = 60 / (300 * 0.97)
+    assert max(deletes) - min(deletes) >= 0.8 * 19 * interval, (deletes, interval)
