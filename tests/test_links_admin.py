@@ -211,7 +211,8 @@ async def test_removing_a_links_events_keeps_to_the_accounts_quota(env: Env) -> 
         await wait_until(lambda: len(env.events(email)) == 20, what="20 events")
     since = env.sandbox.calls()["now"]
     # An operator's deletes wait for the account's group-wide slots like the sync's calls:
-    # 300 a minute (share 0.97) is one every 0.21 s, where unpaced they would go in a burst.
+    # 300 a minute (at the default share) is one every 0.21 s, where unpaced they would go
+    # in a burst.
     settings = env.settings.model_copy(update={"quota_per_account_per_min": 300})
     async with link_service(settings) as service:
         done = await service.disconnect(link_id, remove_events=True)
@@ -219,5 +220,5 @@ async def test_removing_a_links_events_keeps_to_the_accounts_quota(env: Env) -> 
     deletes = [c["at"] for c in env.sandbox.calls(since=since, detail=True)["calls"]
                if c["account"] == email and c["op"] == "events.delete"]
     assert len(deletes) == 20
-    interval = 60 / (300 * 0.97)
+    interval = 60 / (300 * settings.quota_use_share)
     assert max(deletes) - min(deletes) >= 0.8 * 19 * interval, (deletes, interval)
