@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -305,6 +306,10 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         self.ca_file = ca_file
 
     def finish_request(self, request: Any, client_address: Any) -> None:
+        # An answer goes out as headers then body: with Nagle's algorithm on, the body
+        # waits for the client's delayed ACK of the headers (40 ms on Linux), a stall per
+        # request that Google's front ends do not have.
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             request.do_handshake()
         except (ssl.SSLError, OSError):
