@@ -4,10 +4,13 @@ The API client and its resources are built once from the library's bundled disco
 document; each call carries its own access token (links belong to different accounts), and
 each thread its own httplib2 connection (httplib2 is not thread-safe), reused across calls.
 
-Calls go out alone while fewer than `google_concurrency` requests are out; beyond that,
-the calls that wait go together to Google's batch endpoint (`google_batch_size` at most):
-one HTTPS request instead of fifty, each call still authenticated, counted against the
-quotas and answered on its own. No timer holds a call back to fill a batch.
+How many requests are out at once, and how many calls each carries, is measured rather than
+configured (consumer/concurrency.py): the limit follows Google's latency and the quota
+(Little's law) and backs off on congestion and rate-limit refusals, within
+`google_concurrency` threads; calls that wait for a free request go together to Google's
+batch endpoint, as many as Google's way of serving a batch allows without costing latency
+(`google_batch_size` at most): each call still authenticated, counted against the quotas
+and answered on its own. No timer holds a call back to fill a batch.
 
 A 401 inside a batch is sent once more by google-api-python-client (its BatchHttpRequest
 retries 401 parts after refreshing credentials, and ours carry the token in a header), so
@@ -30,8 +33,10 @@ import httplib2
 from googleapiclient.discovery import build
 from googleapiclient.errors import BatchError, HttpError
 from googleapiclient.http import BatchHttpRequest
+from prometheus_client import Gauge
 
 from consumer.batching import Batcher
+from consumer.concurrency import ConcurrencyController
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 
@@ -125,11 +130,29 @@ class GoogleCalendar:
         )
         self._resources = _Resources(self._service.events(), self._service.calendarList())
         self._batch_uri = settings.calendar_batch_uri
+        quota_per_min = settings.quota_per_project_per_min * settings.quota_use_share
+        self.flow = ConcurrencyController(
+            max_requests=settings.google_concurrency, max_batch=settings.google_batch_size,
+            quota_per_s=quota_per_min / 60 if quota_per_min else None)
         self._pool = ThreadPoolExecutor(settings.google_concurrency,
                                         thread_name_prefix="google")
         self._calls: Batcher[Call, Any] = Batcher(
-            self._send, max_size=settings.google_batch_size,
-            concurrency=settings.google_concurrency)
+            self._send, max_size=self.flow.take_batch_size,
+            concurrency=lambda: self.flow.limit)
+        self._watch_flow()
+
+    def _watch_flow(self) -> None:
+        registry = self._metrics.registry
+        Gauge("calsync_google_requests_limit", "Requests to Google allowed in flight at once, "
+              "as the concurrency controller measures the need", registry=registry
+              ).set_function(lambda: self.flow.limit)
+        Gauge("calsync_google_requests_in_flight", "Requests to Google in flight",
+              registry=registry).set_function(lambda: self._calls.flushing)
+        Gauge("calsync_google_batch_size_limit", "Most calls one request to Google carries, "
+              "from how Google serves a batch", registry=registry
+              ).set_function(lambda: self.flow.batch_size)
+        Gauge("calsync_google_calls_waiting", "Google calls waiting for a free request",
+              registry=registry).set_function(lambda: self._calls.waiting)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -141,13 +164,21 @@ class GoogleCalendar:
                                                     ca_certs=self._ca_certs)
         return http
 
+    def _cold(self) -> bool:
+        """This thread's next request opens a connection (a TLS handshake first)."""
+        http: httplib2.Http | None = getattr(self._local, "http", None)
+        return http is None or not http.connections
+
     def _request(self, call: Call) -> Any:
         make_request, token = call
         request = make_request(self._resources)
         request.headers["authorization"] = f"Bearer {token}"
         return request
 
-    def _execute(self, call: Call) -> Any:
+    def _execute(self, call: Call) -> tuple[list[Any], float, bool]:
+        """The answer (a failure is its GoogleApiError), the seconds Google took, and
+        whether a connection was opened first."""
+        cold = self._cold()
         request = self._request(call)
         method = str(request.methodId).removeprefix("calendar.")
         started = time.perf_counter()
@@ -156,16 +187,19 @@ class GoogleCalendar:
             answer = request.execute(http=self._http(), num_retries=0)
         except HttpError as exc:
             self._metrics.google_call(method, started, int(exc.resp.status))
-            return _from_http_error(exc)
+            return [_from_http_error(exc)], time.perf_counter() - started, cold
         except (TimeoutError, OSError, httplib2.HttpLib2Error) as exc:
             self._metrics.google_call(method, started, None)
             self._local.http = None  # the connection may be half-used; start afresh
-            return GoogleApiError(None, type(exc).__name__, str(exc) or "no answer")
+            return [GoogleApiError(None, type(exc).__name__, str(exc) or "no answer")], \
+                time.perf_counter() - started, cold
         self._metrics.google_call(method, started, 200)
-        return answer
+        return [answer], time.perf_counter() - started, cold
 
-    def _execute_batch(self, calls: list[Call]) -> list[Any]:
-        """Answers in the calls' order; a call's failure is its GoogleApiError."""
+    def _execute_batch(self, calls: list[Call]) -> tuple[list[Any], float, bool]:
+        """Answers in the calls' order (a call's failure is its GoogleApiError), the
+        seconds Google took, and whether a connection was opened first."""
+        cold = self._cold()
         requests = [self._request(call) for call in calls]
         methods = [str(r.methodId).removeprefix("calendar.") for r in requests]
         answers: list[Any] = [None] * len(calls)
@@ -194,16 +228,23 @@ class GoogleCalendar:
             error = GoogleApiError(None, type(exc).__name__, str(exc) or "no answer")
             status = None
         else:
-            return answers
+            return answers, time.perf_counter() - started, cold
         for method in methods:
             self._metrics.google_call(method, started, status)
-        return [dataclasses.replace(error) for _ in calls]
+        return [dataclasses.replace(error) for _ in calls], time.perf_counter() - started, cold
 
     async def _send(self, calls: list[Call]) -> list[Any]:
         loop = asyncio.get_running_loop()
         if len(calls) == 1:
-            return [await loop.run_in_executor(self._pool, self._execute, calls[0])]
-        return await loop.run_in_executor(self._pool, self._execute_batch, calls)
+            answers, seconds, cold = await loop.run_in_executor(self._pool, self._execute,
+                                                                calls[0])
+        else:
+            answers, seconds, cold = await loop.run_in_executor(self._pool,
+                                                                self._execute_batch, calls)
+        refused = sum(1 for a in answers if isinstance(a, GoogleApiError) and a.rate_limited)
+        self.flow.answered(len(calls), seconds, refused, waiting=self._calls.waiting > 0,
+                           cold=cold)
+        return answers
 
     async def _call(self, make_request: Callable[[_Resources], Any], token: str) -> Any:
         return await self._calls.submit((make_request, token))
