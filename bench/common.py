@@ -8,19 +8,21 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.db import migrate
 from consumer.links import link_service
 from consumer.sandbox import SandboxClient
 from consumer.settings import Settings
-from consumer.stack import EmbeddedPostgres
+from consumer.stack import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "bench-results"
@@ -29,6 +31,7 @@ STATE = ROOT / "bench-results"
 @dataclass
 class Row:
     scenario: str
+    mode: str  # how the sandbox served a batch: sequential, parallel ("-": no batches)
     consumer: str
     link_ops: int
     seconds: float
@@ -39,7 +42,45 @@ class Row:
     rejected_share: float | None = None  # calls refused with 403/429 for rate limits
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
+    limit: int | None = None  # the controller's requests-in-flight limit at the end
+    calls_per_request: float | None = None  # mean calls per HTTP request to Google
     note: str = ""
+
+
+@dataclass
+class Consumer:
+    """`calsync consume` in its own process, and where its /metrics answer."""
+
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    flow: dict[str, float] = field(default_factory=dict)
+
+    def scrape(self) -> dict[str, float]:
+        """The Google flow, from /metrics: the limit, and calls per request so far."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+                  for sample in family.samples if not sample.labels or sample.name.endswith(
+                      ("_sum", "_count"))}
+        self.flow = {"limit": values.get("calsync_google_requests_limit", 0.0),
+                     "calls": values.get("calsync_google_batch_calls_sum", 0.0),
+                     "requests": values.get("calsync_google_batch_calls_count", 0.0)}
+        return self.flow
+
+
+def flow_of(running: list[Consumer]) -> tuple[int | None, float | None]:
+    """Scrape every consumer: the largest limit, and the mean calls per request."""
+    limits, calls, requests = [], 0.0, 0.0
+    for consumer in running:
+        try:
+            flow = consumer.scrape()
+        except OSError:
+            continue
+        limits.append(int(flow["limit"]))
+        calls += flow["calls"]
+        requests += flow["requests"]
+    return (max(limits) if limits else None), (calls / requests if requests else None)
 
 
 def event(booking: int, version: int, activity: str, occurred_at: str = "2026-04-01T12:00:00Z"
@@ -136,38 +177,40 @@ def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def consumers(count: int, env: dict[str, str], name: str, profile: bool = False
-              ) -> Iterator[list[subprocess.Popen[bytes]]]:
+              ) -> Iterator[list[Consumer]]:
     """`calsync consume`, `count` processes, as users run it; SIGTERM at the end."""
-    processes = []
+    running = []
     for n in range(count):
         command = [sys.executable, "-m", "consumer.cli", "consume"]
         log = open(STATE / f"{name}-{n}.log", "wb")
-        processes.append(subprocess.Popen(command, env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=ROOT))
+        port = free_port()
+        process = subprocess.Popen(command, env={**env, "CALSYNC_METRICS_PORT": str(port)},
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        running.append(Consumer(process, port))
         if profile:  # py-spy samples every thread (cProfile would see only the event loop's)
             subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
-                              "--pid", str(processes[-1].pid), "--duration", "40",
+                              "--pid", str(process.pid), "--duration", "40",
                               "--rate", "100", "--nonblocking", "--gil", "--format", "raw",
                               "-o", str(STATE / f"{name}-{n}.pyspy.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield processes
+        yield running
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
+        for consumer in running:
+            if consumer.process.poll() is None:
+                consumer.process.send_signal(signal.SIGTERM)
+        for consumer in running:
             try:
-                process.wait(60)
+                consumer.process.wait(60)
             except subprocess.TimeoutExpired:
-                process.kill()
+                consumer.process.kill()
 
 
-def wait_for_results(database_url: str, expected: int, processes: list[subprocess.Popen[bytes]],
+def wait_for_results(database_url: str, expected: int, running: list[Consumer],
                      timeout_s: float, name: str) -> None:
     deadline = time.monotonic() + timeout_s
     while (done := result_count(database_url)[0]) < expected:
-        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
+        if any(c.process.poll() is not None for c in running) or time.monotonic() > deadline:
             raise SystemExit(f"the consumer stopped or timed out at {done}/{expected}; "
                              f"see {STATE / name}-*.log")
         time.sleep(0.5)

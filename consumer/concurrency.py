@@ -24,11 +24,16 @@ the batch size follow:
 - **Batch size from how Google serves a batch.** Each answer of b calls taking L seconds,
   against the latency of single calls L1, says how serial the serving is:
   s = (L / L1 - 1) / (b - 1), about 1 when the calls run one after another and about 0
-  when they run side by side. A batch may take `BATCH_LATENCY_FACTOR` x one call's time, so
-  at most 1 + (factor - 1) / s calls go together: a handful when Google serves them one
-  after another (more requests at once instead), up to `max_batch` when it serves them side
-  by side. Until batches have been seen, the serving is taken to be serial (the
-  conservative reading). A single call goes out now and then to keep L1 current.
+  when they run side by side. A batch may take `BATCH_LATENCY_FACTOR` x one call's time
+  (or `BATCH_LATENCY_FLOOR_S`, if that is more: below it, the latency a batch adds is small
+  next to the 2 s a message may take), so at most 1 + (factor - 1) / s calls go together: a
+  few when Google serves them one after another (more requests at once instead), up to
+  `max_batch` when it serves them side by side. Batching then costs no parallelism: calls
+  only go together when every allowed request is out, and a request of b calls served one
+  after another carries as many calls a second as b requests of one. What it saves is CPU
+  (a request costs about 0.5 ms here, a call in a batch 0.1 ms) and connections. Until
+  batches have been seen, the serving is taken to be serial (the conservative reading). A
+  single call goes out now and then to keep L1 current.
 
 Bounds: `max_requests` (threads, each with its own HTTPS connection: the memory and CPU
 bound, CALSYNC_GOOGLE_CONCURRENCY) and `max_batch` (CALSYNC_GOOGLE_BATCH_SIZE).
@@ -53,7 +58,8 @@ REFUSAL_BACKOFF = 0.7
 FLOOR_RECOVERY_S = 60.0  # Google counts quotas over a sliding minute
 BASELINE_S = 30.0  # the baseline: the lowest window median over this long
 WINDOW = 20  # answers per latency window
-BATCH_LATENCY_FACTOR = 3.0  # a batch may take this many calls' time
+BATCH_LATENCY_FACTOR = 3.0  # a batch may take this many calls' time ...
+BATCH_LATENCY_FLOOR_S = 0.5  # ... or this long, if more: a quarter of the 2 s p99 target
 SINGLE_PROBE_EVERY = 16  # every so many requests, a single call: L1 kept current
 SETTLED_AFTER = 10  # batches seen before their latency is judged
 _EWMA = 0.1
@@ -99,12 +105,17 @@ class ConcurrencyController:
 
     @property
     def batch_size(self) -> int:
-        """Most calls one request should carry, from how Google serves a batch."""
+        """Most calls one request should carry: as many as fit in the batch latency budget
+        (`BATCH_LATENCY_FACTOR` x a single call's latency, or `BATCH_LATENCY_FLOOR_S` if
+        more), given how serially Google serves a batch."""
         if self.max_batch == 1:
             return 1
-        if self._serial * (self.max_batch - 1) <= BATCH_LATENCY_FACTOR - 1:
+        factor = BATCH_LATENCY_FACTOR
+        if self._single_latency:
+            factor = max(factor, BATCH_LATENCY_FLOOR_S / self._single_latency)
+        if self._serial * (self.max_batch - 1) <= factor - 1:
             return self.max_batch  # side by side enough for the largest batch
-        return max(2, int(1 + (BATCH_LATENCY_FACTOR - 1) / self._serial))
+        return max(2, int(1 + (factor - 1) / self._serial))
 
     def take_batch_size(self) -> int:
         """The size of the request about to go: `batch_size`, or now and then a single call

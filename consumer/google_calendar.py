@@ -12,9 +12,9 @@ batch endpoint, as many as Google's way of serving a batch allows without costin
 (`google_batch_size` at most): each call still authenticated, counted against the quotas
 and answered on its own. No timer holds a call back to fill a batch.
 
-A 401 inside a batch is sent once more by google-api-python-client (its BatchHttpRequest
-retries 401 parts after refreshing credentials, and ours carry the token in a header), so
-an access token Google refuses costs one extra call before the sync engine refreshes it.
+The batch envelope is written and read here (consumer/google_batch.py, where the reason is),
+the requests inside it built and their answers read by google-api-python-client. A 401 in
+a batch is that call's own answer: the sync engine refreshes the token and tries again.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ from typing import Any
 
 import httplib2
 from googleapiclient.discovery import build
-from googleapiclient.errors import BatchError, HttpError
-from googleapiclient.http import BatchHttpRequest
+from googleapiclient.errors import HttpError
 from prometheus_client import Gauge
 
 from consumer.batching import Batcher
 from consumer.concurrency import ConcurrencyController
+from consumer.google_batch import BatchFormatError, decode_batch, encode_batch
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 
@@ -202,36 +202,46 @@ class GoogleCalendar:
         cold = self._cold()
         requests = [self._request(call) for call in calls]
         methods = [str(r.methodId).removeprefix("calendar.") for r in requests]
-        answers: list[Any] = [None] * len(calls)
-        started = time.perf_counter()
-
-        def answered(request_id: str, response: Any, exception: Exception | None) -> None:
-            n = int(request_id)
-            if isinstance(exception, HttpError):
-                self._metrics.google_call(methods[n], started, int(exception.resp.status))
-                answers[n] = _from_http_error(exception)
-            else:
-                self._metrics.google_call(methods[n], started, 200)
-                answers[n] = response
-
-        batch = BatchHttpRequest(callback=answered, batch_uri=self._batch_uri)
-        for n, request in enumerate(requests):
-            batch.add(request, request_id=str(n))
+        batch = encode_batch(requests)
         self._metrics.google_batches.observe(len(calls))
+        started = time.perf_counter()
         try:
-            batch.execute(http=self._http())
-        except HttpError as exc:  # the batch as a whole refused (5xx, 429, 400)
+            response, content = self._http().request(
+                self._batch_uri, method="POST", body=batch.body,
+                headers={"content-type": batch.content_type})
+            if response.status >= 300:  # the batch as a whole refused (5xx, 429, 400)
+                raise HttpError(response, content, uri=self._batch_uri)
+            parts = decode_batch(response.get("content-type", ""), content, len(calls))
+        except HttpError as exc:
             error = _from_http_error(exc)
             status: int | None = int(exc.resp.status)
-        except (TimeoutError, OSError, httplib2.HttpLib2Error, BatchError) as exc:
+        except (TimeoutError, OSError, httplib2.HttpLib2Error, BatchFormatError) as exc:
             self._local.http = None
             error = GoogleApiError(None, type(exc).__name__, str(exc) or "no answer")
             status = None
         else:
-            return answers, time.perf_counter() - started, cold
+            seconds = time.perf_counter() - started
+            return [self._answer(request, method, part, started)
+                    for request, method, part in zip(requests, methods, parts, strict=True)
+                    ], seconds, cold
         for method in methods:
             self._metrics.google_call(method, started, status)
         return [dataclasses.replace(error) for _ in calls], time.perf_counter() - started, cold
+
+    def _answer(self, request: Any, method: str,
+                part: tuple[httplib2.Response, bytes] | None, started: float) -> Any:
+        """One call's answer inside a batch: its result, or its GoogleApiError."""
+        if part is None:
+            self._metrics.google_call(method, started, None)
+            return GoogleApiError(None, "BatchFormatError", "no answer for the call")
+        response, content = part
+        try:
+            result = request.postproc(response, content)
+        except HttpError as exc:
+            self._metrics.google_call(method, started, int(exc.resp.status))
+            return _from_http_error(exc)
+        self._metrics.google_call(method, started, int(response.status))
+        return result
 
     async def _send(self, calls: list[Call]) -> list[Any]:
         loop = asyncio.get_running_loop()

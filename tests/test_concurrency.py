@@ -15,6 +15,7 @@ import pytest
 
 from consumer.concurrency import (
     BATCH_LATENCY_FACTOR,
+    BATCH_LATENCY_FLOOR_S,
     FLOOR_RECOVERY_S,
     HEADROOM,
     INITIAL_LIMIT,
@@ -191,17 +192,22 @@ def test_a_backlog_on_a_rate_limited_google_settles_below_the_refusals() -> None
     assert sum(tail) / len(tail) < 16, (min(tail), max(tail))
 
 
-@pytest.mark.parametrize("mode", ["sequential", "parallel"])
-def test_the_batch_size_follows_how_google_serves_a_batch(mode: str) -> None:
+@pytest.mark.parametrize(("mode", "latency"), [("sequential", 0.05), ("sequential", 0.3),
+                                               ("parallel", 0.05), ("parallel", 0.3)])
+def test_the_batch_size_follows_how_google_serves_a_batch(mode: str, latency: float) -> None:
     clock = FakeClock()
     controller = ConcurrencyController(max_requests=16, max_batch=50, clock=clock)
     # Before any batch is seen, Google is taken to serve calls one after another.
     assert controller.batch_size == int(BATCH_LATENCY_FACTOR)
-    google = SimulatedGoogle(lambda: 0.05, mode=mode)
-    run = simulate(controller, clock, google, 20)
+    google = SimulatedGoogle(lambda: latency, mode=mode)
+    run = simulate(controller, clock, google, 60)
     if mode == "sequential":
+        # A batch takes as long as its calls added up: only as many as the latency budget
+        # holds (3 calls' time, or half a second) ...
         assert controller.serial == pytest.approx(1.0, abs=0.1)
-        assert 2 <= controller.batch_size <= BATCH_LATENCY_FACTOR
+        budget = max(BATCH_LATENCY_FACTOR * latency, BATCH_LATENCY_FLOOR_S)
+        assert 2 <= controller.batch_size <= budget / latency + 1
+        assert controller.batch_size >= budget / latency - 1
         # ... and more requests at once instead: the limit grew to its bound.
         assert controller.limit == 16
     else:
