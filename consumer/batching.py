@@ -39,6 +39,7 @@ class Batcher(Generic[In, Out]):
         self._concurrency = _reader(concurrency)
         self._queue: list[tuple[In, asyncio.Future[Out]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._running = 0  # tasks alive, counted when they decide (a done task lingers)
         self._collecting = 0  # tasks about to take the queue (not flushing)
 
     async def submit(self, item: In) -> Out:
@@ -55,11 +56,12 @@ class Batcher(Generic[In, Out]):
     @property
     def flushing(self) -> int:
         """Flushes out (or about to go)."""
-        return len(self._tasks)
+        return self._running
 
     def _spawn(self) -> None:
-        if self._collecting == 0 and len(self._tasks) < self._concurrency():
+        if self._collecting == 0 and self._running < self._concurrency():
             self._collecting += 1
+            self._running += 1
             task = asyncio.create_task(self._run())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -68,7 +70,7 @@ class Batcher(Generic[In, Out]):
         try:
             while True:
                 await asyncio.sleep(0)  # let the callers woken in this turn join in
-                if not self._queue or len(self._tasks) > self._concurrency():
+                if not self._queue or self._running > self._concurrency():
                     return  # nothing to do, or the bound went down: the others go on
                 size = max(1, self._max_size())
                 batch = self._queue[:size]
@@ -82,6 +84,7 @@ class Batcher(Generic[In, Out]):
                     self._collecting += 1
         finally:
             self._collecting -= 1
+            self._running -= 1
 
     async def _deliver(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
         live = [(item, future) for item, future in batch if not future.cancelled()]

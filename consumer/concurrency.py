@@ -13,8 +13,9 @@ the batch size follow:
   process under its quota. The group's quota gate (consumer/quota.py) paces the calls, so a
   floor computed from the whole project's rate only leaves some threads idle.
 - **AIMD on latency and refusals, for the rest.** While calls wait for a free request slot
-  and the latency per call is not inflated, the limit grows: doubling every round trip
-  until the first sign of congestion (slow start), then one more request per round trip.
+  and the latency per call is not inflated, the limit grows by one request per round trip
+  (doubling every round trip until the first sign of congestion when no quota is known:
+  slow start).
   Latency is judged per window of answers (its median, normalised per call) against the
   lowest window median of the last `BASELINE_S` seconds: beyond `TOLERANCE` x that, the
   process is queueing on something (its own CPU, the network, Google), and the limit shrinks
@@ -78,7 +79,9 @@ class ConcurrencyController:
         self.quota_per_s = quota_per_s
         self._clock = clock
         self._limit = float(min(self.max_requests, max(1, initial_limit)))
-        self._slow_start = True
+        # Without a quota to compute the need from, the limit doubles every round trip until
+        # the first sign of congestion; with one, the floor gives the need at once.
+        self._slow_start = quota_per_s is None
         self._call_latency: float | None = None  # mean seconds per call (normalised)
         self._single_latency: float | None = None  # mean seconds of a one-call request
         self._round_trip: float | None = None  # mean seconds of a request, whatever its size

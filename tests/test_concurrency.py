@@ -5,6 +5,7 @@ and the batch size follows how Google serves a batch."""
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import math
 import random
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from consumer.batching import Batcher
 from consumer.concurrency import (
     BATCH_LATENCY_FACTOR,
     BATCH_LATENCY_FLOOR_S,
@@ -223,3 +225,36 @@ def test_batching_can_be_switched_off() -> None:
     for _ in range(40):
         controller.answered(1, 0.05, waiting=True)
     assert controller.batch_size == 1 and controller.take_batch_size() == 1
+
+
+async def test_the_batcher_follows_bounds_that_change_while_it_runs() -> None:
+    """The Google adapter's batcher reads its bounds from the controller at every flush:
+    never more flushes out than the bound of the moment, never larger batches."""
+    bounds = {"concurrency": 2, "size": 3}
+    out, most_out, sizes = 0, 0, []
+    release = asyncio.Event()
+
+    async def flush(items: list[int]) -> list[int]:
+        nonlocal out, most_out
+        out += 1
+        most_out = max(most_out, out)
+        sizes.append(len(items))
+        assert out <= bounds["concurrency"] and len(items) <= bounds["size"]
+        await release.wait()
+        out -= 1
+        return [item * 2 for item in items]
+
+    batcher: Batcher[int, int] = Batcher(flush, max_size=lambda: bounds["size"],
+                                         concurrency=lambda: bounds["concurrency"])
+    first = [asyncio.create_task(batcher.submit(n)) for n in range(20)]
+    await asyncio.sleep(0.01)
+    assert (out, batcher.flushing, batcher.waiting) == (2, 2, 14)
+    bounds.update(concurrency=5, size=2)  # the controller raised the limit: more go out
+    late = [asyncio.create_task(batcher.submit(n)) for n in range(20, 22)]
+    await asyncio.sleep(0.01)
+    assert out == 5 and sizes[2:] == [2, 2, 2]
+    bounds.update(concurrency=1)  # and lowered it: flushes out finish, no new ones go
+    release.set()
+    assert await asyncio.gather(*first, *late) == [n * 2 for n in range(22)]
+    assert most_out == 5 and sum(sizes) == 22 and max(sizes[5:]) <= 2
+    await batcher.close()
