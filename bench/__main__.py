@@ -73,7 +73,8 @@ def render(rows: list[Row], machine: str) -> str:
             f"{_cell(r.rejected_share, '.2%')} | {_cell(r.latency_p50_s, '.2f')} | "
             f"{_cell(r.latency_p99_s, '.2f')} | {_cell(r.limit, 'd')} | "
             f"{_cell(r.calls_per_request, '.1f')} |")
-    lines += ["", *targets(rows)]
+    lines += ["", *targets(rows), "", "Notes:"]
+    lines += [f"- {r.scenario} [{r.mode}], {r.consumer}: {r.note}" for r in rows if r.note]
     return "\n".join(lines)
 
 

@@ -60,27 +60,47 @@ class Consumer:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as answer:
             text = answer.read().decode()
-        values = {sample.name: sample.value for family in text_string_to_metric_families(text)
-                  for sample in family.samples if not sample.labels or sample.name.endswith(
-                      ("_sum", "_count"))}
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:  # labelled series added up
+                if not sample.labels or sample.name.endswith(("_sum", "_count")):
+                    values[sample.name] = values.get(sample.name, 0.0) + sample.value
+        answered = "calsync_google_request_duration_seconds"
         self.flow = {"limit": values.get("calsync_google_requests_limit", 0.0),
                      "calls": values.get("calsync_google_batch_calls_sum", 0.0),
-                     "requests": values.get("calsync_google_batch_calls_count", 0.0)}
+                     "requests": values.get("calsync_google_batch_calls_count", 0.0),
+                     "answer_s": values.get(f"{answered}_sum", 0.0),
+                     "answers": values.get(f"{answered}_count", 0.0)}
         return self.flow
 
 
-def flow_of(running: list[Consumer]) -> tuple[int | None, float | None]:
-    """Scrape every consumer: the largest limit, and the mean calls per request."""
-    limits, calls, requests = [], 0.0, 0.0
+@dataclass
+class Flow:
+    limit: int | None  # the largest limit of requests in flight
+    calls_per_request: float | None
+    answer_s: float | None  # mean seconds from a request's start to a call's answer
+
+    @property
+    def note(self) -> str:
+        return "" if self.answer_s is None else f"; calls answered in {self.answer_s:.2f} s"
+
+
+def flow_of(running: list[Consumer]) -> Flow:
+    """Scrape every consumer's Google flow."""
+    limits: list[int] = []
+    total: dict[str, float] = {}
     for consumer in running:
         try:
             flow = consumer.scrape()
         except OSError:
             continue
         limits.append(int(flow["limit"]))
-        calls += flow["calls"]
-        requests += flow["requests"]
-    return (max(limits) if limits else None), (calls / requests if requests else None)
+        for key, value in flow.items():
+            total[key] = total.get(key, 0.0) + value
+    calls, requests = total.get("calls", 0.0), total.get("requests", 0.0)
+    answers = total.get("answers", 0.0)
+    return Flow(max(limits) if limits else None, calls / requests if requests else None,
+                total.get("answer_s", 0.0) / answers if answers else None)
 
 
 def event(booking: int, version: int, activity: str, occurred_at: str = "2026-04-01T12:00:00Z"

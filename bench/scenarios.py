@@ -78,12 +78,12 @@ def scenario_1(bench: Bench, mode: str, bookings: int, versions: int, profile: b
     with consumers(1, consumer_env(settings, **UNLIMITED), name, profile) as running:
         wait_for_results(settings.database_url, expected, running, bench.timeout_s, name)
         cpu, rss = proc_stats(running[0].process.pid)
-        limit, per_request = flow_of(running)
+        flow = flow_of(running)
     count, span = result_count(settings.database_url)
     return Row("1: unthrottled, 50 ms/call", mode, "calsync consume", count, span,
-               count / span, cpu * 1000 / count, rss, limit=limit,
-               calls_per_request=per_request, note=f"{bookings} bookings x {versions} "
-               "versions x 2 links; CPU includes start-up")
+               count / span, cpu * 1000 / count, rss, limit=flow.limit,
+               calls_per_request=flow.calls_per_request, note=f"{bookings} bookings x "
+               f"{versions} versions x 2 links; CPU includes start-up{flow.note}")
 
 
 def scenario_1_naive(bench: Bench, messages: int) -> Row:
@@ -110,12 +110,12 @@ def scenario_1_backlog(bench: Bench, mode: str, backlog: int, seconds: float) ->
     with consumers(1, consumer_env(settings, **UNLIMITED), name) as running:
         time.sleep(seconds)
         cpu, rss = proc_stats(running[0].process.pid)
-        limit, per_request = flow_of(running)
+        flow = flow_of(running)
     count, span = result_count(settings.database_url)
     return Row("1: backlog of 100,000", mode, "calsync consume", count, span,
-               count / span if span else 0.0, cpu * 1000 / max(count, 1), rss, limit=limit,
-               calls_per_request=per_request,
-               note=f"{backlog} messages waiting; ran {seconds:.0f} s")
+               count / span if span else 0.0, cpu * 1000 / max(count, 1), rss,
+               limit=flow.limit, calls_per_request=flow.calls_per_request,
+               note=f"{backlog} messages waiting; ran {seconds:.0f} s{flow.note}")
 
 
 def scenario_2(bench: Bench, mode: str, processes: int, messages: int) -> Row:
@@ -131,7 +131,7 @@ def scenario_2(bench: Bench, mode: str, processes: int, messages: int) -> Row:
     bench.sandbox.reset_quota()
     with consumers(processes, consumer_env(settings, **QUOTA_ENV), name) as running:
         wait_for_results(settings.database_url, messages * 2, running, bench.timeout_s, name)
-        limit, per_request = flow_of(running)
+        flow = flow_of(running)
     report = bench.sandbox.quota()
     project = report["*project*"]
     calls, refused, span = project["calls"], project["refused"], project["span_s"]
@@ -141,10 +141,10 @@ def scenario_2(bench: Bench, mode: str, processes: int, messages: int) -> Row:
     return Row(f"2: quota 3,000/min, {processes} process{'es' if processes > 1 else ''}",
                mode, "calsync consume", count, seconds, count / seconds if seconds else 0.0,
                quota_share=rate / (QUOTA_PER_MIN / 60),
-               rejected_share=refused / max(calls + refused, 1), limit=limit,
-               calls_per_request=per_request,
+               rejected_share=refused / max(calls + refused, 1), limit=flow.limit,
+               calls_per_request=flow.calls_per_request,
                note=f"{calls} calls in {span:.0f} s; most in one minute "
-               f"{project['max_per_minute']}; {refused} refused")
+               f"{project['max_per_minute']}; {refused} refused{flow.note}")
 
 
 def scenario_3(bench: Bench, mode: str, seconds: float) -> Row:
@@ -162,7 +162,7 @@ def scenario_3(bench: Bench, mode: str, seconds: float) -> Row:
         sent = asyncio.run(_steady(settings, activities, rate, seconds))
         wait_for_results(settings.database_url, 2 + len(sent) * 2, running, bench.timeout_s,
                          name)
-        limit, per_request = flow_of(running)
+        flow = flow_of(running)
     with psycopg.connect(settings.database_url) as conn:
         rows = conn.execute("SELECT event_id::text, recorded_at FROM sync_results").fetchall()
     latencies = sorted((recorded.timestamp() - sent[event_id]) for event_id, recorded in rows
@@ -173,9 +173,9 @@ def scenario_3(bench: Bench, mode: str, seconds: float) -> Row:
     return Row("3: steady 70% of quota", mode, "calsync consume", len(latencies), seconds,
                len(latencies) / seconds, latency_p50_s=p50, latency_p99_s=p99,
                rejected_share=report["refused"] / max(report["calls"] + report["refused"], 1),
-               limit=limit, calls_per_request=per_request,
+               limit=flow.limit, calls_per_request=flow.calls_per_request,
                note=f"{len(sent)} messages at {rate:.1f}/s; from the message timestamp to "
-               "the result recorded")
+               f"the result recorded{flow.note}")
 
 
 async def _warm_up(settings: Settings, activity: str) -> None:
