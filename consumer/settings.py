@@ -57,9 +57,9 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=16, ge=2)
     google_concurrency: int = Field(
         default=64, ge=1, description="Upper bound on HTTP requests to Google at once per "
-        "process (threads, each with its own HTTPS connection: about 1 MB each with the "
-        "system CA bundle). The number in use is measured, not set: it follows Google's "
-        "latency and the quota (consumer/concurrency.py); this only caps it")
+        "process (kept-alive connections of one pool). The number in use is measured, not "
+        "set: it follows Google's latency and the quota (consumer/concurrency.py); this "
+        "only caps it")
     google_batch_size: int = Field(
         default=50, ge=1, le=1000, description="Upper bound on calls in one request to "
         "Google's batch endpoint (Google takes up to 1000, advises 50); the size in use "
