@@ -75,14 +75,14 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
                   install_signal_handlers: bool = False) -> None:
     """Run the consumer until `stop` is set (or, as a process, until SIGTERM/SIGINT)."""
     stop = stop or asyncio.Event()
+    if install_signal_handlers:  # first: a SIGTERM while starting is a clean stop too
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     missing = await asyncio.to_thread(pending_migrations, settings.database_url)
     if missing:
         raise StartupError(f"the database is not migrated ({', '.join(missing)} pending): "
                            "run `calsync migrate` first")
-    if install_signal_handlers:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
     try:
         await ensure_topics(settings.kafka_bootstrap, [settings.dlq_topic])
     except KafkaError as exc:

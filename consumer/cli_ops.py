@@ -103,7 +103,8 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
         row = asyncio.run(ops.dead_letter(settings, args.id))
         for key in ("message_key", "message_value"):
             raw = row[key]
-            row[key] = raw.decode("utf-8", "replace") if raw is not None else None
+            row[key] = raw.decode("utf-8", "backslashreplace") if raw is not None else None
+        row["headers"] = [[k, v.decode("utf-8", "backslashreplace")] for k, v in row["headers"]]
         print_json(row)
         return 0
     value = None

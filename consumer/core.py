@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -105,7 +106,7 @@ def render_description(booking: Booking) -> str:
 
 
 def _utc(value: Any) -> str:
-    return str(value.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def render_event(booking: Booking, link_id: str, event_id: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +13,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from consumer.crypto import TokenCipher
+from consumer.errors import printable
 from consumer.models import BookingEvent, CalendarLink, LinkState, RecordedEvent
 
 Connection = psycopg.AsyncConnection[DictRow]
@@ -136,11 +136,22 @@ _BOOKINGS_OF_ACTIVITY = (
 )
 _LATEST_BOOKING = "SELECT event FROM bookings WHERE booking_id = %s"
 _MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"
+# The first write wins: a retry or a redelivery of the same message finds its row (and
+# whether its copy was published) instead of writing another.
 _INSERT_DEAD_LETTER = (
-    "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key,"
-    " message_value, headers, error_type, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE SET"
-    " error_type = EXCLUDED.error_type, error = EXCLUDED.error, recorded_at = now()"
+    "WITH new AS (INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key,"
+    " message_value, header_keys, header_values, error_type, error)"
+    " VALUES (%(topic)s, %(partition)s, %(offset)s, %(key)s, %(value)s, %(header_keys)s,"
+    " %(header_values)s, %(error_type)s, %(error)s)"
+    " ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING"
+    " RETURNING id, published_at)"
+    " SELECT id, published_at FROM new UNION ALL"
+    " SELECT id, published_at FROM dead_letters WHERE topic = %(topic)s"
+    " AND kafka_partition = %(partition)s AND kafka_offset = %(offset)s"
+    " AND NOT EXISTS (SELECT 1 FROM new)"
+)
+_MARK_DEAD_LETTER_PUBLISHED = (
+    "UPDATE dead_letters SET published_at = now() WHERE id = %s AND published_at IS NULL"
 )
 
 
@@ -315,16 +326,27 @@ class Repository:
         position: MessagePosition,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
+        headers: Sequence[tuple[str, bytes | None]],
         error_type: str,
         error: str,
-    ) -> None:
-        header_json = json.dumps([[k, v.decode("utf-8", "replace")] for k, v in headers])
+    ) -> tuple[int, bool]:
+        """Store the message as it came (raw bytes); (its row's id, whether its copy on the
+        dead-letter topic was published already)."""
+        params = {
+            "topic": position.topic, "partition": position.partition,
+            "offset": position.offset, "key": key, "value": value,
+            "header_keys": [k.encode("utf-8", "surrogateescape") for k, _ in headers],
+            "header_values": [v if v is not None else b"" for _, v in headers],
+            "error_type": printable(error_type, 100), "error": printable(error, 4000),
+        }
         async with self.pool.connection() as conn:
-            await conn.execute(_INSERT_DEAD_LETTER, (
-                position.topic, position.partition, position.offset, key, value, header_json,
-                error_type, error,
-            ))
+            row = await (await conn.execute(_INSERT_DEAD_LETTER, params)).fetchone()
+        assert row is not None
+        return int(row["id"]), row["published_at"] is not None
+
+    async def mark_dead_letter_published(self, dead_letter_id: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_MARK_DEAD_LETTER_PUBLISHED, (dead_letter_id,))
 
     async def dead_letter_reprocessed(self, dead_letter_id: int) -> bool:
         async with self.pool.connection() as conn:

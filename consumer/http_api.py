@@ -48,7 +48,9 @@ def _middlewares(admin_token: str) -> list[Any]:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in _OPEN_ROUTES:
-            given = request.headers.get("Authorization", "").encode()
+            # Header bytes that are not UTF-8 reach us as surrogate escapes: compare bytes,
+            # so that any malformed header is simply a wrong credential (401), never a 500.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
                 return problem(401, "unauthorized", "a valid admin bearer token is required "
                                "(Authorization: Bearer <CALSYNC_ADMIN_TOKEN>)")

@@ -69,6 +69,13 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(default=0.5, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     infra_retry_max_s: float = Field(default=10.0, gt=0)
+    poison_attempts: int = Field(
+        default=3, ge=1, description="Attempts a message gets when it fails the same way each "
+        "time (data PostgreSQL refuses, a bug of ours) before it is dead-lettered as "
+        "internal_error; infrastructure faults are retried without limit")
+    commit_timeout_s: float = Field(
+        default=10.0, gt=0, description="An offset commit not answered in this time is given "
+        "up (and tried again at the next interval)")
 
     # Google's quotas, kept group-wide (coordinated in PostgreSQL); 0: no limit.
     quota_per_account_per_min: int = Field(default=600, ge=0)

@@ -31,9 +31,12 @@ _DLQ = (
 
 async def collect(settings: Settings) -> dict[str, Any]:
     group, topic = settings.group_id, settings.topic
+    alive = await alive_members(settings.database_url, group)
     members = [{"member": m.member, "host": m.host, "pid": m.pid, "partitions": m.partitions,
-                "seen_at": m.seen_at.isoformat()}
-               for m in await alive_members(settings.database_url, group)]
+                "seen_at": m.seen_at.isoformat()} for m in alive]
+    # What holds a partition back, as its member last reported it: the oldest unrecorded
+    # message (topic, partition, offset, key) and why it waits.
+    stalls = [{**stall, "member": m.member} for m in alive for stall in m.stalls]
     probe = await kafka_probe(settings, group)
     try:
         if topic not in await probe.topics():
@@ -64,7 +67,7 @@ async def collect(settings: Settings) -> dict[str, Any]:
     assert dlq is not None
     return {
         "group": group, "topic": topic, "members": members, "broker_group": broker,
-        "partitions": lag, "total_lag": sum(p["lag"] for p in lag),
+        "partitions": lag, "total_lag": sum(p["lag"] for p in lag), "stalls": stalls,
         "links": links, "failures_last_hour": failures,
         "dead_letters": {"waiting": dlq["waiting"], "total": dlq["total"],
                          "oldest_waiting": dlq["oldest"].isoformat() if dlq["oldest"] else None},
@@ -80,6 +83,10 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  {m['member']:40} partitions {m['partitions']}  seen {m['seen_at'][:19]}")
     lines.append(f"lag: {status['total_lag']} message(s)")
     lines.append("  " + "  ".join(f"p{p['partition']}={p['lag']}" for p in status["partitions"]))
+    for stall in status["stalls"]:
+        lines.append(f"  STALLED p{stall['partition']} at offset {stall['offset']} "
+                     f"(key {stall['key']!r}) for {stall['waiting_s']:.0f}s on "
+                     f"{stall['member']}: {stall['cause']}")
     lines.append("links:")
     for row in status["links"]:
         reasons = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""

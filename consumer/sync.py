@@ -32,6 +32,7 @@ from tenacity import (
 from consumer.batching import Batcher
 from consumer.core import google_event_id, plan_operation, render_event
 from consumer.db import LinkRow, LinkTokens, MessagePosition, Repository
+from consumer.errors import is_retriable
 from consumer.google_calendar import GoogleApiError
 from consumer.metrics import Metrics
 from consumer.models import (
@@ -181,7 +182,8 @@ class SyncEngine:
         self.quota = quota if quota is not None and quota.limited else None
         self.halted: set[str] = set()  # links known to have left `active` mid-flight
         # Many messages' bookings are upserted and their links read in one round trip.
-        self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(self._take_in)
+        self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
+            self._take_in, split_on=lambda exc: not is_retriable(exc))
         self._tickets = itertools.count()
 
     async def close(self) -> None:

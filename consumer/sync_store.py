@@ -25,6 +25,7 @@ from psycopg.rows import DictRow, dict_row
 
 from consumer.batching import Batcher
 from consumer.db import MessagePosition
+from consumer.errors import CalsyncError, is_retriable
 from consumer.models import BookingEvent, LinkState, RecordedEvent, SyncResult
 
 log = structlog.get_logger(__name__)
@@ -73,8 +74,10 @@ def pair_lock_key(link_id: str, booking_id: str) -> int:
     return advisory_key("calsync.pair", link_id, booking_id)
 
 
-class ClaimLost(Exception):
+class ClaimLost(CalsyncError):
     """The connection holding the claim's locks broke; the work must start again."""
+
+    retriable = True
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,9 @@ class SyncStore:
         self._conn: psycopg.AsyncConnection[DictRow] | None = None
         self._epoch = 0
         self._retry_s = retry_s
-        self._batcher: Batcher[_Op, Any] = Batcher(self._flush, max_size=1000,
-                                                   undelivered=self._undelivered)
+        self._batcher: Batcher[_Op, Any] = Batcher(
+            self._flush, max_size=1000, undelivered=self._undelivered,
+            split_on=lambda exc: not is_retriable(exc))
         self._local: dict[tuple[str, str], asyncio.Lock] = {}
         self.flushes = 0
 
@@ -172,8 +176,11 @@ class SyncStore:
         self.flushes += 1
         try:
             return await self._flush_on(await self._connection(), ops)
-        except psycopg.Error:
-            if self._conn is not None:  # the session (and every lock it held) is gone
+        except psycopg.Error as exc:
+            # A fault of the connection: the session (and every lock it held) is gone. A
+            # refusal of one item's data leaves the session and its locks as they were
+            # (the batch is split and flushed again, see Batcher).
+            if self._conn is not None and (is_retriable(exc) or self._conn.broken):
                 await self._conn.close()
                 self._conn = None
             raise
