@@ -25,7 +25,7 @@ from psycopg.rows import DictRow, dict_row
 
 from consumer.batching import Batcher
 from consumer.db import MessagePosition
-from consumer.errors import CalsyncError, is_retriable
+from consumer.errors import CalsyncError, is_retriable, printable
 from consumer.models import BookingEvent, LinkState, RecordedEvent, SyncResult
 
 log = structlog.get_logger(__name__)
@@ -266,6 +266,7 @@ def _result_row(r: _Record) -> tuple[Any, ...]:
         position.partition if position else None,
         position.offset if position else None,
         event.booking.id, event.booking.version, result.link_id, result.operation.value,
-        result.outcome.value, result.reason, result.google_event_id, result.error,
+        result.outcome.value, printable(result.reason, 200), result.google_event_id,
+        printable(result.error, 2000) if result.error is not None else None,
         result.attempts, r.source,
     )
