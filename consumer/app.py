@@ -17,11 +17,13 @@ from consumer.google_calendar import GoogleCalendar
 from consumer.kafka import build_consumer, build_producer, ensure_topics
 from consumer.link_watcher import watch_links
 from consumer.metrics import Metrics
-from consumer.ops_http import refresh_link_gauge, start_ops_http
+from consumer.ops_http import refresh_gauges, start_ops_http
 from consumer.quota import GroupQuota
+from consumer.repairs import RepairLoop
 from consumer.runner import ConsumerRunner
 from consumer.settings import Settings
 from consumer.sync import SyncEngine
+from consumer.sync_store import SyncStore
 from consumer.tokens import TokenProvider
 
 log = structlog.get_logger(__name__)
@@ -59,8 +61,9 @@ async def services(settings: Settings, pool_size: int | None = None
     metrics = Metrics()
     google = GoogleCalendar(settings, metrics)
     tokens = TokenProvider(settings, token_repository, metrics)
-    engine = SyncEngine(settings, repository, google, tokens, metrics,
-                        quota=GroupQuota(settings, repository.pool, metrics))
+    engine = SyncEngine(settings, repository, google, tokens,
+                        GroupQuota(settings, repository.pool, metrics),
+                        SyncStore(settings.database_url), metrics)
     try:
         yield Services(settings, metrics, cipher, repository, google, tokens, engine)
     finally:
@@ -98,7 +101,9 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
                                ) from None
         background = [
             asyncio.create_task(watch_links(settings.database_url, svc.engine.link_changed)),
-            asyncio.create_task(refresh_link_gauge(svc.metrics, settings.database_url)),
+            asyncio.create_task(refresh_gauges(svc.metrics, settings.database_url)),
+            asyncio.create_task(RepairLoop(settings, svc.engine, svc.repository, svc.metrics,
+                                           runner.member.member).run()),
         ]
         try:
             await runner.run(stop)

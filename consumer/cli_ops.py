@@ -82,6 +82,38 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def repair(args: argparse.Namespace, settings: Settings) -> int:
+    """`calsync repair [--link LINK] [--now]`: work the repairs here and now."""
+    from consumer import repairs
+    from consumer.app import services
+    from consumer.members import MemberReport
+
+    async def run() -> dict[str, Any]:
+        async with services(settings, pool_size=8) as svc:
+            if args.link and await svc.repository.link(args.link) is None:
+                raise CliError(f"no link {args.link!r} (see: calsync links list)")
+            made_due = await repairs.make_due(svc.repository, args.link) if args.now else 0
+            member = MemberReport(settings.database_url, settings.group_id, settings.topic,
+                                  None).member + "-repair"
+            loop = repairs.RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
+            outcomes = await loop.drain(args.link)
+            async with svc.repository.pool.connection() as conn:
+                left = await repairs.summary(conn)
+        return {"made_due": made_due, "worked": sum(outcomes.values()),
+                "outcomes": dict(outcomes), "still_waiting": left}
+
+    answer = asyncio.run(run())
+    if args.json:
+        print_json(answer)
+        return 0
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(answer["outcomes"].items())) or "none"
+    left = answer["still_waiting"]
+    print(f"worked {answer['worked']} repair(s): {outcomes}; {left['waiting']} still waiting"
+          + (f" ({', '.join(f'{k} {v}' for k, v in left['by_reason'].items())})"
+             if left["waiting"] else ""))
+    return 0
+
+
 def dlq(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 

@@ -54,13 +54,16 @@ def plan_operation(
     if recorded.applied_version is not None and event.booking.version <= recorded.applied_version:
         return PlannedOperation(operation=Operation.NONE, reason="version_not_newer")
     on_calendar = recorded.google_event_id is not None
-    if belongs_on_calendar(event):
+    # A booking moved to another activity leaves the calendars of this one.
+    moved = event.booking.activity_id != link.activity_id
+    if belongs_on_calendar(event) and not moved:
         if on_calendar:
             return PlannedOperation(operation=Operation.UPDATE, reason="booking_changed")
         return PlannedOperation(operation=Operation.CREATE, reason="booking_synced")
+    reason = "booking_moved" if moved else _removal_reason(event)
     if on_calendar:
-        return PlannedOperation(operation=Operation.DELETE, reason=_removal_reason(event))
-    return PlannedOperation(operation=Operation.NONE, reason=_removal_reason(event))
+        return PlannedOperation(operation=Operation.DELETE, reason=reason)
+    return PlannedOperation(operation=Operation.NONE, reason=reason)
 
 
 def _removal_reason(event: BookingEvent) -> str:

@@ -100,6 +100,13 @@ _LINKS_OF_ACTIVITIES = (
     " FROM calendar_links WHERE activity_id = ANY(%s)"
 )
 _LINK_BY_ID = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE id = %s"
+_LINKS_BY_IDS = (
+    "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
+    " state_changed_at, NULL AS refresh_token_enc, NULL AS access_token_enc,"
+    " NULL AS token_expires_at, created_at, backfilled_at"
+    " FROM calendar_links WHERE id = ANY(%s)"
+)
+_LATEST_BOOKINGS = "SELECT booking_id, event FROM bookings WHERE booking_id = ANY(%s)"
 _ALL_LINKS = f"SELECT {_LINK_COLUMNS} FROM calendar_links ORDER BY created_at, id"
 _LOCK_LINK_TOKENS = (
     "SELECT refresh_token_enc, access_token_enc, token_expires_at FROM calendar_links "
@@ -233,6 +240,17 @@ class Repository:
             for row in await cur.fetchall():
                 answer.setdefault(row["activity_id"], []).append(_link_row(row, None))
         return answer
+
+    async def links_by_id(self, link_ids: set[str]) -> dict[str, LinkRow]:
+        """These links, without tokens (the token provider reads those when it needs them)."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LINKS_BY_IDS, (list(link_ids),))).fetchall()
+        return {row["id"]: _link_row(row, None) for row in rows}
+
+    async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]:
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LATEST_BOOKINGS, (list(booking_ids),))).fetchall()
+        return {row["booking_id"]: BookingEvent.model_validate(row["event"]) for row in rows}
 
     async def link(self, link_id: str) -> LinkRow | None:
         async with self.pool.connection() as conn:

@@ -32,61 +32,66 @@ from googleapiclient.errors import BatchError, HttpError
 from googleapiclient.http import BatchHttpRequest
 
 from consumer.batching import Batcher
+from consumer.errors import CalsyncError, printable
 from consumer.metrics import Metrics
+from consumer.refusals import Action, classify, retriable
 from consumer.settings import Settings
-
-RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded",
-                                "quotaExceeded"})
-GONE_STATUSES = frozenset({404, 410})
 
 
 @dataclass
-class GoogleApiError(Exception):
-    """A Calendar API failure, reduced to what the sync engine decides on."""
+class GoogleApiError(CalsyncError):
+    """A Calendar API failure, reduced to what the sync engine decides on: what the refusals
+    table (consumer.refusals) says to do about it."""
 
     status: int | None  # None: no HTTP answer (timeout, connection refused)
     reason: str
     message: str
     retry_after: float | None = None
+    domain: str = "global"
+    method: str = ""  # the call refused, e.g. "events.update"
 
     def __str__(self) -> str:
         return f"{self.status or 'network'} {self.reason}: {self.message}"
 
     @property
-    def transient(self) -> bool:
-        if self.status is None or self.status == 429 or self.status >= 500:
-            return True
-        return self.status == 403 and self.reason in RATE_LIMIT_REASONS
+    def action(self) -> Action:
+        return classify(self.status, self.reason, self.domain, self.method)
+
+    @property
+    def retriable(self) -> bool:  # type: ignore[override]
+        return retriable(self.action)
 
     @property
     def rate_limited(self) -> bool:
-        return self.status in (403, 429) and (self.status == 429
-                                              or self.reason in RATE_LIMIT_REASONS)
+        return self.action is Action.PACE
 
     @property
     def gone(self) -> bool:
-        return self.status in GONE_STATUSES
+        return self.action is Action.GONE
 
     @property
     def unauthorized(self) -> bool:
-        return self.status == 401
+        return self.action is Action.REFRESH_TOKEN
 
 
-def _from_http_error(exc: HttpError) -> GoogleApiError:
-    reason = "unknown"
+def _from_http_error(exc: HttpError, method: str) -> GoogleApiError:
+    reason, domain = "unknown", "global"
     message = str(exc.reason)
     try:
         error = json.loads(exc.content)["error"]
-        reason = error["errors"][0].get("reason", reason)
+        first = error["errors"][0]
+        reason = first.get("reason", reason)
+        domain = first.get("domain", domain)
         message = error.get("message", message)
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         pass
     retry_after = exc.resp.get("retry-after")
     try:
         retry = float(retry_after) if retry_after else None
     except ValueError:
         retry = None
-    return GoogleApiError(int(exc.resp.status), reason, message, retry)
+    return GoogleApiError(int(exc.resp.status), str(reason), printable(str(message), 500),
+                          retry, str(domain), method)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class _Resources:
 
 
 Call = tuple[Callable[[_Resources], Any], str]  # (builds the request, access token)
+
+
+WRITE_ROLES = frozenset({"writer", "owner"})
 
 
 @dataclass(frozen=True)
@@ -156,11 +164,12 @@ class GoogleCalendar:
             answer = request.execute(http=self._http(), num_retries=0)
         except HttpError as exc:
             self._metrics.google_call(method, started, int(exc.resp.status))
-            return _from_http_error(exc)
+            return _from_http_error(exc, method)
         except (TimeoutError, OSError, httplib2.HttpLib2Error) as exc:
             self._metrics.google_call(method, started, None)
             self._local.http = None  # the connection may be half-used; start afresh
-            return GoogleApiError(None, type(exc).__name__, str(exc) or "no answer")
+            return GoogleApiError(None, type(exc).__name__, str(exc) or "no answer",
+                                  method=method)
         self._metrics.google_call(method, started, 200)
         return answer
 
@@ -175,7 +184,7 @@ class GoogleCalendar:
             n = int(request_id)
             if isinstance(exception, HttpError):
                 self._metrics.google_call(methods[n], started, int(exception.resp.status))
-                answers[n] = _from_http_error(exception)
+                answers[n] = _from_http_error(exception, methods[n])
             else:
                 self._metrics.google_call(methods[n], started, 200)
                 answers[n] = response
@@ -187,7 +196,7 @@ class GoogleCalendar:
         try:
             batch.execute(http=self._http())
         except HttpError as exc:  # the batch as a whole refused (5xx, 429, 400)
-            error = _from_http_error(exc)
+            error = _from_http_error(exc, "batch")
             status: int | None = int(exc.resp.status)
         except (TimeoutError, OSError, httplib2.HttpLib2Error, BatchError) as exc:
             self._local.http = None
@@ -197,7 +206,7 @@ class GoogleCalendar:
             return answers
         for method in methods:
             self._metrics.google_call(method, started, status)
-        return [dataclasses.replace(error) for _ in calls]
+        return [dataclasses.replace(error, method=method) for method in methods]
 
     async def _send(self, calls: list[Call]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -225,6 +234,18 @@ class GoogleCalendar:
         await self._call(
             lambda r: r.events.delete(calendarId=calendar_id, eventId=event_id), token)
 
+    async def get_event(self, token: str, calendar_id: str, event_id: str) -> dict[str, Any]:
+        """The event as Google holds it; one deleted by a person comes back with
+        `status: cancelled` (404 when Google no longer keeps it at all)."""
+        result: dict[str, Any] = await self._call(
+            lambda r: r.events.get(calendarId=calendar_id, eventId=event_id), token)
+        return result
+
+    async def calendar_entry(self, token: str, calendar_id: str) -> CalendarInfo:
+        """The account's calendar list entry for one calendar (404: not in its list)."""
+        item = await self._call(lambda r: r.calendar_list.get(calendarId=calendar_id), token)
+        return _calendar_info(item)
+
     async def list_link_events(self, token: str, calendar_id: str, link_id: str
                                ) -> list[dict[str, Any]]:
         """Every live event this service put on the calendar for one link."""
@@ -248,13 +269,16 @@ class GoogleCalendar:
         while True:
             page = await self._call(
                 lambda r: r.calendar_list.list(pageToken=page_token), token)  # noqa: B023
-            for item in page.get("items", []):
-                role = item.get("accessRole", "reader")
-                calendars.append(CalendarInfo(
-                    id=item["id"], name=item.get("summaryOverride") or item.get("summary", ""),
-                    primary=bool(item.get("primary", False)),
-                    writable=role in ("writer", "owner"), access_role=role,
-                ))
+            calendars += [_calendar_info(item) for item in page.get("items", [])]
             page_token = page.get("nextPageToken")
             if not page_token:
                 return calendars
+
+
+def _calendar_info(item: dict[str, Any]) -> CalendarInfo:
+    role = item.get("accessRole", "reader")
+    return CalendarInfo(
+        id=item["id"], name=item.get("summaryOverride") or item.get("summary", ""),
+        primary=bool(item.get("primary", False)),
+        writable=role in WRITE_ROLES, access_role=role,
+    )

@@ -23,6 +23,7 @@ from consumer.google_calendar import CalendarInfo, GoogleApiError
 from consumer.link_store import CalendarTaken, LinkStore, StateRefused, link_summary
 from consumer.models import CalendarLink, LinkState
 from consumer.oauth import OAuthClient, OAuthRefused
+from consumer.quota import QuotaPaused
 from consumer.settings import Settings
 from consumer.sync import google_backoff
 from consumer.tokens import TokenRefreshFailed
@@ -136,16 +137,20 @@ class LinkService:
         quota = self.svc.engine.quota
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: isinstance(e, GoogleApiError)
-                                         and e.transient),
+                                         and e.retriable),
                 wait=google_backoff(self.settings.retry_initial_s, self.settings.retry_max_s),
                 stop=stop_after_attempt(6), reraise=True):
             with attempt:
-                if quota is not None:
+                try:
                     await quota.acquire(account)
+                except QuotaPaused as exc:
+                    raise LinkError(f"Google said the {exc.scope}'s quota is spent: no call is "
+                                    f"made for {exc.seconds:.0f}s more; try again later", 503,
+                                    "quota_paused") from None
                 try:
                     return await call(*args)
                 except GoogleApiError as exc:
-                    if quota is not None and exc.rate_limited:
+                    if exc.rate_limited:
                         await quota.refused(account, exc.reason, exc.retry_after)
                     raise
         raise AssertionError("unreachable")

@@ -199,6 +199,20 @@ class Outcome(StrEnum):
     UNCHANGED = "unchanged"  # nothing to do (stale version, nothing on the calendar)
     SKIPPED = "skipped"  # the link could not be used (token refresh failed)
     FAILED = "failed"  # Google refused or kept failing past the retry budget
+    DEFERRED = "deferred"  # not tried now (a quota paused or booked up): the repair loop will
+
+
+class RepairPlan(BaseModel):
+    """A (link, booking) left off its calendar for now: kept in `repairs` (with the result)
+    and re-driven by the repair loop."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reason: str
+    not_before_s: float = 0.0  # a pause or Retry-After: never try sooner
+    backoff: bool = True  # a failure (exponential backoff), not just a deferral
+    attempts: int = 0  # failures so far, this one included (set when scheduled)
+    due_in_s: float = 0.0  # when to try again (set when scheduled)
 
 
 class PlannedOperation(BaseModel):
@@ -222,3 +236,4 @@ class SyncResult(BaseModel):
     attempts: int = 0
     recorded: RecordedEvent | None = None  # the new (link, booking) record, None = keep
     finished_at: datetime | None = None
+    repair: RepairPlan | None = None  # left off the calendar: the repair loop takes it

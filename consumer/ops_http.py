@@ -13,9 +13,11 @@ import psycopg
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg.rows import dict_row
 
 from consumer.metrics import Metrics
 from consumer.models import LinkState
+from consumer.repairs import refresh_gauge as refresh_repairs_gauge
 from consumer.runner import ConsumerRunner
 from consumer.settings import Settings
 
@@ -74,19 +76,19 @@ def _answer(checks: dict[str, Any], **details: Any) -> web.Response:
                               **details}, status=200 if ok else 503)
 
 
-async def refresh_link_gauge(metrics: Metrics, database_url: str,
-                             every_s: float = 15.0) -> None:
-    """Links by state, from the database, until cancelled."""
+async def refresh_gauges(metrics: Metrics, database_url: str, every_s: float = 15.0) -> None:
+    """Links by state and repairs waiting by reason, from the database, until cancelled."""
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(
-                    database_url, autocommit=True, connect_timeout=int(CHECK_TIMEOUT_S)
-            ) as conn, asyncio.timeout(every_s):
+                    database_url, autocommit=True, connect_timeout=int(CHECK_TIMEOUT_S),
+                    row_factory=dict_row) as conn, asyncio.timeout(every_s):
                 rows = await (await conn.execute(
-                    "SELECT state, count(*) FROM calendar_links GROUP BY state")).fetchall()
-            counts = {state: count for state, count in rows}
-            for state in LinkState:
-                metrics.links.labels(state.value).set(counts.get(state.value, 0))
+                    "SELECT state, count(*) AS n FROM calendar_links GROUP BY state")).fetchall()
+                counts = {row["state"]: row["n"] for row in rows}
+                for state in LinkState:
+                    metrics.links.labels(state.value).set(counts.get(state.value, 0))
+                await refresh_repairs_gauge(metrics, conn)
         except (psycopg.Error, TimeoutError) as exc:
             log.debug("link_gauge_not_refreshed", cause=type(exc).__name__)
         await asyncio.sleep(every_s)

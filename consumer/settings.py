@@ -83,6 +83,28 @@ class Settings(BaseSettings):
     quota_use_share: float = Field(
         default=0.97, gt=0, le=1, description="Share of each quota the group aims at; the "
         "rest absorbs jitter against Google's sliding windows")
+    quota_exceeded_pause_s: float = Field(
+        default=3600.0, gt=0, description="How long an account (quotaExceeded, Calendar usage "
+        "limits) or the project (dailyLimitExceeded) is paused when Google says its quota is "
+        "spent; its links stay active and its work is deferred to the repair loop")
+    quota_max_wait_s: float = Field(
+        default=5.0, gt=0, description="A message whose account's quota queue would keep it "
+        "waiting longer than this leaves the in-flight window: its work is deferred to the "
+        "repair loop, so one busy account never holds the others")
+
+    # The repair loop: every (link, booking) left off its calendar is re-driven until applied.
+    repair_initial_backoff_s: float = Field(default=30.0, gt=0)
+    repair_max_backoff_s: float = Field(
+        default=3600.0, gt=0, description="Longest wait between two attempts of a repair "
+        "(exponential backoff; never before a pause or Retry-After ends)")
+    repair_poll_s: float = Field(
+        default=2.0, gt=0, description="How often each consumer looks for repairs due")
+    repair_concurrency: int = Field(
+        default=256, ge=1, description="Repairs in flight per process (outside the in-flight "
+        "window of messages: they wait for their account's quota slots)")
+    repair_lease_s: float = Field(
+        default=300.0, gt=0, description="How long a process holds a repair it took before "
+        "another may take it (a process that dies mid-repair)")
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 
 from consumer.members import alive_members
 from consumer.operations import OpsError, kafka_probe
+from consumer.repairs import summary as repair_summary
 from consumer.settings import Settings
 
 _LINKS = (
@@ -20,7 +21,7 @@ _LINKS = (
 )
 _FAILURES = (
     "SELECT reason, outcome, count(*) AS results FROM sync_results WHERE outcome IN"
-    " ('failed', 'skipped') AND recorded_at > now() - interval '1 hour'"
+    " ('failed', 'skipped', 'deferred') AND recorded_at > now() - interval '1 hour'"
     " GROUP BY reason, outcome ORDER BY count(*) DESC"
 )
 _DLQ = (
@@ -64,11 +65,12 @@ async def collect(settings: Settings) -> dict[str, Any]:
         links = await (await conn.execute(_LINKS)).fetchall()
         failures = await (await conn.execute(_FAILURES)).fetchall()
         dlq = await (await conn.execute(_DLQ)).fetchone()
+        repairs = await repair_summary(conn)
     assert dlq is not None
     return {
         "group": group, "topic": topic, "members": members, "broker_group": broker,
         "partitions": lag, "total_lag": sum(p["lag"] for p in lag), "stalls": stalls,
-        "links": links, "failures_last_hour": failures,
+        "links": links, "failures_last_hour": failures, "repairs": repairs,
         "dead_letters": {"waiting": dlq["waiting"], "total": dlq["total"],
                          "oldest_waiting": dlq["oldest"].isoformat() if dlq["oldest"] else None},
     }
@@ -95,6 +97,14 @@ def render(status: dict[str, Any]) -> str:
                  else "failures in the last hour: none")
     for row in status["failures_last_hour"]:
         lines.append(f"  {row['outcome']:8} {row['reason']:28} {row['results']}")
+    repairs = status["repairs"]
+    if repairs["waiting"]:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in repairs["by_reason"].items())
+        lines.append(f"repairs: {repairs['waiting']} (link, booking) pair(s) not on their "
+                     f"calendar yet, {repairs['due']} due now, oldest "
+                     f"{repairs['oldest_age_s']:.0f}s ago ({reasons})")
+    else:
+        lines.append("repairs: none waiting")
     dlq = status["dead_letters"]
     lines.append(f"dead letters: {dlq['waiting']} waiting (of {dlq['total']})"
                  + (f", oldest {dlq['oldest_waiting'][:19]}" if dlq["oldest_waiting"] else ""))

@@ -4,6 +4,15 @@ Each link is independent: its own transaction, its own token, its own failures. 
 (link, booking) record is locked while Google is called, so two consumers that briefly
 hold the same partition during a rebalance cannot interleave their writes for a booking.
 
+Google's refusals are handled as consumer.refusals classifies them: rate limits pace the
+quota and are retried; a quota spent for hours pauses the account (or the project) and the
+work is deferred; a 403 on one event's write asks Google about that event (deleted by a
+person: recreated under the next generation's id, or taken as gone); a 403 or 404 on an
+insert asks the calendar list whether the calendar is gone or read-only before the link
+turns `calendar_unavailable`. Whatever is left off the calendar (failed after the retry
+budget, deferred, the token endpoint down) is kept in `repairs` with its result, and the
+repair loop (consumer.repairs) re-drives it: nothing is forgotten.
+
 A link's health is kept here too: a refresh token Google refuses turns the link
 `reauth_required`, a calendar that is gone or no longer writable turns it
 `calendar_unavailable`; either way no more Google calls are made for it, and the warning is
@@ -15,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import structlog
 from tenacity import (
@@ -33,7 +43,7 @@ from consumer.batching import Batcher
 from consumer.core import google_event_id, plan_operation, render_event
 from consumer.db import LinkRow, LinkTokens, MessagePosition, Repository
 from consumer.errors import is_retriable
-from consumer.google_calendar import GoogleApiError
+from consumer.google_calendar import CalendarInfo, GoogleApiError
 from consumer.metrics import Metrics
 from consumer.models import (
     BookingEvent,
@@ -42,9 +52,11 @@ from consumer.models import (
     Outcome,
     PlannedOperation,
     RecordedEvent,
+    RepairPlan,
     SyncResult,
 )
-from consumer.quota import GroupQuota
+from consumer.quota import AccountBacklogged, GroupQuota, QuotaPaused
+from consumer.refusals import Action
 from consumer.settings import Settings
 from consumer.sync_store import SyncStore
 from consumer.tokens import TokenRefreshFailed
@@ -63,6 +75,11 @@ class CalendarGateway(Protocol):
 
     async def delete_event(self, token: str, calendar_id: str, event_id: str) -> None: ...
 
+    async def get_event(self, token: str, calendar_id: str, event_id: str
+                        ) -> dict[str, Any]: ...
+
+    async def calendar_entry(self, token: str, calendar_id: str) -> CalendarInfo: ...
+
 
 class AccessTokens(Protocol):
     async def access_token(self, link_id: str, stored: LinkTokens | None,
@@ -76,28 +93,30 @@ class LinkHalted(Exception):
 
 
 class CalendarUnavailable(Exception):
-    """The link's calendar is gone (404 on insert) or no longer writable (403)."""
+    """The link's calendar is gone or no longer writable, as its calendar list entry says."""
 
-    def __init__(self, cause: GoogleApiError) -> None:
-        super().__init__(str(cause))
+    def __init__(self, cause: GoogleApiError, confirmed_by: str) -> None:
+        super().__init__(f"{cause} ({confirmed_by})")
         self.cause = cause
 
 
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, GoogleApiError) and exc.transient
+def _is_retriable(exc: BaseException) -> bool:
+    return isinstance(exc, GoogleApiError) and exc.retriable
 
 
-def _calendar_refused(exc: GoogleApiError) -> bool:
-    return exc.status == 403 and not exc.transient
+def _is_token_outage(exc: BaseException) -> bool:
+    return isinstance(exc, TokenRefreshFailed) and not exc.permanent
 
 
 @dataclass
 class _LinkCall:
-    """Google calls for one link: counts attempts, refreshes once on an unexpected 401."""
+    """Google calls for one link: counts attempts, refreshes once on an unexpected 401,
+    takes quota slots, and turns a spent quota into a pause of that quota."""
 
     engine: SyncEngine
     row: LinkRow
     ticket: int  # the message's place in arrival order: quota slots go to the oldest first
+    may_defer: bool = False  # a live message: may leave the window when its account is busy
     token: str | None = None
     attempts: int = 0
     refreshed: bool = field(default=False)
@@ -109,7 +128,7 @@ class _LinkCall:
     async def run(self, call: Callable[[str], Awaitable[T]]) -> T:
         self._check_active()
         if self.token is None:
-            self.token = await self.engine.tokens.access_token(self.row.link.id, self.row.tokens)
+            self.token = await self._access_token()
         try:
             return await self._with_retries(call)
         except GoogleApiError as exc:
@@ -118,21 +137,32 @@ class _LinkCall:
         # A token we believed valid was refused: refresh once and try again.
         self._check_active()
         self.refreshed = True
-        self.token = await self.engine.tokens.access_token(
-            self.row.link.id, self.row.tokens, rejected=self.token)
+        self.token = await self._access_token(rejected=self.token)
         return await self._with_retries(call)
+
+    async def _access_token(self, rejected: str | None = None) -> str:
+        """The link's token; an unreachable token endpoint is retried within the budget."""
+        settings = self.engine.settings
+        async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_is_token_outage),
+                wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
+                stop=stop_before_delay(settings.retry_budget_s), reraise=True):
+            with attempt:
+                self._check_active()
+                return await self.engine.tokens.access_token(self.row.link.id, self.row.tokens,
+                                                             rejected=rejected)
+        raise AssertionError("unreachable")
 
     async def _with_retries(self, call: Callable[[str], Awaitable[T]]) -> T:
         settings = self.engine.settings
         quota = self.engine.quota
         account = self.row.link.account_email
         # The first slot is waited for before the retry budget starts: a long queue for a
-        # busy account is not a failure.
-        if quota is not None:
-            await quota.acquire(account, self.ticket)
+        # busy account is not a failure (but a live message may leave the window for it).
+        await quota.acquire(account, self.ticket, may_defer=self.may_defer)
         slot_taken = True
         retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_transient),
+            retry=retry_if_exception(_is_retriable),
             wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
             stop=stop_before_delay(settings.retry_budget_s),
             reraise=True,
@@ -141,7 +171,7 @@ class _LinkCall:
             with attempt:
                 if self.attempts:
                     self._check_active()
-                if quota is not None and not slot_taken:
+                if not slot_taken:
                     await quota.acquire(account, self.ticket)
                 slot_taken = False
                 self.attempts += 1
@@ -149,10 +179,19 @@ class _LinkCall:
                 try:
                     return await call(self.token)
                 except GoogleApiError as exc:
-                    if quota is not None and exc.rate_limited:
-                        await quota.refused(account, exc.reason, exc.retry_after)
+                    await self._spent_quota(exc)
                     raise
         raise AssertionError("unreachable")
+
+    async def _spent_quota(self, exc: GoogleApiError) -> None:
+        quota, account = self.engine.quota, self.row.link.account_email
+        action = exc.action
+        if action is Action.PACE:
+            await quota.refused(account, exc.reason, exc.retry_after)
+        elif action is Action.PAUSE_ACCOUNT:
+            raise QuotaPaused("account", await quota.pause(account, exc.reason)) from exc
+        elif action is Action.PAUSE_PROJECT:
+            raise QuotaPaused("project", await quota.pause(None, exc.reason)) from exc
 
 
 def google_backoff(initial: float, maximum: float) -> Callable[[RetryCallState], float]:
@@ -171,15 +210,15 @@ def google_backoff(initial: float, maximum: float) -> Callable[[RetryCallState],
 
 class SyncEngine:
     def __init__(self, settings: Settings, repository: Repository, google: CalendarGateway,
-                 tokens: AccessTokens, metrics: Metrics | None = None,
-                 store: SyncStore | None = None, quota: GroupQuota | None = None) -> None:
-        self.metrics = metrics or Metrics()
+                 tokens: AccessTokens, quota: GroupQuota, store: SyncStore,
+                 metrics: Metrics) -> None:
+        self.metrics = metrics
         self.settings = settings
         self.repository = repository
         self.google = google
         self.tokens = tokens
-        self.store = store or SyncStore(settings.database_url)
-        self.quota = quota if quota is not None and quota.limited else None
+        self.store = store
+        self.quota = quota
         self.halted: set[str] = set()  # links known to have left `active` mid-flight
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
@@ -189,8 +228,7 @@ class SyncEngine:
     async def close(self) -> None:
         await self._intake.close()
         await self.store.close()
-        if self.quota is not None:
-            await self.quota.close()
+        await self.quota.close()
 
     def link_changed(self, link_id: str, state: LinkState) -> None:
         """Another process changed a link (the watcher tells): stop or resume its work."""
@@ -200,14 +238,18 @@ class SyncEngine:
         else:
             self.halted.add(link_id)
 
+    def next_ticket(self) -> int:
+        return next(self._tickets)
+
     async def handle(self, event: BookingEvent, position: MessagePosition | None = None
                      ) -> list[SyncResult]:
         """Apply one event to every active link; returns once every result is recorded."""
-        ticket = next(self._tickets)
+        ticket = self.next_ticket()
         rows = await self._intake.submit(event)
         active = [row for row in rows if row.link.state is LinkState.ACTIVE]
-        return list(await asyncio.gather(*(self.sync_link(event, row, position, ticket=ticket)
-                                           for row in active)))
+        return list(await asyncio.gather(*(
+            self.sync_link(event, row, position, ticket=ticket, may_defer=True)
+            for row in active)))
 
     async def _take_in(self, events: list[BookingEvent]) -> list[list[LinkRow]]:
         # The bookings are committed before the links are read: a link activated meanwhile
@@ -219,16 +261,19 @@ class SyncEngine:
 
     async def sync_link(self, event: BookingEvent, row: LinkRow,
                         position: MessagePosition | None, source: str = "event",
-                        force: bool = False, ticket: int | None = None) -> SyncResult:
+                        force: bool = False, ticket: int | None = None,
+                        may_defer: bool = False) -> SyncResult:
         """`force`: apply the booking even where the recorded version says it is applied
-        (a resync, for when Google's side drifted)."""
+        (a resync, for when Google's side drifted). `may_defer`: when the account's quota is
+        booked up, leave the work to the repair loop instead of waiting for it."""
         booking = event.booking
         bound = log.bind(link_id=row.link.id, booking_id=booking.id, version=booking.version)
         health: tuple[LinkState, str] | None = None
         claim = await self.store.claim(row.link.id, booking.id)
         try:
             recorded, state = claim.recorded, claim.state
-            call = _LinkCall(self, row, next(self._tickets) if ticket is None else ticket)
+            call = _LinkCall(self, row, self.next_ticket() if ticket is None else ticket,
+                             may_defer=may_defer)
             if state is not LinkState.ACTIVE:  # changed since the link was read
                 result = _result(row, Operation.NONE, Outcome.SKIPPED, f"link_{state}", call)
                 await self.store.record(claim, event, position, result, source)
@@ -240,29 +285,44 @@ class SyncEngine:
             if force and recorded is not None:
                 recorded = recorded.model_copy(update={"applied_version": None})
             planned = plan_operation(event, row.link, recorded)
+            op = planned.operation
             try:
                 result = await self._apply(planned, event, row, recorded, call)
             except LinkHalted:
-                result = _result(row, planned.operation, Outcome.SKIPPED, "link_not_active",
-                                 call)
+                result = _result(row, op, Outcome.SKIPPED, "link_not_active", call)
             except TokenRefreshFailed as exc:
                 if exc.permanent:
                     health = (LinkState.REAUTH_REQUIRED, f"token refresh refused: {exc.reason}")
+                    result = _result(row, op, Outcome.SKIPPED, "token_refresh_failed", call,
+                                     error=exc.reason)
                 else:
                     bound.warning("token_endpoint_unavailable", cause=exc.reason)
-                result = _result(row, planned.operation,
-                                 Outcome.SKIPPED if exc.permanent else Outcome.FAILED,
-                                 "token_refresh_failed", call, error=exc.reason)
+                    result = _result(row, op, Outcome.FAILED, "token_refresh_failed", call,
+                                     error=exc.reason,
+                                     repair=RepairPlan(reason="token_endpoint_unavailable"))
             except CalendarUnavailable as exc:
-                health = (LinkState.CALENDAR_UNAVAILABLE, str(exc.cause))
-                result = _result(row, planned.operation, Outcome.FAILED, "calendar_unavailable",
-                                 call, error=str(exc.cause))
-            except GoogleApiError as exc:
-                reason = "retries_exhausted" if exc.transient else "google_refused"
-                bound.warning("link_sync_failed", op=planned.operation.value, cause=str(exc),
-                              attempts=call.attempts)
-                result = _result(row, planned.operation, Outcome.FAILED, reason, call,
+                health = (LinkState.CALENDAR_UNAVAILABLE, str(exc))
+                result = _result(row, op, Outcome.FAILED, "calendar_unavailable", call,
                                  error=str(exc))
+            except QuotaPaused as exc:
+                result = _result(row, op, Outcome.DEFERRED, f"{exc.scope}_paused", call,
+                                 error=str(exc.__cause__ or exc), repair=RepairPlan(
+                                     reason=f"{exc.scope}_paused", not_before_s=exc.seconds,
+                                     backoff=False))
+            except AccountBacklogged as exc:
+                result = _result(row, op, Outcome.DEFERRED, "account_backlogged", call,
+                                 repair=RepairPlan(reason="account_backlogged",
+                                                   not_before_s=exc.seconds, backoff=False))
+            except GoogleApiError as exc:
+                reason = "retries_exhausted" if exc.retriable else "google_refused"
+                bound.warning("link_sync_failed", op=op.value, cause=str(exc),
+                              attempts=call.attempts)
+                result = _result(row, op, Outcome.FAILED, reason, call, error=str(exc),
+                                 repair=RepairPlan(reason=reason,
+                                                   not_before_s=exc.retry_after or 0.0))
+            if result.repair is not None:
+                result = result.model_copy(update={"repair": self._schedule(
+                    result.repair, claim.repair_attempts)})
             await self.store.record(claim, event, position, result, source)
         finally:
             await self.store.release(claim)
@@ -272,6 +332,19 @@ class SyncEngine:
         bound.debug("link_synced", op=result.operation.value, outcome=result.outcome.value,
                     reason=result.reason)
         return result
+
+    def _schedule(self, plan: RepairPlan, attempts_before: int) -> RepairPlan:
+        """When the repair loop should try again: exponential backoff with jitter after a
+        failure (at most `repair_max_backoff_s`), and never before a pause or Retry-After."""
+        attempts = attempts_before + (1 if plan.backoff else 0)
+        delay = 0.0
+        if plan.backoff:
+            settings = self.settings
+            ceiling = min(settings.repair_max_backoff_s,
+                          settings.repair_initial_backoff_s * 2 ** min(attempts - 1, 30))
+            delay = ceiling * random.uniform(0.5, 1.0)
+        return plan.model_copy(update={"attempts": attempts,
+                                       "due_in_s": max(delay, plan.not_before_s)})
 
     async def _leave_active(self, row: LinkRow, state: LinkState, reason: str) -> None:
         """Stop all work for the link; the process that makes the change logs it, once."""
@@ -305,6 +378,8 @@ class SyncEngine:
         log.info("link_backfilled", link_id=row.link.id, **counts)
         return counts
 
+    # --- the operations -----------------------------------------------------------------
+
     async def _apply(self, planned: PlannedOperation, event: BookingEvent, row: LinkRow,
                      recorded: RecordedEvent | None, call: _LinkCall) -> SyncResult:
         booking = event.booking
@@ -326,14 +401,12 @@ class SyncEngine:
             try:
                 await call.run(lambda t: self.google.update_event(t, calendar_id, event_id, body))
             except GoogleApiError as exc:
-                if _calendar_refused(exc):
-                    raise CalendarUnavailable(exc) from None
-                if not exc.gone:
+                if not await self._event_is_gone(exc, call, calendar_id, event_id):
                     raise
                 # Deleted by hand at Google: drop the stale record, create a fresh event
                 # under the next generation's id (the old id stays taken).
                 log.info("stale_event_recreated", link_id=row.link.id, booking_id=booking.id,
-                         status=exc.status)
+                         status=exc.status, google_reason=exc.reason)
                 return await self._create(event, row, rec.generation + 1,
                                           "stale_event_recreated", call)
             new = rec.model_copy(update={"applied_version": booking.version})
@@ -343,14 +416,50 @@ class SyncEngine:
         try:
             await call.run(lambda t: self.google.delete_event(t, calendar_id, event_id))
         except GoogleApiError as exc:
-            if _calendar_refused(exc):
-                raise CalendarUnavailable(exc) from None
-            if not exc.gone:
+            if not await self._event_is_gone(exc, call, calendar_id, event_id):
                 raise
             reason = "already_gone"
         new = RecordedEvent(applied_version=booking.version, google_event_id=None,
                             generation=rec.generation + 1)
         return _result(row, Operation.DELETE, Outcome.APPLIED, reason, call, new, event_id)
+
+    async def _event_is_gone(self, refused: GoogleApiError, call: _LinkCall,
+                             calendar_id: str, event_id: str) -> bool:
+        """Whether a refused update or delete met an event that is no longer there: 404 or
+        410, or a 403 (what Google answers for an event a person deleted in its UI) for an
+        event that `events.get` shows `cancelled`. A 403 on an event still there may be
+        about the calendar: its calendar list entry is asked (and the link may turn
+        `calendar_unavailable`); otherwise the refusal stands (retried later)."""
+        if refused.action is Action.GONE:
+            return True
+        if refused.action is not Action.CHECK_EVENT:
+            return False
+        try:
+            held = await call.run(lambda t: self.google.get_event(t, calendar_id, event_id))
+        except GoogleApiError as exc:
+            if exc.action is Action.GONE:
+                return True
+            raise
+        if held.get("status") == "cancelled":
+            return True
+        await self._check_calendar(refused, call, calendar_id)
+
+    async def _check_calendar(self, refused: GoogleApiError, call: _LinkCall,
+                              calendar_id: str) -> NoReturn:
+        """A 403 or 404 that may be about the calendar itself: the account's calendar list
+        entry says whether it is gone or read-only (then CalendarUnavailable); if it says
+        neither, the refusal stands."""
+        try:
+            entry = await call.run(lambda t: self.google.calendar_entry(t, calendar_id))
+        except GoogleApiError as exc:
+            if exc.status == 404:
+                raise CalendarUnavailable(refused, "not in the account's calendar list"
+                                          ) from None
+            raise
+        if not entry.writable:
+            raise CalendarUnavailable(refused, f"calendar list: access role "
+                                               f"{entry.access_role!r}")
+        raise refused
 
     async def _create(self, event: BookingEvent, row: LinkRow, generation: int, reason: str,
                       call: _LinkCall) -> SyncResult:
@@ -367,11 +476,9 @@ class SyncEngine:
                 return _result(row, Operation.CREATE, Outcome.APPLIED, reason, call, new,
                                event_id)
             except GoogleApiError as exc:
-                # An insert that finds no calendar, or no right to write to it, says the
-                # calendar itself is unusable (unlike a 404 on one event).
-                if exc.status == 404 or _calendar_refused(exc):
-                    raise CalendarUnavailable(exc) from None
-                if exc.status != 409:
+                if exc.action is Action.CHECK_CALENDAR:  # no calendar, or no right to write
+                    await self._check_calendar(exc, call, calendar_id)
+                if exc.action is not Action.EXISTS:
                     raise
             # 409: an earlier attempt (a retry, a replay, a crash before recording) already
             # inserted this id. Make it say what the booking says now.
@@ -381,15 +488,17 @@ class SyncEngine:
                 return _result(row, Operation.CREATE, Outcome.APPLIED, "already_existed", call,
                                new, event_id)
             except GoogleApiError as exc:
-                if not exc.gone:
+                # Taken by an event a person deleted since: the next generation's id.
+                if not await self._event_is_gone(exc, call, calendar_id, event_id):
                     raise
         return _result(row, Operation.CREATE, Outcome.FAILED, "no_free_event_id", call,
-                       error=f"ids of {_MAX_GENERATIONS} generations taken")
+                       error=f"ids of {_MAX_GENERATIONS} generations taken",
+                       repair=RepairPlan(reason="no_free_event_id"))
 
 
 def _result(row: LinkRow, operation: Operation, outcome: Outcome, reason: str, call: _LinkCall,
             recorded: RecordedEvent | None = None, event_id: str | None = None,
-            error: str | None = None) -> SyncResult:
+            error: str | None = None, repair: RepairPlan | None = None) -> SyncResult:
     return SyncResult(link_id=row.link.id, operation=operation, outcome=outcome, reason=reason,
                       google_event_id=event_id, error=error, attempts=call.attempts,
-                      recorded=recorded, finished_at=datetime.now(UTC))
+                      recorded=recorded, finished_at=datetime.now(UTC), repair=repair)

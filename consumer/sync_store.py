@@ -26,7 +26,7 @@ from psycopg.rows import DictRow, dict_row
 from consumer.batching import Batcher
 from consumer.db import MessagePosition
 from consumer.errors import CalsyncError, is_retriable, printable
-from consumer.models import BookingEvent, LinkState, RecordedEvent, SyncResult
+from consumer.models import BookingEvent, LinkState, Outcome, RecordedEvent, SyncResult
 
 log = structlog.get_logger(__name__)
 
@@ -41,11 +41,26 @@ _UNLOCK = (
     " AS t(lk, l, pk, p)"
 )
 _READ_CLAIMED = (
-    "SELECT t.i, cl.state, lb.applied_version, lb.google_event_id, lb.generation"
+    "SELECT t.i, cl.state, lb.applied_version, lb.google_event_id, lb.generation,"
+    " coalesce(r.attempts, 0) AS repair_attempts"
     " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(link_id, booking_id, i)"
     " LEFT JOIN calendar_links cl ON cl.id = t.link_id"
     " LEFT JOIN link_bookings lb ON lb.link_id = t.link_id AND lb.booking_id = t.booking_id"
+    " LEFT JOIN repairs r ON r.link_id = t.link_id AND r.booking_id = t.booking_id"
     " ORDER BY t.i"
+)
+# A (link, booking) left off its calendar: kept until a later result applies its version.
+_SAVE_REPAIR = (
+    "INSERT INTO repairs (link_id, booking_id, booking_version, reason, attempts, due_at,"
+    " last_error) VALUES (%s, %s, %s, %s, %s, now() + make_interval(secs => %s), %s)"
+    " ON CONFLICT (link_id, booking_id) DO UPDATE SET"
+    " booking_version = greatest(repairs.booking_version, EXCLUDED.booking_version),"
+    " reason = EXCLUDED.reason, attempts = EXCLUDED.attempts, due_at = EXCLUDED.due_at,"
+    " last_error = EXCLUDED.last_error, leased_by = NULL, leased_until = NULL,"
+    " updated_at = now()"
+)
+_SETTLE_REPAIR = (
+    "DELETE FROM repairs WHERE link_id = %s AND booking_id = %s AND booking_version <= %s"
 )
 _SAVE_LINK_BOOKING = (
     "INSERT INTO link_bookings (link_id, booking_id, applied_version, google_event_id,"
@@ -87,6 +102,7 @@ class Claim:
     recorded: RecordedEvent | None  # None when never applied
     state: LinkState  # the link's state, read under its shared lock
     epoch: int  # which connection holds the locks
+    repair_attempts: int = 0  # failures of this pair so far, as its repair row says
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,13 @@ class SyncStore:
                         if saves:
                             await cur.executemany(_SAVE_LINK_BOOKING, saves)
                         await cur.executemany(_INSERT_RESULT, [_result_row(r) for r in kept])
+                        repairs = [_repair_row(r) for r in kept if r.result.repair is not None]
+                        if repairs:
+                            await cur.executemany(_SAVE_REPAIR, repairs)
+                        settled = [(r.result.link_id, r.event.booking.id, r.event.booking.version)
+                                   for r in kept if r.result.outcome in _SETTLES]
+                        if settled:
+                            await cur.executemany(_SETTLE_REPAIR, settled)
             if releases:
                 keys = [(link_lock_key(c.link_id), pair_lock_key(c.link_id, c.booking_id))
                         for _, c in releases]
@@ -243,12 +266,26 @@ class SyncStore:
                                          google_event_id=read["google_event_id"],
                                          generation=read["generation"])
             state = LinkState(read["state"]) if read["state"] else LinkState.DISCONNECTED
-            answers[i] = Claim(link_id, booking_id, recorded, state, self._epoch)
+            answers[i] = Claim(link_id, booking_id, recorded, state, self._epoch,
+                               read["repair_attempts"])
         if partial:
             await conn.execute(_UNLOCK, (
                 [link_lock_key(p[0]) for p in partial], [p[2] for p in partial],
                 [pair_lock_key(p[0], p[1]) for p in partial],
                 [p[3] for p in partial]))
+
+
+# Results that put the booking's version (or a later one) on the calendar, or found nothing
+# to do for it: a repair of that version or an older one is settled.
+_SETTLES = frozenset({Outcome.APPLIED, Outcome.UNCHANGED})
+
+
+def _repair_row(r: _Record) -> tuple[Any, ...]:
+    plan = r.result.repair
+    assert plan is not None
+    error = printable(r.result.error, 2000) if r.result.error is not None else None
+    return (r.result.link_id, r.event.booking.id, r.event.booking.version,
+            printable(plan.reason, 100), plan.attempts, plan.due_in_s, error)
 
 
 def _save_row(r: _Record) -> tuple[Any, ...]:

@@ -72,7 +72,8 @@ def _route(
             return 200, {}
         case ("POST", ["config"]):
             for key in ("latency_s", "token_lifetime_s", "quota_per_account_per_min",
-                        "quota_per_project_per_min", "rate_limit_status"):
+                        "quota_per_project_per_min", "rate_limit_status",
+                        "deleted_event_update_status"):
                 if key in body:
                     setattr(state, key, body[key])
             if "clients" in body:

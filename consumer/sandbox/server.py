@@ -39,6 +39,7 @@ from consumer.sandbox.state import Call, Fault, GoogleError, OAuthError, Sandbox
 
 _EVENTS = re.compile(r"^/calendar/v3/calendars/([^/]+)/events(?:/([^/]+))?$")
 _CAL_LIST = "/calendar/v3/users/me/calendarList"
+_CAL_LIST_ENTRY = re.compile(r"^/calendar/v3/users/me/calendarList/([^/]+)$")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -194,7 +195,10 @@ def _calendar_call(
 ) -> tuple[int, Any, dict[str, str], float]:
     """One Calendar call: its status, body, headers and how long Google takes to answer."""
     match = _EVENTS.match(path)
+    entry = _CAL_LIST_ENTRY.match(path)
     calendar_id = unquote(match.group(1)) if match else None
+    if entry is not None:
+        calendar_id = unquote(entry.group(1))
     event_id = unquote(match.group(2)) if match and match.group(2) else None
     op = _operation(method, path, match, event_id)
     account: str | None = None
@@ -224,6 +228,8 @@ def _calendar_call(
 def _operation(method: str, path: str, match: re.Match[str] | None, event_id: str | None) -> str:
     if path == _CAL_LIST and method == "GET":
         return "calendarList.list"
+    if _CAL_LIST_ENTRY.match(path) and method == "GET":
+        return "calendarList.get"
     if match is None:
         return "unknown"
     if event_id is None:
@@ -243,6 +249,8 @@ def _serve(
 ) -> tuple[int, dict[str, Any]]:
     if op == "calendarList.list":
         return calendar_api.calendar_list(state, account)
+    if op == "calendarList.get" and calendar_id is not None:
+        return calendar_api.calendar_list_entry(state, account, calendar_id)
     if calendar_id is None or op == "unknown":
         raise GoogleError(404, "notFound", "Not Found")
     if op == "events.insert":
@@ -258,11 +266,23 @@ def _serve(
     return calendar_api.delete_event(state, account, calendar_id, event_id)
 
 
+# Google's bodies for the 403s a fault may name (domain, message).
+_FORBIDDEN_BODIES = {
+    "rateLimitExceeded": ("usageLimits", "Rate Limit Exceeded"),
+    "userRateLimitExceeded": ("usageLimits", "User Rate Limit Exceeded"),
+    "quotaExceeded": ("usageLimits", "Calendar usage limits exceeded."),
+    "dailyLimitExceeded": ("usageLimits", "Daily Limit Exceeded"),
+    "forbidden": ("global", "Forbidden"),
+    "requiredAccessLevel": ("calendar", "You need to have writer access to this calendar."),
+}
+
+
 def _fault_error(fault: Fault) -> GoogleError:
     headers = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after else None
     if fault.status in (403, 429):
         reason = fault.reason or "rateLimitExceeded"
-        return GoogleError(fault.status, reason, "Rate Limit Exceeded", "usageLimits", headers)
+        domain, message = _FORBIDDEN_BODIES.get(reason, ("usageLimits", "Rate Limit Exceeded"))
+        return GoogleError(fault.status, reason, message, domain, headers)
     if fault.status == 401:
         return GoogleError(401, "authError", "Invalid Credentials")
     messages = {500: "Backend Error", 502: "Bad Gateway", 503: "Service Unavailable"}
