@@ -64,8 +64,11 @@ def _middlewares(admin_token: str) -> list[Any]:
         def refusal(status: int, name: str, detail: str,
                     activity_id: str | None = None) -> web.StreamResponse:
             if prefers_html(request.headers.get("Accept")):
-                return request.app[pages.PAGES_KEY].error_page(request, status, name, detail,
-                                                               activity_id)
+                try:
+                    return request.app[pages.PAGES_KEY].error_page(request, status, name,
+                                                                   detail, activity_id)
+                except Exception:
+                    log.exception("http_error_page_failed", path=request.path)
             return problem(status, name, detail)
 
         try:

@@ -52,7 +52,7 @@ _PAGE_STYLE = (
     "main{max-width:28rem;margin:2rem auto;background:#fff;border-radius:1rem;padding:1.5rem}"
     "h1{font-size:1.4rem}ul{padding:0;list-style:none}li{margin:.5rem 0}"
     "a.account,a.button{display:block;padding:.75rem 1rem;border:1px solid #747775;"
-    "border-radius:.5rem;color:#1f1f1f;text-decoration:none;min-height:44px}"
+    "border-radius:.5rem;color:#1f1f1f;text-decoration:none;line-height:1.25}"
     "a.button{display:inline-block;margin-right:.5rem}a.allow{background:#0b57d0;color:#fff;"
     "border-color:#0b57d0}a:focus-visible{outline:3px solid #f9ab00;outline-offset:2px}"
     ".scopes li{list-style:disc;margin-left:1.25rem}.meta{color:#444746;font-size:.9rem}"

@@ -119,7 +119,8 @@ class Pages:
     def protect(self, response: web.StreamResponse) -> None:
         response.headers["Content-Security-Policy"] = self.csp
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"  # tokens ride in some URLs
+        # Tokens ride in some URLs: never tell another origin where a click came from.
+        response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Cache-Control"] = "no-store"
 
     def set_cookie(self, response: web.StreamResponse, name: str, value: str, max_age: float,
@@ -146,6 +147,7 @@ class Pages:
         else:
             again = self.root + "/"
         return self.page(request, "error.html", trouble.title, status=status, detail=detail,
+                         code=status,
                          advice=trouble.advice, action=trouble.action, again_url=again,
                          problem=problem)
 
@@ -167,12 +169,15 @@ class Pages:
         return session
 
     def check_origin(self, request: web.Request) -> None:
-        """Refuse a form sent from another site: by the Origin header where the browser
-        sends one (and Sec-Fetch-Site, which modern browsers add)."""
+        """Refuse a form sent from another site or origin: by Sec-Fetch-Site, which
+        browsers add, and by the Origin header, where there is one."""
         origin = request.headers.get("Origin")
+        fetch_site = request.headers.get("Sec-Fetch-Site")
         allowed = {self.origin, f"{request.scheme}://{request.host}".lower()}
-        cross_site = request.headers.get("Sec-Fetch-Site") == "cross-site"
-        if cross_site or (origin is not None and origin.lower() not in allowed):
+        foreign = (fetch_site is not None and fetch_site not in ("same-origin", "none")) or (
+            origin is not None and origin.lower() not in allowed
+            and not (origin == "null" and fetch_site == "same-origin"))
+        if foreign:
             log.warning("page_form_refused", path=request.path, origin=origin,
                         sec_fetch_site=request.headers.get("Sec-Fetch-Site"))
             raise LinkError("the form was sent from another site", 403, "csrf_refused")
@@ -391,8 +396,9 @@ async def links_page(request: web.Request) -> web.StreamResponse:
     gone = request.query.get("disconnected")
     for card in cards:
         if card["id"] == gone and card["state"] == "disconnected":
-            notices.append({"kind": "ok", "text": f"{card['account']} is disconnected "
-                            f"({card['reason']})."})
+            what = str(card["reason"] or "").removeprefix("disconnected").lstrip("; ")
+            notices.append({"kind": "ok", "text": f"{card['account']} is disconnected"
+                            + (f": {what}." if what else ".")})
     return pages.page(request, "links.html", f"Activity {activity_id}",
                       activity_id=activity_id, links=cards, notices=notices)
 

@@ -75,7 +75,8 @@ def duration(seconds: float) -> str:
 
 
 def ago(moment: datetime, now: datetime) -> str:
-    return f"{duration((now - moment).total_seconds())} ago"
+    seconds = (now - moment).total_seconds()
+    return "a moment ago" if seconds < 1 else f"{duration(seconds)} ago"
 
 
 def utc(moment: datetime) -> str:

@@ -20,8 +20,13 @@
     if (bar && item.total) { bar.max = item.total; bar.value = item.done; }
     var text = section.querySelector(".progress-text");
     if (text && text.textContent !== item.text) { text.textContent = item.text; }
-    var eta = section.querySelector(".eta time");
-    if (eta && item.eta_text) { eta.textContent = item.eta_text; eta.dateTime = item.estimated_end; }
+    var eta = section.querySelector(".eta");
+    if (eta && item.eta_text) {
+      var time = eta.querySelector("time");
+      time.textContent = item.eta_text;
+      time.dateTime = item.estimated_end;
+      eta.hidden = false;
+    }
   }
   function poll() {
     fetch(window.location.href, { headers: { "Accept": "application/json" }, credentials: "same-origin" })
