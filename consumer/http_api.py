@@ -52,11 +52,19 @@ def _middlewares(admin_token: str) -> list[Any]:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in _OPEN_ROUTES and not pages.is_page(request.path):
+        unrouted = request.match_info.http_exception is not None  # answered 404 or 405
+        if request.path not in _OPEN_ROUTES and not pages.is_page(request.path) \
+                and not unrouted:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
-                return problem(401, "unauthorized", "a valid admin bearer token is required "
-                               "(Authorization: Bearer <CALSYNC_ADMIN_TOKEN>)")
+                detail = ("a valid admin bearer token is required (Authorization: Bearer "
+                          "<CALSYNC_ADMIN_TOKEN>)")
+                if prefers_html(request.headers.get("Accept")):
+                    page = request.app[pages.PAGES_KEY].error_page(request, 401, "unauthorized",
+                                                                   detail)
+                    page.headers["WWW-Authenticate"] = 'Bearer realm="calsync"'
+                    return page
+                return problem(401, "unauthorized", detail)
         return await handler(request)
 
     @web.middleware

@@ -281,6 +281,10 @@ TROUBLES: dict[str, Trouble] = {
     "link_not_found": Trouble("There is no such link", "It may have been merged into "
                               "another one.", "Open the links page"),
     "not_found": Trouble("There is no such page", "Check the address."),
+    "unauthorized": Trouble("This address is for programs",
+                            "It belongs to the JSON API, which takes the admin bearer token. "
+                            "People use the pages: the activities and their links.",
+                            "Open the pages"),
     "method_not_allowed": Trouble("This address does not take that request",
                                   "Use the pages' buttons."),
 }
