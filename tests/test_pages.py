@@ -115,7 +115,7 @@ def test_calendar_choices_say_why_a_calendar_cannot_be_chosen() -> None:
 @pytest.mark.parametrize(("candidate", "target"), [
     ("/activities/a/links", "/activities/a/links"), (None, "/"), ("", "/"),
     ("https://evil.example/", "/"), ("//evil.example/x", "/"), ("/\\evil.example", "/"),
-    ("activities", "/"),
+    ("activities", "/"), ("/\t/evil.example", "/"), ("/\n/evil.example", "/"),
 ])
 def test_redirects_after_sign_in_stay_on_this_site(candidate: str | None, target: str) -> None:
     assert views.local_path(candidate, "/") == target

@@ -313,8 +313,8 @@ def with_query(url: str, params: list[tuple[str, str]]) -> str:
 def local_path(candidate: str | None, default: str) -> str:
     """A redirect target that stays on this site (no open redirect)."""
     if not candidate or not candidate.startswith("/") or candidate.startswith("//") \
-            or "\\" in candidate:
-        return default
+            or "\\" in candidate or any(c.isspace() or not c.isprintable() for c in candidate):
+        return default  # browsers drop tabs and newlines: "/\t/evil" would be "//evil"
     return candidate
 
 
