@@ -515,3 +515,30 @@ async def test_the_return_url_sends_the_browser_back_to_the_host(env: Env) -> No
         api = await browser.go("GET", await browser.connect(env, activity, owner),
                                accept="application/json")
         assert api.status == 200 and json.loads(api.text)["account_email"] == owner
+
+
+async def test_a_background_backfill_stopped_by_shutdown_says_so(env: Env) -> None:
+    owner, refresh = env.account("owner", calendars=CALENDARS)
+    activity = "act_shutdown"
+    add_bookings(env, activity, 6)
+    link_id = await env.link(owner, refresh, calendar_id=None, activity_id=activity)
+    # One Google call a second for this account: the backfill outlives the shutdown grace.
+    settings = env.settings.model_copy(update={"quota_per_account_per_min": 60,
+                                               "quota_use_share": 1.0,
+                                               "shutdown_grace_s": 0.5})
+    async with link_service(settings) as service:
+        chosen = await service.choose(link_id, "cal-bookings", wait=False)
+        assert chosen.backfill is None and chosen.link["state"] == "active"
+        await wait_until(lambda: env.query("SELECT total FROM backfills")[0]["total"] == 6,
+                         what="the backfill counting its bookings")
+    row = env.query("SELECT * FROM backfills WHERE id = %s", chosen.backfill_id)[0]
+    assert row["error"] == "interrupted: the service stopped" and row["finished_at"]
+    assert row["done"] < 6
+    async with link_service(env.settings) as service:
+        view = views.progress((await service.backfills([chosen.backfill_id]))[0])
+    assert view["status"] == "failed"
+    assert views.progress_text(view).endswith("interrupted: the service stopped")
+    async with link_service(env.settings) as service:
+        health = await service.health(activity)
+    card = views.link_card(health[0], datetime.now(UTC))
+    assert card["choose"] == "Catch up again" and card["backfill"]["status"] == "failed"

@@ -326,6 +326,9 @@ def link_card(health: LinkHealth, now: datetime) -> dict[str, Any]:
     backfill = progress(health.backfill) if health.backfill is not None else None
     choose = {"pending": "Choose a calendar",
               "calendar_unavailable": "Choose another calendar"}.get(state)
+    if state == "active" and backfill is not None and backfill["status"] in ("failed",
+                                                                             "stalled"):
+        choose = "Catch up again"  # choosing the same calendar again backfills what is left
     return {
         "id": link["id"], "account": link["account_email"],
         "calendar_id": link["calendar_id"], "calendar_name": health.calendar_name,
