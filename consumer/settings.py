@@ -41,7 +41,15 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_public_url: str | None = Field(
         default=None, description="How browsers reach `calsync serve`; default http://host:port")
-    oauth_state_ttl_s: float = Field(default=600.0, gt=0)
+    oauth_state_ttl_s: float = Field(
+        default=600.0, gt=0, description="A started connection must come back from Google "
+        "within this; so must the calendar choice that follows it")
+    http_return_url: str | None = Field(
+        default=None, description="Embedding: after Google's consent, send the browser here "
+        "(with link_id, state, account, activity_id in the query; or error) instead of "
+        "showing our pages")
+    http_session_ttl_s: float = Field(
+        default=28_800.0, gt=0, description="How long a sign-in to the pages lasts")
 
     # The consumer's /metrics, /healthz and /readyz (on CALSYNC_HTTP_HOST).
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="0: any free port")

@@ -305,3 +305,14 @@ async def env(postgres: EmbeddedPostgres, broker: EmbeddedBroker,
     await environment.topics()
     yield environment
     await environment.close()
+
+
+_SESSION_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where this run's browser screenshots are (tests/test_browser.py)."""
+    shots = ROOT / "test-artifacts" / "browser"
+    fresh = [p for p in shots.glob("*.png") if p.stat().st_mtime >= _SESSION_STARTED]
+    if fresh:
+        terminalreporter.write_line(f"browser screenshots ({len(fresh)}): {shots}")

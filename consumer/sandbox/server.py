@@ -80,6 +80,14 @@ class _Handler(BaseHTTPRequestHandler):
         if payload:
             self.wfile.write(payload)
 
+    def _send_html(self, page: str) -> None:
+        payload = page.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         raw = self._body()
@@ -122,11 +130,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _consent(self, state: SandboxState, query: str) -> None:
         params = {k: v[0] for k, v in parse_qs(query).items()}
         try:
-            location = state.oauth.authorize(params)
+            page = state.oauth.consent_page(params)
+            location = state.oauth.authorize(params) if page is None else ""
         except ConsentError as exc:
             self._send(400, {"error": exc.error, "error_description": exc.description})
             status = 400
         else:
+            if page is not None:  # a person's step: the account chooser or the consent screen
+                self._send_html(page)
+                state.record(Call(time.time(), "GET", "/o/oauth2/auth", "oauth.consent_page",
+                                  params.get("sandbox_account"), None, None, 200))
+                return
             self.send_response(302)
             self.send_header("Location", location)
             self.send_header("Content-Length", "0")
