@@ -41,22 +41,31 @@ def belongs_on_calendar(event: BookingEvent) -> bool:
 
 
 def plan_operation(
-    event: BookingEvent, link: CalendarLink, recorded: RecordedEvent | None
+    event: BookingEvent, link: CalendarLink, recorded: RecordedEvent | None,
+    latest: bool = False,
 ) -> PlannedOperation:
     """Decide what one link's calendar needs so that it matches the booking.
 
     State-based rather than event-based: the answer depends on what the booking now is and
-    on what was last applied to this link, so replaying any event is harmless.
+    on what was last applied to this link, so replaying any event is harmless. `latest`
+    says that `event` is the booking's latest state (read under the pair's claim): then an
+    event still on a calendar the link no longer has is moved even when its version was
+    applied already (a version not newer never moves anything otherwise: its content may be
+    older than what is on the calendar).
     """
     if link.state is not LinkState.ACTIVE or link.calendar_id is None:
         return PlannedOperation(operation=Operation.NONE, reason=f"link_{link.state.value}")
     recorded = recorded or RecordedEvent()
-    if recorded.applied_version is not None and event.booking.version <= recorded.applied_version:
-        return PlannedOperation(operation=Operation.NONE, reason="version_not_newer")
     on_calendar = recorded.google_event_id is not None
+    elsewhere = on_calendar and recorded.calendar_id not in (None, link.calendar_id)
+    newer = recorded.applied_version is None or event.booking.version > recorded.applied_version
+    if not newer and not (latest and elsewhere):
+        return PlannedOperation(operation=Operation.NONE, reason="version_not_newer")
     # A booking moved to another activity leaves the calendars of this one.
     moved = event.booking.activity_id != link.activity_id
     if belongs_on_calendar(event) and not moved:
+        if elsewhere:
+            return PlannedOperation(operation=Operation.MOVE, reason="calendar_changed")
         if on_calendar:
             return PlannedOperation(operation=Operation.UPDATE, reason="booking_changed")
         return PlannedOperation(operation=Operation.CREATE, reason="booking_synced")

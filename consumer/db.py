@@ -107,6 +107,14 @@ _LINKS_BY_IDS = (
     " FROM calendar_links WHERE id = ANY(%s)"
 )
 _LATEST_BOOKINGS = "SELECT booking_id, event FROM bookings WHERE booking_id = ANY(%s)"
+# The links whose calendars hold an event of these bookings (wherever the booking is now).
+_LINKS_HOLDING = (
+    "SELECT lb.booking_id, cl.id, cl.activity_id, cl.account_email, cl.calendar_id, cl.state,"
+    " cl.state_reason, cl.state_changed_at, NULL AS refresh_token_enc,"
+    " NULL AS access_token_enc, NULL AS token_expires_at, cl.created_at, cl.backfilled_at"
+    " FROM link_bookings lb JOIN calendar_links cl ON cl.id = lb.link_id"
+    " WHERE lb.booking_id = ANY(%s) AND lb.google_event_id IS NOT NULL"
+)
 _ALL_LINKS = f"SELECT {_LINK_COLUMNS} FROM calendar_links ORDER BY created_at, id"
 _LOCK_LINK_TOKENS = (
     "SELECT refresh_token_enc, access_token_enc, token_expires_at FROM calendar_links "
@@ -136,10 +144,14 @@ _LEAVE_ACTIVE = (
     "UPDATE calendar_links SET state = %s, state_reason = %s, state_changed_at = now(),"
     " updated_at = now() WHERE id = %s AND state = 'active' RETURNING id"
 )
+# The activity's bookings, and the bookings whose event is still on this link's calendars
+# although they moved to another activity since (they must leave).
 _BOOKINGS_OF_ACTIVITY = (
-    "SELECT b.event, lb.applied_version, lb.google_event_id, lb.generation FROM bookings b"
-    " LEFT JOIN link_bookings lb ON lb.link_id = %s AND lb.booking_id = b.booking_id"
-    " WHERE b.activity_id = %s ORDER BY b.booking_id"
+    "SELECT b.event, lb.applied_version, lb.google_event_id, lb.generation, lb.calendar_id"
+    " FROM bookings b"
+    " LEFT JOIN link_bookings lb ON lb.link_id = %(link)s AND lb.booking_id = b.booking_id"
+    " WHERE b.activity_id = %(activity)s OR (lb.google_event_id IS NOT NULL)"
+    " ORDER BY b.booking_id"
 )
 _LATEST_BOOKING = "SELECT event FROM bookings WHERE booking_id = %s"
 _MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"
@@ -247,6 +259,15 @@ class Repository:
             rows = await (await conn.execute(_LINKS_BY_IDS, (list(link_ids),))).fetchall()
         return {row["id"]: _link_row(row, None) for row in rows}
 
+    async def links_holding(self, booking_ids: set[str]) -> dict[str, list[LinkRow]]:
+        """Per booking, the links whose calendar holds an event of it, without tokens."""
+        answer: dict[str, list[LinkRow]] = {}
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LINKS_HOLDING, (list(booking_ids),))).fetchall()
+        for row in rows:
+            answer.setdefault(row["booking_id"], []).append(_link_row(row, None))
+        return answer
+
     async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]:
         async with self.pool.connection() as conn:
             rows = await (await conn.execute(_LATEST_BOOKINGS, (list(booking_ids),))).fetchall()
@@ -284,15 +305,16 @@ class Repository:
         """The latest recorded state of each booking of the activity, with what the link
         holds for it."""
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_BOOKINGS_OF_ACTIVITY,
-                                             (link_id, activity_id))).fetchall()
+            rows = await (await conn.execute(_BOOKINGS_OF_ACTIVITY, {
+                "link": link_id, "activity": activity_id})).fetchall()
         answer: list[tuple[BookingEvent, RecordedEvent | None]] = []
         for row in rows:
             recorded = None
             if row["applied_version"] is not None or (row["generation"] or 0) > 0:
                 recorded = RecordedEvent(applied_version=row["applied_version"],
                                          google_event_id=row["google_event_id"],
-                                         generation=row["generation"])
+                                         generation=row["generation"],
+                                         calendar_id=row["calendar_id"])
             answer.append((BookingEvent.model_validate(row["event"]), recorded))
         return answer
 

@@ -64,9 +64,10 @@ _OTHER_LIVE_LINKS_OF_ACCOUNT = (
     "SELECT id FROM calendar_links WHERE account_email = %s AND id <> %s"
     " AND state <> 'disconnected' ORDER BY id"
 )
+_DROP_REPAIRS = "DELETE FROM repairs WHERE link_id = %s"
 _FORGET_EVENTS = (
     # The next activation creates fresh events, under ids not used before.
-    "UPDATE link_bookings SET applied_version = NULL, google_event_id = NULL,"
+    "UPDATE link_bookings SET applied_version = NULL, google_event_id = NULL, calendar_id = NULL,"
     " generation = generation + 1, updated_at = now()"
     " WHERE link_id = %s AND google_event_id IS NOT NULL"
 )
@@ -272,6 +273,11 @@ class LinkStore:
                 if asyncio.get_running_loop().time() > deadline:
                     return False
                 await asyncio.sleep(0.05)
+
+    async def drop_repairs(self, link_id: str) -> None:
+        """A disconnected link is owed nothing (a reconnect backfills it)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(_DROP_REPAIRS, (link_id,))
 
     async def forget_events(self, link_id: str) -> int:
         async with self.pool.connection() as conn:

@@ -24,6 +24,12 @@ async def watch_links(database_url: str, changed: Callable[[str, LinkState], Non
             async with await psycopg.AsyncConnection.connect(database_url,
                                                              autocommit=True) as conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
+                # Notices sent while this process was not listening are lost: the links
+                # that are not active now are told once more, so none of their work goes on.
+                cur = await conn.execute("SELECT id, state FROM calendar_links"
+                                         " WHERE state <> 'active'")
+                for link_id, state in await cur.fetchall():
+                    changed(link_id, LinkState(state))
                 async for notice in conn.notifies():
                     link_id, _, state = notice.payload.partition(" ")
                     try:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import os
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -24,6 +26,7 @@ from typing import Any, TypeVar
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
+from consumer import repairs
 from consumer.app import Services, services
 from consumer.core import plan_operation
 from consumer.db import LinkRow, LinkTokens
@@ -148,6 +151,8 @@ class LinkService:
         self.store = LinkStore(svc.repository, svc.cipher)
         self.oauth = OAuthClient(svc.settings, svc.cipher)
         self._background: set[asyncio.Task[Any]] = set()
+        # Who holds the leases of the backfills this process works (see repairs.owe).
+        self.member = f"{socket.gethostname()}-{os.getpid()}-links"
 
     async def close(self) -> None:
         """Let background backfills finish (up to the shutdown grace), then stop them: each
@@ -400,20 +405,28 @@ class LinkService:
         keeping its progress in `backfills`. Answers the counts: bookings, then per
         outcome."""
         engine = self.svc.engine
-        engine.halted.discard(row.link.id)
+        engine.resume(row.link.id)
         self.svc.tokens.forget(row.link.id)
         tally = _Tally()
         try:
             pending = [event for event, recorded in await self.repository.bookings_of_activity(
                 row.link.id, row.link.activity_id)
-                if plan_operation(event, row.link, recorded).operation is not Operation.NONE]
+                if plan_operation(event, row.link, recorded, latest=True).operation
+                is not Operation.NONE]
             tally.counts["bookings"] = len(pending)
             await self.store.backfill_total(backfill_id, len(pending))
+            # Written down first: if this process stops, the consumer group's repair loop
+            # finishes what is left once this process's lease on it ends.
+            await repairs.owe(self.repository, row.link.id,
+                              [(e.booking.id, e.booking.version) for e in pending],
+                              "backfill", self.member, self.settings.repair_lease_s)
             gate = asyncio.Semaphore(_BACKFILL_CONCURRENCY)
 
             async def one(event: BookingEvent) -> None:
                 async with gate:
-                    result = await engine.sync_link(event, row, None, source="backfill")
+                    # The latest state, read under the claim (it may have moved on since).
+                    result = await engine.sync_link(event, row, None, source="backfill",
+                                                    latest=True)
                 outcome = result.outcome.value
                 tally.counts[outcome] = tally.counts.get(outcome, 0) + 1
                 tally.done += 1
@@ -464,9 +477,17 @@ class LinkService:
         if remove_events and row.link.calendar_id and row.tokens is not None:
             token = await self._token(row)  # refused: nothing changes
         await self.store.mark_disconnected(link_id, "disconnected")
-        self.svc.engine.halted.add(link_id)
-        if not await self.store.wait_for_in_flight(link_id, self.settings.shutdown_grace_s):
+        self.svc.engine.halt(link_id)
+        # The fence: every consumer stops the link's work before its next Google call (told
+        # through NOTIFY), and each claim still held is waited for. Once none is left, no
+        # write of the link can reach Google: what is on the calendar now is all there is.
+        fence_s = max(self.settings.shutdown_grace_s, 2 * self.settings.google_timeout_s + 5)
+        if not await self.store.wait_for_in_flight(link_id, fence_s):
             log.warning("disconnect_in_flight_still_running", link_id=link_id)
+            raise LinkError(f"link {link_id} is disconnected and no new work starts for it, "
+                            f"but work still in flight did not end within {fence_s:.0f}s: "
+                            "run the disconnect again to finish it", 503, "link_busy")
+        await self.store.drop_repairs(link_id)
         removed = await self._remove_events(row, token) if token is not None else 0
         revoked, shared_with = await self._revoke(row)
         reason = ("disconnected; " + (f"{removed} events removed" if remove_events

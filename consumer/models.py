@@ -185,12 +185,14 @@ class RecordedEvent(BaseModel):
     applied_version: int | None = None
     google_event_id: str | None = None
     generation: int = 0
+    calendar_id: str | None = None  # the calendar the event is on (None: no event)
 
 
 class Operation(StrEnum):
     CREATE = "create"
     UPDATE = "update"
     DELETE = "delete"
+    MOVE = "move"  # off the calendar the link had, onto the one it has now
     NONE = "none"
 
 
@@ -237,3 +239,5 @@ class SyncResult(BaseModel):
     recorded: RecordedEvent | None = None  # the new (link, booking) record, None = keep
     finished_at: datetime | None = None
     repair: RepairPlan | None = None  # left off the calendar: the repair loop takes it
+    # Events left on a calendar that could not be reached: (calendar, event id, why).
+    stranded: tuple[tuple[str, str, str], ...] = ()

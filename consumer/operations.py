@@ -246,7 +246,9 @@ async def affected_bookings(settings: Settings, topic: str,
 
 async def resync(settings: Settings, booking_ids: set[str]) -> int:
     """Re-apply the latest recorded state of these bookings to every active link, even where
-    versions say nothing changed (Google's side drifted). Returns the operations applied."""
+    versions say nothing changed (Google's side drifted). Returns the operations applied.
+    Each goes through the pair's claim, and the state applied is read under it: a consumer
+    running meanwhile (or a newer version arriving) can never be rolled back by a resync."""
     applied = 0
     async with services(settings, pool_size=4) as svc:
         for booking_id in sorted(booking_ids):
@@ -257,7 +259,7 @@ async def resync(settings: Settings, booking_ids: set[str]) -> int:
             for row in rows:
                 if row.link.state is LinkState.ACTIVE:
                     result = await svc.engine.sync_link(event, row, None, source="resync",
-                                                        force=True)
+                                                        force=True, latest=True)
                     applied += result.outcome.value == "applied"
     return applied
 

@@ -73,6 +73,20 @@ _SUMMARY = (
     " GROUP BY r.reason"
 )
 _PER_ACCOUNT = 32
+# Work a backfill (or a reconcile) owes a link, written before it starts and leased to the
+# process that does it: if that process stops, the group's repair loop finishes the rest
+# once the lease ends. A row already there (a failure waiting) is kept and made due now.
+_OWE = (
+    "INSERT INTO repairs (link_id, booking_id, booking_version, reason, due_at, leased_by,"
+    " leased_until) SELECT %(link)s, b, v, %(reason)s, now(), %(member)s,"
+    " now() + make_interval(secs => %(lease_s)s)"
+    " FROM unnest(%(bookings)s::text[], %(versions)s::bigint[]) AS t(b, v)"
+    " ON CONFLICT (link_id, booking_id) DO UPDATE SET"
+    " booking_version = greatest(repairs.booking_version, EXCLUDED.booking_version),"
+    " due_at = least(repairs.due_at, now()), leased_by = EXCLUDED.leased_by,"
+    " leased_until = EXCLUDED.leased_until, updated_at = now()"
+)
+_REMAINING = "SELECT count(*) AS n FROM repairs WHERE link_id = %s AND reason = %s"
 
 
 @dataclass(frozen=True)
@@ -185,6 +199,21 @@ class RepairLoop:
     async def _drop_inactive(self) -> None:
         async with self.repository.pool.connection() as conn:
             await conn.execute(_DROP_INACTIVE)
+
+
+async def owe(repository: Repository, link_id: str, pairs: list[tuple[str, int]], reason: str,
+              member: str, lease_s: float) -> None:
+    """Write down what a link is owed (booking, version) before working it: resumable."""
+    async with repository.pool.connection() as conn:
+        await conn.execute(_OWE, {"link": link_id, "reason": reason, "member": member,
+                                  "lease_s": lease_s, "bookings": [b for b, _ in pairs],
+                                  "versions": [v for _, v in pairs]})
+
+
+async def remaining(repository: Repository, link_id: str, reason: str) -> int:
+    async with repository.pool.connection() as conn:
+        row = await (await conn.execute(_REMAINING, (link_id, reason))).fetchone()
+    return int(row["n"]) if row else 0
 
 
 async def make_due(repository: Repository, link_id: str | None) -> int:

@@ -23,6 +23,7 @@ through the watcher, in another process) stops before its next Google call.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import random
 from collections.abc import Awaitable, Callable
@@ -42,7 +43,7 @@ from tenacity import (
 from consumer.batching import Batcher
 from consumer.core import google_event_id, plan_operation, render_event
 from consumer.db import LinkRow, LinkTokens, MessagePosition, Repository
-from consumer.errors import is_retriable
+from consumer.errors import is_retriable, printable
 from consumer.google_calendar import CalendarInfo, GoogleApiError
 from consumer.metrics import Metrics
 from consumer.models import (
@@ -58,7 +59,7 @@ from consumer.models import (
 from consumer.quota import AccountBacklogged, GroupQuota, QuotaPaused
 from consumer.refusals import Action
 from consumer.settings import Settings
-from consumer.sync_store import SyncStore
+from consumer.sync_store import ClaimLost, SyncStore
 from consumer.tokens import TokenRefreshFailed
 
 log = structlog.get_logger(__name__)
@@ -155,11 +156,10 @@ class _LinkCall:
 
     async def _with_retries(self, call: Callable[[str], Awaitable[T]]) -> T:
         settings = self.engine.settings
-        quota = self.engine.quota
         account = self.row.link.account_email
         # The first slot is waited for before the retry budget starts: a long queue for a
         # busy account is not a failure (but a live message may leave the window for it).
-        await quota.acquire(account, self.ticket, may_defer=self.may_defer)
+        await self._slot(account, self.may_defer)
         slot_taken = True
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_retriable),
@@ -169,19 +169,37 @@ class _LinkCall:
         )
         async for attempt in retrying:
             with attempt:
-                if self.attempts:
-                    self._check_active()
                 if not slot_taken:
-                    await quota.acquire(account, self.ticket)
+                    await self._slot(account, False)
                 slot_taken = False
+                # Checked right before each call, after every wait: a link disconnected
+                # meanwhile gets no write, whatever was waiting.
+                self._check_active()
                 self.attempts += 1
                 assert self.token is not None
                 try:
-                    return await call(self.token)
+                    return await _outlive_cancellation(call(self.token),
+                                                       settings.google_timeout_s + 1.0)
                 except GoogleApiError as exc:
                     await self._spent_quota(exc)
                     raise
         raise AssertionError("unreachable")
+
+    async def _slot(self, account: str, may_defer: bool) -> None:
+        """A quota slot; a link halted while waiting for it stops the wait at once."""
+        halted = self.engine.halt_signal(self.row.link.id)
+        waiting = asyncio.ensure_future(
+            self.engine.quota.acquire(account, self.ticket, may_defer=may_defer))
+        stop = asyncio.ensure_future(halted.wait())
+        try:
+            await asyncio.wait([waiting, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not waiting.done():
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+            raise LinkHalted(self.row.link.id)
+        waiting.result()
 
     async def _spent_quota(self, exc: GoogleApiError) -> None:
         quota, account = self.engine.quota, self.row.link.account_email
@@ -192,6 +210,21 @@ class _LinkCall:
             raise QuotaPaused("account", await quota.pause(account, exc.reason)) from exc
         elif action is Action.PAUSE_PROJECT:
             raise QuotaPaused("project", await quota.pause(None, exc.reason)) from exc
+
+
+async def _outlive_cancellation(call: Awaitable[T], timeout_s: float) -> T:
+    """Await a Google call; if the caller is cancelled meanwhile (a shutdown's grace ran
+    out), wait for the request to end before the cancellation goes on: it runs in a thread
+    that cannot be stopped, and the pair's claim must not be released while a write of
+    ours may still land (a later owner's newer write could be overwritten)."""
+    request = asyncio.ensure_future(call)
+    try:
+        return await asyncio.shield(request)
+    except asyncio.CancelledError:
+        await asyncio.wait([request], timeout=timeout_s)
+        if request.done() and not request.cancelled():
+            request.exception()  # retrieved: the caller is gone
+        raise
 
 
 def google_backoff(initial: float, maximum: float) -> Callable[[RetryCallState], float]:
@@ -220,6 +253,7 @@ class SyncEngine:
         self.store = store
         self.quota = quota
         self.halted: set[str] = set()  # links known to have left `active` mid-flight
+        self._halt_signals: dict[str, asyncio.Event] = {}
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
             self._take_in, split_on=lambda exc: not is_retriable(exc))
@@ -234,9 +268,28 @@ class SyncEngine:
         """Another process changed a link (the watcher tells): stop or resume its work."""
         self.tokens.forget(link_id)
         if state is LinkState.ACTIVE:
-            self.halted.discard(link_id)
+            self.resume(link_id)
         else:
-            self.halted.add(link_id)
+            self.halt(link_id)
+
+    def halt(self, link_id: str) -> None:
+        """Stop the link's work in this process before its next Google call, waits included."""
+        self.halted.add(link_id)
+        signal = self._halt_signals.get(link_id)
+        if signal is not None:
+            signal.set()
+
+    def resume(self, link_id: str) -> None:
+        self.halted.discard(link_id)
+        self._halt_signals.pop(link_id, None)
+
+    def halt_signal(self, link_id: str) -> asyncio.Event:
+        signal = self._halt_signals.get(link_id)
+        if signal is None:
+            signal = self._halt_signals[link_id] = asyncio.Event()
+            if link_id in self.halted:
+                signal.set()
+        return signal
 
     def next_ticket(self) -> int:
         return next(self._tickets)
@@ -257,21 +310,41 @@ class SyncEngine:
         await self.repository.upsert_bookings(events)
         links = await self.repository.links_of_activities(
             {event.booking.activity_id for event in events})
-        return [links.get(event.booking.activity_id, []) for event in events]
+        # A booking moved to another activity: the old activity's links that still hold
+        # its event are told too (the plan takes it off their calendars).
+        holding = await self.repository.links_holding({e.booking.id for e in events})
+        answer = []
+        for event in events:
+            rows = list(links.get(event.booking.activity_id, []))
+            known = {row.link.id for row in rows}
+            rows += [row for row in holding.get(event.booking.id, [])
+                     if row.link.id not in known]
+            answer.append(rows)
+        return answer
 
     async def sync_link(self, event: BookingEvent, row: LinkRow,
                         position: MessagePosition | None, source: str = "event",
                         force: bool = False, ticket: int | None = None,
-                        may_defer: bool = False) -> SyncResult:
+                        may_defer: bool = False, latest: bool = False) -> SyncResult:
         """`force`: apply the booking even where the recorded version says it is applied
-        (a resync, for when Google's side drifted). `may_defer`: when the account's quota is
-        booked up, leave the work to the repair loop instead of waiting for it."""
-        booking = event.booking
-        bound = log.bind(link_id=row.link.id, booking_id=booking.id, version=booking.version)
-        health: tuple[LinkState, str] | None = None
-        claim = await self.store.claim(row.link.id, booking.id)
+        (a resync or a reconcile, for when Google's side drifted). `latest`: apply the
+        booking's latest state, read under the pair's claim (not `event`, read before it:
+        a newer version may have come meanwhile, and a forced write must never roll one
+        back). `may_defer`: when the account's quota is booked up, leave the work to the
+        repair loop instead of waiting for it."""
+        claim = await self.store.claim(row.link.id, event.booking.id)
+        wrote = restore = False
         try:
+            if latest:
+                event = await self.repository.latest_booking(event.booking.id) or event
+            booking = event.booking
+            bound = log.bind(link_id=row.link.id, booking_id=booking.id,
+                             version=booking.version)
+            health: tuple[LinkState, str] | None = None
             recorded, state = claim.recorded, claim.state
+            if claim.calendar_id != row.link.calendar_id:  # chosen again since it was read
+                row = dataclasses.replace(row, link=row.link.model_copy(
+                    update={"calendar_id": claim.calendar_id}))
             call = _LinkCall(self, row, self.next_ticket() if ticket is None else ticket,
                              may_defer=may_defer)
             if state is not LinkState.ACTIVE:  # changed since the link was read
@@ -281,10 +354,11 @@ class SyncEngine:
                 return result
             # Read under the link's shared lock: active now, whatever a missed or late
             # notice says. Only work already past this point can be halted.
-            self.halted.discard(row.link.id)
+            if row.link.id in self.halted:
+                self.resume(row.link.id)
             if force and recorded is not None:
                 recorded = recorded.model_copy(update={"applied_version": None})
-            planned = plan_operation(event, row.link, recorded)
+            planned = plan_operation(event, row.link, recorded, latest=latest)
             op = planned.operation
             try:
                 result = await self._apply(planned, event, row, recorded, call)
@@ -323,9 +397,22 @@ class SyncEngine:
             if result.repair is not None:
                 result = result.model_copy(update={"repair": self._schedule(
                     result.repair, claim.repair_attempts)})
+            wrote = call.attempts > 0
             await self.store.record(claim, event, position, result, source)
+        except ClaimLost:
+            if not wrote:
+                raise
+            restore = True
         finally:
             await self.store.release(claim)
+        if restore:
+            # The claim died while Google was being written to: another process may have
+            # written a newer version meanwhile, which ours may have overwritten. The
+            # latest state is applied again, under a fresh claim, whatever is recorded.
+            log.warning("claim_lost_after_write", link_id=row.link.id,
+                        booking_id=event.booking.id)
+            return await self.sync_link(event, row, position, source, force=True,
+                                        latest=True)
         self.metrics.link_operations.labels(result.operation.value, result.outcome.value).inc()
         if health is not None:
             await self._leave_active(row, *health)
@@ -348,35 +435,13 @@ class SyncEngine:
 
     async def _leave_active(self, row: LinkRow, state: LinkState, reason: str) -> None:
         """Stop all work for the link; the process that makes the change logs it, once."""
-        self.halted.add(row.link.id)
+        self.halt(row.link.id)
         # After the claim is released: the update must not wait behind a disconnect that is
         # itself waiting for that claim.
         if await self.repository.leave_active(row.link.id, state, reason):
             log.warning(f"link_{state}", link_id=row.link.id, activity_id=row.link.activity_id,
                         account=row.link.account_email, calendar_id=row.link.calendar_id,
                         cause=reason)
-
-    async def backfill(self, row: LinkRow, concurrency: int = 8) -> dict[str, int]:
-        """Bring a link that just became active up to the latest recorded booking states,
-        through the same locked, versioned path as events (so events cannot double them)."""
-        self.halted.discard(row.link.id)
-        self.tokens.forget(row.link.id)
-        pending = [event for event, recorded in
-                   await self.repository.bookings_of_activity(row.link.id, row.link.activity_id)
-                   if plan_operation(event, row.link, recorded).operation is not Operation.NONE]
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(event: BookingEvent) -> SyncResult:
-            async with gate:
-                return await self.sync_link(event, row, None, source="backfill")
-
-        results = await asyncio.gather(*(one(event) for event in pending))
-        counts = {"bookings": len(results)}
-        for result in results:
-            counts[result.outcome.value] = counts.get(result.outcome.value, 0) + 1
-        await self.repository.mark_backfilled(row.link.id)
-        log.info("link_backfilled", link_id=row.link.id, **counts)
-        return counts
 
     # --- the operations -----------------------------------------------------------------
 
@@ -396,6 +461,11 @@ class SyncEngine:
             return await self._create(event, row, rec.generation, planned.reason, call)
         event_id = rec.google_event_id
         assert event_id is not None
+        if planned.operation is Operation.MOVE:
+            left = await self._leave_old_calendar(rec, row, call)
+            moved = await self._create(event, row, rec.generation + 1, planned.reason, call,
+                                       Operation.MOVE)
+            return moved.model_copy(update={"stranded": left})
         if planned.operation is Operation.UPDATE:
             body = render_event(booking, row.link.id)
             try:
@@ -409,19 +479,57 @@ class SyncEngine:
                          status=exc.status, google_reason=exc.reason)
                 return await self._create(event, row, rec.generation + 1,
                                           "stale_event_recreated", call)
-            new = rec.model_copy(update={"applied_version": booking.version})
+            new = rec.model_copy(update={"applied_version": booking.version,
+                                         "calendar_id": calendar_id})
             return _result(row, Operation.UPDATE, Outcome.APPLIED, planned.reason, call, new,
                            event_id)
+        # A delete goes to the calendar the event is on (the link's old one, after a move).
+        on = rec.calendar_id or calendar_id
         reason = planned.reason
-        try:
-            await call.run(lambda t: self.google.delete_event(t, calendar_id, event_id))
-        except GoogleApiError as exc:
-            if not await self._event_is_gone(exc, call, calendar_id, event_id):
-                raise
-            reason = "already_gone"
+        stranded: tuple[tuple[str, str, str], ...] = ()
+        if on != calendar_id:
+            stranded = await self._leave_old_calendar(rec, row, call)
+        else:
+            try:
+                await call.run(lambda t: self.google.delete_event(t, on, event_id))
+            except GoogleApiError as exc:
+                if not await self._event_is_gone(exc, call, on, event_id):
+                    raise
+                reason = "already_gone"
         new = RecordedEvent(applied_version=booking.version, google_event_id=None,
                             generation=rec.generation + 1)
-        return _result(row, Operation.DELETE, Outcome.APPLIED, reason, call, new, event_id)
+        result = _result(row, Operation.DELETE, Outcome.APPLIED, reason, call, new, event_id)
+        return result.model_copy(update={"stranded": stranded})
+
+    async def _leave_old_calendar(self, rec: RecordedEvent, row: LinkRow, call: _LinkCall
+                                  ) -> tuple[tuple[str, str, str], ...]:
+        """Delete the event from the calendar the link had before. Gone already is done; a
+        calendar that cannot be reached any more (deleted, read-only, refused) leaves the
+        event there, recorded as stranded (reconcile removes it if it can later). Faults
+        that pass (5xx, rate limits) are retried, then the whole move is (repair loop)."""
+        old, event_id = rec.calendar_id, rec.google_event_id
+        assert old is not None and event_id is not None
+        try:
+            await call.run(lambda t: self.google.delete_event(t, old, event_id))
+        except GoogleApiError as exc:
+            if exc.retriable:
+                raise
+            if exc.action is Action.GONE:
+                return ()
+            if exc.action is Action.CHECK_EVENT:
+                try:
+                    held = await call.run(lambda t: self.google.get_event(t, old, event_id))
+                    if held.get("status") == "cancelled":
+                        return ()
+                except GoogleApiError as again:
+                    if again.retriable:
+                        raise
+                    if again.action is Action.GONE:
+                        return ()
+            log.warning("event_stranded", link_id=row.link.id, calendar_id=old,
+                        cause=str(exc))
+            return ((old, event_id, printable(str(exc), 300)),)
+        return ()
 
     async def _event_is_gone(self, refused: GoogleApiError, call: _LinkCall,
                              calendar_id: str, event_id: str) -> bool:
@@ -462,7 +570,8 @@ class SyncEngine:
         raise refused
 
     async def _create(self, event: BookingEvent, row: LinkRow, generation: int, reason: str,
-                      call: _LinkCall) -> SyncResult:
+                      call: _LinkCall, operation: Operation = Operation.CREATE
+                      ) -> SyncResult:
         booking = event.booking
         calendar_id = row.link.calendar_id
         assert calendar_id is not None
@@ -470,11 +579,10 @@ class SyncEngine:
             event_id = google_event_id(row.link.id, booking.id, gen)
             body = render_event(booking, row.link.id, event_id)
             new = RecordedEvent(applied_version=booking.version, google_event_id=event_id,
-                                generation=gen)
+                                generation=gen, calendar_id=calendar_id)
             try:
                 await call.run(lambda t: self.google.insert_event(t, calendar_id, body))  # noqa: B023
-                return _result(row, Operation.CREATE, Outcome.APPLIED, reason, call, new,
-                               event_id)
+                return _result(row, operation, Outcome.APPLIED, reason, call, new, event_id)
             except GoogleApiError as exc:
                 if exc.action is Action.CHECK_CALENDAR:  # no calendar, or no right to write
                     await self._check_calendar(exc, call, calendar_id)
@@ -485,13 +593,13 @@ class SyncEngine:
             try:
                 await call.run(
                     lambda t: self.google.update_event(t, calendar_id, event_id, body))  # noqa: B023
-                return _result(row, Operation.CREATE, Outcome.APPLIED, "already_existed", call,
-                               new, event_id)
+                return _result(row, operation, Outcome.APPLIED, "already_existed", call, new,
+                               event_id)
             except GoogleApiError as exc:
                 # Taken by an event a person deleted since: the next generation's id.
                 if not await self._event_is_gone(exc, call, calendar_id, event_id):
                     raise
-        return _result(row, Operation.CREATE, Outcome.FAILED, "no_free_event_id", call,
+        return _result(row, operation, Outcome.FAILED, "no_free_event_id", call,
                        error=f"ids of {_MAX_GENERATIONS} generations taken",
                        repair=RepairPlan(reason="no_free_event_id"))
 

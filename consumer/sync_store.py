@@ -41,7 +41,8 @@ _UNLOCK = (
     " AS t(lk, l, pk, p)"
 )
 _READ_CLAIMED = (
-    "SELECT t.i, cl.state, lb.applied_version, lb.google_event_id, lb.generation,"
+    "SELECT t.i, cl.state, cl.calendar_id AS link_calendar_id, lb.applied_version,"
+    " lb.google_event_id, lb.generation, lb.calendar_id,"
     " coalesce(r.attempts, 0) AS repair_attempts"
     " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(link_id, booking_id, i)"
     " LEFT JOIN calendar_links cl ON cl.id = t.link_id"
@@ -64,9 +65,15 @@ _SETTLE_REPAIR = (
 )
 _SAVE_LINK_BOOKING = (
     "INSERT INTO link_bookings (link_id, booking_id, applied_version, google_event_id,"
-    " generation) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (link_id, booking_id) DO UPDATE SET"
+    " generation, calendar_id) VALUES (%s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (link_id, booking_id) DO UPDATE SET"
     " applied_version = EXCLUDED.applied_version, google_event_id = EXCLUDED.google_event_id,"
-    " generation = EXCLUDED.generation, updated_at = now()"
+    " generation = EXCLUDED.generation, calendar_id = EXCLUDED.calendar_id, updated_at = now()"
+)
+# An event of ours left on a calendar that could not be reached when its link moved away.
+_SAVE_STRANDED = (
+    "INSERT INTO stranded_events (link_id, booking_id, calendar_id, google_event_id, reason)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (calendar_id, google_event_id) DO NOTHING"
 )
 _INSERT_RESULT = (
     "INSERT INTO sync_results (event_id, event_type, topic, kafka_partition, kafka_offset,"
@@ -103,6 +110,7 @@ class Claim:
     state: LinkState  # the link's state, read under its shared lock
     epoch: int  # which connection holds the locks
     repair_attempts: int = 0  # failures of this pair so far, as its repair row says
+    calendar_id: str | None = None  # the link's calendar, read under its shared lock
 
 
 @dataclass(frozen=True)
@@ -228,6 +236,10 @@ class SyncStore:
                                    for r in kept if r.result.outcome in _SETTLES]
                         if settled:
                             await cur.executemany(_SETTLE_REPAIR, settled)
+                        stranded = [(r.result.link_id, r.event.booking.id, *s)
+                                    for r in kept for s in r.result.stranded]
+                        if stranded:
+                            await cur.executemany(_SAVE_STRANDED, stranded)
             if releases:
                 keys = [(link_lock_key(c.link_id), pair_lock_key(c.link_id, c.booking_id))
                         for _, c in releases]
@@ -264,10 +276,11 @@ class SyncStore:
             if read["applied_version"] is not None or (read["generation"] or 0) > 0:
                 recorded = RecordedEvent(applied_version=read["applied_version"],
                                          google_event_id=read["google_event_id"],
-                                         generation=read["generation"])
+                                         generation=read["generation"],
+                                         calendar_id=read["calendar_id"])
             state = LinkState(read["state"]) if read["state"] else LinkState.DISCONNECTED
             answers[i] = Claim(link_id, booking_id, recorded, state, self._epoch,
-                               read["repair_attempts"])
+                               read["repair_attempts"], read["link_calendar_id"])
         if partial:
             await conn.execute(_UNLOCK, (
                 [link_lock_key(p[0]) for p in partial], [p[2] for p in partial],
@@ -292,7 +305,7 @@ def _save_row(r: _Record) -> tuple[Any, ...]:
     rec = r.result.recorded
     assert rec is not None
     return (r.result.link_id, r.event.booking.id, rec.applied_version, rec.google_event_id,
-            rec.generation)
+            rec.generation, rec.calendar_id if rec.google_event_id is not None else None)
 
 
 def _result_row(r: _Record) -> tuple[Any, ...]:
