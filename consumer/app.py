@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import structlog
 from aiokafka.errors import KafkaError
 
+from consumer import reconcile
 from consumer.crypto import TokenCipher, TokenKeyError
 from consumer.db import Repository, pending_migrations
 from consumer.google_calendar import GoogleCalendar
@@ -104,6 +105,9 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
             asyncio.create_task(refresh_gauges(svc.metrics, settings.database_url)),
             asyncio.create_task(RepairLoop(settings, svc.engine, svc.repository, svc.metrics,
                                            runner.member.member).run()),
+            *([asyncio.create_task(reconcile.scheduled(svc, settings.reconcile_interval_s,
+                                                       runner.member.member))]
+              if settings.reconcile_interval_s > 0 else []),
         ]
         try:
             await runner.run(stop)

@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     repair.add_argument("--now", action="store_true",
                         help="all of them, not only those due (their backoff is waived)")
     repair.add_argument("--json", action="store_true")
+    reconcile = sub.add_parser("reconcile", help="compare each active link's calendar with "
+                                                 "the bookings: missing, changed by hand, "
+                                                 "orphaned, duplicated events (a dry run by "
+                                                 "default)")
+    reconcile.add_argument("--link", help="only this link")
+    reconcile.add_argument("--execute", action="store_true",
+                           help="repair what is found (through the sync's claimed path)")
+    reconcile.add_argument("--json", action="store_true")
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command",
                                                                     required=True)
     dlq_list = dlq.add_parser("list", help="dead letters waiting (--all: replayed ones too)")
@@ -286,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "replay": lambda: cli_ops.replay(args, settings),
         "status": lambda: cli_ops.status(args, settings),
         "repair": lambda: cli_ops.repair(args, settings),
+        "reconcile": lambda: cli_ops.reconcile(args, settings),
         "dlq": lambda: cli_ops.dlq(args, settings),
         "sandbox": lambda: _cmd_sandbox(args.host, args.port, args.ca_file),
         "demo": lambda: _cmd_demo(args),

@@ -114,6 +114,48 @@ def repair(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """`calsync reconcile [--link LINK] [--execute] [--json]`."""
+    import getpass
+    import socket
+    import sys
+
+    from consumer import reconcile as drift
+    from consumer.app import services
+
+    def show(progress: drift.Progress) -> None:  # a line that rewrites itself, on a terminal
+        eta = progress.eta_s()
+        sys.stderr.write(f"\rreconciling: {progress.links_done}/{progress.links_total} "
+                         f"link(s), {progress.repairs_done}/{progress.repairs_total} "
+                         f"repair(s)" + (f", about {eta:.0f}s left" if eta else "") + "   ")
+        sys.stderr.flush()
+
+    async def run() -> tuple[int, list[drift.LinkReport]]:
+        async with services(settings, pool_size=8) as svc:
+            if args.link:
+                row = await svc.repository.link(args.link)
+                if row is None:
+                    raise CliError(f"no link {args.link!r} (see: calsync links list)")
+                if row.link.state.value != "active":
+                    raise CliError(f"link {args.link} is {row.link.state.value}: only active "
+                                   "links are reconciled")
+            reconciler = drift.Reconciler(svc)
+            run_id = await reconciler.start("cli", f"{getpass.getuser()}@{socket.gethostname()}",
+                                            args.execute, args.link)
+            on_tty = sys.stderr.isatty() and not args.json
+            reports = await reconciler.run(run_id, show if on_tty else None)
+            if on_tty:
+                sys.stderr.write("\n")
+            return run_id, reports
+
+    run_id, reports = asyncio.run(run())
+    if args.json:
+        print(drift.as_json(run_id, reports, args.execute))
+    else:
+        print(drift.render(reports, args.execute))
+    return 0
+
+
 def dlq(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 

@@ -142,7 +142,8 @@ _UPSERT_BOOKINGS = (
 )
 _LEAVE_ACTIVE = (
     "UPDATE calendar_links SET state = %s, state_reason = %s, state_changed_at = now(),"
-    " updated_at = now() WHERE id = %s AND state = 'active' RETURNING id"
+    " updated_at = now() WHERE id = %s AND state = 'active'"
+    " RETURNING extract(epoch FROM state_changed_at)::float8 AS changed_at"
 )
 # The activity's bookings, and the bookings whose event is still on this link's calendars
 # although they moved to another activity since (they must leave).
@@ -294,11 +295,13 @@ class Repository:
         async with self.pool.connection() as own:
             await own.execute(_INSERT_LINK, params)
 
-    async def leave_active(self, link_id: str, state: LinkState, reason: str) -> bool:
-        """Move an active link to an unhealthy state; False if it was not active (any more)."""
+    async def leave_active(self, link_id: str, state: LinkState, reason: str) -> float | None:
+        """Move an active link to an unhealthy state: when (epoch seconds), or None if it
+        was not active (any more)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(_LEAVE_ACTIVE, (state.value, reason, link_id))
-            return await cur.fetchone() is not None
+            row = await cur.fetchone()
+            return float(row["changed_at"]) if row else None
 
     async def bookings_of_activity(self, link_id: str, activity_id: str
                                    ) -> list[tuple[BookingEvent, RecordedEvent | None]]:

@@ -32,6 +32,7 @@ from googleapiclient.errors import BatchError, HttpError
 from googleapiclient.http import BatchHttpRequest
 
 from consumer.batching import Batcher
+from consumer.core import MANAGED_BY
 from consumer.errors import CalsyncError, printable
 from consumer.metrics import Metrics
 from consumer.refusals import Action, classify, retriable
@@ -107,6 +108,8 @@ Call = tuple[Callable[[_Resources], Any], str]  # (builds the request, access to
 
 
 WRITE_ROLES = frozenset({"writer", "owner"})
+_MANAGED_FIELDS = ("items(id,status,summary,description,location,start,end,"
+                   "extendedProperties),nextPageToken")
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,19 @@ class GoogleCalendar:
             page_token = page.get("nextPageToken")
             if not page_token:
                 return events
+
+    async def managed_events_page(self, token: str, calendar_id: str, page_token: str | None
+                                  ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page (up to 2,500) of the live events this service put on a calendar, for
+        any link (found by their private `managed_by` property), with the fields rendered:
+        what a reconcile compares. Returns the events and the next page's token."""
+        def request(r: _Resources) -> Any:
+            return r.events.list(
+                calendarId=calendar_id, privateExtendedProperty=f"managed_by={MANAGED_BY}",
+                maxResults=2500, pageToken=page_token, fields=_MANAGED_FIELDS)
+
+        page = await self._call(request, token)
+        return list(page.get("items", [])), page.get("nextPageToken")
 
     async def list_calendars(self, token: str) -> list[CalendarInfo]:
         calendars: list[CalendarInfo] = []

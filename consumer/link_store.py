@@ -55,6 +55,7 @@ _DELETE_LINK = "DELETE FROM calendar_links WHERE id = %s"
 _DISCONNECT = (
     "UPDATE calendar_links SET state = 'disconnected', state_reason = %s,"
     " state_changed_at = now(), updated_at = now() WHERE id = %s"
+    " RETURNING extract(epoch FROM state_changed_at)::float8 AS changed_at"
 )
 _WIPE_TOKENS = (
     "UPDATE calendar_links SET refresh_token_enc = NULL, access_token_enc = NULL,"
@@ -254,9 +255,12 @@ class LinkStore:
 
     # --- disconnecting ------------------------------------------------------------------
 
-    async def mark_disconnected(self, link_id: str, reason: str) -> None:
+    async def mark_disconnected(self, link_id: str, reason: str) -> float:
+        """Since when the link is disconnected (epoch seconds)."""
         async with self.pool.connection() as conn:
-            await conn.execute(_DISCONNECT, (reason, link_id))
+            row = await (await conn.execute(_DISCONNECT, (reason, link_id))).fetchone()
+        assert row is not None
+        return float(row["changed_at"])
 
     async def wait_for_in_flight(self, link_id: str, timeout_s: float) -> bool:
         """Wait until no work is in flight for the link in any process (each claim holds the

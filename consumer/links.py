@@ -476,8 +476,8 @@ class LinkService:
         token = None
         if remove_events and row.link.calendar_id and row.tokens is not None:
             token = await self._token(row)  # refused: nothing changes
-        await self.store.mark_disconnected(link_id, "disconnected")
-        self.svc.engine.halt(link_id)
+        since = await self.store.mark_disconnected(link_id, "disconnected")
+        self.svc.engine.halt(link_id, since)
         # The fence: every consumer stops the link's work before its next Google call (told
         # through NOTIFY), and each claim still held is waited for. Once none is left, no
         # write of the link can reach Google: what is on the calendar now is all there is.

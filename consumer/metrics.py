@@ -93,6 +93,12 @@ class Metrics:
         self.repairs = Counter("calsync_repairs",
                                "Repairs attempted by this process, by outcome", ["outcome"],
                                registry=r)
+        self.reconcile_drift = Counter("calsync_reconcile_drift",
+                                       "Drift found by reconciles, by kind (missing, changed, "
+                                       "orphaned, duplicated)", ["kind"], registry=r)
+        self.reconcile_repaired = Counter("calsync_reconcile_repaired",
+                                          "Drift repaired by reconciles, by kind", ["kind"],
+                                          registry=r)
         self.quota_slowdowns = Counter("calsync_quota_slowdowns",
                                        "Quotas slowed down after Google refused calls for rate "
                                        "limits, by quota", ["quota"], registry=r)

@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         "waiting longer than this leaves the in-flight window: its work is deferred to the "
         "repair loop, so one busy account never holds the others")
 
+    reconcile_interval_s: float = Field(
+        default=86400.0, ge=0, description="How often the consumer group reconciles every "
+        "active link's calendar with --execute (one process at a time); 0: never")
+
     # The repair loop: every (link, booking) left off its calendar is re-driven until applied.
     repair_initial_backoff_s: float = Field(default=30.0, gt=0)
     repair_max_backoff_s: float = Field(

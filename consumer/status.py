@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 
 from consumer.members import alive_members
 from consumer.operations import OpsError, kafka_probe
+from consumer.reconcile import latest_run as latest_reconcile
 from consumer.repairs import summary as repair_summary
 from consumer.settings import Settings
 
@@ -66,11 +67,13 @@ async def collect(settings: Settings) -> dict[str, Any]:
         failures = await (await conn.execute(_FAILURES)).fetchall()
         dlq = await (await conn.execute(_DLQ)).fetchone()
         repairs = await repair_summary(conn)
+        last_reconcile = await latest_reconcile(conn)
     assert dlq is not None
     return {
         "group": group, "topic": topic, "members": members, "broker_group": broker,
         "partitions": lag, "total_lag": sum(p["lag"] for p in lag), "stalls": stalls,
         "links": links, "failures_last_hour": failures, "repairs": repairs,
+        "reconcile": last_reconcile,
         "dead_letters": {"waiting": dlq["waiting"], "total": dlq["total"],
                          "oldest_waiting": dlq["oldest"].isoformat() if dlq["oldest"] else None},
     }
@@ -105,6 +108,19 @@ def render(status: dict[str, Any]) -> str:
                      f"{repairs['oldest_age_s']:.0f}s ago ({reasons})")
     else:
         lines.append("repairs: none waiting")
+    run = status["reconcile"]
+    if run is None:
+        lines.append("reconcile: never run")
+    else:
+        found = ", ".join(f"{k} {v}" for k, v in sorted(run["found"].items())) or "no drift"
+        fixed = sum(run["repaired"].values())
+        when = (f"running since {run['started_at'][:19]}" if run["running"]
+                else f"finished {run['finished_at'][:19]}")
+        lines.append(f"reconcile #{run['id']} ({run['trigger']}, "
+                     f"{'executed' if run['executed'] else 'dry run'}): {when}, "
+                     f"{run['links_done']}/{run['links_total']} link(s), {found}"
+                     + (f", repaired {fixed}" if run["executed"] else "")
+                     + (f"; FAILED: {run['error']}" if run["error"] else ""))
     dlq = status["dead_letters"]
     lines.append(f"dead letters: {dlq['waiting']} waiting (of {dlq['total']})"
                  + (f", oldest {dlq['oldest_waiting'][:19]}" if dlq["oldest_waiting"] else ""))

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import math
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -252,7 +254,9 @@ class SyncEngine:
         self.tokens = tokens
         self.store = store
         self.quota = quota
-        self.halted: set[str] = set()  # links known to have left `active` mid-flight
+        # Links known to have left `active`, with when (the database's state_changed_at, as
+        # epoch seconds): work that read `active` before that is stopped.
+        self.halted: dict[str, float] = {}
         self._halt_signals: dict[str, asyncio.Event] = {}
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
@@ -264,23 +268,25 @@ class SyncEngine:
         await self.store.close()
         await self.quota.close()
 
-    def link_changed(self, link_id: str, state: LinkState) -> None:
+    def link_changed(self, link_id: str, state: LinkState, changed_at: float) -> None:
         """Another process changed a link (the watcher tells): stop or resume its work."""
         self.tokens.forget(link_id)
         if state is LinkState.ACTIVE:
-            self.resume(link_id)
+            if self.halted.get(link_id, -math.inf) < changed_at:
+                self.resume(link_id)
         else:
-            self.halt(link_id)
+            self.halt(link_id, changed_at)
 
-    def halt(self, link_id: str) -> None:
-        """Stop the link's work in this process before its next Google call, waits included."""
-        self.halted.add(link_id)
+    def halt(self, link_id: str, since: float) -> None:
+        """Stop the link's work in this process before its next Google call, waits included:
+        every piece of work that read it `active` before `since`."""
+        self.halted[link_id] = max(since, self.halted.get(link_id, -math.inf))
         signal = self._halt_signals.get(link_id)
         if signal is not None:
             signal.set()
 
     def resume(self, link_id: str) -> None:
-        self.halted.discard(link_id)
+        self.halted.pop(link_id, None)
         self._halt_signals.pop(link_id, None)
 
     def halt_signal(self, link_id: str) -> asyncio.Event:
@@ -352,9 +358,11 @@ class SyncEngine:
                 await self.store.record(claim, event, position, result, source)
                 self.metrics.link_operations.labels("none", "skipped").inc()
                 return result
-            # Read under the link's shared lock: active now, whatever a missed or late
-            # notice says. Only work already past this point can be halted.
-            if row.link.id in self.halted:
+            # Read under the link's shared lock: active since `state_changed_at`. A halt
+            # from before that is old news (the link was activated again since); one from
+            # after it stops this work now.
+            halted_at = self.halted.get(row.link.id)
+            if halted_at is not None and claim.state_changed_at > halted_at:
                 self.resume(row.link.id)
             if force and recorded is not None:
                 recorded = recorded.model_copy(update={"applied_version": None})
@@ -435,13 +443,37 @@ class SyncEngine:
 
     async def _leave_active(self, row: LinkRow, state: LinkState, reason: str) -> None:
         """Stop all work for the link; the process that makes the change logs it, once."""
-        self.halt(row.link.id)
         # After the claim is released: the update must not wait behind a disconnect that is
         # itself waiting for that claim.
-        if await self.repository.leave_active(row.link.id, state, reason):
+        changed_at = await self.repository.leave_active(row.link.id, state, reason)
+        self.halt(row.link.id, changed_at if changed_at is not None else time.time())
+        if changed_at is not None:
             log.warning(f"link_{state}", link_id=row.link.id, activity_id=row.link.activity_id,
                         account=row.link.account_email, calendar_id=row.link.calendar_id,
                         cause=reason)
+
+    async def remove_extra_event(self, row: LinkRow, claim_link_id: str, booking_id: str,
+                                 calendar_id: str, event_id: str) -> bool:
+        """Delete an event of ours that should not be there (a duplicate, an orphan), with
+        `row`'s token, under the claim of the (link, booking) it names: never the event the
+        records say is that booking's on that calendar. False when it was not removed
+        (it is the recorded one); True when it is gone."""
+        claim = await self.store.claim(claim_link_id, booking_id)
+        try:
+            rec = claim.recorded
+            if (rec is not None and rec.google_event_id == event_id
+                    and rec.calendar_id in (None, calendar_id)
+                    and claim.state is LinkState.ACTIVE):
+                return False
+            call = _LinkCall(self, row, self.next_ticket())
+            try:
+                await call.run(lambda t: self.google.delete_event(t, calendar_id, event_id))
+            except GoogleApiError as exc:
+                if not await self._event_is_gone(exc, call, calendar_id, event_id):
+                    raise
+            return True
+        finally:
+            await self.store.release(claim)
 
     # --- the operations -----------------------------------------------------------------
 

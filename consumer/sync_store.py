@@ -41,7 +41,8 @@ _UNLOCK = (
     " AS t(lk, l, pk, p)"
 )
 _READ_CLAIMED = (
-    "SELECT t.i, cl.state, cl.calendar_id AS link_calendar_id, lb.applied_version,"
+    "SELECT t.i, cl.state, cl.calendar_id AS link_calendar_id,"
+    " extract(epoch FROM cl.state_changed_at)::float8 AS state_changed_at, lb.applied_version,"
     " lb.google_event_id, lb.generation, lb.calendar_id,"
     " coalesce(r.attempts, 0) AS repair_attempts"
     " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(link_id, booking_id, i)"
@@ -111,6 +112,7 @@ class Claim:
     epoch: int  # which connection holds the locks
     repair_attempts: int = 0  # failures of this pair so far, as its repair row says
     calendar_id: str | None = None  # the link's calendar, read under its shared lock
+    state_changed_at: float = 0.0  # since when the link is in `state` (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,8 @@ class SyncStore:
                                          calendar_id=read["calendar_id"])
             state = LinkState(read["state"]) if read["state"] else LinkState.DISCONNECTED
             answers[i] = Claim(link_id, booking_id, recorded, state, self._epoch,
-                               read["repair_attempts"], read["link_calendar_id"])
+                               read["repair_attempts"], read["link_calendar_id"],
+                               read["state_changed_at"] or 0.0)
         if partial:
             await conn.execute(_UNLOCK, (
                 [link_lock_key(p[0]) for p in partial], [p[2] for p in partial],

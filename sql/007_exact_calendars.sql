@@ -48,3 +48,20 @@ ALTER TABLE sync_results ADD CONSTRAINT sync_results_operation_check
 
 -- A booking's links are found by the booking too (it may have moved to another activity).
 CREATE INDEX link_bookings_booking ON link_bookings (booking_id) WHERE google_event_id IS NOT NULL;
+
+-- Link notices say when the state changed: a consumer tells a halt from an activation that
+-- came after it, whichever order the notice and its own reads arrive in.
+-- Payload: "<id> <state> <state_changed_at as epoch seconds>".
+CREATE OR REPLACE FUNCTION calendar_links_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('calsync_links', NEW.id || ' ' || NEW.state || ' '
+                      || extract(epoch FROM NEW.state_changed_at));
+    RETURN NEW;
+END $$;
+
+-- When the consumer group's scheduled work is next due (e.g. 'reconcile'): the first run
+-- comes one interval after the group first started, not at every start.
+CREATE TABLE schedules (
+    name    text PRIMARY KEY,
+    next_at timestamptz NOT NULL
+);

@@ -11,38 +11,18 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections import Counter
 from typing import Any
 
 import pytest
 
-from consumer.core import belongs_on_calendar, google_event_id, render_event
-from consumer.models import BookingEvent
+from consumer.core import google_event_id
 from consumer.refusals import Action, classify
 from tests.conftest import Env, booking_event, calsync, wait_until
+from tests.oracle import assert_exact
 
 # The repair loop, sped up: due at once after a short backoff, looked for often.
 FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0,
                 "repair_poll_s": 0.2}
-
-
-def assert_exact(env: Env, email: str, link_id: str, latest: dict[str, dict[str, Any]],
-                 calendar_id: str | None = None) -> None:
-    """The calendar holds exactly one event per live booking, with its latest content."""
-    events = env.sandbox.events(email, calendar_id or email)
-    held = Counter(e["extendedProperties"]["private"]["booking_id"] for e in events)
-    assert not [b for b, n in held.items() if n > 1], f"duplicates: {held}"
-    by_booking = {e["extendedProperties"]["private"]["booking_id"]: e for e in events}
-    for booking_id, data in latest.items():
-        event = BookingEvent.model_validate(data)
-        if belongs_on_calendar(event):
-            assert booking_id in by_booking, f"{booking_id} missing"
-            wanted = render_event(event.booking, link_id)
-            got = by_booking[booking_id]
-            assert {k: got.get(k) for k in wanted} == wanted, booking_id
-        else:
-            assert booking_id not in by_booking, f"{booking_id} should be gone"
-    assert set(by_booking) <= set(latest)
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,20 @@ def _route(
             events = [e for e in state.calendar(email, calendar_id).events.values()
                       if show_deleted or e["status"] != "cancelled"]
             return 200, {"items": events}
+        case ("PATCH", ["accounts", email, "calendars", calendar_id, "events", event_id]):
+            # A person editing the event in Google Calendar.
+            event = state.calendar(email, calendar_id).events[event_id]
+            event.update(body)
+            event["sequence"] = event.get("sequence", 0) + 1
+            return 200, event
+        case ("POST", ["accounts", email, "calendars", calendar_id, "events"]):
+            # An event put there by someone else, or by an old bug: stored as given.
+            import secrets
+
+            event = {"kind": "calendar#event", "status": "confirmed",
+                     "id": body.get("id") or secrets.token_hex(13), **body}
+            state.calendar(email, calendar_id).events[event["id"]] = event
+            return 200, event
         case ("DELETE", ["accounts", email, "calendars", calendar_id, "events", event_id]):
             # A person deleting the event by hand in Google Calendar.
             event = state.calendar(email, calendar_id).events[event_id]
