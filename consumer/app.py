@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -100,13 +100,15 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
             raise StartupError(f"cannot listen on {settings.http_host}:{settings.metrics_port} "
                                f"for /metrics ({exc.strerror}): set CALSYNC_METRICS_PORT"
                                ) from None
+        member = runner.member.member
+        repair_loop = RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
         background = [
-            asyncio.create_task(watch_links(settings.database_url, svc.engine.link_changed)),
-            asyncio.create_task(refresh_gauges(svc.metrics, settings.database_url)),
-            asyncio.create_task(RepairLoop(settings, svc.engine, svc.repository, svc.metrics,
-                                           runner.member.member).run()),
-            *([asyncio.create_task(reconcile.scheduled(svc, settings.reconcile_interval_s,
-                                                       runner.member.member))]
+            _supervised("link_watcher", lambda: watch_links(settings.database_url,
+                                                            svc.engine.link_changed)),
+            _supervised("gauges", lambda: refresh_gauges(svc.metrics, settings.database_url)),
+            _supervised("repair_loop", repair_loop.run),
+            *([_supervised("reconcile_schedule", lambda: reconcile.scheduled(
+                svc, settings.reconcile_interval_s, member))]
               if settings.reconcile_interval_s > 0 else []),
         ]
         try:
@@ -116,3 +118,21 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await ops.cleanup()
+
+
+def _supervised(name: str, work: Callable[[], Awaitable[None]],
+                restart_after_s: float = 5.0) -> asyncio.Task[None]:
+    """A background loop that a bug of ours cannot end for good: it is logged and started
+    again (the consumer's own loop is not concerned)."""
+
+    async def keep() -> None:
+        while True:
+            try:
+                await work()
+                return
+            except Exception as exc:
+                log.error("background_task_failed", task=name, cause=type(exc).__name__,
+                          error=str(exc)[:300], restart_in_s=restart_after_s)
+                await asyncio.sleep(restart_after_s)
+
+    return asyncio.create_task(keep(), name=name)

@@ -92,14 +92,21 @@ def repair(args: argparse.Namespace, settings: Settings) -> int:
         async with services(settings, pool_size=8) as svc:
             if args.link and await svc.repository.link(args.link) is None:
                 raise CliError(f"no link {args.link!r} (see: calsync links list)")
-            made_due = await repairs.make_due(svc.repository, args.link) if args.now else 0
+            made_due = lifted = 0
+            if args.now:  # an operator's word: backoffs and Google pauses waived
+                made_due = await repairs.make_due(svc.repository, args.link)
+                account = None
+                if args.link:
+                    row = await svc.repository.link(args.link)
+                    account = row.link.account_email if row else None
+                lifted = await svc.engine.quota.lift_pauses(account)
             member = MemberReport(settings.database_url, settings.group_id, settings.topic,
                                   None).member + "-repair"
             loop = repairs.RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
             outcomes = await loop.drain(args.link)
             async with svc.repository.pool.connection() as conn:
                 left = await repairs.summary(conn)
-        return {"made_due": made_due, "worked": sum(outcomes.values()),
+        return {"made_due": made_due, "pauses_lifted": lifted, "worked": sum(outcomes.values()),
                 "outcomes": dict(outcomes), "still_waiting": left}
 
     answer = asyncio.run(run())

@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 
 from consumer.crypto import TokenCipher
 from consumer.errors import printable
 from consumer.models import BookingEvent, CalendarLink, LinkState, RecordedEvent
 
+log = structlog.get_logger(__name__)
 Connection = psycopg.AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Connection]
 
@@ -171,7 +174,8 @@ _INSERT_DEAD_LETTER = (
     " AND NOT EXISTS (SELECT 1 FROM new)"
 )
 _MARK_DEAD_LETTER_PUBLISHED = (
-    "UPDATE dead_letters SET published_at = now() WHERE id = %s AND published_at IS NULL"
+    "UPDATE dead_letters SET published_at = now(), copy_error = %s"
+    " WHERE id = %s AND published_at IS NULL"
 )
 
 
@@ -203,6 +207,15 @@ def _link_row(row: dict[str, Any], cipher: TokenCipher | None) -> LinkRow:
         created_at=row["created_at"],
         backfilled_at=row["backfilled_at"],
     )
+
+
+def _stored_event(data: Any, booking_id: str | None) -> BookingEvent | None:
+    try:
+        return BookingEvent.model_validate(data)
+    except ValidationError as exc:
+        log.warning("stored_booking_unreadable", booking_id=booking_id,
+                    problems=exc.error_count())
+        return None
 
 
 class Repository:
@@ -270,9 +283,16 @@ class Repository:
         return answer
 
     async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]:
+        """The latest recorded state of these bookings (one stored before the contract's
+        bounds were tightened, and no longer valid, is left out with a warning)."""
         async with self.pool.connection() as conn:
             rows = await (await conn.execute(_LATEST_BOOKINGS, (list(booking_ids),))).fetchall()
-        return {row["booking_id"]: BookingEvent.model_validate(row["event"]) for row in rows}
+        answer = {}
+        for row in rows:
+            event = _stored_event(row["event"], row["booking_id"])
+            if event is not None:
+                answer[row["booking_id"]] = event
+        return answer
 
     async def link(self, link_id: str) -> LinkRow | None:
         async with self.pool.connection() as conn:
@@ -318,13 +338,15 @@ class Repository:
                                          google_event_id=row["google_event_id"],
                                          generation=row["generation"],
                                          calendar_id=row["calendar_id"])
-            answer.append((BookingEvent.model_validate(row["event"]), recorded))
+            event = _stored_event(row["event"], None)
+            if event is not None:
+                answer.append((event, recorded))
         return answer
 
     async def latest_booking(self, booking_id: str) -> BookingEvent | None:
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_LATEST_BOOKING, (booking_id,))).fetchone()
-        return BookingEvent.model_validate(row["event"]) if row else None
+        return _stored_event(row["event"], booking_id) if row else None
 
     async def mark_backfilled(self, link_id: str) -> None:
         async with self.pool.connection() as conn:
@@ -387,9 +409,11 @@ class Repository:
         assert row is not None
         return int(row["id"]), row["published_at"] is not None
 
-    async def mark_dead_letter_published(self, dead_letter_id: int) -> None:
+    async def mark_dead_letter_published(self, dead_letter_id: int,
+                                         copy_error: str | None = None) -> None:
+        """The copy is on the dead-letter topic (or, with `copy_error`, never will be)."""
         async with self.pool.connection() as conn:
-            await conn.execute(_MARK_DEAD_LETTER_PUBLISHED, (dead_letter_id,))
+            await conn.execute(_MARK_DEAD_LETTER_PUBLISHED, (copy_error, dead_letter_id))
 
     async def dead_letter_reprocessed(self, dead_letter_id: int) -> bool:
         async with self.pool.connection() as conn:

@@ -25,11 +25,15 @@ class CalsyncError(Exception):
 # rollback (40: serialization failure, deadlock), insufficient resources (53), operator
 # intervention (57: admin shutdown, cannot connect now, query canceled by a timeout),
 # system error (58). And single states that say the database is not (yet) what this code
-# expects, whatever the message: a lock timeout (55P03), a read-only server after a failover
-# (25006), a table, column, function or type missing while a migration is pending (42P01,
-# 42703, 42883, 42704): those wait for the database, they are no message's fault.
+# expects, whatever the message: a lock timeout (55P03), a session ended by an idle or
+# transaction timeout (25P03, 25P04), a read-only server after a failover (25006), a table,
+# column, function or type missing while a migration is pending (42P01, 42703, 42883,
+# 42704): those wait for the database, they are no message's fault. (The last ones mean
+# that a query naming a table that is not there holds its partition until a migration
+# comes, rather than dead-lettering every message meanwhile.)
 _RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_RETRIABLE_SQLSTATES = frozenset({"55P03", "25006", "42P01", "42703", "42883", "42704"})
+_RETRIABLE_SQLSTATES = frozenset({"55P03", "25P03", "25P04", "25006", "42P01", "42703",
+                                  "42883", "42704"})
 # Kafka errors that will repeat for the same record, whatever the broker's state.
 _DETERMINISTIC_KAFKA = (
     kafka_errors.MessageSizeTooLargeError,

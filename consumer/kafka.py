@@ -107,4 +107,6 @@ def dead_letter_copy(
     if size() > DLQ_COPY_MAX_BYTES and key:
         added.append((DLQ_KEY_TRUNCATED, str(len(key)).encode()))
         key = b""
+    if key is None and value is None:  # Kafka clients refuse a record with neither
+        value = b""
     return key, value, [*kept, *added]

@@ -23,7 +23,8 @@ from consumer.models import (
 )
 
 # Every error_type a dead letter can carry (README, "Bad input"). The runner adds
-# `internal_error`: a message our own code failed on the same way, attempt after attempt.
+# `internal_error` (a message our own code failed on the same way, attempt after attempt)
+# and `record_unreadable` (a record the Kafka client could not read at all).
 ERROR_TYPES = (
     "message_too_large",
     "not_utf8",
@@ -35,6 +36,7 @@ ERROR_TYPES = (
     "schema_violation",
     "key_mismatch",
     "internal_error",
+    "record_unreadable",
 )
 
 

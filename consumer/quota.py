@@ -68,17 +68,20 @@ class QuotaPaused(CalsyncError):
 
 
 class AccountBacklogged(CalsyncError):
-    """The account's queue would make this call wait longer than allowed: its work leaves
-    the in-flight window (deferred) instead of holding other accounts' work behind it."""
+    """The account's queue would make this call wait longer than allowed, or Google asked
+    it to slow down: its work leaves the in-flight window (deferred) instead of holding other
+    accounts' work behind it."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, reason: str = "account_backlogged") -> None:
         super().__init__(f"the account's Google quota is booked for {seconds:.0f}s")
         self.seconds = seconds
+        self.reason = reason
 
 
 @dataclass
 class _Queue:
     interval_s: float
+    step_s: float = 0.0  # the spacing last handed out (the interval, slower after refusals)
     waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)  # heap
     pump: asyncio.Task[None] | None = None
     quiet_until: float = 0.0  # loop time: refused by Google, slots reserved before are void
@@ -151,7 +154,7 @@ class GroupQuota:
         if queue is None or self._account_interval is None:
             return 0.0
         quiet = max(0.0, queue.quiet_until - asyncio.get_running_loop().time())
-        return quiet + len(queue.waiters) * queue.interval_s
+        return quiet + len(queue.waiters) * max(queue.interval_s, queue.step_s)
 
     async def pause(self, account: str | None, reason: str) -> float:
         """Google said a quota is spent for hours (`account` None: the project's): pause it
@@ -190,9 +193,23 @@ class GroupQuota:
             rows = await (await conn.execute(_PAUSED)).fetchall()
         loop = asyncio.get_running_loop()
         self._pauses_read_at = loop.time()
-        for row in rows:
-            self._paused[row["key"]] = max(self._paused.get(row["key"], 0.0),
-                                           loop.time() + float(row["paused_s"]))
+        # The database is the group's truth: a pause lifted by an operator ends here too
+        # (every pause set here was written there first).
+        self._paused = {row["key"]: loop.time() + float(row["paused_s"]) for row in rows}
+
+    async def lift_pauses(self, account: str | None) -> int:
+        """An operator's word: the account's pause (or every pause) ends now."""
+        async with self._pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE quota_buckets SET paused_until = NULL WHERE paused_until > now()"
+                " AND (%s::text IS NULL OR key = %s)",
+                (account, None if account is None else self._account_prefix + account))
+            lifted = cur.rowcount
+        if account is None:
+            self._paused.clear()
+        else:
+            self._paused.pop(self._account_prefix + account, None)
+        return lifted
 
     async def refused(self, account: str, reason: str, retry_after_s: float | None) -> None:
         """Google said 403/429 for rate limits: slow the account down, group-wide, and the
@@ -246,6 +263,7 @@ class GroupQuota:
                 if paused_s > 0:  # another process paused it meanwhile
                     self._set_paused(key, paused_s)
                     continue
+                queue.step_s = step_s
                 first = loop.time() + wait_s
                 for k in range(count):
                     delay = first + k * step_s - loop.time()

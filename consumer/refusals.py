@@ -9,14 +9,15 @@ none (timeout, no connection)                          any                      
 401                                                    any                       refresh_token
 403/429 rateLimitExceeded, userRateLimitExceeded       any                       pace
 429 any other reason                                   any                       pace
-403 dailyLimitExceeded(Unreg)                          any                       pause_project
+403 dailyLimitExceeded, *Unreg, accessNotConfigured   any                       pause_project
 403 quotaExceeded ("Calendar usage limits exceeded"),
     or any other reason in the usageLimits domain      any                       pause_account
 404, 410                                               update/patch/delete/get   gone
 409                                                    insert                    exists
 403 any other (forbidden, requiredAccessLevel, ...)    update/patch/delete       check_event
 403, 404 any other                                     insert, a calendar's list check_calendar
-5xx, anything else                                     any                       retry
+other 4xx (400 invalid, 412, ...; not 408)            any                       refused
+5xx, 408, anything else                                any                       retry
 
 - pace: the quota is slowed down (group-wide) and the call retried within the budget;
 - pause_account / pause_project: that quota is paused for hours, its work deferred;
@@ -24,6 +25,7 @@ none (timeout, no connection)                          any                      
 - exists: an earlier attempt inserted this id (it is updated to match);
 - check_event: `events.get` says whether a person deleted the event (`status: cancelled`);
 - check_calendar: `calendarList.get` says whether the calendar is gone or read-only;
+- refused: Google would answer the same again soon: no retry now, the repair loop later;
 - retry: within the retry budget, then the repair loop takes it.
 """
 
@@ -34,6 +36,7 @@ from enum import StrEnum
 
 class Action(StrEnum):
     RETRY = "retry"
+    REFUSED = "refused"  # Google will answer the same: no retry now, the repair loop later
     REFRESH_TOKEN = "refresh_token"
     PACE = "pace"
     PAUSE_PROJECT = "pause_project"
@@ -45,7 +48,10 @@ class Action(StrEnum):
 
 
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
-PROJECT_QUOTA_REASONS = frozenset({"dailyLimitExceeded", "dailyLimitExceededUnreg"})
+# The project's: its daily quota, or the project itself (the API not enabled, no key).
+PROJECT_QUOTA_REASONS = frozenset({"dailyLimitExceeded", "dailyLimitExceededUnreg",
+                                   "accessNotConfigured", "userRateLimitExceededUnreg",
+                                   "rateLimitExceededUnreg"})
 ACCOUNT_QUOTA_REASONS = frozenset({"quotaExceeded"})
 USAGE_LIMITS_DOMAIN = "usageLimits"
 _EVENT_WRITES = frozenset({"events.update", "events.patch", "events.delete"})
@@ -76,6 +82,8 @@ def classify(status: int | None, reason: str, domain: str, method: str) -> Actio
         return Action.CHECK_EVENT
     if status in (403, 404) and method in _CALENDAR_CALLS:
         return Action.CHECK_CALENDAR
+    if 400 <= status < 500 and status not in (408, 425):
+        return Action.REFUSED
     return Action.RETRY
 
 

@@ -18,6 +18,7 @@ a throttled account's backlog never holds up another account's bookings.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -27,22 +28,25 @@ import structlog
 
 from consumer.db import Repository
 from consumer.metrics import Metrics
-from consumer.models import LinkState, Outcome, SyncResult
+from consumer.models import LinkState, Outcome
 from consumer.settings import Settings
 from consumer.sync import SyncEngine
 
 log = structlog.get_logger(__name__)
 
-# Due rows of active links, at most `per_account` per Google account (the oldest first), so
-# that one account's thousands of repairs do not take every place in the loop.
+# Due rows of active links, the oldest first, at most what each Google account has room
+# for in this process (its places not taken by repairs already running here), so that one
+# account's thousands of repairs never take every place in the loop.
 _CANDIDATES = (
-    "SELECT link_id, booking_id FROM ("
-    " SELECT r.link_id, r.booking_id, r.due_at, row_number() OVER"
+    "SELECT link_id, booking_id, account_email FROM ("
+    " SELECT r.link_id, r.booking_id, r.due_at, cl.account_email, row_number() OVER"
     "  (PARTITION BY cl.account_email ORDER BY r.due_at) AS n"
     " FROM repairs r JOIN calendar_links cl ON cl.id = r.link_id AND cl.state = 'active'"
     " WHERE r.due_at <= now() AND (r.leased_until IS NULL OR r.leased_until < now())"
     "  AND (%(link)s::text IS NULL OR r.link_id = %(link)s)"
-    ") c WHERE n <= %(per_account)s ORDER BY due_at LIMIT %(limit)s"
+    ") c LEFT JOIN unnest(%(accounts)s::text[], %(room)s::integer[]) AS a(account, room)"
+    " ON a.account = c.account_email"
+    " WHERE n <= coalesce(a.room, %(per_account)s) ORDER BY due_at LIMIT %(limit)s"
 )
 # The lease re-checks what it leases: two processes picking the same candidates get each
 # row once (the second waits for the first's row lock, then sees the lease).
@@ -94,6 +98,7 @@ class Leased:
     link_id: str
     booking_id: str
     reason: str
+    account: str
 
 
 class RepairLoop:
@@ -104,7 +109,14 @@ class RepairLoop:
         self.repository = repository
         self.metrics = metrics
         self.member = member
-        self._tasks: set[asyncio.Task[SyncResult | None]] = set()
+        self._tasks: set[asyncio.Task[str]] = set()
+        self._running: Counter[str] = Counter()  # per account, repairs running here
+        self._working: set[tuple[str, str]] = set()  # (link, booking) running here
+        # Places per account: about what its quota allows while a message would wait for
+        # it (a repair waiting longer is deferred, so it holds no place for nothing).
+        per_min = settings.quota_per_account_per_min
+        self._per_account = (max(2, math.ceil(per_min / 60 * settings.quota_max_wait_s))
+                             if per_min else _PER_ACCOUNT)
 
     async def run(self) -> None:
         """Until cancelled: take due repairs and work them, `repair_concurrency` at a time."""
@@ -115,6 +127,10 @@ class RepairLoop:
                     taken = await self.take_due(None)
                 except psycopg.Error as exc:  # the database: seen and retried elsewhere too
                     log.info("repairs_not_read", cause=type(exc).__name__)
+                    taken = 0
+                except Exception as exc:  # a bug of ours must not end the loop for good
+                    log.error("repair_loop_failed", cause=type(exc).__name__,
+                              error=str(exc)[:300])
                     taken = 0
                 room_left = self.settings.repair_concurrency - len(self._tasks)
                 if taken == 0 or room_left <= 0:
@@ -141,17 +157,24 @@ class RepairLoop:
             return 0
         links = await self.repository.links_by_id({r.link_id for r in leased})
         bookings = await self.repository.latest_bookings({r.booking_id for r in leased})
+        started = 0
         for repair in leased:
+            pair = (repair.link_id, repair.booking_id)
+            if pair in self._working:  # leased again while still at work here
+                continue
+            self._working.add(pair)
+            self._running[repair.account] += 1
             task = asyncio.create_task(self._work(repair, links, bookings))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return len(leased)
+            started += 1
+        return started
 
     async def drain(self, link_id: str | None = None) -> Counter[str]:
         """Work everything due now (of one link, or of all) until nothing due is left: what
         `calsync repair` does. Each repair is tried once (a failure is due again later)."""
         outcomes: Counter[str] = Counter()
-        pending: set[asyncio.Task[SyncResult | None]] = set()
+        pending: set[asyncio.Task[str]] = set()
         while True:
             before = set(self._tasks)
             await self.take_due(link_id)
@@ -160,41 +183,61 @@ class RepairLoop:
                 return outcomes
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                result = task.result()
-                outcomes[result.outcome.value if result is not None else "settled"] += 1
+                outcomes[task.result()] += 1
 
     async def _lease(self, link_id: str | None, limit: int) -> list[Leased]:
         async with self.repository.pool.connection() as conn:
+            busy = [a for a, n in self._running.items() if n > 0]
             candidates = await (await conn.execute(_CANDIDATES, {
-                "link": link_id, "per_account": _PER_ACCOUNT, "limit": limit})).fetchall()
+                "link": link_id, "per_account": self._per_account, "limit": limit,
+                "accounts": busy,
+                "room": [max(0, self._per_account - self._running[a]) for a in busy],
+            })).fetchall()
             if not candidates:
                 return []
             rows = await (await conn.execute(_LEASE, {
                 "member": self.member, "lease_s": self.settings.repair_lease_s,
                 "links": [c["link_id"] for c in candidates],
                 "bookings": [c["booking_id"] for c in candidates]})).fetchall()
-        return [Leased(r["link_id"], r["booking_id"], r["reason"]) for r in rows]
+        accounts = {(c["link_id"], c["booking_id"]): c["account_email"] for c in candidates}
+        return [Leased(r["link_id"], r["booking_id"], r["reason"],
+                       accounts[(r["link_id"], r["booking_id"])]) for r in rows]
 
     async def _work(self, repair: Leased, links: dict[str, Any],
-                    bookings: dict[str, Any]) -> SyncResult | None:
+                    bookings: dict[str, Any]) -> str:
+        """One repair; its outcome (`settled` when there was nothing left to apply)."""
+        try:
+            return await self._apply(repair, links, bookings)
+        finally:
+            self._working.discard((repair.link_id, repair.booking_id))
+            self._running[repair.account] -= 1
+            if self._running[repair.account] <= 0:
+                del self._running[repair.account]
+
+    async def _apply(self, repair: Leased, links: dict[str, Any],
+                     bookings: dict[str, Any]) -> str:
         row = links.get(repair.link_id)
         event = bookings.get(repair.booking_id)
-        if row is None or event is None or row.link.state is not LinkState.ACTIVE:
-            async with self.repository.pool.connection() as conn:
-                await conn.execute(_SETTLE_GONE_BOOKING, (repair.link_id, repair.booking_id))
-            return None
         try:
-            result = await self.engine.sync_link(event, row, None, source="repair")
+            if row is None or event is None or row.link.state is not LinkState.ACTIVE:
+                async with self.repository.pool.connection() as conn:
+                    await conn.execute(_SETTLE_GONE_BOOKING,
+                                       (repair.link_id, repair.booking_id))
+                return "settled"
+            # Deferred again (not waited for) when its account is booked up: a repair
+            # holds a place here only while it can go.
+            result = await self.engine.sync_link(event, row, None, source="repair",
+                                                 latest=True, may_defer=True)
         except Exception as exc:  # the lease expires and another try comes; the loop goes on
             log.warning("repair_failed", link_id=repair.link_id, booking_id=repair.booking_id,
                         cause=type(exc).__name__)
             self.metrics.repairs.labels("error").inc()
-            return None
+            return "error"
         self.metrics.repairs.labels(result.outcome.value).inc()
         if result.outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
             log.info("repaired", link_id=repair.link_id, booking_id=repair.booking_id,
                      was=repair.reason, op=result.operation.value, outcome=result.outcome.value)
-        return result
+        return result.outcome.value
 
     async def _drop_inactive(self) -> None:
         async with self.repository.pool.connection() as conn:

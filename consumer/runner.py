@@ -32,7 +32,7 @@ from typing import Any
 import psycopg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, InvalidMessageError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from consumer.db import MessagePosition, Repository
@@ -47,6 +47,9 @@ from consumer.sync import SyncEngine
 
 log = structlog.get_logger(__name__)
 _Chain = tuple[TopicPartition, bytes | None]
+# What the Kafka client raises for a record it cannot read (a header key not UTF-8, a
+# corrupt batch): never our input's fault to carry, and never a reason to stop.
+_UNREADABLE = (UnicodeDecodeError, CorruptRecordException, InvalidMessageError)
 _STALL_CHECK_S = 1.0
 
 
@@ -107,7 +110,12 @@ class ConsumerRunner:
                 # Never more than max_in_flight: at most the room left is taken; with no
                 # room, every partition is paused and the poll still turns (and answers).
                 room = self.settings.max_in_flight - self.in_flight
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=max(1, room))
+                try:
+                    batch = await self.consumer.getmany(timeout_ms=200,
+                                                        max_records=max(1, room))
+                except _UNREADABLE as exc:
+                    await self._skip_unreadable(exc)
+                    continue
                 for tp, records in batch.items():
                     for record in records:
                         self._dispatch(tp, record)
@@ -206,7 +214,8 @@ class ConsumerRunner:
                         # The same input fails the same way: ours to fix, not the partition's
                         # to carry. The message is dead-lettered with the exception.
                         poison = BadMessage("internal_error", describe(exc))
-                        log.error("message_failed_repeatedly", error_class=type(exc).__name__,
+                        log.warning("message_failed_repeatedly",
+                                    error_class=type(exc).__name__,
                                   attempts=failures,
                                   sqlstate=getattr(exc, "sqlstate", None))
                         continue
@@ -253,14 +262,100 @@ class ConsumerRunner:
             key, value, copy_headers = dead_letter_copy(
                 record.key, record.value, headers, bad.error_type, bad.error, position.topic,
                 position.partition, position.offset)
-            await self.producer.send_and_wait(self.settings.dlq_topic, value=value, key=key,
-                                              headers=copy_headers)
-            await self.repository.mark_dead_letter_published(letter_id)
+            copy_error = await self._send_copy(key, value, copy_headers, bad, position)
+            # Sent: from here on only the mark is retried, never the copy.
+            delay = 0.2
+            while True:
+                try:
+                    await self.repository.mark_dead_letter_published(letter_id, copy_error)
+                    break
+                except Exception as exc:
+                    log.warning("dead_letter_mark_failed", cause=type(exc).__name__,
+                                retry_in_s=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.infra_retry_max_s)
             self.metrics.messages.labels("dead_lettered").inc()
             self.metrics.dead_letters.labels(bad.error_type).inc()
             log.error("message_dead_lettered", topic=position.topic,
                       partition=position.partition, offset=position.offset,
                       error_type=bad.error_type, error=bad.error, dead_letter_id=letter_id)
+
+    async def _send_copy(self, key: bytes | None, value: bytes | None,
+                         headers: list[tuple[str, bytes]], bad: BadMessage,
+                         position: MessagePosition) -> str | None:
+        """The copy on the dead-letter topic. A broker that refuses it for what it is (too
+        large for the topic) gets a minimal one (no key, value or original headers); one
+        that refuses even that gets none, and the row says why (None: sent)."""
+        try:
+            await self.producer.send_and_wait(self.settings.dlq_topic, value=value, key=key,
+                                              headers=headers)
+            return None
+        except KafkaError as exc:
+            if is_retriable(exc):
+                raise
+            first = exc
+        minimal = [(k, v) for k, v in headers if k.startswith("error")]
+        try:
+            await self.producer.send_and_wait(self.settings.dlq_topic, value=b"", key=None,
+                                              headers=minimal)
+            return f"only a minimal copy: {describe(first, 200)}"
+        except KafkaError as exc:
+            if is_retriable(exc):
+                raise
+            log.error("dead_letter_copy_refused", topic=position.topic,
+                      partition=position.partition, offset=position.offset,
+                      cause=type(exc).__name__)
+            return f"no copy: {describe(exc, 200)}"
+
+    async def _skip_unreadable(self, exc: BaseException) -> None:
+        """The Kafka client could not read a record (a header key that is not UTF-8, a
+        corrupt batch): it says neither which partition nor which offset, and the records
+        before it in that fetch were not handed out. Every partition is rewound to where it
+        stood (nothing is lost), then read one record at a time until the unreadable one is
+        met: it is dead-lettered as `record_unreadable` (its bytes could not be read: the
+        row and the copy say where it is) and skipped."""
+        log.warning("record_unreadable_seen", cause=type(exc).__name__)
+        assigned = list(self.consumer.assignment())
+        for tp in assigned:
+            self.consumer.seek(tp, await self.consumer.position(tp))
+        for tp in assigned:
+            while True:
+                try:
+                    got = await self.consumer.getmany(tp, timeout_ms=100, max_records=1)
+                except _UNREADABLE as bad:
+                    offset = await self.consumer.position(tp)
+                    await self._dead_letter_unreadable(tp, offset, bad)
+                    self.consumer.seek(tp, offset + 1)
+                    break
+                records = got.get(tp, [])
+                if not records:
+                    break
+                for record in records:
+                    self._dispatch(tp, record)
+
+    async def _dead_letter_unreadable(self, tp: TopicPartition, offset: int,
+                                      exc: BaseException) -> None:
+        offsets = self._offsets.setdefault(tp, PartitionOffsets())
+        if not offsets.add(offset):
+            return
+        record: ConsumerRecord[Any, Any] = ConsumerRecord(
+            topic=tp.topic, partition=tp.partition, offset=offset, timestamp=0,
+            timestamp_type=0, key=None, value=None, checksum=None, serialized_key_size=-1,
+            serialized_value_size=-1, headers=())
+        bad = BadMessage("record_unreadable", f"the Kafka client could not read the record "
+                                              f"(its bytes are not kept): {describe(exc)}")
+        delay = 0.2
+        while True:
+            try:
+                await self._dead_letter(record, MessagePosition(tp.topic, tp.partition,
+                                                                offset), bad)
+                break
+            except Exception as failure:  # the database or the broker: until they are back
+                log.error("message_processing_failed", cause=type(failure).__name__,
+                          offset=offset, partition=tp.partition, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.infra_retry_max_s)
+        offsets.finish(offset)
 
     # --- flow control and offsets ------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import itertools
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -67,6 +68,7 @@ from consumer.tokens import TokenRefreshFailed
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 _MAX_GENERATIONS = 3  # ids tried per create before giving up (each 409 then 410 moves on)
+_PACING_IN_WINDOW = 2  # live messages of one account retrying a rate limit inside the window
 
 
 class CalendarGateway(Protocol):
@@ -123,6 +125,7 @@ class _LinkCall:
     token: str | None = None
     attempts: int = 0
     refreshed: bool = field(default=False)
+    pacing: bool = False  # retrying in the window after Google asked the account to slow
 
     def _check_active(self) -> None:
         if self.row.link.id in self.engine.halted:
@@ -169,6 +172,16 @@ class _LinkCall:
             stop=stop_before_delay(settings.retry_budget_s),
             reraise=True,
         )
+        try:
+            return await self._attempts(call, retrying, account, slot_taken)
+        finally:
+            if self.pacing:
+                self.pacing = False
+                self.engine.pacing[account] -= 1
+
+    async def _attempts(self, call: Callable[[str], Awaitable[T]], retrying: AsyncRetrying,
+                        account: str, slot_taken: bool) -> T:
+        settings = self.engine.settings
         async for attempt in retrying:
             with attempt:
                 if not slot_taken:
@@ -208,6 +221,17 @@ class _LinkCall:
         action = exc.action
         if action is Action.PACE:
             await quota.refused(account, exc.reason, exc.retry_after)
+            if self.may_defer and not self.pacing:
+                # Google asked this account to slow down. A few of its live messages wait
+                # for it inside the window; more would hold other accounts' messages behind
+                # them: those go to the repair loop (not before Retry-After).
+                wait = max(exc.retry_after or 0.0, quota.expected_wait(account))
+                busy = self.engine.pacing[account]
+                if busy >= _PACING_IN_WINDOW or wait > self.engine.settings.quota_max_wait_s:
+                    raise AccountBacklogged(max(wait, self.engine.settings.retry_initial_s),
+                                            "account_rate_limited") from exc
+                self.pacing = True
+                self.engine.pacing[account] += 1
         elif action is Action.PAUSE_ACCOUNT:
             raise QuotaPaused("account", await quota.pause(account, exc.reason)) from exc
         elif action is Action.PAUSE_PROJECT:
@@ -258,6 +282,7 @@ class SyncEngine:
         # epoch seconds): work that read `active` before that is stopped.
         self.halted: dict[str, float] = {}
         self._halt_signals: dict[str, asyncio.Event] = {}
+        self.pacing: Counter[str] = Counter()  # per account: live calls retrying a rate limit
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
             self._take_in, split_on=lambda exc: not is_retriable(exc))
@@ -392,9 +417,9 @@ class SyncEngine:
                                      reason=f"{exc.scope}_paused", not_before_s=exc.seconds,
                                      backoff=False))
             except AccountBacklogged as exc:
-                result = _result(row, op, Outcome.DEFERRED, "account_backlogged", call,
-                                 repair=RepairPlan(reason="account_backlogged",
-                                                   not_before_s=exc.seconds, backoff=False))
+                result = _result(row, op, Outcome.DEFERRED, exc.reason, call,
+                                 repair=RepairPlan(reason=exc.reason, not_before_s=exc.seconds,
+                                                   backoff=False))
             except GoogleApiError as exc:
                 reason = "retries_exhausted" if exc.retriable else "google_refused"
                 bound.warning("link_sync_failed", op=op.value, cause=str(exc),

@@ -6,7 +6,10 @@
 ALTER TABLE dead_letters
     ADD COLUMN header_keys   bytea[]     NOT NULL DEFAULT '{}',
     ADD COLUMN header_values bytea[]     NOT NULL DEFAULT '{}',
-    ADD COLUMN published_at  timestamptz;
+    ADD COLUMN published_at  timestamptz,
+    -- the broker refused even a minimal copy (e.g. a dead-letter topic with a tiny
+    -- max.message.bytes): the row is the dead letter, and says why no copy exists
+    ADD COLUMN copy_error    text;
 
 UPDATE dead_letters d
    SET header_keys = coalesce((SELECT array_agg(convert_to(h ->> 0, 'UTF8') ORDER BY n)

@@ -461,3 +461,77 @@ async def _in_flight(port: int) -> bool:
     from tests.test_ops import scrape, value
 
     return value(await scrape(port), "calsync_in_flight_messages") == 1
+
+
+class _NotUtf8(str):
+    """A header key whose bytes are not UTF-8 (what a Go or librdkafka producer can send)."""
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"\xffbad"
+
+
+async def test_a_record_the_kafka_client_cannot_read_is_dead_lettered_and_skipped(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka refuses a header key that is not UTF-8 without saying where: the records
+    before it in its fetch are not lost, the unreadable one is dead-lettered, the rest go."""
+    import aiokafka.producer.message_accumulator as accumulator
+    import aiokafka.producer.producer as producer_module
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    email, refresh = env.account()
+    await env.link(email, refresh)
+    before = [booking_event(f"bk_b{n}", 1) for n in range(3)]
+    # The pure-Python record builder writes the header key's bytes as `encode` gives them.
+    monkeypatch.setattr(accumulator, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    monkeypatch.setattr(producer_module, "DefaultRecordBatchBuilder",
+                        _DefaultRecordBatchBuilderPy)
+    raw = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap)
+    await raw.start()
+    try:
+        for event in before:  # in the same partition, in the same fetch, before the bad one
+            await raw.send_and_wait(env.settings.topic, _event_bytes(event),
+                                    key=event["booking"]["id"].encode(), partition=0)
+        await raw.send_and_wait(env.settings.topic, _event_bytes(booking_event("bk_bad", 1)),
+                                key=b"bk_bad", headers=[(_NotUtf8("k"), b"v")], partition=0)
+        after = booking_event("bk_after", 1)
+        await raw.send_and_wait(env.settings.topic, _event_bytes(after), key=b"bk_after",
+                                partition=0)
+    finally:
+        await raw.stop()
+        monkeypatch.undo()
+    async with env.consumer():
+        await wait_until(env.all_committed, timeout_s=30, what="offsets past the bad record")
+        await wait_until(lambda: env.results("bk_after"), what="the record after it")
+    rows = env.query("SELECT error_type, kafka_partition FROM dead_letters")
+    kinds = Counter(r["error_type"] for r in rows)
+    assert kinds["record_unreadable"] == 1
+    for event in before:
+        assert env.results(event["booking"]["id"]), "a record before the bad one was lost"
+    assert len(await _read_all_dlq(env, len(rows))) == len(rows)
+
+
+async def test_a_database_blip_after_the_copy_never_copies_twice(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    from consumer.db import Repository
+
+    real = Repository.mark_dead_letter_published
+    calls = {"n": 0}
+
+    async def flaky(self: Repository, dead_letter_id: int, copy_error: str | None = None
+                    ) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:  # the database goes away right after the copy went out
+            raise psycopg.OperationalError("connection lost")
+        await real(self, dead_letter_id, copy_error)
+
+    monkeypatch.setattr(Repository, "mark_dead_letter_published", flaky)
+    await env.publish(b"not json", key=b"k1")
+    async with env.consumer():
+        await wait_until(env.all_committed, timeout_s=20, what="offsets")
+    assert len(await _read_all_dlq(env, 1)) == 1
+    assert calls["n"] == 2
+    assert env.query("SELECT published_at IS NOT NULL AS done FROM dead_letters") == [
+        {"done": True}]

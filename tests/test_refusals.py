@@ -50,7 +50,10 @@ FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0,
         (404, "notFound", "global", "events.list", Action.CHECK_CALENDAR),
         (500, "backendError", "global", "events.insert", Action.RETRY),
         (503, "backendError", "global", "events.update", Action.RETRY),
-        (400, "invalid", "global", "events.insert", Action.RETRY),
+        (400, "invalid", "global", "events.insert", Action.REFUSED),
+        (412, "conditionNotMet", "global", "events.update", Action.REFUSED),
+        (408, "requestTimeout", "global", "events.update", Action.RETRY),
+        (403, "accessNotConfigured", "usageLimits", "events.insert", Action.PAUSE_PROJECT),
     ],
 )
 def test_the_refusals_table(status: int | None, reason: str, domain: str, method: str,
@@ -308,3 +311,105 @@ async def test_a_throttled_account_leaves_the_window_to_the_others(env: Env) -> 
     assert answer.returncode == 0, answer.stderr
     assert json.loads(answer.stdout)["still_waiting"]["waiting"] == 0
     assert_exact(env, slow, slow_link, {k: v for k, v in latest.items() if k != "bk_idle"})
+
+
+async def _serve_502(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.read(65536)
+    body = b"<html><body>502 Bad Gateway</body></html>"
+    writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: "
+                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    await writer.drain()
+    writer.close()
+
+
+async def test_a_token_endpoint_answering_502_is_an_outage_not_a_revocation(env: Env) -> None:
+    email, refresh = env.account()
+    await env.link(email, refresh)  # no access token: the first call refreshes
+    door = _Door(0)
+    server = await asyncio.start_server(_serve_502, "127.0.0.1", door.port)
+    try:
+        async with env.consumer(google_token_url=f"http://127.0.0.1:{door.port}/token",
+                                retry_budget_s=1.0):
+            await env.publish(booking_event("bk_1", 1))
+            await wait_until(lambda: env.results(), timeout_s=30, what="a result")
+    finally:
+        server.close()
+    result = env.results()[0]
+    assert (result["outcome"], result["reason"]) == ("failed", "token_refresh_failed")
+    assert env.query("SELECT state FROM calendar_links")[0]["state"] == "active"
+    assert env.query("SELECT reason FROM repairs") == [{"reason": "token_endpoint_unavailable"}]
+
+
+async def test_an_account_google_rate_limits_leaves_the_window_to_the_others(
+        env: Env) -> None:
+    """Google answers one account 429 for a while: a couple of its messages retry inside the
+    window, the rest are deferred to the repair loop at once, so another account's booking
+    behind them is applied before any of them has used up its retry budget."""
+    slow, slow_refresh = env.account("slow")
+    idle, idle_refresh = env.account("idle")
+    slow_link = await env.link(slow, slow_refresh, activity_id="act_slow")
+    idle_link = await env.link(idle, idle_refresh, activity_id="act_idle")
+    latest: dict[str, dict[str, Any]] = {}
+    async with env.consumer(max_in_flight=10, retry_budget_s=10.0, **FAST_REPAIRS):
+        for name, activity in (("warm_s", "act_slow"), ("warm_i", "act_idle")):
+            latest[name] = booking_event(name, 1, activity_id=activity)
+            await env.publish(latest[name])
+        await wait_until(lambda: env.events(slow) and env.events(idle), what="warm")
+        env.sandbox.add_fault(429, account=slow, reason="rateLimitExceeded", duration_s=12)
+        for n in range(30):
+            latest[f"bk_s{n}"] = booking_event(f"bk_s{n}", 1, activity_id="act_slow")
+            await env.publish(latest[f"bk_s{n}"])
+        latest["bk_idle"] = booking_event("bk_idle", 1, activity_id="act_idle")
+        await env.publish(latest["bk_idle"])
+        await wait_until(lambda: env.results("bk_idle"), timeout_s=60, what="idle applied")
+        idle_id = env.results("bk_idle")[0]["id"]
+        exhausted = [r["id"] for r in env.results() if r["reason"] == "retries_exhausted"]
+        assert all(idle_id < i for i in exhausted), "idle waited for the slow account"
+        deferred = [r for r in env.results() if r["outcome"] == "deferred"]
+        assert {r["reason"] for r in deferred} <= {"account_rate_limited",
+                                                   "account_backlogged"}
+        assert len(deferred) >= 15
+        await wait_until(lambda: len(env.events(slow)) == 31, timeout_s=90,
+                         what="the slow account caught up")
+    assert_exact(env, idle, idle_link, latest, activity_id="act_idle")
+    assert_exact(env, slow, slow_link, latest, activity_id="act_slow")
+
+
+def _owed(env: Env, link_id: str, booking: dict[str, Any], ago: str) -> None:
+    """A booking recorded, and a repair of it due (as a failure long ago left it)."""
+    env.query("INSERT INTO bookings VALUES (%s, %s, 1, 'booking.created', %s) RETURNING 1",
+              booking["booking"]["id"], booking["booking"]["activity_id"], json.dumps(booking))
+    env.query("INSERT INTO repairs (link_id, booking_id, booking_version, reason, due_at)"
+              f" VALUES (%s, %s, 1, 'retries_exhausted', now() - interval '{ago}')"
+              " RETURNING 1", link_id, booking["booking"]["id"])
+
+
+async def test_one_accounts_repairs_never_take_every_place_in_the_loop(env: Env) -> None:
+    slow, slow_refresh = env.account("slow")
+    fine, fine_refresh = env.account("fine")
+    slow_link = await env.link(slow, slow_refresh, activity_id="act_slow")
+    fine_link = await env.link(fine, fine_refresh, activity_id="act_fine")
+    for n in range(12):  # owed for longer: first in line
+        _owed(env, slow_link, booking_event(f"bk_s{n}", 1, activity_id="act_slow"), "1 minute")
+    _owed(env, fine_link, booking_event("bk_fine", 1, activity_id="act_fine"), "1 second")
+    async with env.consumer(quota_per_account_per_min=30, repair_concurrency=4,
+                            repair_poll_s=0.2):
+        await wait_until(lambda: env.events(fine), timeout_s=60, what="fine repaired")
+        slow_done = len(env.events(slow))
+    # 30 calls a minute: the slow account has 3 places (what it can do in
+    # CALSYNC_QUOTA_MAX_WAIT_S), so the fourth was the fine account's from the start.
+    assert slow_done <= 3, f"the fine account waited for {slow_done} slow repairs"
+
+
+async def test_a_stored_booking_no_longer_valid_does_not_stop_the_repair_loop(
+        env: Env) -> None:
+    email, refresh = env.account()
+    link_id = await env.link(email, refresh)
+    # Stored before the contract got its bounds (a 600-character name).
+    _owed(env, link_id, booking_event("bk_old", 1, customer_name="x" * 600), "1 second")
+    async with env.consumer(repair_poll_s=0.2):
+        await wait_until(lambda: not env.query("SELECT 1 FROM repairs"), what="settled")
+        ok = booking_event("bk_ok", 1)
+        _owed(env, link_id, ok, "0 seconds")
+        await wait_until(lambda: env.events(email), timeout_s=15, what="bk_ok repaired")
+    assert_exact(env, email, link_id, {"bk_ok": ok})
