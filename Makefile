@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint schema bench clean
+.PHONY: install browser run test lint schema bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,24 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/calsync demo
 
-# The whole suite: real broker, real PostgreSQL, the Google sandbox (started by the tests).
-test: install
+# Headless Chromium for the browser tests: Debian's chromium and chromium-driver (selenium
+# drives them by path; nothing is downloaded at run time). Installed when missing and root;
+# otherwise the browser tests skip and say why.
+CHROMIUM := /usr/bin/chromium
+CHROMEDRIVER := /usr/bin/chromedriver
+browser:
+	@if [ ! -x $(CHROMIUM) ] || [ ! -x $(CHROMEDRIVER) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+				--no-install-recommends chromium chromium-driver >/dev/null; } \
+			|| echo "could not install chromium: the browser tests will skip" >&2; \
+		else echo "no chromium (sudo apt-get install chromium chromium-driver): the browser" \
+			"tests will skip" >&2; fi; \
+	fi
+
+# The whole suite: real broker, real PostgreSQL, the Google sandbox (started by the tests),
+# and headless Chromium for the pages.
+test: install browser
 	$(BIN)/pytest
 
 lint: install

@@ -30,10 +30,14 @@ class Batcher(Generic[In, Out]):
     def __init__(self, flush: Callable[[list[In]], Awaitable[Sequence[Out]]],
                  max_size: Bound = 500,
                  undelivered: Callable[[In, Out], None] | None = None,
-                 concurrency: Bound = 1) -> None:
+                 concurrency: Bound = 1,
+                 split_on: Callable[[Exception], bool] | None = None) -> None:
         """`undelivered`: told of an answer whose caller was cancelled meanwhile (to give
-        back what the flush took for it)."""
+        back what the flush took for it). `split_on`: failures of a flush that may come from
+        one item alone (bad data): the batch is then split in halves and each flushed again,
+        so that only the item at fault fails and its batch-mates go on."""
         self._flush = flush
+        self._split_on = split_on
         self._undelivered = undelivered
         self._max_size = _reader(max_size)
         self._concurrency = _reader(concurrency)
@@ -91,8 +95,13 @@ class Batcher(Generic[In, Out]):
         if live:
             try:
                 answers = await self._flush([item for item, _ in live])
-            except Exception as exc:  # every caller of the batch sees the failure
-                for _, future in live:
+            except Exception as exc:
+                if len(live) > 1 and self._split_on is not None and self._split_on(exc):
+                    half = len(live) // 2
+                    await self._deliver(live[:half])
+                    await self._deliver(live[half:])
+                    return
+                for _, future in live:  # every caller of the batch sees the failure
                     if not future.done():
                         future.set_exception(exc)
                 return

@@ -104,8 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
                         "the latest state of the affected bookings to Google")
     replay.add_argument("--by", help="who asks (recorded; default: user@host)")
     replay.add_argument("--json", action="store_true")
-    status = sub.add_parser("status", help="members, lag, links, failures, dead letters")
+    status = sub.add_parser("status", help="members, lag, links, failures, repairs, dead "
+                                           "letters")
     status.add_argument("--json", action="store_true")
+    repair = sub.add_parser("repair", help="re-drive (link, booking) pairs left off their "
+                                           "calendar now, instead of at their due time")
+    repair.add_argument("--link", help="only this link's")
+    repair.add_argument("--now", action="store_true",
+                        help="all of them, not only those due (their backoff is waived)")
+    repair.add_argument("--json", action="store_true")
+    reconcile = sub.add_parser("reconcile", help="compare each active link's calendar with "
+                                                 "the bookings: missing, changed by hand, "
+                                                 "orphaned, duplicated events (a dry run by "
+                                                 "default)")
+    reconcile.add_argument("--link", help="only this link")
+    reconcile.add_argument("--execute", action="store_true",
+                           help="repair what is found (through the sync's claimed path)")
+    reconcile.add_argument("--json", action="store_true")
     dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command",
                                                                     required=True)
     dlq_list = dlq.add_parser("list", help="dead letters waiting (--all: replayed ones too)")
@@ -278,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "serve": lambda: _cmd_serve(settings),
         "replay": lambda: cli_ops.replay(args, settings),
         "status": lambda: cli_ops.status(args, settings),
+        "repair": lambda: cli_ops.repair(args, settings),
+        "reconcile": lambda: cli_ops.reconcile(args, settings),
         "dlq": lambda: cli_ops.dlq(args, settings),
         "sandbox": lambda: _cmd_sandbox(args.host, args.port, args.ca_file),
         "demo": lambda: _cmd_demo(args),

@@ -82,6 +82,87 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def repair(args: argparse.Namespace, settings: Settings) -> int:
+    """`calsync repair [--link LINK] [--now]`: work the repairs here and now."""
+    from consumer import repairs
+    from consumer.app import services
+    from consumer.members import MemberReport
+
+    async def run() -> dict[str, Any]:
+        async with services(settings, pool_size=8) as svc:
+            if args.link and await svc.repository.link(args.link) is None:
+                raise CliError(f"no link {args.link!r} (see: calsync links list)")
+            made_due = lifted = 0
+            if args.now:  # an operator's word: backoffs and Google pauses waived
+                made_due = await repairs.make_due(svc.repository, args.link)
+                account = None
+                if args.link:
+                    row = await svc.repository.link(args.link)
+                    account = row.link.account_email if row else None
+                lifted = await svc.engine.quota.lift_pauses(account)
+            member = MemberReport(settings.database_url, settings.group_id, settings.topic,
+                                  None).member + "-repair"
+            loop = repairs.RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
+            outcomes = await loop.drain(args.link)
+            async with svc.repository.pool.connection() as conn:
+                left = await repairs.summary(conn)
+        return {"made_due": made_due, "pauses_lifted": lifted, "worked": sum(outcomes.values()),
+                "outcomes": dict(outcomes), "still_waiting": left}
+
+    answer = asyncio.run(run())
+    if args.json:
+        print_json(answer)
+        return 0
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(answer["outcomes"].items())) or "none"
+    left = answer["still_waiting"]
+    print(f"worked {answer['worked']} repair(s): {outcomes}; {left['waiting']} still waiting"
+          + (f" ({', '.join(f'{k} {v}' for k, v in left['by_reason'].items())})"
+             if left["waiting"] else ""))
+    return 0
+
+
+def reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """`calsync reconcile [--link LINK] [--execute] [--json]`."""
+    import getpass
+    import socket
+    import sys
+
+    from consumer import reconcile as drift
+    from consumer.app import services
+
+    def show(progress: drift.Progress) -> None:  # a line that rewrites itself, on a terminal
+        eta = progress.eta_s()
+        sys.stderr.write(f"\rreconciling: {progress.links_done}/{progress.links_total} "
+                         f"link(s), {progress.repairs_done}/{progress.repairs_total} "
+                         f"repair(s)" + (f", about {eta:.0f}s left" if eta else "") + "   ")
+        sys.stderr.flush()
+
+    async def run() -> tuple[int, list[drift.LinkReport]]:
+        async with services(settings, pool_size=8) as svc:
+            if args.link:
+                row = await svc.repository.link(args.link)
+                if row is None:
+                    raise CliError(f"no link {args.link!r} (see: calsync links list)")
+                if row.link.state.value != "active":
+                    raise CliError(f"link {args.link} is {row.link.state.value}: only active "
+                                   "links are reconciled")
+            reconciler = drift.Reconciler(svc)
+            run_id = await reconciler.start("cli", f"{getpass.getuser()}@{socket.gethostname()}",
+                                            args.execute, args.link)
+            on_tty = sys.stderr.isatty() and not args.json
+            reports = await reconciler.run(run_id, show if on_tty else None)
+            if on_tty:
+                sys.stderr.write("\n")
+            return run_id, reports
+
+    run_id, reports = asyncio.run(run())
+    if args.json:
+        print(drift.as_json(run_id, reports, args.execute))
+    else:
+        print(drift.render(reports, args.execute))
+    return 0
+
+
 def dlq(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
@@ -103,7 +184,8 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
         row = asyncio.run(ops.dead_letter(settings, args.id))
         for key in ("message_key", "message_value"):
             raw = row[key]
-            row[key] = raw.decode("utf-8", "replace") if raw is not None else None
+            row[key] = raw.decode("utf-8", "backslashreplace") if raw is not None else None
+        row["headers"] = [[k, v.decode("utf-8", "backslashreplace")] for k, v in row["headers"]]
         print_json(row)
         return 0
     value = None

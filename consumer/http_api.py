@@ -1,12 +1,15 @@
 """`calsync serve`: the links HTTP API (aiohttp), on CALSYNC_HTTP_HOST:CALSYNC_HTTP_PORT.
 
 Every route needs `Authorization: Bearer <CALSYNC_ADMIN_TOKEN>`, except Google's redirect
-(`GET /oauth/callback`, protected by its signed single-use `state`) and `GET /healthz`.
-Errors are RFC 9457 problem documents (`application/problem+json`). Tokens are never part
-of an answer.
+(`GET /oauth/callback`, protected by its signed single-use `state`), `GET /healthz`, and the
+pages a person uses in a browser (consumer/web: protected by signed tokens and a session
+cookie). Errors are RFC 9457 problem documents (`application/problem+json`), except for
+browsers (Accept prefers text/html), which get a page saying what happened and how to start
+again. Tokens are never part of an answer.
 
     POST /links/connect                {"activity_id"}      -> 201 consent URL
     GET  /oauth/callback?code&state                         -> the new link and its calendars
+                                                               (browsers: the choice page)
     GET  /links                                             -> every link
     GET  /links/{id}                                        -> one link
     GET  /links/{id}/calendars                              -> name, primary, writable
@@ -27,6 +30,8 @@ from aiohttp import web
 
 from consumer.links import LinkError, LinkService
 from consumer.settings import Settings
+from consumer.web import pages
+from consumer.web.views import prefers_html
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -47,28 +52,48 @@ def _middlewares(admin_token: str) -> list[Any]:
 
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in _OPEN_ROUTES:
-            given = request.headers.get("Authorization", "").encode()
+        unrouted = request.match_info.http_exception is not None  # answered 404 or 405
+        if request.path not in _OPEN_ROUTES and not pages.is_page(request.path) \
+                and not unrouted:
+            # Header bytes that are not UTF-8 reach us as surrogate escapes: compare bytes,
+            # so that any malformed header is simply a wrong credential (401), never a 500.
+            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
-                return problem(401, "unauthorized", "a valid admin bearer token is required "
-                               "(Authorization: Bearer <CALSYNC_ADMIN_TOKEN>)")
+                detail = ("a valid admin bearer token is required (Authorization: Bearer "
+                          "<CALSYNC_ADMIN_TOKEN>)")
+                if prefers_html(request.headers.get("Accept")):
+                    page = request.app[pages.PAGES_KEY].error_page(request, 401, "unauthorized",
+                                                                   detail)
+                    page.headers["WWW-Authenticate"] = 'Bearer realm="calsync"'
+                    return page
+                return problem(401, "unauthorized", detail)
         return await handler(request)
 
     @web.middleware
     async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+        def refusal(status: int, name: str, detail: str,
+                    activity_id: str | None = None) -> web.StreamResponse:
+            if prefers_html(request.headers.get("Accept")):
+                try:
+                    return request.app[pages.PAGES_KEY].error_page(request, status, name,
+                                                                   detail, activity_id)
+                except Exception:
+                    log.exception("http_error_page_failed", path=request.path)
+            return problem(status, name, detail)
+
         try:
             return await handler(request)
         except LinkError as exc:
             log.info("http_refused", path=request.path, status=exc.status, problem=exc.problem)
-            return problem(exc.status, exc.problem, str(exc))
+            return refusal(exc.status, exc.problem, str(exc), exc.activity_id)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return problem(exc.status, exc.reason.lower().replace(" ", "_"),
+            return refusal(exc.status, exc.reason.lower().replace(" ", "_"),
                            exc.text or exc.reason)
         except Exception:
             log.exception("http_error", path=request.path)
-            return problem(500, "internal_error", "the request failed; see the service's log")
+            return refusal(500, "internal_error", "the request failed; see the service's log")
 
     return [problems, authenticate]
 
@@ -96,7 +121,11 @@ async def connect(request: web.Request) -> web.Response:
     return web.json_response(answer, status=201)
 
 
-async def oauth_callback(request: web.Request) -> web.Response:
+async def oauth_callback(request: web.Request) -> web.StreamResponse:
+    """Google's redirect. Browsers get the calendar choice page (or, embedded, go back to
+    the host's dashboard); API clients keep the JSON answer."""
+    if prefers_html(request.headers.get("Accept")):
+        return await pages.after_consent(request)
     return web.json_response(await request.app[SERVICE_KEY].finish_connect(dict(request.query)))
 
 
@@ -137,6 +166,8 @@ def build_app(settings: Settings, service: LinkService) -> web.Application:
     assert settings.admin_token is not None
     app = web.Application(middlewares=_middlewares(settings.admin_token.get_secret_value()))
     app[SERVICE_KEY] = service
+    app[pages.PAGES_KEY] = pages.Pages.build(settings, service)
+    app.add_routes(pages.routes())
     app.add_routes([
         web.post("/links/connect", connect),
         web.get("/oauth/callback", oauth_callback),

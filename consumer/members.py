@@ -6,25 +6,41 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 HEARTBEAT_S = 5.0
 ALIVE_WITHIN_S = 3 * HEARTBEAT_S
+CONNECT_TIMEOUT_S = 3
 
 _REPORT = (
-    "INSERT INTO consumer_members (group_id, member, host, pid, topic, partitions)"
-    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (group_id, member) DO UPDATE SET"
-    " partitions = EXCLUDED.partitions, seen_at = now()"
+    "INSERT INTO consumer_members (group_id, member, host, pid, topic, partitions, stalls)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (group_id, member) DO UPDATE SET"
+    " partitions = EXCLUDED.partitions, stalls = EXCLUDED.stalls, seen_at = now()"
 )
 _LEAVE = "DELETE FROM consumer_members WHERE group_id = %s AND member = %s"
 _ALIVE = (
-    "SELECT member, host, pid, topic, partitions, started_at, seen_at FROM consumer_members"
+    "SELECT member, host, pid, topic, partitions, stalls, started_at, seen_at"
+    " FROM consumer_members"
     " WHERE group_id = %s AND seen_at > now() - make_interval(secs => %s) ORDER BY member"
 )
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A partition held back by its oldest unrecorded message (kept in consumer_members)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    cause: str  # the last failure of the message, or "in progress"
+    waiting_s: float
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,7 @@ class Member:
     pid: int
     topic: str
     partitions: list[int]
+    stalls: list[dict[str, Any]]
     started_at: datetime
     seen_at: datetime
 
@@ -50,15 +67,16 @@ class MemberReport:
         self.pid = os.getpid()
         self.member = instance_id or f"{self.host}-{self.pid}-{uuid.uuid4().hex[:6]}"
 
-    async def report(self, partitions: list[int]) -> None:
-        async with await psycopg.AsyncConnection.connect(self.database_url,
-                                                         autocommit=True) as conn:
+    async def report(self, partitions: list[int], stalls: list[Stall] | None = None) -> None:
+        async with await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
             await conn.execute(_REPORT, (self.group_id, self.member, self.host, self.pid,
-                                         self.topic, sorted(partitions)))
+                                         self.topic, sorted(partitions),
+                                         Jsonb([asdict(s) for s in stalls or []])))
 
     async def leave(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.database_url,
-                                                         autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+                self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
             await conn.execute(_LEAVE, (self.group_id, self.member))
 
 

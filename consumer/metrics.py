@@ -83,6 +83,22 @@ class Metrics:
                                         "Calls per HTTP request to Google (1: a plain call, "
                                         "more: one request to the batch endpoint)",
                                         buckets=(1, 2, 5, 10, 20, 50, 100, 1000), registry=r)
+        self.quota_pauses = Counter("calsync_quota_pauses",
+                                    "Quotas paused because Google said they were spent "
+                                    "(quotaExceeded, dailyLimitExceeded), by quota", ["quota"],
+                                    registry=r)
+        self.repairs_waiting = Gauge("calsync_repairs_waiting",
+                                     "(link, booking) pairs left off their calendar, waiting "
+                                     "for the repair loop, by reason", ["reason"], registry=r)
+        self.repairs = Counter("calsync_repairs",
+                               "Repairs attempted by this process, by outcome", ["outcome"],
+                               registry=r)
+        self.reconcile_drift = Counter("calsync_reconcile_drift",
+                                       "Drift found by reconciles, by kind (missing, changed, "
+                                       "orphaned, duplicated)", ["kind"], registry=r)
+        self.reconcile_repaired = Counter("calsync_reconcile_repaired",
+                                          "Drift repaired by reconciles, by kind", ["kind"],
+                                          registry=r)
         self.quota_slowdowns = Counter("calsync_quota_slowdowns",
                                        "Quotas slowed down after Google refused calls for rate "
                                        "limits, by quota", ["quota"], registry=r)

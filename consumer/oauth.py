@@ -72,11 +72,14 @@ class OAuthClient:
                                        code_verifier=code_verifier,
                                        autogenerate_code_verifier=True)
 
-    def authorization_url(self, nonce: str) -> tuple[str, str, datetime]:
-        """The consent URL, the PKCE verifier to keep, and when the state expires."""
+    def authorization_url(self, nonce: str, login_hint: str | None = None
+                          ) -> tuple[str, str, datetime]:
+        """The consent URL, the PKCE verifier to keep, and when the state expires.
+        `login_hint` (an email) lets Google's account chooser offer that account first."""
         flow = self._flow()
+        hint = {"login_hint": login_hint} if login_hint else {}
         url, _ = flow.authorization_url(access_type="offline", prompt="consent",
-                                        state=self._signer.dumps(nonce))
+                                        state=self._signer.dumps(nonce), **hint)
         expires_at = datetime.now(UTC) + timedelta(seconds=self._settings.oauth_state_ttl_s)
         assert flow.code_verifier is not None
         return url, flow.code_verifier, expires_at

@@ -2,49 +2,52 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 
 class PartitionOffsets:
     """Offsets taken from one partition, in the order read (which is offset order).
 
-    The commit point is the offset of the oldest unfinished message, or one past the last
-    finished one: everything below it is recorded, so committing it can never skip work.
+    The commit point is the oldest unfinished offset, or one past the highest offset taken
+    when everything taken is finished: everything below it is recorded, so committing it can
+    never skip work. Only unfinished offsets are kept (at most the in-flight window), so
+    memory stays bounded however long one message holds the partition back.
     """
 
     def __init__(self) -> None:
-        self._order: deque[int] = deque()
-        self._done: set[int] = set()
-        self._next: int | None = None  # one past the highest finished prefix
+        self._unfinished: set[int] = set()
+        self._first: int | None = None  # where reading started: nothing to commit below it
         self._highest: int | None = None
         self.committed: int | None = None
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._unfinished)
 
     def add(self, offset: int) -> bool:
         """Take an offset; False when it was taken before (a redelivery: already handled)."""
         if self._highest is not None and offset <= self._highest:
             return False
+        if self._first is None:
+            self._first = offset
         self._highest = offset
-        self._order.append(offset)
+        self._unfinished.add(offset)
         return True
 
     def finish(self, offset: int) -> None:
-        self._done.add(offset)
-        while self._order and self._order[0] in self._done:
-            first = self._order.popleft()
-            self._done.discard(first)
-            self._next = first + 1
-
-    def commit_point(self) -> int | None:
-        """The offset to commit (the next to read), when it moved past `committed`."""
-        if self._next is None or (self.committed is not None and self._next <= self.committed):
-            return None
-        return self._next
+        self._unfinished.discard(offset)
 
     def first_unrecorded(self) -> int | None:
         """The lowest offset not yet recorded (None before anything was read)."""
-        if self._order:
-            return self._order[0]
-        return self._next if self._next is not None else self.committed
+        if self._unfinished:
+            return min(self._unfinished)
+        if self._highest is not None:
+            return self._highest + 1
+        return self.committed
+
+    def commit_point(self) -> int | None:
+        """The offset to commit (the next to read), when it moved past `committed`."""
+        if self._first is None:
+            return None
+        point = self.first_unrecorded()
+        floor = self.committed if self.committed is not None else self._first
+        if point is None or point <= floor:
+            return None
+        return point

@@ -246,7 +246,9 @@ async def affected_bookings(settings: Settings, topic: str,
 
 async def resync(settings: Settings, booking_ids: set[str]) -> int:
     """Re-apply the latest recorded state of these bookings to every active link, even where
-    versions say nothing changed (Google's side drifted). Returns the operations applied."""
+    versions say nothing changed (Google's side drifted). Returns the operations applied.
+    Each goes through the pair's claim, and the state applied is read under it: a consumer
+    running meanwhile (or a newer version arriving) can never be rolled back by a resync."""
     applied = 0
     async with services(settings, pool_size=4) as svc:
         for booking_id in sorted(booking_ids):
@@ -257,7 +259,7 @@ async def resync(settings: Settings, booking_ids: set[str]) -> int:
             for row in rows:
                 if row.link.state is LinkState.ACTIVE:
                     result = await svc.engine.sync_link(event, row, None, source="resync",
-                                                        force=True)
+                                                        force=True, latest=True)
                     applied += result.outcome.value == "applied"
     return applied
 
@@ -280,10 +282,14 @@ async def dead_letter(settings: Settings, dead_letter_id: int) -> dict[str, Any]
     async with await psycopg.AsyncConnection.connect(settings.database_url,
                                                      row_factory=dict_row) as conn:
         row = await (await conn.execute(
-            f"SELECT {_DLQ_COLUMNS}, message_key, message_value, headers FROM dead_letters"
-            " WHERE id = %s".encode(), (dead_letter_id,))).fetchone()
+            f"SELECT {_DLQ_COLUMNS}, message_key, message_value, header_keys, header_values"
+            " FROM dead_letters WHERE id = %s".encode(), (dead_letter_id,))).fetchone()
     if row is None:
         raise OpsError(f"no dead letter {dead_letter_id} (see: calsync dlq list)")
+    # Headers as Kafka carries them: (name, raw value), in their original order.
+    row["headers"] = [(bytes(k).decode("utf-8", "surrogateescape"), bytes(v))
+                      for k, v in zip(row.pop("header_keys"), row.pop("header_values"),
+                                      strict=True)]
     return row
 
 
@@ -306,7 +312,7 @@ async def replay_dead_letters(settings: Settings, ids: list[int], rate: float,
         for number, row in enumerate(chosen):
             if number and rate:
                 await asyncio.sleep(1.0 / rate)
-            headers = [(k, v.encode()) for k, v in row["headers"]
+            headers = [(k, v) for k, v in row["headers"]
                        if not k.startswith("error") and k != DLQ_REPLAY_OF]
             headers.append((DLQ_REPLAY_OF, str(row["id"]).encode()))
             await producer.send_and_wait(row["topic"], value if value is not None

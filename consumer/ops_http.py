@@ -13,9 +13,11 @@ import psycopg
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg.rows import dict_row
 
 from consumer.metrics import Metrics
 from consumer.models import LinkState
+from consumer.repairs import refresh_gauge as refresh_repairs_gauge
 from consumer.runner import ConsumerRunner
 from consumer.settings import Settings
 
@@ -39,7 +41,7 @@ class OpsEndpoints:
         stalled = self.runner.stalled(self.settings.stall_threshold_s)
         checks = {"loop": "ok" if idle < LOOP_TIMEOUT_S else f"no turn for {idle:.0f}s",
                   "partitions": "ok" if not stalled else f"stalled: {stalled}"}
-        return _answer(checks)
+        return _answer(checks, loop_idle_s=round(idle, 3))
 
     async def readyz(self, request: web.Request) -> web.Response:
         database, broker = await asyncio.gather(self._database(), self._broker())
@@ -68,25 +70,26 @@ class OpsEndpoints:
             return f"unreachable: {type(exc).__name__}"
 
 
-def _answer(checks: dict[str, Any]) -> web.Response:
+def _answer(checks: dict[str, Any], **details: Any) -> web.Response:
     ok = all(value == "ok" for value in checks.values())
-    return web.json_response({"status": "ok" if ok else "failing", "checks": checks},
-                             status=200 if ok else 503)
+    return web.json_response({"status": "ok" if ok else "failing", "checks": checks,
+                              **details}, status=200 if ok else 503)
 
 
-async def refresh_link_gauge(metrics: Metrics, database_url: str,
-                             every_s: float = 15.0) -> None:
-    """Links by state, from the database, until cancelled."""
+async def refresh_gauges(metrics: Metrics, database_url: str, every_s: float = 15.0) -> None:
+    """Links by state and repairs waiting by reason, from the database, until cancelled."""
     while True:
         try:
-            async with await psycopg.AsyncConnection.connect(database_url,
-                                                             autocommit=True) as conn:
+            async with await psycopg.AsyncConnection.connect(
+                    database_url, autocommit=True, connect_timeout=int(CHECK_TIMEOUT_S),
+                    row_factory=dict_row) as conn, asyncio.timeout(every_s):
                 rows = await (await conn.execute(
-                    "SELECT state, count(*) FROM calendar_links GROUP BY state")).fetchall()
-            counts = {state: count for state, count in rows}
-            for state in LinkState:
-                metrics.links.labels(state.value).set(counts.get(state.value, 0))
-        except psycopg.Error as exc:
+                    "SELECT state, count(*) AS n FROM calendar_links GROUP BY state")).fetchall()
+                counts = {row["state"]: row["n"] for row in rows}
+                for state in LinkState:
+                    metrics.links.labels(state.value).set(counts.get(state.value, 0))
+                await refresh_repairs_gauge(metrics, conn)
+        except (psycopg.Error, TimeoutError) as exc:
             log.debug("link_gauge_not_refreshed", cause=type(exc).__name__)
         await asyncio.sleep(every_s)
 

@@ -8,8 +8,16 @@
   PostgreSQL (see PartitionOffsets), committed every `commit_interval_s`.
 - On revocation or shutdown, in-flight work gets `shutdown_grace_s` to finish; what
   finished is committed, what did not is cancelled and left for the next owner.
-- Bad input is dead-lettered; an infrastructure failure (database, broker) is retried with
-  backoff without giving up, and the offset waits for it.
+- Every message ends, in bounded time, as synced or dead-lettered, exactly once. Bad input
+  is dead-lettered at once; an infrastructure fault (consumer.errors.is_retriable: database
+  or broker unreachable, a deadlock, a timeout) is retried with backoff without giving up,
+  and the offset waits for it; any other failure repeats for the same input (data that
+  PostgreSQL refuses, a bug of ours), so it is retried `poison_attempts` times in all and
+  then dead-lettered as `internal_error`: one message lost to a bug, never a partition.
+- A dead letter is written once: its row first (raw bytes), then its copy on the dead-letter
+  topic, then the row is marked published, so a retry or a redelivery never copies it twice.
+- Calls that can hang (offset commits while the broker is away, the membership report's
+  database connection) run off the poll loop with timeouts: heartbeats and /healthz go on.
 """
 
 from __future__ import annotations
@@ -18,17 +26,19 @@ import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CorruptRecordException, InvalidMessageError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from consumer.db import MessagePosition, Repository
-from consumer.kafka import DLQ_REPLAY_OF, dead_letter_headers
-from consumer.members import HEARTBEAT_S, MemberReport
+from consumer.errors import describe, is_retriable, printable
+from consumer.kafka import DLQ_REPLAY_OF, dead_letter_copy
+from consumer.members import HEARTBEAT_S, MemberReport, Stall
 from consumer.messages import BadMessage, parse_message
 from consumer.metrics import Metrics, PartitionLag
 from consumer.offsets import PartitionOffsets
@@ -37,6 +47,21 @@ from consumer.sync import SyncEngine
 
 log = structlog.get_logger(__name__)
 _Chain = tuple[TopicPartition, bytes | None]
+# What the Kafka client raises for a record it cannot read (a header key not UTF-8, a
+# corrupt batch): never our input's fault to carry, and never a reason to stop.
+_UNREADABLE = (UnicodeDecodeError, CorruptRecordException, InvalidMessageError)
+_STALL_CHECK_S = 1.0
+
+
+@dataclass
+class _InFlight:
+    """A message taken and not yet recorded: what lag, stall reports and logs say of it."""
+
+    key: str | None
+    timestamp_ms: int  # the record's own timestamp
+    taken_at: float  # monotonic
+    cause: str = "in progress"  # the last failure, while it is being retried
+    stall_logged: bool = False
 
 
 class ConsumerRunner:
@@ -66,7 +91,11 @@ class ConsumerRunner:
         self._reported_at = 0.0
         self.loop_turned_at = time.monotonic()
         self._progress_at: dict[TopicPartition, float] = {}
-        self._fetched_at_ms: dict[TopicPartition, dict[int, int]] = defaultdict(dict)
+        self._in_flight: dict[TopicPartition, dict[int, _InFlight]] = defaultdict(dict)
+        self._stall_checked_at = 0.0
+        # Off-loop calls: at most one of each at a time, each bounded by a timeout.
+        self._commit_task: asyncio.Task[None] | None = None
+        self._report_task: asyncio.Task[None] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
@@ -81,30 +110,46 @@ class ConsumerRunner:
                 # Never more than max_in_flight: at most the room left is taken; with no
                 # room, every partition is paused and the poll still turns (and answers).
                 room = self.settings.max_in_flight - self.in_flight
-                batch = await self.consumer.getmany(timeout_ms=200, max_records=max(1, room))
+                try:
+                    batch = await self.consumer.getmany(timeout_ms=200,
+                                                        max_records=max(1, room))
+                except _UNREADABLE as exc:
+                    await self._skip_unreadable(exc)
+                    continue
                 for tp, records in batch.items():
                     for record in records:
                         self._dispatch(tp, record)
-                await self._commit(force=False)
-                await self._report_membership()
+                self._commit_in_background()
+                self._check_stalls()
+                self._report_membership()
         finally:
+            for task in (self._commit_task, self._report_task):
+                if task is not None:
+                    await asyncio.gather(task, return_exceptions=True)
             await self.drain(list(self._offsets), reason="shutdown")
             await self.consumer.stop()  # leaves the group
             await self.producer.stop()
             try:
-                await self.member.leave()
-            except psycopg.Error as exc:
+                async with asyncio.timeout(HEARTBEAT_S):
+                    await self.member.leave()
+            except (psycopg.Error, TimeoutError) as exc:
                 log.warning("member_not_removed", cause=type(exc).__name__)
             log.info("consumer_stopped", processed=self.processed)
 
-    async def _report_membership(self) -> None:
+    def _report_membership(self) -> None:
         now = time.monotonic()
-        if now - self._reported_at < HEARTBEAT_S:
+        if now - self._reported_at < HEARTBEAT_S or (
+                self._report_task is not None and not self._report_task.done()):
             return
         self._reported_at = now
+        partitions = [tp.partition for tp in self.consumer.assignment()]
+        self._report_task = asyncio.create_task(self._report(partitions, self.stalls()))
+
+    async def _report(self, partitions: list[int], stalls: list[Stall]) -> None:
         try:
-            await self.member.report([tp.partition for tp in self.consumer.assignment()])
-        except psycopg.Error as exc:  # a database outage is seen (and retried) elsewhere
+            async with asyncio.timeout(HEARTBEAT_S):
+                await self.member.report(partitions, stalls)
+        except (psycopg.Error, TimeoutError) as exc:  # a database outage is seen elsewhere
             log.debug("member_not_reported", cause=type(exc).__name__)
 
     # --- dispatch ------------------------------------------------------------------------
@@ -114,7 +159,9 @@ class ConsumerRunner:
             log.debug("redelivery_skipped", partition=tp.partition, offset=record.offset)
             return
         chain: _Chain = (tp, record.key)
-        self._fetched_at_ms[tp][record.offset] = record.timestamp
+        self._in_flight[tp][record.offset] = _InFlight(
+            printable(record.key.decode("utf-8", "backslashreplace"), 200)
+            if record.key is not None else None, record.timestamp, time.monotonic())
         task = asyncio.create_task(self._process(tp, record, self._tails.get(chain)))
         self._tails[chain] = task
         self._tasks[tp].add(task)
@@ -135,24 +182,53 @@ class ConsumerRunner:
         if before is not None:
             await asyncio.wait([before])  # same booking: strictly after the previous record
         position = MessagePosition(tp.topic, tp.partition, record.offset)
+        info = self._in_flight[tp].get(record.offset)
         # Every log line of this message's work says which message it is (a task's own context).
         structlog.contextvars.bind_contextvars(
             topic=tp.topic, partition=tp.partition, offset=record.offset,
-            key=record.key.decode("utf-8", "replace") if record.key else None)
+            key=info.key if info else None)
+        poison: BadMessage | None = None  # set once the message is to be dead-lettered
+        failures = retries = 0
         delay = 0.2
         while True:
             try:
-                await self._handle(record, position)
+                if poison is None:
+                    await self._handle(record, position)
+                else:
+                    await self._dead_letter(record, position, poison)
                 break
-            except Exception as exc:  # infrastructure: retry, the offset must not move on
-                log.error("message_processing_failed", topic=tp.topic, partition=tp.partition,
-                          offset=record.offset, cause=repr(exc), retry_in_s=delay)
+            except Exception as exc:
+                retries += 1
+                if info is not None:
+                    info.cause = describe(exc, 200)
+                if is_retriable(exc) or poison is not None:
+                    # Infrastructure: retry without limit, the offset must not move on. One
+                    # line per doubling of the attempts, not thousands.
+                    if retries & (retries - 1) == 0:
+                        log.error("message_processing_failed", cause=type(exc).__name__,
+                                  error=describe(exc, 300), attempts=retries,
+                                  retry_in_s=delay)
+                else:
+                    failures += 1
+                    if failures >= self.settings.poison_attempts:
+                        # The same input fails the same way: ours to fix, not the partition's
+                        # to carry. The message is dead-lettered with the exception.
+                        poison = BadMessage("internal_error", describe(exc))
+                        log.warning("message_failed_repeatedly",
+                                    error_class=type(exc).__name__,
+                                  attempts=failures,
+                                  sqlstate=getattr(exc, "sqlstate", None))
+                        continue
+                    log.warning("message_failed", error_class=type(exc).__name__,
+                                attempts=failures, retry_in_s=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.infra_retry_max_s)
         offsets = self._offsets.get(tp)
         if offsets is not None:
             offsets.finish(record.offset)
-        self._fetched_at_ms[tp].pop(record.offset, None)
+        in_flight = self._in_flight.get(tp)
+        if in_flight is not None:
+            in_flight.pop(record.offset, None)
         self.processed += 1
 
     async def _handle(self, record: ConsumerRecord[Any, Any], position: MessagePosition) -> None:
@@ -172,24 +248,114 @@ class ConsumerRunner:
         parsed = parse_message(record.key, record.value)
         if isinstance(parsed, BadMessage):
             await self._dead_letter(record, position, parsed)
-            self.metrics.messages.labels("dead_lettered").inc()
-            self.metrics.dead_letters.labels(parsed.error_type).inc()
             return
         await self.engine.handle(parsed, position)
         self.metrics.messages.labels("synced").inc()
 
     async def _dead_letter(self, record: ConsumerRecord[Any, Any], position: MessagePosition,
                            bad: BadMessage) -> None:
+        """The row (raw bytes, idempotent on the position), then the copy, once."""
         headers = list(record.headers or ())
-        await self.producer.send_and_wait(
-            self.settings.dlq_topic, value=record.value, key=record.key,
-            headers=dead_letter_headers(headers, bad.error_type, bad.error, position.topic,
-                                        position.partition, position.offset),
-        )
-        await self.repository.record_dead_letter(position, record.key, record.value, headers,
-                                                 bad.error_type, bad.error)
-        log.error("message_dead_lettered", topic=position.topic, partition=position.partition,
-                  offset=position.offset, error_type=bad.error_type, error=bad.error)
+        letter_id, published = await self.repository.record_dead_letter(
+            position, record.key, record.value, headers, bad.error_type, bad.error)
+        if not published:
+            key, value, copy_headers = dead_letter_copy(
+                record.key, record.value, headers, bad.error_type, bad.error, position.topic,
+                position.partition, position.offset)
+            copy_error = await self._send_copy(key, value, copy_headers, bad, position)
+            # Sent: from here on only the mark is retried, never the copy.
+            delay = 0.2
+            while True:
+                try:
+                    await self.repository.mark_dead_letter_published(letter_id, copy_error)
+                    break
+                except Exception as exc:
+                    log.warning("dead_letter_mark_failed", cause=type(exc).__name__,
+                                retry_in_s=delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.settings.infra_retry_max_s)
+            self.metrics.messages.labels("dead_lettered").inc()
+            self.metrics.dead_letters.labels(bad.error_type).inc()
+            log.error("message_dead_lettered", topic=position.topic,
+                      partition=position.partition, offset=position.offset,
+                      error_type=bad.error_type, error=bad.error, dead_letter_id=letter_id)
+
+    async def _send_copy(self, key: bytes | None, value: bytes | None,
+                         headers: list[tuple[str, bytes]], bad: BadMessage,
+                         position: MessagePosition) -> str | None:
+        """The copy on the dead-letter topic. A broker that refuses it for what it is (too
+        large for the topic) gets a minimal one (no key, value or original headers); one
+        that refuses even that gets none, and the row says why (None: sent)."""
+        try:
+            await self.producer.send_and_wait(self.settings.dlq_topic, value=value, key=key,
+                                              headers=headers)
+            return None
+        except KafkaError as exc:
+            if is_retriable(exc):
+                raise
+            first = exc
+        minimal = [(k, v) for k, v in headers if k.startswith("error")]
+        try:
+            await self.producer.send_and_wait(self.settings.dlq_topic, value=b"", key=None,
+                                              headers=minimal)
+            return f"only a minimal copy: {describe(first, 200)}"
+        except KafkaError as exc:
+            if is_retriable(exc):
+                raise
+            log.error("dead_letter_copy_refused", topic=position.topic,
+                      partition=position.partition, offset=position.offset,
+                      cause=type(exc).__name__)
+            return f"no copy: {describe(exc, 200)}"
+
+    async def _skip_unreadable(self, exc: BaseException) -> None:
+        """The Kafka client could not read a record (a header key that is not UTF-8, a
+        corrupt batch): it says neither which partition nor which offset, and the records
+        before it in that fetch were not handed out. Every partition is rewound to where it
+        stood (nothing is lost), then read one record at a time until the unreadable one is
+        met: it is dead-lettered as `record_unreadable` (its bytes could not be read: the
+        row and the copy say where it is) and skipped."""
+        log.warning("record_unreadable_seen", cause=type(exc).__name__)
+        assigned = list(self.consumer.assignment())
+        for tp in assigned:
+            self.consumer.seek(tp, await self.consumer.position(tp))
+        for tp in assigned:
+            while True:
+                try:
+                    got = await self.consumer.getmany(tp, timeout_ms=100, max_records=1)
+                except _UNREADABLE as bad:
+                    offset = await self.consumer.position(tp)
+                    await self._dead_letter_unreadable(tp, offset, bad)
+                    self.consumer.seek(tp, offset + 1)
+                    break
+                records = got.get(tp, [])
+                if not records:
+                    break
+                for record in records:
+                    self._dispatch(tp, record)
+
+    async def _dead_letter_unreadable(self, tp: TopicPartition, offset: int,
+                                      exc: BaseException) -> None:
+        offsets = self._offsets.setdefault(tp, PartitionOffsets())
+        if not offsets.add(offset):
+            return
+        record: ConsumerRecord[Any, Any] = ConsumerRecord(
+            topic=tp.topic, partition=tp.partition, offset=offset, timestamp=0,
+            timestamp_type=0, key=None, value=None, checksum=None, serialized_key_size=-1,
+            serialized_value_size=-1, headers=())
+        bad = BadMessage("record_unreadable", f"the Kafka client could not read the record "
+                                              f"(its bytes are not kept): {describe(exc)}")
+        delay = 0.2
+        while True:
+            try:
+                await self._dead_letter(record, MessagePosition(tp.topic, tp.partition,
+                                                                offset), bad)
+                break
+            except Exception as failure:  # the database or the broker: until they are back
+                log.error("message_processing_failed", cause=type(failure).__name__,
+                          offset=offset, partition=tp.partition, retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.infra_retry_max_s)
+        offsets.finish(offset)
 
     # --- flow control and offsets ------------------------------------------------------------
 
@@ -207,6 +373,13 @@ class ConsumerRunner:
             self.metrics.fetch_flow.labels("resumed").inc()
             log.debug("fetch_resumed", in_flight=self.in_flight)
 
+    def _commit_in_background(self) -> None:
+        if self._commit_task is not None and not self._commit_task.done():
+            return  # one commit at a time; a slow broker must not hold the poll loop
+        if time.monotonic() - self._last_commit < self.settings.commit_interval_s:
+            return
+        self._commit_task = asyncio.create_task(self._commit(force=True))
+
     async def _commit(self, force: bool, partitions: Iterable[TopicPartition] | None = None
                       ) -> None:
         now = time.monotonic()
@@ -223,8 +396,9 @@ class ConsumerRunner:
             return
         started = time.perf_counter()
         try:
-            await self.consumer.commit(wanted)
-        except KafkaError as exc:
+            async with asyncio.timeout(self.settings.commit_timeout_s):
+                await self.consumer.commit(wanted)
+        except (KafkaError, TimeoutError) as exc:
             log.warning("offset_commit_failed", cause=repr(exc))
             return
         self.metrics.commits.observe(time.perf_counter() - started)
@@ -245,8 +419,8 @@ class ConsumerRunner:
             point = offsets.first_unrecorded() if offsets is not None else None
             records = max(0, highwater - point) if highwater is not None and point is not None \
                 else 0
-            pending = self._fetched_at_ms.get(tp)
-            oldest = min(pending.values()) if pending else None
+            pending = self._in_flight.get(tp)
+            oldest = min(m.timestamp_ms for m in pending.values()) if pending else None
             seconds = max(0.0, (now_ms - oldest) / 1000) if oldest is not None else 0.0
             answer.append(PartitionLag(tp.topic, tp.partition, records, seconds))
         return answer
@@ -263,8 +437,40 @@ class ConsumerRunner:
                 stalled.append(lag.partition)
         return stalled
 
+    def stalls(self, threshold_s: float | None = None) -> list[Stall]:
+        """Per partition, its oldest unrecorded message when it has waited past the
+        threshold: what `calsync status` and the stall log line name."""
+        threshold = self.settings.stall_threshold_s if threshold_s is None else threshold_s
+        now = time.monotonic()
+        answer = []
+        for tp, messages in self._in_flight.items():
+            if not messages:
+                continue
+            offset = min(messages)
+            oldest = messages[offset]
+            waited = now - oldest.taken_at
+            if waited > threshold:
+                answer.append(Stall(tp.topic, tp.partition, offset, oldest.key, oldest.cause,
+                                    round(waited, 1)))
+        return answer
+
+    def _check_stalls(self) -> None:
+        now = time.monotonic()
+        if now - self._stall_checked_at < _STALL_CHECK_S:
+            return
+        self._stall_checked_at = now
+        for stall in self.stalls():
+            info = self._in_flight[TopicPartition(stall.topic, stall.partition)][stall.offset]
+            if not info.stall_logged:
+                info.stall_logged = True
+                log.warning("partition_stalled", topic=stall.topic, partition=stall.partition,
+                            offset=stall.offset, key=stall.key, cause=stall.cause,
+                            waiting_s=stall.waiting_s)
+
     async def drain(self, partitions: list[TopicPartition], reason: str) -> None:
         """Let in-flight work of these partitions finish within the grace, commit, forget."""
+        if self._commit_task is not None:  # one commit at a time
+            await asyncio.gather(self._commit_task, return_exceptions=True)
         tasks = set().union(*(self._tasks.get(tp, set()) for tp in partitions))
         cancelled = 0
         if tasks:
@@ -278,7 +484,7 @@ class ConsumerRunner:
             self._offsets.pop(tp, None)
             self._tasks.pop(tp, None)
             self._progress_at.pop(tp, None)
-            self._fetched_at_ms.pop(tp, None)
+            self._in_flight.pop(tp, None)
         for chain in [c for c in self._tails if c[0] in partitions]:
             del self._tails[chain]
         if partitions:

@@ -41,7 +41,15 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_public_url: str | None = Field(
         default=None, description="How browsers reach `calsync serve`; default http://host:port")
-    oauth_state_ttl_s: float = Field(default=600.0, gt=0)
+    oauth_state_ttl_s: float = Field(
+        default=600.0, gt=0, description="A started connection must come back from Google "
+        "within this; so must the calendar choice that follows it")
+    http_return_url: str | None = Field(
+        default=None, description="Embedding: after Google's consent, send the browser here "
+        "(with link_id, state, account, activity_id in the query; or error) instead of "
+        "showing our pages")
+    http_session_ttl_s: float = Field(
+        default=28_800.0, gt=0, description="How long a sign-in to the pages lasts")
 
     # The consumer's /metrics, /healthz and /readyz (on CALSYNC_HTTP_HOST).
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="0: any free port")
@@ -72,6 +80,13 @@ class Settings(BaseSettings):
     commit_interval_s: float = Field(default=0.5, gt=0)
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     infra_retry_max_s: float = Field(default=10.0, gt=0)
+    poison_attempts: int = Field(
+        default=3, ge=1, description="Attempts a message gets when it fails the same way each "
+        "time (data PostgreSQL refuses, a bug of ours) before it is dead-lettered as "
+        "internal_error; infrastructure faults are retried without limit")
+    commit_timeout_s: float = Field(
+        default=10.0, gt=0, description="An offset commit not answered in this time is given "
+        "up (and tried again at the next interval)")
 
     # Google's quotas, kept group-wide (coordinated in PostgreSQL); 0: no limit.
     quota_per_account_per_min: int = Field(default=600, ge=0)
@@ -79,6 +94,32 @@ class Settings(BaseSettings):
     quota_use_share: float = Field(
         default=0.97, gt=0, le=1, description="Share of each quota the group aims at; the "
         "rest absorbs jitter against Google's sliding windows")
+    quota_exceeded_pause_s: float = Field(
+        default=3600.0, gt=0, description="How long an account (quotaExceeded, Calendar usage "
+        "limits) or the project (dailyLimitExceeded) is paused when Google says its quota is "
+        "spent; its links stay active and its work is deferred to the repair loop")
+    quota_max_wait_s: float = Field(
+        default=5.0, gt=0, description="A message whose account's quota queue would keep it "
+        "waiting longer than this leaves the in-flight window: its work is deferred to the "
+        "repair loop, so one busy account never holds the others")
+
+    reconcile_interval_s: float = Field(
+        default=86400.0, ge=0, description="How often the consumer group reconciles every "
+        "active link's calendar with --execute (one process at a time); 0: never")
+
+    # The repair loop: every (link, booking) left off its calendar is re-driven until applied.
+    repair_initial_backoff_s: float = Field(default=30.0, gt=0)
+    repair_max_backoff_s: float = Field(
+        default=3600.0, gt=0, description="Longest wait between two attempts of a repair "
+        "(exponential backoff; never before a pause or Retry-After ends)")
+    repair_poll_s: float = Field(
+        default=2.0, gt=0, description="How often each consumer looks for repairs due")
+    repair_concurrency: int = Field(
+        default=256, ge=1, description="Repairs in flight per process (outside the in-flight "
+        "window of messages: they wait for their account's quota slots)")
+    repair_lease_s: float = Field(
+        default=300.0, gt=0, description="How long a process holds a repair it took before "
+        "another may take it (a process that dies mid-repair)")
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

@@ -12,6 +12,8 @@ from psycopg.rows import dict_row
 
 from consumer.members import alive_members
 from consumer.operations import OpsError, kafka_probe
+from consumer.reconcile import latest_run as latest_reconcile
+from consumer.repairs import summary as repair_summary
 from consumer.settings import Settings
 
 _LINKS = (
@@ -20,7 +22,7 @@ _LINKS = (
 )
 _FAILURES = (
     "SELECT reason, outcome, count(*) AS results FROM sync_results WHERE outcome IN"
-    " ('failed', 'skipped') AND recorded_at > now() - interval '1 hour'"
+    " ('failed', 'skipped', 'deferred') AND recorded_at > now() - interval '1 hour'"
     " GROUP BY reason, outcome ORDER BY count(*) DESC"
 )
 _DLQ = (
@@ -31,9 +33,12 @@ _DLQ = (
 
 async def collect(settings: Settings) -> dict[str, Any]:
     group, topic = settings.group_id, settings.topic
+    alive = await alive_members(settings.database_url, group)
     members = [{"member": m.member, "host": m.host, "pid": m.pid, "partitions": m.partitions,
-                "seen_at": m.seen_at.isoformat()}
-               for m in await alive_members(settings.database_url, group)]
+                "seen_at": m.seen_at.isoformat()} for m in alive]
+    # What holds a partition back, as its member last reported it: the oldest unrecorded
+    # message (topic, partition, offset, key) and why it waits.
+    stalls = [{**stall, "member": m.member} for m in alive for stall in m.stalls]
     probe = await kafka_probe(settings, group)
     try:
         if topic not in await probe.topics():
@@ -61,11 +66,14 @@ async def collect(settings: Settings) -> dict[str, Any]:
         links = await (await conn.execute(_LINKS)).fetchall()
         failures = await (await conn.execute(_FAILURES)).fetchall()
         dlq = await (await conn.execute(_DLQ)).fetchone()
+        repairs = await repair_summary(conn)
+        last_reconcile = await latest_reconcile(conn)
     assert dlq is not None
     return {
         "group": group, "topic": topic, "members": members, "broker_group": broker,
-        "partitions": lag, "total_lag": sum(p["lag"] for p in lag),
-        "links": links, "failures_last_hour": failures,
+        "partitions": lag, "total_lag": sum(p["lag"] for p in lag), "stalls": stalls,
+        "links": links, "failures_last_hour": failures, "repairs": repairs,
+        "reconcile": last_reconcile,
         "dead_letters": {"waiting": dlq["waiting"], "total": dlq["total"],
                          "oldest_waiting": dlq["oldest"].isoformat() if dlq["oldest"] else None},
     }
@@ -80,6 +88,10 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"  {m['member']:40} partitions {m['partitions']}  seen {m['seen_at'][:19]}")
     lines.append(f"lag: {status['total_lag']} message(s)")
     lines.append("  " + "  ".join(f"p{p['partition']}={p['lag']}" for p in status["partitions"]))
+    for stall in status["stalls"]:
+        lines.append(f"  STALLED p{stall['partition']} at offset {stall['offset']} "
+                     f"(key {stall['key']!r}) for {stall['waiting_s']:.0f}s on "
+                     f"{stall['member']}: {stall['cause']}")
     lines.append("links:")
     for row in status["links"]:
         reasons = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
@@ -88,6 +100,27 @@ def render(status: dict[str, Any]) -> str:
                  else "failures in the last hour: none")
     for row in status["failures_last_hour"]:
         lines.append(f"  {row['outcome']:8} {row['reason']:28} {row['results']}")
+    repairs = status["repairs"]
+    if repairs["waiting"]:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in repairs["by_reason"].items())
+        lines.append(f"repairs: {repairs['waiting']} (link, booking) pair(s) not on their "
+                     f"calendar yet, {repairs['due']} due now, oldest "
+                     f"{repairs['oldest_age_s']:.0f}s ago ({reasons})")
+    else:
+        lines.append("repairs: none waiting")
+    run = status["reconcile"]
+    if run is None:
+        lines.append("reconcile: never run")
+    else:
+        found = ", ".join(f"{k} {v}" for k, v in sorted(run["found"].items())) or "no drift"
+        fixed = sum(run["repaired"].values())
+        when = (f"running since {run['started_at'][:19]}" if run["running"]
+                else f"finished {run['finished_at'][:19]}")
+        lines.append(f"reconcile #{run['id']} ({run['trigger']}, "
+                     f"{'executed' if run['executed'] else 'dry run'}): {when}, "
+                     f"{run['links_done']}/{run['links_total']} link(s), {found}"
+                     + (f", repaired {fixed}" if run["executed"] else "")
+                     + (f"; FAILED: {run['error']}" if run["error"] else ""))
     dlq = status["dead_letters"]
     lines.append(f"dead letters: {dlq['waiting']} waiting (of {dlq['total']})"
                  + (f", oldest {dlq['oldest_waiting'][:19]}" if dlq["oldest_waiting"] else ""))

@@ -25,7 +25,8 @@ from psycopg.rows import DictRow, dict_row
 
 from consumer.batching import Batcher
 from consumer.db import MessagePosition
-from consumer.models import BookingEvent, LinkState, RecordedEvent, SyncResult
+from consumer.errors import CalsyncError, is_retriable, printable
+from consumer.models import BookingEvent, LinkState, Outcome, RecordedEvent, SyncResult
 
 log = structlog.get_logger(__name__)
 
@@ -40,17 +41,40 @@ _UNLOCK = (
     " AS t(lk, l, pk, p)"
 )
 _READ_CLAIMED = (
-    "SELECT t.i, cl.state, lb.applied_version, lb.google_event_id, lb.generation"
+    "SELECT t.i, cl.state, cl.calendar_id AS link_calendar_id,"
+    " extract(epoch FROM cl.state_changed_at)::float8 AS state_changed_at, lb.applied_version,"
+    " lb.google_event_id, lb.generation, lb.calendar_id,"
+    " coalesce(r.attempts, 0) AS repair_attempts"
     " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(link_id, booking_id, i)"
     " LEFT JOIN calendar_links cl ON cl.id = t.link_id"
     " LEFT JOIN link_bookings lb ON lb.link_id = t.link_id AND lb.booking_id = t.booking_id"
+    " LEFT JOIN repairs r ON r.link_id = t.link_id AND r.booking_id = t.booking_id"
     " ORDER BY t.i"
+)
+# A (link, booking) left off its calendar: kept until a later result applies its version.
+_SAVE_REPAIR = (
+    "INSERT INTO repairs (link_id, booking_id, booking_version, reason, attempts, due_at,"
+    " last_error) VALUES (%s, %s, %s, %s, %s, now() + make_interval(secs => %s), %s)"
+    " ON CONFLICT (link_id, booking_id) DO UPDATE SET"
+    " booking_version = greatest(repairs.booking_version, EXCLUDED.booking_version),"
+    " reason = EXCLUDED.reason, attempts = EXCLUDED.attempts, due_at = EXCLUDED.due_at,"
+    " last_error = EXCLUDED.last_error, leased_by = NULL, leased_until = NULL,"
+    " updated_at = now()"
+)
+_SETTLE_REPAIR = (
+    "DELETE FROM repairs WHERE link_id = %s AND booking_id = %s AND booking_version <= %s"
 )
 _SAVE_LINK_BOOKING = (
     "INSERT INTO link_bookings (link_id, booking_id, applied_version, google_event_id,"
-    " generation) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (link_id, booking_id) DO UPDATE SET"
+    " generation, calendar_id) VALUES (%s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (link_id, booking_id) DO UPDATE SET"
     " applied_version = EXCLUDED.applied_version, google_event_id = EXCLUDED.google_event_id,"
-    " generation = EXCLUDED.generation, updated_at = now()"
+    " generation = EXCLUDED.generation, calendar_id = EXCLUDED.calendar_id, updated_at = now()"
+)
+# An event of ours left on a calendar that could not be reached when its link moved away.
+_SAVE_STRANDED = (
+    "INSERT INTO stranded_events (link_id, booking_id, calendar_id, google_event_id, reason)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (calendar_id, google_event_id) DO NOTHING"
 )
 _INSERT_RESULT = (
     "INSERT INTO sync_results (event_id, event_type, topic, kafka_partition, kafka_offset,"
@@ -73,8 +97,10 @@ def pair_lock_key(link_id: str, booking_id: str) -> int:
     return advisory_key("calsync.pair", link_id, booking_id)
 
 
-class ClaimLost(Exception):
+class ClaimLost(CalsyncError):
     """The connection holding the claim's locks broke; the work must start again."""
+
+    retriable = True
 
 
 @dataclass(frozen=True)
@@ -84,6 +110,9 @@ class Claim:
     recorded: RecordedEvent | None  # None when never applied
     state: LinkState  # the link's state, read under its shared lock
     epoch: int  # which connection holds the locks
+    repair_attempts: int = 0  # failures of this pair so far, as its repair row says
+    calendar_id: str | None = None  # the link's calendar, read under its shared lock
+    state_changed_at: float = 0.0  # since when the link is in `state` (epoch seconds)
 
 
 @dataclass(frozen=True)
@@ -105,8 +134,9 @@ class SyncStore:
         self._conn: psycopg.AsyncConnection[DictRow] | None = None
         self._epoch = 0
         self._retry_s = retry_s
-        self._batcher: Batcher[_Op, Any] = Batcher(self._flush, max_size=1000,
-                                                   undelivered=self._undelivered)
+        self._batcher: Batcher[_Op, Any] = Batcher(
+            self._flush, max_size=1000, undelivered=self._undelivered,
+            split_on=lambda exc: not is_retriable(exc))
         self._local: dict[tuple[str, str], asyncio.Lock] = {}
         self.flushes = 0
 
@@ -172,8 +202,11 @@ class SyncStore:
         self.flushes += 1
         try:
             return await self._flush_on(await self._connection(), ops)
-        except psycopg.Error:
-            if self._conn is not None:  # the session (and every lock it held) is gone
+        except psycopg.Error as exc:
+            # A fault of the connection: the session (and every lock it held) is gone. A
+            # refusal of one item's data leaves the session and its locks as they were
+            # (the batch is split and flushed again, see Batcher).
+            if self._conn is not None and (is_retriable(exc) or self._conn.broken):
                 await self._conn.close()
                 self._conn = None
             raise
@@ -198,6 +231,17 @@ class SyncStore:
                         if saves:
                             await cur.executemany(_SAVE_LINK_BOOKING, saves)
                         await cur.executemany(_INSERT_RESULT, [_result_row(r) for r in kept])
+                        repairs = [_repair_row(r) for r in kept if r.result.repair is not None]
+                        if repairs:
+                            await cur.executemany(_SAVE_REPAIR, repairs)
+                        settled = [(r.result.link_id, r.event.booking.id, r.event.booking.version)
+                                   for r in kept if r.result.outcome in _SETTLES]
+                        if settled:
+                            await cur.executemany(_SETTLE_REPAIR, settled)
+                        stranded = [(r.result.link_id, r.event.booking.id, *s)
+                                    for r in kept for s in r.result.stranded]
+                        if stranded:
+                            await cur.executemany(_SAVE_STRANDED, stranded)
             if releases:
                 keys = [(link_lock_key(c.link_id), pair_lock_key(c.link_id, c.booking_id))
                         for _, c in releases]
@@ -234,9 +278,12 @@ class SyncStore:
             if read["applied_version"] is not None or (read["generation"] or 0) > 0:
                 recorded = RecordedEvent(applied_version=read["applied_version"],
                                          google_event_id=read["google_event_id"],
-                                         generation=read["generation"])
+                                         generation=read["generation"],
+                                         calendar_id=read["calendar_id"])
             state = LinkState(read["state"]) if read["state"] else LinkState.DISCONNECTED
-            answers[i] = Claim(link_id, booking_id, recorded, state, self._epoch)
+            answers[i] = Claim(link_id, booking_id, recorded, state, self._epoch,
+                               read["repair_attempts"], read["link_calendar_id"],
+                               read["state_changed_at"] or 0.0)
         if partial:
             await conn.execute(_UNLOCK, (
                 [link_lock_key(p[0]) for p in partial], [p[2] for p in partial],
@@ -244,11 +291,24 @@ class SyncStore:
                 [p[3] for p in partial]))
 
 
+# Results that put the booking's version (or a later one) on the calendar, or found nothing
+# to do for it: a repair of that version or an older one is settled.
+_SETTLES = frozenset({Outcome.APPLIED, Outcome.UNCHANGED})
+
+
+def _repair_row(r: _Record) -> tuple[Any, ...]:
+    plan = r.result.repair
+    assert plan is not None
+    error = printable(r.result.error, 2000) if r.result.error is not None else None
+    return (r.result.link_id, r.event.booking.id, r.event.booking.version,
+            printable(plan.reason, 100), plan.attempts, plan.due_in_s, error)
+
+
 def _save_row(r: _Record) -> tuple[Any, ...]:
     rec = r.result.recorded
     assert rec is not None
     return (r.result.link_id, r.event.booking.id, rec.applied_version, rec.google_event_id,
-            rec.generation)
+            rec.generation, rec.calendar_id if rec.google_event_id is not None else None)
 
 
 def _result_row(r: _Record) -> tuple[Any, ...]:
@@ -259,6 +319,7 @@ def _result_row(r: _Record) -> tuple[Any, ...]:
         position.partition if position else None,
         position.offset if position else None,
         event.booking.id, event.booking.version, result.link_id, result.operation.value,
-        result.outcome.value, result.reason, result.google_event_id, result.error,
+        result.outcome.value, printable(result.reason, 200), result.google_event_id,
+        printable(result.error, 2000) if result.error is not None else None,
         result.attempts, r.source,
     )

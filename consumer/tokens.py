@@ -124,7 +124,11 @@ class TokenProvider:
             # args[1] is the token endpoint's JSON answer, e.g. {"error": "invalid_grant"}
             detail = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
             reason = str(detail.get("error") or "refresh_refused")
-            raise TokenRefreshFailed(reason, permanent=not exc.retryable) from None
+            # Only `invalid_grant` says the grant itself is gone (revoked, expired, password
+            # changed): the link needs its owner. Anything else (a 502, an HTML error page,
+            # our own client refused) is an outage of ours or Google's: retried, then
+            # repaired, and the link stays active.
+            raise TokenRefreshFailed(reason, permanent=reason == "invalid_grant") from None
         except (TransportError, OSError, httplib2.HttpLib2Error) as exc:
             raise TokenRefreshFailed(f"token_endpoint_unreachable: {type(exc).__name__}",
                                      permanent=False) from None

@@ -178,17 +178,19 @@ class Env:
         await ensure_topics(self.settings.kafka_bootstrap, [self.settings.topic], partitions)
         await ensure_topics(self.settings.kafka_bootstrap, [self.settings.dlq_topic], 1)
 
-    async def publish(self, event: dict[str, Any] | bytes, key: str | bytes | None = None
-                      ) -> None:
+    async def publish(self, event: dict[str, Any] | bytes, key: str | bytes | None = None,
+                      headers: list[tuple[str, bytes]] | None = None) -> None:
         if self.producer is None:
-            self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap)
+            self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap,
+                                             max_request_size=8 * 1024 * 1024)
             await self.producer.start()
         value = event if isinstance(event, bytes) else json.dumps(event).encode()
         if key is None and isinstance(event, dict):
             key = event["booking"]["id"]
         raw_key = key.encode() if isinstance(key, str) else key
         # One record per request: Tansu's ListOffsets miscounts batches (DEVELOPERS.md).
-        await self.producer.send_and_wait(self.settings.topic, value, key=raw_key)
+        await self.producer.send_and_wait(self.settings.topic, value, key=raw_key,
+                                          headers=headers)
 
     async def committed(self) -> dict[int, int | None]:
         probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
@@ -303,3 +305,14 @@ async def env(postgres: EmbeddedPostgres, broker: EmbeddedBroker,
     await environment.topics()
     yield environment
     await environment.close()
+
+
+_SESSION_STARTED = time.time()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say where this run's browser screenshots are (tests/test_browser.py)."""
+    shots = ROOT / "test-artifacts" / "browser"
+    fresh = [p for p in shots.glob("*.png") if p.stat().st_mtime >= _SESSION_STARTED]
+    if fresh:
+        terminalreporter.write_line(f"browser screenshots ({len(fresh)}): {shots}")

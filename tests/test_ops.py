@@ -189,7 +189,8 @@ async def test_three_consumers_on_twelve_partitions_with_members_joining_and_lea
         members += [env.start_process(logs[1]), env.start_process(logs[2])]  # join
         await publish(bookings[12:24])
         await publish(bookings[:12], version=2)
-        await asyncio.sleep(3)
+        await wait_until(lambda: "partitions_assigned" in logs[2].read_text(), timeout_s=30,
+                         what="the third member to join")
         members[2].send_signal(signal.SIGTERM)  # a member leaves mid-stream
         await publish(bookings[24:36])
         await asyncio.sleep(3)

@@ -57,6 +57,20 @@ def _route(
             events = [e for e in state.calendar(email, calendar_id).events.values()
                       if show_deleted or e["status"] != "cancelled"]
             return 200, {"items": events}
+        case ("PATCH", ["accounts", email, "calendars", calendar_id, "events", event_id]):
+            # A person editing the event in Google Calendar.
+            event = state.calendar(email, calendar_id).events[event_id]
+            event.update(body)
+            event["sequence"] = event.get("sequence", 0) + 1
+            return 200, event
+        case ("POST", ["accounts", email, "calendars", calendar_id, "events"]):
+            # An event put there by someone else, or by an old bug: stored as given.
+            import secrets
+
+            event = {"kind": "calendar#event", "status": "confirmed",
+                     "id": body.get("id") or secrets.token_hex(13), **body}
+            state.calendar(email, calendar_id).events[event["id"]] = event
+            return 200, event
         case ("DELETE", ["accounts", email, "calendars", calendar_id, "events", event_id]):
             # A person deleting the event by hand in Google Calendar.
             event = state.calendar(email, calendar_id).events[event_id]
@@ -121,7 +135,7 @@ def _configure(state: SandboxState, body: dict[str, Any]) -> tuple[int, Any]:
     if "latency_seed" in body:
         state.seed(body["latency_seed"])
     for key in ("token_lifetime_s", "quota_per_account_per_min", "quota_per_project_per_min",
-                "rate_limit_status"):
+                "rate_limit_status", "deleted_event_update_status"):
         if key in body:
             setattr(state, key, body[key])
     if "clients" in body:

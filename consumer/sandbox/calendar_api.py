@@ -44,21 +44,43 @@ def _stored(calendar: Calendar, event_id: str) -> dict[str, Any]:
     return event
 
 
+def _to_update(state: SandboxState, calendar: Calendar, event_id: str) -> dict[str, Any]:
+    """An update or patch of an event a person deleted in Google Calendar's UI: 403
+    `forbidden`, as people using the real API report it (google-api-ruby-client#1811,
+    ical_to_gcal_sync#12); `deleted_event_update_status = 410` gives the other plausible
+    answer."""
+    event = calendar.events.get(event_id)
+    if event is not None and event["status"] == "cancelled":
+        if state.deleted_event_update_status == 410:
+            raise deleted()
+        raise GoogleError(403, "forbidden", "Forbidden")
+    return _stored(calendar, event_id)
+
+
+def _list_entry(cal: Calendar) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "kind": "calendar#calendarListEntry",
+        "id": cal.id,
+        "summary": cal.summary,
+        "accessRole": cal.access_role,
+        "timeZone": "UTC",
+    }
+    if cal.primary:
+        item["primary"] = True
+    return item
+
+
 def calendar_list(state: SandboxState, email: str) -> tuple[int, dict[str, Any]]:
     account = state.accounts[email]
-    items = []
-    for cal in account.calendars.values():
-        item: dict[str, Any] = {
-            "kind": "calendar#calendarListEntry",
-            "id": cal.id,
-            "summary": cal.summary,
-            "accessRole": cal.access_role,
-            "timeZone": "UTC",
-        }
-        if cal.primary:
-            item["primary"] = True
-        items.append(item)
+    items = [_list_entry(cal) for cal in account.calendars.values()]
     return 200, {"kind": "calendar#calendarList", "etag": '"p1"', "items": items}
+
+
+def calendar_list_entry(state: SandboxState, email: str, calendar_id: str
+                        ) -> tuple[int, dict[str, Any]]:
+    """`calendarList.get`: 404 for a calendar no longer in the account's list (deleted, or
+    unsubscribed); its access role as it stands (a calendar shared read-only: `reader`)."""
+    return 200, _list_entry(state.calendar(email, calendar_id))
 
 
 def insert_event(
@@ -108,7 +130,7 @@ def update_event(
     patch: bool,
 ) -> tuple[int, dict[str, Any]]:
     calendar = _writable(state.calendar(email, calendar_id))
-    current = _stored(calendar, event_id)
+    current = _to_update(state, calendar, event_id)
     if patch:
         merged = copy.deepcopy(current)
         merged.update(copy.deepcopy(body))

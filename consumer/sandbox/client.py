@@ -105,6 +105,22 @@ class SandboxClient:
         self._call("DELETE", f"accounts/{quote(email)}/calendars/"
                              f"{quote(calendar_id, safe='')}/events/{event_id}")
 
+    def edit_by_hand(self, email: str, calendar_id: str, event_id: str,
+                     **fields: Any) -> dict[str, Any]:
+        """A person changing the event in Google Calendar's UI."""
+        answer: dict[str, Any] = self._call(
+            "PATCH", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}"
+                     f"/events/{event_id}", fields)
+        return answer
+
+    def plant_event(self, email: str, calendar_id: str, event: dict[str, Any]
+                    ) -> dict[str, Any]:
+        """An event stored as given (an orphan of an old bug, a duplicate)."""
+        answer: dict[str, Any] = self._call(
+            "POST", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}/events",
+            event)
+        return answer
+
     def set_access_role(self, email: str, calendar_id: str, role: str) -> None:
         self._call("PATCH", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}",
                    {"access_role": role})

@@ -2,9 +2,11 @@
 
 It follows what Google documents and does for web server applications:
 - `GET /o/oauth2/auth` answers with a redirect to `redirect_uri` carrying `code` and `state`
-  (or `error=access_denied`). A person would pick an account and consent on a page; here the
-  caller says who they are with `sandbox_account` (and may refuse with
-  `sandbox_decision=deny`, or untick scopes with `sandbox_scopes`, as granular consent allows).
+  (or `error=access_denied`). A person picks an account and consents on pages (an account
+  chooser, `login_hint` first, then Allow or Deny: links, so a browser test clicks through
+  them); a program says who it is with `sandbox_account` (and may refuse with
+  `sandbox_decision=deny`, or untick scopes with `sandbox_scopes`, as granular consent
+  allows) and is redirected at once.
 - A code is single-use, expires after 10 minutes, is bound to the client, the redirect URI and
   the PKCE challenge (S256): anything else is `invalid_grant`.
 - A refresh token is returned only for `access_type=offline`, and on a later consent only
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -33,6 +36,27 @@ from consumer.sandbox.state import OAuthError, SandboxState
 
 ISSUER = "https://accounts.google.com"
 CODE_LIFETIME_S = 600
+AUTH_PATH = "/o/oauth2/auth"
+_SCOPE_WORDS = {
+    "openid": "Associate you with your personal info on Google",
+    "email": "See your primary Google Account email address",
+    "https://www.googleapis.com/auth/userinfo.email":
+        "See your primary Google Account email address",
+    "https://www.googleapis.com/auth/calendar.events":
+        "View and edit events on all your calendars",
+    "https://www.googleapis.com/auth/calendar.calendarlist.readonly":
+        "See the list of Google calendars you're subscribed to",
+}
+_PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:0;background:#f0f4f9;color:#1f1f1f}"
+    "main{max-width:28rem;margin:2rem auto;background:#fff;border-radius:1rem;padding:1.5rem}"
+    "h1{font-size:1.4rem}ul{padding:0;list-style:none}li{margin:.5rem 0}"
+    "a.account,a.button{display:block;padding:.75rem 1rem;border:1px solid #747775;"
+    "border-radius:.5rem;color:#1f1f1f;text-decoration:none;line-height:1.25}"
+    "a.button{display:inline-block;margin-right:.5rem}a.allow{background:#0b57d0;color:#fff;"
+    "border-color:#0b57d0}a:focus-visible{outline:3px solid #f9ab00;outline-offset:2px}"
+    ".scopes li{list-style:disc;margin-left:1.25rem}.meta{color:#444746;font-size:.9rem}"
+)
 
 
 class ConsentError(Exception):
@@ -72,6 +96,57 @@ class OAuthServer:
             self._signer = google.auth.crypt.RSASigner.from_string(  # type: ignore[no-untyped-call]
                 pem, key_id="sandbox-1")
         return self._signer
+
+    def consent_page(self, query: dict[str, str]) -> str | None:
+        """The page a person sees at this step (the account chooser, then the consent
+        screen), or None when the request already says who consents and how (a redirect)."""
+        self._check(query)
+        email = query.get("sandbox_account", "")
+        if email and (query.get("sandbox_step") != "consent" or query.get("sandbox_decision")):
+            return None
+        original = {k: v for k, v in query.items() if not k.startswith("sandbox_")}
+        client = html.escape(query.get("client_id", ""))
+        if not email:
+            with self.state.lock:
+                accounts = sorted(self.state.accounts)
+            hint = query.get("login_hint")
+            if hint in accounts:
+                accounts.remove(hint)
+                accounts.insert(0, hint)
+            items = "".join(
+                f'<li><a class="account" href="{html.escape(_link(original, account))}">'
+                f'{html.escape(account)}</a></li>' for account in accounts)
+            return _page("Choose an account", f"<p>to continue to <b>{client}</b></p>"
+                         f'<ul aria-label="Accounts">{items}</ul>')
+        with self.state.lock:
+            if email not in self.state.accounts:
+                raise ConsentError("invalid_request",
+                                   f"sandbox: no account {email!r} to sign in with")
+        scopes = "".join(f"<li>{html.escape(_SCOPE_WORDS.get(s, s))}</li>"
+                         for s in query.get("scope", "").split())
+        allow = _link(original, email, "allow")
+        deny = _link(original, email, "deny")
+        return _page(f"{client} wants to access your Google Account",
+                     f'<p class="meta">{html.escape(email)}</p>'
+                     f'<p>This will allow {client} to:</p><ul class="scopes">{scopes}</ul>'
+                     f'<p><a class="button" id="deny" href="{html.escape(deny)}">Deny</a>'
+                     f'<a class="button allow" id="allow" href="{html.escape(allow)}">Allow'
+                     "</a></p>")
+
+    def _check(self, query: dict[str, str]) -> None:
+        """What Google refuses before showing anything (an error page)."""
+        client_id = query.get("client_id", "")
+        if not client_id or (self.state.clients and client_id not in self.state.clients):
+            raise ConsentError("invalid_client", "The OAuth client was not found.")
+        if not query.get("redirect_uri", ""):
+            raise ConsentError("invalid_request", "Missing required parameter: redirect_uri")
+        if query.get("response_type") != "code":
+            raise ConsentError("unsupported_response_type",
+                               f"Invalid response_type: {query.get('response_type')}")
+        if not query.get("scope", "").split():
+            raise ConsentError("invalid_request", "Missing required parameter: scope")
+        if query.get("code_challenge") and query.get("code_challenge_method", "plain") != "S256":
+            raise ConsentError("invalid_request", "Only S256 code challenges are accepted here")
 
     def authorize(self, query: dict[str, str]) -> str:
         """The consent step; returns the URL Google redirects the browser to."""
@@ -176,3 +251,20 @@ def _s256(verifier: str) -> str:
 
 def _with_query(url: str, params: dict[str, str]) -> str:
     return url + ("&" if "?" in url else "?") + urlencode(params)
+
+
+def _link(original: dict[str, str], account: str, decision: str | None = None) -> str:
+    """The consent URL again, with the person's next step in it."""
+    step = {"sandbox_account": account, "sandbox_step": "consent"}
+    if decision:
+        step["sandbox_decision"] = decision
+    return AUTH_PATH + "?" + urlencode({**original, **step})
+
+
+def _page(title: str, body: str) -> str:
+    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{html.escape(title)} - Google (sandbox)</title>"
+            f"<style>{_PAGE_STYLE}</style></head><body><main>"
+            '<p class="meta">Sign in with Google <i>(the calendar-sync sandbox)</i></p>'
+            f"<h1>{html.escape(title)}</h1>{body}</main></body></html>")

@@ -41,6 +41,7 @@ from consumer.sandbox.state import Call, Fault, GoogleError, OAuthError, Sandbox
 
 _EVENTS = re.compile(r"^/calendar/v3/calendars/([^/]+)/events(?:/([^/]+))?$")
 _CAL_LIST = "/calendar/v3/users/me/calendarList"
+_CAL_LIST_ENTRY = re.compile(r"^/calendar/v3/users/me/calendarList/([^/]+)$")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -80,6 +81,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if payload:
             self.wfile.write(payload)
+
+    def _send_html(self, page: str) -> None:
+        payload = page.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
@@ -123,11 +132,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _consent(self, state: SandboxState, query: str) -> None:
         params = {k: v[0] for k, v in parse_qs(query).items()}
         try:
-            location = state.oauth.authorize(params)
+            page = state.oauth.consent_page(params)
+            location = state.oauth.authorize(params) if page is None else ""
         except ConsentError as exc:
             self._send(400, {"error": exc.error, "error_description": exc.description})
             status = 400
         else:
+            if page is not None:  # a person's step: the account chooser or the consent screen
+                self._send_html(page)
+                state.record(Call(time.time(), "GET", "/o/oauth2/auth", "oauth.consent_page",
+                                  params.get("sandbox_account"), None, None, 200))
+                return
             self.send_response(302)
             self.send_header("Location", location)
             self.send_header("Content-Length", "0")
@@ -204,7 +219,10 @@ def _calendar_call(
     """One Calendar call: its status, body, headers and how long Google takes to answer
     (the caller waits that long). `started`: when serving began, if not now."""
     match = _EVENTS.match(path)
+    entry = _CAL_LIST_ENTRY.match(path)
     calendar_id = unquote(match.group(1)) if match else None
+    if entry is not None:
+        calendar_id = unquote(entry.group(1))
     event_id = unquote(match.group(2)) if match and match.group(2) else None
     op = _operation(method, path, match, event_id)
     account: str | None = None
@@ -235,6 +253,8 @@ def _calendar_call(
 def _operation(method: str, path: str, match: re.Match[str] | None, event_id: str | None) -> str:
     if path == _CAL_LIST and method == "GET":
         return "calendarList.list"
+    if _CAL_LIST_ENTRY.match(path) and method == "GET":
+        return "calendarList.get"
     if match is None:
         return "unknown"
     if event_id is None:
@@ -254,6 +274,8 @@ def _serve(
 ) -> tuple[int, dict[str, Any]]:
     if op == "calendarList.list":
         return calendar_api.calendar_list(state, account)
+    if op == "calendarList.get" and calendar_id is not None:
+        return calendar_api.calendar_list_entry(state, account, calendar_id)
     if calendar_id is None or op == "unknown":
         raise GoogleError(404, "notFound", "Not Found")
     if op == "events.insert":
@@ -269,11 +291,23 @@ def _serve(
     return calendar_api.delete_event(state, account, calendar_id, event_id)
 
 
+# Google's bodies for the 403s a fault may name (domain, message).
+_FORBIDDEN_BODIES = {
+    "rateLimitExceeded": ("usageLimits", "Rate Limit Exceeded"),
+    "userRateLimitExceeded": ("usageLimits", "User Rate Limit Exceeded"),
+    "quotaExceeded": ("usageLimits", "Calendar usage limits exceeded."),
+    "dailyLimitExceeded": ("usageLimits", "Daily Limit Exceeded"),
+    "forbidden": ("global", "Forbidden"),
+    "requiredAccessLevel": ("calendar", "You need to have writer access to this calendar."),
+}
+
+
 def _fault_error(fault: Fault) -> GoogleError:
     headers = {"Retry-After": str(int(fault.retry_after))} if fault.retry_after else None
     if fault.status in (403, 429):
         reason = fault.reason or "rateLimitExceeded"
-        return GoogleError(fault.status, reason, "Rate Limit Exceeded", "usageLimits", headers)
+        domain, message = _FORBIDDEN_BODIES.get(reason, ("usageLimits", "Rate Limit Exceeded"))
+        return GoogleError(fault.status, reason, message, domain, headers)
     if fault.status == 401:
         return GoogleError(401, "authError", "Invalid Credentials")
     messages = {500: "Backend Error", 502: "Bad Gateway", 503: "Service Unavailable"}

@@ -114,6 +114,13 @@ class Fault:
     reason: str | None = None
     retry_after: float | None = None
     delay_s: float = 0.0
+    duration_s: float | None = None  # instead of a count: every matching call for this long
+    until: float | None = None  # set from duration_s when the fault is added (time.time())
+
+    def __post_init__(self) -> None:
+        if self.duration_s is not None and self.until is None:
+            self.until = time.time() + self.duration_s
+            self.count = 1 << 62
 
 
 @dataclass
@@ -161,6 +168,8 @@ class SandboxState:
         self.quota_per_account_per_min: int | None = None
         self.quota_per_project_per_min: int | None = None
         self.rate_limit_status = 403
+        # An update of an event a person deleted: 403 (what users report), or 410.
+        self.deleted_event_update_status = 403
         self._window_project: deque[float] = deque()
         self._window_account: dict[str, deque[float]] = {}
         # What a quota report reads: every charged call's time, and the refusals, by quota.
@@ -314,6 +323,8 @@ class SandboxState:
         return entry[0]
 
     def take_fault(self, method: str, path: str, account: str | None) -> Fault | None:
+        now = time.time()
+        self.faults = [f for f in self.faults if f.until is None or f.until > now]
         for fault in self.faults:
             if fault.method and fault.method != method:
                 continue

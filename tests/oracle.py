@@ -1,0 +1,39 @@
+"""The content oracle: a calendar compared with the latest booking states the test published,
+independently of what the consumer recorded."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from consumer.core import belongs_on_calendar, render_event
+from consumer.models import BookingEvent
+from tests.conftest import Env
+
+
+def assert_exact(env: Env, email: str, link_id: str, latest: dict[str, dict[str, Any]],
+                 calendar_id: str | None = None, activity_id: str | None = None) -> None:
+    """The calendar holds exactly one event per live booking (of `activity_id`, when
+    given), with its latest content, and nothing else of ours."""
+    events = env.sandbox.events(email, calendar_id or email)
+    held = Counter(e["extendedProperties"]["private"]["booking_id"] for e in events)
+    assert not [b for b, n in held.items() if n > 1], f"duplicates: {held}"
+    by_booking = {e["extendedProperties"]["private"]["booking_id"]: e for e in events}
+    for booking_id, data in latest.items():
+        event = BookingEvent.model_validate(data)
+        here = activity_id is None or event.booking.activity_id == activity_id
+        if belongs_on_calendar(event) and here:
+            assert booking_id in by_booking, f"{booking_id} missing"
+            wanted = render_event(event.booking, link_id)
+            got = by_booking[booking_id]
+            assert {k: got.get(k) for k in wanted} == wanted, booking_id
+        else:
+            assert booking_id not in by_booking, f"{booking_id} should be gone"
+    assert set(by_booking) <= set(latest)
+
+
+def assert_none_of_ours(env: Env, email: str, calendar_id: str) -> None:
+    """Nothing of ours left on a calendar."""
+    ours = [e for e in env.sandbox.events(email, calendar_id)
+            if (e.get("extendedProperties") or {}).get("private", {}).get("managed_by")]
+    assert not ours, f"{len(ours)} event(s) of ours left on {calendar_id}"
