@@ -172,12 +172,33 @@ def proc_stats(pid: int) -> tuple[float, float]:
 
 
 def result_count(database_url: str) -> tuple[int, float]:
-    """Results recorded, and the seconds from the first to the last."""
+    """Link-operations applied (Google writes recorded), and the seconds from the first to
+    the last. Work deferred to the repair loop counts when the repair applies it."""
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT count(*), extract(epoch FROM max(recorded_at) -"
-                           " min(recorded_at)) FROM sync_results").fetchone()
+                           " min(recorded_at)) FROM sync_results"
+                           " WHERE outcome = 'applied'").fetchone()
     assert row is not None
     return int(row[0]), float(row[1] or 0.0)
+
+
+def deferred_count(database_url: str) -> int:
+    """Results deferred to the repair loop (an account's queue too long, a refusal)."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM sync_results WHERE outcome = 'deferred'"
+                           ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def pairs_done(database_url: str, version: int) -> int:
+    """(link, booking) pairs whose calendar holds at least `version`, none waiting for a
+    repair: what "everything applied" means once work can be deferred."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM link_bookings lb WHERE lb.applied_version >= %s AND NOT"
+            " EXISTS (SELECT 1 FROM repairs r WHERE r.link_id = lb.link_id"
+            " AND r.booking_id = lb.booking_id)", (version,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -226,12 +247,12 @@ def consumers(count: int, env: dict[str, str], name: str, profile: bool = False
                 consumer.process.kill()
 
 
-def wait_for_results(database_url: str, expected: int, running: list[Consumer],
-                     timeout_s: float, name: str) -> None:
+def wait_for_results(database_url: str, pairs: int, running: list[Consumer],
+                     timeout_s: float, name: str, version: int = 1) -> None:
+    """Until `pairs` (link, booking) pairs hold `version` (or newer)."""
     deadline = time.monotonic() + timeout_s
-    while (done := result_count(database_url)[0]) < expected:
+    while (done := pairs_done(database_url, version)) < pairs:
         if any(c.process.poll() is not None for c in running) or time.monotonic() > deadline:
-            raise SystemExit(f"the consumer stopped or timed out at {done}/{expected}; "
+            raise SystemExit(f"the consumer stopped or timed out at {done}/{pairs}; "
                              f"see {STATE / name}-*.log")
         time.sleep(0.5)
-

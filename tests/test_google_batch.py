@@ -78,7 +78,7 @@ async def test_the_consumer_batches_its_calls_under_load(env: Env) -> None:
     for n in range(30):
         await env.publish(booking_event(f"bk_{n}"))
     since = env.sandbox.calls()["now"]
-    env.sandbox.configure(latency_s=0.05)
+    env.sandbox.configure(latency_s=0.1)  # twice the spacing of the accounts' quota slots
     try:
         async with env.consumer(google_concurrency=1):
             await wait_until(lambda: len(env.events(first)) == len(env.events(second)) == 30,
@@ -89,7 +89,7 @@ async def test_the_consumer_batches_its_calls_under_load(env: Env) -> None:
     inserts = [c for c in env.sandbox.calls(since=since, detail=True)["calls"]
                if c["op"] == "events.insert"]
     assert len(inserts) == 60 and all(c["status"] == 200 for c in inserts)
-    # One request at a time, 50 ms a call: most calls must have gone in batches.
+    # One request at a time, 100 ms a call: most calls must have gone in batches.
     assert sum(c["batch"] is not None for c in inserts) >= 40
     assert len(env.results()) == 60
     assert not env.query("SELECT 1 FROM sync_results WHERE outcome <> 'applied'")
