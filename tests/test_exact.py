@@ -261,6 +261,7 @@ async def test_reconcile_finds_and_repairs_what_drifted(env: Env) -> None:
     assert again["found"] == {}
     status = json.loads(calsync(env, "status", "--json").stdout)
     assert status["reconcile"]["executed"] is False and status["reconcile"]["found"] == {}
+    assert status["backfills"] == []  # none under way
     sources = {r["source"] for r in env.results()}
     assert "reconcile" in sources
 
