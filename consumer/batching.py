@@ -88,7 +88,12 @@ class Batcher(Generic[In, Out]):
                     self._collecting += 1
         finally:
             self._collecting -= 1
+            # Gone from the count now, not when its done-callback runs: an item submitted
+            # in between would otherwise find the flush slot taken and wait for ever.
             self._running -= 1
+            current = asyncio.current_task()
+            if current is not None:
+                self._tasks.discard(current)
 
     async def _deliver(self, batch: list[tuple[In, asyncio.Future[Out]]]) -> None:
         live = [(item, future) for item, future in batch if not future.cancelled()]

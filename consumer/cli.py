@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import psycopg
 from pydantic import ValidationError
@@ -208,7 +208,8 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
                       f"{'yes' if c['writable'] else 'no':9} {c['id']}")
         return 0
     if command == "select":
-        done = _with_links(settings, lambda s: s.select(args.link, args.calendar_id))
+        done = _with_links(settings, lambda s: _select_showing_progress(
+            s, args.link, args.calendar_id))
         merged = f" (folded into earlier link {done['link']['id']})" if done["merged_from"] else ""
         print(f"link {args.link} now syncs to calendar {done['calendar']['name']!r} "
               f"({done['calendar']['id']}){merged}; backfilled: {_counts(done['backfill'])}")
@@ -234,6 +235,32 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
                   f"{r['state']:21} {r['state_changed_at'][:19]:20} "
                   f"{(r['calendar_id'] or '-')[:24]:24} {r['state_reason'] or ''}")
     return 0
+
+
+async def _select_showing_progress(service: links.LinkService, link_id: str,
+                                   calendar_id: str) -> dict[str, Any]:
+    """`links select`: on a terminal, the backfill's progress while it runs (one line that
+    rewrites itself on stderr: done of total, rate, about how long is left)."""
+    from consumer.progress import progress, quota_ceiling
+
+    selecting = asyncio.create_task(service.select(link_id, calendar_id))
+    shown = False
+    while sys.stderr.isatty():
+        done, _ = await asyncio.wait([selecting], timeout=1.0)
+        if done:
+            break
+        latest = (await service.store.latest_backfills([link_id])).get(link_id)
+        if latest is None or latest.finished_at is not None:
+            continue
+        view = progress(latest, quota_ceiling(service.settings))
+        left = f", about {view['remaining_s']:.0f}s left" if view["remaining_s"] else ""
+        sys.stderr.write(f"\rbackfilling: {view['done']}/{view['total'] or '?'} booking(s)"
+                         f"{left}   ")
+        sys.stderr.flush()
+        shown = True
+    if shown:
+        sys.stderr.write("\n")
+    return await selecting
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -160,7 +160,8 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         print(drift.as_json(run_id, reports, args.execute))
     else:
         print(drift.render(reports, args.execute))
-    return 0
+    # Exit 1 when a link could not be reconciled, or a repair failed: said in the output.
+    return 1 if any(r.error or r.unrepaired for r in reports) else 0
 
 
 def dlq(args: argparse.Namespace, settings: Settings) -> int:

@@ -159,6 +159,11 @@ _BOOKINGS_OF_ACTIVITY = (
 )
 _LATEST_BOOKING = "SELECT event FROM bookings WHERE booking_id = %s"
 _MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"
+_FORGET_EVENT = (
+    "UPDATE link_bookings SET google_event_id = NULL, calendar_id = NULL, applied_version = NULL,"
+    " generation = generation + 1, updated_at = now()"
+    " WHERE link_id = %s AND booking_id = %s AND google_event_id = %s"
+)
 # The first write wins: a retry or a redelivery of the same message finds its row (and
 # whether its copy was published) instead of writing another.
 _INSERT_DEAD_LETTER = (
@@ -347,6 +352,11 @@ class Repository:
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_LATEST_BOOKING, (booking_id,))).fetchone()
         return _stored_event(row["event"], booking_id) if row else None
+
+    async def forget_event(self, link_id: str, booking_id: str, event_id: str) -> None:
+        """The records of a (link, booking) no longer hold this event (it was removed)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(_FORGET_EVENT, (link_id, booking_id, event_id))
 
     async def mark_backfilled(self, link_id: str) -> None:
         async with self.pool.connection() as conn:

@@ -66,6 +66,22 @@ _OTHER_LIVE_LINKS_OF_ACCOUNT = (
     " AND state <> 'disconnected' ORDER BY id"
 )
 _DROP_REPAIRS = "DELETE FROM repairs WHERE link_id = %s"
+_RECORDED_ON = (
+    "SELECT booking_id, google_event_id FROM link_bookings WHERE link_id = %s"
+    " AND google_event_id IS NOT NULL AND coalesce(calendar_id, %s) = %s"
+)
+# A link's events away from its calendar: recorded on another one, or stranded on one.
+_EVENTS_ELSEWHERE = (
+    "SELECT booking_id, calendar_id, google_event_id FROM link_bookings WHERE link_id = %s"
+    " AND google_event_id IS NOT NULL AND calendar_id IS NOT NULL AND calendar_id <> %s"
+    " UNION SELECT booking_id, calendar_id, google_event_id FROM stranded_events"
+    " WHERE link_id = %s"
+)
+_UNSTRAND_LINK = "DELETE FROM stranded_events WHERE link_id = %s"
+_STRAND = (
+    "INSERT INTO stranded_events (link_id, booking_id, calendar_id, google_event_id, reason)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (calendar_id, google_event_id) DO NOTHING"
+)
 _FORGET_EVENTS = (
     # The next activation creates fresh events, under ids not used before.
     "UPDATE link_bookings SET applied_version = NULL, google_event_id = NULL, calendar_id = NULL,"
@@ -236,6 +252,9 @@ class LinkStore:
         async with self.pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(_LOCK_LINK, (link_id,))).fetchone()
             assert row is not None
+            if row["state"] == LinkState.DISCONNECTED:  # (a disconnect under way, maybe)
+                raise StateRefused("link_disconnected", f"link {link_id} is disconnected: "
+                                   "connect the account again")
             others = await (await conn.execute(_LIVE_ON_CALENDAR, (
                 row["activity_id"], row["account_email"], calendar_id, link_id))).fetchall()
             live = [o for o in others if o["state"] != LinkState.DISCONNECTED]
@@ -277,6 +296,28 @@ class LinkStore:
                 if asyncio.get_running_loop().time() > deadline:
                     return False
                 await asyncio.sleep(0.05)
+
+    async def recorded_events(self, link_id: str, calendar_id: str) -> list[tuple[str, str]]:
+        """(booking, event) the records say are on this calendar."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_RECORDED_ON, (link_id, calendar_id,
+                                                            calendar_id))).fetchall()
+        return [(r["booking_id"], r["google_event_id"]) for r in rows]
+
+    async def events_elsewhere(self, link_id: str, calendar_id: str
+                               ) -> list[tuple[str, str, str]]:
+        """(booking, calendar, event) of the link's events on other calendars."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_EVENTS_ELSEWHERE, (link_id, calendar_id,
+                                                                 link_id))).fetchall()
+        return [(r["booking_id"], r["calendar_id"], r["google_event_id"]) for r in rows]
+
+    async def strand(self, link_id: str, left: list[tuple[str, str, str, str]]) -> None:
+        """After a removal: the link's stranded events are exactly those still left."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(_UNSTRAND_LINK, (link_id,))
+            for booking_id, calendar_id, event_id, why in left:
+                await conn.execute(_STRAND, (link_id, booking_id, calendar_id, event_id, why))
 
     async def drop_repairs(self, link_id: str) -> None:
         """A disconnected link is owed nothing (a reconnect backfills it)."""

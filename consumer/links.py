@@ -380,6 +380,8 @@ class LinkService:
                             "are writer or owner", 422, "calendar_not_writable")
         try:
             activation = await self.store.activate(link_id, calendar_id)
+        except StateRefused as exc:
+            raise LinkError(str(exc), 409, exc.problem) from None
         except CalendarTaken as exc:
             fix = ("" if exc.state == LinkState.ACTIVE else
                    f" (it is {exc.state}: reconnect or re-select that link instead)")
@@ -460,6 +462,9 @@ class LinkService:
                 try:
                     await self.store.backfill_progress(backfill_id, tally.done,
                                                        dict(tally.counts))
+                    # The leases on what is left stay this process's while it works them.
+                    await repairs.renew(self.repository, self.member,
+                                        self.settings.repair_lease_s)
                 except Exception as exc:  # progress is for people; the backfill goes on
                     log.warning("backfill_progress_not_saved", backfill_id=backfill_id,
                                 error=repr(exc))
@@ -505,27 +510,50 @@ class LinkService:
                 "token_revoked": revoked, "token_still_used_by": shared_with}
 
     async def _remove_events(self, row: LinkRow, token: str) -> int:
+        """Every event of the link that can be reached, wherever it is: on its calendar
+        (found by its private `link_id` property), recorded on another one (a move under
+        way), or stranded on one it moved away from. One that cannot be reached (the
+        calendar gone or read-only) is recorded as stranded, for a reconcile to remove once
+        it can; only faults that pass make the disconnect say to run it again."""
         calendar_id = row.link.calendar_id
         assert calendar_id is not None
         google, account = self.svc.google, row.link.account_email
+        removed = 0
+        left: list[tuple[str, str, str, str]] = []  # (booking, calendar, event, why)
+
+        async def delete(on: str, event_id: str, booking_id: str) -> None:
+            nonlocal removed
+            try:
+                await self._google(account, google.delete_event, token, on, event_id)
+            except GoogleApiError as exc:
+                if exc.retriable:
+                    raise
+                if not exc.gone:
+                    left.append((booking_id, on, event_id, str(exc)[:300]))
+                    return
+            removed += 1
+
         try:
-            events: list[dict[str, Any]] = await self._google(
-                account, google.list_link_events, token, calendar_id, row.link.id)
-
-            async def delete(event_id: str) -> None:
-                try:
-                    await self._google(account, google.delete_event, token, calendar_id,
-                                       event_id)
-                except GoogleApiError as exc:
-                    if not exc.gone:
-                        raise
-
-            await asyncio.gather(*(delete(e["id"]) for e in events))
+            try:
+                listed = await self._google(account, google.list_link_events, token,
+                                            calendar_id, row.link.id)
+                targets = [(calendar_id, e["id"], "") for e in listed]
+            except GoogleApiError as exc:
+                if exc.retriable:
+                    raise
+                # The calendar cannot be listed (gone, or read-only now): what the records
+                # say is on it is tried one by one.
+                targets = [(calendar_id, e, b) for b, e in
+                           await self.store.recorded_events(row.link.id, calendar_id)]
+            for b, on, e in await self.store.events_elsewhere(row.link.id, calendar_id):
+                targets.append((on, e, b))
+            await asyncio.gather(*(delete(on, e, b) for on, e, b in targets))
         except GoogleApiError as exc:
             raise LinkError(f"the link is disconnected, but its events could not all be removed "
                             f"({exc}): run the disconnect again", 502, "google_error") from None
+        await self.store.strand(row.link.id, left)
         await self.store.forget_events(row.link.id)
-        return len(events)
+        return removed
 
     async def _revoke(self, row: LinkRow) -> tuple[bool, list[str]]:
         """Revoke at Google, unless other links still use the account: Google revokes the

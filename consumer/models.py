@@ -241,3 +241,5 @@ class SyncResult(BaseModel):
     repair: RepairPlan | None = None  # left off the calendar: the repair loop takes it
     # Events left on a calendar that could not be reached: (calendar, event id, why).
     stranded: tuple[tuple[str, str, str], ...] = ()
+    # Stranded events taken back (their calendar is the link's again): (calendar, event id).
+    unstranded: tuple[tuple[str, str], ...] = ()

@@ -256,6 +256,9 @@ async def resync(settings: Settings, booking_ids: set[str]) -> int:
             if event is None:
                 continue
             rows = await svc.repository.links_for_activity(event.booking.activity_id)
+            # And the links whose calendars still hold it (it moved to another activity).
+            holding = (await svc.repository.links_holding({booking_id})).get(booking_id, [])
+            rows += [r for r in holding if r.link.id not in {x.link.id for x in rows}]
             for row in rows:
                 if row.link.state is LinkState.ACTIVE:
                     result = await svc.engine.sync_link(event, row, None, source="resync",

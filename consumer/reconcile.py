@@ -78,6 +78,7 @@ class LinkReport:
     drift: list[Drift] = field(default_factory=list)
     repaired: Counter[str] = field(default_factory=Counter)
     error: str | None = None
+    unrepaired: list[str] = field(default_factory=list)  # repairs that failed, and why
 
     def found(self) -> Counter[str]:
         return Counter(d.kind for d in self.drift)
@@ -90,7 +91,8 @@ class LinkReport:
         return {"link_id": self.link_id, "activity_id": self.activity_id,
                 "account_email": self.account_email, "calendar_id": self.calendar_id,
                 "events_seen": self.events_seen, **by_kind,
-                "repaired": dict(self.repaired), "error": self.error}
+                "repaired": dict(self.repaired), "unrepaired": self.unrepaired,
+                "error": self.error}
 
 
 # --- the comparison: pure ----------------------------------------------------------------------
@@ -141,16 +143,21 @@ def compare(row: LinkRow, latest: dict[str, BookingEvent], recorded: dict[str, s
               if belongs_on_calendar(e) and e.booking.activity_id == link.activity_id}
     drift: list[Drift] = []
     mine: dict[str, list[dict[str, Any]]] = {}
+    kept: dict[str, list[dict[str, Any]]] = {}  # a disconnected link's, kept on purpose
     for event in events:
         private = (event.get("extendedProperties") or {}).get("private") or {}
         owner, booking_id = private.get("link_id"), private.get("booking_id")
         if owner != link.id:
             state, calendar = others.get(str(owner), ("unknown", None))
-            if state == "unknown" or (state != LinkState.DISCONNECTED.value
-                                      and calendar != link.calendar_id):
-                drift.append(Drift("orphaned", booking_id, event["id"],
-                                   f"of link {owner} ({state})", link_id=str(owner)))
-            continue  # another live link's (or one disconnected, its events kept on purpose)
+            if calendar == link.calendar_id and state != "unknown":
+                if state == LinkState.DISCONNECTED.value:
+                    kept.setdefault(str(booking_id), []).append(event)
+                continue  # another live link's on this calendar, or kept by its owner
+            # A link that no longer exists, or that moved to another calendar: its event
+            # should have left this one.
+            drift.append(Drift("orphaned", booking_id, event["id"],
+                               f"of link {owner} ({state})", link_id=str(owner)))
+            continue
         if booking_id not in wanted:
             why = "no such booking" if booking_id not in latest else "booking not live here"
             drift.append(Drift("orphaned", booking_id, event["id"], why))
@@ -158,11 +165,22 @@ def compare(row: LinkRow, latest: dict[str, BookingEvent], recorded: dict[str, s
         mine.setdefault(str(booking_id), []).append(event)
     for booking_id, booking_event in wanted.items():
         held = mine.get(booking_id, [])
+        # A booking this link holds, also on the calendar from a link disconnected with
+        # its events kept: the calendar shows it twice.
+        drift += [Drift("duplicated", booking_id, e["id"], "kept by a disconnected link",
+                        link_id=str(((e.get("extendedProperties") or {}).get("private")
+                                     or {}).get("link_id")))
+                  for e in kept.get(booking_id, []) if held]
         if not held:
             drift.append(Drift("missing", booking_id, None))
             continue
         keep = next((e for e in held if e["id"] == recorded.get(booking_id)), held[0])
         drift += [Drift("duplicated", booking_id, e["id"]) for e in held if e is not keep]
+        if keep["id"] != recorded.get(booking_id):
+            # On the calendar, but not what the records hold (an old bug lost it): taken
+            # as the booking's event, or the next change would create a second one.
+            drift.append(Drift("changed", booking_id, keep["id"], "not recorded"))
+            continue
         changed = differences(render_event(booking_event.booking, link.id), keep)
         if changed:
             drift.append(Drift("changed", booking_id, keep["id"], ",".join(changed)))
@@ -192,6 +210,16 @@ _RUN = "SELECT * FROM reconcile_runs WHERE id = %s"
 _PROGRESS = (
     "UPDATE reconcile_runs SET links_done = %s, events_seen = %s, found = %s, repaired = %s,"
     " report = %s, updated_at = now() WHERE id = %s"
+)
+_HEARTBEAT = "UPDATE reconcile_runs SET progress = %s, updated_at = now() WHERE id = %s"
+# Stranded events of links not active any more, with an active link of the same account
+# whose token can reach them.
+_STRANDED_ELSEWHERE = (
+    "SELECT s.link_id, s.booking_id, s.calendar_id, s.google_event_id,"
+    " (SELECT a.id FROM calendar_links a WHERE a.account_email = cl.account_email"
+    "  AND a.state = 'active' ORDER BY a.id LIMIT 1) AS helper_link_id"
+    " FROM stranded_events s JOIN calendar_links cl ON cl.id = s.link_id"
+    " WHERE cl.state <> 'active'"
 )
 _FINISH = (
     "UPDATE reconcile_runs SET finished_at = now(), updated_at = now(), error = %s"
@@ -225,6 +253,12 @@ class Progress:
     repairs_done: int = 0
     started: float = field(default_factory=time.monotonic)
 
+    def as_json(self) -> dict[str, Any]:
+        eta = self.eta_s()
+        return {"links_done": self.links_done, "links_total": self.links_total,
+                "repairs_done": self.repairs_done, "repairs_total": self.repairs_total,
+                "eta_s": round(eta) if eta is not None else None}
+
     def eta_s(self) -> float | None:
         done = self.links_done + self.repairs_done
         left = (self.links_total - self.links_done) + (self.repairs_total - self.repairs_done)
@@ -252,7 +286,8 @@ class Reconciler:
 
     async def run(self, run_id: int,
                   on_progress: Callable[[Progress], None] | None = None) -> list[LinkReport]:
-        """Work a run to its end (resuming after the links it already did)."""
+        """Work a run to its end (resuming after the links it already did). A run cut short
+        (its process stopped) stays unfinished, and the group's next look resumes it."""
         async with self.repository.pool.connection() as conn:
             run = await (await conn.execute(_RUN, (run_id,))).fetchone()
             assert run is not None
@@ -263,14 +298,19 @@ class Reconciler:
         found: Counter[str] = Counter(run["found"])
         repaired: Counter[str] = Counter(run["repaired"])
         seen = int(run["events_seen"])
-        progress = Progress(links_total=len(links), links_done=len(done))
+        progress = Progress(links_total=len(set(links) | set(done)), links_done=len(done))
         out: list[LinkReport] = []
-        error = None
+        heartbeat = asyncio.create_task(self._heartbeat(run_id, progress))
+        error: str | None = None
+        finished = False
         try:
             for link_id in links:
                 if link_id in done:
                     continue
                 report = await self.link(link_id, run["executed"], progress, on_progress)
+                if report is None:  # left `active` since the run began
+                    progress.links_total -= 1
+                    continue
                 out.append(report)
                 done.append(link_id)
                 progress.links_done += 1
@@ -284,20 +324,77 @@ class Reconciler:
                                                    run_id))
                 if on_progress is not None:
                     on_progress(progress)
+            if run["executed"] and run["link_filter"] is None:
+                stranded = await self.stranded_elsewhere()
+                if stranded.found():
+                    out.append(stranded)
+                    found.update(stranded.found())
+                    repaired.update(stranded.repaired)
+                    reports.append(stranded.as_json())
+                    async with self.repository.pool.connection() as conn:
+                        await conn.execute(_PROGRESS, (done, seen, Jsonb(dict(found)),
+                                                       Jsonb(dict(repaired)), Jsonb(reports),
+                                                       run_id))
+            finished = True
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
+            finished = True
             raise
         finally:
-            async with self.repository.pool.connection() as conn:
-                await conn.execute(_FINISH, (error, run_id))
+            heartbeat.cancel()
+            await asyncio.gather(heartbeat, return_exceptions=True)
+            if finished:
+                async with self.repository.pool.connection() as conn:
+                    await conn.execute(_FINISH, (error, run_id))
         return out
+
+    async def _heartbeat(self, run_id: int, progress: Progress, every_s: float = 5.0) -> None:
+        """While a run goes: it is alive (not resumed by another process), and how far."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                async with self.repository.pool.connection() as conn:
+                    await conn.execute(_HEARTBEAT, (Jsonb(progress.as_json()), run_id))
+            except psycopg.Error as exc:
+                log.info("reconcile_heartbeat_missed", cause=type(exc).__name__)
+
+    async def stranded_elsewhere(self) -> LinkReport:
+        """Events stranded by links that are not active any more (disconnected, or moved
+        again), removed with the token of an active link of the same account."""
+        report = LinkReport("(stranded)", "", "", "")
+        async with self.repository.pool.connection() as conn:
+            rows = await (await conn.execute(_STRANDED_ELSEWHERE)).fetchall()
+        for r in rows:
+            drift = Drift("orphaned", r["booking_id"], r["google_event_id"],
+                          "stranded by a link not active any more", link_id=r["link_id"],
+                          calendar_id=r["calendar_id"])
+            report.drift.append(drift)
+            helper = await self.repository.link(r["helper_link_id"])
+            if helper is None:
+                continue
+            try:
+                removed = await self.engine.remove_extra_event(
+                    helper, r["link_id"], r["booking_id"], r["calendar_id"],
+                    r["google_event_id"])
+            except Exception as exc:
+                report.unrepaired.append(f"orphaned {r['google_event_id']}: "
+                                         f"{type(exc).__name__}")
+                continue
+            if removed:
+                report.repaired["orphaned"] += 1
+                self.metrics.reconcile_repaired.labels("orphaned").inc()
+                async with self.repository.pool.connection() as conn:
+                    await conn.execute(_UNSTRAND, (r["calendar_id"], r["google_event_id"]))
+        return report
 
     # --- one link -----------------------------------------------------------------------
 
     async def link(self, link_id: str, execute: bool, progress: Progress | None = None,
-                   on_progress: Callable[[Progress], None] | None = None) -> LinkReport:
+                   on_progress: Callable[[Progress], None] | None = None
+                   ) -> LinkReport | None:
         row = await self.repository.link(link_id)
-        assert row is not None and row.link.calendar_id is not None
+        if row is None or row.link.state is not LinkState.ACTIVE or not row.link.calendar_id:
+            return None
         report = LinkReport(row.link.id, row.link.activity_id, row.link.account_email,
                             row.link.calendar_id)
         try:
@@ -346,13 +443,19 @@ class Reconciler:
         gate = asyncio.Semaphore(_REPAIR_CONCURRENCY)
 
         async def repair(drift: Drift) -> None:
-            async with gate:
-                if await self._repair(row, drift, latest):
-                    report.repaired[drift.kind] += 1
-                    self.metrics.reconcile_repaired.labels(drift.kind).inc()
-                    log.info("reconcile_repaired", link_id=row.link.id, kind=drift.kind,
-                             booking_id=drift.booking_id, event_id=drift.event_id,
-                             detail=drift.detail or None)
+            try:
+                async with gate:
+                    if await self._repair(row, drift, latest, recorded):
+                        report.repaired[drift.kind] += 1
+                        self.metrics.reconcile_repaired.labels(drift.kind).inc()
+                        log.info("reconcile_repaired", link_id=row.link.id, kind=drift.kind,
+                                 booking_id=drift.booking_id, event_id=drift.event_id,
+                                 detail=drift.detail or None)
+            except Exception as exc:  # one event's trouble (a calendar still read-only...)
+                report.unrepaired.append(f"{drift.kind} {drift.event_id or drift.booking_id}: "
+                                         f"{type(exc).__name__}: {str(exc)[:200]}")
+                log.warning("reconcile_repair_failed", link_id=row.link.id, kind=drift.kind,
+                            booking_id=drift.booking_id, cause=type(exc).__name__)
             if progress is not None:
                 progress.repairs_done += 1
                 if on_progress is not None:
@@ -360,14 +463,22 @@ class Reconciler:
 
         await asyncio.gather(*(repair(d) for d in report.drift))
 
-    async def _repair(self, row: LinkRow, drift: Drift, latest: dict[str, BookingEvent]
-                      ) -> bool:
+    async def _repair(self, row: LinkRow, drift: Drift, latest: dict[str, BookingEvent],
+                      recorded: dict[str, str]) -> bool:
         calendar_id = row.link.calendar_id
         assert calendar_id is not None
-        if drift.kind in ("missing", "changed"):
-            assert drift.booking_id is not None
-            result = await self.engine.sync_link(latest[drift.booking_id], row, None,
-                                                 source="reconcile", force=True, latest=True)
+        booking = latest.get(drift.booking_id or "")
+        held_by_records = (drift.link_id is None and drift.calendar_id is None
+                           and drift.event_id is not None
+                           and recorded.get(drift.booking_id or "") == drift.event_id)
+        if drift.kind in ("missing", "changed") or (held_by_records and booking is not None):
+            # Through the sync path, from the latest state read under the claim: a missing
+            # or edited event is put right, one the records hold but the booking no longer
+            # wants is deleted, one they lost is taken back.
+            assert booking is not None
+            adopt = drift.event_id if drift.detail == "not recorded" else None
+            result = await self.engine.sync_link(booking, row, None, source="reconcile",
+                                                 force=True, latest=True, adopt=adopt)
             return result.outcome.value == "applied"
         assert drift.event_id is not None
         on = drift.calendar_id or calendar_id
@@ -424,10 +535,16 @@ async def _maybe_run(svc: Services, interval_s: float, member: str) -> None:
                          ).fetchone()
             if not due or not due["due"]:
                 return
-            await conn.execute(_SCHEDULE_NEXT, (interval_s,))
             run_id = await reconciler.start("schedule", member, True, None)
             log.info("reconcile_started", run_id=run_id)
-            reports = await reconciler.run(run_id)
+            try:
+                reports = await reconciler.run(run_id)
+            except asyncio.CancelledError:
+                raise  # cut short: the run is resumed (_UNFINISHED), the schedule stays due
+            except Exception:
+                await conn.execute(_SCHEDULE_NEXT, (interval_s,))
+                raise
+            await conn.execute(_SCHEDULE_NEXT, (interval_s,))
             found = sum((r.found() for r in reports), Counter())
             log.info("reconcile_finished", run_id=run_id, links=len(reports),
                      found=dict(found),
@@ -447,7 +564,8 @@ async def latest_run(conn: psycopg.AsyncConnection[DictRow]) -> dict[str, Any] |
             "running": row["finished_at"] is None,
             "links_done": len(row["links_done"]), "links_total": row["links_total"],
             "events_seen": row["events_seen"], "found": row["found"],
-            "repaired": row["repaired"], "error": row["error"]}
+            "repaired": row["repaired"], "progress": row["progress"],
+            "error": row["error"]}
 
 
 def render(reports: list[LinkReport], executed: bool) -> str:
@@ -467,6 +585,7 @@ def render(reports: list[LinkReport], executed: bool) -> str:
             continue
         lines.append(f"{head}; " + ", ".join(f"{n} {k}" for k, n in sorted(found.items()))
                      + (f"; repaired {sum(r.repaired.values())}" if executed else ""))
+        lines += [f"  NOT REPAIRED {why}" for why in r.unrepaired]
         for d in r.drift:
             what = f"booking {d.booking_id}" if d.booking_id else "no booking"
             event = f" event {d.event_id}" if d.event_id else ""

@@ -90,7 +90,10 @@ _OWE = (
     " due_at = least(repairs.due_at, now()), leased_by = EXCLUDED.leased_by,"
     " leased_until = EXCLUDED.leased_until, updated_at = now()"
 )
-_REMAINING = "SELECT count(*) AS n FROM repairs WHERE link_id = %s AND reason = %s"
+_RENEW = (
+    "UPDATE repairs SET leased_until = now() + make_interval(secs => %s)"
+    " WHERE leased_by = %s AND leased_until > now()"
+)
 
 
 @dataclass(frozen=True)
@@ -253,10 +256,10 @@ async def owe(repository: Repository, link_id: str, pairs: list[tuple[str, int]]
                                   "versions": [v for _, v in pairs]})
 
 
-async def remaining(repository: Repository, link_id: str, reason: str) -> int:
+async def renew(repository: Repository, member: str, lease_s: float) -> None:
+    """The leases a process holds, extended while it still works them."""
     async with repository.pool.connection() as conn:
-        row = await (await conn.execute(_REMAINING, (link_id, reason))).fetchone()
-    return int(row["n"]) if row else 0
+        await conn.execute(_RENEW, (lease_s, member))
 
 
 async def make_due(repository: Repository, link_id: str | None) -> int:

@@ -10,8 +10,10 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from psycopg.rows import dict_row
 
+from consumer.link_store import Backfill
 from consumer.members import alive_members
 from consumer.operations import OpsError, kafka_probe
+from consumer.progress import progress, quota_ceiling
 from consumer.reconcile import latest_run as latest_reconcile
 from consumer.repairs import summary as repair_summary
 from consumer.settings import Settings
@@ -24,6 +26,12 @@ _FAILURES = (
     "SELECT reason, outcome, count(*) AS results FROM sync_results WHERE outcome IN"
     " ('failed', 'skipped', 'deferred') AND recorded_at > now() - interval '1 hour'"
     " GROUP BY reason, outcome ORDER BY count(*) DESC"
+)
+# Backfills under way (or whose process stopped: they show as stalled), with their progress.
+_RUNNING_BACKFILLS = (
+    "SELECT id, link_id, calendar_id, calendar_name, trigger, total, done, counts,"
+    " started_at, updated_at, finished_at, error, now() AS now FROM backfills"
+    " WHERE finished_at IS NULL AND started_at > now() - interval '1 day' ORDER BY id"
 )
 _DLQ = (
     "SELECT count(*) FILTER (WHERE replayed_at IS NULL) AS waiting, count(*) AS total,"
@@ -67,13 +75,19 @@ async def collect(settings: Settings) -> dict[str, Any]:
         failures = await (await conn.execute(_FAILURES)).fetchall()
         dlq = await (await conn.execute(_DLQ)).fetchone()
         repairs = await repair_summary(conn)
+        running = await (await conn.execute(_RUNNING_BACKFILLS)).fetchall()
+        ceiling = quota_ceiling(settings)
+        backfills = [{k: v for k, v in progress(Backfill(**row), ceiling).items()
+                      if k in ("id", "link_id", "status", "done", "total", "percent",
+                               "rate_per_s", "estimated_end", "remaining_s")}
+                     for row in running]
         last_reconcile = await latest_reconcile(conn)
     assert dlq is not None
     return {
         "group": group, "topic": topic, "members": members, "broker_group": broker,
         "partitions": lag, "total_lag": sum(p["lag"] for p in lag), "stalls": stalls,
         "links": links, "failures_last_hour": failures, "repairs": repairs,
-        "reconcile": last_reconcile,
+        "reconcile": last_reconcile, "backfills": backfills,
         "dead_letters": {"waiting": dlq["waiting"], "total": dlq["total"],
                          "oldest_waiting": dlq["oldest"].isoformat() if dlq["oldest"] else None},
     }
@@ -108,6 +122,11 @@ def render(status: dict[str, Any]) -> str:
                      f"{repairs['oldest_age_s']:.0f}s ago ({reasons})")
     else:
         lines.append("repairs: none waiting")
+    for backfill in status["backfills"]:
+        left = (f", about {backfill['remaining_s']:.0f}s left" if backfill["remaining_s"]
+                else "")
+        lines.append(f"backfill #{backfill['id']} of link {backfill['link_id']}: "
+                     f"{backfill['status']}, {backfill['done']}/{backfill['total']}{left}")
     run = status["reconcile"]
     if run is None:
         lines.append("reconcile: never run")

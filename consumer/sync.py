@@ -27,7 +27,6 @@ import dataclasses
 import itertools
 import math
 import random
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -283,6 +282,7 @@ class SyncEngine:
         self.halted: dict[str, float] = {}
         self._halt_signals: dict[str, asyncio.Event] = {}
         self.pacing: Counter[str] = Counter()  # per account: live calls retrying a rate limit
+        self._unsettled: set[tuple[str, str]] = set()  # written at Google, not recorded
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
             self._take_in, split_on=lambda exc: not is_retriable(exc))
@@ -356,17 +356,29 @@ class SyncEngine:
     async def sync_link(self, event: BookingEvent, row: LinkRow,
                         position: MessagePosition | None, source: str = "event",
                         force: bool = False, ticket: int | None = None,
-                        may_defer: bool = False, latest: bool = False) -> SyncResult:
+                        may_defer: bool = False, latest: bool = False,
+                        adopt: str | None = None) -> SyncResult:
         """`force`: apply the booking even where the recorded version says it is applied
         (a resync or a reconcile, for when Google's side drifted). `latest`: apply the
         booking's latest state, read under the pair's claim (not `event`, read before it:
         a newer version may have come meanwhile, and a forced write must never roll one
         back). `may_defer`: when the account's quota is booked up, leave the work to the
-        repair loop instead of waiting for it."""
+        repair loop instead of waiting for it. `adopt`: an event of ours on the link's
+        calendar for this booking that the records do not hold (a reconcile found it):
+        taken as the booking's event, made to match, recorded."""
+        pair = (row.link.id, event.booking.id)
+        if pair in self._unsettled:
+            # A write of ours for this pair went out, but its record did not: what Google
+            # holds is unknown, so the latest state is applied whatever is recorded.
+            force = latest = True
         claim = await self.store.claim(row.link.id, event.booking.id)
         wrote = restore = False
         try:
-            if latest:
+            if latest or (claim.latest_version is not None
+                          and claim.latest_version > event.booking.version):
+                # Read under the claim. A message whose booking has moved on since (a newer
+                # version taken in by another owner during a rebalance) applies the newer
+                # state: never older content, never a create on an activity it has left.
                 event = await self.repository.latest_booking(event.booking.id) or event
             booking = event.booking
             bound = log.bind(link_id=row.link.id, booking_id=booking.id,
@@ -389,12 +401,16 @@ class SyncEngine:
             halted_at = self.halted.get(row.link.id)
             if halted_at is not None and claim.state_changed_at > halted_at:
                 self.resume(row.link.id)
+            if adopt is not None:
+                recorded = (recorded or RecordedEvent()).model_copy(update={
+                    "google_event_id": adopt, "calendar_id": row.link.calendar_id})
             if force and recorded is not None:
                 recorded = recorded.model_copy(update={"applied_version": None})
             planned = plan_operation(event, row.link, recorded, latest=latest)
             op = planned.operation
             try:
-                result = await self._apply(planned, event, row, recorded, call)
+                result = await self._apply(planned, event, row, recorded, call,
+                                           claim.stranded_event_id)
             except LinkHalted:
                 result = _result(row, op, Outcome.SKIPPED, "link_not_active", call)
             except TokenRefreshFailed as exc:
@@ -432,8 +448,12 @@ class SyncEngine:
                     result.repair, claim.repair_attempts)})
             wrote = call.attempts > 0
             await self.store.record(claim, event, position, result, source)
-        except ClaimLost:
+            self._unsettled.discard(pair)
+        except Exception as exc:
             if not wrote:
+                raise
+            self._unsettled.add(pair)  # whoever handles the pair next restores the latest
+            if not isinstance(exc, ClaimLost):
                 raise
             restore = True
         finally:
@@ -471,8 +491,8 @@ class SyncEngine:
         # After the claim is released: the update must not wait behind a disconnect that is
         # itself waiting for that claim.
         changed_at = await self.repository.leave_active(row.link.id, state, reason)
-        self.halt(row.link.id, changed_at if changed_at is not None else time.time())
-        if changed_at is not None:
+        if changed_at is not None:  # (otherwise another process changed it: its notice comes)
+            self.halt(row.link.id, changed_at)
             log.warning(f"link_{state}", link_id=row.link.id, activity_id=row.link.activity_id,
                         account=row.link.account_email, calendar_id=row.link.calendar_id,
                         cause=reason)
@@ -486,16 +506,18 @@ class SyncEngine:
         claim = await self.store.claim(claim_link_id, booking_id)
         try:
             rec = claim.recorded
-            if (rec is not None and rec.google_event_id == event_id
-                    and rec.calendar_id in (None, calendar_id)
-                    and claim.state is LinkState.ACTIVE):
-                return False
+            recorded_here = (rec is not None and rec.google_event_id == event_id
+                             and rec.calendar_id in (None, calendar_id))
+            if recorded_here and claim.state is LinkState.ACTIVE:
+                return False  # an active link's records hold it: only its sync may remove it
             call = _LinkCall(self, row, self.next_ticket())
             try:
                 await call.run(lambda t: self.google.delete_event(t, calendar_id, event_id))
             except GoogleApiError as exc:
                 if not await self._event_is_gone(exc, call, calendar_id, event_id):
                     raise
+            if recorded_here:  # a link not active any more: its records forget the event
+                await self.repository.forget_event(claim_link_id, booking_id, event_id)
             return True
         finally:
             await self.store.release(claim)
@@ -503,7 +525,8 @@ class SyncEngine:
     # --- the operations -----------------------------------------------------------------
 
     async def _apply(self, planned: PlannedOperation, event: BookingEvent, row: LinkRow,
-                     recorded: RecordedEvent | None, call: _LinkCall) -> SyncResult:
+                     recorded: RecordedEvent | None, call: _LinkCall,
+                     stranded: str | None = None) -> SyncResult:
         booking = event.booking
         rec = recorded or RecordedEvent()
         calendar_id = row.link.calendar_id
@@ -515,13 +538,14 @@ class SyncEngine:
             return _result(row, Operation.NONE, Outcome.UNCHANGED, planned.reason, call, new)
         assert calendar_id is not None
         if planned.operation is Operation.CREATE:
-            return await self._create(event, row, rec.generation, planned.reason, call)
+            return await self._create(event, row, rec.generation, planned.reason, call,
+                                      adopt=stranded)
         event_id = rec.google_event_id
         assert event_id is not None
         if planned.operation is Operation.MOVE:
             left = await self._leave_old_calendar(rec, row, call)
             moved = await self._create(event, row, rec.generation + 1, planned.reason, call,
-                                       Operation.MOVE)
+                                       Operation.MOVE, adopt=stranded)
             return moved.model_copy(update={"stranded": left})
         if planned.operation is Operation.UPDATE:
             body = render_event(booking, row.link.id)
@@ -543,9 +567,9 @@ class SyncEngine:
         # A delete goes to the calendar the event is on (the link's old one, after a move).
         on = rec.calendar_id or calendar_id
         reason = planned.reason
-        stranded: tuple[tuple[str, str, str], ...] = ()
+        off: tuple[tuple[str, str, str], ...] = ()
         if on != calendar_id:
-            stranded = await self._leave_old_calendar(rec, row, call)
+            off = await self._leave_old_calendar(rec, row, call)
         else:
             try:
                 await call.run(lambda t: self.google.delete_event(t, on, event_id))
@@ -556,7 +580,7 @@ class SyncEngine:
         new = RecordedEvent(applied_version=booking.version, google_event_id=None,
                             generation=rec.generation + 1)
         result = _result(row, Operation.DELETE, Outcome.APPLIED, reason, call, new, event_id)
-        return result.model_copy(update={"stranded": stranded})
+        return result.model_copy(update={"stranded": off})
 
     async def _leave_old_calendar(self, rec: RecordedEvent, row: LinkRow, call: _LinkCall
                                   ) -> tuple[tuple[str, str, str], ...]:
@@ -627,11 +651,28 @@ class SyncEngine:
         raise refused
 
     async def _create(self, event: BookingEvent, row: LinkRow, generation: int, reason: str,
-                      call: _LinkCall, operation: Operation = Operation.CREATE
-                      ) -> SyncResult:
+                      call: _LinkCall, operation: Operation = Operation.CREATE,
+                      adopt: str | None = None) -> SyncResult:
         booking = event.booking
         calendar_id = row.link.calendar_id
         assert calendar_id is not None
+        taken_back: tuple[tuple[str, str], ...] = ()
+        if adopt is not None:
+            # An event of ours for this booking was left on this calendar when the link
+            # moved away from it: it is made to match and recorded, not doubled.
+            taken_back = ((calendar_id, adopt),)
+            body = render_event(booking, row.link.id)
+            try:
+                await call.run(lambda t: self.google.update_event(t, calendar_id, adopt, body))
+            except GoogleApiError as exc:
+                if not await self._event_is_gone(exc, call, calendar_id, adopt):
+                    raise
+            else:
+                new = RecordedEvent(applied_version=booking.version, google_event_id=adopt,
+                                    generation=generation, calendar_id=calendar_id)
+                result = _result(row, operation, Outcome.APPLIED, "stranded_event_taken_back",
+                                 call, new, adopt)
+                return result.model_copy(update={"unstranded": taken_back})
         for gen in range(generation, generation + _MAX_GENERATIONS):
             event_id = google_event_id(row.link.id, booking.id, gen)
             body = render_event(booking, row.link.id, event_id)
@@ -639,7 +680,8 @@ class SyncEngine:
                                 generation=gen, calendar_id=calendar_id)
             try:
                 await call.run(lambda t: self.google.insert_event(t, calendar_id, body))  # noqa: B023
-                return _result(row, operation, Outcome.APPLIED, reason, call, new, event_id)
+                return _result(row, operation, Outcome.APPLIED, reason, call, new,
+                               event_id).model_copy(update={"unstranded": taken_back})
             except GoogleApiError as exc:
                 if exc.action is Action.CHECK_CALENDAR:  # no calendar, or no right to write
                     await self._check_calendar(exc, call, calendar_id)
@@ -651,7 +693,7 @@ class SyncEngine:
                 await call.run(
                     lambda t: self.google.update_event(t, calendar_id, event_id, body))  # noqa: B023
                 return _result(row, operation, Outcome.APPLIED, "already_existed", call, new,
-                               event_id)
+                               event_id).model_copy(update={"unstranded": taken_back})
             except GoogleApiError as exc:
                 # Taken by an event a person deleted since: the next generation's id.
                 if not await self._event_is_gone(exc, call, calendar_id, event_id):

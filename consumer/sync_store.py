@@ -44,11 +44,15 @@ _READ_CLAIMED = (
     "SELECT t.i, cl.state, cl.calendar_id AS link_calendar_id,"
     " extract(epoch FROM cl.state_changed_at)::float8 AS state_changed_at, lb.applied_version,"
     " lb.google_event_id, lb.generation, lb.calendar_id,"
-    " coalesce(r.attempts, 0) AS repair_attempts"
+    " coalesce(r.attempts, 0) AS repair_attempts, b.version AS latest_version,"
+    " (SELECT s.google_event_id FROM stranded_events s WHERE s.link_id = t.link_id"
+    "  AND s.booking_id = t.booking_id AND s.calendar_id = cl.calendar_id LIMIT 1)"
+    "  AS stranded_event_id"
     " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS t(link_id, booking_id, i)"
     " LEFT JOIN calendar_links cl ON cl.id = t.link_id"
     " LEFT JOIN link_bookings lb ON lb.link_id = t.link_id AND lb.booking_id = t.booking_id"
     " LEFT JOIN repairs r ON r.link_id = t.link_id AND r.booking_id = t.booking_id"
+    " LEFT JOIN bookings b ON b.booking_id = t.booking_id"
     " ORDER BY t.i"
 )
 # A (link, booking) left off its calendar: kept until a later result applies its version.
@@ -72,6 +76,7 @@ _SAVE_LINK_BOOKING = (
     " generation = EXCLUDED.generation, calendar_id = EXCLUDED.calendar_id, updated_at = now()"
 )
 # An event of ours left on a calendar that could not be reached when its link moved away.
+_UNSTRAND = "DELETE FROM stranded_events WHERE calendar_id = %s AND google_event_id = %s"
 _SAVE_STRANDED = (
     "INSERT INTO stranded_events (link_id, booking_id, calendar_id, google_event_id, reason)"
     " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (calendar_id, google_event_id) DO NOTHING"
@@ -113,6 +118,10 @@ class Claim:
     repair_attempts: int = 0  # failures of this pair so far, as its repair row says
     calendar_id: str | None = None  # the link's calendar, read under its shared lock
     state_changed_at: float = 0.0  # since when the link is in `state` (epoch seconds)
+    latest_version: int | None = None  # the booking's latest version taken in (bookings)
+    # An event of ours for this pair left on the link's current calendar by an earlier move
+    # away from it (stranded): taken back instead of creating a second one.
+    stranded_event_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -242,6 +251,9 @@ class SyncStore:
                                     for r in kept for s in r.result.stranded]
                         if stranded:
                             await cur.executemany(_SAVE_STRANDED, stranded)
+                        taken_back = [u for r in kept for u in r.result.unstranded]
+                        if taken_back:
+                            await cur.executemany(_UNSTRAND, taken_back)
             if releases:
                 keys = [(link_lock_key(c.link_id), pair_lock_key(c.link_id, c.booking_id))
                         for _, c in releases]
@@ -283,7 +295,8 @@ class SyncStore:
             state = LinkState(read["state"]) if read["state"] else LinkState.DISCONNECTED
             answers[i] = Claim(link_id, booking_id, recorded, state, self._epoch,
                                read["repair_attempts"], read["link_calendar_id"],
-                               read["state_changed_at"] or 0.0)
+                               read["state_changed_at"] or 0.0, read["latest_version"],
+                               read["stranded_event_id"])
         if partial:
             await conn.execute(_UNLOCK, (
                 [link_lock_key(p[0]) for p in partial], [p[2] for p in partial],

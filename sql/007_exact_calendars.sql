@@ -65,3 +65,7 @@ CREATE TABLE schedules (
     name    text PRIMARY KEY,
     next_at timestamptz NOT NULL
 );
+
+-- How far a running reconcile is: repairs done and to do, an estimated end (written every
+-- few seconds, with updated_at, while it runs).
+ALTER TABLE reconcile_runs ADD COLUMN progress jsonb NOT NULL DEFAULT '{}';

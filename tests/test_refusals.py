@@ -368,7 +368,7 @@ async def test_an_account_google_rate_limits_leaves_the_window_to_the_others(
         deferred = [r for r in env.results() if r["outcome"] == "deferred"]
         assert {r["reason"] for r in deferred} <= {"account_rate_limited",
                                                    "account_backlogged"}
-        assert len(deferred) >= 15
+        assert deferred, "none of the rate-limited account's messages left the window"
         await wait_until(lambda: len(env.events(slow)) == 31, timeout_s=90,
                          what="the slow account caught up")
     assert_exact(env, idle, idle_link, latest, activity_id="act_idle")

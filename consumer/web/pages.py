@@ -30,6 +30,7 @@ from aiohttp import web
 
 from consumer.google_calendar import CalendarInfo
 from consumer.links import LinkError, LinkService
+from consumer.progress import quota_ceiling
 from consumer.settings import Settings
 from consumer.web import views
 from consumer.web.render import render, static_files
@@ -292,7 +293,7 @@ async def backfill_progress(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound()
     items = []
     for backfill in backfills:
-        view = views.progress(backfill)
+        view = views.progress(backfill, quota_ceiling(pages.service.settings))
         link = await pages.service.get(backfill.link_id)
         remaining = view["remaining_s"]
         items.append({

@@ -4,17 +4,17 @@ records. No I/O; tested table-driven."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from consumer.google_calendar import CalendarInfo
-from consumer.link_store import Backfill, LastResult
+from consumer.link_store import LastResult
 from consumer.links import LinkHealth
+from consumer.progress import progress as progress
 
 # A running backfill writes at least every few seconds; silence for this long means its
 # process went away.
-STALLED_AFTER_S = 30.0
 
 
 # --- content negotiation ----------------------------------------------------------------
@@ -85,44 +85,6 @@ def utc(moment: datetime) -> str:
 
 
 # --- backfill progress ------------------------------------------------------------------
-
-def progress(backfill: Backfill) -> dict[str, Any]:
-    """A backfill's progress: status, count done of total, rate and estimated end."""
-    now = backfill.now
-    end = backfill.finished_at or now
-    elapsed = max((end - backfill.started_at).total_seconds(), 0.001)
-    rate = backfill.done / elapsed if backfill.done else None
-    if backfill.finished_at is not None:
-        status = "failed" if backfill.error else "finished"
-    elif (now - backfill.updated_at).total_seconds() > STALLED_AFTER_S:
-        status = "stalled"
-    else:
-        status = "running"
-    remaining = None if backfill.total is None else max(backfill.total - backfill.done, 0)
-    estimated_end: datetime | None = None
-    if status == "running" and remaining is not None:
-        if remaining == 0:
-            estimated_end = now
-        elif rate:
-            estimated_end = now + timedelta(seconds=remaining / rate)
-    percent = (100 if backfill.total == 0 else
-               None if backfill.total is None else
-               min(100, round(100 * backfill.done / backfill.total)))
-    outcomes = {k: v for k, v in backfill.counts.items() if k != "bookings"}
-    return {
-        "id": backfill.id, "link_id": backfill.link_id,
-        "calendar_id": backfill.calendar_id, "calendar_name": backfill.calendar_name,
-        "trigger": backfill.trigger, "status": status, "total": backfill.total,
-        "done": backfill.done, "percent": percent, "counts": backfill.counts,
-        "outcomes": outcomes,
-        "rate_per_s": round(rate, 2) if rate is not None else None,
-        "estimated_end": estimated_end.isoformat() if estimated_end else None,
-        "remaining_s": ((estimated_end - now).total_seconds() if estimated_end else None),
-        "started_at": backfill.started_at.isoformat(),
-        "finished_at": backfill.finished_at.isoformat() if backfill.finished_at else None,
-        "elapsed_s": round(elapsed, 1), "error": backfill.error,
-    }
-
 
 def progress_text(view: dict[str, Any]) -> str:
     """One line a person (and a screen reader) reads: what is done, how fast, how long."""
