@@ -8,19 +8,21 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.db import migrate
 from consumer.links import link_service
 from consumer.sandbox import SandboxClient
 from consumer.settings import Settings
-from consumer.stack import EmbeddedPostgres
+from consumer.stack import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "bench-results"
@@ -29,6 +31,7 @@ STATE = ROOT / "bench-results"
 @dataclass
 class Row:
     scenario: str
+    mode: str  # how the sandbox served a batch: sequential, parallel ("-": no batches)
     consumer: str
     link_ops: int
     seconds: float
@@ -39,7 +42,65 @@ class Row:
     rejected_share: float | None = None  # calls refused with 403/429 for rate limits
     latency_p50_s: float | None = None
     latency_p99_s: float | None = None
+    limit: int | None = None  # the controller's requests-in-flight limit at the end
+    calls_per_request: float | None = None  # mean calls per HTTP request to Google
     note: str = ""
+
+
+@dataclass
+class Consumer:
+    """`calsync consume` in its own process, and where its /metrics answer."""
+
+    process: subprocess.Popen[bytes]
+    metrics_port: int
+    flow: dict[str, float] = field(default_factory=dict)
+
+    def scrape(self) -> dict[str, float]:
+        """The Google flow, from /metrics: the limit, and calls per request so far."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        values: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:  # labelled series added up
+                if not sample.labels or sample.name.endswith(("_sum", "_count")):
+                    values[sample.name] = values.get(sample.name, 0.0) + sample.value
+        answered = "calsync_google_request_duration_seconds"
+        self.flow = {"limit": values.get("calsync_google_requests_limit", 0.0),
+                     "calls": values.get("calsync_google_batch_calls_sum", 0.0),
+                     "requests": values.get("calsync_google_batch_calls_count", 0.0),
+                     "answer_s": values.get(f"{answered}_sum", 0.0),
+                     "answers": values.get(f"{answered}_count", 0.0)}
+        return self.flow
+
+
+@dataclass
+class Flow:
+    limit: int | None  # the largest limit of requests in flight
+    calls_per_request: float | None
+    answer_s: float | None  # mean seconds from a request's start to a call's answer
+
+    @property
+    def note(self) -> str:
+        return "" if self.answer_s is None else f"; calls answered in {self.answer_s:.2f} s"
+
+
+def flow_of(running: list[Consumer]) -> Flow:
+    """Scrape every consumer's Google flow."""
+    limits: list[int] = []
+    total: dict[str, float] = {}
+    for consumer in running:
+        try:
+            flow = consumer.scrape()
+        except OSError:
+            continue
+        limits.append(int(flow["limit"]))
+        for key, value in flow.items():
+            total[key] = total.get(key, 0.0) + value
+    calls, requests = total.get("calls", 0.0), total.get("requests", 0.0)
+    answers = total.get("answers", 0.0)
+    return Flow(max(limits) if limits else None, calls / requests if requests else None,
+                total.get("answer_s", 0.0) / answers if answers else None)
 
 
 def event(booking: int, version: int, activity: str, occurred_at: str = "2026-04-01T12:00:00Z"
@@ -111,12 +172,33 @@ def proc_stats(pid: int) -> tuple[float, float]:
 
 
 def result_count(database_url: str) -> tuple[int, float]:
-    """Results recorded, and the seconds from the first to the last."""
+    """Link-operations applied (Google writes recorded), and the seconds from the first to
+    the last. Work deferred to the repair loop counts when the repair applies it."""
     with psycopg.connect(database_url) as conn:
         row = conn.execute("SELECT count(*), extract(epoch FROM max(recorded_at) -"
-                           " min(recorded_at)) FROM sync_results").fetchone()
+                           " min(recorded_at)) FROM sync_results"
+                           " WHERE outcome = 'applied'").fetchone()
     assert row is not None
     return int(row[0]), float(row[1] or 0.0)
+
+
+def deferred_count(database_url: str) -> int:
+    """Results deferred to the repair loop (an account's queue too long, a refusal)."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT count(*) FROM sync_results WHERE outcome = 'deferred'"
+                           ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def pairs_done(database_url: str, version: int) -> int:
+    """(link, booking) pairs whose calendar holds at least `version`, none waiting for a
+    repair: what "everything applied" means once work can be deferred."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM link_bookings lb WHERE lb.applied_version >= %s AND NOT"
+            " EXISTS (SELECT 1 FROM repairs r WHERE r.link_id = lb.link_id"
+            " AND r.booking_id = lb.booking_id)", (version,)).fetchone()
+    return int(row[0]) if row else 0
 
 
 def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -136,39 +218,41 @@ def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def consumers(count: int, env: dict[str, str], name: str, profile: bool = False
-              ) -> Iterator[list[subprocess.Popen[bytes]]]:
+              ) -> Iterator[list[Consumer]]:
     """`calsync consume`, `count` processes, as users run it; SIGTERM at the end."""
-    processes = []
+    running = []
     for n in range(count):
         command = [sys.executable, "-m", "consumer.cli", "consume"]
         log = open(STATE / f"{name}-{n}.log", "wb")
-        processes.append(subprocess.Popen(command, env=env, stdout=log,
-                                          stderr=subprocess.STDOUT, cwd=ROOT))
+        port = free_port()
+        process = subprocess.Popen(command, env={**env, "CALSYNC_METRICS_PORT": str(port)},
+                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        running.append(Consumer(process, port))
         if profile:  # py-spy samples every thread (cProfile would see only the event loop's)
             subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
-                              "--pid", str(processes[-1].pid), "--duration", "40",
+                              "--pid", str(process.pid), "--duration", "40",
                               "--rate", "100", "--nonblocking", "--gil", "--format", "raw",
                               "-o", str(STATE / f"{name}-{n}.pyspy.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield processes
+        yield running
     finally:
-        for process in processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
+        for consumer in running:
+            if consumer.process.poll() is None:
+                consumer.process.send_signal(signal.SIGTERM)
+        for consumer in running:
             try:
-                process.wait(60)
+                consumer.process.wait(60)
             except subprocess.TimeoutExpired:
-                process.kill()
+                consumer.process.kill()
 
 
-def wait_for_results(database_url: str, expected: int, processes: list[subprocess.Popen[bytes]],
-                     timeout_s: float, name: str) -> None:
+def wait_for_results(database_url: str, pairs: int, running: list[Consumer],
+                     timeout_s: float, name: str, version: int = 1) -> None:
+    """Until `pairs` (link, booking) pairs hold `version` (or newer)."""
     deadline = time.monotonic() + timeout_s
-    while (done := result_count(database_url)[0]) < expected:
-        if any(p.poll() is not None for p in processes) or time.monotonic() > deadline:
-            raise SystemExit(f"the consumer stopped or timed out at {done}/{expected}; "
+    while (done := pairs_done(database_url, version)) < pairs:
+        if any(c.process.poll() is not None for c in running) or time.monotonic() > deadline:
+            raise SystemExit(f"the consumer stopped or timed out at {done}/{pairs}; "
                              f"see {STATE / name}-*.log")
         time.sleep(0.5)
-

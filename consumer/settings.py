@@ -64,11 +64,14 @@ class Settings(BaseSettings):
         "other accounts' bookings go on while one account waits for its quota")
     db_pool_size: int = Field(default=16, ge=2)
     google_concurrency: int = Field(
-        default=8, ge=1, description="HTTP requests to Google at once, each one call or a "
-        "batch of calls; beyond them, waiting calls go together in batches")
+        default=64, ge=1, description="Upper bound on HTTP requests to Google at once per "
+        "process (kept-alive connections of one pool). The number in use is measured, not "
+        "set: it follows Google's latency and the quota (consumer/concurrency.py); this "
+        "only caps it")
     google_batch_size: int = Field(
-        default=50, ge=1, le=1000, description="Most calls in one request to Google's batch "
-        "endpoint (Google takes up to 1000, advises 50); 1: never batch")
+        default=50, ge=1, le=1000, description="Upper bound on calls in one request to "
+        "Google's batch endpoint (Google takes up to 1000, advises 50); the size in use "
+        "follows how Google serves a batch; 1: never batch")
     google_timeout_s: float = Field(default=15.0, gt=0)
     retry_budget_s: float = Field(default=30.0, ge=0, description="Transient-failure retries.")
     retry_initial_s: float = Field(default=0.5, gt=0)

@@ -85,14 +85,9 @@ def _route(
             state.faults.clear()
             return 200, {}
         case ("POST", ["config"]):
-            for key in ("latency_s", "token_lifetime_s", "quota_per_account_per_min",
-                        "quota_per_project_per_min", "rate_limit_status",
-                        "deleted_event_update_status"):
-                if key in body:
-                    setattr(state, key, body[key])
-            if "clients" in body:
-                state.clients = dict(body["clients"])
-            return 200, {}
+            return _configure(state, body)
+        case ("GET", ["config"]):
+            return 200, state.config()
         case ("GET", ["calls"]):
             since = float(query.get("since", ["0"])[0])
             calls = [c for c in state.calls if c.at >= since]
@@ -119,3 +114,34 @@ def _route(
             state.oauth.state = state
             return 200, {}
     return 404, {"error": {"code": 404, "message": f"no admin route {method} /{'/'.join(parts)}"}}
+
+
+def _configure(state: SandboxState, body: dict[str, Any]) -> tuple[int, Any]:
+    """How Google behaves from now on. Latency: `latency_s` (fixed), or `latency_median_s`
+    with `latency_p99_s` (log-normal; `latency_seed` makes the draws repeatable)."""
+    if "rate_limit_status" in body and body["rate_limit_status"] not in (403, 429):
+        return _bad("rate_limit_status: 403 or 429")
+    try:
+        if "latency_s" in body:
+            state.latency_s = float(body["latency_s"])
+        if "latency_median_s" in body or "latency_p99_s" in body:
+            p99 = body.get("latency_p99_s", state.latency_p99_s)
+            state.set_latency(float(body.get("latency_median_s", state.latency_median_s)),
+                              None if p99 is None else float(p99))
+        if "batch_mode" in body:
+            state.set_batch_mode(str(body["batch_mode"]))
+    except (TypeError, ValueError) as exc:
+        return _bad(str(exc))
+    if "latency_seed" in body:
+        state.seed(body["latency_seed"])
+    for key in ("token_lifetime_s", "quota_per_account_per_min", "quota_per_project_per_min",
+                "rate_limit_status", "deleted_event_update_status"):
+        if key in body:
+            setattr(state, key, body[key])
+    if "clients" in body:
+        state.clients = dict(body["clients"])
+    return 200, state.config()
+
+
+def _bad(message: str) -> tuple[int, Any]:
+    return 400, {"error": {"code": 400, "message": message}}

@@ -135,7 +135,29 @@ class SandboxClient:
         self._call("DELETE", "faults")
 
     def configure(self, **settings: Any) -> None:
+        """latency_s (fixed) or latency_median_s and latency_p99_s (log-normal), latency_seed,
+        batch_mode ("sequential" or "parallel"), quota_per_project_per_min,
+        quota_per_account_per_min (None: no limit), rate_limit_status (403 or 429),
+        token_lifetime_s, clients."""
         self._call("POST", "config", settings)
+
+    def config(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self._call("GET", "config")
+        return answer
+
+    def set_batch_mode(self, mode: str) -> None:
+        """"sequential": a batch's calls one after another (as slow as all of them added up);
+        "parallel": side by side (as slow as the slowest)."""
+        self.configure(batch_mode=mode)
+
+    def set_latency(self, median_s: float, p99_s: float | None = None,
+                    seed: int | None = None) -> None:
+        """Each call's time at Google: log-normal with this median and 99th percentile, or
+        exactly `median_s` when `p99_s` is None."""
+        settings: dict[str, Any] = {"latency_median_s": median_s, "latency_p99_s": p99_s}
+        if seed is not None:
+            settings["latency_seed"] = seed
+        self.configure(**settings)
 
     def calls(self, since: float = 0.0, detail: bool = False) -> Any:
         query = urlencode({"since": since, "detail": "true" if detail else "false"})

@@ -2,7 +2,8 @@
 
 Google paths: `GET /o/oauth2/auth` (consent), `POST /token`, `POST /revoke`,
 `/calendar/v3/users/me/calendarList`, `/calendar/v3/calendars/{calendarId}/events[/{eventId}]`,
-and the batch endpoint `POST /batch/calendar/v3` over them (sandbox/batch.py).
+and the batch endpoint `POST /batch/calendar/v3` over them (sandbox/batch.py), whose calls
+are served one after another or side by side (`batch_mode`, sandbox/state.py).
 It speaks HTTPS only, as Google does, with a certificate from its own throwaway CA
 (trustme): clients trust it through CALSYNC_GOOGLE_CA_BUNDLE, the file `ca_file` names.
 Admin paths (tests, demo, bench; never used by the service): `/_sandbox/...`.
@@ -14,6 +15,7 @@ import base64
 import json
 import os
 import re
+import socket
 import ssl
 import tempfile
 import threading
@@ -117,7 +119,7 @@ class _Handler(BaseHTTPRequestHandler):
             client_id, _, secret = base64.b64decode(credentials).decode().partition(":")
             form.setdefault("client_id", unquote(client_id))
             form.setdefault("client_secret", unquote(secret))
-        time.sleep(state.latency_s)
+        time.sleep(state.draw_latency())
         try:
             answer = state.token_grant(form)
             self._send(200, answer, {"Cache-Control": "no-store"})
@@ -180,17 +182,23 @@ class _Handler(BaseHTTPRequestHandler):
         except BatchFormatError as exc:
             self._send(400, GoogleError(400, "badRequest", str(exc)).body())
             return
-        responses, delay, batch = [], 0.0, state.next_sequence()
+        responses, batch = [], state.next_sequence()
+        sequential = state.batch_mode == "sequential"
+        started = time.time()
+        slowest = 0.0
         for inner in requests:  # the outer request's headers apply unless a part has its own
             authorization = inner.headers.get("authorization") or self.headers.get(
                 "Authorization")
-            status, body, headers, own_delay = _calendar_call(
+            status, body, headers, delay = _calendar_call(
                 state, inner.method, inner.path, parse_qs(inner.query), inner.body,
-                authorization, batch)
+                authorization, batch, None if sequential else started)
             responses.append(InnerResponse(inner.content_id, status, body, headers))
-            delay = max(delay, own_delay)  # served side by side: as slow as the slowest
+            if sequential:  # one after another: the next call starts when this one ends
+                time.sleep(delay)
+            else:  # side by side: the batch is as slow as its slowest call
+                slowest = max(slowest, delay)
         content_type, payload = render_batch(responses)
-        time.sleep(delay)
+        time.sleep(max(0.0, started + slowest - time.time()))
         self.send_response(200)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
@@ -206,8 +214,10 @@ def _calendar_call(
     raw: bytes,
     authorization: str | None,
     batch: int | None = None,
+    started: float | None = None,
 ) -> tuple[int, Any, dict[str, str], float]:
-    """One Calendar call: its status, body, headers and how long Google takes to answer."""
+    """One Calendar call: its status, body, headers and how long Google takes to answer
+    (the caller waits that long). `started`: when serving began, if not now."""
     match = _EVENTS.match(path)
     entry = _CAL_LIST_ENTRY.match(path)
     calendar_id = unquote(match.group(1)) if match else None
@@ -217,7 +227,8 @@ def _calendar_call(
     op = _operation(method, path, match, event_id)
     account: str | None = None
     status = 500
-    delay = state.latency_s
+    delay = state.draw_latency()
+    begun = time.time() if started is None else started
     try:
         with state.lock:
             account = state.authenticate(authorization)
@@ -236,7 +247,7 @@ def _calendar_call(
         return exc.status, exc.body(), exc.headers, delay
     finally:
         state.record(Call(time.time(), method, path, op, account, calendar_id, event_id,
-                          status, batch))
+                          status, batch, begun, begun + delay))
 
 
 def _operation(method: str, path: str, match: re.Match[str] | None, event_id: str | None) -> str:
@@ -329,6 +340,10 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         self.ca_file = ca_file
 
     def finish_request(self, request: Any, client_address: Any) -> None:
+        # An answer goes out as headers then body: with Nagle's algorithm on, the body
+        # waits for the client's delayed ACK of the headers (40 ms on Linux), a stall per
+        # request that Google's front ends do not have.
+        request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             request.do_handshake()
         except (ssl.SSLError, OSError):

@@ -4,11 +4,20 @@ Only the behaviour the service relies on is modelled, but that behaviour follows
 client-supplied event ids (base32hex, 5-1024 characters) that stay taken after a delete,
 409 on a second insert, 410 on a deleted event, 404 on an unknown one, 401 on a bad or
 expired access token, `invalid_grant` on a revoked refresh token, 403/429 rate limits.
+
+How long Google takes is drawn per call: a fixed `latency_s`, or a log-normal distribution
+fitted to a median and a 99th percentile (`latency_median_s`, `latency_p99_s`). How it serves
+a batch is `batch_mode`: `sequential` (the default, the conservative reading: nothing in
+Google's documentation promises that a batch's calls run side by side, only that a batch
+saves HTTP overhead) serves the calls one after another, so a batch takes as long as its
+calls added up; `parallel` serves them side by side, as slow as the slowest.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+import random
 import re
 import secrets
 import threading
@@ -20,6 +29,8 @@ from typing import Any
 
 EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")
 WRITE_ROLES = frozenset({"writer", "owner"})
+BATCH_MODES = ("sequential", "parallel")
+_Z99 = 2.3263478740408408  # the standard normal's 99th percentile
 
 
 class GoogleError(Exception):
@@ -123,6 +134,8 @@ class Call:
     event_id: str | None
     status: int
     batch: int | None = None  # the request to the batch endpoint that carried the call
+    started: float | None = None  # when Google began serving it (wall clock)
+    ended: float | None = None  # when its answer was ready (wall clock)
 
 
 PROJECT = "*project*"  # the quota report's key for the project as a whole
@@ -147,7 +160,10 @@ class SandboxState:
         self.clients: dict[str, str] = {}  # client_id -> secret; empty = any client accepted
         self.faults: list[Fault] = []
         self.calls: list[Call] = []
-        self.latency_s = 0.0
+        self.latency_median_s = 0.0
+        self.latency_p99_s: float | None = None  # None: every call takes the median
+        self.batch_mode = "sequential"
+        self._random = random.Random()
         self.token_lifetime_s = 3599
         self.quota_per_account_per_min: int | None = None
         self.quota_per_project_per_min: int | None = None
@@ -163,6 +179,51 @@ class SandboxState:
         from consumer.sandbox.oauth import OAuthServer  # it builds on this module
 
         self.oauth = OAuthServer(self)
+
+    # --- how Google serves -----------------------------------------------------------------
+
+    @property
+    def latency_s(self) -> float:
+        return self.latency_median_s
+
+    @latency_s.setter
+    def latency_s(self, value: float) -> None:
+        """A fixed latency: every call takes exactly this long (no tail)."""
+        self.latency_median_s = float(value)
+        self.latency_p99_s = None
+
+    def set_latency(self, median_s: float, p99_s: float | None = None) -> None:
+        if median_s < 0 or (p99_s is not None and p99_s < median_s):
+            raise ValueError("latency: 0 <= median <= p99")
+        self.latency_median_s = float(median_s)
+        self.latency_p99_s = None if p99_s is None else float(p99_s)
+
+    def set_batch_mode(self, mode: str) -> None:
+        if mode not in BATCH_MODES:
+            raise ValueError(f"batch_mode: one of {', '.join(BATCH_MODES)}")
+        self.batch_mode = mode
+
+    def seed(self, value: int | None) -> None:
+        self._random.seed(value)
+
+    def draw_latency(self) -> float:
+        """One call's time at Google: log-normal with the configured median and p99 (its
+        sigma is ln(p99 / median) / z99), or the median alone when no tail is set."""
+        median, p99 = self.latency_median_s, self.latency_p99_s
+        if median <= 0 or p99 is None or p99 <= median:
+            return median
+        sigma = math.log(p99 / median) / _Z99
+        with self.lock:
+            z = self._random.gauss(0.0, 1.0)
+        return median * math.exp(sigma * z)
+
+    def config(self) -> dict[str, Any]:
+        return {"batch_mode": self.batch_mode, "latency_median_s": self.latency_median_s,
+                "latency_p99_s": self.latency_p99_s,
+                "quota_per_account_per_min": self.quota_per_account_per_min,
+                "quota_per_project_per_min": self.quota_per_project_per_min,
+                "rate_limit_status": self.rate_limit_status,
+                "token_lifetime_s": self.token_lifetime_s}
 
     # --- administration -------------------------------------------------------------------
 
@@ -278,7 +339,10 @@ class SandboxState:
         return None
 
     def charge_quota(self, account: str) -> None:
-        """Sliding one-minute windows, per project and per user, as Google enforces them."""
+        """Sliding one-minute windows, per project and per user, as Google enforces them.
+        Every call counts, a batch's as many as it holds. Over the project's quota: 403 or
+        429 `rateLimitExceeded` (`rate_limit_status`; Google documents both); over the
+        user's: 403 `userRateLimitExceeded`."""
         now = time.monotonic()
         project = self._window_project
         user = self._window_account.setdefault(account, deque())
@@ -289,12 +353,14 @@ class SandboxState:
             len(project) >= self.quota_per_project_per_min
         ):
             self.quota_refusals[PROJECT] += 1
-            raise self._rate_limited("rateLimitExceeded", "Rate Limit Exceeded")
+            raise GoogleError(self.rate_limit_status, "rateLimitExceeded",
+                              "Rate Limit Exceeded", domain="usageLimits")
         if self.quota_per_account_per_min is not None and (
             len(user) >= self.quota_per_account_per_min
         ):
             self.quota_refusals[account] += 1
-            raise self._rate_limited("userRateLimitExceeded", "User Rate Limit Exceeded")
+            raise GoogleError(403, "userRateLimitExceeded", "User Rate Limit Exceeded",
+                              domain="usageLimits")
         project.append(now)
         user.append(now)
         self.charged.setdefault(account, []).append(now)
@@ -315,11 +381,6 @@ class SandboxState:
         for account in self.quota_refusals:
             report.setdefault(account, _window_stats([], self.quota_refusals[account]))
         return report
-
-    def _rate_limited(self, reason: str, message: str) -> GoogleError:
-        status = self.rate_limit_status
-        return GoogleError(status, reason if status == 403 else "rateLimitExceeded", message,
-                           domain="usageLimits")
 
     def record(self, call: Call) -> None:
         with self.lock:
