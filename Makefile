@@ -5,6 +5,9 @@ PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
 	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	2>/dev/null && { echo $$p; break; }; done)
 VENV := .venv
+# Test workers: each has its own broker, PostgreSQL and sandbox; the tests mostly wait (on
+# Kafka, on timers), so three share two cores well. TEST_WORKERS=0 runs them in one process.
+TEST_WORKERS ?= 3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -47,7 +50,7 @@ browser:
 # The whole suite: real broker, real PostgreSQL, the Google sandbox (started by the tests),
 # and headless Chromium for the pages.
 test: install browser
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: install
 	$(BIN)/ruff check consumer tests bench
