@@ -121,13 +121,14 @@ def event(booking: int, version: int, activity: str, occurred_at: str = "2026-04
 
 
 async def produce(bootstrap: str, topic: str, bookings: int, versions: int,
-                  activities: list[str]) -> None:
-    """Every booking's versions in order; bookings spread over the activities."""
+                  activities: list[str], first: int = 0) -> None:
+    """Every booking's versions in order; bookings (numbered from `first`) spread over the
+    activities."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
     await producer.start()
     try:
         for version in range(1, versions + 1):
-            for booking in range(bookings):
+            for booking in range(first, first + bookings):
                 await producer.send(topic, event(booking, version,
                                                  activities[booking % len(activities)]),
                                     key=f"bk_{booking}".encode())

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench.common import (
     STATE,
+    Consumer,
     Row,
     consumer_env,
     consumers,
@@ -184,6 +185,94 @@ def scenario_3(bench: Bench, mode: str, seconds: float) -> Row:
                f"the write applied recorded; {deferred} results deferred first{flow.note}")
 
 
+REFUSED_FOR_S = 600.0  # scenario 4: how long Google refuses the troubled accounts
+BACKLOG_PER_WINDOW = 10  # scenario 4: the refused backlog, in CALSYNC_MAX_IN_FLIGHT windows
+
+
+def scenario_4(bench: Bench, mode: str, seconds: float, rate: float) -> Row:
+    """One activity's accounts refused by Google for 10 minutes (one rate limited, 429
+    rateLimitExceeded; one out of quota, 403 quotaExceeded), a backlog of 10 x
+    CALSYNC_MAX_IN_FLIGHT of their messages ahead, and more of them arriving all along: the
+    other accounts' bookings, arriving at the same time, must still reach their calendars
+    quickly (latency from the message timestamp to the write applied)."""
+    bench.sandbox.configure(batch_mode=mode, quota_per_account_per_min=ACCOUNT_QUOTA_PER_MIN,
+                            quota_per_project_per_min=QUOTA_PER_MIN, **LATENCY)
+    name = f"s4{mode[0]}"
+    settings, activities, made = asyncio.run(bench.prepare(name, 8, name))
+    troubled, others = activities[0], activities[1:]
+    refused = [email for _, email in made[:2]]  # the troubled activity's two accounts
+    backlog = BACKLOG_PER_WINDOW * settings.max_in_flight
+    print(f"   {backlog} messages of the refused accounts waiting ({BACKLOG_PER_WINDOW} x "
+          f"CALSYNC_MAX_IN_FLIGHT {settings.max_in_flight})", flush=True)
+    asyncio.run(produce(settings.kafka_bootstrap, settings.topic, backlog, 1, [troubled],
+                        first=BACKLOG_FIRST))
+    bench.sandbox.clear_faults()
+    bench.sandbox.add_fault(429, account=refused[0], reason="rateLimitExceeded",
+                            duration_s=REFUSED_FOR_S)
+    bench.sandbox.add_fault(403, account=refused[1], reason="quotaExceeded",
+                            duration_s=REFUSED_FOR_S)
+    bench.sandbox.reset_quota()
+    backlog_ids = [f"bk_{BACKLOG_FIRST + n}" for n in range(backlog)]
+    with consumers(1, consumer_env(settings, **QUOTA_ENV), name) as running:
+        started = time.monotonic()
+        wait_for_outcomes(settings.database_url, backlog_ids, len(refused), running,
+                          bench.timeout_s, name)
+        drained_s = time.monotonic() - started
+        print(f"   the backlog left the window in {drained_s:.0f} s; now "
+              f"{rate:.1f} messages/s of the other accounts' bookings and as many of the "
+              f"refused ones', for {seconds:.0f} s", flush=True)
+        sent = asyncio.run(_steady(settings, others, rate, seconds,
+                                   also=(troubled, STREAM_FIRST)))
+        wait_for_results(settings.database_url, len(sent) * 2, running, bench.timeout_s,
+                         name)
+        flow = flow_of(running)
+    with psycopg.connect(settings.database_url) as conn:  # each pair's first write applied
+        rows = conn.execute("SELECT booking_id, min(recorded_at) FROM sync_results WHERE"
+                            " outcome = 'applied' GROUP BY booking_id, link_id").fetchall()
+        waiting = conn.execute("SELECT count(*) FROM repairs").fetchone()
+    latencies = sorted((recorded.timestamp() - sent[booking_id]) for booking_id, recorded
+                       in rows if booking_id in sent)
+    if len(latencies) < len(sent) * 2:
+        raise SystemExit(f"scenario 4: {len(latencies)} of {len(sent) * 2} writes applied")
+    p50 = statistics.median(latencies)
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    asked = [c for c in bench.sandbox.calls(detail=True)["calls"] if c["account"] in refused]
+    refusals = sum(1 for c in asked if c["status"] in (403, 429))
+    return Row("4: 2 accounts refused 10 min", mode, "calsync consume", len(latencies),
+               seconds, len(latencies) / seconds, latency_p50_s=p50, latency_p99_s=p99,
+               limit=flow.limit, calls_per_request=flow.calls_per_request,
+               note=f"{backlog} messages of the refused accounts ahead (both links refused: "
+               f"429 rateLimitExceeded and 403 quotaExceeded), then {len(sent)} messages of 6 "
+               f"other accounts at {rate:.1f}/s with as many refused ones between them; "
+               f"latency of the others' writes from the message timestamp; the backlog left "
+               f"the window (applied, deferred or failed with a repair owed) in "
+               f"{drained_s:.0f} s; {waiting[0] if waiting else 0} repairs waiting at the "
+               f"end; Google asked {len(asked)} times for the refused accounts, "
+               f"{refusals} refused{flow.note}")
+
+
+BACKLOG_FIRST, STREAM_FIRST = 100_000, 500_000  # booking numbers of the refused messages
+
+
+def wait_for_outcomes(database_url: str, booking_ids: list[str], links: int,
+                      running: list[Consumer], timeout_s: float, name: str) -> None:
+    """Until every one of these bookings has a result on each of its `links` links (applied,
+    deferred to the repair loop, or failed with its repair owed): it has left the window."""
+    deadline = time.monotonic() + timeout_s
+    wanted = len(booking_ids) * links
+    while True:
+        with psycopg.connect(database_url) as conn:
+            row = conn.execute("SELECT count(DISTINCT (booking_id, link_id)) FROM sync_results"
+                               " WHERE booking_id = ANY(%s)", (booking_ids,)).fetchone()
+        done = int(row[0]) if row else 0
+        if done >= wanted:
+            return
+        if any(c.process.poll() is not None for c in running) or time.monotonic() > deadline:
+            raise SystemExit(f"the consumer stopped or timed out at {done}/{wanted}; "
+                             f"see {STATE / name}-*.log")
+        time.sleep(0.5)
+
+
 async def _warm_up(settings: Settings, activity: str) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
@@ -194,9 +283,10 @@ async def _warm_up(settings: Settings, activity: str) -> None:
         await producer.stop()
 
 
-async def _steady(settings: Settings, activities: list[str], rate: float, seconds: float
-                  ) -> dict[str, float]:
-    """Produce at `rate` a second, evenly; answers each booking's message timestamp."""
+async def _steady(settings: Settings, activities: list[str], rate: float, seconds: float,
+                  also: tuple[str, int] | None = None) -> dict[str, float]:
+    """Produce at `rate` a second, evenly; answers each booking's message timestamp. `also`
+    (an activity, a first booking number): one more message of it after each, not timed."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=1)
     await producer.start()
     sent: dict[str, float] = {}
@@ -214,6 +304,10 @@ async def _steady(settings: Settings, activities: list[str], rate: float, second
             sent[f"bk_{n}"] = stamp_ms / 1000
             await producer.send(settings.topic, value, key=f"bk_{n}".encode(),
                                 timestamp_ms=stamp_ms)
+            if also is not None:
+                activity, first = also
+                await producer.send(settings.topic, event(first + n, 1, activity),
+                                    key=f"bk_{first + n}".encode())
         await producer.flush()
     finally:
         await producer.stop()
@@ -221,4 +315,4 @@ async def _steady(settings: Settings, activities: list[str], rate: float, second
 
 
 __all__ = ["STATE", "Bench", "scenario_1", "scenario_1_backlog", "scenario_1_naive",
-           "scenario_2", "scenario_3"]
+           "scenario_2", "scenario_3", "scenario_4"]

@@ -80,11 +80,22 @@ class Person:
     def wait(self, condition: Callable[[WebDriver], Any], what: str, timeout_s: float = 30
              ) -> Any:
         """Until `condition` holds; pages come and go meanwhile."""
+        def settled(driver: WebDriver) -> Any:
+            try:
+                return condition(driver)
+            except WebDriverException as exc:
+                # A page replacing itself (the catch-up page reloads) can leave Chrome asked
+                # about a node of the old document: StaleElementReference in most versions,
+                # this inspector error in others. Ask again on the new page.
+                if "does not belong to the document" in str(exc.msg):
+                    return False
+                raise
+
         try:
             return WebDriverWait(self.driver, timeout_s, poll_frequency=0.1,
                                  ignored_exceptions=(NoSuchElementException,
                                                      StaleElementReferenceException)
-                                 ).until(condition)
+                                 ).until(settled)
         except TimeoutException:
             raise AssertionError(f"timed out waiting for {what}; at {self.driver.current_url}:"
                                  f" {self.text()[:600]}") from None
