@@ -161,6 +161,12 @@ class _LinkCall:
     async def _with_retries(self, call: Callable[[str], Awaitable[T]]) -> T:
         settings = self.engine.settings
         account = self.row.link.account_email
+        if self.may_defer and self.engine.pacing[account] >= _PACING_IN_WINDOW:
+            # Google is pacing this account and enough of its messages already wait for it
+            # in the window: this one leaves at once, without a call Google would refuse
+            # and without holding a place other accounts' messages need meanwhile.
+            raise AccountBacklogged(max(self.engine.quota.expected_wait(account),
+                                        settings.retry_initial_s), "account_rate_limited")
         # The first slot is waited for before the retry budget starts: a long queue for a
         # busy account is not a failure (but a live message may leave the window for it).
         await self._slot(account, self.may_defer)
