@@ -216,9 +216,13 @@ def scenario_4(bench: Bench, mode: str, seconds: float, rate: float) -> Row:
     with consumers(1, consumer_env(settings, **QUOTA_ENV), name) as running:
         started = time.monotonic()
         wait_for_outcomes(settings.database_url, backlog_ids, len(refused), running,
+                          bench.timeout_s, name, share=0.99)
+        most_s = time.monotonic() - started
+        wait_for_outcomes(settings.database_url, backlog_ids, len(refused), running,
                           bench.timeout_s, name)
         drained_s = time.monotonic() - started
-        print(f"   the backlog left the window in {drained_s:.0f} s; now "
+        print(f"   99% of the backlog left the window in {most_s:.0f} s, all of it in "
+              f"{drained_s:.0f} s; now "
               f"{rate:.1f} messages/s of the other accounts' bookings and as many of the "
               f"refused ones', for {seconds:.0f} s", flush=True)
         sent = asyncio.run(_steady(settings, others, rate, seconds,
@@ -244,10 +248,13 @@ def scenario_4(bench: Bench, mode: str, seconds: float, rate: float) -> Row:
                note=f"{backlog} messages of the refused accounts ahead (both links refused: "
                f"429 rateLimitExceeded and 403 quotaExceeded), then {len(sent)} messages of 6 "
                f"other accounts at {rate:.1f}/s with as many refused ones between them; "
-               f"latency of the others' writes from the message timestamp; the backlog left "
-               f"the window (applied, deferred or failed with a repair owed) in "
-               f"{drained_s:.0f} s; {waiting[0] if waiting else 0} repairs waiting at the "
-               f"end; Google asked {len(asked)} times for the refused accounts, "
+               f"latency of the others' writes from the message timestamp; 99% of the backlog "
+               f"left the window (deferred, or failed with a repair owed) in {most_s:.0f} s, "
+               f"all of it in {drained_s:.0f} s (the last: those already waiting for the "
+               f"rate-limited account's slot when Google began refusing, two at a time "
+               f"retrying within CALSYNC_RETRY_BUDGET_S); "
+               f"{waiting[0] if waiting else 0} repairs waiting at the end; Google asked "
+               f"{len(asked)} times for the refused accounts, "
                f"{refusals} refused{flow.note}")
 
 
@@ -255,11 +262,13 @@ BACKLOG_FIRST, STREAM_FIRST = 100_000, 500_000  # booking numbers of the refused
 
 
 def wait_for_outcomes(database_url: str, booking_ids: list[str], links: int,
-                      running: list[Consumer], timeout_s: float, name: str) -> None:
-    """Until every one of these bookings has a result on each of its `links` links (applied,
-    deferred to the repair loop, or failed with its repair owed): it has left the window."""
+                      running: list[Consumer], timeout_s: float, name: str,
+                      share: float = 1.0) -> None:
+    """Until every one (or `share`) of these bookings has a result on each of its `links`
+    links (applied, deferred to the repair loop, or failed with its repair owed): it has left
+    the window."""
     deadline = time.monotonic() + timeout_s
-    wanted = len(booking_ids) * links
+    wanted = int(len(booking_ids) * links * share)
     while True:
         with psycopg.connect(database_url) as conn:
             row = conn.execute("SELECT count(DISTINCT (booking_id, link_id)) FROM sync_results"

@@ -82,7 +82,8 @@ class AccountBacklogged(CalsyncError):
 class _Queue:
     interval_s: float
     step_s: float = 0.0  # the spacing last handed out (the interval, slower after refusals)
-    waiters: list[tuple[int, int, asyncio.Future[None]]] = field(default_factory=list)  # heap
+    # A heap of (ticket, arrival, future, may_defer): lowest ticket first.
+    waiters: list[tuple[int, int, asyncio.Future[None], bool]] = field(default_factory=list)
     pump: asyncio.Task[None] | None = None
     quiet_until: float = 0.0  # loop time: refused by Google, slots reserved before are void
 
@@ -130,7 +131,8 @@ class GroupQuota:
             raise AccountBacklogged(wait)
         if self._account_interval is not None:
             started = time.perf_counter()
-            await self._slot(self._account_prefix + account, self._account_interval, ticket)
+            await self._slot(self._account_prefix + account, self._account_interval, ticket,
+                             may_defer)
             self._metrics.quota_waits.labels("account").observe(time.perf_counter() - started)
         if self._project_interval is not None:
             started = time.perf_counter()
@@ -231,17 +233,37 @@ class GroupQuota:
             for key in keys:
                 row = await (await conn.execute(_REFUSED, (key, retry_after_s or 0.0))
                              ).fetchone()
+                if key != self._project_key and (queue := self._queues.get(key)) is not None:
+                    pace = row["pace"] if row and row["pace"] is not None else 1.0
+                    self._defer_the_far_waiters(queue, float(pace))
                 scope = "project" if key == self._project_key else "account"
                 self._metrics.quota_slowdowns.labels(scope).inc()
                 log.info("quota_slowed_down", quota=scope, account=account, reason=reason,
                          pace=row["pace"] if row else None, retry_after_s=retry_after_s)
 
-    async def _slot(self, key: str, interval_s: float, ticket: int) -> None:
+    def _defer_the_far_waiters(self, queue: _Queue, pace: float) -> None:
+        """Google slowed an account down: a live message already waiting for one of its
+        slots, whose turn is now further off than `quota_max_wait_s`, leaves the window at
+        once (AccountBacklogged) instead of holding its place there for the slower pace
+        (and then spending a call Google may refuse again)."""
+        loop = asyncio.get_running_loop()
+        step = max(queue.interval_s / max(pace, 0.1), queue.step_s)
+        wait = max(0.0, queue.quiet_until - loop.time())
+        for _, _, waiter, may_defer in sorted(queue.waiters, key=lambda w: w[:2]):
+            if waiter.done():
+                continue
+            if may_defer and wait > self._max_wait_s:
+                waiter.set_exception(AccountBacklogged(wait, "account_rate_limited"))
+                continue
+            wait += step
+
+    async def _slot(self, key: str, interval_s: float, ticket: int,
+                    may_defer: bool = False) -> None:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(interval_s)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(queue.waiters, (ticket, next(self._arrivals), waiter))
+        heapq.heappush(queue.waiters, (ticket, next(self._arrivals), waiter, may_defer))
         if queue.pump is None or queue.pump.done():
             queue.pump = asyncio.create_task(self._pump(key, queue))
         await waiter
@@ -303,7 +325,7 @@ class GroupQuota:
 
 
 def _fail_waiters(queue: _Queue, exc: Exception) -> None:
-    for _, _, waiter in queue.waiters:
+    for _, _, waiter, _ in queue.waiters:
         if not waiter.done():
             waiter.set_exception(exc)
     queue.waiters.clear()
