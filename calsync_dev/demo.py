@@ -298,7 +298,7 @@ def run_demo(state_dir: str, pace: float) -> int:
         assert settings.admin_token is not None
         admin_token = settings.admin_token.get_secret_value()
         server = subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", "serve"],
+            [sys.executable, "-m", "consumer.entrypoints.cli", "serve"],
             env={**os.environ, **_env(settings), "CALSYNC_ADMIN_TOKEN": admin_token},
             stdout=open(state / "serve.log", "wb"), stderr=subprocess.STDOUT)
         wait_for_port(settings.http_port, 30)
@@ -321,7 +321,7 @@ def run_demo(state_dir: str, pace: float) -> int:
         log_path = state / "consumer.log"
         print(f"\n== Starting `calsync consume` (logs: {log_path})")
         consumer = subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", "consume"],
+            [sys.executable, "-m", "consumer.entrypoints.cli", "consume"],
             env={**os.environ, **_env(settings)}, stdout=open(log_path, "wb"),
             stderr=subprocess.STDOUT)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from consumer.adapters.crypto import TokenCipher, TokenKeyError
+from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.google.calendar import GoogleCalendar
 from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.google.tokens import TokenProvider
@@ -21,15 +21,12 @@ from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.quota import GroupQuota
 from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.sync_store import SyncStore
+from consumer.domain.errors import StartupError, TokenKeyError
 from consumer.service.context import Services
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
-
-
-class StartupError(Exception):
-    """The consumer cannot start; the message says what to do."""
 
 
 def _cipher(settings: Settings) -> TokenCipher:

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
+from consumer.domain.errors import TokenKeyError
 from consumer.settings import Settings
-
-
-class TokenKeyError(Exception):
-    """The token key is missing, malformed, or does not open what is stored."""
 
 
 class TokenCipher:

@@ -1,7 +1,7 @@
 """Reading a Kafka record as a booking event, or saying precisely why it is not one.
 
 Pure and total: whatever bytes arrive, the answer is a BookingEvent or a BadMessage, never an
-exception. The limits are the contract's (consumer.models, README): a value larger than
+exception. The limits are the contract's (consumer.domain.models, README): a value larger than
 MAX_MESSAGE_BYTES or nested deeper than MAX_JSON_DEPTH is refused before it can cost memory
 or recursion, and every field is bounded so that nothing accepted here can fail later in
 PostgreSQL, in UTC conversion or at Google.

@@ -14,15 +14,16 @@ import psycopg
 from pydantic import ValidationError
 
 from consumer import bootstrap
-from consumer.adapters.crypto import TokenCipher, TokenKeyError
+from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.postgres.link_store import link_summary
 from consumer.adapters.postgres.migrations import migrate
-from consumer.bootstrap import StartupError
+from consumer.domain.errors import CliError, LinkError, OpsError, StartupError, TokenKeyError
 from consumer.entrypoints import cli_ops
-from consumer.entrypoints.cli_ops import CliError, print_json
+from consumer.entrypoints.cli_ops import print_json
+from consumer.entrypoints.problems import INTERRUPTED_EXIT_CODE, REFUSED_EXIT_CODE
 from consumer.logs import configure_logging
 from consumer.service import links
-from consumer.service.operations import OpsError, parse_duration
+from consumer.service.operations import parse_duration
 from consumer.settings import Settings
 
 T = TypeVar("T")
@@ -338,15 +339,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         return handlers[args.command]()
-    except (CliError, links.LinkError, StartupError, TokenKeyError, OpsError) as exc:
+    except (CliError, LinkError, StartupError, TokenKeyError, OpsError) as exc:
         print(f"calsync: {exc}", file=sys.stderr)
-        return 1
+        return REFUSED_EXIT_CODE
     except psycopg.OperationalError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
         print(f"calsync: cannot reach PostgreSQL: {first_line}", file=sys.stderr)
-        return 1
+        return REFUSED_EXIT_CODE
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED_EXIT_CODE
 
 
 def _cmd_migrate(settings: Settings) -> int:

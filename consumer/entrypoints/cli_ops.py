@@ -7,11 +7,8 @@ import asyncio
 import json
 from typing import Any
 
+from consumer.domain.errors import CliError
 from consumer.settings import Settings
-
-
-class CliError(Exception):
-    """A refusal the user can act on: printed as one line, exit status 1."""
 
 
 def print_json(value: Any) -> None:

@@ -28,9 +28,11 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from consumer.domain.errors import LinkError, RefusalKind
+from consumer.entrypoints.problems import http_status
 from consumer.entrypoints.web import pages
 from consumer.entrypoints.web.views import prefers_html
-from consumer.service.links import LinkError, LinkService
+from consumer.service.links import LinkService
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -84,8 +86,9 @@ def _middlewares(admin_token: str) -> list[Any]:
         try:
             return await handler(request)
         except LinkError as exc:
-            log.info("http_refused", path=request.path, status=exc.status, problem=exc.problem)
-            return refusal(exc.status, exc.problem, str(exc), exc.activity_id)
+            status = http_status(exc)
+            log.info("http_refused", path=request.path, status=status, problem=exc.problem)
+            return refusal(status, exc.problem, str(exc), exc.activity_id)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -102,16 +105,19 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json() if request.can_read_body else {}
     except json.JSONDecodeError:
-        raise LinkError("the request body is not JSON", 400, "invalid_body") from None
+        raise LinkError("the request body is not JSON",
+                        RefusalKind.INVALID, "invalid_body") from None
     if not isinstance(body, dict):
-        raise LinkError("the request body must be a JSON object", 400, "invalid_body")
+        raise LinkError("the request body must be a JSON object",
+                        RefusalKind.INVALID, "invalid_body")
     return body
 
 
 def _string(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value:
-        raise LinkError(f"{key!r} is required (a non-empty string)", 400, "invalid_body")
+        raise LinkError(f"{key!r} is required (a non-empty string)",
+                        RefusalKind.INVALID, "invalid_body")
     return value
 
 
@@ -153,7 +159,8 @@ async def disconnect(request: web.Request) -> web.Response:
     body = await _json_body(request)
     remove = body.get("remove_events", False)
     if not isinstance(remove, bool):
-        raise LinkError("'remove_events' must be true or false", 400, "invalid_body")
+        raise LinkError("'remove_events' must be true or false",
+                        RefusalKind.INVALID, "invalid_body")
     answer = await request.app[SERVICE_KEY].disconnect(request.match_info["id"], remove)
     return web.json_response(answer)
 

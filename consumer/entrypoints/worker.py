@@ -14,7 +14,8 @@ from aiokafka.errors import KafkaError
 from consumer.adapters.kafka import build_consumer, build_producer, ensure_topics
 from consumer.adapters.postgres.link_watcher import watch_links
 from consumer.adapters.postgres.migrations import pending_migrations
-from consumer.bootstrap import StartupError, services
+from consumer.bootstrap import services
+from consumer.domain.errors import StartupError
 from consumer.entrypoints.ops_http import refresh_gauges, start_ops_http
 from consumer.service import reconcile
 from consumer.service.repairs import RepairLoop

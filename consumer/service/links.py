@@ -26,19 +26,25 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
 from consumer.adapters.google.backoff import google_backoff
-from consumer.adapters.google.calendar import CalendarInfo, GoogleApiError
-from consumer.adapters.google.oauth import OAuthClient, OAuthRefused
-from consumer.adapters.google.tokens import TokenRefreshFailed
+from consumer.adapters.google.calendar import CalendarInfo
+from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.postgres.link_store import (
     Activation,
     Backfill,
-    CalendarTaken,
     LastResult,
     LinkStore,
-    StateRefused,
     link_summary,
 )
-from consumer.adapters.postgres.quota import QuotaPaused
+from consumer.domain.errors import (
+    CalendarTaken,
+    GoogleApiError,
+    LinkError,
+    OAuthRefused,
+    QuotaPaused,
+    RefusalKind,
+    StateRefused,
+    TokenRefreshFailed,
+)
 from consumer.domain.models import (
     BookingEvent,
     CalendarLink,
@@ -57,18 +63,6 @@ _BACKFILL_CONCURRENCY = 8
 _PROGRESS_EVERY_S = 0.5  # how often a running backfill writes its progress, when it moved
 _HEARTBEAT_EVERY_S = 5.0  # ... and at least this often (pages tell a stalled one by it)
 T = TypeVar("T")
-
-
-class LinkError(Exception):
-    """A refusal about a link: `status` is the HTTP status, `problem` a short name.
-    `activity_id`, when known, lets a page offer to start again."""
-
-    def __init__(self, message: str, status: int = 400, problem: str = "bad_request",
-                 activity_id: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.problem = problem
-        self.activity_id = activity_id
 
 
 @dataclass(frozen=True)
@@ -143,7 +137,8 @@ def _check_id(kind: str, value: str) -> str:
     value = value.strip()
     if not value or len(value) > _MAX_ID_LENGTH or any(c.isspace() for c in value):
         raise LinkError(f"{kind} must be a non-empty id without spaces (at most "
-                        f"{_MAX_ID_LENGTH} characters)", 400, f"invalid_{kind.replace(' ', '_')}")
+                        f"{_MAX_ID_LENGTH} characters)",
+                        RefusalKind.INVALID, f"invalid_{kind.replace(' ', '_')}")
     return value
 
 
@@ -183,7 +178,7 @@ class LinkService:
     async def _existing(self, link_id: str) -> LinkRow:
         row = await self.repository.link(link_id)
         if row is None:
-            raise LinkError(f"no link {link_id!r} (see: calsync links list)", 404,
+            raise LinkError(f"no link {link_id!r} (see: calsync links list)", RefusalKind.NOT_FOUND,
                             "link_not_found")
         return row
 
@@ -195,7 +190,8 @@ class LinkService:
         reconnection)."""
         activity_id = _check_id("activity id", activity_id)
         if not self.settings.google_client_id:
-            raise LinkError("CALSYNC_GOOGLE_CLIENT_ID is not set", 500, "not_configured")
+            raise LinkError("CALSYNC_GOOGLE_CLIENT_ID is not set",
+                            RefusalKind.NOT_CONFIGURED, "not_configured")
         nonce = secrets.token_urlsafe(24)
         url, verifier, expires_at = self.oauth.authorization_url(nonce, login_hint)
         await self.store.save_state(nonce, activity_id, verifier, expires_at)
@@ -213,22 +209,25 @@ class LinkService:
         background (its progress in `backfills`)."""
         state = params.get("state")
         if not state:
-            raise LinkError("the redirect carries no state parameter", 400, "state_missing")
+            raise LinkError("the redirect carries no state parameter",
+                            RefusalKind.INVALID, "state_missing")
         try:
             activity_id, verifier = await self.store.take_state(self.oauth.read_state(state))
         except (OAuthRefused, StateRefused) as exc:
-            raise LinkError(str(exc), 400, exc.problem) from None
+            raise LinkError(str(exc), RefusalKind.INVALID, exc.problem) from None
         if params.get("error"):
             raise LinkError(f"Google answered {params['error']!r}: the account owner did not "
-                            "grant access", 400, "consent_denied", activity_id)
+                            "grant access", RefusalKind.INVALID, "consent_denied", activity_id)
         if not params.get("code"):
-            raise LinkError("the redirect carries no authorization code", 400, "code_missing",
+            raise LinkError("the redirect carries no authorization code",
+                            RefusalKind.INVALID, "code_missing",
                             activity_id)
         try:
             granted = await asyncio.to_thread(self.oauth.exchange, params["code"], verifier)
         except OAuthRefused as exc:
-            status = 502 if exc.problem == "google_unreachable" else 400
-            raise LinkError(str(exc), status, exc.problem, activity_id) from None
+            kind = (RefusalKind.UPSTREAM if exc.problem == "google_unreachable"
+                    else RefusalKind.INVALID)
+            raise LinkError(str(exc), kind, exc.problem, activity_id) from None
         assert granted.tokens.access_token is not None
         try:
             calendars = await self._list_calendars(granted.tokens.access_token, granted.email)
@@ -283,7 +282,8 @@ class LinkService:
                     await quota.acquire(account)
                 except QuotaPaused as exc:
                     raise LinkError(f"Google said the {exc.scope}'s quota is spent: no call is "
-                                    f"made for {exc.seconds:.0f}s more; try again later", 503,
+                                    f"made for {exc.seconds:.0f}s more; try again later",
+                                    RefusalKind.UNAVAILABLE,
                                     "quota_paused") from None
                 try:
                     return await call(*args)
@@ -297,18 +297,20 @@ class LinkService:
         try:
             return await self._google(email, self.svc.google.list_calendars, token)
         except GoogleApiError as exc:
-            raise LinkError(f"Google could not list the calendars of {email}: {exc}", 502,
+            raise LinkError(f"Google could not list the calendars of {email}: {exc}",
+                            RefusalKind.UPSTREAM,
                             "google_error") from None
 
     async def _token(self, row: LinkRow) -> str:
         if row.tokens is None:
             raise LinkError(f"link {row.link.id} is disconnected: connect the account again",
-                            409, "link_disconnected")
+                            RefusalKind.CONFLICT, "link_disconnected")
         try:
             return await self.svc.tokens.access_token(row.link.id, row.tokens)
         except TokenRefreshFailed as exc:
             raise LinkError(f"Google refused the tokens of link {row.link.id} ({exc.reason}): "
-                            "reconnect the account", 409, "reauth_required") from None
+                            "reconnect the account",
+                            RefusalKind.CONFLICT, "reauth_required") from None
 
     async def calendars(self, link_id: str) -> list[dict[str, Any]]:
         row = await self._existing(link_id)
@@ -321,7 +323,8 @@ class LinkService:
         that other live links of the activity already sync."""
         row = await self._existing(link_id)
         if row.link.state is LinkState.DISCONNECTED:
-            raise LinkError(f"link {link_id} is disconnected: connect the account again", 409,
+            raise LinkError(f"link {link_id} is disconnected: connect the account again",
+                            RefusalKind.CONFLICT,
                             "link_disconnected", row.link.activity_id)
         try:
             token = await self._token(row)
@@ -377,20 +380,22 @@ class LinkService:
         if chosen is None:
             raise LinkError(f"calendar {calendar_id!r} is not in the calendar list of "
                             f"{row.link.account_email} (see: calsync links calendars {link_id})",
-                            422, "calendar_unknown")
+                            RefusalKind.UNPROCESSABLE, "calendar_unknown")
         if not chosen.writable:
             raise LinkError(f"calendar {chosen.name!r} ({calendar_id}) is not writable: your "
                             f"access role is {chosen.access_role!r}; choose a calendar where you "
-                            "are writer or owner", 422, "calendar_not_writable")
+                            "are writer or owner",
+                            RefusalKind.UNPROCESSABLE, "calendar_not_writable")
         try:
             activation = await self.store.activate(link_id, calendar_id)
         except StateRefused as exc:
-            raise LinkError(str(exc), 409, exc.problem) from None
+            raise LinkError(str(exc), RefusalKind.CONFLICT, exc.problem) from None
         except CalendarTaken as exc:
             fix = ("" if exc.state == LinkState.ACTIVE else
                    f" (it is {exc.state}: reconnect or re-select that link instead)")
             raise LinkError(f"calendar {calendar_id!r} of {row.link.account_email} already "
-                            f"belongs to this activity's link {exc.link_id}{fix}", 409,
+                            f"belongs to this activity's link {exc.link_id}{fix}",
+                            RefusalKind.CONFLICT,
                             "calendar_taken") from None
         active = await self._existing(activation.link_id)
         log.info("link_activated", link_id=active.link.id, calendar_id=calendar_id,
@@ -481,7 +486,8 @@ class LinkService:
     async def disconnect(self, link_id: str, remove_events: bool) -> dict[str, Any]:
         row = await self._existing(link_id)
         if row.link.state is LinkState.DISCONNECTED and row.tokens is None:
-            raise LinkError(f"link {link_id} is already disconnected", 409, "link_disconnected")
+            raise LinkError(f"link {link_id} is already disconnected",
+                            RefusalKind.CONFLICT, "link_disconnected")
         token = None
         if remove_events and row.link.calendar_id and row.tokens is not None:
             token = await self._token(row)  # refused: nothing changes
@@ -554,7 +560,8 @@ class LinkService:
             await asyncio.gather(*(delete(on, e, b) for on, e, b in targets))
         except GoogleApiError as exc:
             raise LinkError(f"the link is disconnected, but its events could not all be removed "
-                            f"({exc}): run the disconnect again", 502, "google_error") from None
+                            f"({exc}): run the disconnect again",
+                            RefusalKind.UPSTREAM, "google_error") from None
         await self.store.strand(row.link.id, left)
         await self.store.forget_events(row.link.id)
         return removed
@@ -572,7 +579,7 @@ class LinkService:
             return await asyncio.to_thread(self.oauth.revoke, row.tokens.refresh_token), []
         except OAuthRefused as exc:
             raise LinkError(f"the link is disconnected, but {exc}: run the disconnect again",
-                            502, exc.problem) from None
+                            RefusalKind.UPSTREAM, exc.problem) from None
 
     # --- inspect, import ----------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from psycopg.rows import dict_row
 
 from consumer.adapters.kafka import DLQ_REPLAY_OF
 from consumer.adapters.postgres.members import alive_members
+from consumer.domain.errors import OpsError
 from consumer.domain.messages import parse_message
 from consumer.domain.models import BookingEvent, LinkState
 from consumer.service.context import Services
@@ -37,10 +38,6 @@ from consumer.settings import Settings
 
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
 _JOIN_TIMEOUT_S = 60.0
-
-
-class OpsError(Exception):
-    """A refusal, worded as one line for the person at the terminal."""
 
 
 def parse_duration(text: str) -> timedelta:

@@ -9,8 +9,8 @@
 - On revocation or shutdown, in-flight work gets `shutdown_grace_s` to finish; what
   finished is committed, what did not is cancelled and left for the next owner.
 - Every message ends, in bounded time, as synced or dead-lettered, exactly once. Bad input
-  is dead-lettered at once; an infrastructure fault (consumer.errors.is_retriable: database
-  or broker unreachable, a deadlock, a timeout) is retried with backoff without giving up,
+  is dead-lettered at once; an infrastructure fault (consumer.adapters.classify.is_retriable:
+  database or broker unreachable, a deadlock, a timeout) is retried with backoff without giving up,
   and the offset waits for it; any other failure repeats for the same input (data that
   PostgreSQL refuses, a bug of ours), so it is retried `poison_attempts` times in all and
   then dead-lettered as `internal_error`: one message lost to a bug, never a partition.

@@ -12,7 +12,8 @@ from psycopg.rows import dict_row
 
 from consumer.adapters.postgres.link_store import Backfill
 from consumer.adapters.postgres.members import alive_members
-from consumer.service.operations import OpsError, kafka_probe
+from consumer.domain.errors import OpsError
+from consumer.service.operations import kafka_probe
 from consumer.service.progress import progress, quota_ceiling
 from consumer.service.reconcile import latest_run as latest_reconcile
 from consumer.service.repairs import summary as repair_summary

@@ -4,14 +4,14 @@ Each link is independent: its own transaction, its own token, its own failures. 
 (link, booking) record is locked while Google is called, so two consumers that briefly
 hold the same partition during a rebalance cannot interleave their writes for a booking.
 
-Google's refusals are handled as consumer.refusals classifies them: rate limits pace the
+Google's refusals are handled as consumer.domain.refusals classifies them: rate limits pace the
 quota and are retried; a quota spent for hours pauses the account (or the project) and the
 work is deferred; a 403 on one event's write asks Google about that event (deleted by a
 person: recreated under the next generation's id, or taken as gone); a 403 or 404 on an
 insert asks the calendar list whether the calendar is gone or read-only before the link
 turns `calendar_unavailable`. Whatever is left off the calendar (failed after the retry
 budget, deferred, the token endpoint down) is kept in `repairs` with its result, and the
-repair loop (consumer.repairs) re-drives it: nothing is forgotten.
+repair loop (consumer.service.repairs) re-drives it: nothing is forgotten.
 
 A link's health is kept here too: a refresh token Google refuses turns the link
 `reauth_required`, a calendar that is gone or no longer writable turns it
@@ -43,13 +43,21 @@ from tenacity import (
 from consumer.adapters.batching import Batcher
 from consumer.adapters.classify import is_retriable
 from consumer.adapters.google.backoff import google_backoff
-from consumer.adapters.google.calendar import CalendarInfo, GoogleApiError
-from consumer.adapters.google.tokens import TokenRefreshFailed
+from consumer.adapters.google.calendar import CalendarInfo
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.quota import AccountBacklogged, GroupQuota, QuotaPaused
+from consumer.adapters.postgres.quota import GroupQuota
 from consumer.adapters.postgres.repository import Repository
-from consumer.adapters.postgres.sync_store import ClaimLost, SyncStore
-from consumer.domain.errors import printable
+from consumer.adapters.postgres.sync_store import SyncStore
+from consumer.domain.errors import (
+    AccountBacklogged,
+    CalendarUnavailable,
+    ClaimLost,
+    GoogleApiError,
+    LinkHalted,
+    QuotaPaused,
+    TokenRefreshFailed,
+    printable,
+)
 from consumer.domain.models import (
     BookingEvent,
     LinkRow,
@@ -95,24 +103,12 @@ class AccessTokens(Protocol):
     def forget(self, link_id: str) -> None: ...
 
 
-class LinkHalted(Exception):
-    """The link left `active` while work for it was in flight."""
-
-
-class CalendarUnavailable(Exception):
-    """The link's calendar is gone or no longer writable, as its calendar list entry says."""
-
-    def __init__(self, cause: GoogleApiError, confirmed_by: str) -> None:
-        super().__init__(f"{cause} ({confirmed_by})")
-        self.cause = cause
-
-
 def _is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, GoogleApiError) and exc.retriable
 
 
 def _is_token_outage(exc: BaseException) -> bool:
-    return isinstance(exc, TokenRefreshFailed) and not exc.permanent
+    return isinstance(exc, TokenRefreshFailed) and exc.retriable
 
 
 @dataclass
@@ -403,7 +399,7 @@ class SyncEngine:
             except LinkHalted:
                 result = _result(row, op, Outcome.SKIPPED, "link_not_active", call)
             except TokenRefreshFailed as exc:
-                if exc.permanent:
+                if not exc.retriable:
                     health = (LinkState.REAUTH_REQUIRED, f"token refresh refused: {exc.reason}")
                     result = _result(row, op, Outcome.SKIPPED, "token_refresh_failed", call,
                                      error=exc.reason)

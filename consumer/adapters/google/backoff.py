@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from tenacity import RetryCallState, wait_random_exponential
 
-from consumer.adapters.google.calendar import GoogleApiError
+from consumer.domain.errors import GoogleApiError
 
 
 def google_backoff(initial: float, maximum: float) -> Callable[[RetryCallState], float]:

@@ -22,11 +22,9 @@ from urllib.parse import urlsplit
 
 import httplib2
 
+from consumer.domain.errors import BatchFormatError
+
 _DROPPED = frozenset({"accept-encoding", "content-length", "host"})
-
-
-class BatchFormatError(ValueError):
-    """Google's answer to a batch could not be read."""
 
 
 @dataclass(frozen=True)

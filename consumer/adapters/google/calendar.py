@@ -40,49 +40,12 @@ from googleapiclient.errors import HttpError
 from prometheus_client import Gauge
 
 from consumer.adapters.batching import Batcher
-from consumer.adapters.google.batch import BatchFormatError, decode_batch, encode_batch
+from consumer.adapters.google.batch import decode_batch, encode_batch
 from consumer.adapters.google.concurrency import ConcurrencyController
 from consumer.adapters.metrics import Metrics
-from consumer.domain.errors import CalsyncError, printable
+from consumer.domain.errors import BatchFormatError, GoogleApiError, printable
 from consumer.domain.planning import MANAGED_BY
-from consumer.domain.refusals import Action, classify, retriable
 from consumer.settings import Settings
-
-
-@dataclass
-class GoogleApiError(CalsyncError):
-    """A Calendar API failure, reduced to what the sync engine decides on: what the refusals
-    table (consumer.refusals) says to do about it."""
-
-    status: int | None  # None: no HTTP answer (timeout, connection refused)
-    reason: str
-    message: str
-    retry_after: float | None = None
-    domain: str = "global"
-    method: str = ""  # the call refused, e.g. "events.update"
-
-    def __str__(self) -> str:
-        return f"{self.status or 'network'} {self.reason}: {self.message}"
-
-    @property
-    def action(self) -> Action:
-        return classify(self.status, self.reason, self.domain, self.method)
-
-    @property
-    def retriable(self) -> bool:  # type: ignore[override]
-        return retriable(self.action)
-
-    @property
-    def rate_limited(self) -> bool:
-        return self.action is Action.PACE
-
-    @property
-    def gone(self) -> bool:
-        return self.action is Action.GONE
-
-    @property
-    def unauthorized(self) -> bool:
-        return self.action is Action.REFRESH_TOKEN
 
 
 def _from_http_error(exc: HttpError, method: str) -> GoogleApiError:

@@ -25,6 +25,7 @@ from oauthlib.oauth2 import WebApplicationClient
 from oauthlib.oauth2.rfc6749.errors import InsecureTransportError, OAuth2Error
 
 from consumer.adapters.crypto import TokenCipher
+from consumer.domain.errors import OAuthRefused
 from consumer.domain.models import LinkTokens
 from consumer.settings import Settings
 
@@ -34,14 +35,6 @@ EMAIL_SCOPE = "https://www.googleapis.com/auth/userinfo.email"
 # Least privilege: write events, read the calendar list, know who the account is.
 SCOPES = ["openid", EMAIL_SCOPE, EVENTS_SCOPE, CALENDAR_LIST_SCOPE]
 _ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
-
-
-class OAuthRefused(Exception):
-    """The flow cannot go on; `problem` is a short machine-readable name."""
-
-    def __init__(self, problem: str, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
 
 
 @dataclass(frozen=True)

@@ -27,17 +27,11 @@ from google.oauth2.credentials import Credentials
 
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.repository import Repository
+from consumer.domain.errors import TokenRefreshFailed
 from consumer.domain.models import LinkTokens
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
-
-
-class TokenRefreshFailed(Exception):
-    def __init__(self, reason: str, permanent: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.permanent = permanent
 
 
 class TokenProvider:
@@ -96,8 +90,8 @@ class TokenProvider:
                                                    current.refresh_token)
             except TokenRefreshFailed as exc:
                 self._metrics.token_refreshes.labels(
-                    "refused" if exc.permanent else "unavailable").inc()
-                if exc.permanent:
+                    "unavailable" if exc.retriable else "refused").inc()
+                if not exc.retriable:
                     self._refused[link_id] = current.refresh_token
                 raise
             self._metrics.token_refreshes.labels("ok").inc()

@@ -17,6 +17,7 @@ from psycopg import errors
 from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.postgres.locks import link_lock_key
 from consumer.adapters.postgres.repository import Connection, Repository
+from consumer.domain.errors import CalendarTaken, StateRefused
 from consumer.domain.models import CalendarLink, LinkRow, LinkState, LinkTokens
 
 _INSERT_STATE = (
@@ -150,21 +151,6 @@ _ACTIVITIES = (
 )
 _STATE_ROWS = "SELECT nonce, code_verifier_enc FROM oauth_states FOR UPDATE"
 _REENCRYPT_STATE = "UPDATE oauth_states SET code_verifier_enc = %s WHERE nonce = %s"
-
-
-class StateRefused(Exception):
-    def __init__(self, problem: str, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
-
-
-class CalendarTaken(Exception):
-    """Another live link of the activity already syncs the same account's calendar."""
-
-    def __init__(self, link_id: str, state: str = "active") -> None:
-        super().__init__(link_id)
-        self.link_id = link_id
-        self.state = state
 
 
 @dataclass(frozen=True)

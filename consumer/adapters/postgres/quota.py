@@ -38,7 +38,7 @@ import structlog
 from consumer.adapters.batching import Batcher
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.repository import Pool
-from consumer.domain.errors import CalsyncError
+from consumer.domain.errors import AccountBacklogged, QuotaPaused
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -55,27 +55,6 @@ _PAUSES_FRESH_S = 2.0  # how old this process's view of the group's pauses may b
 # `rateLimitExceeded` from this many accounts within the window: the project's quota.
 _PROJECT_SIGNAL_ACCOUNTS = 3
 _PROJECT_SIGNAL_WINDOW_S = 10.0
-
-
-class QuotaPaused(CalsyncError):
-    """Google said this quota is spent (an account's or the project's): no call until the
-    pause ends. Not a failure: the work is deferred."""
-
-    def __init__(self, scope: str, seconds: float) -> None:
-        super().__init__(f"the {scope}'s Google quota is paused for {seconds:.0f}s")
-        self.scope = scope
-        self.seconds = seconds
-
-
-class AccountBacklogged(CalsyncError):
-    """The account's queue would make this call wait longer than allowed, or Google asked
-    it to slow down: its work leaves the in-flight window (deferred) instead of holding other
-    accounts' work behind it."""
-
-    def __init__(self, seconds: float, reason: str = "account_backlogged") -> None:
-        super().__init__(f"the account's Google quota is booked for {seconds:.0f}s")
-        self.seconds = seconds
-        self.reason = reason
 
 
 @dataclass

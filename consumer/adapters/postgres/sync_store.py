@@ -6,7 +6,7 @@ comes from session advisory locks on one connection of this process: a claim tak
 lock exclusively to wait for work in flight (link_store.wait_for_in_flight). A process that
 dies loses its session, and with it its locks, at once.
 
-Everything is batched (consumer.batching): one flush sends the results recorded since the
+Everything is batched (consumer.adapters.batching): one flush sends the results recorded since the
 last one (one transaction, executemany), then the releases, then the new claims with the
 recorded state they read, in one pipeline. If the connection breaks, the locks are gone:
 results of claims made on it are refused (ClaimLost), and the work is redone from a claim.
@@ -25,7 +25,7 @@ from psycopg.rows import DictRow, dict_row
 from consumer.adapters.batching import Batcher
 from consumer.adapters.classify import is_retriable
 from consumer.adapters.postgres.locks import link_lock_key, pair_lock_key
-from consumer.domain.errors import CalsyncError, printable
+from consumer.domain.errors import ClaimLost, printable
 from consumer.domain.models import (
     BookingEvent,
     LinkState,
@@ -93,12 +93,6 @@ _INSERT_RESULT = (
     " booking_id, booking_version, link_id, operation, outcome, reason, google_event_id, error,"
     " attempts, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-
-
-class ClaimLost(CalsyncError):
-    """The connection holding the claim's locks broke; the work must start again."""
-
-    retriable = True
 
 
 @dataclass(frozen=True)

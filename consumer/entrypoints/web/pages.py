@@ -29,6 +29,8 @@ import structlog
 from aiohttp import web
 
 from consumer.adapters.google.calendar import CalendarInfo
+from consumer.domain.errors import LinkError, RefusalKind, TokenRefused
+from consumer.entrypoints.problems import http_status
 from consumer.entrypoints.web import views
 from consumer.entrypoints.web.render import render, static_files
 from consumer.entrypoints.web.security import (
@@ -37,11 +39,10 @@ from consumer.entrypoints.web.security import (
     SESSION_COOKIE,
     PageSigner,
     Session,
-    TokenRefused,
     new_secret,
     same,
 )
-from consumer.service.links import LinkError, LinkService
+from consumer.service.links import LinkService
 from consumer.service.progress import quota_ceiling
 from consumer.settings import Settings
 
@@ -181,7 +182,8 @@ class Pages:
         if foreign:
             log.warning("page_form_refused", path=request.path, origin=origin,
                         sec_fetch_site=request.headers.get("Sec-Fetch-Site"))
-            raise LinkError("the form was sent from another site", 403, "csrf_refused")
+            raise LinkError("the form was sent from another site",
+                            RefusalKind.FORBIDDEN, "csrf_refused")
 
     async def session_form(self, request: web.Request) -> tuple[Session, Any]:
         """A form of the signed-in admin: same origin, and the session's CSRF secret."""
@@ -190,7 +192,7 @@ class Pages:
         form = await request.post()
         if not same(str(form.get("csrf") or ""), session.csrf):
             raise LinkError("the form's CSRF token does not match this session: reload the "
-                            "page and try again", 403, "csrf_refused")
+                            "page and try again", RefusalKind.FORBIDDEN, "csrf_refused")
         return session, form
 
     # --- the calendar choice -----------------------------------------------------------
@@ -220,8 +222,9 @@ def _pages(request: web.Request) -> Pages:
 
 
 def _refuse(exc: TokenRefused, activity_id: str | None) -> NoReturn:
-    raise LinkError(str(exc), 403 if exc.problem == "form_not_this_browser" else 400,
-                    exc.problem, activity_id)
+    kind = (RefusalKind.FORBIDDEN if exc.problem == "form_not_this_browser"
+            else RefusalKind.INVALID)
+    raise LinkError(str(exc), kind, exc.problem, activity_id)
 
 
 # --- Google's redirect, the choice, progress ----------------------------------------------
@@ -261,21 +264,23 @@ async def choose(request: web.Request) -> web.StreamResponse:
     except TokenRefused as exc:
         _refuse(exc, activity_id)
     if not await pages.service.use_form_token(token.jti, link_id, token.expires_at):
-        raise LinkError("this calendar choice was already sent once", 409, "form_replayed",
+        raise LinkError("this calendar choice was already sent once",
+                        RefusalKind.CONFLICT, "form_replayed",
                         activity_id)
     if known is None:
-        raise LinkError(f"no link {link_id!r}", 404, "link_not_found")
+        raise LinkError(f"no link {link_id!r}", RefusalKind.NOT_FOUND, "link_not_found")
     calendar_id = str(form.get("calendar_id") or "")
     try:
         if not calendar_id:
-            raise LinkError("choose one of the calendars", 422, "calendar_missing")
+            raise LinkError("choose one of the calendars",
+                            RefusalKind.UNPROCESSABLE, "calendar_missing")
         chosen = await pages.service.choose(link_id, calendar_id, wait=False)
     except LinkError as exc:
         if exc.problem not in _CHOOSE_AGAIN | {"calendar_missing"}:
             raise
         choice = await pages.service.choice(link_id)
         return pages.choice_page(request, choice.link, choice.calendars, choice.taken,
-                                 error=_sentence(str(exc)), status=exc.status)
+                                 error=_sentence(str(exc)), status=http_status(exc))
     log.info("page_calendar_chosen", link_id=chosen.link["id"], calendar_id=calendar_id)
     return pages.redirect(pages.progress_url([chosen.backfill_id]))
 
@@ -407,7 +412,8 @@ async def links_page(request: web.Request) -> web.StreamResponse:
 async def _link_of(pages: Pages, request: web.Request) -> dict[str, Any]:
     link = await pages.service.get(request.match_info["link"])
     if link["activity_id"] != request.match_info["activity"]:
-        raise LinkError(f"no link {request.match_info['link']!r} in this activity", 404,
+        raise LinkError(f"no link {request.match_info['link']!r} in this activity",
+                        RefusalKind.NOT_FOUND,
                         "link_not_found", request.match_info["activity"])
     return link
 
@@ -444,7 +450,7 @@ async def disconnect_page(request: web.Request) -> web.StreamResponse:
     health = next((h for h in await pages.service.health(activity_id)
                    if h.link["id"] == link["id"]), None)
     if health is None or link["state"] == "disconnected":
-        raise LinkError(f"link {link['id']} is already disconnected", 409,
+        raise LinkError(f"link {link['id']} is already disconnected", RefusalKind.CONFLICT,
                         "link_disconnected", activity_id)
     card = views.link_card(health, datetime.now(UTC))
     return pages.page(request, "disconnect.html", f"Disconnect {link['account_email']}",
@@ -458,7 +464,8 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
     link = await _link_of(pages, request)
     events = form.get("events")
     if events not in ("keep", "remove"):
-        raise LinkError("choose whether to keep or remove the events", 400, "invalid_body",
+        raise LinkError("choose whether to keep or remove the events",
+                        RefusalKind.INVALID, "invalid_body",
                         str(link["activity_id"]))
     try:
         await pages.service.disconnect(str(link["id"]), remove_events=events == "remove")

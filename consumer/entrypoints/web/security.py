@@ -22,17 +22,11 @@ from typing import Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from consumer.domain.errors import TokenRefused
+
 SESSION_COOKIE = "calsync_session"
 BINDING_COOKIE = "calsync_choice"
 LOGIN_COOKIE = "calsync_login"
-
-
-class TokenRefused(Exception):
-    """A token or cookie that cannot be honoured; `problem` is a short name."""
-
-    def __init__(self, problem: str, message: str) -> None:
-        super().__init__(message)
-        self.problem = problem
 
 
 @dataclass(frozen=True)
