@@ -13,7 +13,7 @@ A few old modules were split in two (the pure half went down a layer, or the wir
 to `bootstrap`). Their old name is a small re-exporting module (`_Reexport`): attribute reads
 go to whichever new module holds the name, writes (a monkeypatch) go to that module too. Those
 are `consumer.app`, `consumer.db`, `consumer.errors`, `consumer.links`,
-`consumer.operations` and `consumer.sync_store` (see `SPLIT`).
+`consumer.operations`, `consumer.reconcile` and `consumer.sync_store` (see `SPLIT`).
 
 `python -m consumer.cli` works through the finder as well: the loader hands `runpy` the code
 of `consumer/entrypoints/cli.py`. New code imports the new paths; nothing in `consumer` or
@@ -54,7 +54,6 @@ MOVED: dict[str, str] = {
     "consumer.sync": "consumer.service.sync",
     "consumer.runner": "consumer.service.runner",
     "consumer.repairs": "consumer.service.repairs",
-    "consumer.reconcile": "consumer.service.reconcile",
     "consumer.status": "consumer.service.status",
     "consumer.progress": "consumer.service.progress",
     "consumer.cli": "consumer.entrypoints.cli",
@@ -76,6 +75,7 @@ SPLIT: dict[str, tuple[str, ...]] = {
     "consumer.db": ("consumer.adapters.postgres.repository",
                     "consumer.adapters.postgres.migrations"),
     "consumer.errors": ("consumer.domain.errors", "consumer.adapters.classify"),
+    "consumer.reconcile": ("consumer.service.reconcile", "consumer.domain.drift"),
     "consumer.sync_store": ("consumer.adapters.postgres.sync_store",
                             "consumer.adapters.postgres.locks"),
     "consumer.links": ("consumer.bootstrap:link_service,services", "consumer.service.links"),

@@ -126,6 +126,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     import sys
 
     from consumer.bootstrap import services
+    from consumer.domain.drift import LinkReport
     from consumer.service import reconcile as drift
 
     def show(progress: drift.Progress) -> None:  # a line that rewrites itself, on a terminal
@@ -135,7 +136,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
                          f"repair(s)" + (f", about {eta:.0f}s left" if eta else "") + "   ")
         sys.stderr.flush()
 
-    async def run() -> tuple[int, list[drift.LinkReport]]:
+    async def run() -> tuple[int, list[LinkReport]]:
         async with services(settings, pool_size=8) as svc:
             if args.link:
                 row = await svc.repository.link(args.link)
