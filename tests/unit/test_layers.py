@@ -12,6 +12,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from consumer._moved import MOVED, SPLIT
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -147,3 +149,46 @@ def test_the_check_sees_a_wrong_way_import() -> None:
     assert _violation("consumer.entrypoints.cli", "calsync_dev.stack", "_cmd_demo", known)
     assert _violation("consumer.entrypoints.cli", "calsync_dev.demo", None, known)
     assert not _violation("consumer.service.sync", "consumer.domain.models", None, known)
+
+
+def test_the_flat_layouts_names_are_the_moved_modules_themselves() -> None:
+    import importlib
+
+    for old, new in MOVED.items():
+        assert importlib.import_module(old) is importlib.import_module(new), old
+    import consumer.sandbox.state
+    import consumer.sync
+    import consumer.web.views
+    from calsync_dev.sandbox import state
+    from consumer.entrypoints.web import views
+    from consumer.service import sync
+
+    assert (consumer.sync, consumer.sandbox.state, consumer.web.views) == (sync, state, views)
+    assert consumer.sync.__spec__ is not None and consumer.sync.__spec__.name == sync.__name__
+
+
+def test_a_split_modules_old_name_reads_and_writes_through_to_its_parts(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import consumer.db
+    import consumer.links
+    from consumer import bootstrap
+    from consumer.adapters.postgres import migrations, repository
+    from consumer.service import links
+
+    assert consumer.db.Repository is repository.Repository
+    assert consumer.db.migrate is migrations.migrate
+    assert consumer.links.LinkService is links.LinkService
+    assert consumer.links.link_service is bootstrap.link_service
+    monkeypatch.setattr(consumer.db, "migrate", "patched")
+    assert migrations.migrate == "patched"
+    with pytest.raises(AttributeError):
+        consumer.db.no_such_name  # noqa: B018
+
+
+def test_python_m_with_an_old_name_runs_the_moved_module() -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "consumer.cli", "--help"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "usage: calsync" in done.stdout, done.stderr
