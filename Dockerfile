@@ -1,14 +1,23 @@
 # The calendar-sync consumer image (used by docker-compose.yml).
+# Stage 1 builds the wheel (the migrations in sql/ and the pages' templates ship inside it);
+# stage 2 installs that wheel and its dependencies, nothing editable, and runs as a user.
+FROM python:3.12-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY sql ./sql
+COPY consumer ./consumer
+COPY calsync_dev ./calsync_dev
+RUN pip wheel --no-deps --wheel-dir /dist .
+
 FROM python:3.12-slim
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY consumer ./consumer
-COPY sql ./sql
-COPY schemas ./schemas
-# Editable install keeps sql/ next to the package, where `calsync migrate` reads it.
-RUN pip install -e . && useradd --system --uid 10001 calsync
+# The wheel's dependencies include tzdata: IANA zones without /usr/share/zoneinfo.
+COPY --from=build /dist /dist
+RUN pip install /dist/*.whl && rm -rf /dist \
+    && useradd --system --uid 10001 --no-create-home calsync
 USER calsync
+WORKDIR /tmp
 ENV CALSYNC_LOG_FORMAT=json
 ENTRYPOINT ["calsync"]
 CMD ["consume"]

@@ -53,8 +53,8 @@ test: install browser
 	$(BIN)/pytest -n $(TEST_WORKERS)
 
 lint: install
-	$(BIN)/ruff check consumer tests bench
-	$(BIN)/mypy consumer bench
+	$(BIN)/ruff check consumer calsync_dev tests bench
+	$(BIN)/mypy  # files: consumer, calsync_dev, bench (pyproject.toml)
 
 # The benchmark (never part of the tests): prints a table, writes bench-results/latest.json.
 # Options: make bench BENCH_ARGS="--only 2 --profile" (python -m bench --help).

@@ -1,0 +1,147 @@
+"""The sandbox's admin API (`/_sandbox/...`): what tests, the demo and the bench drive."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
+from urllib.parse import unquote
+
+from calsync_dev.sandbox.state import Fault, SandboxState
+
+
+def admin_routes(state: SandboxState) -> Callable[..., tuple[int, Any]]:
+    def route(
+        method: str, path: str, query: dict[str, list[str]], body: dict[str, Any]
+    ) -> tuple[int, Any]:
+        parts = [unquote(p) for p in path.strip("/").split("/")[1:]]
+        with state.lock:
+            return _route(state, method, parts, query, body)
+
+    return route
+
+
+def _route(
+    state: SandboxState,
+    method: str,
+    parts: list[str],
+    query: dict[str, list[str]],
+    body: dict[str, Any],
+) -> tuple[int, Any]:
+    match (method, parts):
+        case ("POST", ["accounts"]):
+            state.add_account(body["email"], body["refresh_token"], body.get("calendars"),
+                              bool(body.get("rotate_refresh_token", False)))
+            return 200, {"email": body["email"]}
+        case ("POST", ["accounts", email, "revoke"]):
+            state.revoke(email)
+            return 200, {}
+        case ("POST", ["accounts", email, "access-token"]):
+            token, expires_at = state.issue_access_token(email, body.get("lifetime_s"))
+            return 200, {"access_token": token, "expires_at": expires_at}
+        case ("POST", ["accounts", email, "calendars"]):
+            state.add_account(email, body.pop("refresh_token", ""), [body])
+            state.accounts[email].refresh_tokens.discard("")
+            return 200, {}
+        case ("PATCH", ["accounts", email, "calendars", calendar_id]):
+            cal = state.calendar(email, calendar_id)
+            cal.access_role = body.get("access_role", cal.access_role)
+            return 200, {}
+        case ("DELETE", ["accounts", email, "calendars", calendar_id]):
+            state.accounts[email].calendars.pop(calendar_id, None)
+            return 200, {}
+        case ("GET", ["accounts", email, "calendars", calendar_id, "events"]):
+            show_deleted = query.get("showDeleted", ["false"])[0] == "true"
+            events = [e for e in state.calendar(email, calendar_id).events.values()
+                      if show_deleted or e["status"] != "cancelled"]
+            return 200, {"items": events}
+        case ("PATCH", ["accounts", email, "calendars", calendar_id, "events", event_id]):
+            # A person editing the event in Google Calendar.
+            event = state.calendar(email, calendar_id).events[event_id]
+            event.update(body)
+            event["sequence"] = event.get("sequence", 0) + 1
+            return 200, event
+        case ("POST", ["accounts", email, "calendars", calendar_id, "events"]):
+            # An event put there by someone else, or by an old bug: stored as given.
+            import secrets
+
+            event = {"kind": "calendar#event", "status": "confirmed",
+                     "id": body.get("id") or secrets.token_hex(13), **body}
+            state.calendar(email, calendar_id).events[event["id"]] = event
+            return 200, event
+        case ("DELETE", ["accounts", email, "calendars", calendar_id, "events", event_id]):
+            # A person deleting the event by hand in Google Calendar.
+            event = state.calendar(email, calendar_id).events[event_id]
+            event["status"] = "cancelled"
+            return 200, {}
+        case ("GET", ["tokens"]):
+            return 200, {"access_tokens": len(state.access_tokens), "issued": state.issued}
+        case ("POST", ["faults"]):
+            state.faults.append(Fault(**body))
+            return 200, {"pending": len(state.faults)}
+        case ("DELETE", ["faults"]):
+            state.faults.clear()
+            return 200, {}
+        case ("POST", ["config"]):
+            return _configure(state, body)
+        case ("GET", ["config"]):
+            return 200, state.config()
+        case ("GET", ["calls"]):
+            since = float(query.get("since", ["0"])[0])
+            calls = [c for c in state.calls if c.at >= since]
+            if query.get("detail", ["false"])[0] == "true":
+                return 200, {"calls": [asdict(c) for c in calls]}
+            return 200, {
+                "total": len(calls),
+                "by_op": Counter(c.op for c in calls),
+                "by_status": Counter(str(c.status) for c in calls),
+                "now": time.time(),
+            }
+        case ("GET", ["quota"]):
+            with state.lock:
+                return 200, state.quota_report()
+        case ("DELETE", ["quota"]):  # a fresh minute: windows and counts start again
+            with state.lock:
+                state.reset_quota_windows()
+            return 200, {}
+        case ("POST", ["reset"]):
+            fresh = SandboxState()
+            for key, value in vars(fresh).items():
+                if key != "lock":
+                    setattr(state, key, value)
+            state.oauth.state = state
+            return 200, {}
+    return 404, {"error": {"code": 404, "message": f"no admin route {method} /{'/'.join(parts)}"}}
+
+
+def _configure(state: SandboxState, body: dict[str, Any]) -> tuple[int, Any]:
+    """How Google behaves from now on. Latency: `latency_s` (fixed), or `latency_median_s`
+    with `latency_p99_s` (log-normal; `latency_seed` makes the draws repeatable)."""
+    if "rate_limit_status" in body and body["rate_limit_status"] not in (403, 429):
+        return _bad("rate_limit_status: 403 or 429")
+    try:
+        if "latency_s" in body:
+            state.latency_s = float(body["latency_s"])
+        if "latency_median_s" in body or "latency_p99_s" in body:
+            p99 = body.get("latency_p99_s", state.latency_p99_s)
+            state.set_latency(float(body.get("latency_median_s", state.latency_median_s)),
+                              None if p99 is None else float(p99))
+        if "batch_mode" in body:
+            state.set_batch_mode(str(body["batch_mode"]))
+    except (TypeError, ValueError) as exc:
+        return _bad(str(exc))
+    if "latency_seed" in body:
+        state.seed(body["latency_seed"])
+    for key in ("token_lifetime_s", "quota_per_account_per_min", "quota_per_project_per_min",
+                "rate_limit_status", "deleted_event_update_status"):
+        if key in body:
+            setattr(state, key, body[key])
+    if "clients" in body:
+        state.clients = dict(body["clients"])
+    return 200, state.config()
+
+
+def _bad(message: str) -> tuple[int, Any]:
+    return 400, {"error": {"code": 400, "message": message}}

@@ -1,0 +1,447 @@
+"""PostgreSQL queries of the link lifecycle: OAuth states, connect, select, disconnect, keys.
+
+The hot path's queries (what the consumer runs per message) stay in `db.Repository`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import errors
+
+from consumer.adapters.crypto import TokenCipher
+from consumer.adapters.postgres.locks import link_lock_key
+from consumer.adapters.postgres.repository import Connection, Repository
+from consumer.domain.errors import CalendarTaken, StateRefused
+from consumer.domain.models import CalendarLink, LinkRow, LinkState, LinkTokens
+
+_INSERT_STATE = (
+    "INSERT INTO oauth_states (nonce, activity_id, code_verifier_enc, expires_at)"
+    " VALUES (%s, %s, %s, %s)"
+)
+_TAKE_STATE = (
+    "UPDATE oauth_states SET used_at = now() WHERE nonce = %s AND used_at IS NULL"
+    " RETURNING activity_id, code_verifier_enc, expires_at <= now() AS expired"
+)
+_STATE_EXISTS = "SELECT 1 FROM oauth_states WHERE nonce = %s"
+_FORGET_OLD_STATES = "DELETE FROM oauth_states WHERE expires_at < now() - interval '1 day'"
+_RECONNECT = (
+    "UPDATE calendar_links SET refresh_token_enc = %s, access_token_enc = %s,"
+    " token_expires_at = %s, state = 'active', state_reason = NULL, state_changed_at = now(),"
+    " updated_at = now() WHERE activity_id = %s AND account_email = %s"
+    " AND state = 'reauth_required' RETURNING id"
+)
+_WAIT_FOR_CLAIMS = "SELECT pg_advisory_xact_lock(%s)"
+_LOCK_LINK = "SELECT state, activity_id, account_email FROM calendar_links WHERE id = %s FOR UPDATE"
+_LIVE_ON_CALENDAR = (
+    "SELECT id, state FROM calendar_links WHERE activity_id = %s AND account_email = %s"
+    " AND calendar_id = %s AND id <> %s ORDER BY state = 'disconnected', created_at"
+)
+_ACTIVATE = (
+    "UPDATE calendar_links SET calendar_id = %s, state = 'active', state_reason = NULL,"
+    " state_changed_at = now(), updated_at = now() WHERE id = %s"
+)
+_REVIVE = (
+    "UPDATE calendar_links AS old SET refresh_token_enc = new.refresh_token_enc,"
+    " access_token_enc = new.access_token_enc, token_expires_at = new.token_expires_at,"
+    " state = 'active', state_reason = NULL, state_changed_at = now(), updated_at = now()"
+    " FROM calendar_links AS new WHERE old.id = %s AND new.id = %s"
+)
+_DELETE_LINK = "DELETE FROM calendar_links WHERE id = %s"
+_DISCONNECT = (
+    "UPDATE calendar_links SET state = 'disconnected', state_reason = %s,"
+    " state_changed_at = now(), updated_at = now() WHERE id = %s"
+    " RETURNING extract(epoch FROM state_changed_at)::float8 AS changed_at"
+)
+_WIPE_TOKENS = (
+    "UPDATE calendar_links SET refresh_token_enc = NULL, access_token_enc = NULL,"
+    " token_expires_at = NULL, state_reason = %s, updated_at = now() WHERE id = %s"
+)
+_OTHER_LIVE_LINKS_OF_ACCOUNT = (
+    "SELECT id FROM calendar_links WHERE account_email = %s AND id <> %s"
+    " AND state <> 'disconnected' ORDER BY id"
+)
+_DROP_REPAIRS = "DELETE FROM repairs WHERE link_id = %s"
+_RECORDED_ON = (
+    "SELECT booking_id, google_event_id FROM link_bookings WHERE link_id = %s"
+    " AND google_event_id IS NOT NULL AND coalesce(calendar_id, %s) = %s"
+)
+# A link's events away from its calendar: recorded on another one, or stranded on one.
+_EVENTS_ELSEWHERE = (
+    "SELECT booking_id, calendar_id, google_event_id FROM link_bookings WHERE link_id = %s"
+    " AND google_event_id IS NOT NULL AND calendar_id IS NOT NULL AND calendar_id <> %s"
+    " UNION SELECT booking_id, calendar_id, google_event_id FROM stranded_events"
+    " WHERE link_id = %s"
+)
+_UNSTRAND_LINK = "DELETE FROM stranded_events WHERE link_id = %s"
+_STRAND = (
+    "INSERT INTO stranded_events (link_id, booking_id, calendar_id, google_event_id, reason)"
+    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (calendar_id, google_event_id) DO NOTHING"
+)
+_FORGET_EVENTS = (
+    # The next activation creates fresh events, under ids not used before.
+    "UPDATE link_bookings SET applied_version = NULL, google_event_id = NULL, calendar_id = NULL,"
+    " generation = generation + 1, updated_at = now()"
+    " WHERE link_id = %s AND google_event_id IS NOT NULL"
+)
+_TOKEN_ROWS = (
+    "SELECT id, refresh_token_enc, access_token_enc FROM calendar_links"
+    " WHERE refresh_token_enc IS NOT NULL FOR UPDATE"
+)
+_REENCRYPT_LINK = (
+    "UPDATE calendar_links SET refresh_token_enc = %s, access_token_enc = %s WHERE id = %s"
+)
+# --- what the pages read and write ------------------------------------------------------
+_START_BACKFILL = (
+    "INSERT INTO backfills (link_id, calendar_id, calendar_name, trigger)"
+    " VALUES (%s, %s, %s, %s) RETURNING id"
+)
+_BACKFILL_TOTAL = "UPDATE backfills SET total = %s, updated_at = now() WHERE id = %s"
+_BACKFILL_PROGRESS = (
+    "UPDATE backfills SET done = %s, counts = %s, updated_at = now() WHERE id = %s"
+)
+_FINISH_BACKFILL = (
+    "UPDATE backfills SET done = %s, counts = %s, error = %s, updated_at = now(),"
+    " finished_at = now() WHERE id = %s AND finished_at IS NULL"
+)
+_BACKFILL_COLUMNS = (
+    "id, link_id, calendar_id, calendar_name, trigger, total, done, counts, started_at,"
+    " updated_at, finished_at, error, now() AS now"
+)
+_BACKFILLS = f"SELECT {_BACKFILL_COLUMNS} FROM backfills WHERE id = ANY(%s) ORDER BY id"
+_LATEST_BACKFILLS = (
+    f"SELECT DISTINCT ON (link_id) {_BACKFILL_COLUMNS} FROM backfills"
+    " WHERE link_id = ANY(%s) ORDER BY link_id, id DESC"
+)
+_CALENDAR_NAMES = (
+    "SELECT DISTINCT ON (b.link_id) b.link_id, b.calendar_name FROM backfills b"
+    " JOIN unnest(%s::text[], %s::text[]) AS l(link_id, calendar_id)"
+    " ON b.link_id = l.link_id AND b.calendar_id = l.calendar_id"
+    " WHERE b.calendar_name IS NOT NULL ORDER BY b.link_id, b.id DESC"
+)
+_USE_FORM_TOKEN = (
+    "INSERT INTO page_form_tokens (jti, link_id, expires_at) VALUES (%s, %s, %s)"
+    " ON CONFLICT (jti) DO NOTHING RETURNING jti"
+)
+_FORGET_OLD_FORM_TOKENS = (
+    "DELETE FROM page_form_tokens WHERE expires_at < now() - interval '1 day'"
+)
+_EVENTS_SYNCED = (
+    "SELECT link_id, count(*) AS n FROM link_bookings WHERE link_id = ANY(%s)"
+    " AND google_event_id IS NOT NULL GROUP BY link_id"
+)
+_LAST_RESULTS = (
+    "SELECT l.id AS link_id, r.operation, r.outcome, r.reason, r.source, r.booking_id,"
+    " r.recorded_at FROM unnest(%s::text[]) AS l(id) CROSS JOIN LATERAL ("
+    " SELECT operation, outcome, reason, source, booking_id, recorded_at FROM sync_results"
+    " WHERE link_id = l.id ORDER BY id DESC LIMIT 1) AS r"
+)
+_REPAIR_BACKLOG = (
+    "SELECT link_id, count(*) AS n FROM repairs WHERE link_id = ANY(%s) GROUP BY link_id"
+)
+_ACTIVITIES = (
+    "SELECT activity_id, count(*) FILTER (WHERE state <> 'disconnected') AS live,"
+    " count(*) FILTER (WHERE state IN ('reauth_required', 'calendar_unavailable'))"
+    " AS needing_action FROM calendar_links GROUP BY activity_id ORDER BY activity_id"
+)
+_STATE_ROWS = "SELECT nonce, code_verifier_enc FROM oauth_states FOR UPDATE"
+_REENCRYPT_STATE = "UPDATE oauth_states SET code_verifier_enc = %s WHERE nonce = %s"
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """A backfill as recorded: `now` is the database's clock when it was read."""
+
+    id: int
+    link_id: str
+    calendar_id: str
+    calendar_name: str | None
+    trigger: str
+    total: int | None
+    done: int
+    counts: dict[str, int]
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    now: datetime
+
+
+@dataclass(frozen=True)
+class LastResult:
+    operation: str
+    outcome: str
+    reason: str
+    source: str
+    booking_id: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class Activation:
+    link_id: str  # the link that is now active (an earlier one, when revived)
+    merged_from: str | None  # the pending link folded into it
+
+
+class LinkStore:
+    def __init__(self, repository: Repository, cipher: TokenCipher) -> None:
+        self.repository = repository
+        self.cipher = cipher
+        self.pool = repository.pool
+
+    # --- the OAuth flow -----------------------------------------------------------------
+
+    async def save_state(self, nonce: str, activity_id: str, code_verifier: str,
+                         expires_at: datetime) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_FORGET_OLD_STATES)
+            await conn.execute(_INSERT_STATE, (nonce, activity_id,
+                                               self.cipher.encrypt(code_verifier), expires_at))
+
+    async def take_state(self, nonce: str) -> tuple[str, str]:
+        """Use a state once: its activity and PKCE verifier."""
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_TAKE_STATE, (nonce,))).fetchone()
+            if row is None:
+                seen = await (await conn.execute(_STATE_EXISTS, (nonce,))).fetchone()
+                if seen:
+                    raise StateRefused("state_replayed", "this connection request was already "
+                                       "used: start a new one")
+                raise StateRefused("state_invalid", "unknown connection request")
+        if row["expired"]:
+            raise StateRefused("state_expired", "the connection request expired: start it "
+                               "again")
+        return row["activity_id"], self.cipher.decrypt(row["code_verifier_enc"])
+
+    async def add_pending(self, link: CalendarLink, tokens: LinkTokens) -> None:
+        await self.repository.insert_link(link, tokens)
+
+    async def reconnect(self, activity_id: str, email: str, tokens: LinkTokens) -> list[str]:
+        """Give the activity's `reauth_required` links of this account their new tokens."""
+        refresh, access = self.repository.encrypt_tokens(tokens)
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_RECONNECT, (refresh, access, tokens.expires_at,
+                                                  activity_id, email))
+            return [row["id"] for row in await cur.fetchall()]
+
+    # --- choosing a calendar ------------------------------------------------------------
+
+    async def activate(self, link_id: str, calendar_id: str) -> Activation:
+        """Point the link at the calendar and make it active. If the same account's calendar
+        was synced by a link that was disconnected since, that link is revived instead (its
+        records say which events are already there, so nothing is created twice)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            row = await (await conn.execute(_LOCK_LINK, (link_id,))).fetchone()
+            assert row is not None
+            if row["state"] == LinkState.DISCONNECTED:  # (a disconnect under way, maybe)
+                raise StateRefused("link_disconnected", f"link {link_id} is disconnected: "
+                                   "connect the account again")
+            others = await (await conn.execute(_LIVE_ON_CALENDAR, (
+                row["activity_id"], row["account_email"], calendar_id, link_id))).fetchall()
+            live = [o for o in others if o["state"] != LinkState.DISCONNECTED]
+            if live:
+                raise CalendarTaken(live[0]["id"], live[0]["state"])
+            try:
+                if others:  # a disconnected link of the same calendar
+                    old = others[0]["id"]
+                    await conn.execute(_LOCK_LINK, (old,))
+                    await conn.execute(_REVIVE, (old, link_id))
+                    await conn.execute(_DELETE_LINK, (link_id,))
+                    return Activation(old, merged_from=link_id)
+                await conn.execute(_ACTIVATE, (calendar_id, link_id))
+            except errors.UniqueViolation:
+                raise CalendarTaken("another link") from None
+        return Activation(link_id, merged_from=None)
+
+    # --- disconnecting ------------------------------------------------------------------
+
+    async def mark_disconnected(self, link_id: str, reason: str) -> float:
+        """Since when the link is disconnected (epoch seconds)."""
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_DISCONNECT, (reason, link_id))).fetchone()
+        assert row is not None
+        return float(row["changed_at"])
+
+    async def wait_for_in_flight(self, link_id: str, timeout_s: float) -> bool:
+        """Wait until no work is in flight for the link in any process (each claim holds the
+        link's advisory lock shared, see sync_store). Short lock timeouts, and new claims
+        are not starved: they see the link's new state once they get in."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            try:
+                async with self.pool.connection() as conn, conn.transaction():
+                    await conn.execute("SET LOCAL lock_timeout = '200ms'")
+                    await conn.execute(_WAIT_FOR_CLAIMS, (link_lock_key(link_id),))
+                return True
+            except errors.LockNotAvailable:
+                if asyncio.get_running_loop().time() > deadline:
+                    return False
+                await asyncio.sleep(0.05)
+
+    async def recorded_events(self, link_id: str, calendar_id: str) -> list[tuple[str, str]]:
+        """(booking, event) the records say are on this calendar."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_RECORDED_ON, (link_id, calendar_id,
+                                                            calendar_id))).fetchall()
+        return [(r["booking_id"], r["google_event_id"]) for r in rows]
+
+    async def events_elsewhere(self, link_id: str, calendar_id: str
+                               ) -> list[tuple[str, str, str]]:
+        """(booking, calendar, event) of the link's events on other calendars."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_EVENTS_ELSEWHERE, (link_id, calendar_id,
+                                                                 link_id))).fetchall()
+        return [(r["booking_id"], r["calendar_id"], r["google_event_id"]) for r in rows]
+
+    async def strand(self, link_id: str, left: list[tuple[str, str, str, str]]) -> None:
+        """After a removal: the link's stranded events are exactly those still left."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(_UNSTRAND_LINK, (link_id,))
+            for booking_id, calendar_id, event_id, why in left:
+                await conn.execute(_STRAND, (link_id, booking_id, calendar_id, event_id, why))
+
+    async def drop_repairs(self, link_id: str) -> None:
+        """A disconnected link is owed nothing (a reconnect backfills it)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(_DROP_REPAIRS, (link_id,))
+
+    async def forget_events(self, link_id: str) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_FORGET_EVENTS, (link_id,))
+            return cur.rowcount
+
+    async def other_live_links_of_account(self, email: str, link_id: str) -> list[str]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_OTHER_LIVE_LINKS_OF_ACCOUNT, (email, link_id))
+            return [row["id"] for row in await cur.fetchall()]
+
+    async def wipe_tokens(self, link_id: str, reason: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_WIPE_TOKENS, (reason, link_id))
+
+    # --- backfill progress --------------------------------------------------------------
+
+    async def start_backfill(self, link_id: str, calendar_id: str, calendar_name: str | None,
+                             trigger: str) -> int:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_START_BACKFILL, (link_id, calendar_id, calendar_name,
+                                                       trigger))
+            row = await cur.fetchone()
+        assert row is not None
+        return int(row["id"])
+
+    async def backfill_total(self, backfill_id: int, total: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_BACKFILL_TOTAL, (total, backfill_id))
+
+    async def backfill_progress(self, backfill_id: int, done: int,
+                                counts: Mapping[str, int]) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_BACKFILL_PROGRESS, (done, json.dumps(counts), backfill_id))
+
+    async def finish_backfill(self, backfill_id: int, done: int, counts: Mapping[str, int],
+                              error: str | None) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_FINISH_BACKFILL, (done, json.dumps(counts), error,
+                                                  backfill_id))
+
+    async def backfills(self, ids: list[int]) -> list[Backfill]:
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_BACKFILLS, (ids,))).fetchall()
+        return [_backfill(row) for row in rows]
+
+    async def latest_backfills(self, link_ids: list[str]) -> dict[str, Backfill]:
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LATEST_BACKFILLS, (link_ids,))).fetchall()
+        return {row["link_id"]: _backfill(row) for row in rows}
+
+    async def calendar_names(self, calendars: Mapping[str, str]) -> dict[str, str]:
+        """The name each link's calendar (link id -> calendar id) had when it was chosen,
+        where it was recorded."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_CALENDAR_NAMES, (
+                list(calendars), list(calendars.values())))).fetchall()
+        return {row["link_id"]: row["calendar_name"] for row in rows}
+
+    # --- single-use forms ---------------------------------------------------------------
+
+    async def use_form_token(self, jti: str, link_id: str, expires_at: datetime) -> bool:
+        """Record the use of a form's token: False when it was used before (a replay)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(_FORGET_OLD_FORM_TOKENS)
+            cur = await conn.execute(_USE_FORM_TOKEN, (jti, link_id, expires_at))
+            return await cur.fetchone() is not None
+
+    # --- link health --------------------------------------------------------------------
+
+    async def events_synced(self, link_ids: list[str]) -> dict[str, int]:
+        """Events on each link's calendar that the link put there (by our records)."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_EVENTS_SYNCED, (link_ids,))).fetchall()
+        return {row["link_id"]: int(row["n"]) for row in rows}
+
+    async def last_results(self, link_ids: list[str]) -> dict[str, LastResult]:
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LAST_RESULTS, (link_ids,))).fetchall()
+        return {row["link_id"]: LastResult(row["operation"], row["outcome"], row["reason"],
+                                           row["source"], row["booking_id"],
+                                           row["recorded_at"]) for row in rows}
+
+    async def repair_backlog(self, link_ids: list[str]) -> dict[str, int]:
+        """(Link, booking) pairs waiting for a repair, per link."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_REPAIR_BACKLOG, (link_ids,))).fetchall()
+        return {row["link_id"]: int(row["n"]) for row in rows}
+
+    async def activities(self) -> list[dict[str, Any]]:
+        """Every activity with links: how many are live, how many need someone."""
+        async with self.pool.connection() as conn:
+            return list(await (await conn.execute(_ACTIVITIES)).fetchall())
+
+    # --- keys ---------------------------------------------------------------------------
+
+    async def rotate_key(self) -> tuple[int, int]:
+        """Re-encrypt every stored secret under the first key: (links, states)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            links = await self._rotate(conn, _TOKEN_ROWS, _REENCRYPT_LINK)
+            states = await self._rotate(conn, _STATE_ROWS, _REENCRYPT_STATE)
+        return links, states
+
+    async def _rotate(self, conn: Connection, select: str, update: str) -> int:
+        rows = await (await conn.execute(select)).fetchall()
+        for row in rows:
+            values = list(row.values())
+            key, secrets = values[0], values[1:]
+            fresh = [self.cipher.rotate(v) if v else None for v in secrets]
+            await conn.execute(update, (*fresh, key))
+        return len(rows)
+
+
+def _backfill(row: Mapping[str, Any]) -> Backfill:
+    return Backfill(
+        id=row["id"], link_id=row["link_id"], calendar_id=row["calendar_id"],
+        calendar_name=row["calendar_name"], trigger=row["trigger"], total=row["total"],
+        done=row["done"], counts=dict(row["counts"] or {}), started_at=row["started_at"],
+        updated_at=row["updated_at"], finished_at=row["finished_at"], error=row["error"],
+        now=row["now"])
+
+
+def link_summary(row: LinkRow) -> dict[str, object]:
+    """A link as the CLI and the HTTP API show it: never its tokens."""
+    link = row.link
+    return {
+        "id": link.id,
+        "activity_id": link.activity_id,
+        "account_email": link.account_email,
+        "calendar_id": link.calendar_id,
+        "state": link.state.value,
+        "state_reason": row.state_reason,
+        "state_changed_at": row.state_changed_at.isoformat(),
+        "created_at": row.created_at.isoformat(),
+        "backfilled_at": row.backfilled_at.isoformat() if row.backfilled_at else None,
+    }

@@ -1,0 +1,373 @@
+"""PostgreSQL adapter: the repository the sync engine, the link service and the CLI use."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+import structlog
+from psycopg.rows import DictRow, dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic import ValidationError
+
+from consumer.adapters.crypto import TokenCipher
+from consumer.domain.errors import printable
+from consumer.domain.models import (
+    BookingEvent,
+    CalendarLink,
+    LinkRow,
+    LinkState,
+    LinkTokens,
+    MessagePosition,
+    RecordedEvent,
+)
+
+log = structlog.get_logger(__name__)
+Connection = psycopg.AsyncConnection[DictRow]
+Pool = AsyncConnectionPool[Connection]
+
+_LINK_COLUMNS = (
+    "id, activity_id, account_email, calendar_id, state, state_reason, state_changed_at, "
+    "refresh_token_enc, access_token_enc, token_expires_at, created_at, backfilled_at"
+)
+_LINKS_FOR_ACTIVITY = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE activity_id = %s"
+# The hot path reads links without their tokens: the token provider caches those per link.
+_LINKS_OF_ACTIVITIES = (
+    "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
+    " state_changed_at, NULL AS refresh_token_enc, NULL AS access_token_enc,"
+    " NULL AS token_expires_at, created_at, backfilled_at"
+    " FROM calendar_links WHERE activity_id = ANY(%s)"
+)
+_LINK_BY_ID = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE id = %s"
+_LINKS_BY_IDS = (
+    "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
+    " state_changed_at, NULL AS refresh_token_enc, NULL AS access_token_enc,"
+    " NULL AS token_expires_at, created_at, backfilled_at"
+    " FROM calendar_links WHERE id = ANY(%s)"
+)
+_LATEST_BOOKINGS = "SELECT booking_id, event FROM bookings WHERE booking_id = ANY(%s)"
+# The links whose calendars hold an event of these bookings (wherever the booking is now).
+_LINKS_HOLDING = (
+    "SELECT lb.booking_id, cl.id, cl.activity_id, cl.account_email, cl.calendar_id, cl.state,"
+    " cl.state_reason, cl.state_changed_at, NULL AS refresh_token_enc,"
+    " NULL AS access_token_enc, NULL AS token_expires_at, cl.created_at, cl.backfilled_at"
+    " FROM link_bookings lb JOIN calendar_links cl ON cl.id = lb.link_id"
+    " WHERE lb.booking_id = ANY(%s) AND lb.google_event_id IS NOT NULL"
+)
+_ALL_LINKS = f"SELECT {_LINK_COLUMNS} FROM calendar_links ORDER BY created_at, id"
+_LOCK_LINK_TOKENS = (
+    "SELECT refresh_token_enc, access_token_enc, token_expires_at FROM calendar_links "
+    "WHERE id = %s FOR NO KEY UPDATE"  # no conflict with FK key-share locks
+)
+_SAVE_ACCESS_TOKEN = (
+    "UPDATE calendar_links SET access_token_enc = %s, token_expires_at = %s, updated_at = now()"
+    " WHERE id = %s"
+)
+_SAVE_ALL_TOKENS = (
+    "UPDATE calendar_links SET access_token_enc = %s, token_expires_at = %s,"
+    " refresh_token_enc = %s, updated_at = now() WHERE id = %s"
+)
+_INSERT_LINK = (
+    "INSERT INTO calendar_links (id, activity_id, account_email, calendar_id, state,"
+    " refresh_token_enc, access_token_enc, token_expires_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+)
+_UPSERT_BOOKINGS = (
+    "INSERT INTO bookings (booking_id, activity_id, version, event_type, event)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::jsonb[])"
+    " ON CONFLICT (booking_id) DO UPDATE SET activity_id = EXCLUDED.activity_id,"
+    " version = EXCLUDED.version, event_type = EXCLUDED.event_type, event = EXCLUDED.event,"
+    " updated_at = now() WHERE bookings.version < EXCLUDED.version"
+)
+_LEAVE_ACTIVE = (
+    "UPDATE calendar_links SET state = %s, state_reason = %s, state_changed_at = now(),"
+    " updated_at = now() WHERE id = %s AND state = 'active'"
+    " RETURNING extract(epoch FROM state_changed_at)::float8 AS changed_at"
+)
+# The activity's bookings, and the bookings whose event is still on this link's calendars
+# although they moved to another activity since (they must leave).
+_BOOKINGS_OF_ACTIVITY = (
+    "SELECT b.event, lb.applied_version, lb.google_event_id, lb.generation, lb.calendar_id"
+    " FROM bookings b"
+    " LEFT JOIN link_bookings lb ON lb.link_id = %(link)s AND lb.booking_id = b.booking_id"
+    " WHERE b.activity_id = %(activity)s OR (lb.google_event_id IS NOT NULL)"
+    " ORDER BY b.booking_id"
+)
+_LATEST_BOOKING = "SELECT event FROM bookings WHERE booking_id = %s"
+_MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"
+_FORGET_EVENT = (
+    "UPDATE link_bookings SET google_event_id = NULL, calendar_id = NULL, applied_version = NULL,"
+    " generation = generation + 1, updated_at = now()"
+    " WHERE link_id = %s AND booking_id = %s AND google_event_id = %s"
+)
+# The first write wins: a retry or a redelivery of the same message finds its row (and
+# whether its copy was published) instead of writing another.
+_INSERT_DEAD_LETTER = (
+    "WITH new AS (INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key,"
+    " message_value, header_keys, header_values, error_type, error)"
+    " VALUES (%(topic)s, %(partition)s, %(offset)s, %(key)s, %(value)s, %(header_keys)s,"
+    " %(header_values)s, %(error_type)s, %(error)s)"
+    " ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING"
+    " RETURNING id, published_at)"
+    " SELECT id, published_at FROM new UNION ALL"
+    " SELECT id, published_at FROM dead_letters WHERE topic = %(topic)s"
+    " AND kafka_partition = %(partition)s AND kafka_offset = %(offset)s"
+    " AND NOT EXISTS (SELECT 1 FROM new)"
+)
+_MARK_DEAD_LETTER_PUBLISHED = (
+    "UPDATE dead_letters SET published_at = now(), copy_error = %s"
+    " WHERE id = %s AND published_at IS NULL"
+)
+
+
+_DEAD_LETTER_REPROCESSED = (
+    "SELECT reprocessed_at IS NOT NULL AS done FROM dead_letters WHERE id = %s"
+)
+_MARK_DEAD_LETTER_REPROCESSED = (
+    "UPDATE dead_letters SET reprocessed_at = now() WHERE id = %s AND reprocessed_at IS NULL"
+)
+
+
+def _link_row(row: dict[str, Any], cipher: TokenCipher | None) -> LinkRow:
+    tokens: LinkTokens | None = None
+    if row["refresh_token_enc"] is not None and cipher is not None:
+        access = row["access_token_enc"]
+        tokens = LinkTokens(cipher.decrypt(row["refresh_token_enc"]),
+                            cipher.decrypt(access) if access else None, row["token_expires_at"])
+    return LinkRow(
+        link=CalendarLink(
+            id=row["id"],
+            activity_id=row["activity_id"],
+            account_email=row["account_email"],
+            calendar_id=row["calendar_id"],
+            state=LinkState(row["state"]),
+        ),
+        tokens=tokens,
+        state_reason=row["state_reason"],
+        state_changed_at=row["state_changed_at"],
+        created_at=row["created_at"],
+        backfilled_at=row["backfilled_at"],
+    )
+
+
+def _stored_event(data: Any, booking_id: str | None) -> BookingEvent | None:
+    try:
+        return BookingEvent.model_validate(data)
+    except ValidationError as exc:
+        log.warning("stored_booking_unreadable", booking_id=booking_id,
+                    problems=exc.error_count())
+        return None
+
+
+class Repository:
+    """Named queries over one connection pool. Parameters are always bound.
+
+    Tokens cross this boundary in clear and are stored encrypted with `cipher`; a repository
+    without a cipher reads links without their tokens (tokens=None) and cannot store any.
+    """
+
+    def __init__(self, pool: Pool, cipher: TokenCipher | None = None) -> None:
+        self.pool = pool
+        self.cipher = cipher
+
+    def _cipher(self) -> TokenCipher:
+        if self.cipher is None:
+            raise RuntimeError("this repository was built without the token key")
+        return self.cipher
+
+    def encrypt_tokens(self, tokens: LinkTokens) -> tuple[str, str | None]:
+        cipher = self._cipher()
+        access = cipher.encrypt(tokens.access_token) if tokens.access_token else None
+        return cipher.encrypt(tokens.refresh_token), access
+
+    @classmethod
+    def pool_for(cls, database_url: str, size: int, name: str) -> Pool:
+        return AsyncConnectionPool(
+            database_url, min_size=1, max_size=size, open=False, name=name,
+            connection_class=psycopg.AsyncConnection[DictRow],
+            kwargs={"row_factory": dict_row, "autocommit": True},
+        )
+
+    async def ping(self) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    # --- links ----------------------------------------------------------------------------
+
+    async def links_for_activity(self, activity_id: str) -> list[LinkRow]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_LINKS_FOR_ACTIVITY, (activity_id,))
+            return [_link_row(row, self.cipher) for row in await cur.fetchall()]
+
+    async def links_of_activities(self, activity_ids: set[str]) -> dict[str, list[LinkRow]]:
+        """Every link of these activities, without tokens."""
+        answer: dict[str, list[LinkRow]] = {}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_LINKS_OF_ACTIVITIES, (list(activity_ids),))
+            for row in await cur.fetchall():
+                answer.setdefault(row["activity_id"], []).append(_link_row(row, None))
+        return answer
+
+    async def links_by_id(self, link_ids: set[str]) -> dict[str, LinkRow]:
+        """These links, without tokens (the token provider reads those when it needs them)."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LINKS_BY_IDS, (list(link_ids),))).fetchall()
+        return {row["id"]: _link_row(row, None) for row in rows}
+
+    async def links_holding(self, booking_ids: set[str]) -> dict[str, list[LinkRow]]:
+        """Per booking, the links whose calendar holds an event of it, without tokens."""
+        answer: dict[str, list[LinkRow]] = {}
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LINKS_HOLDING, (list(booking_ids),))).fetchall()
+        for row in rows:
+            answer.setdefault(row["booking_id"], []).append(_link_row(row, None))
+        return answer
+
+    async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]:
+        """The latest recorded state of these bookings (one stored before the contract's
+        bounds were tightened, and no longer valid, is left out with a warning)."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_LATEST_BOOKINGS, (list(booking_ids),))).fetchall()
+        answer = {}
+        for row in rows:
+            event = _stored_event(row["event"], row["booking_id"])
+            if event is not None:
+                answer[row["booking_id"]] = event
+        return answer
+
+    async def link(self, link_id: str) -> LinkRow | None:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_LINK_BY_ID, (link_id,))).fetchone()
+            return _link_row(row, self.cipher) if row else None
+
+    async def all_links(self) -> list[LinkRow]:
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_ALL_LINKS)).fetchall()
+            return [_link_row(row, self.cipher) for row in rows]
+
+    async def insert_link(self, link: CalendarLink, tokens: LinkTokens,
+                          conn: Connection | None = None) -> None:
+        refresh, access = self.encrypt_tokens(tokens)
+        params = (link.id, link.activity_id, link.account_email, link.calendar_id,
+                  link.state.value, refresh, access, tokens.expires_at)
+        if conn is not None:
+            await conn.execute(_INSERT_LINK, params)
+            return
+        async with self.pool.connection() as own:
+            await own.execute(_INSERT_LINK, params)
+
+    async def leave_active(self, link_id: str, state: LinkState, reason: str) -> float | None:
+        """Move an active link to an unhealthy state: when (epoch seconds), or None if it
+        was not active (any more)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(_LEAVE_ACTIVE, (state.value, reason, link_id))
+            row = await cur.fetchone()
+            return float(row["changed_at"]) if row else None
+
+    async def bookings_of_activity(self, link_id: str, activity_id: str
+                                   ) -> list[tuple[BookingEvent, RecordedEvent | None]]:
+        """The latest recorded state of each booking of the activity, with what the link
+        holds for it."""
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(_BOOKINGS_OF_ACTIVITY, {
+                "link": link_id, "activity": activity_id})).fetchall()
+        answer: list[tuple[BookingEvent, RecordedEvent | None]] = []
+        for row in rows:
+            recorded = None
+            if row["applied_version"] is not None or (row["generation"] or 0) > 0:
+                recorded = RecordedEvent(applied_version=row["applied_version"],
+                                         google_event_id=row["google_event_id"],
+                                         generation=row["generation"],
+                                         calendar_id=row["calendar_id"])
+            event = _stored_event(row["event"], None)
+            if event is not None:
+                answer.append((event, recorded))
+        return answer
+
+    async def latest_booking(self, booking_id: str) -> BookingEvent | None:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_LATEST_BOOKING, (booking_id,))).fetchone()
+        return _stored_event(row["event"], booking_id) if row else None
+
+    async def forget_event(self, link_id: str, booking_id: str, event_id: str) -> None:
+        """The records of a (link, booking) no longer hold this event (it was removed)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(_FORGET_EVENT, (link_id, booking_id, event_id))
+
+    async def mark_backfilled(self, link_id: str) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_MARK_BACKFILLED, (link_id,))
+
+    async def lock_link_tokens(self, conn: Connection, link_id: str
+                               ) -> LinkTokens | None:
+        row = await (await conn.execute(_LOCK_LINK_TOKENS, (link_id,))).fetchone()
+        if row is None or row["refresh_token_enc"] is None:
+            return None
+        cipher = self._cipher()
+        access = row["access_token_enc"]
+        return LinkTokens(cipher.decrypt(row["refresh_token_enc"]),
+                          cipher.decrypt(access) if access else None, row["token_expires_at"])
+
+    async def save_tokens(self, conn: Connection, link_id: str, tokens: LinkTokens,
+                          refresh_token_changed: bool) -> None:
+        refresh, access = self.encrypt_tokens(tokens)
+        if refresh_token_changed:
+            await conn.execute(_SAVE_ALL_TOKENS, (access, tokens.expires_at, refresh, link_id))
+        else:
+            await conn.execute(_SAVE_ACCESS_TOKEN, (access, tokens.expires_at, link_id))
+
+    # --- bookings and dead letters ---------------------------------------------------------
+
+    async def upsert_bookings(self, events: list[BookingEvent]) -> None:
+        """Keep the latest version of each booking, in one statement."""
+        latest: dict[str, BookingEvent] = {}
+        for event in events:  # one statement may not touch a row twice
+            seen = latest.get(event.booking.id)
+            if seen is None or seen.booking.version < event.booking.version:
+                latest[event.booking.id] = event
+        chosen = list(latest.values())
+        async with self.pool.connection() as conn:
+            await conn.execute(_UPSERT_BOOKINGS, (
+                [e.booking.id for e in chosen], [e.booking.activity_id for e in chosen],
+                [e.booking.version for e in chosen], [e.event_type.value for e in chosen],
+                [e.model_dump_json() for e in chosen]))
+
+    async def record_dead_letter(
+        self,
+        position: MessagePosition,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Sequence[tuple[str, bytes | None]],
+        error_type: str,
+        error: str,
+    ) -> tuple[int, bool]:
+        """Store the message as it came (raw bytes); (its row's id, whether its copy on the
+        dead-letter topic was published already)."""
+        params = {
+            "topic": position.topic, "partition": position.partition,
+            "offset": position.offset, "key": key, "value": value,
+            "header_keys": [k.encode("utf-8", "surrogateescape") for k, _ in headers],
+            "header_values": [v if v is not None else b"" for _, v in headers],
+            "error_type": printable(error_type, 100), "error": printable(error, 4000),
+        }
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_INSERT_DEAD_LETTER, params)).fetchone()
+        assert row is not None
+        return int(row["id"]), row["published_at"] is not None
+
+    async def mark_dead_letter_published(self, dead_letter_id: int,
+                                         copy_error: str | None = None) -> None:
+        """The copy is on the dead-letter topic (or, with `copy_error`, never will be)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(_MARK_DEAD_LETTER_PUBLISHED, (copy_error, dead_letter_id))
+
+    async def dead_letter_reprocessed(self, dead_letter_id: int) -> bool:
+        async with self.pool.connection() as conn:
+            row = await (await conn.execute(_DEAD_LETTER_REPROCESSED,
+                                            (dead_letter_id,))).fetchone()
+            return bool(row and row["done"])
+
+    async def mark_dead_letter_reprocessed(self, dead_letter_id: int) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(_MARK_DEAD_LETTER_REPROCESSED, (dead_letter_id,))

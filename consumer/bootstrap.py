@@ -1,0 +1,92 @@
+"""Wiring: the one place that builds the adapters from the settings and hands them to the
+services. Only entrypoints import it; services never do.
+
+`services()` opens what the sync engine needs (two pools, Google, tokens, the quota, the
+sync store); `link_service()` adds the link lifecycle on top; `link_tables()` opens just one
+small pool for commands that only read or rewrite the links table (`calsync links list`,
+`calsync keys rotate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from consumer.adapters.crypto import TokenCipher
+from consumer.adapters.google.calendar import GoogleCalendar
+from consumer.adapters.google.oauth import OAuthClient
+from consumer.adapters.google.tokens import TokenProvider
+from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.link_store import LinkStore
+from consumer.adapters.postgres.quota import GroupQuota
+from consumer.adapters.postgres.repository import Repository
+from consumer.adapters.postgres.sync_store import SyncStore
+from consumer.domain.errors import StartupError, TokenKeyError
+from consumer.service.context import Services
+from consumer.service.links import LinkService
+from consumer.service.operations import resync_bookings
+from consumer.service.sync import SyncEngine
+from consumer.settings import Settings
+
+
+def _cipher(settings: Settings) -> TokenCipher:
+    try:
+        return TokenCipher.from_settings(settings)
+    except TokenKeyError as exc:
+        raise StartupError(str(exc)) from None
+
+
+@asynccontextmanager
+async def services(settings: Settings, pool_size: int | None = None
+                   ) -> AsyncIterator[Services]:
+    cipher = _cipher(settings)
+    # Token refreshes get a pool of their own: they must never queue behind the intake.
+    repository = Repository(Repository.pool_for(
+        settings.database_url, pool_size or settings.db_pool_size, "sync"), cipher)
+    token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"),
+                                  cipher)
+    await repository.pool.open(wait=True, timeout=30)
+    await token_repository.pool.open(wait=True, timeout=30)
+    metrics = Metrics()
+    google = GoogleCalendar(settings, metrics)
+    tokens = TokenProvider(settings, token_repository, metrics)
+    engine = SyncEngine(settings, repository, google, tokens,
+                        GroupQuota(settings, repository.pool, metrics),
+                        SyncStore(settings.database_url), metrics)
+    try:
+        yield Services(settings, metrics, cipher, repository, google, tokens, engine)
+    finally:
+        await engine.close()
+        google.close()
+        tokens.close()
+        await token_repository.pool.close()
+        await repository.pool.close()
+
+
+@asynccontextmanager
+async def link_service(settings: Settings) -> AsyncIterator[LinkService]:
+    async with services(settings, pool_size=4) as svc:
+        service = LinkService(svc, LinkStore(svc.repository, svc.cipher),
+                              OAuthClient(svc.settings, svc.cipher))
+        try:
+            yield service
+        finally:
+            await service.close()
+
+
+@asynccontextmanager
+async def link_tables(settings: Settings) -> AsyncIterator[LinkStore]:
+    """The links table alone: one small pool, no Google, no engine, no quota."""
+    cipher = _cipher(settings)
+    repository = Repository(Repository.pool_for(settings.database_url, 2, "links"), cipher)
+    await repository.pool.open(wait=True, timeout=30)
+    try:
+        yield LinkStore(repository, cipher)
+    finally:
+        await repository.pool.close()
+
+
+async def resync(settings: Settings, booking_ids: set[str]) -> int:
+    """`calsync resync`: see `consumer.service.operations.resync_bookings`."""
+    async with services(settings, pool_size=4) as svc:
+        return await resync_bookings(svc, booking_ids)

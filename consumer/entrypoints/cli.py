@@ -1,0 +1,411 @@
+"""`calsync`: the command line of calendar-sync."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, NoReturn, TypeVar
+
+import psycopg
+from pydantic import ValidationError
+
+from consumer import bootstrap
+from consumer.adapters.crypto import TokenCipher
+from consumer.adapters.postgres.link_store import link_summary
+from consumer.adapters.postgres.migrations import migrate
+from consumer.domain.errors import CliError, LinkError, OpsError, StartupError, TokenKeyError
+from consumer.entrypoints import cli_ops
+from consumer.entrypoints.cli_ops import print_json
+from consumer.entrypoints.problems import INTERRUPTED_EXIT_CODE, REFUSED_EXIT_CODE
+from consumer.logs import configure_logging
+from consumer.service import links
+from consumer.service.operations import parse_duration
+from consumer.settings import Settings
+
+T = TypeVar("T")
+
+
+def _with_links(settings: Settings, work: Callable[[links.LinkService], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with bootstrap.link_service(settings) as service:
+            return await work(service)
+
+    return asyncio.run(run())
+
+
+def _aware(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} has no time zone; add one, e.g. {value}Z or {value}+02:00")
+    return parsed
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not the usage block
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
+def _partitions(value: str) -> list[int]:
+    try:
+        parts = sorted({int(p) for p in value.split(",") if p.strip()})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of partitions: "
+                                         f"{value!r}") from None
+    if not parts or parts[0] < 0:
+        raise argparse.ArgumentTypeError(f"not a list of partition numbers: {value!r}")
+    return parts
+
+
+def _duration(value: str) -> timedelta:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"not a positive number: {value!r}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="calsync", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub.add_parser("migrate", help="apply sql/ migrations (running it twice is harmless)")
+    sub.add_parser("consume", help="run the consumer until SIGTERM or SIGINT")
+    schema = sub.add_parser("schema", help="print the booking event JSON Schema")
+    schema.add_argument("--write", action="store_true", help="write it into schemas/")
+
+    replay = sub.add_parser("replay", help="reset the group's offsets to re-read messages "
+                            "(like kafka-consumer-groups --reset-offsets); dry run by default")
+    replay.add_argument("--group", help="consumer group (default: CALSYNC_GROUP_ID)")
+    replay.add_argument("--topic", help="topic, or topic:0,3 for some partitions as "
+                        "kafka-consumer-groups takes it (default: CALSYNC_TOPIC)")
+    replay.add_argument("--partitions", type=_partitions, help="e.g. 0,3,7 (default: all)")
+    replay.add_argument("--dry-run", action="store_true", help="the default: print the plan")
+    where = replay.add_mutually_exclusive_group(required=True)
+    where.add_argument("--to-datetime", type=_aware, help="ISO 8601 with a time zone")
+    where.add_argument("--by-duration", type=_duration, help="ISO 8601 duration back from "
+                       "now, e.g. PT2H")
+    where.add_argument("--to-offset", type=int)
+    where.add_argument("--shift-by", type=int, help="negative: re-read that many")
+    where.add_argument("--to-earliest", action="store_true")
+    replay.add_argument("--execute", action="store_true", help="apply the plan")
+    replay.add_argument("--resync", action="store_true", help="with --execute: also re-apply "
+                        "the latest state of the affected bookings to Google")
+    replay.add_argument("--by", help="who asks (recorded; default: user@host)")
+    replay.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="members, lag, links, failures, repairs, dead "
+                                           "letters")
+    status.add_argument("--json", action="store_true")
+    repair = sub.add_parser("repair", help="re-drive (link, booking) pairs left off their "
+                                           "calendar now, instead of at their due time")
+    repair.add_argument("--link", help="only this link's")
+    repair.add_argument("--now", action="store_true",
+                        help="all of them, not only those due (their backoff is waived)")
+    repair.add_argument("--json", action="store_true")
+    reconcile = sub.add_parser("reconcile", help="compare each active link's calendar with "
+                                                 "the bookings: missing, changed by hand, "
+                                                 "orphaned, duplicated events (a dry run by "
+                                                 "default)")
+    reconcile.add_argument("--link", help="only this link")
+    reconcile.add_argument("--execute", action="store_true",
+                           help="repair what is found (through the sync's claimed path)")
+    reconcile.add_argument("--json", action="store_true")
+    dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command",
+                                                                    required=True)
+    dlq_list = dlq.add_parser("list", help="dead letters waiting (--all: replayed ones too)")
+    dlq_list.add_argument("--all", action="store_true")
+    dlq_list.add_argument("--json", action="store_true")
+    dlq_show = dlq.add_parser("show", help="one dead letter, whole")
+    dlq_show.add_argument("id", type=int)
+    dlq_replay = dlq.add_parser("replay", help="put dead letters back on their topic, once")
+    dlq_replay.add_argument("ids", type=int, nargs="*", help="default: all waiting")
+    dlq_replay.add_argument("--rate", type=_positive, default=10.0, help="messages a second")
+    dlq_replay.add_argument("--value-file", help="a corrected value for one dead letter")
+    dlq_replay.add_argument("--by", help="who asks (recorded; default: user@host)")
+
+    sub.add_parser("serve", help="the links HTTP API and Google's OAuth redirect "
+                   "(CALSYNC_HTTP_HOST, CALSYNC_HTTP_PORT, CALSYNC_ADMIN_TOKEN)")
+    keys = sub.add_parser("keys", help="the token encryption key (CALSYNC_TOKEN_KEY)"
+                          ).add_subparsers(dest="keys_command", required=True)
+    keys.add_parser("generate", help="print a new key")
+    keys.add_parser("rotate", help="re-encrypt every stored token under the first key")
+
+    link = sub.add_parser("links", help="calendar links").add_subparsers(dest="links_command",
+                                                                          required=True)
+    con = link.add_parser("connect", help="start connecting a Google account to an activity: "
+                          "prints the consent URL to open in a browser")
+    con.add_argument("activity")
+    dis = link.add_parser("disconnect", help="revoke the account's token and stop syncing")
+    dis.add_argument("link")
+    dis.add_argument("--remove-events", action="store_true",
+                     help="also delete the link's events from the calendar (default: keep)")
+    imp = link.add_parser("import", help="register a link from tokens obtained elsewhere")
+    imp.add_argument("--activity", required=True)
+    imp.add_argument("--account", required=True, help="the Google account's email")
+    imp.add_argument("--refresh-token", required=True)
+    imp.add_argument("--access-token")
+    imp.add_argument("--expires-at", type=_aware, help="access token expiry, ISO 8601")
+    imp.add_argument("--calendar", help="calendar id; without it the link is pending")
+    cal = link.add_parser("calendars", help="the account's calendars, from Google")
+    cal.add_argument("link")
+    cal.add_argument("--json", action="store_true")
+    sel = link.add_parser("select", help="choose the calendar that receives events")
+    sel.add_argument("link")
+    sel.add_argument("calendar_id")
+    lst = link.add_parser("list", help="all links and their state")
+    lst.add_argument("--json", action="store_true")
+
+    box = sub.add_parser("sandbox", help="run the Google sandbox HTTP server")
+    box.add_argument("--host", default="127.0.0.1")
+    box.add_argument("--port", type=int, default=8089)
+    box.add_argument("--ca-file", help="where to write the CA that signed its certificate")
+    demo = sub.add_parser("demo", help="the whole story on an embedded stack (make run)")
+    demo.add_argument("--state-dir", default=".run")
+    demo.add_argument("--pace", type=float, default=1.0, help="seconds between story steps")
+    return parser
+
+
+def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
+    command = args.links_command
+    if command == "import":
+        if (args.access_token is None) != (args.expires_at is None):
+            raise CliError("--access-token and --expires-at go together")
+        link_id = _with_links(settings, lambda s: s.import_link(
+            activity_id=args.activity, account_email=args.account,
+            refresh_token=args.refresh_token, access_token=args.access_token,
+            expires_at=args.expires_at, calendar_id=args.calendar))
+        state = "active" if args.calendar else "pending (choose a calendar: calsync links select)"
+        print(f"imported link for {args.account} on activity {args.activity}: {state}",
+              file=sys.stderr)
+        print(link_id)
+        return 0
+    if command == "connect":
+        started = _with_links(settings, lambda s: s.start_connect(args.activity))
+        print(f"open this URL in a browser and sign in with the Google account to connect to "
+              f"activity {started['activity_id']} (valid until {started['expires_at']}); Google "
+              f"will send the browser back to {started['redirect_uri']}", file=sys.stderr)
+        print(started["authorization_url"])
+        return 0
+    if command == "calendars":
+        calendars = _with_links(settings, lambda s: s.calendars(args.link))
+        if args.json:
+            print_json(calendars)
+        else:
+            print(f"{'NAME':30} {'PRIMARY':8} {'WRITABLE':9} ID")
+            for c in calendars:
+                print(f"{c['name'][:30]:30} {'yes' if c['primary'] else 'no':8} "
+                      f"{'yes' if c['writable'] else 'no':9} {c['id']}")
+        return 0
+    if command == "select":
+        done = _with_links(settings, lambda s: _select_showing_progress(
+            s, args.link, args.calendar_id))
+        merged = f" (folded into earlier link {done['link']['id']})" if done["merged_from"] else ""
+        print(f"link {args.link} now syncs to calendar {done['calendar']['name']!r} "
+              f"({done['calendar']['id']}){merged}; backfilled: {_counts(done['backfill'])}")
+        return 0
+    if command == "disconnect":
+        done = _with_links(settings, lambda s: s.disconnect(args.link, args.remove_events))
+        events = (f"{done['events_removed']} events removed" if args.remove_events
+                  else "events kept on the calendar")
+        token = ("token revoked at Google" if done["token_revoked"] else
+                 "token not revoked at Google (still used by "
+                 f"{', '.join(done['token_still_used_by'])})" if done["token_still_used_by"]
+                 else "token was already revoked")
+        print(f"link {args.link} disconnected: {events}; {token}")
+        return 0
+    rows = asyncio.run(_list_links(settings))
+    if args.json:
+        print_json(rows)
+    else:
+        print(f"{'ID':22} {'ACTIVITY':14} {'ACCOUNT':30} {'STATE':21} {'SINCE':20} "
+              f"{'CALENDAR':24} REASON")
+        for r in rows:
+            print(f"{r['id']:22} {r['activity_id'][:14]:14} {r['account_email'][:30]:30} "
+                  f"{r['state']:21} {r['state_changed_at'][:19]:20} "
+                  f"{(r['calendar_id'] or '-')[:24]:24} {r['state_reason'] or ''}")
+    return 0
+
+
+async def _list_links(settings: Settings) -> list[dict[str, Any]]:
+    """`links list` reads the links table alone (no Google, no sync engine, no quota)."""
+    async with bootstrap.link_tables(settings) as store:
+        return [link_summary(row) for row in await store.repository.all_links()]
+
+
+async def _select_showing_progress(service: links.LinkService, link_id: str,
+                                   calendar_id: str) -> dict[str, Any]:
+    """`links select`: on a terminal, the backfill's progress while it runs (one line that
+    rewrites itself on stderr: done of total, rate, about how long is left)."""
+    from consumer.service.progress import progress, quota_ceiling
+
+    selecting = asyncio.create_task(service.select(link_id, calendar_id))
+    shown = False
+    while sys.stderr.isatty():
+        done, _ = await asyncio.wait([selecting], timeout=1.0)
+        if done:
+            break
+        latest = (await service.store.latest_backfills([link_id])).get(link_id)
+        if latest is None or latest.finished_at is not None:
+            continue
+        view = progress(latest, quota_ceiling(service.settings))
+        left = f", about {view['remaining_s']:.0f}s left" if view["remaining_s"] else ""
+        sys.stderr.write(f"\rbackfilling: {view['done']}/{view['total'] or '?'} booking(s)"
+                         f"{left}   ")
+        sys.stderr.flush()
+        shown = True
+    if shown:
+        sys.stderr.write("\n")
+    return await selecting
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in counts.items()) or "nothing to do"
+
+
+def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
+    if args.keys_command == "generate":
+        print(TokenCipher.generate_key())
+        return 0
+
+    async def rotate() -> tuple[int, int]:
+        async with bootstrap.link_tables(settings) as store:
+            return await store.rotate_key()
+
+    links_done, states_done = asyncio.run(rotate())
+    print(f"re-encrypted the tokens of {links_done} link(s) and {states_done} pending "
+          "connection(s) under the first key of CALSYNC_TOKEN_KEY")
+    return 0
+
+
+def _cmd_serve(settings: Settings) -> int:
+    from consumer.entrypoints.http_api import serve
+
+    if settings.admin_token is None or not settings.admin_token.get_secret_value():
+        raise CliError("CALSYNC_ADMIN_TOKEN is not set: the API needs a bearer credential")
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with bootstrap.link_service(settings) as service:
+            await serve(settings, service, stop)
+
+    asyncio.run(run())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"calsync: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
+              file=sys.stderr)
+        return 2
+    quiet = args.command not in ("consume", "serve") and settings.log_level.upper() == "INFO"
+    # A person running a one-off command reads its answer, not the service's info lines.
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}) if quiet
+                      else settings)
+    handlers: dict[str, Callable[[], int]] = {
+        "migrate": lambda: _cmd_migrate(settings),
+        "consume": lambda: _cmd_consume(settings),
+        "schema": lambda: _cmd_schema(args.write),
+        "links": lambda: _cmd_links(args, settings),
+        "keys": lambda: _cmd_keys(args, settings),
+        "serve": lambda: _cmd_serve(settings),
+        "replay": lambda: cli_ops.replay(args, settings),
+        "status": lambda: cli_ops.status(args, settings),
+        "repair": lambda: cli_ops.repair(args, settings),
+        "reconcile": lambda: cli_ops.reconcile(args, settings),
+        "dlq": lambda: cli_ops.dlq(args, settings),
+        "sandbox": lambda: _cmd_sandbox(args.host, args.port, args.ca_file),
+        "demo": lambda: _cmd_demo(args),
+    }
+    try:
+        return handlers[args.command]()
+    except (CliError, LinkError, StartupError, TokenKeyError, OpsError) as exc:
+        print(f"calsync: {exc}", file=sys.stderr)
+        return REFUSED_EXIT_CODE
+    except psycopg.OperationalError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        print(f"calsync: cannot reach PostgreSQL: {first_line}", file=sys.stderr)
+        return REFUSED_EXIT_CODE
+    except KeyboardInterrupt:
+        return INTERRUPTED_EXIT_CODE
+
+
+def _cmd_migrate(settings: Settings) -> int:
+    applied = migrate(settings.database_url)
+    print(f"applied {len(applied)} migration(s){': ' + ', '.join(applied) if applied else ''}")
+    return 0
+
+
+def _cmd_consume(settings: Settings) -> int:
+    from consumer.entrypoints.worker import consume
+
+    asyncio.run(consume(settings, install_signal_handlers=True))
+    return 0
+
+
+def _cmd_schema(write: bool) -> int:
+    from consumer.entrypoints.schema import SCHEMA_PATH, booking_event_schema_text
+
+    text = booking_event_schema_text()
+    if write:
+        SCHEMA_PATH.write_text(text)
+        print(f"wrote {SCHEMA_PATH}")
+    else:
+        print(text, end="")
+    return 0
+
+
+def _cmd_sandbox(host: str, port: int, ca_file: str | None) -> int:
+    from pathlib import Path
+
+    try:  # dev tooling, imported only when this command runs (see _missing_dev_tooling)
+        from calsync_dev.sandbox.server import SandboxHTTPServer
+    except ModuleNotFoundError as exc:
+        raise _missing_dev_tooling(exc) from None
+
+    server = SandboxHTTPServer((host, port), ca_file=Path(ca_file) if ca_file else None)
+    print(f"google sandbox listening on {server.url} (CA: {server.ca_file})", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    try:  # dev tooling, imported only when this command runs (see _missing_dev_tooling)
+        from calsync_dev.demo import run_demo
+    except ModuleNotFoundError as exc:
+        raise _missing_dev_tooling(exc) from None
+    return run_demo(args.state_dir, args.pace)
+
+
+def _missing_dev_tooling(exc: ModuleNotFoundError) -> CliError:
+    """`calsync sandbox` and `calsync demo` run the dev tooling (`calsync_dev`): the only
+    imports of it from the runtime package, made when those commands run."""
+    return CliError(f"this command needs the dev tooling ({exc.name} is missing): install "
+                    "calendar-sync with its embedded extra: pip install 'calendar-sync[embedded]'")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""`calsync replay`, `calsync status`, `calsync dlq`: the on-call commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from consumer.domain.errors import CliError
+from consumer.settings import Settings
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def replay(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer import bootstrap
+    from consumer.service import operations as ops
+
+    if args.resync and not args.execute:
+        raise CliError("--resync goes with --execute (a dry run changes nothing)")
+    if args.dry_run and args.execute:
+        raise CliError("--dry-run and --execute exclude each other")
+    group, topic = args.group or settings.group_id, args.topic or settings.topic
+    if ":" in topic:  # kafka-consumer-groups' topic:0,1,2
+        topic, _, listed = topic.partition(":")
+        if args.partitions:
+            raise CliError("give partitions once: --topic T:0,1 or --partitions 0,1")
+        try:
+            args.partitions = sorted({int(p) for p in listed.split(",") if p.strip()})
+        except ValueError:
+            raise CliError(f"not a list of partitions after {topic}: {listed!r}") from None
+    spec = ops.ResetSpec(args.to_datetime, args.by_duration, args.to_offset, args.shift_by,
+                         args.to_earliest)
+
+    async def run() -> tuple[list[ops.PartitionPlan], int | None]:
+        await ops.refuse_if_active(settings, group)
+        plan = await ops.plan_replay(settings, group, topic, args.partitions, spec)
+        resynced = None
+        if args.execute:
+            await ops.execute_replay(settings, group, topic, plan)
+            if args.resync:
+                resynced = await bootstrap.resync(
+                    settings, await ops.affected_bookings(settings, topic, plan))
+        await ops.record_replay(settings, group, topic, spec, plan, args.execute,
+                                args.resync, args.by, resynced)
+        return plan, resynced
+
+    plan, resynced = asyncio.run(run())
+    if args.json:
+        print_json({"group": group, "topic": topic, "executed": args.execute,
+                     "resynced": resynced, "partitions": [
+                         {"partition": p.partition, "current": p.current, "new": p.new,
+                          "rereads": p.rereads} for p in plan]})
+        return 0
+    print(f"{'PARTITION':10} {'CURRENT':>10} {'NEW':>10} {'RE-READ':>8}")
+    for p in plan:
+        print(f"{p.partition:<10} {p.current:>10} {p.new:>10} {p.rereads:>8}")
+    total = sum(p.rereads for p in plan)
+    if not args.execute:
+        print(f"dry run: {total} message(s) would be re-read by group {group}; "
+              "add --execute to apply")
+    else:
+        print(f"done: group {group} will re-read {total} message(s) on {topic}"
+              + (f"; {resynced} event operation(s) re-applied to Google" if args.resync
+                 else ""))
+    return 0
+
+
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer.service import status as on_call
+
+    collected = asyncio.run(on_call.collect(settings))
+    if args.json:
+        print_json(collected)
+    else:
+        print(on_call.render(collected))
+    return 0
+
+
+def repair(args: argparse.Namespace, settings: Settings) -> int:
+    """`calsync repair [--link LINK] [--now]`: work the repairs here and now."""
+    from consumer.adapters.postgres.members import MemberReport
+    from consumer.bootstrap import services
+    from consumer.service import repairs
+
+    async def run() -> dict[str, Any]:
+        async with services(settings, pool_size=8) as svc:
+            if args.link and await svc.repository.link(args.link) is None:
+                raise CliError(f"no link {args.link!r} (see: calsync links list)")
+            made_due = lifted = 0
+            if args.now:  # an operator's word: backoffs and Google pauses waived
+                made_due = await repairs.make_due(svc.repository, args.link)
+                account = None
+                if args.link:
+                    row = await svc.repository.link(args.link)
+                    account = row.link.account_email if row else None
+                lifted = await svc.engine.quota.lift_pauses(account)
+            member = MemberReport(settings.database_url, settings.group_id, settings.topic,
+                                  None).member + "-repair"
+            loop = repairs.RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
+            outcomes = await loop.drain(args.link)
+            async with svc.repository.pool.connection() as conn:
+                left = await repairs.summary(conn)
+        return {"made_due": made_due, "pauses_lifted": lifted, "worked": sum(outcomes.values()),
+                "outcomes": dict(outcomes), "still_waiting": left}
+
+    answer = asyncio.run(run())
+    if args.json:
+        print_json(answer)
+        return 0
+    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(answer["outcomes"].items())) or "none"
+    left = answer["still_waiting"]
+    print(f"worked {answer['worked']} repair(s): {outcomes}; {left['waiting']} still waiting"
+          + (f" ({', '.join(f'{k} {v}' for k, v in left['by_reason'].items())})"
+             if left["waiting"] else ""))
+    return 0
+
+
+def reconcile(args: argparse.Namespace, settings: Settings) -> int:
+    """`calsync reconcile [--link LINK] [--execute] [--json]`."""
+    import getpass
+    import socket
+    import sys
+
+    from consumer.bootstrap import services
+    from consumer.domain.drift import LinkReport
+    from consumer.service import reconcile as drift
+
+    def show(progress: drift.Progress) -> None:  # a line that rewrites itself, on a terminal
+        eta = progress.eta_s()
+        sys.stderr.write(f"\rreconciling: {progress.links_done}/{progress.links_total} "
+                         f"link(s), {progress.repairs_done}/{progress.repairs_total} "
+                         f"repair(s)" + (f", about {eta:.0f}s left" if eta else "") + "   ")
+        sys.stderr.flush()
+
+    async def run() -> tuple[int, list[LinkReport]]:
+        async with services(settings, pool_size=8) as svc:
+            if args.link:
+                row = await svc.repository.link(args.link)
+                if row is None:
+                    raise CliError(f"no link {args.link!r} (see: calsync links list)")
+                if row.link.state.value != "active":
+                    raise CliError(f"link {args.link} is {row.link.state.value}: only active "
+                                   "links are reconciled")
+            reconciler = drift.Reconciler(svc)
+            run_id = await reconciler.start("cli", f"{getpass.getuser()}@{socket.gethostname()}",
+                                            args.execute, args.link)
+            on_tty = sys.stderr.isatty() and not args.json
+            reports = await reconciler.run(run_id, show if on_tty else None)
+            if on_tty:
+                sys.stderr.write("\n")
+            return run_id, reports
+
+    run_id, reports = asyncio.run(run())
+    if args.json:
+        print(drift.as_json(run_id, reports, args.execute))
+    else:
+        print(drift.render(reports, args.execute))
+    # Exit 1 when a link could not be reconciled, or a repair failed: said in the output.
+    return 1 if any(r.error or r.unrepaired for r in reports) else 0
+
+
+def dlq(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from consumer.service import operations as ops
+
+    if args.dlq_command == "list":
+        rows = asyncio.run(ops.dead_letters(settings, args.all))
+        if args.json:
+            print_json(rows)
+            return 0
+        print(f"{'ID':>6} {'RECORDED':19} {'SOURCE':28} {'TYPE':24} {'REPLAYED':19} ERROR")
+        for r in rows:
+            source = f"{r['topic']}/{r['kafka_partition']}@{r['kafka_offset']}"
+            replayed = r["replayed_at"].isoformat()[:19] if r["replayed_at"] else "-"
+            print(f"{r['id']:>6} {r['recorded_at'].isoformat()[:19]:19} {source[:28]:28} "
+                  f"{r['error_type'][:24]:24} {replayed:19} {r['error'][:60]}")
+        return 0
+    if args.dlq_command == "show":
+        row = asyncio.run(ops.dead_letter(settings, args.id))
+        for key in ("message_key", "message_value"):
+            raw = row[key]
+            row[key] = raw.decode("utf-8", "backslashreplace") if raw is not None else None
+        row["headers"] = [[k, v.decode("utf-8", "backslashreplace")] for k, v in row["headers"]]
+        print_json(row)
+        return 0
+    value = None
+    if args.value_file:
+        try:
+            value = Path(args.value_file).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.value_file}: {exc.strerror}") from None
+    done = asyncio.run(ops.replay_dead_letters(settings, args.ids, args.rate, value, args.by))
+    print(f"put back {len(done)} dead letter(s): {', '.join(map(str, done)) or 'none waiting'}")
+    return 0

@@ -1,0 +1,25 @@
+"""What a service is handed: the adapters and the sync engine, built once by
+`consumer.bootstrap` (or by a unit test, with fakes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from consumer.adapters.crypto import TokenCipher
+from consumer.adapters.google.calendar import GoogleCalendar
+from consumer.adapters.google.tokens import TokenProvider
+from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.repository import Repository
+from consumer.service.sync import SyncEngine
+from consumer.settings import Settings
+
+
+@dataclass
+class Services:
+    settings: Settings
+    metrics: Metrics
+    cipher: TokenCipher
+    repository: Repository
+    google: GoogleCalendar
+    tokens: TokenProvider
+    engine: SyncEngine
