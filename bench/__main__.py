@@ -45,10 +45,10 @@ from bench.scenarios import (
     scenario_3,
     scenario_4,
 )
-from consumer.crypto import TokenCipher
-from consumer.sandbox import SandboxClient
+from calsync_dev.sandbox import SandboxClient
+from calsync_dev.stack import free_port, start_broker, start_postgres, wait_for_port
+from consumer.adapters.crypto import TokenCipher
 from consumer.settings import Settings
-from consumer.stack import free_port, start_broker, start_postgres, wait_for_port
 
 CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"
 MODES = ("sequential", "parallel")

@@ -18,11 +18,11 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.db import migrate
-from consumer.links import link_service
-from consumer.sandbox import SandboxClient
+from calsync_dev.sandbox import SandboxClient
+from calsync_dev.stack import EmbeddedPostgres, free_port
+from consumer.adapters.postgres.migrations import migrate
+from consumer.bootstrap import link_service
 from consumer.settings import Settings
-from consumer.stack import EmbeddedPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "bench-results"

@@ -13,7 +13,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 from googleapiclient.discovery import build
 
-from consumer.sandbox import SandboxClient
+from calsync_dev.sandbox import SandboxClient
 from consumer.settings import Settings
 
 

@@ -28,10 +28,10 @@ from bench.common import (
     wait_for_results,
 )
 from bench.naive import run_naive
-from consumer.kafka import ensure_topics
-from consumer.sandbox import SandboxClient
+from calsync_dev.sandbox import SandboxClient
+from calsync_dev.stack import EmbeddedPostgres
+from consumer.adapters.kafka import ensure_topics
 from consumer.settings import Settings
-from consumer.stack import EmbeddedPostgres
 
 PARTITIONS = 12
 UNLIMITED = {"CALSYNC_QUOTA_PER_ACCOUNT_PER_MIN": "0", "CALSYNC_QUOTA_PER_PROJECT_PER_MIN": "0"}
