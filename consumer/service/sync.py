@@ -146,6 +146,13 @@ class _LinkCall:
 
     async def _access_token(self, rejected: str | None = None) -> str:
         """The link's token; an unreachable token endpoint is retried within the budget."""
+        self._check_active()
+        try:  # almost always a token at hand: no retry machinery around it (CPU per call)
+            return await self.engine.tokens.access_token(self.row.link.id, self.row.tokens,
+                                                         rejected=rejected)
+        except TokenRefreshFailed as exc:
+            if not exc.retriable:
+                raise
         settings = self.engine.settings
         async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_is_token_outage),
@@ -206,6 +213,11 @@ class _LinkCall:
 
     async def _slot(self, account: str, may_defer: bool) -> None:
         """A quota slot; a link halted while waiting for it stops the wait at once."""
+        if not self.engine.quota.limited:
+            # No quota configured: nothing to wait for but a pause check, so no race with
+            # the halt signal (two futures and a wait per call cost CPU for nothing).
+            await self.engine.quota.acquire(account, self.ticket, may_defer=may_defer)
+            return
         halted = self.engine.halt_signal(self.row.link.id)
         waiting = asyncio.ensure_future(
             self.engine.quota.acquire(account, self.ticket, may_defer=may_defer))
