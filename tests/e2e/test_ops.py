@@ -15,7 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from consumer.kafka import ensure_topics
 from consumer.stack import free_port
-from tests.conftest import Env, booking_event, wait_until
+from tests.plugins.environment import Env, wait_until
+from tests.plugins.events import booking_event
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

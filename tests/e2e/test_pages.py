@@ -29,7 +29,8 @@ from consumer.links import link_service
 from consumer.stack import free_port
 from consumer.web import views
 from consumer.web.security import PageSigner, TokenRefused
-from tests.conftest import ADMIN_TOKEN, TOKEN_KEY, Env, booking_event, wait_until
+from tests.plugins.environment import ADMIN_TOKEN, TOKEN_KEY, Env, wait_until
+from tests.plugins.events import booking_event
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -25,7 +25,8 @@ from consumer.google_calendar import GoogleApiError, GoogleCalendar
 from consumer.sandbox import SandboxClient, SandboxHTTPServer, start_in_thread
 from consumer.sandbox.batch import InnerResponse, parse_batch, render_batch
 from consumer.sandbox.state import GoogleError, SandboxState
-from tests.conftest import Env, booking_event, wait_until
+from tests.plugins.environment import Env, wait_until
+from tests.plugins.events import booking_event
 
 
 def event_body() -> dict[str, Any]:

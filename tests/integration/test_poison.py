@@ -23,7 +23,8 @@ from consumer.core import belongs_on_calendar, render_event
 from consumer.kafka import DLQ_VALUE_TRUNCATED
 from consumer.messages import ERROR_TYPES, parse_message
 from consumer.models import BookingEvent
-from tests.conftest import Env, booking_event, calsync, wait_until
+from tests.plugins.environment import Env, calsync, wait_until
+from tests.plugins.events import booking_event
 
 STRING_FIELDS = ("id", "confirmation_code", "activity_id", "activity_name", "customer_name",
                  "location_name", "timezone")

@@ -17,8 +17,9 @@ import pytest
 
 from consumer.core import google_event_id
 from consumer.refusals import Action, classify
-from tests.conftest import Env, booking_event, calsync, wait_until
 from tests.oracle import assert_exact
+from tests.plugins.environment import Env, calsync, wait_until
+from tests.plugins.events import booking_event
 
 # The repair loop, sped up: due at once after a short backoff, looked for often.
 FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0,
