@@ -145,7 +145,10 @@ class ContainerBroker:
 
 
 def start_kafka_container() -> ContainerBroker:
-    from testcontainers.community.kafka import KafkaContainer
+    try:
+        from testcontainers.community.kafka import KafkaContainer
+    except ImportError:  # testcontainers before the `community` namespace
+        from testcontainers.kafka import KafkaContainer
 
     container = (
         KafkaContainer(KAFKA_IMAGE).with_kraft()
@@ -182,7 +185,10 @@ class ContainerPostgres:
 
 
 def start_postgres_container() -> ContainerPostgres:
-    from testcontainers.community.postgres import PostgresContainer
+    try:
+        from testcontainers.community.postgres import PostgresContainer
+    except ImportError:  # testcontainers before the `community` namespace
+        from testcontainers.postgres import PostgresContainer
 
     container = PostgresContainer(POSTGRES_IMAGE, driver=None)
     container.start()
