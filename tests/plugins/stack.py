@@ -74,6 +74,10 @@ def docker_reachable() -> tuple[bool, str]:
     where = _docker_socket_path()
     if where is None:
         return False, "no Docker engine (no DOCKER_HOST, no docker.sock)"
+    return docker_reachable_at(where)
+
+
+def docker_reachable_at(where: str) -> tuple[bool, str]:
     try:
         import docker
 
