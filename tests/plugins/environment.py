@@ -123,7 +123,7 @@ class Env:
 
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
-            return conn.execute(sql, params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(sql, params).fetchall()
 
     def results(self, booking_id: str | None = None) -> list[dict[str, Any]]:
         if booking_id is None:

@@ -79,7 +79,7 @@ def docker_reachable() -> tuple[bool, str]:
 
 def docker_reachable_at(where: str) -> tuple[bool, str]:
     try:
-        import docker
+        import docker  # type: ignore[import-untyped]
 
         client = docker.DockerClient(base_url=where, timeout=_DOCKER_PROBE_TIMEOUT_S)
         try:

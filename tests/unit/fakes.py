@@ -553,7 +553,7 @@ class FakeKafkaConsumer:
         """The last offset committed for `tp` (None: never)."""
         for commit in reversed(self.commits):
             if tp in commit:
-                return commit[tp]
+                return int(commit[tp])
         return None
 
 
