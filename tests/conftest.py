@@ -57,6 +57,7 @@ pytest_plugins = [
     "tests.plugins.database",
     "tests.plugins.stack",
     "tests.plugins.environment",
+    "tests.plugins.ops_http",
 ]
 
 __all__ = [

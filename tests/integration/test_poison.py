@@ -338,7 +338,7 @@ async def test_a_frozen_broker_does_not_hold_the_poll_loop(env: Env, tmp_path: P
 
     from consumer.kafka import ensure_topics
     from consumer.stack import free_port, start_broker
-    from tests.test_ops import probe
+    from tests.plugins.ops_http import probe
 
     broker = start_broker(log_path=tmp_path / "tansu.log")
     try:
@@ -376,7 +376,7 @@ async def test_a_frozen_broker_does_not_hold_the_poll_loop(env: Env, tmp_path: P
 
 
 async def _in_flight(port: int) -> bool:
-    from tests.test_ops import scrape, value
+    from tests.plugins.ops_http import scrape, value
 
     return value(await scrape(port), "calsync_in_flight_messages") == 1
 

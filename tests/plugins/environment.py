@@ -270,7 +270,7 @@ _SESSION_STARTED = time.time()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say where this run's browser screenshots are (tests/test_browser.py)."""
+    """Say where this run's browser screenshots are (tests/e2e/test_browser.py)."""
     shots = ROOT / "test-artifacts" / "browser"
     fresh = [p for p in shots.glob("*.png") if p.stat().st_mtime >= _SESSION_STARTED]
     if fresh:
