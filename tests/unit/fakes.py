@@ -10,10 +10,13 @@ tell, and records what it was asked so a test can check the decisions made:
   delete -> 410 `deleted`, get -> 200 with `status: cancelled`; an unknown event -> 404;
   a calendar deleted or no longer in the account's list -> 404 on every call; one shared
   read-only -> 403 `requiredAccessLevel` on writes, `reader` in its list entry; a token
-  Google refuses -> 401. Refusals can be queued per method (`fail`), each raised as the
-  adapter raises them (GoogleApiError, classified by consumer.refusals).
-- FakeTokens (AccessTokens): hands out a token per link, a new one when the last was
-  rejected; can be told to fail the way the token endpoint does (TokenRefreshFailed).
+  it did not issue (or revoked since) -> 401. Refusals can be queued per method (`fail`),
+  each raised as the adapter raises them (GoogleApiError, classified by consumer.refusals).
+  tests/integration/test_fake_calendar_contract.py plays one story on it and on the
+  sandbox, and checks they answer alike.
+- FakeTokens (AccessTokens): hands out a token per link (issued by the FakeCalendar it is
+  given, so Google knows it), a new one when the last was rejected; can be told to fail the
+  way the token endpoint does (TokenRefreshFailed).
 - FakeTokenEndpoint: Google's OAuth token endpoint behind the real TokenProvider (its one
   blocking call, `_grant`), so the provider's margins and single flight are tested as is.
 - FakeRepository (consumer.db.Repository, what the engine, the token provider and the
@@ -85,7 +88,7 @@ class FakeCalendar:
         assert deleted_event_update_status in (403, 410)
         self.deleted_event_update_status = deleted_event_update_status
         self.calendars: dict[str, FakeGoogleCalendar] = {}
-        self.refused_tokens: set[str] = set()
+        self.issued_tokens: set[str] = set()  # Google answers 401 to any other
         self.calls: list[tuple[str, str, str | None]] = []  # (method, calendar, event id)
         self.tokens_used: list[str] = []
         self._faults: list[_Fault] = []
@@ -97,6 +100,14 @@ class FakeCalendar:
         calendar = FakeGoogleCalendar(calendar_id, access_role, calendar_id, primary)
         self.calendars[calendar_id] = calendar
         return calendar
+
+    def issue_token(self, token: str) -> str:
+        self.issued_tokens.add(token)
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        """Google stops taking it (revoked, or expired early): 401 from then on."""
+        self.issued_tokens.discard(token)
 
     def remove_calendar(self, calendar_id: str) -> None:
         """Deleted, or removed from the account's list: 404 from then on."""
@@ -184,7 +195,7 @@ class FakeCalendar:
         calendar (404 when gone)."""
         self.calls.append((method, calendar_id, event_id))
         self.tokens_used.append(token)
-        if token in self.refused_tokens:
+        if token not in self.issued_tokens:
             raise _error(401, "authError", method)
         for fault in self._faults:
             if fault.method in (None, method) and fault.times > 0:
@@ -213,7 +224,8 @@ def _error(status: int, reason: str, method: str, domain: str = "global") -> Goo
 class FakeTokens:
     """AccessTokens: one token per link until it is rejected, then a fresh one."""
 
-    def __init__(self) -> None:
+    def __init__(self, google: FakeCalendar | None = None) -> None:
+        self.google = google  # the calendar that takes the tokens issued
         self.current: dict[str, str] = {}
         self.asked: list[tuple[str, str | None]] = []  # (link id, the token rejected)
         self.forgotten: list[str] = []
@@ -234,6 +246,8 @@ class FakeTokens:
         token = self.current.get(link_id)
         if token is None or token == rejected:
             token = self.current[link_id] = f"ya29.fake-{link_id}-{next(self._issued)}"
+            if self.google is not None:
+                self.google.issue_token(token)
         return token
 
     def forget(self, link_id: str) -> None:

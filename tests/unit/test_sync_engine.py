@@ -70,7 +70,8 @@ async def make_world(deleted_event_update_status: int = 403, **settings: Any
                      ) -> World:
     google = FakeCalendar(deleted_event_update_status)
     google.add_calendar(CALENDAR)
-    tokens, repository, quota = FakeTokens(), FakeRepository(), FakeQuota()
+    google.issue_token("t")  # the token a test's own calls at Google use
+    tokens, repository, quota = FakeTokens(google), FakeRepository(), FakeQuota()
     store = FakeSyncStore(repository)
     link = repository.add_link("lnk_1", "act_1", ACCOUNT, CALENDAR)
     engine = SyncEngine(unit_settings(**settings), repository, google, tokens,  # type: ignore[arg-type]
@@ -193,8 +194,8 @@ async def test_a_delete_of_an_event_already_gone_is_done(world: World) -> None:
 
 async def test_a_401_on_a_token_believed_valid_refreshes_once_and_retries(world: World
                                                                           ) -> None:
-    world.tokens.current[world.link_id] = "ya29.revoked-at-google"
-    world.google.refused_tokens.add("ya29.revoked-at-google")
+    world.tokens.current[world.link_id] = world.google.issue_token("ya29.revoked-at-google")
+    world.google.revoke_token("ya29.revoked-at-google")  # at Google, before its expiry
     result = await world.sync()
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
     assert world.tokens.asked == [(world.link_id, None),
