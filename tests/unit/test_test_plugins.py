@@ -4,6 +4,7 @@ settings -> environment map reading back as the same settings in a process we st
 from __future__ import annotations
 
 import os
+import socket
 import time
 
 import pytest
@@ -58,3 +59,8 @@ def test_the_settings_environment_reads_back_as_the_same_settings(
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     assert Settings() == original
+
+
+def test_the_unit_tier_has_no_network() -> None:
+    with pytest.raises(OSError, match="the unit tier has no network"):
+        socket.create_connection(("192.0.2.1", 443), timeout=1)  # TEST-NET-1: never routed
