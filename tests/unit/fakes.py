@@ -349,6 +349,13 @@ class FakeRepository:
         self.state_changed_at[link_id] = time.time()
         return row
 
+    def choose_calendar(self, link_id: str, calendar_id: str) -> None:
+        """The link's owner chose another calendar (`calsync links select`)."""
+        row = self.links[link_id]
+        self.links[link_id] = LinkRow(row.link.model_copy(update={"calendar_id": calendar_id}),
+                                      row.tokens, row.state_reason, row.state_changed_at,
+                                      row.created_at)
+
     def state(self, link_id: str) -> LinkState:
         return self.links[link_id].link.state
 

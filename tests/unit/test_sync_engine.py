@@ -189,6 +189,33 @@ async def test_a_delete_of_an_event_already_gone_is_done(world: World) -> None:
         world.event_id(1)]
 
 
+async def test_a_new_calendar_takes_the_event_and_the_old_one_lets_it_go(world: World) -> None:
+    await world.sync(version=1)
+    world.google.add_calendar("cal2")
+    world.repository.choose_calendar(world.link_id, "cal2")
+    result = await world.sync(version=2, event_type="booking.updated")
+    assert (result.operation, result.outcome, result.reason) == (
+        Operation.MOVE, Outcome.APPLIED, "calendar_changed")
+    assert not world.live() and list(world.google.live_events("cal2")) == [world.event_id(1)]
+    assert result.stranded == ()
+    recorded = world.repository.link_bookings[(world.link_id, "bk_1")]
+    assert (recorded.calendar_id, recorded.generation) == ("cal2", 1)
+
+
+async def test_a_move_away_from_a_calendar_gone_meanwhile_strands_the_old_event(world: World
+                                                                               ) -> None:
+    await world.sync(version=1)
+    world.google.share_read_only(CALENDAR)  # the old calendar can no longer be written
+    world.google.add_calendar("cal2")
+    world.repository.choose_calendar(world.link_id, "cal2")
+    result = await world.sync(version=2, event_type="booking.updated")
+    assert (result.operation, result.outcome) == (Operation.MOVE, Outcome.APPLIED)
+    [(calendar, event_id, why)] = result.stranded  # left there, recorded for reconcile
+    assert (calendar, event_id) == (CALENDAR, world.event_id(0)) and "403" in why
+    assert list(world.google.live_events("cal2")) == [world.event_id(1)]
+    assert world.repository.state(world.link_id) is LinkState.ACTIVE  # the new one is fine
+
+
 # --- tokens ---------------------------------------------------------------------------------
 
 
