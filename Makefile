@@ -11,7 +11,7 @@ TEST_WORKERS ?= 3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test lint schema bench clean
+.PHONY: install browser run test unit lint schema bench clean
 
 install: $(STAMP)
 
@@ -47,10 +47,15 @@ browser:
 			"tests will skip" >&2; fi; \
 	fi
 
-# The whole suite: real broker, real PostgreSQL, the Google sandbox (started by the tests),
-# and headless Chromium for the pages.
+# The whole suite (tests/unit, tests/integration, tests/e2e): real broker, real PostgreSQL,
+# the Google sandbox (started by the tests), and headless Chromium for the pages. The broker
+# and PostgreSQL are containers where Docker runs, embedded otherwise (CALSYNC_TEST_STACK).
 test: install browser
 	$(BIN)/pytest -n $(TEST_WORKERS)
+
+# The unit tier alone: no broker, no PostgreSQL, no sandbox, no network; seconds.
+unit: install
+	$(BIN)/pytest -q tests/unit
 
 lint: install
 	$(BIN)/ruff check consumer calsync_dev tests bench

@@ -8,7 +8,7 @@ from typing import Any
 
 from consumer.core import belongs_on_calendar, render_event
 from consumer.models import BookingEvent
-from tests.conftest import Env
+from tests.plugins.environment import Env
 
 
 def assert_exact(env: Env, email: str, link_id: str, latest: dict[str, dict[str, Any]],

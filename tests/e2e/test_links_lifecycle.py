@@ -12,7 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 
 from consumer.oauth import SCOPES
-from tests.conftest import ADMIN_TOKEN, Env, booking_event, wait_until
+from tests.plugins.environment import ADMIN_TOKEN, Env, wait_until
+from tests.plugins.events import booking_event
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -9,7 +9,8 @@ import time
 from structlog.testing import capture_logs
 
 from consumer.core import google_event_id
-from tests.conftest import Env, booking_event, wait_until
+from tests.plugins.environment import Env, wait_until
+from tests.plugins.events import booking_event
 
 
 async def test_stale_event_recovery_after_a_manual_delete(env: Env) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 import pytest
@@ -18,39 +17,24 @@ from consumer.models import (
     Operation,
     RecordedEvent,
 )
+from tests.plugins.events import booking_event
 
 ACTIVE = CalendarLink(id="lnk_a", activity_id="act_1", account_email="o@example.com",
                       calendar_id="cal", state=LinkState.ACTIVE)
 
 
+# The suite's one booking-event builder, with this table's own defaults.
+CORE_DEFAULTS: dict[str, Any] = {"version": 3, "confirmation_code": "BK-12345"}
+
+
 def booking(**overrides: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "id": "bk_1",
-        "version": 3,
-        "confirmation_code": "BK-12345",
-        "status": "confirmed",
-        "source": "web",
-        "activity_id": "act_1",
-        "activity_name": "Kayak Tour",
-        "customer_name": "Jane Smith",
-        "location_name": "Lake Dock",
-        "start": "2026-04-15T09:00:00Z",
-        "end": "2026-04-15T11:00:00Z",
-    }
-    data.update(overrides)
+    data: dict[str, Any] = booking_event(**{**CORE_DEFAULTS, **overrides})["booking"]
     return data
 
 
 def event(event_type: str = "booking.created", **booking_overrides: Any) -> BookingEvent:
     return BookingEvent.model_validate(
-        {
-            "schema_version": 1,
-            "event_id": str(uuid.uuid4()),
-            "event_type": event_type,
-            "occurred_at": "2026-04-01T12:00:00Z",
-            "booking": booking(**booking_overrides),
-        }
-    )
+        booking_event(event_type=event_type, **{**CORE_DEFAULTS, **booking_overrides}))
 
 
 NOTHING = None

@@ -10,7 +10,7 @@ from consumer.messages import BadMessage, parse_message
 from consumer.models import BookingEvent
 from consumer.offsets import PartitionOffsets
 from consumer.schema import SCHEMA_PATH, booking_event_schema_text
-from tests.conftest import booking_event
+from tests.plugins.events import booking_event
 
 
 def test_published_schema_is_generated_from_the_models() -> None:

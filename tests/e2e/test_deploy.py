@@ -12,7 +12,8 @@ import yaml
 
 from consumer.cli import build_parser
 from consumer.settings import Settings
-from tests.conftest import ROOT, Env, booking_event, wait_until
+from tests.plugins.environment import ROOT, Env, wait_until
+from tests.plugins.events import booking_event
 
 SETTING_NAMES = {f"CALSYNC_{name.upper()}" for name in Settings.model_fields}
 

@@ -15,7 +15,8 @@ import pytest
 from consumer.app import services
 from consumer.kafka import build_consumer, build_producer, ensure_topics
 from consumer.runner import ConsumerRunner
-from tests.conftest import Env, booking_event, wait_until
+from tests.plugins.environment import Env, wait_until
+from tests.plugins.events import booking_event
 
 SHARE = 0.97  # the default CALSYNC_QUOTA_USE_SHARE
 

@@ -18,8 +18,9 @@ from consumer.app import services
 from consumer.models import BookingEvent
 from consumer.reconcile import Reconciler
 from consumer.sync_store import SyncStore, link_lock_key, pair_lock_key
-from tests.conftest import Env, booking_event, calsync, wait_until
 from tests.oracle import assert_exact, assert_none_of_ours
+from tests.plugins.environment import Env, calsync, wait_until
+from tests.plugins.events import booking_event
 
 FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0,
                 "repair_poll_s": 0.2}

@@ -16,49 +16,13 @@ from typing import Any
 import pytest
 
 from consumer.core import google_event_id
-from consumer.refusals import Action, classify
-from tests.conftest import Env, booking_event, calsync, wait_until
 from tests.oracle import assert_exact
+from tests.plugins.environment import Env, calsync, wait_until
+from tests.plugins.events import booking_event
 
 # The repair loop, sped up: due at once after a short backoff, looked for often.
 FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0,
                 "repair_poll_s": 0.2}
-
-
-@pytest.mark.parametrize(
-    ("status", "reason", "domain", "method", "action"),
-    [
-        (None, "TimeoutError", "global", "events.insert", Action.RETRY),
-        (401, "authError", "global", "events.update", Action.REFRESH_TOKEN),
-        (403, "rateLimitExceeded", "usageLimits", "events.insert", Action.PACE),
-        (429, "rateLimitExceeded", "usageLimits", "events.insert", Action.PACE),
-        (403, "userRateLimitExceeded", "usageLimits", "events.update", Action.PACE),
-        (429, "tooManyRequests", "global", "events.delete", Action.PACE),
-        (403, "dailyLimitExceeded", "usageLimits", "events.insert", Action.PAUSE_PROJECT),
-        (403, "quotaExceeded", "usageLimits", "events.update", Action.PAUSE_ACCOUNT),
-        (403, "variableTermLimitExceeded", "usageLimits", "events.insert",
-         Action.PAUSE_ACCOUNT),
-        (404, "notFound", "global", "events.update", Action.GONE),
-        (410, "deleted", "global", "events.delete", Action.GONE),
-        (404, "notFound", "global", "events.get", Action.GONE),
-        (409, "duplicate", "global", "events.insert", Action.EXISTS),
-        (403, "forbidden", "global", "events.update", Action.CHECK_EVENT),
-        (403, "forbidden", "global", "events.patch", Action.CHECK_EVENT),
-        (403, "requiredAccessLevel", "calendar", "events.delete", Action.CHECK_EVENT),
-        (403, "requiredAccessLevel", "calendar", "events.insert", Action.CHECK_CALENDAR),
-        (404, "notFound", "global", "events.insert", Action.CHECK_CALENDAR),
-        (404, "notFound", "global", "events.list", Action.CHECK_CALENDAR),
-        (500, "backendError", "global", "events.insert", Action.RETRY),
-        (503, "backendError", "global", "events.update", Action.RETRY),
-        (400, "invalid", "global", "events.insert", Action.REFUSED),
-        (412, "conditionNotMet", "global", "events.update", Action.REFUSED),
-        (408, "requestTimeout", "global", "events.update", Action.RETRY),
-        (403, "accessNotConfigured", "usageLimits", "events.insert", Action.PAUSE_PROJECT),
-    ],
-)
-def test_the_refusals_table(status: int | None, reason: str, domain: str, method: str,
-                            action: Action) -> None:
-    assert classify(status, reason, domain, method) is action
 
 
 @pytest.mark.parametrize("update_status", [403, 410])

@@ -7,7 +7,8 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from tests.conftest import Env, booking_event, wait_until
+from tests.plugins.environment import Env, wait_until
+from tests.plugins.events import booking_event
 
 
 async def test_sigkill_mid_burst_then_restart_ends_with_one_event_each(

@@ -10,7 +10,6 @@ import json
 import signal
 import subprocess
 from collections import Counter
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,11 @@ from hypothesis import strategies as st
 
 from consumer.core import belongs_on_calendar, render_event
 from consumer.kafka import DLQ_VALUE_TRUNCATED
-from consumer.messages import ERROR_TYPES, parse_message
+from consumer.messages import parse_message
 from consumer.models import BookingEvent
-from tests.conftest import Env, booking_event, calsync, wait_until
+from tests.plugins.environment import Env, calsync, wait_until
+from tests.plugins.events import STRING_FIELDS, booking_event, edge_messages
 
-STRING_FIELDS = ("id", "confirmation_code", "activity_id", "activity_name", "customer_name",
-                 "location_name", "timezone")
 Poison = tuple[str, bytes | None, bytes, list[tuple[str, bytes]], str]
 
 
@@ -271,15 +269,6 @@ def _status_with_stall(env: Env) -> dict[str, Any] | None:
     return status if status["stalls"] else None
 
 
-@pytest.mark.parametrize("field", STRING_FIELDS)
-def test_nul_in_any_string_field_is_a_schema_violation(field: str) -> None:
-    data = booking_event("bk_1")
-    data["booking"][field] = "x\x00"
-    parsed = parse_message(None, _event_bytes(data))
-    assert not isinstance(parsed, BookingEvent)
-    assert parsed.error_type == "schema_violation" and f"booking.{field}" in parsed.error
-
-
 async def test_a_malformed_authorization_header_is_401(env: Env, tmp_path: Path) -> None:
     async with env.serve(tmp_path / "serve.log") as base:
         host, port = base.removeprefix("http://").split(":")
@@ -296,77 +285,6 @@ async def test_a_malformed_authorization_header_is_401(env: Env, tmp_path: Path)
 
 
 # --- property-based: events across the schema's edges ------------------------------------------
-
-EDGE_TEXT = st.one_of(
-    st.text(min_size=1, max_size=30),
-    st.sampled_from(["", "x\x00", "\x00", "caf\u00e9", "\u2603" * 200, "y" * 200, "y" * 201,
-                     "Jane \ud800", "tab\tand\nnewline", "'; DROP TABLE bookings; --"]),
-)
-OFFSETS = st.sampled_from(["Z", "+00:00", "-05:00", "+05:30", "+14:00", "-12:00"])
-EDGE_DATETIMES = st.one_of(
-    st.sampled_from([datetime(1, 1, 1), datetime(1899, 12, 31, 23), datetime(1900, 1, 1, 13),
-                     datetime(2199, 12, 31, 10), datetime(2199, 12, 31, 23),
-                     datetime(9999, 12, 31, 20)]),
-    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
-    st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1)),
-)
-# Per field, values near its edges: some inside the contract, some just outside.
-EDGES: dict[str, st.SearchStrategy[Any]] = {
-    "version": st.one_of(st.integers(0, 2**63 - 1), st.sampled_from([-1, 0, 2**63 - 1, 2**63])),
-    "confirmation_code": EDGE_TEXT,
-    "customer_name": EDGE_TEXT,
-    "activity_name": EDGE_TEXT,
-    "location_name": st.one_of(st.none(), EDGE_TEXT),
-    "status": st.sampled_from(["confirmed", "pending", "draft", "canceled", "checked_in",
-                               "no_show", "archived"]),
-    "source": st.sampled_from(["web", "ical", "api", "admin", "fax"]),
-    "timezone": st.sampled_from(["UTC", "America/New_York", "Pacific/Kiritimati", "Nope/Zone",
-                                 "x\x00", "../etc"]),
-    "start": st.tuples(EDGE_DATETIMES, OFFSETS, st.sampled_from([1, 60, -60])),
-}
-
-
-@st.composite
-def edge_messages(draw: st.DrawFn, n: int) -> tuple[bytes | None, bytes]:
-    """A valid event with up to two fields moved to their edges (inside or just outside the
-    contract), and now and then a key that is not UTF-8 or not the booking's id."""
-    booking_id = f"prop-{n}-" + draw(st.sampled_from(["a", "\u00e9", "\x00", "\u2603"]))
-    event = booking_event(booking_id, 1, draw(st.sampled_from(
-        ["booking.created", "booking.updated", "booking.canceled", "booking.deleted"])),
-        start="2026-05-01T09:00:00-05:00", end="2026-05-01T15:00:00Z")
-    for field in draw(st.lists(st.sampled_from(sorted(EDGES)), max_size=2, unique=True)):
-        value = draw(EDGES[field])
-        if field == "start":
-            when, offset, minutes = value
-            event["booking"]["start"] = when.isoformat(timespec="seconds") + offset
-            try:
-                later = when + timedelta(minutes=minutes)
-            except OverflowError:
-                later = when
-            event["booking"]["end"] = later.isoformat(timespec="seconds") + offset
-        else:
-            event["booking"][field] = value
-    value_bytes = json.dumps(event).encode("utf-8", "surrogatepass")
-    own_key = booking_id.encode("utf-8", "surrogatepass")
-    key = draw(st.sampled_from([own_key] * 8 + [b"\xff" + own_key, b"someone-else"]))
-    return key, value_bytes
-
-
-@given(batch=st.tuples(*(edge_messages(n) for n in range(30))))
-@settings(max_examples=25, deadline=None, database=None)
-def test_whatever_the_edges_parsing_is_total_and_what_it_accepts_is_storable(
-        batch: tuple[tuple[bytes | None, bytes], ...]) -> None:
-    for key, value in batch:
-        parsed = parse_message(key, value)  # never raises
-        if isinstance(parsed, BookingEvent):
-            stored = parsed.model_dump_json()
-            assert "\\u0000" not in stored
-            stored.encode("utf-8")  # no lone surrogate
-            assert 0 <= parsed.booking.version < 2**63
-            render_event(parsed.booking, "lnk_x", "abcde")
-        else:
-            assert parsed.error_type in ERROR_TYPES and parsed.error
-
 
 _PROPERTY_RUN = itertools.count()
 
@@ -420,7 +338,7 @@ async def test_a_frozen_broker_does_not_hold_the_poll_loop(env: Env, tmp_path: P
 
     from consumer.kafka import ensure_topics
     from consumer.stack import free_port, start_broker
-    from tests.test_ops import probe
+    from tests.plugins.ops_http import probe
 
     broker = start_broker(log_path=tmp_path / "tansu.log")
     try:
@@ -458,7 +376,7 @@ async def test_a_frozen_broker_does_not_hold_the_poll_loop(env: Env, tmp_path: P
 
 
 async def _in_flight(port: int) -> bool:
-    from tests.test_ops import scrape, value
+    from tests.plugins.ops_http import scrape, value
 
     return value(await scrape(port), "calsync_in_flight_messages") == 1
 

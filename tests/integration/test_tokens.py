@@ -8,7 +8,8 @@ from typing import Any
 
 from structlog.testing import capture_logs
 
-from tests.conftest import Env, booking_event, wait_until
+from tests.plugins.environment import Env, wait_until
+from tests.plugins.events import booking_event
 
 
 def token_calls(env: Env, since: float) -> int:

@@ -5,15 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from tests.conftest import ROOT, Env, calsync
+from tests.plugins.environment import ROOT, Env, calsync
 
 
 async def test_migrate_is_harmless_twice(env: Env) -> None:
-    fresh = env.settings.database_url.replace(f"/{env.name}?", f"/{env.name}_m?")
-    import psycopg
-
-    with psycopg.connect(env.settings.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{env.name}_m"')  # type: ignore[arg-type]
+    fresh = env.fresh_database("m")
     env.settings = env.settings.model_copy(update={"database_url": fresh})
     first = calsync(env, "migrate")
     assert first.returncode == 0, first.stderr
@@ -96,13 +92,8 @@ async def test_cli_refusals_are_one_clear_line(env: Env) -> None:
 
 
 async def test_consume_refuses_to_start_on_an_unmigrated_database(env: Env) -> None:
-    import psycopg
-
-    with psycopg.connect(env.settings.database_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{env.name}_empty"'.encode())
     env.settings = env.settings.model_copy(update={
-        "database_url": env.settings.database_url.replace(f"/{env.name}?",
-                                                          f"/{env.name}_empty?")})
+        "database_url": env.fresh_database("empty")})
     result = calsync(env, "consume")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (

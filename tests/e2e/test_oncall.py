@@ -11,7 +11,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from tests.conftest import Env, booking_event, calsync, wait_until
+from tests.plugins.environment import Env, calsync, wait_until
+from tests.plugins.events import booking_event
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:

@@ -15,7 +15,8 @@ from consumer.crypto import TokenCipher, TokenKeyError
 from consumer.http_api import serve
 from consumer.links import LinkError, link_service
 from consumer.stack import free_port
-from tests.conftest import ADMIN_TOKEN, TOKEN_KEY, Env, booking_event, calsync, wait_until
+from tests.plugins.environment import ADMIN_TOKEN, TOKEN_KEY, Env, calsync, wait_until
+from tests.plugins.events import booking_event
 
 
 def one_line_refusal(result: subprocess.CompletedProcess[str], text: str) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from consumer.core import google_event_id
-from tests.conftest import Env, booking_event, wait_until
+from tests.plugins.environment import Env, wait_until
+from tests.plugins.events import booking_event
 
 
 def by_booking(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

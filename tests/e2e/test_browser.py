@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, ROOT, Env, booking_event, wait_until
+from tests.plugins.environment import ADMIN_TOKEN, ROOT, Env, wait_until
+from tests.plugins.events import booking_event
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

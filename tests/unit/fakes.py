@@ -1,0 +1,590 @@
+"""In-memory fakes of our own ports, for the unit tier: no broker, no PostgreSQL, no HTTP.
+
+Each keeps the contract of the adapter it stands for, as far as the code under test can
+tell, and records what it was asked so a test can check the decisions made:
+
+- FakeCalendar (the CalendarGateway of consumer.sync, i.e. consumer.google_calendar): the
+  Calendar API as the sandbox reads Google, conservatively. An id once inserted stays taken
+  (insert -> 409 `duplicate`, even after a delete); an event deleted by a person in Google's
+  UI is `cancelled`: update -> 403 `forbidden` (or 410, the other plausible answer),
+  delete -> 410 `deleted`, get -> 200 with `status: cancelled`; an unknown event -> 404;
+  a calendar deleted or no longer in the account's list -> 404 on every call; one shared
+  read-only -> 403 `requiredAccessLevel` on writes, `reader` in its list entry; a token
+  it did not issue (or revoked since) -> 401. Refusals can be queued per method (`fail`),
+  each raised as the adapter raises them (GoogleApiError, classified by consumer.refusals).
+  tests/integration/test_fake_calendar_contract.py plays one story on it and on the
+  sandbox, and checks they answer alike.
+- FakeTokens (AccessTokens): hands out a token per link (issued by the FakeCalendar it is
+  given, so Google knows it), a new one when the last was rejected; can be told to fail the
+  way the token endpoint does (TokenRefreshFailed).
+- FakeTokenEndpoint: Google's OAuth token endpoint behind the real TokenProvider (its one
+  blocking call, `_grant`), so the provider's margins and single flight are tested as is.
+- FakeRepository (consumer.db.Repository, what the engine, the token provider and the
+  runner use of it) and FakeSyncStore (consumer.sync_store.SyncStore) share one in-memory
+  "database": links, bookings, link_bookings, results, repairs, dead letters.
+- FakeQuota (consumer.quota.GroupQuota): never waits; records refusals and pauses, and can
+  be paused.
+- FakeKafkaConsumer / FakeProducer: the parts of aiokafka's clients the runner's dispatch,
+  commits and drains use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from consumer.db import LinkRow, LinkTokens, MessagePosition
+from consumer.google_calendar import WRITE_ROLES, CalendarInfo, GoogleApiError
+from consumer.models import (
+    BookingEvent,
+    CalendarLink,
+    LinkState,
+    Outcome,
+    RecordedEvent,
+    SyncResult,
+)
+from consumer.quota import QuotaPaused
+from consumer.sync_store import Claim
+from consumer.tokens import TokenRefreshFailed
+
+# --- Google Calendar -------------------------------------------------------------------------
+
+
+@dataclass
+class FakeGoogleCalendar:
+    """One calendar of one account, as Google holds it."""
+
+    id: str
+    access_role: str = "owner"
+    summary: str = ""
+    primary: bool = False
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)  # cancelled ones too
+
+
+@dataclass
+class _Fault:
+    method: str | None  # None: any call
+    status: int | None
+    reason: str
+    domain: str
+    retry_after: float | None
+    times: int
+
+
+class FakeCalendar:
+    """The Calendar API (see the module docstring for the semantics kept)."""
+
+    def __init__(self, deleted_event_update_status: int = 403) -> None:
+        assert deleted_event_update_status in (403, 410)
+        self.deleted_event_update_status = deleted_event_update_status
+        self.calendars: dict[str, FakeGoogleCalendar] = {}
+        self.issued_tokens: set[str] = set()  # Google answers 401 to any other
+        self.calls: list[tuple[str, str, str | None]] = []  # (method, calendar, event id)
+        self.tokens_used: list[str] = []
+        self._faults: list[_Fault] = []
+
+    # --- what a test arranges ------------------------------------------------------------
+
+    def add_calendar(self, calendar_id: str, access_role: str = "owner",
+                     primary: bool = False) -> FakeGoogleCalendar:
+        calendar = FakeGoogleCalendar(calendar_id, access_role, calendar_id, primary)
+        self.calendars[calendar_id] = calendar
+        return calendar
+
+    def issue_token(self, token: str) -> str:
+        self.issued_tokens.add(token)
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        """Google stops taking it (revoked, or expired early): 401 from then on."""
+        self.issued_tokens.discard(token)
+
+    def remove_calendar(self, calendar_id: str) -> None:
+        """Deleted, or removed from the account's list: 404 from then on."""
+        del self.calendars[calendar_id]
+
+    def share_read_only(self, calendar_id: str) -> None:
+        self.calendars[calendar_id].access_role = "reader"
+
+    def delete_by_hand(self, calendar_id: str, event_id: str) -> None:
+        """A person deleted the event in Google Calendar's UI: it stays, `cancelled`."""
+        self.calendars[calendar_id].events[event_id]["status"] = "cancelled"
+
+    def fail(self, method: str | None, status: int | None, reason: str,
+             domain: str = "global", times: int = 1, retry_after: float | None = None
+             ) -> None:
+        """The next `times` calls of `method` (e.g. "events.insert"; None: any) are refused
+        with this status and reason (status None: no answer at all, a timeout)."""
+        self._faults.append(_Fault(method, status, reason, domain, retry_after, times))
+
+    def live_events(self, calendar_id: str) -> dict[str, dict[str, Any]]:
+        return {event_id: event for event_id, event in self.calendars[calendar_id].events.items()
+                if event["status"] != "cancelled"}
+
+    def count(self, method: str) -> int:
+        return sum(1 for call in self.calls if call[0] == method)
+
+    # --- the gateway ----------------------------------------------------------------------
+
+    async def insert_event(self, token: str, calendar_id: str, body: dict[str, Any]
+                           ) -> dict[str, Any]:
+        method = "events.insert"
+        calendar = self._writable(self._enter(method, token, calendar_id, body.get("id")),
+                                  method)
+        event_id = str(body.get("id") or f"g{len(calendar.events):08d}")
+        if event_id in calendar.events:  # a deleted id stays taken, as at Google
+            raise _error(409, "duplicate", method)
+        event = {**copy.deepcopy(body), "id": event_id,
+                 "status": body.get("status", "confirmed")}
+        calendar.events[event_id] = event
+        return copy.deepcopy(event)
+
+    async def update_event(self, token: str, calendar_id: str, event_id: str,
+                           body: dict[str, Any]) -> dict[str, Any]:
+        method = "events.update"
+        calendar = self._writable(self._enter(method, token, calendar_id, event_id), method)
+        current = calendar.events.get(event_id)
+        if current is None:
+            raise _error(404, "notFound", method)
+        if current["status"] == "cancelled":
+            if self.deleted_event_update_status == 410:
+                raise _error(410, "deleted", method)
+            raise _error(403, "forbidden", method)
+        event = {**copy.deepcopy(body), "id": event_id,
+                 "status": body.get("status", "confirmed")}
+        calendar.events[event_id] = event
+        return copy.deepcopy(event)
+
+    async def delete_event(self, token: str, calendar_id: str, event_id: str) -> None:
+        method = "events.delete"
+        calendar = self._writable(self._enter(method, token, calendar_id, event_id), method)
+        current = calendar.events.get(event_id)
+        if current is None:
+            raise _error(404, "notFound", method)
+        if current["status"] == "cancelled":
+            raise _error(410, "deleted", method)
+        current["status"] = "cancelled"
+
+    async def get_event(self, token: str, calendar_id: str, event_id: str
+                        ) -> dict[str, Any]:
+        method = "events.get"
+        calendar = self._enter(method, token, calendar_id, event_id)
+        current = calendar.events.get(event_id)
+        if current is None:
+            raise _error(404, "notFound", method)
+        return copy.deepcopy(current)  # a deleted event reads `cancelled`
+
+    async def calendar_entry(self, token: str, calendar_id: str) -> CalendarInfo:
+        calendar = self._enter("calendarList.get", token, calendar_id, None)
+        return CalendarInfo(calendar.id, calendar.summary, calendar.primary,
+                            calendar.access_role in WRITE_ROLES, calendar.access_role)
+
+    def _enter(self, method: str, token: str, calendar_id: str, event_id: str | None
+               ) -> FakeGoogleCalendar:
+        """Every call: counted, authenticated, then any refusal queued for it, then the
+        calendar (404 when gone)."""
+        self.calls.append((method, calendar_id, event_id))
+        self.tokens_used.append(token)
+        if token not in self.issued_tokens:
+            raise _error(401, "authError", method)
+        for fault in self._faults:
+            if fault.method in (None, method) and fault.times > 0:
+                fault.times -= 1
+                raise GoogleApiError(fault.status, fault.reason, "refused by the test",
+                                     fault.retry_after, fault.domain, method)
+        calendar = self.calendars.get(calendar_id)
+        if calendar is None:
+            raise _error(404, "notFound", method)
+        return calendar
+
+    @staticmethod
+    def _writable(calendar: FakeGoogleCalendar, method: str) -> FakeGoogleCalendar:
+        if calendar.access_role not in WRITE_ROLES:
+            raise _error(403, "requiredAccessLevel", method, domain="calendar")
+        return calendar
+
+
+def _error(status: int, reason: str, method: str, domain: str = "global") -> GoogleApiError:
+    return GoogleApiError(status, reason, reason, None, domain, method)
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+class FakeTokens:
+    """AccessTokens: one token per link until it is rejected, then a fresh one."""
+
+    def __init__(self, google: FakeCalendar | None = None) -> None:
+        self.google = google  # the calendar that takes the tokens issued
+        self.current: dict[str, str] = {}
+        self.asked: list[tuple[str, str | None]] = []  # (link id, the token rejected)
+        self.forgotten: list[str] = []
+        self.failure: TokenRefreshFailed | None = None  # raised on every ask while set
+        self.failures_left = 0  # with `failure`: only this many times (0: always)
+        self._issued = itertools.count(1)
+
+    async def access_token(self, link_id: str, stored: LinkTokens | None,
+                           rejected: str | None = None) -> str:
+        self.asked.append((link_id, rejected))
+        if self.failure is not None:
+            failure = self.failure
+            if self.failures_left:
+                self.failures_left -= 1
+                if not self.failures_left:
+                    self.failure = None
+            raise failure
+        token = self.current.get(link_id)
+        if token is None or token == rejected:
+            token = self.current[link_id] = f"ya29.fake-{link_id}-{next(self._issued)}"
+            if self.google is not None:
+                self.google.issue_token(token)
+        return token
+
+    def forget(self, link_id: str) -> None:
+        self.forgotten.append(link_id)
+        self.current.pop(link_id, None)
+
+    @property
+    def refreshes(self) -> int:
+        """How many times a token was asked for after one was rejected."""
+        return sum(1 for _, rejected in self.asked if rejected is not None)
+
+
+class FakeTokenEndpoint:
+    """Google's OAuth token endpoint, in place of the real TokenProvider's `_grant` (the
+    provider's one blocking HTTP call): grants a token of `lifetime_s`, or refuses."""
+
+    def __init__(self, lifetime_s: float = 3600.0) -> None:
+        self.lifetime_s = lifetime_s
+        self.grants: list[str] = []  # the refresh tokens presented
+        self.refuse_with: str | None = None  # e.g. "invalid_grant" (permanent), "server_error"
+        self.rotate_refresh_token = False
+        self.delay_s = 0.0
+        self._issued = itertools.count(1)
+
+    def install(self, provider: Any) -> None:
+        provider._grant = self.grant
+
+    def grant(self, refresh_token: str) -> LinkTokens:
+        self.grants.append(refresh_token)
+        if self.delay_s:
+            time.sleep(self.delay_s)  # it runs in the provider's thread pool, as the real one
+        if self.refuse_with is not None:
+            raise TokenRefreshFailed(self.refuse_with,
+                                     permanent=self.refuse_with == "invalid_grant")
+        n = next(self._issued)
+        return LinkTokens(
+            refresh_token=f"1//rotated-{n}" if self.rotate_refresh_token else refresh_token,
+            access_token=f"ya29.granted-{n}",
+            expires_at=datetime.fromtimestamp(time.time() + self.lifetime_s, UTC))
+
+
+# --- the database: repository and sync store ---------------------------------------------------
+
+
+class _FakeConnection:
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        yield
+
+
+class _FakePool:
+    """What TokenProvider uses of the psycopg pool: a connection with a transaction."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()  # the link row's lock, held while refreshing
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[_FakeConnection]:
+        async with self.lock:
+            yield _FakeConnection()
+
+
+@dataclass
+class DeadLetter:
+    id: int
+    position: MessagePosition
+    key: bytes | None
+    value: bytes | None
+    error_type: str
+    error: str
+    published: bool = False
+    copy_error: str | None = None
+    reprocessed: bool = False
+
+
+class FakeRepository:
+    """The repository's queries over an in-memory database shared with FakeSyncStore."""
+
+    def __init__(self) -> None:
+        self.pool = _FakePool()
+        self.links: dict[str, LinkRow] = {}
+        self.state_changed_at: dict[str, float] = {}
+        self.bookings: dict[str, BookingEvent] = {}
+        self.link_bookings: dict[tuple[str, str], RecordedEvent] = {}
+        self.saved_tokens: list[tuple[str, LinkTokens, bool]] = []
+        self.dead_letters: dict[tuple[str, int, int], DeadLetter] = {}
+        self.left_active: list[tuple[str, LinkState, str]] = []
+
+    def add_link(self, link_id: str = "lnk_1", activity_id: str = "act_1",
+                 account_email: str = "owner@example.com", calendar_id: str | None = "cal",
+                 tokens: LinkTokens | None = None,
+                 state: LinkState = LinkState.ACTIVE) -> LinkRow:
+        now = datetime.now(UTC)
+        row = LinkRow(CalendarLink(id=link_id, activity_id=activity_id,
+                                   account_email=account_email, calendar_id=calendar_id,
+                                   state=state),
+                      tokens or LinkTokens("1//refresh", None, None), None, now, now)
+        self.links[link_id] = row
+        self.state_changed_at[link_id] = time.time()
+        return row
+
+    def choose_calendar(self, link_id: str, calendar_id: str) -> None:
+        """The link's owner chose another calendar (`calsync links select`)."""
+        row = self.links[link_id]
+        self.links[link_id] = LinkRow(row.link.model_copy(update={"calendar_id": calendar_id}),
+                                      row.tokens, row.state_reason, row.state_changed_at,
+                                      row.created_at)
+
+    def state(self, link_id: str) -> LinkState:
+        return self.links[link_id].link.state
+
+    # --- what the sync engine uses ----------------------------------------------------------
+
+    async def upsert_bookings(self, events: list[BookingEvent]) -> None:
+        for event in events:
+            known = self.bookings.get(event.booking.id)
+            if known is None or known.booking.version <= event.booking.version:
+                self.bookings[event.booking.id] = event
+
+    async def links_of_activities(self, activity_ids: set[str]) -> dict[str, list[LinkRow]]:
+        answer: dict[str, list[LinkRow]] = defaultdict(list)
+        for row in self.links.values():
+            if row.link.activity_id in activity_ids:
+                answer[row.link.activity_id].append(row)
+        return dict(answer)
+
+    async def links_holding(self, booking_ids: set[str]) -> dict[str, list[LinkRow]]:
+        answer: dict[str, list[LinkRow]] = defaultdict(list)
+        for (link_id, booking_id), rec in self.link_bookings.items():
+            if booking_id in booking_ids and rec.google_event_id is not None:
+                answer[booking_id].append(self.links[link_id])
+        return dict(answer)
+
+    async def latest_booking(self, booking_id: str) -> BookingEvent | None:
+        return self.bookings.get(booking_id)
+
+    async def leave_active(self, link_id: str, state: LinkState, reason: str) -> float | None:
+        row = self.links[link_id]
+        if row.link.state is not LinkState.ACTIVE:
+            return None  # another process changed it first
+        self.links[link_id] = LinkRow(row.link.model_copy(update={"state": state}),
+                                      row.tokens, reason, datetime.now(UTC), row.created_at)
+        self.state_changed_at[link_id] = time.time()
+        self.left_active.append((link_id, state, reason))
+        return self.state_changed_at[link_id]
+
+    async def forget_event(self, link_id: str, booking_id: str, event_id: str) -> None:
+        rec = self.link_bookings.get((link_id, booking_id))
+        if rec is not None and rec.google_event_id == event_id:
+            self.link_bookings[(link_id, booking_id)] = rec.model_copy(
+                update={"google_event_id": None})
+
+    # --- what the token provider uses --------------------------------------------------------
+
+    async def lock_link_tokens(self, conn: Any, link_id: str) -> LinkTokens | None:
+        row = self.links.get(link_id)
+        return row.tokens if row is not None else None
+
+    async def save_tokens(self, conn: Any, link_id: str, tokens: LinkTokens,
+                          refresh_token_changed: bool) -> None:
+        row = self.links[link_id]
+        kept = tokens if refresh_token_changed or row.tokens is None else LinkTokens(
+            row.tokens.refresh_token, tokens.access_token, tokens.expires_at)
+        self.links[link_id] = LinkRow(row.link, kept, row.state_reason, row.state_changed_at,
+                                      row.created_at)
+        self.saved_tokens.append((link_id, tokens, refresh_token_changed))
+
+    # --- what the runner uses ------------------------------------------------------------------
+
+    async def record_dead_letter(self, position: MessagePosition, key: bytes | None,
+                                 value: bytes | None, headers: list[tuple[str, bytes]],
+                                 error_type: str, error: str) -> tuple[int, bool]:
+        where = (position.topic, position.partition, position.offset)
+        letter = self.dead_letters.get(where)
+        if letter is None:  # idempotent on the position, as the table's unique key
+            letter = self.dead_letters[where] = DeadLetter(
+                len(self.dead_letters) + 1, position, key, value, error_type, error)
+        return letter.id, letter.published
+
+    def _letter(self, dead_letter_id: int) -> DeadLetter:
+        return next(d for d in self.dead_letters.values() if d.id == dead_letter_id)
+
+    async def mark_dead_letter_published(self, dead_letter_id: int,
+                                         copy_error: str | None = None) -> None:
+        letter = self._letter(dead_letter_id)
+        letter.published, letter.copy_error = True, copy_error
+
+    async def dead_letter_reprocessed(self, dead_letter_id: int) -> bool:
+        return any(d.id == dead_letter_id and d.reprocessed for d in self.dead_letters.values())
+
+    async def mark_dead_letter_reprocessed(self, dead_letter_id: int) -> None:
+        self._letter(dead_letter_id).reprocessed = True
+
+
+@dataclass
+class RecordedResult:
+    event: BookingEvent
+    position: MessagePosition | None
+    result: SyncResult
+    source: str
+
+
+_SETTLES = frozenset({Outcome.APPLIED, Outcome.UNCHANGED})
+
+
+class FakeSyncStore:
+    """The sync store over FakeRepository's tables: a claim is exclusive per (link,
+    booking) and reads the record, the link's state and calendar under it; a record saves
+    the result, the new (link, booking) record, and the repair (kept or settled)."""
+
+    def __init__(self, repository: FakeRepository) -> None:
+        self.db = repository
+        self.results: list[RecordedResult] = []
+        self.repairs: dict[tuple[str, str], tuple[int, SyncResult]] = {}
+        self.claims = 0
+        self.released = 0
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def claim(self, link_id: str, booking_id: str) -> Claim:
+        await self._locks[(link_id, booking_id)].acquire()
+        self.claims += 1
+        row = self.db.links[link_id]
+        repair = self.repairs.get((link_id, booking_id))
+        latest = self.db.bookings.get(booking_id)
+        return Claim(link_id, booking_id, self.db.link_bookings.get((link_id, booking_id)),
+                     row.link.state, 0,
+                     repair[1].repair.attempts if repair and repair[1].repair else 0,
+                     row.link.calendar_id, self.db.state_changed_at[link_id],
+                     latest.booking.version if latest else None)
+
+    async def record(self, claim: Claim, event: BookingEvent, position: MessagePosition | None,
+                     result: SyncResult, source: str) -> None:
+        pair = (result.link_id, event.booking.id)
+        if result.recorded is not None:
+            self.db.link_bookings[pair] = result.recorded
+        self.results.append(RecordedResult(event, position, result, source))
+        if result.repair is not None:
+            self.repairs[pair] = (event.booking.version, result)
+        elif result.outcome in _SETTLES and pair in self.repairs \
+                and self.repairs[pair][0] <= event.booking.version:
+            del self.repairs[pair]
+
+    async def release(self, claim: Claim) -> None:
+        self.released += 1
+        self._locks[(claim.link_id, claim.booking_id)].release()
+
+    async def close(self) -> None:
+        pass
+
+
+# --- the quota ---------------------------------------------------------------------------------
+
+
+class FakeQuota:
+    """GroupQuota without the group: slots at once; refusals and pauses recorded; a pause
+    makes every later acquire raise QuotaPaused, as the real one does."""
+
+    def __init__(self, pause_s: float = 3600.0) -> None:
+        self.pause_s = pause_s
+        self.acquired: list[tuple[str, int, bool]] = []
+        self.refusals: list[tuple[str, str, float | None]] = []
+        self.pauses: list[tuple[str | None, str]] = []
+        self.paused: dict[str | None, float] = {}  # account (None: the project) -> seconds
+
+    async def acquire(self, account: str, ticket: int = 0, may_defer: bool = False) -> None:
+        self.acquired.append((account, ticket, may_defer))
+        for key, scope in ((account, "account"), (None, "project")):
+            if key in self.paused:
+                raise QuotaPaused(scope, self.paused[key])
+
+    async def refused(self, account: str, reason: str, retry_after_s: float | None) -> None:
+        self.refusals.append((account, reason, retry_after_s))
+
+    async def pause(self, account: str | None, reason: str) -> float:
+        self.pauses.append((account, reason))
+        self.paused[account] = self.pause_s
+        return self.pause_s
+
+    def expected_wait(self, account: str) -> float:
+        return 0.0
+
+    async def close(self) -> None:
+        pass
+
+
+# --- Kafka -------------------------------------------------------------------------------------
+
+
+def record(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+           headers: Iterable[tuple[str, bytes]] = ()) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(topic=topic, partition=partition, offset=offset,
+                          timestamp=int(time.time() * 1000), timestamp_type=0, key=key,
+                          value=value, checksum=None, serialized_key_size=len(key or b""),
+                          serialized_value_size=len(value or b""), headers=tuple(headers))
+
+
+class FakeKafkaConsumer:
+    """What the runner's dispatch, commits, backpressure and drains use of AIOKafkaConsumer."""
+
+    def __init__(self, assigned: Iterable[TopicPartition] = ()) -> None:
+        self.assigned = set(assigned)
+        self.commits: list[dict[TopicPartition, int]] = []
+        self._paused: set[TopicPartition] = set()
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self._paused)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused |= set(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused -= set(partitions)
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return None
+
+    def committed_offset(self, tp: TopicPartition) -> int | None:
+        """The last offset committed for `tp` (None: never)."""
+        for commit in reversed(self.commits):
+            if tp in commit:
+                return int(commit[tp])
+        return None
+
+
+class FakeProducer:
+    """AIOKafkaProducer's send_and_wait, kept in a list."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+
+    async def send_and_wait(self, topic: str, value: bytes | None = None,
+                            key: bytes | None = None,
+                            headers: list[tuple[str, bytes]] | None = None) -> None:
+        self.sent.append((topic, key, value, list(headers or ())))

@@ -1,0 +1,222 @@
+"""The runner's chains and commit points (consumer/runner.py, consumer/offsets.py), on fakes:
+records dispatched as fetched, one chain per (partition, key), the offset committed only
+below the oldest unrecorded record, bad input dead-lettered once, drains that commit what
+finished. No broker: the Kafka clients, the engine and the repository are fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka.structs import TopicPartition
+
+from consumer.db import MessagePosition
+from consumer.metrics import Metrics
+from consumer.models import BookingEvent
+from consumer.runner import ConsumerRunner
+from consumer.settings import Settings
+from tests.plugins.environment import wait_until
+from tests.plugins.events import booking_event
+from tests.unit.fakes import FakeKafkaConsumer, FakeProducer, FakeRepository, record
+
+TOPIC = "bookings"
+TP = TopicPartition(TOPIC, 0)
+
+
+@dataclass
+class GatedEngine:
+    """The sync engine's `handle`, held until the test lets each message go (by booking
+    id and version): the order of starts and ends is what the chains decide."""
+
+    started: list[tuple[str, int]] = field(default_factory=list)
+    finished: list[tuple[str, int]] = field(default_factory=list)
+    gates: dict[tuple[str, int], asyncio.Event] = field(default_factory=dict)
+    failures: dict[tuple[str, int], list[BaseException]] = field(default_factory=dict)
+
+    def gate(self, booking_id: str, version: int = 1) -> asyncio.Event:
+        return self.gates.setdefault((booking_id, version), asyncio.Event())
+
+    def open(self, booking_id: str, version: int = 1) -> None:
+        self.gate(booking_id, version).set()
+
+    async def handle(self, event: BookingEvent, position: MessagePosition | None) -> list[Any]:
+        key = (event.booking.id, event.booking.version)
+        self.started.append(key)
+        await self.gate(*key).wait()
+        planned = self.failures.get(key)
+        if planned:
+            raise planned.pop(0)
+        self.finished.append(key)
+        return []
+
+
+@dataclass
+class Loop:
+    runner: ConsumerRunner
+    engine: GatedEngine
+    kafka: FakeKafkaConsumer
+    producer: FakeProducer
+    repository: FakeRepository
+    offsets: int = 0
+
+    def take(self, booking_id: str, version: int = 1, value: bytes | None = None,
+             key: bytes | None = None) -> int:
+        """A record fetched from partition 0 and dispatched, as the poll loop does."""
+        offset = self.offsets
+        self.offsets += 1
+        data = value if value is not None else json.dumps(
+            booking_event(booking_id, version)).encode()
+        self.runner._dispatch(TP, record(TOPIC, 0, offset, key or booking_id.encode(), data))
+        return offset
+
+    async def settle(self) -> None:
+        for _ in range(20):  # let every task that can run, run
+            await asyncio.sleep(0)
+
+    async def commit(self) -> int | None:
+        await self.runner._commit(force=True)
+        return self.kafka.committed_offset(TP)
+
+
+async def make_loop(**changes: Any) -> Loop:
+    settings = Settings(topic=TOPIC, dlq_topic=f"{TOPIC}.dlq", commit_interval_s=0.01,
+                        infra_retry_max_s=0.05, **changes)
+    engine, repository = GatedEngine(), FakeRepository()
+    kafka, producer = FakeKafkaConsumer([TP]), FakeProducer()
+    runner = ConsumerRunner(settings, engine, repository, kafka, producer,  # type: ignore[arg-type]
+                            Metrics())
+    return Loop(runner, engine, kafka, producer, repository)
+
+
+@pytest.fixture
+async def loop() -> AsyncIterator[Loop]:
+    made = await make_loop()
+    yield made
+    for gate in made.engine.gates.values():
+        gate.set()
+    await made.runner.drain([TP], reason="test over")
+
+
+async def test_a_bookings_messages_run_one_after_another_and_others_alongside(loop: Loop
+                                                                             ) -> None:
+    loop.take("bk_a", 1)
+    loop.take("bk_b", 1)
+    loop.take("bk_a", 2)
+    await loop.settle()
+    assert loop.engine.started == [("bk_a", 1), ("bk_b", 1)]  # bk_a v2 waits for v1
+    loop.engine.open("bk_a", 2)
+    await loop.settle()
+    assert ("bk_a", 2) not in loop.engine.started  # still: its chain is not done
+    loop.engine.open("bk_a", 1)
+    await loop.settle()
+    assert loop.engine.finished == [("bk_a", 1), ("bk_a", 2)]
+    assert loop.runner.in_flight == 1  # bk_b, still held
+
+
+async def test_the_commit_point_waits_for_the_oldest_unrecorded_message(loop: Loop) -> None:
+    for booking in ("bk_0", "bk_1", "bk_2"):
+        loop.take(booking)
+    loop.engine.open("bk_2")
+    await loop.settle()
+    assert await loop.commit() is None  # offsets 0 and 1 are still in flight: nothing yet
+    loop.engine.open("bk_0")
+    await loop.settle()
+    assert await loop.commit() == 1  # below the oldest still in flight, never past it
+    loop.engine.open("bk_1")
+    await loop.settle()
+    assert await loop.commit() == 3  # everything taken is recorded: the next to read
+    loop.take("bk_3")
+    await loop.settle()
+    assert await loop.commit() == 3 and len(loop.kafka.commits) == 2  # no move, no commit
+
+
+async def test_a_redelivered_offset_is_not_handled_twice(loop: Loop) -> None:
+    loop.take("bk_1")
+    loop.engine.open("bk_1")
+    await loop.settle()
+    loop.runner._dispatch(TP, record(TOPIC, 0, 0, b"bk_1",
+                                     json.dumps(booking_event("bk_1")).encode()))
+    await loop.settle()
+    assert loop.engine.started == [("bk_1", 1)]
+
+
+async def test_bad_input_is_dead_lettered_once_and_the_offset_moves_on(loop: Loop) -> None:
+    bad = loop.take("bk_bad", value=b"{not json")
+    loop.take("bk_ok")
+    loop.engine.open("bk_ok")
+    await loop.settle()
+    [letter] = loop.repository.dead_letters.values()
+    assert (letter.position.offset, letter.error_type, letter.published) == (
+        bad, "not_json", True)
+    [(topic, key, value, headers)] = loop.producer.sent
+    assert (topic, key, value) == (f"{TOPIC}.dlq", b"bk_bad", b"{not json")
+    assert ("error.type", b"not_json") in headers
+    assert await loop.commit() == 2
+    assert loop.engine.started == [("bk_ok", 1)]  # the engine never saw it
+
+
+async def test_a_failure_of_our_own_is_dead_lettered_after_bounded_attempts() -> None:
+    loop = await make_loop(poison_attempts=2)
+    try:
+        loop.engine.failures[("bk_1", 1)] = [ValueError("a bug"), ValueError("a bug")]
+        loop.engine.open("bk_1")
+        loop.take("bk_1")
+        await wait_until(lambda: loop.repository.dead_letters, 5, "the dead letter")
+        [letter] = loop.repository.dead_letters.values()
+        assert letter.error_type == "internal_error" and "a bug" in letter.error
+        assert loop.engine.started == [("bk_1", 1)] * 2 and not loop.engine.finished
+        await loop.settle()
+        assert await loop.commit() == 1
+    finally:
+        await loop.runner.drain([TP], reason="test over")
+
+
+async def test_an_infrastructure_fault_is_retried_without_giving_up(loop: Loop) -> None:
+    loop.engine.failures[("bk_1", 1)] = [TimeoutError()] * 4  # more than poison_attempts
+    loop.engine.open("bk_1")
+    loop.take("bk_1")
+    await wait_until(lambda: loop.engine.finished, 5, "the message to finish")
+    assert len(loop.engine.started) == 5 and not loop.repository.dead_letters
+    assert await loop.commit() == 1
+
+
+async def test_a_drain_commits_what_finished_and_cancels_the_rest() -> None:
+    loop = await make_loop(shutdown_grace_s=0.05)
+    for booking in ("bk_0", "bk_1", "bk_2"):
+        loop.take(booking)
+    loop.engine.open("bk_0")
+    loop.engine.open("bk_2")
+    await loop.settle()
+    await loop.runner.drain([TP], reason="revoked")
+    assert loop.kafka.committed_offset(TP) == 1  # bk_1 never finished: the next owner's
+    assert loop.engine.finished == [("bk_0", 1), ("bk_2", 1)]
+    assert loop.runner.in_flight == 0
+    assert await loop.commit() == 1 and len(loop.kafka.commits) == 1  # partition forgotten
+
+
+async def test_fetching_pauses_at_max_in_flight_and_resumes_at_half() -> None:
+    loop = await make_loop(max_in_flight=4)
+    try:
+        for n in range(4):
+            loop.take(f"bk_{n}")
+        await loop.settle()
+        loop.runner._apply_backpressure()
+        assert loop.kafka.paused() == {TP}
+        loop.engine.open("bk_0")
+        await loop.settle()
+        loop.runner._apply_backpressure()
+        assert loop.kafka.paused() == {TP}  # 3 in flight: not yet
+        loop.engine.open("bk_1")
+        await loop.settle()
+        loop.runner._apply_backpressure()
+        assert loop.kafka.paused() == set()  # 2: half the window
+    finally:
+        for gate in loop.engine.gates.values():
+            gate.set()
+        await loop.runner.drain([TP], reason="test over")
+
