@@ -505,8 +505,10 @@ class FakeQuota:
     """GroupQuota without the group: slots at once; refusals and pauses recorded; a pause
     makes every later acquire raise QuotaPaused, as the real one does."""
 
-    def __init__(self, pause_s: float = 3600.0) -> None:
+    def __init__(self, pause_s: float = 3600.0, limited: bool = True) -> None:
         self.pause_s = pause_s
+        # A quota configured (the engine races a slot against a halt) or none (it does not).
+        self.limited = limited
         self.acquired: list[tuple[str, int, bool]] = []
         self.refusals: list[tuple[str, str, float | None]] = []
         self.pauses: list[tuple[str | None, str]] = []

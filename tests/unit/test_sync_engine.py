@@ -398,6 +398,18 @@ async def test_a_link_halted_meanwhile_gets_no_google_call(world: World) -> None
     assert not world.google.calls
 
 
+async def test_without_a_quota_configured_calls_go_straight_and_a_halt_still_stops_them(
+        world: World) -> None:
+    world.quota.limited = False  # the engine takes its fast path: no race with the halt
+    applied = await world.sync("bk_1")
+    assert applied.outcome is Outcome.APPLIED and world.quota.acquired
+    world.engine.halt(world.link_id, since=world.repository.state_changed_at[world.link_id] + 1)
+    calls = len(world.google.calls)
+    halted = await world.sync("bk_2")
+    assert (halted.outcome, halted.reason) == (Outcome.SKIPPED, "link_not_active")
+    assert len(world.google.calls) == calls
+
+
 async def test_a_link_made_active_again_after_its_halt_works_again(world: World) -> None:
     world.engine.link_changed(world.link_id, LinkState.DISCONNECTED, 1.0)
     assert world.link_id in world.engine.halted
