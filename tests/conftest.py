@@ -20,14 +20,8 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg.rows import dict_row
 
-from consumer import links
-from consumer.app import consume
-from consumer.crypto import TokenCipher
-from consumer.db import migrate
-from consumer.kafka import ensure_topics
-from consumer.sandbox import SandboxClient, start_in_thread
-from consumer.settings import Settings
-from consumer.stack import (
+from calsync_dev.sandbox import SandboxClient, start_in_thread
+from calsync_dev.stack import (
     EmbeddedBroker,
     EmbeddedPostgres,
     free_port,
@@ -35,6 +29,12 @@ from consumer.stack import (
     start_postgres,
     wait_for_port,
 )
+from consumer import links
+from consumer.adapters.crypto import TokenCipher
+from consumer.adapters.kafka import ensure_topics
+from consumer.adapters.postgres.migrations import migrate
+from consumer.entrypoints.worker import consume
+from consumer.settings import Settings
 from tests.plugins.database import TEMPLATE_DB, fresh_database
 from tests.plugins.environment import (
     ADMIN_TOKEN,

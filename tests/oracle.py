@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from consumer.core import belongs_on_calendar, render_event
-from consumer.models import BookingEvent
+from consumer.domain.models import BookingEvent
+from consumer.domain.planning import belongs_on_calendar, render_event
 from tests.plugins.environment import Env
 
 

@@ -103,7 +103,7 @@ async def test_consume_refuses_to_start_on_an_unmigrated_database(env: Env) -> N
 
 
 async def test_consume_says_when_kafka_is_unreachable(env: Env) -> None:
-    from consumer.stack import free_port
+    from calsync_dev.stack import free_port
 
     env.settings = env.settings.model_copy(
         update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from consumer.cli import build_parser
+from consumer.entrypoints.cli import build_parser
 from consumer.settings import Settings
 from tests.plugins.environment import ROOT, Env, wait_until
 from tests.plugins.events import booking_event

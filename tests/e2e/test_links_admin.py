@@ -11,10 +11,11 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from consumer.crypto import TokenCipher, TokenKeyError
-from consumer.http_api import serve
-from consumer.links import LinkError, link_service
-from consumer.stack import free_port
+from calsync_dev.stack import free_port
+from consumer.adapters.crypto import TokenCipher, TokenKeyError
+from consumer.bootstrap import link_service
+from consumer.entrypoints.http_api import serve
+from consumer.service.links import LinkError
 from tests.plugins.environment import ADMIN_TOKEN, TOKEN_KEY, Env, calsync, wait_until
 from tests.plugins.events import booking_event
 

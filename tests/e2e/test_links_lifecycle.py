@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 
-from consumer.oauth import SCOPES
+from consumer.adapters.google.oauth import SCOPES
 from tests.plugins.environment import ADMIN_TOKEN, Env, wait_until
 from tests.plugins.events import booking_event
 

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import psycopg
 
-from consumer.kafka import ensure_topics
-from consumer.stack import free_port
+from calsync_dev.stack import free_port
+from consumer.adapters.kafka import ensure_topics
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 from tests.plugins.ops_http import probe, scrape, value

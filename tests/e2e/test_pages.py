@@ -20,10 +20,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import psycopg
 
-from consumer.http_api import serve
-from consumer.links import link_service
-from consumer.stack import free_port
-from consumer.web import views
+from calsync_dev.stack import free_port
+from consumer.bootstrap import link_service
+from consumer.entrypoints.http_api import serve
+from consumer.entrypoints.web import views
 from tests.plugins.environment import ADMIN_TOKEN, Env, wait_until
 from tests.plugins.events import booking_event
 

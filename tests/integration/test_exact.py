@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 
 from consumer import operations
-from consumer.app import services
-from consumer.models import BookingEvent
-from consumer.reconcile import Reconciler
-from consumer.sync_store import SyncStore, link_lock_key, pair_lock_key
+from consumer.adapters.postgres.sync_store import SyncStore, link_lock_key, pair_lock_key
+from consumer.bootstrap import services
+from consumer.domain.models import BookingEvent
+from consumer.service.reconcile import Reconciler
 from tests.oracle import assert_exact, assert_none_of_ours
 from tests.plugins.environment import Env, calsync, wait_until
 from tests.plugins.events import booking_event

@@ -8,7 +8,7 @@ import time
 
 from structlog.testing import capture_logs
 
-from consumer.core import google_event_id
+from consumer.domain.planning import google_event_id
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 

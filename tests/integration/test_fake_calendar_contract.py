@@ -10,8 +10,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from consumer.core import google_event_id
-from consumer.google_calendar import GoogleApiError, GoogleCalendar
+from consumer.adapters.google.calendar import GoogleApiError, GoogleCalendar
+from consumer.domain.planning import google_event_id
 from tests.plugins.environment import Env
 from tests.unit.fakes import FakeCalendar
 

@@ -20,9 +20,9 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
-from consumer.google_calendar import GoogleApiError, GoogleCalendar
-from consumer.sandbox import SandboxClient, SandboxHTTPServer, start_in_thread
-from consumer.sandbox.state import SandboxState
+from calsync_dev.sandbox import SandboxClient, SandboxHTTPServer, start_in_thread
+from calsync_dev.sandbox.state import SandboxState
+from consumer.adapters.google.calendar import GoogleApiError, GoogleCalendar
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 

@@ -18,10 +18,10 @@ from aiokafka import AIOKafkaConsumer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumer.core import belongs_on_calendar, render_event
-from consumer.kafka import DLQ_VALUE_TRUNCATED
-from consumer.messages import parse_message
-from consumer.models import BookingEvent
+from consumer.adapters.kafka import DLQ_VALUE_TRUNCATED
+from consumer.domain.messages import parse_message
+from consumer.domain.models import BookingEvent
+from consumer.domain.planning import belongs_on_calendar, render_event
 from tests.plugins.environment import Env, calsync, wait_until
 from tests.plugins.events import STRING_FIELDS, booking_event, edge_messages
 
@@ -336,8 +336,8 @@ async def test_a_frozen_broker_does_not_hold_the_poll_loop(env: Env, tmp_path: P
     the loop keeps turning (so /healthz tells the truth), and commits resume after."""
     import os
 
-    from consumer.kafka import ensure_topics
-    from consumer.stack import free_port, start_broker
+    from calsync_dev.stack import free_port, start_broker
+    from consumer.adapters.kafka import ensure_topics
     from tests.plugins.ops_http import probe
 
     broker = start_broker(log_path=tmp_path / "tansu.log")
@@ -433,7 +433,7 @@ async def test_a_database_blip_after_the_copy_never_copies_twice(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg
 
-    from consumer.db import Repository
+    from consumer.adapters.postgres.repository import Repository
 
     real = Repository.mark_dead_letter_published
     calls = {"n": 0}

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from consumer.core import google_event_id
+from consumer.domain.planning import google_event_id
 from tests.oracle import assert_exact
 from tests.plugins.environment import Env, calsync, wait_until
 from tests.plugins.events import booking_event

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from consumer.core import google_event_id
+from consumer.domain.planning import google_event_id
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 
@@ -150,8 +150,8 @@ async def test_a_duplicate_create_makes_no_second_event(env: Env) -> None:
     link_id = await env.link(email, refresh)
     # The insert reached Google, but the consumer died before recording it.
     token, _ = env.sandbox.issue_access_token(email)
-    from consumer.core import render_event
-    from consumer.models import BookingEvent
+    from consumer.domain.models import BookingEvent
+    from consumer.domain.planning import render_event
 
     event = booking_event("bk_1", 1)
     parsed = BookingEvent.model_validate(event)

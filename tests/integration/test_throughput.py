@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.app import services
-from consumer.kafka import build_consumer, build_producer, ensure_topics
-from consumer.runner import ConsumerRunner
+from consumer.adapters.kafka import build_consumer, build_producer, ensure_topics
+from consumer.bootstrap import services
+from consumer.service.runner import ConsumerRunner
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 

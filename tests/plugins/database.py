@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from consumer.db import migrate
+from consumer.adapters.postgres.migrations import migrate
 
 TEMPLATE_DB = "calsync_template"
 

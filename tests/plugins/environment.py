@@ -26,13 +26,13 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg.rows import dict_row
 
+from calsync_dev.sandbox import SandboxClient
+from calsync_dev.stack import free_port, wait_for_port
 from consumer import links
-from consumer.app import consume
-from consumer.crypto import TokenCipher
-from consumer.kafka import ensure_topics
-from consumer.sandbox import SandboxClient
+from consumer.adapters.crypto import TokenCipher
+from consumer.adapters.kafka import ensure_topics
+from consumer.entrypoints.worker import consume
 from consumer.settings import Settings
-from consumer.stack import free_port, wait_for_port
 from tests.plugins.database import TEMPLATE_DB, DatabaseServer, fresh_database
 from tests.plugins.settings_env import settings_env
 from tests.plugins.stack import CLIENT_ID, CLIENT_SECRET, Broker

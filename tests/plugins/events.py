@@ -10,7 +10,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from consumer.models import BookingEvent
+from consumer.domain.models import BookingEvent
 
 # The booking's free-text fields (what NUL bytes and odd text are tried in).
 STRING_FIELDS = ("id", "confirmation_code", "activity_id", "activity_name", "customer_name",

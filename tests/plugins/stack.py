@@ -25,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from consumer.sandbox import SandboxClient, start_in_thread
-from consumer.stack import start_broker, start_postgres
+from calsync_dev.sandbox import SandboxClient, start_in_thread
+from calsync_dev.stack import start_broker, start_postgres
 from tests.plugins.database import DatabaseServer, migrated_template
 
 STACK_VARIABLE = "CALSYNC_TEST_STACK"

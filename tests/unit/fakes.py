@@ -3,27 +3,29 @@
 Each keeps the contract of the adapter it stands for, as far as the code under test can
 tell, and records what it was asked so a test can check the decisions made:
 
-- FakeCalendar (the CalendarGateway of consumer.sync, i.e. consumer.google_calendar): the
-  Calendar API as the sandbox reads Google, conservatively. An id once inserted stays taken
-  (insert -> 409 `duplicate`, even after a delete); an event deleted by a person in Google's
-  UI is `cancelled`: update -> 403 `forbidden` (or 410, the other plausible answer),
-  delete -> 410 `deleted`, get -> 200 with `status: cancelled`; an unknown event -> 404;
-  a calendar deleted or no longer in the account's list -> 404 on every call; one shared
-  read-only -> 403 `requiredAccessLevel` on writes, `reader` in its list entry; a token
-  it did not issue (or revoked since) -> 401. Refusals can be queued per method (`fail`),
-  each raised as the adapter raises them (GoogleApiError, classified by consumer.refusals).
-  tests/integration/test_fake_calendar_contract.py plays one story on it and on the
-  sandbox, and checks they answer alike.
+- FakeCalendar (the CalendarGateway of consumer.service.sync, i.e.
+  consumer.adapters.google.calendar): the Calendar API as the sandbox reads Google,
+  conservatively. An id once inserted stays taken (insert -> 409 `duplicate`, even after a
+  delete); an event deleted by a person in Google's UI is `cancelled`: update -> 403
+  `forbidden` (or 410, the other plausible answer), delete -> 410 `deleted`, get -> 200 with
+  `status: cancelled`; an unknown event -> 404; a calendar deleted or no longer in the
+  account's list -> 404 on every call; one shared read-only -> 403 `requiredAccessLevel` on
+  writes, `reader` in its list entry; a token it did not issue (or revoked since) -> 401.
+  Refusals can be queued per method (`fail`), each raised as the adapter raises them
+  (GoogleApiError, classified by consumer.domain.refusals).
+  tests/integration/test_fake_calendar_contract.py plays one story on it and on the sandbox,
+  and checks they answer alike.
 - FakeTokens (AccessTokens): hands out a token per link (issued by the FakeCalendar it is
   given, so Google knows it), a new one when the last was rejected; can be told to fail the
   way the token endpoint does (TokenRefreshFailed).
 - FakeTokenEndpoint: Google's OAuth token endpoint behind the real TokenProvider (its one
   blocking call, `_grant`), so the provider's margins and single flight are tested as is.
-- FakeRepository (consumer.db.Repository, what the engine, the token provider and the
-  runner use of it) and FakeSyncStore (consumer.sync_store.SyncStore) share one in-memory
-  "database": links, bookings, link_bookings, results, repairs, dead letters.
-- FakeQuota (consumer.quota.GroupQuota): never waits; records refusals and pauses, and can
-  be paused.
+- FakeRepository (consumer.adapters.postgres.repository.Repository, what the engine, the
+  token provider and the runner use of it) and FakeSyncStore
+  (consumer.adapters.postgres.sync_store.SyncStore) share one in-memory "database": links,
+  bookings, link_bookings, results, repairs, dead letters.
+- FakeQuota (consumer.adapters.postgres.quota.GroupQuota): never waits; records refusals and
+  pauses, and can be paused.
 - FakeKafkaConsumer / FakeProducer: the parts of aiokafka's clients the runner's dispatch,
   commits and drains use.
 """
@@ -43,9 +45,12 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from consumer.db import LinkRow, LinkTokens, MessagePosition
-from consumer.google_calendar import WRITE_ROLES, CalendarInfo, GoogleApiError
-from consumer.models import (
+from consumer.adapters.google.calendar import WRITE_ROLES, CalendarInfo, GoogleApiError
+from consumer.adapters.google.tokens import TokenRefreshFailed
+from consumer.adapters.postgres.quota import QuotaPaused
+from consumer.adapters.postgres.repository import LinkRow, LinkTokens, MessagePosition
+from consumer.adapters.postgres.sync_store import Claim
+from consumer.domain.models import (
     BookingEvent,
     CalendarLink,
     LinkState,
@@ -53,9 +58,6 @@ from consumer.models import (
     RecordedEvent,
     SyncResult,
 )
-from consumer.quota import QuotaPaused
-from consumer.sync_store import Claim
-from consumer.tokens import TokenRefreshFailed
 
 # --- Google Calendar -------------------------------------------------------------------------
 

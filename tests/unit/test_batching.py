@@ -1,6 +1,6 @@
 import asyncio
 
-from consumer.batching import Batcher
+from consumer.adapters.batching import Batcher
 
 
 async def test_no_item_is_left_behind_when_a_flush_ends() -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from consumer.batching import Batcher
-from consumer.concurrency import (
+from consumer.adapters.batching import Batcher
+from consumer.adapters.google.concurrency import (
     BATCH_LATENCY_FACTOR,
     BATCH_LATENCY_FLOOR_S,
     FLOOR_RECOVERY_S,

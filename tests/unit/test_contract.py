@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from consumer.messages import BadMessage, parse_message
-from consumer.models import BookingEvent
-from consumer.offsets import PartitionOffsets
-from consumer.schema import SCHEMA_PATH, booking_event_schema_text
+from consumer.domain.messages import BadMessage, parse_message
+from consumer.domain.models import BookingEvent
+from consumer.domain.offsets import PartitionOffsets
+from consumer.entrypoints.schema import SCHEMA_PATH, booking_event_schema_text
 from tests.plugins.events import booking_event
 
 

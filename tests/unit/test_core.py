@@ -8,14 +8,19 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from consumer.core import google_event_id, plan_operation, render_description, render_event
-from consumer.models import (
+from consumer.domain.models import (
     Booking,
     BookingEvent,
     CalendarLink,
     LinkState,
     Operation,
     RecordedEvent,
+)
+from consumer.domain.planning import (
+    google_event_id,
+    plan_operation,
+    render_description,
+    render_event,
 )
 from tests.plugins.events import booking_event
 

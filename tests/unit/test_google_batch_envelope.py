@@ -10,9 +10,9 @@ import pytest
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
-from consumer.google_batch import BatchFormatError, decode_batch, encode_batch
-from consumer.sandbox.batch import InnerResponse, parse_batch, render_batch
-from consumer.sandbox.state import GoogleError
+from calsync_dev.sandbox.batch import InnerResponse, parse_batch, render_batch
+from calsync_dev.sandbox.state import GoogleError
+from consumer.adapters.google.batch import BatchFormatError, decode_batch, encode_batch
 
 # --- the batch envelope (consumer/google_batch.py), against the sandbox's reading of it -------
 

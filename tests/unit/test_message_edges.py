@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.core import render_event
-from consumer.messages import ERROR_TYPES, parse_message
-from consumer.models import BookingEvent
+from consumer.domain.messages import ERROR_TYPES, parse_message
+from consumer.domain.models import BookingEvent
+from consumer.domain.planning import render_event
 from tests.plugins.events import STRING_FIELDS, booking_event, edge_messages
 
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from consumer.crypto import TokenCipher
-from consumer.google_calendar import CalendarInfo
-from consumer.link_store import Backfill
-from consumer.web import views
-from consumer.web.security import PageSigner, TokenRefused
+from consumer.adapters.crypto import TokenCipher
+from consumer.adapters.google.calendar import CalendarInfo
+from consumer.adapters.postgres.link_store import Backfill
+from consumer.entrypoints.web import views
+from consumer.entrypoints.web.security import PageSigner, TokenRefused
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 KEY = TokenCipher.generate_key()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.refusals import Action, classify
+from consumer.domain.refusals import Action, classify
 
 
 @pytest.mark.parametrize(

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from aiokafka.structs import TopicPartition
 
-from consumer.db import MessagePosition
-from consumer.metrics import Metrics
-from consumer.models import BookingEvent
-from consumer.runner import ConsumerRunner
+from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.repository import MessagePosition
+from consumer.domain.models import BookingEvent
+from consumer.service.runner import ConsumerRunner
 from consumer.settings import Settings
 from tests.plugins.environment import wait_until
 from tests.plugins.events import booking_event

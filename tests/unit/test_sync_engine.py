@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from consumer.core import google_event_id
-from consumer.db import LinkRow, MessagePosition
-from consumer.metrics import Metrics
-from consumer.models import LinkState, Operation, Outcome, SyncResult
+from consumer.adapters.google.tokens import TokenRefreshFailed
+from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.repository import LinkRow, MessagePosition
+from consumer.domain.models import LinkState, Operation, Outcome, SyncResult
+from consumer.domain.planning import google_event_id
+from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
-from consumer.sync import SyncEngine
-from consumer.tokens import TokenRefreshFailed
 from tests.plugins.events import booking_model
 from tests.unit.fakes import FakeCalendar, FakeQuota, FakeRepository, FakeSyncStore, FakeTokens
 

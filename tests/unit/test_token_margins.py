@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumer.db import LinkTokens
-from consumer.metrics import Metrics
+from consumer.adapters.google.tokens import TokenProvider, TokenRefreshFailed
+from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.repository import LinkTokens
 from consumer.settings import Settings
-from consumer.tokens import TokenProvider, TokenRefreshFailed
 from tests.unit.fakes import FakeRepository, FakeTokenEndpoint
 
 LINK = "lnk_1"
