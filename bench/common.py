@@ -18,11 +18,12 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 
+from calsync_dev.events import booking_event
 from calsync_dev.sandbox import SandboxClient
-from calsync_dev.stack import EmbeddedPostgres, free_port
+from calsync_dev.stack import EmbeddedPostgres, free_port, fresh_database
 from consumer.adapters.postgres.migrations import migrate
 from consumer.bootstrap import link_service
-from consumer.settings import Settings
+from consumer.settings import Settings, settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "bench-results"
@@ -105,19 +106,14 @@ def flow_of(running: list[Consumer]) -> Flow:
 
 def event(booking: int, version: int, activity: str, occurred_at: str = "2026-04-01T12:00:00Z"
           ) -> bytes:
+    """Booking `bk_<booking>` at `version`, as bytes on the topic (ids made from the numbers:
+    the same run produces the same events)."""
     day = 1 + booking % 28
-    return json.dumps({
-        "schema_version": 1, "event_id": f"00000000-0000-4000-8000-{booking:06d}{version:06d}",
-        "event_type": "booking.created" if version == 1 else "booking.updated",
-        "occurred_at": occurred_at,
-        "booking": {
-            "id": f"bk_{booking}", "version": version, "confirmation_code": f"BK-{booking}",
-            "status": "confirmed", "source": "web", "activity_id": activity,
-            "activity_name": "Kayak Tour", "customer_name": f"Customer {booking} v{version}",
-            "location_name": "Lake Dock", "start": f"2026-05-{day:02d}T09:00:00Z",
-            "end": f"2026-05-{day:02d}T11:00:00Z",
-        },
-    }).encode()
+    return json.dumps(booking_event(
+        f"bk_{booking}", version, "booking.created" if version == 1 else "booking.updated",
+        activity, event_id=f"00000000-0000-4000-8000-{booking:06d}{version:06d}",
+        occurred_at=occurred_at, customer_name=f"Customer {booking} v{version}",
+        start=f"2026-05-{day:02d}T09:00:00Z", end=f"2026-05-{day:02d}T11:00:00Z")).encode()
 
 
 async def produce(bootstrap: str, topic: str, bookings: int, versions: int,
@@ -137,11 +133,9 @@ async def produce(bootstrap: str, topic: str, bookings: int, versions: int,
         await producer.stop()
 
 
-def fresh_database(pg: EmbeddedPostgres, name: str) -> str:
-    with psycopg.connect(pg.uri, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    url = pg.uri_for(name)
+def migrated_database(pg: EmbeddedPostgres, name: str) -> str:
+    """A fresh database of this name (any older one dropped), migrated."""
+    url = fresh_database(pg, name, replace=True)
     migrate(url)
     return url
 
@@ -203,18 +197,15 @@ def pairs_done(database_url: str, version: int) -> int:
 
 
 def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
-    secret = settings.token_key.get_secret_value() if settings.token_key else ""
-    return {**os.environ, "CALSYNC_DATABASE_URL": settings.database_url,
-            "CALSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "CALSYNC_TOPIC": settings.topic, "CALSYNC_DLQ_TOPIC": settings.dlq_topic,
-            "CALSYNC_GROUP_ID": settings.group_id,
-            "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
-            "CALSYNC_GOOGLE_TOKEN_URL": settings.google_token_url,
-            "CALSYNC_GOOGLE_CLIENT_ID": settings.google_client_id,
-            "CALSYNC_GOOGLE_CLIENT_SECRET": settings.google_client_secret.get_secret_value(),
-            "CALSYNC_GOOGLE_CA_BUNDLE": settings.google_ca_bundle or "",
-            "CALSYNC_TOKEN_KEY": secret, "CALSYNC_METRICS_PORT": "0",
-            "CALSYNC_LOG_FORMAT": "json", "CALSYNC_LOG_LEVEL": "WARNING", **extra}
+    return {**os.environ, **settings_env(settings, _SHARED_SETTINGS),
+            "CALSYNC_METRICS_PORT": "0", "CALSYNC_LOG_FORMAT": "json",
+            "CALSYNC_LOG_LEVEL": "WARNING", **extra}
+
+
+# What `calsync consume` shares with the bench: where everything is, and the secrets.
+_SHARED_SETTINGS = ("database_url", "kafka_bootstrap", "topic", "dlq_topic", "group_id",
+                    "google_api_url", "google_token_url", "google_client_id",
+                    "google_client_secret", "google_ca_bundle", "token_key")
 
 
 @contextmanager

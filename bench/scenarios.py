@@ -20,8 +20,8 @@ from bench.common import (
     deferred_count,
     event,
     flow_of,
-    fresh_database,
     make_links,
+    migrated_database,
     proc_stats,
     produce,
     result_count,
@@ -48,7 +48,7 @@ class Bench:
                       ) -> tuple[Settings, list[str], list[tuple[str, str]]]:
         """A database, a topic and `accounts` links, two to an activity."""
         settings = self.base.model_copy(update={
-            "database_url": fresh_database(self.pg, f"bench_{name}"),
+            "database_url": migrated_database(self.pg, f"bench_{name}"),
             "topic": f"bench.{name}", "dlq_topic": f"bench.{name}.dlq",
             "group_id": f"bench-{name}"})
         await ensure_topics(settings.kafka_bootstrap, [settings.topic], PARTITIONS)

@@ -18,7 +18,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,12 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 from aiokafka import AIOKafkaProducer
 
+from calsync_dev.events import booking_event
 from calsync_dev.sandbox import SandboxClient, start_in_thread
 from calsync_dev.stack import (
     EmbeddedPostgres,
     free_port,
+    fresh_database,
     start_broker,
     start_postgres,
     wait_for_port,
@@ -41,7 +42,7 @@ from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.postgres.migrations import migrate
 from consumer.logs import configure_logging
 from consumer.service import links
-from consumer.settings import Settings
+from consumer.settings import Settings, settings_env
 
 ACTIVITY = "act_kayak"
 DEMO_DB = "calsync_demo"
@@ -57,17 +58,11 @@ class Calendar:
 
 def _event(booking_id: str, version: int, event_type: str, customer: str, start: str, end: str,
            status: str = "confirmed", source: str = "web") -> dict[str, Any]:
-    return {
-        "schema_version": 1, "event_id": str(uuid.uuid4()), "event_type": event_type,
-        "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "booking": {
-            "id": booking_id, "version": version, "confirmation_code": f"BK-{booking_id[3:]}",
-            "status": status, "source": source, "activity_id": ACTIVITY,
-            "activity_name": "Kayak Tour", "customer_name": customer,
-            "location_name": "Lake Dock", "start": start, "end": end,
-            "timezone": "America/New_York",
-        },
-    }
+    return booking_event(
+        booking_id, version, event_type, ACTIVITY,
+        occurred_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        confirmation_code=f"BK-{booking_id[3:]}", status=status, source=source,
+        customer_name=customer, start=start, end=end, timezone="America/New_York")
 
 
 STORY: list[tuple[str, dict[str, Any] | bytes]] = [
@@ -136,10 +131,7 @@ def _wait_for(database_url: str, results: int, dead: int, timeout_s: float = 60)
 
 
 def _fresh_database(pg: EmbeddedPostgres) -> str:
-    with psycopg.connect(pg.uri, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DEMO_DB} WITH (FORCE)".encode())
-        conn.execute(f"CREATE DATABASE {DEMO_DB}".encode())
-    return pg.uri_for(DEMO_DB)
+    return fresh_database(pg, DEMO_DB, replace=True)
 
 
 async def _consent(service: links.LinkService, sandbox: SandboxClient, email: str
@@ -235,20 +227,15 @@ def _links_page(settings: Settings) -> str:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {"CALSYNC_DATABASE_URL": settings.database_url,
-            "CALSYNC_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-            "CALSYNC_GOOGLE_API_URL": settings.google_api_url,
-            "CALSYNC_GOOGLE_TOKEN_URL": settings.google_token_url,
-            "CALSYNC_GOOGLE_CLIENT_ID": settings.google_client_id,
-            "CALSYNC_GOOGLE_CLIENT_SECRET": settings.google_client_secret.get_secret_value(),
-            "CALSYNC_GOOGLE_AUTH_URL": settings.google_auth_url,
-            "CALSYNC_GOOGLE_REVOKE_URL": settings.google_revoke_url,
-            "CALSYNC_GOOGLE_CA_BUNDLE": settings.google_ca_bundle or "",
-            "CALSYNC_TOKEN_KEY": settings.token_key.get_secret_value() if settings.token_key
-            else "",
+    return {**settings_env(settings, _SHARED_SETTINGS),
             "CALSYNC_METRICS_PORT": "0",  # any free port: see consumer.log
-            "CALSYNC_HTTP_PORT": str(settings.http_port),
             "CALSYNC_LOG_FORMAT": "json"}
+
+
+# What the processes the demo starts share with it: where everything is, and the secrets.
+_SHARED_SETTINGS = ("database_url", "kafka_bootstrap", "google_api_url", "google_token_url",
+                    "google_client_id", "google_client_secret", "google_auth_url",
+                    "google_revoke_url", "google_ca_bundle", "token_key", "http_port")
 
 
 async def _publish(bootstrap: str, topic: str, message: dict[str, Any] | bytes) -> None:

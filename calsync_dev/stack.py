@@ -12,8 +12,11 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
 
 
 def free_port() -> int:
@@ -80,13 +83,38 @@ class EmbeddedPostgres:
         return str(self.server.get_uri(database=database))  # type: ignore[attr-defined]
 
     def create_database(self, name: str, template: str | None = None) -> str:
-        with psycopg.connect(self.uri, autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                                  (name,)).fetchone()
-            if not exists:
-                clause = f" TEMPLATE {template}" if template else ""
-                conn.execute(f'CREATE DATABASE "{name}"{clause}'.encode())
-        return self.uri_for(name)
+        return fresh_database(self, name, template)
+
+
+class DatabaseServer(Protocol):
+    """A PostgreSQL server databases may be created on (embedded, or a container)."""
+
+    @property
+    def uri(self) -> str: ...
+
+    def uri_for(self, database: str) -> str: ...
+
+
+def fresh_database(server: DatabaseServer | str, name: str, template: str | None = None,
+                   replace: bool = False) -> str:
+    """The one way to make a database: `name` (empty, or copied from `template`) on `server`
+    (a server, or the URL of any database on it); returns its URL. An existing one is kept,
+    or dropped first with `replace` (its connections ended)."""
+    admin = server if isinstance(server, str) else server.uri
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if replace:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                              (name,)).fetchone()
+        if not exists:
+            statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+            if template is not None:
+                statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+            conn.execute(statement)
+    if isinstance(server, str):
+        return urlunsplit(urlsplit(server)._replace(path="/" + name))
+    return server.uri_for(name)
 
 
 def start_postgres(data_dir: Path) -> EmbeddedPostgres:

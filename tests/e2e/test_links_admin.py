@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 
 from calsync_dev.stack import free_port
-from consumer.adapters.crypto import TokenCipher, TokenKeyError
+from consumer.adapters.crypto import TokenCipher
 from consumer.bootstrap import link_service
+from consumer.domain.errors import LinkError, TokenKeyError
 from consumer.entrypoints.http_api import serve
-from consumer.service.links import LinkError
 from tests.plugins.environment import ADMIN_TOKEN, TOKEN_KEY, Env, calsync, wait_until
 from tests.plugins.events import booking_event
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import psycopg
 
-from consumer import operations
-from consumer.adapters.postgres.sync_store import SyncStore, link_lock_key, pair_lock_key
+from consumer import bootstrap
+from consumer.adapters.postgres.locks import link_lock_key, pair_lock_key
+from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.bootstrap import services
 from consumer.domain.models import BookingEvent
 from consumer.service.reconcile import Reconciler
@@ -172,7 +173,7 @@ async def test_a_resync_reads_the_latest_state_under_the_claim(env: Env) -> None
     try:
         await holder.execute("SELECT pg_advisory_lock_shared(%s), pg_advisory_lock(%s)",
                              (link_lock_key(link_id), pair_lock_key(link_id, "bk_1")))
-        resync = asyncio.create_task(operations.resync(env.settings, {"bk_1"}))
+        resync = asyncio.create_task(bootstrap.resync(env.settings, {"bk_1"}))
         await asyncio.sleep(1.0)
         assert not resync.done(), "the resync did not wait for the claim"
         # Meanwhile v6 is applied and recorded, as the consumer would.
@@ -313,7 +314,7 @@ async def test_chaos_ends_exact(env: Env, tmp_path: Path) -> None:
                         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                                       " WHERE datname = %s AND pid <> pg_backend_pid()",
                                       (env.name,))
-                    resync = asyncio.create_task(operations.resync(
+                    resync = asyncio.create_task(bootstrap.resync(
                         env.settings, {f"bk_{n}" for n in range(0, 15, 2)}))
             await wait_until(env.all_committed, timeout_s=90, what="everything recorded")
             await resync  # the concurrent resync ends well too

@@ -10,7 +10,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from consumer.adapters.google.calendar import GoogleApiError, GoogleCalendar
+from consumer.adapters.google.calendar import GoogleCalendar
+from consumer.domain.errors import GoogleApiError
 from consumer.domain.planning import google_event_id
 from tests.plugins.environment import Env
 from tests.unit.fakes import FakeCalendar

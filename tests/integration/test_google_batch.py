@@ -22,7 +22,8 @@ from googleapiclient.http import BatchHttpRequest
 
 from calsync_dev.sandbox import SandboxClient, SandboxHTTPServer, start_in_thread
 from calsync_dev.sandbox.state import SandboxState
-from consumer.adapters.google.calendar import GoogleApiError, GoogleCalendar
+from consumer.adapters.google.calendar import GoogleCalendar
+from consumer.domain.errors import GoogleApiError
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 

@@ -27,13 +27,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from psycopg.rows import dict_row
 
 from calsync_dev.sandbox import SandboxClient
-from calsync_dev.stack import free_port, wait_for_port
-from consumer import links
+from calsync_dev.stack import DatabaseServer, free_port, fresh_database, wait_for_port
 from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.kafka import ensure_topics
+from consumer.bootstrap import link_service
 from consumer.entrypoints.worker import consume
 from consumer.settings import Settings
-from tests.plugins.database import TEMPLATE_DB, DatabaseServer, fresh_database
+from tests.plugins.database import TEMPLATE_DB
 from tests.plugins.settings_env import settings_env
 from tests.plugins.stack import CLIENT_ID, CLIENT_SECRET, Broker
 
@@ -115,7 +115,7 @@ class Env:
     async def link(self, email: str, refresh_token: str, calendar_id: str | None = "",
                    activity_id: str = "act_1", access_token: str | None = None,
                    expires_at: datetime | None = None) -> str:
-        async with links.link_service(self.settings) as service:
+        async with link_service(self.settings) as service:
             return await service.import_link(
                 activity_id=activity_id, account_email=email, refresh_token=refresh_token,
                 access_token=access_token, expires_at=expires_at,

@@ -1,36 +1,20 @@
-"""The one booking-event builder: a valid event of the published contract (schemas/), with
-any booking field overridden."""
+"""Booking events for the tests: the one builder (calsync_dev.events, which the demo and the
+bench use too), parsed models of it, and hypothesis strategies across the contract's edges."""
 
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 from hypothesis import strategies as st
 
+from calsync_dev.events import booking_event
 from consumer.domain.models import BookingEvent
 
 # The booking's free-text fields (what NUL bytes and odd text are tried in).
 STRING_FIELDS = ("id", "confirmation_code", "activity_id", "activity_name", "customer_name",
                  "location_name", "timezone")
-
-
-def booking_event(booking_id: str = "bk_1", version: int = 1,
-                  event_type: str = "booking.created", activity_id: str = "act_1",
-                  **booking: Any) -> dict[str, Any]:
-    """The event as JSON data (what the upstream service publishes)."""
-    data: dict[str, Any] = {
-        "id": booking_id, "version": version, "confirmation_code": f"BK-{booking_id}",
-        "status": "confirmed", "source": "web", "activity_id": activity_id,
-        "activity_name": "Kayak Tour", "customer_name": "Jane Smith",
-        "location_name": "Lake Dock", "start": "2026-04-15T09:00:00Z",
-        "end": "2026-04-15T11:00:00Z",
-    }
-    data.update(booking)
-    return {"schema_version": 1, "event_id": str(uuid.uuid4()), "event_type": event_type,
-            "occurred_at": "2026-04-01T12:00:00Z", "booking": data}
 
 
 def booking_model(booking_id: str = "bk_1", version: int = 1,

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from calsync_dev.sandbox import SandboxClient, start_in_thread
-from calsync_dev.stack import start_broker, start_postgres
-from tests.plugins.database import DatabaseServer, migrated_template
+from calsync_dev.stack import DatabaseServer, fresh_database, start_broker, start_postgres
+from tests.plugins.database import migrated_template
 
 STACK_VARIABLE = "CALSYNC_TEST_STACK"
 STACKS = ("embedded", "containers")
@@ -180,8 +180,6 @@ class ContainerPostgres:
         return urlunsplit(urlsplit(self.uri)._replace(path="/" + database))
 
     def create_database(self, name: str, template: str | None = None) -> str:
-        from tests.plugins.database import fresh_database
-
         return fresh_database(self, name, template)
 
     def stop(self) -> None:

@@ -45,15 +45,16 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from consumer.adapters.google.calendar import WRITE_ROLES, CalendarInfo, GoogleApiError
-from consumer.adapters.google.tokens import TokenRefreshFailed
-from consumer.adapters.postgres.quota import QuotaPaused
-from consumer.adapters.postgres.repository import LinkRow, LinkTokens, MessagePosition
+from consumer.adapters.google.calendar import WRITE_ROLES, CalendarInfo
 from consumer.adapters.postgres.sync_store import Claim
+from consumer.domain.errors import GoogleApiError, QuotaPaused, TokenRefreshFailed
 from consumer.domain.models import (
     BookingEvent,
     CalendarLink,
+    LinkRow,
     LinkState,
+    LinkTokens,
+    MessagePosition,
     Outcome,
     RecordedEvent,
     SyncResult,

@@ -12,7 +12,8 @@ from googleapiclient.errors import HttpError
 
 from calsync_dev.sandbox.batch import InnerResponse, parse_batch, render_batch
 from calsync_dev.sandbox.state import GoogleError
-from consumer.adapters.google.batch import BatchFormatError, decode_batch, encode_batch
+from consumer.adapters.google.batch import decode_batch, encode_batch
+from consumer.domain.errors import BatchFormatError
 
 # --- the batch envelope (consumer/google_batch.py), against the sandbox's reading of it -------
 

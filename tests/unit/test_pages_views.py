@@ -12,8 +12,9 @@ import pytest
 from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.google.calendar import CalendarInfo
 from consumer.adapters.postgres.link_store import Backfill
+from consumer.domain.errors import TokenRefused
 from consumer.entrypoints.web import views
-from consumer.entrypoints.web.security import PageSigner, TokenRefused
+from consumer.entrypoints.web.security import PageSigner
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 KEY = TokenCipher.generate_key()

@@ -16,8 +16,7 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.repository import MessagePosition
-from consumer.domain.models import BookingEvent
+from consumer.domain.models import BookingEvent, MessagePosition
 from consumer.service.runner import ConsumerRunner
 from consumer.settings import Settings
 from tests.plugins.environment import wait_until

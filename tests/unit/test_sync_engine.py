@@ -13,10 +13,16 @@ from typing import Any
 
 import pytest
 
-from consumer.adapters.google.tokens import TokenRefreshFailed
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.repository import LinkRow, MessagePosition
-from consumer.domain.models import LinkState, Operation, Outcome, SyncResult
+from consumer.domain.errors import TokenRefreshFailed
+from consumer.domain.models import (
+    LinkRow,
+    LinkState,
+    MessagePosition,
+    Operation,
+    Outcome,
+    SyncResult,
+)
 from consumer.domain.planning import google_event_id
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings

@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumer.adapters.google.tokens import TokenProvider, TokenRefreshFailed
+from consumer.adapters.google.tokens import TokenProvider
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.repository import LinkTokens
+from consumer.domain.errors import TokenRefreshFailed
+from consumer.domain.models import LinkTokens
 from consumer.settings import Settings
 from tests.unit.fakes import FakeRepository, FakeTokenEndpoint
 
