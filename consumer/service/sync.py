@@ -256,9 +256,9 @@ class _LinkCall:
 
 async def _outlive_cancellation(call: Awaitable[T], timeout_s: float) -> T:
     """Await a Google call; if the caller is cancelled meanwhile (a shutdown's grace ran
-    out), wait for the request to end before the cancellation goes on: it runs in a thread
-    that cannot be stopped, and the pair's claim must not be released while a write of
-    ours may still land (a later owner's newer write could be overwritten)."""
+    out), wait for the request to end before the cancellation goes on: once sent, a write
+    cannot be called back from Google, and the pair's claim must not be released while it
+    may still land (a later owner's newer write could be overwritten)."""
     request = asyncio.ensure_future(call)
     try:
         return await asyncio.shield(request)
