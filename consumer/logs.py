@@ -59,7 +59,17 @@ def iso_datetimes(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+_level = logging.INFO  # the level configure_logging set last
+
+
+def debug_enabled() -> bool:
+    """Whether debug lines are kept: a hot path asks this before building one (a lazy
+    logger's bind per call costs CPU even when the line is then dropped)."""
+    return _level <= logging.DEBUG
+
+
 def configure_logging(settings: Settings, stream: Any = None) -> None:
+    global _level
     stream = stream or sys.stderr
     pretty = settings.log_format == "console" or (
         settings.log_format == "auto" and hasattr(stream, "isatty") and stream.isatty()
@@ -67,6 +77,7 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     renderer: Any = (structlog.dev.ConsoleRenderer() if pretty
                      else structlog.processors.JSONRenderer())
     level = logging.getLevelName(settings.log_level.upper())
+    _level = level if isinstance(level, int) else logging.INFO
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -27,6 +27,7 @@ import dataclasses
 import itertools
 import math
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ from consumer.domain.models import (
 )
 from consumer.domain.planning import google_event_id, plan_operation, render_event
 from consumer.domain.refusals import Action
+from consumer.logs import debug_enabled
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -176,40 +178,49 @@ class _LinkCall:
         # The first slot is waited for before the retry budget starts: a long queue for a
         # busy account is not a failure (but a live message may leave the window for it).
         await self._slot(account, self.may_defer)
-        slot_taken = True
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_retriable),
-            wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
-            stop=stop_before_delay(settings.retry_budget_s),
-            reraise=True,
-        )
+        started = time.monotonic()
         try:
-            return await self._attempts(call, retrying, account, slot_taken)
+            try:  # most calls succeed at once: no retry machinery around them (CPU per call)
+                return await self._attempt(call)
+            except GoogleApiError as exc:
+                if not exc.retriable:
+                    raise
+                first_failure: BaseException | None = exc
+            # Retried within what is left of the budget, which started with the first call.
+            retrying = AsyncRetrying(
+                retry=retry_if_exception(_is_retriable),
+                wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
+                stop=stop_before_delay(
+                    max(0.0, settings.retry_budget_s - (time.monotonic() - started))),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    if first_failure is not None:
+                        # Tenacity counts the first call's failure as its first attempt,
+                        # so the backoff (and Retry-After) comes before the next one.
+                        failure, first_failure = first_failure, None
+                        raise failure
+                    await self._slot(account, False)
+                    return await self._attempt(call)
+            raise AssertionError("unreachable")
         finally:
             if self.pacing:
                 self.pacing = False
                 self.engine.pacing[account] -= 1
 
-    async def _attempts(self, call: Callable[[str], Awaitable[T]], retrying: AsyncRetrying,
-                        account: str, slot_taken: bool) -> T:
-        settings = self.engine.settings
-        async for attempt in retrying:
-            with attempt:
-                if not slot_taken:
-                    await self._slot(account, False)
-                slot_taken = False
-                # Checked right before each call, after every wait: a link disconnected
-                # meanwhile gets no write, whatever was waiting.
-                self._check_active()
-                self.attempts += 1
-                assert self.token is not None
-                try:
-                    return await _outlive_cancellation(call(self.token),
-                                                       settings.google_timeout_s + 1.0)
-                except GoogleApiError as exc:
-                    await self._spent_quota(exc)
-                    raise
-        raise AssertionError("unreachable")
+    async def _attempt(self, call: Callable[[str], Awaitable[T]]) -> T:
+        # Checked right before each call, after every wait: a link disconnected meanwhile
+        # gets no write, whatever was waiting.
+        self._check_active()
+        self.attempts += 1
+        assert self.token is not None
+        try:
+            return await _outlive_cancellation(call(self.token),
+                                               self.engine.settings.google_timeout_s + 1.0)
+        except GoogleApiError as exc:
+            await self._spent_quota(exc)
+            raise
 
     async def _slot(self, account: str, may_defer: bool) -> None:
         """A quota slot; a link halted while waiting for it stops the wait at once."""
@@ -384,8 +395,8 @@ class SyncEngine:
                 # state: never older content, never a create on an activity it has left.
                 event = await self.repository.latest_booking(event.booking.id) or event
             booking = event.booking
-            bound = log.bind(link_id=row.link.id, booking_id=booking.id,
-                             version=booking.version)
+            about = {"link_id": row.link.id, "booking_id": booking.id,
+                     "version": booking.version}  # bound only when a line is written
             health: tuple[LinkState, str] | None = None
             recorded, state = claim.recorded, claim.state
             if claim.calendar_id != row.link.calendar_id:  # chosen again since it was read
@@ -422,7 +433,7 @@ class SyncEngine:
                     result = _result(row, op, Outcome.SKIPPED, "token_refresh_failed", call,
                                      error=exc.reason)
                 else:
-                    bound.warning("token_endpoint_unavailable", cause=exc.reason)
+                    log.warning("token_endpoint_unavailable", **about, cause=exc.reason)
                     result = _result(row, op, Outcome.FAILED, "token_refresh_failed", call,
                                      error=exc.reason,
                                      repair=RepairPlan(reason="token_endpoint_unavailable"))
@@ -441,8 +452,8 @@ class SyncEngine:
                                                    backoff=False))
             except GoogleApiError as exc:
                 reason = "retries_exhausted" if exc.retriable else "google_refused"
-                bound.warning("link_sync_failed", op=op.value, cause=str(exc),
-                              attempts=call.attempts)
+                log.warning("link_sync_failed", **about, op=op.value, cause=str(exc),
+                            attempts=call.attempts)
                 result = _result(row, op, Outcome.FAILED, reason, call, error=str(exc),
                                  repair=RepairPlan(reason=reason,
                                                    not_before_s=exc.retry_after or 0.0))
@@ -472,8 +483,10 @@ class SyncEngine:
         self.metrics.link_operations.labels(result.operation.value, result.outcome.value).inc()
         if health is not None:
             await self._leave_active(row, *health)
-        bound.debug("link_synced", op=result.operation.value, outcome=result.outcome.value,
-                    reason=result.reason)
+        if debug_enabled():
+            log.debug("link_synced", link_id=row.link.id, booking_id=event.booking.id,
+                      version=event.booking.version, op=result.operation.value,
+                      outcome=result.outcome.value, reason=result.reason)
         return result
 
     def _schedule(self, plan: RepairPlan, attempts_before: int) -> RepairPlan:
