@@ -42,6 +42,7 @@ from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.postgres.migrations import migrate
 from consumer.logs import configure_logging
 from consumer.service import links
+from consumer.service.answers import Connected
 from consumer.settings import Settings, settings_env
 
 ACTIVITY = "act_kayak"
@@ -135,10 +136,10 @@ def _fresh_database(pg: EmbeddedPostgres) -> str:
 
 
 async def _consent(service: links.LinkService, sandbox: SandboxClient, email: str
-                   ) -> dict[str, Any]:
+                   ) -> Connected:
     """The OAuth flow as a person walks it: consent URL, Google's consent, the redirect."""
     started = await service.start_connect(ACTIVITY)
-    redirect = sandbox.consent(started["authorization_url"], email)
+    redirect = sandbox.consent(started.authorization_url, email)
     return await service.finish_connect(
         {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()})
 
@@ -149,11 +150,11 @@ async def _connect(settings: Settings, sandbox: SandboxClient,
     async with bootstrap.link_service(settings) as service:
         for cal in calendars:
             connected = await _consent(service, sandbox, cal.email)
-            link_id = connected["links"][0]["id"]
+            link_id = connected.links[0].id
             link_ids.append(link_id)
-            names = ", ".join(f"{c['name']}{' (primary)' if c['primary'] else ''}"
-                              f"{'' if c['writable'] else ' (read-only)'}"
-                              for c in connected["calendars"])
+            names = ", ".join(f"{c.name}{' (primary)' if c.primary else ''}"
+                              f"{'' if c.writable else ' (read-only)'}"
+                              for c in connected.calendars)
             await service.select(link_id, cal.calendar_id)
             print(f"   {link_id}: {cal.email} consented; calendars [{names}] -> selected "
                   f"{cal.calendar_id}")
@@ -163,14 +164,14 @@ async def _connect(settings: Settings, sandbox: SandboxClient,
 async def _link_states(settings: Settings) -> None:
     async with bootstrap.link_service(settings) as service:
         for link in await service.list():
-            reason = f" ({link['state_reason']})" if link["state_reason"] else ""
-            print(f"   {link['id']}: {link['account_email']} -> {link['state']}{reason}")
+            reason = f" ({link.state_reason})" if link.state_reason else ""
+            print(f"   {link.id}: {link.account_email} -> {link.state}{reason}")
 
 
 async def _reconnect(settings: Settings, sandbox: SandboxClient, email: str) -> None:
     async with bootstrap.link_service(settings) as service:
         again = await _consent(service, sandbox, email)
-    for link_id, counts in again["backfill"].items():
+    for link_id, counts in again.backfill.items():
         print(f"   {link_id} reconnected and active again; caught up: "
               + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
@@ -178,8 +179,8 @@ async def _reconnect(settings: Settings, sandbox: SandboxClient, email: str) -> 
 async def _disconnect(settings: Settings, link_id: str) -> None:
     async with bootstrap.link_service(settings) as service:
         done = await service.disconnect(link_id, remove_events=True)
-    print(f"   {link_id}: {done['link']['state']}, {done['events_removed']} event(s) removed, "
-          f"token {'revoked at Google' if done['token_revoked'] else 'kept'}")
+    print(f"   {link_id}: {done.link.state}, {done.events_removed} event(s) removed, "
+          f"token {'revoked at Google' if done.token_revoked else 'kept'}")
 
 
 def _links_epilogue(settings: Settings, sandbox: SandboxClient, calendars: list[Calendar],

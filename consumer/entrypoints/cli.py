@@ -8,14 +8,13 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import psycopg
 from pydantic import ValidationError
 
 from consumer import bootstrap
 from consumer.adapters.crypto import TokenCipher
-from consumer.adapters.postgres.link_store import link_summary
 from consumer.adapters.postgres.migrations import migrate
 from consumer.domain.errors import CliError, LinkError, OpsError, StartupError, TokenKeyError
 from consumer.entrypoints import cli_ops
@@ -23,6 +22,7 @@ from consumer.entrypoints.cli_ops import print_json
 from consumer.entrypoints.problems import INTERRUPTED_EXIT_CODE, REFUSED_EXIT_CODE
 from consumer.logs import configure_logging
 from consumer.service import links
+from consumer.service.answers import Chosen, LinkSummary
 from consumer.service.operations import parse_duration
 from consumer.settings import Settings
 
@@ -197,58 +197,58 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
     if command == "connect":
         started = _with_links(settings, lambda s: s.start_connect(args.activity))
         print(f"open this URL in a browser and sign in with the Google account to connect to "
-              f"activity {started['activity_id']} (valid until {started['expires_at']}); Google "
-              f"will send the browser back to {started['redirect_uri']}", file=sys.stderr)
-        print(started["authorization_url"])
+              f"activity {started.activity_id} (valid until {started.expires_at.isoformat()}); "
+              f"Google will send the browser back to {started.redirect_uri}", file=sys.stderr)
+        print(started.authorization_url)
         return 0
     if command == "calendars":
         calendars = _with_links(settings, lambda s: s.calendars(args.link))
         if args.json:
-            print_json(calendars)
+            print_json([c.model_dump() for c in calendars])
         else:
             print(f"{'NAME':30} {'PRIMARY':8} {'WRITABLE':9} ID")
             for c in calendars:
-                print(f"{c['name'][:30]:30} {'yes' if c['primary'] else 'no':8} "
-                      f"{'yes' if c['writable'] else 'no':9} {c['id']}")
+                print(f"{c.name[:30]:30} {'yes' if c.primary else 'no':8} "
+                      f"{'yes' if c.writable else 'no':9} {c.id}")
         return 0
     if command == "select":
-        done = _with_links(settings, lambda s: _select_showing_progress(
+        chosen = _with_links(settings, lambda s: _select_showing_progress(
             s, args.link, args.calendar_id))
-        merged = f" (folded into earlier link {done['link']['id']})" if done["merged_from"] else ""
-        print(f"link {args.link} now syncs to calendar {done['calendar']['name']!r} "
-              f"({done['calendar']['id']}){merged}; backfilled: {_counts(done['backfill'])}")
+        merged = f" (folded into earlier link {chosen.link.id})" if chosen.merged_from else ""
+        print(f"link {args.link} now syncs to calendar {chosen.calendar.name!r} "
+              f"({chosen.calendar.id}){merged}; backfilled: {_counts(chosen.backfill or {})}")
         return 0
     if command == "disconnect":
         done = _with_links(settings, lambda s: s.disconnect(args.link, args.remove_events))
-        events = (f"{done['events_removed']} events removed" if args.remove_events
+        events = (f"{done.events_removed} events removed" if args.remove_events
                   else "events kept on the calendar")
-        token = ("token revoked at Google" if done["token_revoked"] else
+        token = ("token revoked at Google" if done.token_revoked else
                  "token not revoked at Google (still used by "
-                 f"{', '.join(done['token_still_used_by'])})" if done["token_still_used_by"]
+                 f"{', '.join(done.token_still_used_by)})" if done.token_still_used_by
                  else "token was already revoked")
         print(f"link {args.link} disconnected: {events}; {token}")
         return 0
     rows = asyncio.run(_list_links(settings))
     if args.json:
-        print_json(rows)
+        print_json([r.model_dump() for r in rows])
     else:
         print(f"{'ID':22} {'ACTIVITY':14} {'ACCOUNT':30} {'STATE':21} {'SINCE':20} "
               f"{'CALENDAR':24} REASON")
         for r in rows:
-            print(f"{r['id']:22} {r['activity_id'][:14]:14} {r['account_email'][:30]:30} "
-                  f"{r['state']:21} {r['state_changed_at'][:19]:20} "
-                  f"{(r['calendar_id'] or '-')[:24]:24} {r['state_reason'] or ''}")
+            print(f"{r.id:22} {r.activity_id[:14]:14} {r.account_email[:30]:30} "
+                  f"{r.state:21} {r.state_changed_at.isoformat()[:19]:20} "
+                  f"{(r.calendar_id or '-')[:24]:24} {r.state_reason or ''}")
     return 0
 
 
-async def _list_links(settings: Settings) -> list[dict[str, Any]]:
+async def _list_links(settings: Settings) -> list[LinkSummary]:
     """`links list` reads the links table alone (no Google, no sync engine, no quota)."""
     async with bootstrap.link_tables(settings) as store:
-        return [link_summary(row) for row in await store.repository.all_links()]
+        return [LinkSummary.of(row) for row in await store.repository.all_links()]
 
 
 async def _select_showing_progress(service: links.LinkService, link_id: str,
-                                   calendar_id: str) -> dict[str, Any]:
+                                   calendar_id: str) -> Chosen:
     """`links select`: on a terminal, the backfill's progress while it runs (one line that
     rewrites itself on stderr: done of total, rate, about how long is left)."""
     from consumer.service.progress import progress, quota_ceiling
@@ -263,8 +263,8 @@ async def _select_showing_progress(service: links.LinkService, link_id: str,
         if latest is None or latest.finished_at is not None:
             continue
         view = progress(latest, quota_ceiling(service.settings))
-        left = f", about {view['remaining_s']:.0f}s left" if view["remaining_s"] else ""
-        sys.stderr.write(f"\rbackfilling: {view['done']}/{view['total'] or '?'} booking(s)"
+        left = f", about {view.remaining_s:.0f}s left" if view.remaining_s else ""
+        sys.stderr.write(f"\rbackfilling: {view.done}/{view.total or '?'} booking(s)"
                          f"{left}   ")
         sys.stderr.flush()
         shown = True

@@ -32,6 +32,7 @@ from consumer.domain.errors import LinkError, RefusalKind
 from consumer.entrypoints.problems import http_status
 from consumer.entrypoints.web import pages
 from consumer.entrypoints.web.views import prefers_html
+from consumer.service.answers import Answer
 from consumer.service.links import LinkService
 from consumer.settings import Settings
 
@@ -101,6 +102,11 @@ def _middlewares(admin_token: str) -> list[Any]:
     return [problems, authenticate]
 
 
+def _json(answer: Answer, status: int = 200) -> web.Response:
+    """A service's answer as the API's JSON body: its dump, keys in the model's order."""
+    return web.json_response(answer.model_dump(mode="json"), status=status)
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json() if request.can_read_body else {}
@@ -123,8 +129,8 @@ def _string(body: dict[str, Any], key: str) -> str:
 
 async def connect(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    answer = await request.app[SERVICE_KEY].start_connect(_string(body, "activity_id"))
-    return web.json_response(answer, status=201)
+    started = await request.app[SERVICE_KEY].start_connect(_string(body, "activity_id"))
+    return _json(started, status=201)
 
 
 async def oauth_callback(request: web.Request) -> web.StreamResponse:
@@ -132,27 +138,28 @@ async def oauth_callback(request: web.Request) -> web.StreamResponse:
     the host's dashboard); API clients keep the JSON answer."""
     if prefers_html(request.headers.get("Accept")):
         return await pages.after_consent(request)
-    return web.json_response(await request.app[SERVICE_KEY].finish_connect(dict(request.query)))
+    return _json(await request.app[SERVICE_KEY].finish_connect(dict(request.query)))
 
 
 async def list_links(request: web.Request) -> web.Response:
-    return web.json_response({"links": await request.app[SERVICE_KEY].list()})
+    found = await request.app[SERVICE_KEY].list()
+    return web.json_response({"links": [link.model_dump(mode="json") for link in found]})
 
 
 async def get_link(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[SERVICE_KEY].get(request.match_info["id"]))
+    return _json(await request.app[SERVICE_KEY].get(request.match_info["id"]))
 
 
 async def calendars(request: web.Request) -> web.Response:
     found = await request.app[SERVICE_KEY].calendars(request.match_info["id"])
-    return web.json_response({"calendars": found})
+    return web.json_response({"calendars": [c.model_dump(mode="json") for c in found]})
 
 
 async def select_calendar(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    answer = await request.app[SERVICE_KEY].select(request.match_info["id"],
+    chosen = await request.app[SERVICE_KEY].select(request.match_info["id"],
                                                    _string(body, "calendar_id"))
-    return web.json_response(answer)
+    return _json(chosen)
 
 
 async def disconnect(request: web.Request) -> web.Response:
@@ -161,8 +168,8 @@ async def disconnect(request: web.Request) -> web.Response:
     if not isinstance(remove, bool):
         raise LinkError("'remove_events' must be true or false",
                         RefusalKind.INVALID, "invalid_body")
-    answer = await request.app[SERVICE_KEY].disconnect(request.match_info["id"], remove)
-    return web.json_response(answer)
+    done = await request.app[SERVICE_KEY].disconnect(request.match_info["id"], remove)
+    return _json(done)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -28,13 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 from consumer.adapters.google.backoff import google_backoff
 from consumer.adapters.google.calendar import CalendarInfo
 from consumer.adapters.google.oauth import OAuthClient
-from consumer.adapters.postgres.link_store import (
-    Activation,
-    Backfill,
-    LastResult,
-    LinkStore,
-    link_summary,
-)
+from consumer.adapters.postgres.link_store import Activation, Backfill, LastResult, LinkStore
 from consumer.domain.errors import (
     CalendarTaken,
     GoogleApiError,
@@ -55,6 +49,14 @@ from consumer.domain.models import (
 )
 from consumer.domain.planning import plan_operation
 from consumer.service import repairs
+from consumer.service.answers import (
+    CalendarSummary,
+    Chosen,
+    Connected,
+    ConnectStarted,
+    Disconnected,
+    LinkSummary,
+)
 from consumer.service.context import Services
 
 log = structlog.get_logger(__name__)
@@ -66,46 +68,11 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Connected:
-    """Google's redirect, done: the account's link(s) and calendars."""
-
-    activity_id: str
-    account_email: str
-    links: list[dict[str, Any]]
-    calendars: list[CalendarInfo]
-    reconnected: list[str]
-    backfill: dict[str, dict[str, int]]  # per reconnected link, when waited for: the counts
-    backfill_ids: dict[str, int]  # per reconnected link: its row in `backfills`
-
-    def answer(self) -> dict[str, Any]:
-        """What the JSON API and the CLI answer."""
-        return {"activity_id": self.activity_id, "account_email": self.account_email,
-                "links": self.links, "reconnected": self.reconnected,
-                "backfill": self.backfill,
-                "calendars": [_calendar_json(c) for c in self.calendars]}
-
-
-@dataclass(frozen=True)
-class Chosen:
-    """A calendar chosen: the link is active and its backfill started (or done)."""
-
-    link: dict[str, Any]
-    calendar: CalendarInfo
-    merged_from: str | None
-    backfill_id: int
-    backfill: dict[str, int] | None  # the counts, when waited for
-
-    def answer(self) -> dict[str, Any]:
-        return {"link": self.link, "calendar": _calendar_json(self.calendar),
-                "merged_from": self.merged_from, "backfill": self.backfill}
-
-
-@dataclass(frozen=True)
 class Choice:
     """What a person chooses among: the link, its account's calendars, and which of them
     other live links of the activity already sync (calendar id -> link id, account)."""
 
-    link: dict[str, Any]
+    link: LinkSummary
     calendars: list[CalendarInfo]
     taken: dict[str, tuple[str, str]]
 
@@ -114,7 +81,7 @@ class Choice:
 class LinkHealth:
     """One link as the links page shows it."""
 
-    link: dict[str, Any]
+    link: LinkSummary
     calendar_name: str | None
     events_synced: int
     last_result: LastResult | None
@@ -126,11 +93,6 @@ class LinkHealth:
 class _Tally:
     done: int = 0
     counts: dict[str, int] = field(default_factory=dict)
-
-
-def _calendar_json(calendar: CalendarInfo) -> dict[str, Any]:
-    return {"id": calendar.id, "name": calendar.name, "primary": calendar.primary,
-            "writable": calendar.writable}
 
 
 def _check_id(kind: str, value: str) -> str:
@@ -185,7 +147,7 @@ class LinkService:
     # --- connect ------------------------------------------------------------------------
 
     async def start_connect(self, activity_id: str, login_hint: str | None = None
-                            ) -> dict[str, Any]:
+                            ) -> ConnectStarted:
         """`login_hint`: the account Google's account chooser should offer first (a
         reconnection)."""
         activity_id = _check_id("activity id", activity_id)
@@ -195,14 +157,14 @@ class LinkService:
         nonce = secrets.token_urlsafe(24)
         url, verifier, expires_at = self.oauth.authorization_url(nonce, login_hint)
         await self.store.save_state(nonce, activity_id, verifier, expires_at)
-        return {"activity_id": activity_id, "authorization_url": url,
-                "redirect_uri": self.settings.oauth_redirect_uri,
-                "expires_at": expires_at.isoformat()}
+        return ConnectStarted(activity_id=activity_id, authorization_url=url,
+                              redirect_uri=self.settings.oauth_redirect_uri,
+                              expires_at=expires_at)
 
-    async def finish_connect(self, params: dict[str, str]) -> dict[str, Any]:
+    async def finish_connect(self, params: dict[str, str]) -> Connected:
         """Google's redirect: exchange the code, store the link(s), list the calendars;
         a reconnection's backfill is waited for."""
-        return (await self.connected(params, wait=True)).answer()
+        return await self.connected(params, wait=True)
 
     async def connected(self, params: dict[str, str], wait: bool) -> Connected:
         """Google's redirect. `wait=False`: a reconnection's backfill goes on in the
@@ -259,7 +221,7 @@ class LinkService:
                      account=granted.email)
             link_ids = [link.id]
         return Connected(activity_id=activity_id, account_email=granted.email,
-                         links=[link_summary(await self._existing(i)) for i in link_ids],
+                         links=[LinkSummary.of(await self._existing(i)) for i in link_ids],
                          calendars=calendars, reconnected=reconnected, backfill=backfill,
                          backfill_ids=backfill_ids)
 
@@ -312,10 +274,10 @@ class LinkService:
                             "reconnect the account",
                             RefusalKind.CONFLICT, "reauth_required") from None
 
-    async def calendars(self, link_id: str) -> list[dict[str, Any]]:
+    async def calendars(self, link_id: str) -> list[CalendarSummary]:
         row = await self._existing(link_id)
         token = await self._token(row)
-        return [_calendar_json(c) for c in
+        return [CalendarSummary.of(c) for c in
                 await self._list_calendars(token, row.link.account_email)]
 
     async def choice(self, link_id: str) -> Choice:
@@ -332,7 +294,7 @@ class LinkService:
         except LinkError as exc:
             exc.activity_id = row.link.activity_id
             raise
-        return Choice(link_summary(row), calendars,
+        return Choice(LinkSummary.of(row), calendars,
                       await self.taken(row.link.activity_id, link_id))
 
     async def taken(self, activity_id: str, link_id: str) -> dict[str, tuple[str, str]]:
@@ -347,9 +309,9 @@ class LinkService:
         """Record a page form's single use: False if it was used before."""
         return await self.store.use_form_token(jti, link_id, expires_at)
 
-    async def select(self, link_id: str, calendar_id: str) -> dict[str, Any]:
+    async def select(self, link_id: str, calendar_id: str) -> Chosen:
         """Choose the calendar that receives the activity's bookings, then backfill it."""
-        return (await self.choose(link_id, calendar_id, wait=True)).answer()
+        return await self.choose(link_id, calendar_id, wait=True)
 
     async def choose(self, link_id: str, calendar_id: str, wait: bool) -> Chosen:
         """Choose the calendar; `wait=False`: the backfill goes on in the background."""
@@ -366,7 +328,7 @@ class LinkService:
             counts = await self._run_backfill(backfill_id, active)
         else:
             self._spawn(self._run_backfill(backfill_id, active), f"backfill {active.link.id}")
-        return Chosen(link=link_summary(await self._existing(active.link.id)),
+        return Chosen(link=LinkSummary.of(await self._existing(active.link.id)),
                       calendar=chosen, merged_from=activation.merged_from,
                       backfill_id=backfill_id, backfill=counts)
 
@@ -483,7 +445,7 @@ class LinkService:
 
     # --- disconnect ---------------------------------------------------------------------
 
-    async def disconnect(self, link_id: str, remove_events: bool) -> dict[str, Any]:
+    async def disconnect(self, link_id: str, remove_events: bool) -> Disconnected:
         row = await self._existing(link_id)
         if row.link.state is LinkState.DISCONNECTED and row.tokens is None:
             raise LinkError(f"link {link_id} is already disconnected",
@@ -515,9 +477,9 @@ class LinkService:
         self.svc.tokens.forget(link_id)
         log.info("link_disconnected", link_id=link_id, events_removed=removed,
                  token_revoked=revoked)
-        return {"link": link_summary(await self._existing(link_id)),
-                "events_removed": removed, "events_kept": not remove_events,
-                "token_revoked": revoked, "token_still_used_by": shared_with}
+        return Disconnected(link=LinkSummary.of(await self._existing(link_id)),
+                            events_removed=removed, events_kept=not remove_events,
+                            token_revoked=revoked, token_still_used_by=shared_with)
 
     async def _remove_events(self, row: LinkRow, token: str) -> int:
         """Every event of the link that can be reached, wherever it is: on its calendar
@@ -583,15 +545,15 @@ class LinkService:
 
     # --- inspect, import ----------------------------------------------------------------
 
-    async def get(self, link_id: str) -> dict[str, Any]:
-        return link_summary(await self._existing(link_id))
+    async def get(self, link_id: str) -> LinkSummary:
+        return LinkSummary.of(await self._existing(link_id))
 
-    async def find(self, link_id: str) -> dict[str, Any] | None:
+    async def find(self, link_id: str) -> LinkSummary | None:
         row = await self.repository.link(link_id)
-        return link_summary(row) if row else None
+        return LinkSummary.of(row) if row else None
 
-    async def list(self) -> list[dict[str, Any]]:
-        return [link_summary(row) for row in await self.repository.all_links()]
+    async def list(self) -> list[LinkSummary]:
+        return [LinkSummary.of(row) for row in await self.repository.all_links()]
 
     async def activities(self) -> builtins.list[dict[str, Any]]:
         return await self.store.activities()
@@ -607,7 +569,7 @@ class LinkService:
         backfills = await self.store.latest_backfills(ids)
         names = await self.store.calendar_names(
             {r.link.id: r.link.calendar_id for r in rows if r.link.calendar_id})
-        return [LinkHealth(link=link_summary(r), calendar_name=names.get(r.link.id),
+        return [LinkHealth(link=LinkSummary.of(r), calendar_name=names.get(r.link.id),
                            events_synced=synced.get(r.link.id, 0),
                            last_result=last.get(r.link.id),
                            repair_backlog=backlog.get(r.link.id, 0),

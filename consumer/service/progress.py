@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from consumer.adapters.postgres.link_store import Backfill
+from consumer.service.answers import BackfillProgress
 from consumer.settings import Settings
 
 STALLED_AFTER_S = 30.0  # a job without news for this long lost its process (or is stuck)
 
 
-def progress(backfill: Backfill, ceiling_per_s: float | None = None) -> dict[str, Any]:
+def progress(backfill: Backfill, ceiling_per_s: float | None = None) -> BackfillProgress:
     """A backfill's progress: status, count done of total, rate and estimated end. The end
     is bound by the quota: `ceiling_per_s` is the most bookings a second the account's
     quota allows (10,000 bookings at 600 calls a minute take 17 minutes, whatever the first
@@ -39,19 +39,18 @@ def progress(backfill: Backfill, ceiling_per_s: float | None = None) -> dict[str
                None if backfill.total is None else
                min(100, round(100 * backfill.done / backfill.total)))
     outcomes = {k: v for k, v in backfill.counts.items() if k != "bookings"}
-    return {
-        "id": backfill.id, "link_id": backfill.link_id,
-        "calendar_id": backfill.calendar_id, "calendar_name": backfill.calendar_name,
-        "trigger": backfill.trigger, "status": status, "total": backfill.total,
-        "done": backfill.done, "percent": percent, "counts": backfill.counts,
-        "outcomes": outcomes,
-        "rate_per_s": round(rate, 2) if rate is not None else None,
-        "estimated_end": estimated_end.isoformat() if estimated_end else None,
-        "remaining_s": ((estimated_end - now).total_seconds() if estimated_end else None),
-        "started_at": backfill.started_at.isoformat(),
-        "finished_at": backfill.finished_at.isoformat() if backfill.finished_at else None,
-        "elapsed_s": round(elapsed, 1), "error": backfill.error,
-    }
+    return BackfillProgress(
+        id=backfill.id, link_id=backfill.link_id,
+        calendar_id=backfill.calendar_id, calendar_name=backfill.calendar_name,
+        trigger=backfill.trigger, status=status, total=backfill.total,
+        done=backfill.done, percent=percent, counts=backfill.counts,
+        outcomes=outcomes,
+        rate_per_s=round(rate, 2) if rate is not None else None,
+        estimated_end=estimated_end,
+        remaining_s=(estimated_end - now).total_seconds() if estimated_end else None,
+        started_at=backfill.started_at, finished_at=backfill.finished_at,
+        elapsed_s=round(elapsed, 1), error=backfill.error,
+    )
 
 
 def quota_ceiling(settings: Settings) -> float | None:

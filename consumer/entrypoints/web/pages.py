@@ -42,6 +42,7 @@ from consumer.entrypoints.web.security import (
     new_secret,
     same,
 )
+from consumer.service.answers import LinkSummary
 from consumer.service.links import LinkService
 from consumer.service.progress import quota_ceiling
 from consumer.settings import Settings
@@ -197,18 +198,18 @@ class Pages:
 
     # --- the calendar choice -----------------------------------------------------------
 
-    def choice_page(self, request: web.Request, link: dict[str, Any],
+    def choice_page(self, request: web.Request, link: LinkSummary,
                     calendars: list[CalendarInfo], taken: dict[str, tuple[str, str]],
                     error: str | None = None, status: int = 200) -> web.Response:
         binding = request.cookies.get(BINDING_COOKIE) or new_secret()
         response = self.page(
             request, "choose.html", "Choose a calendar", status=status,
-            link_id=link["id"], account=link["account_email"],
-            activity_id=link["activity_id"], error=error,
-            token=self.signer.form_token(link["id"], binding),
-            calendars=views.calendar_choices(calendars, taken, link["account_email"]),
+            link_id=link.id, account=link.account_email,
+            activity_id=link.activity_id, error=error,
+            token=self.signer.form_token(link.id, binding),
+            calendars=views.calendar_choices(calendars, taken, link.account_email),
             valid_for=views.duration(self.settings.oauth_state_ttl_s),
-            links_url=self.links_url(link["activity_id"]) if self.session(request) else None)
+            links_url=self.links_url(link.activity_id) if self.session(request) else None)
         self.set_cookie(response, BINDING_COOKIE, binding, self.settings.oauth_state_ttl_s,
                         path=f"{self.root}/connect/")
         return response
@@ -238,15 +239,15 @@ async def after_consent(request: web.Request) -> web.StreamResponse:
     if return_url:
         # `state` is the link's state: `pending` (a calendar is to be chosen, e.g. through
         # PUT /links/{id}/calendar) or `active` (reconnected; its catch-up runs).
-        params = [("link_id", str(link["id"])) for link in connected.links]
-        params += [("state", str(connected.links[0]["state"])),
+        params = [("link_id", link.id) for link in connected.links]
+        params += [("state", connected.links[0].state),
                    ("account", connected.account_email),
                    ("activity_id", connected.activity_id)]
         return pages.redirect(views.with_query(return_url, params))
     if connected.reconnected:
         return pages.redirect(pages.progress_url(list(connected.backfill_ids.values())))
     link = connected.links[0]
-    taken = await pages.service.taken(connected.activity_id, str(link["id"]))
+    taken = await pages.service.taken(connected.activity_id, link.id)
     return pages.choice_page(request, link, connected.calendars, taken)
 
 
@@ -255,7 +256,7 @@ async def choose(request: web.Request) -> web.StreamResponse:
     pages = _pages(request)
     link_id = request.match_info["link"]
     known = await pages.service.find(link_id)  # gone once merged into an older link
-    activity_id = str(known["activity_id"]) if known else None
+    activity_id = known.activity_id if known else None
     pages.check_origin(request)
     form = await request.post()
     try:
@@ -281,7 +282,7 @@ async def choose(request: web.Request) -> web.StreamResponse:
         choice = await pages.service.choice(link_id)
         return pages.choice_page(request, choice.link, choice.calendars, choice.taken,
                                  error=_sentence(str(exc)), status=http_status(exc))
-    log.info("page_calendar_chosen", link_id=chosen.link["id"], calendar_id=calendar_id)
+    log.info("page_calendar_chosen", link_id=chosen.link.id, calendar_id=calendar_id)
     return pages.redirect(pages.progress_url([chosen.backfill_id]))
 
 
@@ -296,14 +297,14 @@ async def backfill_progress(request: web.Request) -> web.StreamResponse:
     backfills = await pages.service.backfills(ids)
     if not backfills:
         raise web.HTTPNotFound()
-    items = []
+    items: list[dict[str, Any]] = []
     for backfill in backfills:
         view = views.progress(backfill, quota_ceiling(pages.service.settings))
         link = await pages.service.get(backfill.link_id)
         remaining = view["remaining_s"]
         items.append({
-            "view": view, "text": views.progress_text(view), "account": link["account_email"],
-            "activity_id": link["activity_id"],
+            "view": view, "text": views.progress_text(view), "account": link.account_email,
+            "activity_id": link.activity_id,
             "calendar_label": backfill.calendar_name or backfill.calendar_id,
             "eta_text": (f"{views.utc(datetime.fromisoformat(view['estimated_end']))} (in "
                          f"{views.duration(remaining)})" if view["estimated_end"]
@@ -409,9 +410,9 @@ async def links_page(request: web.Request) -> web.StreamResponse:
                       activity_id=activity_id, links=cards, notices=notices)
 
 
-async def _link_of(pages: Pages, request: web.Request) -> dict[str, Any]:
+async def _link_of(pages: Pages, request: web.Request) -> LinkSummary:
     link = await pages.service.get(request.match_info["link"])
-    if link["activity_id"] != request.match_info["activity"]:
+    if link.activity_id != request.match_info["activity"]:
         raise LinkError(f"no link {request.match_info['link']!r} in this activity",
                         RefusalKind.NOT_FOUND,
                         "link_not_found", request.match_info["activity"])
@@ -422,16 +423,16 @@ async def connect(request: web.Request) -> web.StreamResponse:
     pages = _pages(request)
     await pages.session_form(request)
     started = await pages.service.start_connect(request.match_info["activity"])
-    return pages.redirect(str(started["authorization_url"]))
+    return pages.redirect(started.authorization_url)
 
 
 async def reconnect(request: web.Request) -> web.StreamResponse:
     pages = _pages(request)
     await pages.session_form(request)
     link = await _link_of(pages, request)
-    started = await pages.service.start_connect(str(link["activity_id"]),
-                                                login_hint=str(link["account_email"]))
-    return pages.redirect(str(started["authorization_url"]))
+    started = await pages.service.start_connect(link.activity_id,
+                                                login_hint=link.account_email)
+    return pages.redirect(started.authorization_url)
 
 
 async def choose_again(request: web.Request) -> web.StreamResponse:
@@ -446,14 +447,14 @@ async def disconnect_page(request: web.Request) -> web.StreamResponse:
     pages = _pages(request)
     pages.require_session(request)
     link = await _link_of(pages, request)
-    activity_id = str(link["activity_id"])
+    activity_id = link.activity_id
     health = next((h for h in await pages.service.health(activity_id)
-                   if h.link["id"] == link["id"]), None)
-    if health is None or link["state"] == "disconnected":
-        raise LinkError(f"link {link['id']} is already disconnected", RefusalKind.CONFLICT,
+                   if h.link.id == link.id), None)
+    if health is None or link.state == "disconnected":
+        raise LinkError(f"link {link.id} is already disconnected", RefusalKind.CONFLICT,
                         "link_disconnected", activity_id)
     card = views.link_card(health, datetime.now(UTC))
-    return pages.page(request, "disconnect.html", f"Disconnect {link['account_email']}",
+    return pages.page(request, "disconnect.html", f"Disconnect {link.account_email}",
                       link=card, activity_id=activity_id, action=request.path,
                       links_url=pages.links_url(activity_id))
 
@@ -466,14 +467,14 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
     if events not in ("keep", "remove"):
         raise LinkError("choose whether to keep or remove the events",
                         RefusalKind.INVALID, "invalid_body",
-                        str(link["activity_id"]))
+                        link.activity_id)
     try:
-        await pages.service.disconnect(str(link["id"]), remove_events=events == "remove")
+        await pages.service.disconnect(link.id, remove_events=events == "remove")
     except LinkError as exc:
-        exc.activity_id = str(link["activity_id"])
+        exc.activity_id = link.activity_id
         raise
-    return pages.redirect(views.with_query(pages.links_url(str(link["activity_id"])),
-                                           [("disconnected", str(link["id"]))]))
+    return pages.redirect(views.with_query(pages.links_url(link.activity_id),
+                                           [("disconnected", link.id)]))
 
 
 async def static(request: web.Request) -> web.StreamResponse:

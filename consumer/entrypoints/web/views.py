@@ -9,9 +9,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from consumer.adapters.google.calendar import CalendarInfo
-from consumer.adapters.postgres.link_store import LastResult
+from consumer.adapters.postgres.link_store import Backfill, LastResult
 from consumer.service.links import LinkHealth
-from consumer.service.progress import progress as progress
+from consumer.service.progress import progress as backfill_progress
 
 # A running backfill writes at least every few seconds; silence for this long means its
 # process went away.
@@ -85,6 +85,11 @@ def utc(moment: datetime) -> str:
 
 
 # --- backfill progress ------------------------------------------------------------------
+
+def progress(backfill: Backfill, ceiling_per_s: float | None = None) -> dict[str, Any]:
+    """A backfill's progress as the pages show it and their script polls it (JSON)."""
+    return backfill_progress(backfill, ceiling_per_s).model_dump()
+
 
 def progress_text(view: dict[str, Any]) -> str:
     """One line a person (and a screen reader) reads: what is done, how fast, how long."""
@@ -283,8 +288,8 @@ def local_path(candidate: str | None, default: str) -> str:
 def link_card(health: LinkHealth, now: datetime) -> dict[str, Any]:
     """One link on the links page: what it is, how it is, and what can be done about it."""
     link = health.link
-    state = str(link["state"])
-    since = datetime.fromisoformat(str(link["state_changed_at"]))
+    state = link.state
+    since = link.state_changed_at
     backfill = progress(health.backfill) if health.backfill is not None else None
     choose = {"pending": "Choose a calendar",
               "calendar_unavailable": "Choose another calendar"}.get(state)
@@ -292,10 +297,10 @@ def link_card(health: LinkHealth, now: datetime) -> dict[str, Any]:
                                                                              "stalled"):
         choose = "Catch up again"  # choosing the same calendar again backfills what is left
     return {
-        "id": link["id"], "account": link["account_email"],
-        "calendar_id": link["calendar_id"], "calendar_name": health.calendar_name,
+        "id": link.id, "account": link.account_email,
+        "calendar_id": link.calendar_id, "calendar_name": health.calendar_name,
         "state": state, "state_label": state_label(state), "state_help": state_help(state),
-        "reason": link["state_reason"], "since": since, "since_text": ago(since, now),
+        "reason": link.state_reason, "since": since, "since_text": ago(since, now),
         "events_synced": health.events_synced,
         "last_result": last_result_text(health.last_result, now),
         "last_result_failed": (health.last_result is not None
