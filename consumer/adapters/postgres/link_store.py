@@ -18,7 +18,7 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.postgres.locks import link_lock_key
 from consumer.adapters.postgres.repository import Connection, Repository
 from consumer.domain.errors import CalendarTaken, StateRefused
-from consumer.domain.models import CalendarLink, LinkRow, LinkState, LinkTokens
+from consumer.domain.models import CalendarLink, LinkState, LinkTokens
 
 _INSERT_STATE = (
     "INSERT INTO oauth_states (nonce, activity_id, code_verifier_enc, expires_at)"
@@ -429,19 +429,3 @@ def _backfill(row: Mapping[str, Any]) -> Backfill:
         done=row["done"], counts=dict(row["counts"] or {}), started_at=row["started_at"],
         updated_at=row["updated_at"], finished_at=row["finished_at"], error=row["error"],
         now=row["now"])
-
-
-def link_summary(row: LinkRow) -> dict[str, object]:
-    """A link as the CLI and the HTTP API show it: never its tokens."""
-    link = row.link
-    return {
-        "id": link.id,
-        "activity_id": link.activity_id,
-        "account_email": link.account_email,
-        "calendar_id": link.calendar_id,
-        "state": link.state.value,
-        "state_reason": row.state_reason,
-        "state_changed_at": row.state_changed_at.isoformat(),
-        "created_at": row.created_at.isoformat(),
-        "backfilled_at": row.backfilled_at.isoformat() if row.backfilled_at else None,
-    }
