@@ -4,7 +4,9 @@ services. Only entrypoints import it; services never do.
 `services()` opens what the sync engine needs (two pools, Google, tokens, the quota, the
 sync store); `link_service()` adds the link lifecycle on top; `link_tables()` opens just one
 small pool for commands that only read or rewrite the links table (`calsync links list`,
-`calsync keys rotate`).
+`calsync keys rotate`); `connections()` is the factory of single connections handed to what
+needs one outside the pools (`calsync status`, `calsync dlq`, a replay's record, the
+scheduled reconcile's lock, the ops endpoints).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from consumer.adapters.google.calendar import GoogleCalendar
 from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.google.tokens import TokenProvider
 from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.connections import Connect, connector
 from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.quota import GroupQuota
 from consumer.adapters.postgres.repository import Repository
@@ -34,6 +37,11 @@ def _cipher(settings: Settings) -> TokenCipher:
         return TokenCipher.from_settings(settings)
     except TokenKeyError as exc:
         raise StartupError(str(exc)) from None
+
+
+def connections(settings: Settings) -> Connect:
+    """New connections to the database, one per `async with connect()`."""
+    return connector(settings.database_url)
 
 
 @asynccontextmanager
@@ -54,7 +62,8 @@ async def services(settings: Settings, pool_size: int | None = None
                         GroupQuota(settings, repository.pool, metrics),
                         SyncStore(settings.database_url), metrics)
     try:
-        yield Services(settings, metrics, cipher, repository, google, tokens, engine)
+        yield Services(settings, metrics, cipher, repository, google, tokens, engine,
+                       connections(settings))
     finally:
         await engine.close()
         google.close()

@@ -8,11 +8,23 @@ import json
 from typing import Any
 
 from consumer.domain.errors import CliError
+from consumer.service.answers import DeadLetterMessage
 from consumer.settings import Settings
 
 
 def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str))
+
+
+def _dead_letter_json(letter: DeadLetterMessage) -> dict[str, Any]:
+    """A dead letter whole, for a person's eyes: key, value and headers as UTF-8 text
+    (bytes that are not UTF-8 as backslash escapes)."""
+    shown = letter.model_dump()
+    for key in ("message_key", "message_value"):
+        raw = shown[key]
+        shown[key] = raw.decode("utf-8", "backslashreplace") if raw is not None else None
+    shown["headers"] = [[k, v.decode("utf-8", "backslashreplace")] for k, v in letter.headers]
+    return shown
 
 
 def replay(args: argparse.Namespace, settings: Settings) -> int:
@@ -44,8 +56,8 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             if args.resync:
                 resynced = await bootstrap.resync(
                     settings, await ops.affected_bookings(settings, topic, plan))
-        await ops.record_replay(settings, group, topic, spec, plan, args.execute,
-                                args.resync, args.by, resynced)
+        await ops.record_replay(bootstrap.connections(settings), group, topic, spec, plan,
+                                args.execute, args.resync, args.by, resynced)
         return plan, resynced
 
     plan, resynced = asyncio.run(run())
@@ -70,13 +82,15 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
+    from consumer import bootstrap
+    from consumer.entrypoints.text import status_text
     from consumer.service import status as on_call
 
-    collected = asyncio.run(on_call.collect(settings))
+    collected = asyncio.run(on_call.collect(settings, bootstrap.connections(settings)))
     if args.json:
-        print_json(collected)
+        print_json(collected.model_dump())
     else:
-        print(on_call.render(collected))
+        print(status_text(collected))
     return 0
 
 
@@ -105,7 +119,7 @@ def repair(args: argparse.Namespace, settings: Settings) -> int:
             async with svc.repository.pool.connection() as conn:
                 left = await repairs.summary(conn)
         return {"made_due": made_due, "pauses_lifted": lifted, "worked": sum(outcomes.values()),
-                "outcomes": dict(outcomes), "still_waiting": left}
+                "outcomes": dict(outcomes), "still_waiting": left.model_dump()}
 
     answer = asyncio.run(run())
     if args.json:
@@ -127,6 +141,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     from consumer.bootstrap import services
     from consumer.domain.drift import LinkReport
+    from consumer.entrypoints.text import reconcile_text
     from consumer.service import reconcile as drift
 
     def show(progress: drift.Progress) -> None:  # a line that rewrites itself, on a terminal
@@ -156,9 +171,9 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     run_id, reports = asyncio.run(run())
     if args.json:
-        print(drift.as_json(run_id, reports, args.execute))
+        print(json.dumps(drift.result(run_id, reports, args.execute).model_dump(), indent=2))
     else:
-        print(drift.render(reports, args.execute))
+        print(reconcile_text(reports, args.execute))
     # Exit 1 when a link could not be reconciled, or a repair failed: said in the output.
     return 1 if any(r.error or r.unrepaired for r in reports) else 0
 
@@ -166,27 +181,24 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 def dlq(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
+    from consumer import bootstrap
     from consumer.service import operations as ops
 
+    connect = bootstrap.connections(settings)
     if args.dlq_command == "list":
-        rows = asyncio.run(ops.dead_letters(settings, args.all))
+        rows = asyncio.run(ops.dead_letters(connect, args.all))
         if args.json:
-            print_json(rows)
+            print_json([r.model_dump() for r in rows])
             return 0
         print(f"{'ID':>6} {'RECORDED':19} {'SOURCE':28} {'TYPE':24} {'REPLAYED':19} ERROR")
         for r in rows:
-            source = f"{r['topic']}/{r['kafka_partition']}@{r['kafka_offset']}"
-            replayed = r["replayed_at"].isoformat()[:19] if r["replayed_at"] else "-"
-            print(f"{r['id']:>6} {r['recorded_at'].isoformat()[:19]:19} {source[:28]:28} "
-                  f"{r['error_type'][:24]:24} {replayed:19} {r['error'][:60]}")
+            source = f"{r.topic}/{r.kafka_partition}@{r.kafka_offset}"
+            replayed = r.replayed_at.isoformat()[:19] if r.replayed_at else "-"
+            print(f"{r.id:>6} {r.recorded_at.isoformat()[:19]:19} {source[:28]:28} "
+                  f"{r.error_type[:24]:24} {replayed:19} {r.error[:60]}")
         return 0
     if args.dlq_command == "show":
-        row = asyncio.run(ops.dead_letter(settings, args.id))
-        for key in ("message_key", "message_value"):
-            raw = row[key]
-            row[key] = raw.decode("utf-8", "backslashreplace") if raw is not None else None
-        row["headers"] = [[k, v.decode("utf-8", "backslashreplace")] for k, v in row["headers"]]
-        print_json(row)
+        print_json(_dead_letter_json(asyncio.run(ops.dead_letter(connect, args.id))))
         return 0
     value = None
     if args.value_file:
@@ -194,6 +206,7 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
             value = Path(args.value_file).read_bytes()
         except OSError as exc:
             raise CliError(f"cannot read {args.value_file}: {exc.strerror}") from None
-    done = asyncio.run(ops.replay_dead_letters(settings, args.ids, args.rate, value, args.by))
+    done = asyncio.run(ops.replay_dead_letters(settings, connect, args.ids, args.rate, value,
+                                               args.by))
     print(f"put back {len(done)} dead letter(s): {', '.join(map(str, done)) or 'none waiting'}")
     return 0

@@ -1,7 +1,7 @@
 """The consumer's own HTTP endpoints (aiohttp, CALSYNC_METRICS_PORT): `/metrics` for
 Prometheus, `/healthz` (alive) and `/readyz` (ready) for the orchestrator. All cheap: health
-reads the runner's state; readiness opens one short database connection and asks the broker
-for metadata, each within two seconds."""
+reads the runner's state; readiness opens one short database connection (from the factory
+`consumer.bootstrap` built) and asks the broker for metadata, each within two seconds."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import psycopg
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from psycopg.rows import dict_row
 
 from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.connections import Connect
 from consumer.domain.models import LinkState
 from consumer.service.repairs import refresh_gauge as refresh_repairs_gauge
 from consumer.service.runner import ConsumerRunner
@@ -27,10 +27,12 @@ CHECK_TIMEOUT_S = 2.0
 
 
 class OpsEndpoints:
-    def __init__(self, settings: Settings, runner: ConsumerRunner, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, runner: ConsumerRunner, metrics: Metrics,
+                 connect: Connect) -> None:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
+        self.connect = connect
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry),
@@ -51,12 +53,8 @@ class OpsEndpoints:
 
     async def _database(self) -> str:
         try:
-            async with asyncio.timeout(CHECK_TIMEOUT_S):
-                conn = await psycopg.AsyncConnection.connect(
-                    self.settings.database_url, connect_timeout=int(CHECK_TIMEOUT_S),
-                    autocommit=True)
-                async with conn:
-                    await conn.execute("SELECT 1")
+            async with asyncio.timeout(CHECK_TIMEOUT_S), self.connect(CHECK_TIMEOUT_S) as conn:
+                await conn.execute("SELECT 1")
             return "ok"
         except (TimeoutError, psycopg.Error) as exc:
             return f"unreachable: {type(exc).__name__}"
@@ -76,13 +74,11 @@ def _answer(checks: dict[str, Any], **details: Any) -> web.Response:
                               **details}, status=200 if ok else 503)
 
 
-async def refresh_gauges(metrics: Metrics, database_url: str, every_s: float = 15.0) -> None:
+async def refresh_gauges(metrics: Metrics, connect: Connect, every_s: float = 15.0) -> None:
     """Links by state and repairs waiting by reason, from the database, until cancelled."""
     while True:
         try:
-            async with await psycopg.AsyncConnection.connect(
-                    database_url, autocommit=True, connect_timeout=int(CHECK_TIMEOUT_S),
-                    row_factory=dict_row) as conn, asyncio.timeout(every_s):
+            async with connect(CHECK_TIMEOUT_S) as conn, asyncio.timeout(every_s):
                 rows = await (await conn.execute(
                     "SELECT state, count(*) AS n FROM calendar_links GROUP BY state")).fetchall()
                 counts = {row["state"]: row["n"] for row in rows}
@@ -94,9 +90,9 @@ async def refresh_gauges(metrics: Metrics, database_url: str, every_s: float = 1
         await asyncio.sleep(every_s)
 
 
-async def start_ops_http(settings: Settings, runner: ConsumerRunner,
-                         metrics: Metrics) -> web.AppRunner:
-    endpoints = OpsEndpoints(settings, runner, metrics)
+async def start_ops_http(settings: Settings, runner: ConsumerRunner, metrics: Metrics,
+                         connect: Connect) -> web.AppRunner:
+    endpoints = OpsEndpoints(settings, runner, metrics, connect)
     app = web.Application()
     app.add_routes([web.get("/metrics", endpoints.metrics_page),
                     web.get("/healthz", endpoints.healthz),

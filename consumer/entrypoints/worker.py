@@ -45,7 +45,7 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
         runner = ConsumerRunner(settings, svc.engine, svc.repository, build_consumer(settings),
                                 build_producer(settings), svc.metrics)
         try:
-            ops = await start_ops_http(settings, runner, svc.metrics)
+            ops = await start_ops_http(settings, runner, svc.metrics, svc.connect)
         except OSError as exc:
             raise StartupError(f"cannot listen on {settings.http_host}:{settings.metrics_port} "
                                f"for /metrics ({exc.strerror}): set CALSYNC_METRICS_PORT"
@@ -55,7 +55,7 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
         background = [
             _supervised("link_watcher", lambda: watch_links(settings.database_url,
                                                             svc.engine.link_changed)),
-            _supervised("gauges", lambda: refresh_gauges(svc.metrics, settings.database_url)),
+            _supervised("gauges", lambda: refresh_gauges(svc.metrics, svc.connect)),
             _supervised("repair_loop", repair_loop.run),
             *([_supervised("reconcile_schedule", lambda: reconcile.scheduled(
                 svc, settings.reconcile_interval_s, member))]

@@ -9,6 +9,7 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.google.calendar import GoogleCalendar
 from consumer.adapters.google.tokens import TokenProvider
 from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.connections import Connect
 from consumer.adapters.postgres.repository import Repository
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
@@ -23,3 +24,4 @@ class Services:
     google: GoogleCalendar
     tokens: TokenProvider
     engine: SyncEngine
+    connect: Connect  # a connection of its own, outside the pools (see connections.py)

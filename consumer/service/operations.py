@@ -15,9 +15,7 @@ import re
 import socket
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import psycopg
 from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
@@ -26,13 +24,14 @@ from aiokafka import (
 )
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
-from psycopg.rows import dict_row
 
 from consumer.adapters.kafka import DLQ_REPLAY_OF
+from consumer.adapters.postgres.connections import Connect
 from consumer.adapters.postgres.members import alive_members
 from consumer.domain.errors import OpsError
 from consumer.domain.messages import parse_message
 from consumer.domain.models import BookingEvent, LinkState
+from consumer.service.answers import DeadLetter, DeadLetterMessage
 from consumer.service.context import Services
 from consumer.settings import Settings
 
@@ -196,12 +195,11 @@ class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
         self.event.set()
 
 
-async def record_replay(settings: Settings, group: str, topic: str, spec: ResetSpec,
+async def record_replay(connect: Connect, group: str, topic: str, spec: ResetSpec,
                         plan: list[PartitionPlan], executed: bool, resync: bool,
                         who: str | None, resynced: int | None = None) -> int:
     who = who or f"{getpass.getuser()}@{socket.gethostname()}"
-    async with await psycopg.AsyncConnection.connect(settings.database_url,
-                                                     autocommit=True) as conn:
+    async with connect() as conn:
         cur = await conn.execute(
             "INSERT INTO replays (who, group_id, topic, spec, executed, resync, plan, resynced)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
@@ -209,7 +207,7 @@ async def record_replay(settings: Settings, group: str, topic: str, spec: ResetS
              json.dumps([{**asdict(p), "rereads": p.rereads} for p in plan]), resynced))
         row = await cur.fetchone()
     assert row is not None
-    return int(row[0])
+    return int(row["id"])
 
 
 async def affected_bookings(settings: Settings, topic: str,
@@ -269,39 +267,38 @@ _DLQ_COLUMNS = ("id, recorded_at, topic, kafka_partition, kafka_offset, error_ty
                 " replayed_at, replayed_by, reprocessed_at")
 
 
-async def dead_letters(settings: Settings, include_replayed: bool) -> list[dict[str, Any]]:
+async def dead_letters(connect: Connect, include_replayed: bool) -> list[DeadLetter]:
     where = "" if include_replayed else " WHERE replayed_at IS NULL"
-    async with await psycopg.AsyncConnection.connect(settings.database_url,
-                                                     row_factory=dict_row) as conn:
-        return await (await conn.execute(
+    async with connect() as conn:
+        rows = await (await conn.execute(
             f"SELECT {_DLQ_COLUMNS} FROM dead_letters{where} ORDER BY id".encode())).fetchall()
+    return [DeadLetter(**row) for row in rows]
 
 
-async def dead_letter(settings: Settings, dead_letter_id: int) -> dict[str, Any]:
-    async with await psycopg.AsyncConnection.connect(settings.database_url,
-                                                     row_factory=dict_row) as conn:
+async def dead_letter(connect: Connect, dead_letter_id: int) -> DeadLetterMessage:
+    async with connect() as conn:
         row = await (await conn.execute(
             f"SELECT {_DLQ_COLUMNS}, message_key, message_value, header_keys, header_values"
             " FROM dead_letters WHERE id = %s".encode(), (dead_letter_id,))).fetchone()
     if row is None:
         raise OpsError(f"no dead letter {dead_letter_id} (see: calsync dlq list)")
     # Headers as Kafka carries them: (name, raw value), in their original order.
-    row["headers"] = [(bytes(k).decode("utf-8", "surrogateescape"), bytes(v))
-                      for k, v in zip(row.pop("header_keys"), row.pop("header_values"),
-                                      strict=True)]
-    return row
+    headers = [(bytes(k).decode("utf-8", "surrogateescape"), bytes(v))
+               for k, v in zip(row.pop("header_keys"), row.pop("header_values"), strict=True)]
+    return DeadLetterMessage(**row, headers=headers)
 
 
-async def replay_dead_letters(settings: Settings, ids: list[int], rate: float,
-                              value: bytes | None, who: str | None) -> list[int]:
+async def replay_dead_letters(settings: Settings, connect: Connect, ids: list[int],
+                              rate: float, value: bytes | None, who: str | None) -> list[int]:
     """Put dead letters back on their topic, each once; returns the ids put back."""
-    chosen = ([await dead_letter(settings, i) for i in ids] if ids else
-              [await dead_letter(settings, r["id"]) for r in await dead_letters(settings, False)])
-    done = next((r for r in chosen if r["replayed_at"] is not None), None)
+    chosen = ([await dead_letter(connect, i) for i in ids] if ids else
+              [await dead_letter(connect, r.id) for r in await dead_letters(connect, False)])
+    done = next((r for r in chosen if r.replayed_at is not None), None)
     if done is not None:
-        raise OpsError(f"dead letter {done['id']} was already replayed "
-                       f"({done['replayed_at'].isoformat(timespec='seconds')}, by "
-                       f"{done['replayed_by']}): a message is put back once")
+        assert done.replayed_at is not None
+        raise OpsError(f"dead letter {done.id} was already replayed "
+                       f"({done.replayed_at.isoformat(timespec='seconds')}, by "
+                       f"{done.replayed_by}): a message is put back once")
     if value is not None and len(chosen) != 1:
         raise OpsError("--value-file replaces the value of exactly one dead letter")
     who = who or f"{getpass.getuser()}@{socket.gethostname()}"
@@ -311,16 +308,15 @@ async def replay_dead_letters(settings: Settings, ids: list[int], rate: float,
         for number, row in enumerate(chosen):
             if number and rate:
                 await asyncio.sleep(1.0 / rate)
-            headers = [(k, v) for k, v in row["headers"]
+            headers = [(k, v) for k, v in row.headers
                        if not k.startswith("error") and k != DLQ_REPLAY_OF]
-            headers.append((DLQ_REPLAY_OF, str(row["id"]).encode()))
-            await producer.send_and_wait(row["topic"], value if value is not None
-                                         else row["message_value"], key=row["message_key"],
+            headers.append((DLQ_REPLAY_OF, str(row.id).encode()))
+            await producer.send_and_wait(row.topic, value if value is not None
+                                         else row.message_value, key=row.message_key,
                                          headers=headers)
-            async with await psycopg.AsyncConnection.connect(settings.database_url,
-                                                             autocommit=True) as conn:
+            async with connect() as conn:
                 await conn.execute("UPDATE dead_letters SET replayed_at = now(),"
-                                   " replayed_by = %s WHERE id = %s", (who, row["id"]))
+                                   " replayed_by = %s WHERE id = %s", (who, row.id))
     finally:
         await producer.stop()
-    return [r["id"] for r in chosen]
+    return [r.id for r in chosen]

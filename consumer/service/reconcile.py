@@ -26,7 +26,6 @@ away is resumed by the next one. The consumer group runs one every
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -35,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from consumer.adapters.postgres.locks import advisory_key
 from consumer.domain.drift import Drift, LinkReport, compare
 from consumer.domain.models import BookingEvent, LinkRow, LinkState
+from consumer.service.answers import ReconcileResult, ReconcileRun
 
 if TYPE_CHECKING:
     from consumer.service.context import Services
@@ -383,9 +383,8 @@ async def scheduled(svc: Services, interval_s: float, member: str, check_every_s
 
 
 async def _maybe_run(svc: Services, interval_s: float, member: str) -> None:
-    settings = svc.settings
-    async with await psycopg.AsyncConnection.connect(
-            settings.database_url, autocommit=True, row_factory=dict_row) as conn:
+    # A connection of its own: the lock is held by its session for the whole run.
+    async with svc.connect() as conn:
         got = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok",
                                         (_RECONCILE_LOCK,))).fetchone()
         if not got or not got["ok"]:
@@ -419,56 +418,26 @@ async def _maybe_run(svc: Services, interval_s: float, member: str) -> None:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_RECONCILE_LOCK,))
 
 
-async def latest_run(conn: psycopg.AsyncConnection[DictRow]) -> dict[str, Any] | None:
+async def latest_run(conn: psycopg.AsyncConnection[DictRow]) -> ReconcileRun | None:
     """The latest run, as `calsync status` shows it."""
     row = await (await conn.execute(_LATEST_RUN)).fetchone()
     if row is None:
         return None
-    return {"id": row["id"], "trigger": row["trigger"], "executed": row["executed"],
-            "started_at": row["started_at"].isoformat(),
-            "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
-            "running": row["finished_at"] is None,
-            "links_done": len(row["links_done"]), "links_total": row["links_total"],
-            "events_seen": row["events_seen"], "found": row["found"],
-            "repaired": row["repaired"], "progress": row["progress"],
-            "error": row["error"]}
+    return ReconcileRun(id=row["id"], trigger=row["trigger"], executed=row["executed"],
+                        started_at=row["started_at"], finished_at=row["finished_at"],
+                        running=row["finished_at"] is None,
+                        links_done=len(row["links_done"]), links_total=row["links_total"],
+                        events_seen=row["events_seen"], found=row["found"],
+                        repaired=row["repaired"], progress=row["progress"],
+                        error=row["error"])
 
 
-def render(reports: list[LinkReport], executed: bool) -> str:
-    """The text a person reads."""
-    lines = []
-    total: Counter[str] = Counter()
-    for r in reports:
-        found = r.found()
-        total.update(found)
-        head = (f"link {r.link_id} ({r.account_email}, calendar {r.calendar_id}): "
-                f"{r.events_seen} event(s) of ours seen")
-        if r.error:
-            lines.append(f"{head}; FAILED: {r.error}")
-            continue
-        if not found:
-            lines.append(f"{head}; exact")
-            continue
-        lines.append(f"{head}; " + ", ".join(f"{n} {k}" for k, n in sorted(found.items()))
-                     + (f"; repaired {sum(r.repaired.values())}" if executed else ""))
-        lines += [f"  NOT REPAIRED {why}" for why in r.unrepaired]
-        for d in r.drift:
-            what = f"booking {d.booking_id}" if d.booking_id else "no booking"
-            event = f" event {d.event_id}" if d.event_id else ""
-            detail = f" ({d.detail})" if d.detail else ""
-            lines.append(f"  {d.kind:10} {what}{event}{detail}")
-    summary = ", ".join(f"{n} {k}" for k, n in sorted(total.items())) or "no drift"
-    lines.append(f"{len(reports)} link(s): {summary}"
-                 + ("" if executed or not total else " (dry run: --execute repairs it)"))
-    return "\n".join(lines)
-
-
-def as_json(run_id: int, reports: list[LinkReport], executed: bool) -> str:
+def result(run_id: int, reports: list[LinkReport], executed: bool) -> ReconcileResult:
+    """What a run found and repaired, in all and link by link."""
     found: Counter[str] = Counter()
     repaired: Counter[str] = Counter()
     for r in reports:
         found.update(r.found())
         repaired.update(r.repaired)
-    return json.dumps({"run_id": run_id, "executed": executed, "found": dict(found),
-                       "repaired": dict(repaired), "links": [r.as_json() for r in reports]},
-                      indent=2)
+    return ReconcileResult(run_id=run_id, executed=executed, found=dict(found),
+                           repaired=dict(repaired), links=[r.as_json() for r in reports])

@@ -29,6 +29,7 @@ import structlog
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.repository import Repository
 from consumer.domain.models import LinkState, Outcome
+from consumer.service.answers import RepairSummary
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 
@@ -269,7 +270,7 @@ async def make_due(repository: Repository, link_id: str | None) -> int:
         return cur.rowcount
 
 
-async def summary(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
+async def summary(conn: psycopg.AsyncConnection[Any]) -> RepairSummary:
     """What `calsync status` says of the repairs: waiting, due, oldest, by reason."""
     rows = await (await conn.execute(_SUMMARY)).fetchall()
     oldest = min((r["oldest"] for r in rows), default=None)
@@ -277,12 +278,12 @@ async def summary(conn: psycopg.AsyncConnection[Any]) -> dict[str, Any]:
     if oldest is not None:
         now = (await (await conn.execute("SELECT now() AS now")).fetchone() or {})["now"]
         age = round((now - oldest).total_seconds(), 1)
-    return {
-        "waiting": sum(r["waiting"] for r in rows),
-        "due": sum(r["due"] for r in rows),
-        "oldest_age_s": age,
-        "by_reason": {r["reason"]: r["waiting"] for r in sorted(rows, key=lambda r: r["reason"])},
-    }
+    return RepairSummary(
+        waiting=sum(r["waiting"] for r in rows),
+        due=sum(r["due"] for r in rows),
+        oldest_age_s=age,
+        by_reason={r["reason"]: r["waiting"] for r in sorted(rows, key=lambda r: r["reason"])},
+    )
 
 
 async def refresh_gauge(metrics: Metrics, conn: psycopg.AsyncConnection[Any]) -> None:

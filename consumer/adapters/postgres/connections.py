@@ -1,0 +1,46 @@
+"""Short PostgreSQL connections on demand, for the few that must not come from a pool.
+
+`consumer.bootstrap` builds one `Connect` from the settings and hands it to what needs a
+connection of its own: on-call commands that ask a few queries and end (`calsync status`,
+`calsync dlq`, the record of a replay), the scheduled reconcile (it holds a session-level
+advisory lock for a whole run: taken from the sync's pool, it would keep one of its
+connections that long), and the ops endpoints (readiness must see whether a *new* connection
+can be opened, and the gauges must not queue behind the intake). Services never open one
+from the settings themselves.
+
+Each connection is in autocommit and answers rows as dicts; it is closed when its `async
+with` block ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+
+DictConnection = psycopg.AsyncConnection[DictRow]
+
+
+class Connect(Protocol):
+    """`async with connect() as conn:` one new connection; `timeout_s` bounds opening it."""
+
+    def __call__(self, timeout_s: float | None = None
+                 ) -> AbstractAsyncContextManager[DictConnection]: ...
+
+
+def connector(database_url: str) -> Connect:
+    @asynccontextmanager
+    async def connect(timeout_s: float | None = None) -> AsyncIterator[DictConnection]:
+        # libpq takes whole seconds (at least 2 are honoured): the caller's own deadline,
+        # if it has one, is the precise bound.
+        options: dict[str, Any] = ({} if timeout_s is None
+                                   else {"connect_timeout": max(1, int(timeout_s))})
+        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True,
+                                                     row_factory=dict_row, **options)
+        async with conn:
+            yield conn
+
+    return connect
