@@ -69,8 +69,8 @@ class _InFlight:
 class ConsumerRunner:
     def __init__(self, settings: Settings, engine: SyncEngine, repository: Repository,
                  consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
-                 metrics: Metrics | None = None) -> None:
-        self.metrics = metrics or Metrics()
+                 metrics: Metrics) -> None:
+        self.metrics = metrics
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.metrics.watch_lag(self.lag)
         self.settings = settings

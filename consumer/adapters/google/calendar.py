@@ -118,6 +118,7 @@ def _response_of(answer: aiohttp.ClientResponse) -> httplib2.Response:
 
 class GoogleCalendar:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        # Optional: tests (test_google_batch.py) drive the gateway alone, without the rest.
         self._metrics = metrics or Metrics()
         self._timeout = settings.google_timeout_s
         self._service = build(  # builds requests only: they are sent by aiohttp, below

@@ -36,8 +36,8 @@ log = structlog.get_logger(__name__)
 
 class TokenProvider:
     def __init__(self, settings: Settings, repository: Repository,
-                 metrics: Metrics | None = None) -> None:
-        self._metrics = metrics or Metrics()
+                 metrics: Metrics) -> None:
+        self._metrics = metrics
         self._settings = settings
         self._repository = repository
         self._margin = timedelta(seconds=settings.token_refresh_margin_s)

@@ -68,8 +68,8 @@ class _Queue:
 
 
 class GroupQuota:
-    def __init__(self, settings: Settings, pool: Pool, metrics: Metrics | None = None) -> None:
-        self._metrics = metrics or Metrics()
+    def __init__(self, settings: Settings, pool: Pool, metrics: Metrics) -> None:
+        self._metrics = metrics
         self._pause_s = settings.quota_exceeded_pause_s
         self._max_wait_s = settings.quota_max_wait_s
         self._paused: dict[str, float] = {}  # key -> loop time its pause ends
