@@ -3,7 +3,8 @@
 The sync engine and its ports (`sync`), the Kafka runner and its commit points (`runner`),
 repairs (`repairs`), drift reconciliation (`reconcile`), the calendar link lifecycle
 (`links`), on-call operations (`operations`, `status`) and progress estimates (`progress`).
-Services receive their adapters ready-built (from `consumer.bootstrap`, or fakes in unit
-tests). They may import `consumer.adapters`, `consumer.domain`, `consumer.settings` and
-`consumer.logs`; never `consumer.bootstrap` or `consumer.entrypoints`.
+Services receive their adapters ready-built, database connections included (from
+`consumer.bootstrap`, or fakes in unit tests), and return models (`answers`), never JSON:
+the entrypoints render them. They may import `consumer.adapters`, `consumer.domain`,
+`consumer.settings` and `consumer.logs`; never `consumer.bootstrap` or `consumer.entrypoints`.
 """
