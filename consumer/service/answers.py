@@ -88,6 +88,14 @@ class LinkSummary(Answer):
                    created_at=row.created_at, backfilled_at=row.backfilled_at)
 
 
+class ActivitySummary(Answer):
+    """An activity with links: how many are live, how many need someone (the pages' index)."""
+
+    activity_id: str
+    live: int
+    needing_action: int
+
+
 class CalendarSummary(Answer):
     """One of an account's calendars, as answered: whether it can receive bookings."""
 

@@ -50,6 +50,7 @@ from consumer.domain.models import (
 from consumer.domain.planning import plan_operation
 from consumer.service import repairs
 from consumer.service.answers import (
+    ActivitySummary,
     CalendarSummary,
     Chosen,
     Connected,
@@ -555,8 +556,8 @@ class LinkService:
     async def list(self) -> list[LinkSummary]:
         return [LinkSummary.of(row) for row in await self.repository.all_links()]
 
-    async def activities(self) -> builtins.list[dict[str, Any]]:
-        return await self.store.activities()
+    async def activities(self) -> builtins.list[ActivitySummary]:
+        return [ActivitySummary(**row) for row in await self.store.activities()]
 
     async def health(self, activity_id: str) -> builtins.list[LinkHealth]:
         """The activity's links as the links page shows them (no Google call)."""
