@@ -46,9 +46,10 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             raise CliError(f"not a list of partitions after {topic}: {listed!r}") from None
     spec = ops.ResetSpec(args.to_datetime, args.by_duration, args.to_offset, args.shift_by,
                          args.to_earliest)
+    connect = bootstrap.connections(settings)
 
     async def run() -> tuple[list[ops.PartitionPlan], int | None]:
-        await ops.refuse_if_active(settings, group)
+        await ops.refuse_if_active(connect, group)
         plan = await ops.plan_replay(settings, group, topic, args.partitions, spec)
         resynced = None
         if args.execute:
@@ -56,8 +57,8 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             if args.resync:
                 resynced = await bootstrap.resync(
                     settings, await ops.affected_bookings(settings, topic, plan))
-        await ops.record_replay(bootstrap.connections(settings), group, topic, spec, plan,
-                                args.execute, args.resync, args.by, resynced)
+        await ops.record_replay(connect, group, topic, spec, plan, args.execute, args.resync,
+                                args.by, resynced)
         return plan, resynced
 
     plan, resynced = asyncio.run(run())

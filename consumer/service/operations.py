@@ -151,8 +151,8 @@ async def _targets(probe: AIOKafkaConsumer, chosen: list[TopicPartition], spec: 
             for tp in chosen}
 
 
-async def refuse_if_active(settings: Settings, group: str) -> None:
-    members = await alive_members(settings.database_url, group)
+async def refuse_if_active(connect: Connect, group: str) -> None:
+    members = await alive_members(connect, group)
     if members:
         names = ", ".join(f"{m.member} (partitions {m.partitions})" for m in members)
         raise OpsError(f"group {group!r} has {len(members)} active member(s): {names}; stop "

@@ -46,7 +46,7 @@ _DLQ = (
 
 async def collect(settings: Settings, connect: Connect) -> Status:
     group, topic = settings.group_id, settings.topic
-    alive = await alive_members(settings.database_url, group)
+    alive = await alive_members(connect, group)
     members = [{"member": m.member, "host": m.host, "pid": m.pid, "partitions": m.partitions,
                 "seen_at": m.seen_at.isoformat()} for m in alive]
     # What holds a partition back, as its member last reported it: the oldest unrecorded

@@ -2,11 +2,11 @@
 
 `consumer.bootstrap` builds one `Connect` from the settings and hands it to what needs a
 connection of its own: on-call commands that ask a few queries and end (`calsync status`,
-`calsync dlq`, the record of a replay), the scheduled reconcile (it holds a session-level
-advisory lock for a whole run: taken from the sync's pool, it would keep one of its
-connections that long), and the ops endpoints (readiness must see whether a *new* connection
-can be opened, and the gauges must not queue behind the intake). Services never open one
-from the settings themselves.
+`calsync dlq`, a replay's check for live members and its record), the scheduled reconcile
+(it holds a session-level advisory lock for a whole run: taken from the sync's pool, it would
+keep one of its connections that long), and the ops endpoints (readiness must see whether a
+*new* connection can be opened, and the gauges must not queue behind the intake). Services
+never open one from the settings themselves.
 
 Each connection is in autocommit and answers rows as dicts; it is closed when its `async
 with` block ends.

@@ -11,8 +11,9 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
+from consumer.adapters.postgres.connections import Connect
 
 HEARTBEAT_S = 5.0
 ALIVE_WITHIN_S = 3 * HEARTBEAT_S
@@ -80,8 +81,7 @@ class MemberReport:
             await conn.execute(_LEAVE, (self.group_id, self.member))
 
 
-async def alive_members(database_url: str, group_id: str) -> list[Member]:
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True,
-                                                     row_factory=dict_row) as conn:
+async def alive_members(connect: Connect, group_id: str) -> list[Member]:
+    async with connect() as conn:
         rows = await (await conn.execute(_ALIVE, (group_id, ALIVE_WITHIN_S))).fetchall()
     return [Member(**row) for row in rows]
