@@ -1,0 +1,55 @@
+"""The services' answers: models the entrypoints render, still readable the dict way."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from consumer.service.answers import Disconnected, LinkSummary
+
+AT = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
+
+
+def link(**overrides: object) -> LinkSummary:
+    fields: dict[str, object] = {
+        "id": "lnk_1", "activity_id": "act_1", "account_email": "a@example.com",
+        "calendar_id": None, "state": "pending_calendar", "state_reason": None,
+        "state_changed_at": AT, "created_at": AT, "backfilled_at": None}
+    fields.update(overrides)
+    return LinkSummary.model_validate(fields)
+
+
+def test_an_answer_dumps_to_the_json_the_service_used_to_return() -> None:
+    dumped = link().model_dump(mode="json")
+    assert dumped["state_changed_at"] == "2026-04-01T12:00:00+00:00"  # isoformat, not Z
+    assert dumped["calendar_id"] is None and "calendar_id" in dumped  # null, not absent
+    assert json.loads(json.dumps(link().model_dump())) == dumped
+
+
+def test_an_answer_reads_like_a_read_only_mapping_over_its_dump() -> None:
+    answer = link(state="active", calendar_id="cal_1")
+    assert answer["state"] == "active" and answer.get("calendar_id") == "cal_1"
+    assert answer.get("nope", 7) == 7 and "nope" not in answer and "state" in answer
+    assert dict(answer.items()) == answer.model_dump()
+    assert list(answer.keys()) == list(answer.model_dump())
+    with pytest.raises(KeyError):
+        answer["nope"]
+    with pytest.raises(ValidationError):  # frozen: nothing is written through it
+        answer.state = "disconnected"  # type: ignore[misc]
+
+
+def test_answers_are_strict_and_refuse_unknown_fields() -> None:
+    with pytest.raises(ValidationError):
+        link(state_reason=5)  # never quietly made text
+    with pytest.raises(ValidationError):
+        link(tokens="secret")  # a link's answer never carries more than it says
+
+
+def test_a_nested_answer_reads_the_dict_way_all_the_way_down() -> None:
+    done = Disconnected(link=link(state="disconnected"), events_removed=2, events_kept=False,
+                        token_revoked=True, token_still_used_by=[])
+    assert done["events_removed"] == 2 and done["link"]["state"] == "disconnected"
+    assert done.link.state == "disconnected"  # what new code reads
