@@ -196,8 +196,10 @@ async def test_every_poison_is_dead_lettered_once_and_nothing_else_waits(
     events = {e["extendedProperties"]["private"]["booking_id"]: e for e in env.events(email)}
     assert set(events) == {g["booking"]["id"] for g in all_good if g["booking"]["version"] == 1}
     assert all(e["summary"].endswith("r4") for e in events.values())
-    # Memory is flat: the rounds after the first leave nothing behind.
-    assert rss[-1] - rss[1] < 10 and rss[-1] - rss[0] < 25, f"RSS grew: {rss} MB"
+    # Memory is flat: the rounds after the first leave nothing behind. Each round carries
+    # four 2 MB values (and their dead-letter copies): keeping them would add over 16 MB
+    # from round 2 to round 4; the allocator's own drift under load has reached 10.6 MB.
+    assert rss[-1] - rss[1] < 13 and rss[-1] - rss[0] < 25, f"RSS grew: {rss} MB"
     text = log.read_text()
     assert "Traceback" not in text
     assert text.count('"event": "message_dead_lettered"') == len(rows)
