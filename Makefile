@@ -59,6 +59,7 @@ unit: install
 
 lint: install
 	$(BIN)/ruff check consumer calsync_dev tests bench
+	$(BIN)/ruff format --check consumer calsync_dev tests bench
 	$(BIN)/mypy  # files: consumer, calsync_dev, bench (pyproject.toml)
 
 # The benchmark (never part of the tests): prints a table, writes bench-results/latest.json.

@@ -65,11 +65,14 @@ def _cell(value: float | None, fmt: str) -> str:
 
 
 def render(rows: list[Row], machine: str) -> str:
-    lines = [f"machine: {machine}", "",
-             "| scenario | batches served | consumer | link-ops | seconds | ops/s | CPU ms/op |"
-             " peak RSS MB | share of quota | rejected | p50 s | p99 s | limit | calls/request |",
-             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-             " ---: | ---: |"]
+    lines = [
+        f"machine: {machine}",
+        "",
+        "| scenario | batches served | consumer | link-ops | seconds | ops/s | CPU ms/op |"
+        " peak RSS MB | share of quota | rejected | p50 s | p99 s | limit | calls/request |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        " ---: | ---: |",
+    ]
     for r in rows:
         lines.append(
             f"| {r.scenario} | {r.mode} | {r.consumer} | {r.link_ops} | {r.seconds:.1f} | "
@@ -77,7 +80,8 @@ def render(rows: list[Row], machine: str) -> str:
             f"{_cell(r.peak_rss_mb, '.0f')} | {_cell(r.quota_share, '.1%')} | "
             f"{_cell(r.rejected_share, '.2%')} | {_cell(r.latency_p50_s, '.2f')} | "
             f"{_cell(r.latency_p99_s, '.2f')} | {_cell(r.limit, 'd')} | "
-            f"{_cell(r.calls_per_request, '.1f')} |")
+            f"{_cell(r.calls_per_request, '.1f')} |"
+        )
     lines += ["", *targets(rows), "", "Notes:"]
     lines += [f"- {r.scenario} [{r.mode}], {r.consumer}: {r.note}" for r in rows if r.note]
     return "\n".join(lines)
@@ -94,56 +98,90 @@ def targets(rows: list[Row]) -> list[str]:
         ours = next((r for r in mine if r.scenario.startswith("1: unthrottled")), None)
         if ours and naive:
             ratio = ours.ops_per_s / naive.ops_per_s
-            out.append(f"[{mode}] 1: ratio (ours / naive) {ratio:.1f}x, target at least "
-                       f"{RATIO_TARGET:.0f}x: {verdict(ratio >= RATIO_TARGET)}")
+            out.append(
+                f"[{mode}] 1: ratio (ours / naive) {ratio:.1f}x, target at least "
+                f"{RATIO_TARGET:.0f}x: {verdict(ratio >= RATIO_TARGET)}"
+            )
         if ours and ours.cpu_ms_per_op is not None:
             cpu = ours.cpu_ms_per_op
-            out.append(f"[{mode}] 1: CPU per link-operation {cpu:.2f} ms, target at most "
-                       f"{CPU_TARGET_MS:.0f} ms: {verdict(cpu <= CPU_TARGET_MS)}")
+            out.append(
+                f"[{mode}] 1: CPU per link-operation {cpu:.2f} ms, target at most "
+                f"{CPU_TARGET_MS:.0f} ms: {verdict(cpu <= CPU_TARGET_MS)}"
+            )
         rss = [r.peak_rss_mb for r in mine if r.scenario.startswith("1") and r.peak_rss_mb]
         if rss:
-            out.append(f"[{mode}] 1: peak RSS {max(rss):.0f} MB (also with the 100,000 "
-                       f"backlog), target under {RSS_TARGET_MB:.0f} MB: "
-                       f"{verdict(max(rss) < RSS_TARGET_MB)}")
+            out.append(
+                f"[{mode}] 1: peak RSS {max(rss):.0f} MB (also with the 100,000 "
+                f"backlog), target under {RSS_TARGET_MB:.0f} MB: "
+                f"{verdict(max(rss) < RSS_TARGET_MB)}"
+            )
         for r in mine:
             if r.scenario.startswith("2") and r.quota_share is not None:
                 rejected = r.rejected_share or 0.0
                 ok = r.quota_share >= SHARE_TARGET and rejected < REJECTED_TARGET
-                out.append(f"[{mode}] {r.scenario}: {r.quota_share:.1%} of the quota, "
-                           f"{rejected:.2%} rejected; target at least {SHARE_TARGET:.0%} and "
-                           f"under {REJECTED_TARGET:.0%}: {verdict(ok)}")
+                out.append(
+                    f"[{mode}] {r.scenario}: {r.quota_share:.1%} of the quota, "
+                    f"{rejected:.2%} rejected; target at least {SHARE_TARGET:.0%} and "
+                    f"under {REJECTED_TARGET:.0%}: {verdict(ok)}"
+                )
             if r.scenario.startswith(("3", "4")) and r.latency_p99_s is not None:
-                out.append(f"[{mode}] {r.scenario}: p99 {r.latency_p99_s:.2f} s, target "
-                           f"under {P99_TARGET_S:.0f} s: "
-                           f"{verdict(r.latency_p99_s < P99_TARGET_S)}")
+                out.append(
+                    f"[{mode}] {r.scenario}: p99 {r.latency_p99_s:.2f} s, target "
+                    f"under {P99_TARGET_S:.0f} s: "
+                    f"{verdict(r.latency_p99_s < P99_TARGET_S)}"
+                )
     return out
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="make bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bookings", type=int, default=2000)
     parser.add_argument("--versions", type=int, default=10)
     parser.add_argument("--naive-messages", type=int, default=300)
     parser.add_argument("--backlog", type=int, default=100_000)
-    parser.add_argument("--quota-messages", type=int, default=2000,
-                        help="scenario 2's backlog, in messages (2 link-operations each)")
+    parser.add_argument(
+        "--quota-messages",
+        type=int,
+        default=2000,
+        help="scenario 2's backlog, in messages (2 link-operations each)",
+    )
     parser.add_argument("--steady-seconds", type=float, default=40)
-    parser.add_argument("--refused-seconds", type=float, default=40,
-                        help="scenario 4: how long the other accounts' bookings keep coming")
-    parser.add_argument("--refused-rate", type=float, default=5.0,
-                        help="scenario 4: the other accounts' messages a second (as many of "
-                             "the refused accounts' come between them)")
-    parser.add_argument("--only", choices=["1", "2", "3", "4"], action="append",
-                        help="run only these scenarios (repeatable)")
-    parser.add_argument("--batch-mode", choices=MODES, action="append",
-                        help="how the sandbox serves a batch's calls: one after another or "
-                             "side by side (repeatable; default: both)")
+    parser.add_argument(
+        "--refused-seconds",
+        type=float,
+        default=40,
+        help="scenario 4: how long the other accounts' bookings keep coming",
+    )
+    parser.add_argument(
+        "--refused-rate",
+        type=float,
+        default=5.0,
+        help="scenario 4: the other accounts' messages a second (as many of "
+        "the refused accounts' come between them)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=["1", "2", "3", "4"],
+        action="append",
+        help="run only these scenarios (repeatable)",
+    )
+    parser.add_argument(
+        "--batch-mode",
+        choices=MODES,
+        action="append",
+        help="how the sandbox serves a batch's calls: one after another or "
+        "side by side (repeatable; default: both)",
+    )
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--profile", action="store_true",
-                        help="sample scenario 1's consumer with py-spy (every thread, only samples "
-                             "holding the GIL) into bench-results/s1s-0.pyspy.txt (sequential) "
-                             "and s1p-0.pyspy.txt (parallel)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample scenario 1's consumer with py-spy (every thread, only samples "
+        "holding the GIL) into bench-results/s1s-0.pyspy.txt (sequential) "
+        "and s1p-0.pyspy.txt (parallel)",
+    )
     args = parser.parse_args()
     wanted = set(args.only or ["1", "2", "3", "4"])
     modes = [m for m in MODES if m in (args.batch_mode or MODES)]
@@ -154,8 +192,19 @@ def main() -> int:
     ca_file = STATE / "sandbox-ca.pem"
     ca_file.unlink(missing_ok=True)  # the sandbox writes a fresh one once it listens
     sandbox_process = subprocess.Popen(
-        [sys.executable, "-m", "consumer.cli", "sandbox", "--port", str(port), "--ca-file",
-         str(ca_file)], stdout=subprocess.DEVNULL, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "consumer.cli",
+            "sandbox",
+            "--port",
+            str(port),
+            "--ca-file",
+            str(ca_file),
+        ],
+        stdout=subprocess.DEVNULL,
+        cwd=ROOT,
+    )
     rows: list[Row] = []
     try:
         wait_for_port(port, 30)
@@ -167,10 +216,14 @@ def main() -> int:
         sandbox = SandboxClient(f"https://127.0.0.1:{port}/", ca_file)
         sandbox.configure(clients={CLIENT_ID: CLIENT_SECRET})
         base = Settings(
-            kafka_bootstrap=broker.bootstrap, google_api_url=sandbox.api_url,
-            google_token_url=sandbox.token_url, google_client_id=CLIENT_ID,
-            google_client_secret=CLIENT_SECRET, google_ca_bundle=str(ca_file),
-            token_key=TokenCipher.generate_key())
+            kafka_bootstrap=broker.bootstrap,
+            google_api_url=sandbox.api_url,
+            google_token_url=sandbox.token_url,
+            google_client_id=CLIENT_ID,
+            google_client_secret=CLIENT_SECRET,
+            google_ca_bundle=str(ca_file),
+            token_key=TokenCipher.generate_key(),
+        )
         bench = Bench(pg, sandbox, base, args.timeout)
         started, load_before = time.monotonic(), os.getloadavg()
         if "1" in wanted:
@@ -179,20 +232,25 @@ def main() -> int:
         for mode in modes:
             if "1" in wanted:
                 print(f"== Scenario 1 [{mode}]: unthrottled sandbox, 50 ms per call", flush=True)
-                rows.append(scenario_1(bench, mode, args.bookings, args.versions,
-                                       args.profile))
+                rows.append(scenario_1(bench, mode, args.bookings, args.versions, args.profile))
                 rows.append(scenario_1_backlog(bench, mode, args.backlog, 30))
             if "2" in wanted:
-                print(f"== Scenario 2 [{mode}]: quota 3,000/min per project, 600/min per "
-                      "account, 300 ms a call", flush=True)
+                print(
+                    f"== Scenario 2 [{mode}]: quota 3,000/min per project, 600/min per "
+                    "account, 300 ms a call",
+                    flush=True,
+                )
                 rows.append(scenario_2(bench, mode, 1, args.quota_messages))
                 rows.append(scenario_2(bench, mode, 3, args.quota_messages))
             if "3" in wanted:
                 print(f"== Scenario 3 [{mode}]: steady inflow at 70% of the quota", flush=True)
                 rows.append(scenario_3(bench, mode, args.steady_seconds))
             if "4" in wanted:
-                print(f"== Scenario 4 [{mode}]: two accounts refused for 10 minutes, a backlog "
-                      "of theirs ahead", flush=True)
+                print(
+                    f"== Scenario 4 [{mode}]: two accounts refused for 10 minutes, a backlog "
+                    "of theirs ahead",
+                    flush=True,
+                )
                 rows.append(scenario_4(bench, mode, args.refused_seconds, args.refused_rate))
         elapsed = time.monotonic() - started
     finally:
@@ -200,16 +258,26 @@ def main() -> int:
         sandbox_process.wait(30)
         broker.stop()
     load = os.getloadavg()
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python "
-               f"{platform.python_version()}, {platform.system()} {platform.release()}; "
-               f"scenarios took {elapsed / 60:.1f} min; load average (1, 5, 15 min) before "
-               f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after "
-               f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}; "
+        f"scenarios took {elapsed / 60:.1f} min; load average (1, 5, 15 min) before "
+        f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after "
+        f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+    )
     table = render(rows, machine)
     print("\n" + table)
-    (STATE / "latest.json").write_text(json.dumps(
-        {"machine": machine, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-         "rows": [asdict(r) for r in rows], "targets": targets(rows)}, indent=2))
+    (STATE / "latest.json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "rows": [asdict(r) for r in rows],
+                "targets": targets(rows),
+            },
+            indent=2,
+        )
+    )
     (STATE / "latest.md").write_text(table + "\n")
     print(f"\nwritten: {STATE / 'latest.json'}, {STATE / 'latest.md'}")
     return 0

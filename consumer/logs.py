@@ -13,13 +13,15 @@ import structlog
 
 from consumer.settings import Settings
 
-_SECRET_KEYS = re.compile(r"token|secret|password|authorization|credential|verifier|^code$",
-                          re.IGNORECASE)
+_SECRET_KEYS = re.compile(
+    r"token|secret|password|authorization|credential|verifier|^code$", re.IGNORECASE
+)
 # Google access tokens, refresh tokens and authorization codes; bearer headers; JWTs (the
 # OpenID id_token); Fernet ciphertexts (stored tokens); `code=` in redirect URLs.
 _SECRET_VALUES = re.compile(
     r"ya29\.[\w.-]+|1//[\w.-]+|4/0[\w.-]+|Bearer\s+[\w.-]+|eyJ[\w-]*\.[\w-]+\.[\w-]*"
-    r"|gAAAAA[\w=-]{20,}|(?<=[?&]code=)[^&\s]+")
+    r"|gAAAAA[\w=-]{20,}|(?<=[?&]code=)[^&\s]+"
+)
 REDACTED = "[redacted]"
 
 
@@ -27,8 +29,7 @@ def _redact_value(value: Any) -> Any:
     if isinstance(value, str):
         return _SECRET_VALUES.sub(REDACTED, value)
     if isinstance(value, dict):
-        return {k: REDACTED if _secret_key(str(k)) else _redact_value(v)
-                for k, v in value.items()}
+        return {k: REDACTED if _secret_key(str(k)) else _redact_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact_value(v) for v in value]
     return value
@@ -74,8 +75,9 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
     pretty = settings.log_format == "console" or (
         settings.log_format == "auto" and hasattr(stream, "isatty") and stream.isatty()
     )
-    renderer: Any = (structlog.dev.ConsoleRenderer() if pretty
-                     else structlog.processors.JSONRenderer())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer() if pretty else structlog.processors.JSONRenderer()
+    )
     level = logging.getLevelName(settings.log_level.upper())
     _level = level if isinstance(level, int) else logging.INFO
     structlog.configure(
@@ -88,8 +90,9 @@ def configure_logging(settings: Settings, stream: Any = None) -> None:
             redact_secrets,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level if isinstance(level, int)
-                                                            else logging.INFO),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            level if isinstance(level, int) else logging.INFO
+        ),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )

@@ -20,11 +20,16 @@ class Settings(BaseSettings):
     dlq_topic: str = "booking-events.dlq"
     group_id: str = "calendar-sync"
     instance_id: str | None = Field(
-        default=None, description="Static group membership (group.instance.id): a restart "
-        "within the session timeout keeps its partitions, no rebalance")
+        default=None,
+        description="Static group membership (group.instance.id): a restart "
+        "within the session timeout keeps its partitions, no rebalance",
+    )
     kafka_session_timeout_s: float = Field(
-        default=10.0, gt=0, description="A member silent this long is dropped from the group "
-        "and its partitions move (heartbeats every third of it)")
+        default=10.0,
+        gt=0,
+        description="A member silent this long is dropped from the group "
+        "and its partitions move (heartbeats every third of it)",
+    )
 
     google_api_url: str = "https://www.googleapis.com/"
     google_token_url: str = "https://oauth2.googleapis.com/token"
@@ -33,47 +38,69 @@ class Settings(BaseSettings):
     google_auth_url: str = "https://accounts.google.com/o/oauth2/auth"
     google_revoke_url: str = "https://oauth2.googleapis.com/revoke"
     google_ca_bundle: str | None = Field(
-        default=None, description="CA file to trust for Google's endpoints; default: system CAs")
+        default=None, description="CA file to trust for Google's endpoints; default: system CAs"
+    )
 
     # Links: the OAuth connect flow, tokens at rest, and the HTTP service (`calsync serve`).
     token_key: SecretStr | None = Field(
-        default=None, description="Fernet keys, comma-separated; the first encrypts")
+        default=None, description="Fernet keys, comma-separated; the first encrypts"
+    )
     admin_token: SecretStr | None = Field(default=None, description="Bearer for the HTTP API")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
     http_public_url: str | None = Field(
-        default=None, description="How browsers reach `calsync serve`; default http://host:port")
+        default=None, description="How browsers reach `calsync serve`; default http://host:port"
+    )
     oauth_state_ttl_s: float = Field(
-        default=600.0, gt=0, description="A started connection must come back from Google "
-        "within this; so must the calendar choice that follows it")
+        default=600.0,
+        gt=0,
+        description="A started connection must come back from Google "
+        "within this; so must the calendar choice that follows it",
+    )
     http_return_url: str | None = Field(
-        default=None, description="Embedding: after Google's consent, send the browser here "
+        default=None,
+        description="Embedding: after Google's consent, send the browser here "
         "(with link_id, state, account, activity_id in the query; or error) instead of "
-        "showing our pages")
+        "showing our pages",
+    )
     http_session_ttl_s: float = Field(
-        default=28_800.0, gt=0, description="How long a sign-in to the pages lasts")
+        default=28_800.0, gt=0, description="How long a sign-in to the pages lasts"
+    )
 
     # The consumer's /metrics, /healthz and /readyz (on CALSYNC_HTTP_HOST).
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="0: any free port")
     stall_threshold_s: float = Field(
-        default=300.0, gt=0, description="/healthz fails when a partition with lag has not "
-        "moved its offset for this long")
+        default=300.0,
+        gt=0,
+        description="/healthz fails when a partition with lag has not "
+        "moved its offset for this long",
+    )
 
     # Concurrency and time budgets.
     max_in_flight: int = Field(
-        default=1024, ge=1, description="Messages in flight per process; beyond it, fetching "
+        default=1024,
+        ge=1,
+        description="Messages in flight per process; beyond it, fetching "
         "pauses. Waiting work holds no connection, so this can be large: it is what lets "
-        "other accounts' bookings go on while one account waits for its quota")
+        "other accounts' bookings go on while one account waits for its quota",
+    )
     db_pool_size: int = Field(default=16, ge=2)
     google_concurrency: int = Field(
-        default=64, ge=1, description="Upper bound on HTTP requests to Google at once per "
+        default=64,
+        ge=1,
+        description="Upper bound on HTTP requests to Google at once per "
         "process (kept-alive connections of one pool). The number in use is measured, not "
         "set: it follows Google's latency and the quota (consumer/concurrency.py); this "
-        "only caps it")
+        "only caps it",
+    )
     google_batch_size: int = Field(
-        default=50, ge=1, le=1000, description="Upper bound on calls in one request to "
+        default=50,
+        ge=1,
+        le=1000,
+        description="Upper bound on calls in one request to "
         "Google's batch endpoint (Google takes up to 1000, advises 50); the size in use "
-        "follows how Google serves a batch; 1: never batch")
+        "follows how Google serves a batch; 1: never batch",
+    )
     google_timeout_s: float = Field(default=15.0, gt=0)
     retry_budget_s: float = Field(default=30.0, ge=0, description="Transient-failure retries.")
     retry_initial_s: float = Field(default=0.5, gt=0)
@@ -83,45 +110,74 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=20.0, ge=0)
     infra_retry_max_s: float = Field(default=10.0, gt=0)
     poison_attempts: int = Field(
-        default=3, ge=1, description="Attempts a message gets when it fails the same way each "
+        default=3,
+        ge=1,
+        description="Attempts a message gets when it fails the same way each "
         "time (data PostgreSQL refuses, a bug of ours) before it is dead-lettered as "
-        "internal_error; infrastructure faults are retried without limit")
+        "internal_error; infrastructure faults are retried without limit",
+    )
     commit_timeout_s: float = Field(
-        default=10.0, gt=0, description="An offset commit not answered in this time is given "
-        "up (and tried again at the next interval)")
+        default=10.0,
+        gt=0,
+        description="An offset commit not answered in this time is given "
+        "up (and tried again at the next interval)",
+    )
 
     # Google's quotas, kept group-wide (coordinated in PostgreSQL); 0: no limit.
     quota_per_account_per_min: int = Field(default=600, ge=0)
     quota_per_project_per_min: int = Field(default=10_000, ge=0)
     quota_use_share: float = Field(
-        default=0.97, gt=0, le=1, description="Share of each quota the group aims at; the "
-        "rest absorbs jitter against Google's sliding windows")
+        default=0.97,
+        gt=0,
+        le=1,
+        description="Share of each quota the group aims at; the "
+        "rest absorbs jitter against Google's sliding windows",
+    )
     quota_exceeded_pause_s: float = Field(
-        default=3600.0, gt=0, description="How long an account (quotaExceeded, Calendar usage "
+        default=3600.0,
+        gt=0,
+        description="How long an account (quotaExceeded, Calendar usage "
         "limits) or the project (dailyLimitExceeded) is paused when Google says its quota is "
-        "spent; its links stay active and its work is deferred to the repair loop")
+        "spent; its links stay active and its work is deferred to the repair loop",
+    )
     quota_max_wait_s: float = Field(
-        default=5.0, gt=0, description="A message whose account's quota queue would keep it "
+        default=5.0,
+        gt=0,
+        description="A message whose account's quota queue would keep it "
         "waiting longer than this leaves the in-flight window: its work is deferred to the "
-        "repair loop, so one busy account never holds the others")
+        "repair loop, so one busy account never holds the others",
+    )
 
     reconcile_interval_s: float = Field(
-        default=86400.0, ge=0, description="How often the consumer group reconciles every "
-        "active link's calendar with --execute (one process at a time); 0: never")
+        default=86400.0,
+        ge=0,
+        description="How often the consumer group reconciles every "
+        "active link's calendar with --execute (one process at a time); 0: never",
+    )
 
     # The repair loop: every (link, booking) left off its calendar is re-driven until applied.
     repair_initial_backoff_s: float = Field(default=30.0, gt=0)
     repair_max_backoff_s: float = Field(
-        default=3600.0, gt=0, description="Longest wait between two attempts of a repair "
-        "(exponential backoff; never before a pause or Retry-After ends)")
+        default=3600.0,
+        gt=0,
+        description="Longest wait between two attempts of a repair "
+        "(exponential backoff; never before a pause or Retry-After ends)",
+    )
     repair_poll_s: float = Field(
-        default=2.0, gt=0, description="How often each consumer looks for repairs due")
+        default=2.0, gt=0, description="How often each consumer looks for repairs due"
+    )
     repair_concurrency: int = Field(
-        default=256, ge=1, description="Repairs in flight per process (outside the in-flight "
-        "window of messages: they wait for their account's quota slots)")
+        default=256,
+        ge=1,
+        description="Repairs in flight per process (outside the in-flight "
+        "window of messages: they wait for their account's quota slots)",
+    )
     repair_lease_s: float = Field(
-        default=300.0, gt=0, description="How long a process holds a repair it took before "
-        "another may take it (a process that dies mid-repair)")
+        default=300.0,
+        gt=0,
+        description="How long a process holds a repair it took before "
+        "another may take it (a process that dies mid-repair)",
+    )
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: str = "INFO"

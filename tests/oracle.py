@@ -11,8 +11,14 @@ from consumer.domain.planning import belongs_on_calendar, render_event
 from tests.plugins.environment import Env
 
 
-def assert_exact(env: Env, email: str, link_id: str, latest: dict[str, dict[str, Any]],
-                 calendar_id: str | None = None, activity_id: str | None = None) -> None:
+def assert_exact(
+    env: Env,
+    email: str,
+    link_id: str,
+    latest: dict[str, dict[str, Any]],
+    calendar_id: str | None = None,
+    activity_id: str | None = None,
+) -> None:
     """The calendar holds exactly one event per live booking (of `activity_id`, when
     given), with its latest content, and nothing else of ours."""
     events = env.sandbox.events(email, calendar_id or email)
@@ -34,6 +40,9 @@ def assert_exact(env: Env, email: str, link_id: str, latest: dict[str, dict[str,
 
 def assert_none_of_ours(env: Env, email: str, calendar_id: str) -> None:
     """Nothing of ours left on a calendar."""
-    ours = [e for e in env.sandbox.events(email, calendar_id)
-            if (e.get("extendedProperties") or {}).get("private", {}).get("managed_by")]
+    ours = [
+        e
+        for e in env.sandbox.events(email, calendar_id)
+        if (e.get("extendedProperties") or {}).get("private", {}).get("managed_by")
+    ]
     assert not ours, f"{len(ours)} event(s) of ours left on {calendar_id}"

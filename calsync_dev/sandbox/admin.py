@@ -32,8 +32,12 @@ def _route(
 ) -> tuple[int, Any]:
     match (method, parts):
         case ("POST", ["accounts"]):
-            state.add_account(body["email"], body["refresh_token"], body.get("calendars"),
-                              bool(body.get("rotate_refresh_token", False)))
+            state.add_account(
+                body["email"],
+                body["refresh_token"],
+                body.get("calendars"),
+                bool(body.get("rotate_refresh_token", False)),
+            )
             return 200, {"email": body["email"]}
         case ("POST", ["accounts", email, "revoke"]):
             state.revoke(email)
@@ -54,8 +58,11 @@ def _route(
             return 200, {}
         case ("GET", ["accounts", email, "calendars", calendar_id, "events"]):
             show_deleted = query.get("showDeleted", ["false"])[0] == "true"
-            events = [e for e in state.calendar(email, calendar_id).events.values()
-                      if show_deleted or e["status"] != "cancelled"]
+            events = [
+                e
+                for e in state.calendar(email, calendar_id).events.values()
+                if show_deleted or e["status"] != "cancelled"
+            ]
             return 200, {"items": events}
         case ("PATCH", ["accounts", email, "calendars", calendar_id, "events", event_id]):
             # A person editing the event in Google Calendar.
@@ -67,8 +74,12 @@ def _route(
             # An event put there by someone else, or by an old bug: stored as given.
             import secrets
 
-            event = {"kind": "calendar#event", "status": "confirmed",
-                     "id": body.get("id") or secrets.token_hex(13), **body}
+            event = {
+                "kind": "calendar#event",
+                "status": "confirmed",
+                "id": body.get("id") or secrets.token_hex(13),
+                **body,
+            }
             state.calendar(email, calendar_id).events[event["id"]] = event
             return 200, event
         case ("DELETE", ["accounts", email, "calendars", calendar_id, "events", event_id]):
@@ -126,16 +137,23 @@ def _configure(state: SandboxState, body: dict[str, Any]) -> tuple[int, Any]:
             state.latency_s = float(body["latency_s"])
         if "latency_median_s" in body or "latency_p99_s" in body:
             p99 = body.get("latency_p99_s", state.latency_p99_s)
-            state.set_latency(float(body.get("latency_median_s", state.latency_median_s)),
-                              None if p99 is None else float(p99))
+            state.set_latency(
+                float(body.get("latency_median_s", state.latency_median_s)),
+                None if p99 is None else float(p99),
+            )
         if "batch_mode" in body:
             state.set_batch_mode(str(body["batch_mode"]))
     except (TypeError, ValueError) as exc:
         return _bad(str(exc))
     if "latency_seed" in body:
         state.seed(body["latency_seed"])
-    for key in ("token_lifetime_s", "quota_per_account_per_min", "quota_per_project_per_min",
-                "rate_limit_status", "deleted_event_update_status"):
+    for key in (
+        "token_lifetime_s",
+        "quota_per_account_per_min",
+        "quota_per_project_per_min",
+        "rate_limit_status",
+        "deleted_event_update_status",
+    ):
         if key in body:
             setattr(state, key, body[key])
     if "clients" in body:

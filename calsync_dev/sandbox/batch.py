@@ -49,7 +49,8 @@ def parse_batch(content_type: str, raw: bytes) -> list[InnerRequest]:
     if not content_type.lower().startswith("multipart/mixed"):
         raise BatchFormatError("a batch must be multipart/mixed")
     message = BytesParser(policy=compat32).parsebytes(
-        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw)
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + raw
+    )
     parts = message.get_payload()
     if not message.is_multipart() or not isinstance(parts, list) or not parts:
         raise BatchFormatError("the batch has no parts")
@@ -73,8 +74,14 @@ def _inner_request(part: Any) -> InnerRequest:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     url = urlsplit(target)
-    return InnerRequest(str(part.get("Content-ID", "")).strip(), method.upper(), url.path,
-                        url.query, headers, body.rstrip(b"\n") if body else b"")
+    return InnerRequest(
+        str(part.get("Content-ID", "")).strip(),
+        method.upper(),
+        url.path,
+        url.query,
+        headers,
+        body.rstrip(b"\n") if body else b"",
+    )
 
 
 def render_batch(responses: list[InnerResponse]) -> tuple[str, bytes]:
@@ -84,9 +91,13 @@ def render_batch(responses: list[InnerResponse]) -> tuple[str, bytes]:
     for response in responses:
         payload = b"" if response.status == 204 else json.dumps(response.body).encode()
         content_id = response.content_id.removeprefix("<").removesuffix(">")
-        lines = [f"--{boundary}", "Content-Type: application/http",
-                 f"Content-ID: <response-{content_id}>", "",
-                 f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}"]
+        lines = [
+            f"--{boundary}",
+            "Content-Type: application/http",
+            f"Content-ID: <response-{content_id}>",
+            "",
+            f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
+        ]
         if response.status != 204:
             lines.append("Content-Type: application/json; charset=UTF-8")
         lines += [f"{name}: {value}" for name, value in response.headers.items()]

@@ -20,8 +20,9 @@ from calsync_dev.sandbox.state import (
 
 def _writable(calendar: Calendar) -> Calendar:
     if calendar.access_role not in WRITE_ROLES:
-        raise GoogleError(403, "requiredAccessLevel",
-                          "You need to have writer access to this calendar.")
+        raise GoogleError(
+            403, "requiredAccessLevel", "You need to have writer access to this calendar."
+        )
     return calendar
 
 
@@ -29,8 +30,9 @@ def _validate_event(body: dict[str, Any]) -> None:
     for key in ("start", "end"):
         when = body.get(key)
         if not isinstance(when, dict) or not (when.get("dateTime") or when.get("date")):
-            raise GoogleError(400, "required", "Missing end time." if key == "end"
-                              else "Missing start time.")
+            raise GoogleError(
+                400, "required", "Missing end time." if key == "end" else "Missing start time."
+            )
     if str(body["end"].get("dateTime")) < str(body["start"].get("dateTime")):
         raise GoogleError(400, "timeRangeEmpty", "The specified time range is empty.")
 
@@ -76,8 +78,9 @@ def calendar_list(state: SandboxState, email: str) -> tuple[int, dict[str, Any]]
     return 200, {"kind": "calendar#calendarList", "etag": '"p1"', "items": items}
 
 
-def calendar_list_entry(state: SandboxState, email: str, calendar_id: str
-                        ) -> tuple[int, dict[str, Any]]:
+def calendar_list_entry(
+    state: SandboxState, email: str, calendar_id: str
+) -> tuple[int, dict[str, Any]]:
     """`calendarList.get`: 404 for a calendar no longer in the account's list (deleted, or
     unsubscribed); its access role as it stands (a calendar shared read-only: `reader`)."""
     return 200, _list_entry(state.calendar(email, calendar_id))
@@ -177,8 +180,7 @@ def list_events(
     max_results = min(int(query.get("maxResults", ["250"])[0]), 2500)
     start = int(query.get("pageToken", ["0"])[0])
     page = items[start : start + max_results]
-    answer: dict[str, Any] = {"kind": "calendar#events", "summary": calendar.summary,
-                              "items": page}
+    answer: dict[str, Any] = {"kind": "calendar#events", "summary": calendar.summary, "items": page}
     if start + max_results < len(items):
         answer["nextPageToken"] = str(start + max_results)
     return 200, answer

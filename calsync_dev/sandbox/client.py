@@ -25,9 +25,11 @@ class SandboxClient:
         else:  # an admin client of a local sandbox whose CA file it was not given
             self._context = ssl._create_unverified_context()
         self._opener = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=self._context))
+            urllib.request.HTTPSHandler(context=self._context)
+        )
         self._no_redirect = urllib.request.build_opener(
-            urllib.request.HTTPSHandler(context=self._context), _NoRedirect)
+            urllib.request.HTTPSHandler(context=self._context), _NoRedirect
+        )
 
     @property
     def api_url(self) -> str:
@@ -45,8 +47,14 @@ class SandboxClient:
     def revoke_url(self) -> str:
         return self.base_url + "/revoke"
 
-    def consent(self, authorization_url: str, account: str, *, deny: bool = False,
-                scopes: list[str] | None = None) -> str:
+    def consent(
+        self,
+        authorization_url: str,
+        account: str,
+        *,
+        deny: bool = False,
+        scopes: list[str] | None = None,
+    ) -> str:
         """What a person does on Google's consent page: returns where Google redirects to."""
         extra = {"sandbox_account": account}
         if deny:
@@ -65,7 +73,9 @@ class SandboxClient:
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(
-            f"{self.base_url}/_sandbox/{path}", data=data, method=method,
+            f"{self.base_url}/_sandbox/{path}",
+            data=data,
+            method=method,
             headers={"Content-Type": "application/json"},
         )
         with self._opener.open(request, timeout=30) as answer:
@@ -79,51 +89,67 @@ class SandboxClient:
         calendars: list[dict[str, Any]] | None = None,
         rotate_refresh_token: bool = False,
     ) -> None:
-        self._call("POST", "accounts", {"email": email, "refresh_token": refresh_token,
-                                        "calendars": calendars,
-                                        "rotate_refresh_token": rotate_refresh_token})
+        self._call(
+            "POST",
+            "accounts",
+            {
+                "email": email,
+                "refresh_token": refresh_token,
+                "calendars": calendars,
+                "rotate_refresh_token": rotate_refresh_token,
+            },
+        )
 
     def revoke(self, email: str) -> None:
         self._call("POST", f"accounts/{quote(email)}/revoke")
 
     def issue_access_token(self, email: str, lifetime_s: float | None = None) -> tuple[str, float]:
-        answer = self._call("POST", f"accounts/{quote(email)}/access-token",
-                            {"lifetime_s": lifetime_s})
+        answer = self._call(
+            "POST", f"accounts/{quote(email)}/access-token", {"lifetime_s": lifetime_s}
+        )
         return answer["access_token"], answer["expires_at"]
 
     def known_tokens(self) -> list[str]:
         """Every access and refresh token the sandbox ever issued."""
         return list(self._call("GET", "tokens")["issued"])
 
-    def events(self, email: str, calendar_id: str, show_deleted: bool = False
-               ) -> list[dict[str, Any]]:
+    def events(
+        self, email: str, calendar_id: str, show_deleted: bool = False
+    ) -> list[dict[str, Any]]:
         query = urlencode({"showDeleted": "true" if show_deleted else "false"})
         path = f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}/events?{query}"
         return list(self._call("GET", path)["items"])
 
     def delete_by_hand(self, email: str, calendar_id: str, event_id: str) -> None:
-        self._call("DELETE", f"accounts/{quote(email)}/calendars/"
-                             f"{quote(calendar_id, safe='')}/events/{event_id}")
+        self._call(
+            "DELETE",
+            f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}/events/{event_id}",
+        )
 
-    def edit_by_hand(self, email: str, calendar_id: str, event_id: str,
-                     **fields: Any) -> dict[str, Any]:
+    def edit_by_hand(
+        self, email: str, calendar_id: str, event_id: str, **fields: Any
+    ) -> dict[str, Any]:
         """A person changing the event in Google Calendar's UI."""
         answer: dict[str, Any] = self._call(
-            "PATCH", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}"
-                     f"/events/{event_id}", fields)
+            "PATCH",
+            f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}/events/{event_id}",
+            fields,
+        )
         return answer
 
-    def plant_event(self, email: str, calendar_id: str, event: dict[str, Any]
-                    ) -> dict[str, Any]:
+    def plant_event(self, email: str, calendar_id: str, event: dict[str, Any]) -> dict[str, Any]:
         """An event stored as given (an orphan of an old bug, a duplicate)."""
         answer: dict[str, Any] = self._call(
-            "POST", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}/events",
-            event)
+            "POST", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}/events", event
+        )
         return answer
 
     def set_access_role(self, email: str, calendar_id: str, role: str) -> None:
-        self._call("PATCH", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}",
-                   {"access_role": role})
+        self._call(
+            "PATCH",
+            f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}",
+            {"access_role": role},
+        )
 
     def remove_calendar(self, email: str, calendar_id: str) -> None:
         self._call("DELETE", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}")
@@ -146,12 +172,13 @@ class SandboxClient:
         return answer
 
     def set_batch_mode(self, mode: str) -> None:
-        """"sequential": a batch's calls one after another (as slow as all of them added up);
+        """ "sequential": a batch's calls one after another (as slow as all of them added up);
         "parallel": side by side (as slow as the slowest)."""
         self.configure(batch_mode=mode)
 
-    def set_latency(self, median_s: float, p99_s: float | None = None,
-                    seed: int | None = None) -> None:
+    def set_latency(
+        self, median_s: float, p99_s: float | None = None, seed: int | None = None
+    ) -> None:
         """Each call's time at Google: log-normal with this median and 99th percentile, or
         exactly `median_s` when `p99_s` is None."""
         settings: dict[str, Any] = {"latency_median_s": median_s, "latency_p99_s": p99_s}

@@ -35,15 +35,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 ISSUER = "https://accounts.google.com"
 CODE_LIFETIME_S = 600
 AUTH_PATH = "/o/oauth2/auth"
+_SCOPES = "https://www.googleapis.com/auth/"
 _SCOPE_WORDS = {
     "openid": "Associate you with your personal info on Google",
     "email": "See your primary Google Account email address",
-    "https://www.googleapis.com/auth/userinfo.email":
-        "See your primary Google Account email address",
-    "https://www.googleapis.com/auth/calendar.events":
-        "View and edit events on all your calendars",
-    "https://www.googleapis.com/auth/calendar.calendarlist.readonly":
-        "See the list of Google calendars you're subscribed to",
+    f"{_SCOPES}userinfo.email": "See your primary Google Account email address",
+    f"{_SCOPES}calendar.events": "View and edit events on all your calendars",
+    f"{_SCOPES}calendar.calendarlist.readonly": (
+        "See the list of Google calendars you're subscribed to"
+    ),
 }
 _PAGE_STYLE = (
     "body{font-family:system-ui,sans-serif;margin:0;background:#f0f4f9;color:#1f1f1f}"
@@ -100,8 +100,9 @@ class TokenIssuer(Protocol):
     clients: dict[str, str]
     token_lifetime_s: int
 
-    def issue_access_token(self, email: str, lifetime_s: float | None = None
-                           ) -> tuple[str, float]: ...
+    def issue_access_token(
+        self, email: str, lifetime_s: float | None = None
+    ) -> tuple[str, float]: ...
 
     def revoke(self, email: str) -> None: ...
 
@@ -116,11 +117,14 @@ class OAuthServer:
     def _id_token_signer(self) -> google.auth.crypt.RSASigner:
         if self._signer is None:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            pem = key.private_bytes(serialization.Encoding.PEM,
-                                    serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption())
+            pem = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
             self._signer = google.auth.crypt.RSASigner.from_string(  # type: ignore[no-untyped-call]
-                pem, key_id="sandbox-1")
+                pem, key_id="sandbox-1"
+            )
         return self._signer
 
     def consent_page(self, query: dict[str, str]) -> str | None:
@@ -141,23 +145,32 @@ class OAuthServer:
                 accounts.insert(0, hint)
             items = "".join(
                 f'<li><a class="account" href="{html.escape(_link(original, account))}">'
-                f'{html.escape(account)}</a></li>' for account in accounts)
-            return _page("Choose an account", f"<p>to continue to <b>{client}</b></p>"
-                         f'<ul aria-label="Accounts">{items}</ul>')
+                f"{html.escape(account)}</a></li>"
+                for account in accounts
+            )
+            return _page(
+                "Choose an account",
+                f'<p>to continue to <b>{client}</b></p><ul aria-label="Accounts">{items}</ul>',
+            )
         with self.state.lock:
             if email not in self.state.accounts:
-                raise ConsentError("invalid_request",
-                                   f"sandbox: no account {email!r} to sign in with")
-        scopes = "".join(f"<li>{html.escape(_SCOPE_WORDS.get(s, s))}</li>"
-                         for s in query.get("scope", "").split())
+                raise ConsentError(
+                    "invalid_request", f"sandbox: no account {email!r} to sign in with"
+                )
+        scopes = "".join(
+            f"<li>{html.escape(_SCOPE_WORDS.get(s, s))}</li>"
+            for s in query.get("scope", "").split()
+        )
         allow = _link(original, email, "allow")
         deny = _link(original, email, "deny")
-        return _page(f"{client} wants to access your Google Account",
-                     f'<p class="meta">{html.escape(email)}</p>'
-                     f'<p>This will allow {client} to:</p><ul class="scopes">{scopes}</ul>'
-                     f'<p><a class="button" id="deny" href="{html.escape(deny)}">Deny</a>'
-                     f'<a class="button allow" id="allow" href="{html.escape(allow)}">Allow'
-                     "</a></p>")
+        return _page(
+            f"{client} wants to access your Google Account",
+            f'<p class="meta">{html.escape(email)}</p>'
+            f'<p>This will allow {client} to:</p><ul class="scopes">{scopes}</ul>'
+            f'<p><a class="button" id="deny" href="{html.escape(deny)}">Deny</a>'
+            f'<a class="button allow" id="allow" href="{html.escape(allow)}">Allow'
+            "</a></p>",
+        )
 
     def _check(self, query: dict[str, str]) -> None:
         """What Google refuses before showing anything (an error page)."""
@@ -167,8 +180,9 @@ class OAuthServer:
         if not query.get("redirect_uri", ""):
             raise ConsentError("invalid_request", "Missing required parameter: redirect_uri")
         if query.get("response_type") != "code":
-            raise ConsentError("unsupported_response_type",
-                               f"Invalid response_type: {query.get('response_type')}")
+            raise ConsentError(
+                "unsupported_response_type", f"Invalid response_type: {query.get('response_type')}"
+            )
         if not query.get("scope", "").split():
             raise ConsentError("invalid_request", "Missing required parameter: scope")
         if query.get("code_challenge") and query.get("code_challenge_method", "plain") != "S256":
@@ -183,8 +197,9 @@ class OAuthServer:
         if not redirect_uri:
             raise ConsentError("invalid_request", "Missing required parameter: redirect_uri")
         if query.get("response_type") != "code":
-            raise ConsentError("unsupported_response_type",
-                               f"Invalid response_type: {query.get('response_type')}")
+            raise ConsentError(
+                "unsupported_response_type", f"Invalid response_type: {query.get('response_type')}"
+            )
         scopes = query.get("scope", "").split()
         if not scopes:
             raise ConsentError("invalid_request", "Missing required parameter: scope")
@@ -194,8 +209,9 @@ class OAuthServer:
         email = query.get("sandbox_account", "")
         with self.state.lock:
             if email not in self.state.accounts:
-                raise ConsentError("invalid_request",
-                                   f"sandbox: no account {email!r} to sign in with")
+                raise ConsentError(
+                    "invalid_request", f"sandbox: no account {email!r} to sign in with"
+                )
             answer: dict[str, str] = {}
             if query.get("state") is not None:
                 answer["state"] = query["state"]
@@ -205,11 +221,15 @@ class OAuthServer:
             granted = query.get("sandbox_scopes", "").split() or scopes
             code = "4/0sandbox-" + secrets.token_urlsafe(32)
             self.codes[code] = AuthorizationCode(
-                email=email, client_id=client_id, redirect_uri=redirect_uri,
+                email=email,
+                client_id=client_id,
+                redirect_uri=redirect_uri,
                 scopes=[s for s in scopes if s in granted],
                 offline=query.get("access_type") == "offline",
                 force_consent="consent" in query.get("prompt", "").split(),
-                code_challenge=challenge, expires_at=time.time() + CODE_LIFETIME_S)
+                code_challenge=challenge,
+                expires_at=time.time() + CODE_LIFETIME_S,
+            )
             answer.update(code=code, scope=" ".join(self.codes[code].scopes), prompt="consent")
             return _with_query(redirect_uri, answer)
 
@@ -231,8 +251,10 @@ class OAuthServer:
             account = self.state.accounts[grant.email]
             token, _ = self.state.issue_access_token(grant.email)
             answer: dict[str, Any] = {
-                "access_token": token, "expires_in": self.state.token_lifetime_s,
-                "token_type": "Bearer", "scope": " ".join(grant.scopes),
+                "access_token": token,
+                "expires_in": self.state.token_lifetime_s,
+                "token_type": "Bearer",
+                "scope": " ".join(grant.scopes),
             }
             first_consent = (grant.email, grant.client_id) not in self.consented
             if grant.offline and (first_consent or grant.force_consent):
@@ -248,20 +270,27 @@ class OAuthServer:
     def _id_token(self, grant: AuthorizationCode) -> str:
         now = int(time.time())
         payload: dict[str, Any] = {
-            "iss": ISSUER, "aud": grant.client_id, "azp": grant.client_id,
+            "iss": ISSUER,
+            "aud": grant.client_id,
+            "azp": grant.client_id,
             "sub": str(int(hashlib.sha256(grant.email.encode()).hexdigest()[:15], 16)),
-            "iat": now, "exp": now + 3600,
+            "iat": now,
+            "exp": now + 3600,
         }
-        if any(s in grant.scopes for s in ("email", "https://www.googleapis.com/auth/userinfo.email")):
+        if any(
+            s in grant.scopes for s in ("email", "https://www.googleapis.com/auth/userinfo.email")
+        ):
             payload.update(email=grant.email, email_verified=True)
         signed: bytes = google.auth.jwt.encode(  # type: ignore[no-untyped-call]
-            self._id_token_signer(), payload)
+            self._id_token_signer(), payload
+        )
         return signed.decode()
 
     def revoke(self, token: str) -> None:
         with self.state.lock:
-            owner = next((a.email for a in self.state.accounts.values()
-                          if token in a.refresh_tokens), None)
+            owner = next(
+                (a.email for a in self.state.accounts.values() if token in a.refresh_tokens), None
+            )
             if owner is None and token in self.state.access_tokens:
                 owner = self.state.access_tokens[token][0]
             if owner is None:
@@ -288,9 +317,11 @@ def _link(original: dict[str, str], account: str, decision: str | None = None) -
 
 
 def _page(title: str, body: str) -> str:
-    return ('<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(title)} - Google (sandbox)</title>"
-            f"<style>{_PAGE_STYLE}</style></head><body><main>"
-            '<p class="meta">Sign in with Google <i>(the calendar-sync sandbox)</i></p>'
-            f"<h1>{html.escape(title)}</h1>{body}</main></body></html>")
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)} - Google (sandbox)</title>"
+        f"<style>{_PAGE_STYLE}</style></head><body><main>"
+        '<p class="meta">Sign in with Google <i>(the calendar-sync sandbox)</i></p>'
+        f"<h1>{html.escape(title)}</h1>{body}</main></body></html>"
+    )

@@ -140,16 +140,36 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if page is not None:  # a person's step: the account chooser or the consent screen
                 self._send_html(page)
-                state.record(Call(time.time(), "GET", "/o/oauth2/auth", "oauth.consent_page",
-                                  params.get("sandbox_account"), None, None, 200))
+                state.record(
+                    Call(
+                        time.time(),
+                        "GET",
+                        "/o/oauth2/auth",
+                        "oauth.consent_page",
+                        params.get("sandbox_account"),
+                        None,
+                        None,
+                        200,
+                    )
+                )
                 return
             self.send_response(302)
             self.send_header("Location", location)
             self.send_header("Content-Length", "0")
             self.end_headers()
             status = 302
-        state.record(Call(time.time(), "GET", "/o/oauth2/auth", "oauth.consent",
-                          params.get("sandbox_account"), None, None, status))
+        state.record(
+            Call(
+                time.time(),
+                "GET",
+                "/o/oauth2/auth",
+                "oauth.consent",
+                params.get("sandbox_account"),
+                None,
+                None,
+                status,
+            )
+        )
 
     def _revoke(self, state: SandboxState, query: str, raw: bytes) -> None:
         form = {k: v[0] for k, v in parse_qs(query or raw.decode()).items()}
@@ -160,8 +180,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OAuthError as exc:
             self._send(exc.status, {"error": exc.error, "error_description": exc.description})
             status = exc.status
-        state.record(Call(time.time(), "POST", "/revoke", "oauth.revoke", None, None, None,
-                          status))
+        state.record(Call(time.time(), "POST", "/revoke", "oauth.revoke", None, None, None, status))
 
     def _calendar(
         self,
@@ -172,7 +191,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw: bytes,
     ) -> None:
         status, body, headers, delay = _calendar_call(
-            state, method, path, query, raw, self.headers.get("Authorization"))
+            state, method, path, query, raw, self.headers.get("Authorization")
+        )
         time.sleep(delay)
         self._send(status, body, headers)
 
@@ -187,11 +207,17 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.time()
         slowest = 0.0
         for inner in requests:  # the outer request's headers apply unless a part has its own
-            authorization = inner.headers.get("authorization") or self.headers.get(
-                "Authorization")
+            authorization = inner.headers.get("authorization") or self.headers.get("Authorization")
             status, body, headers, delay = _calendar_call(
-                state, inner.method, inner.path, parse_qs(inner.query), inner.body,
-                authorization, batch, None if sequential else started)
+                state,
+                inner.method,
+                inner.path,
+                parse_qs(inner.query),
+                inner.body,
+                authorization,
+                batch,
+                None if sequential else started,
+            )
             responses.append(InnerResponse(inner.content_id, status, body, headers))
             if sequential:  # one after another: the next call starts when this one ends
                 time.sleep(delay)
@@ -246,8 +272,21 @@ def _calendar_call(
         status = exc.status
         return exc.status, exc.body(), exc.headers, delay
     finally:
-        state.record(Call(time.time(), method, path, op, account, calendar_id, event_id,
-                          status, batch, begun, begun + delay))
+        state.record(
+            Call(
+                time.time(),
+                method,
+                path,
+                op,
+                account,
+                calendar_id,
+                event_id,
+                status,
+                batch,
+                begun,
+                begun + delay,
+            )
+        )
 
 
 def _operation(method: str, path: str, match: re.Match[str] | None, event_id: str | None) -> str:
@@ -259,8 +298,12 @@ def _operation(method: str, path: str, match: re.Match[str] | None, event_id: st
         return "unknown"
     if event_id is None:
         return {"POST": "events.insert", "GET": "events.list"}.get(method, "unknown")
-    return {"GET": "events.get", "PUT": "events.update", "PATCH": "events.patch",
-            "DELETE": "events.delete"}.get(method, "unknown")
+    return {
+        "GET": "events.get",
+        "PUT": "events.update",
+        "PATCH": "events.patch",
+        "DELETE": "events.delete",
+    }.get(method, "unknown")
 
 
 def _serve(
@@ -286,8 +329,9 @@ def _serve(
     if op == "events.get":
         return calendar_api.get_event(state, account, calendar_id, event_id)
     if op in ("events.update", "events.patch"):
-        return calendar_api.update_event(state, account, calendar_id, event_id, body,
-                                         patch=op == "events.patch")
+        return calendar_api.update_event(
+            state, account, calendar_id, event_id, body, patch=op == "events.patch"
+        )
     return calendar_api.delete_event(state, account, calendar_id, event_id)
 
 
@@ -311,16 +355,24 @@ def _fault_error(fault: Fault) -> GoogleError:
     if fault.status == 401:
         return GoogleError(401, "authError", "Invalid Credentials")
     messages = {500: "Backend Error", 502: "Bad Gateway", 503: "Service Unavailable"}
-    return GoogleError(fault.status, fault.reason or "backendError",
-                       messages.get(fault.status, "Error"), headers=headers)
+    return GoogleError(
+        fault.status,
+        fault.reason or "backendError",
+        messages.get(fault.status, "Error"),
+        headers=headers,
+    )
 
 
 class SandboxHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], state: SandboxState | None = None,
-                 ca_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        state: SandboxState | None = None,
+        ca_file: Path | None = None,
+    ) -> None:
         super().__init__(address, _Handler)
         self.state = state or SandboxState()
         from calsync_dev.sandbox.admin import admin_routes
@@ -330,8 +382,9 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
         # The handshake runs in the request's thread (finish_request), not in the accept loop.
-        self.socket = context.wrap_socket(self.socket, server_side=True,
-                                          do_handshake_on_connect=False)
+        self.socket = context.wrap_socket(
+            self.socket, server_side=True, do_handshake_on_connect=False
+        )
         if ca_file is None:
             handle, name = tempfile.mkstemp(prefix="calsync-sandbox-ca-", suffix=".pem")
             os.close(handle)
@@ -361,8 +414,9 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         return f"https://{host!s}:{port}/"
 
 
-def start_in_thread(host: str = "127.0.0.1", port: int = 0,
-                    ca_file: Path | None = None) -> SandboxHTTPServer:
+def start_in_thread(
+    host: str = "127.0.0.1", port: int = 0, ca_file: Path | None = None
+) -> SandboxHTTPServer:
     server = SandboxHTTPServer((host, port), ca_file=ca_file)
     threading.Thread(target=server.serve_forever, name="google-sandbox", daemon=True).start()
     return server

@@ -139,8 +139,12 @@ def _window_stats(times: list[float], refused: int) -> dict[str, Any]:
         while times[start] <= at - 60:
             start += 1
         most = max(most, end - start + 1)
-    return {"calls": len(times), "refused": refused, "max_per_minute": most,
-            "span_s": times[-1] - times[0] if times else 0.0}
+    return {
+        "calls": len(times),
+        "refused": refused,
+        "max_per_minute": most,
+        "span_s": times[-1] - times[0] if times else 0.0,
+    }
 
 
 class SandboxState:
@@ -208,12 +212,15 @@ class SandboxState:
         return median * math.exp(sigma * z)
 
     def config(self) -> dict[str, Any]:
-        return {"batch_mode": self.batch_mode, "latency_median_s": self.latency_median_s,
-                "latency_p99_s": self.latency_p99_s,
-                "quota_per_account_per_min": self.quota_per_account_per_min,
-                "quota_per_project_per_min": self.quota_per_project_per_min,
-                "rate_limit_status": self.rate_limit_status,
-                "token_lifetime_s": self.token_lifetime_s}
+        return {
+            "batch_mode": self.batch_mode,
+            "latency_median_s": self.latency_median_s,
+            "latency_p99_s": self.latency_p99_s,
+            "quota_per_account_per_min": self.quota_per_account_per_min,
+            "quota_per_project_per_min": self.quota_per_project_per_min,
+            "rate_limit_status": self.rate_limit_status,
+            "token_lifetime_s": self.token_lifetime_s,
+        }
 
     # --- administration -------------------------------------------------------------------
 
@@ -243,8 +250,9 @@ class SandboxState:
     def issue_access_token(self, email: str, lifetime_s: float | None = None) -> tuple[str, float]:
         with self.lock:
             token = "ya29.sandbox-" + secrets.token_urlsafe(24)
-            expires_at = time.time() + (lifetime_s if lifetime_s is not None else
-                                        self.token_lifetime_s)
+            expires_at = time.time() + (
+                lifetime_s if lifetime_s is not None else self.token_lifetime_s
+            )
             self.access_tokens[token] = (email, expires_at)
             self.issued.append(token)
             return token, expires_at
@@ -343,14 +351,19 @@ class SandboxState:
             len(project) >= self.quota_per_project_per_min
         ):
             self.quota_refusals[PROJECT] += 1
-            raise GoogleError(self.rate_limit_status, "rateLimitExceeded",
-                              "Rate Limit Exceeded", domain="usageLimits")
+            raise GoogleError(
+                self.rate_limit_status,
+                "rateLimitExceeded",
+                "Rate Limit Exceeded",
+                domain="usageLimits",
+            )
         if self.quota_per_account_per_min is not None and (
             len(user) >= self.quota_per_account_per_min
         ):
             self.quota_refusals[account] += 1
-            raise GoogleError(403, "userRateLimitExceeded", "User Rate Limit Exceeded",
-                              domain="usageLimits")
+            raise GoogleError(
+                403, "userRateLimitExceeded", "User Rate Limit Exceeded", domain="usageLimits"
+            )
         project.append(now)
         user.append(now)
         self.charged.setdefault(account, []).append(now)
@@ -366,8 +379,12 @@ class SandboxState:
         sliding minute, and the span from the first call to the last."""
         every = sorted(t for times in self.charged.values() for t in times)
         report = {PROJECT: _window_stats(every, self.quota_refusals[PROJECT])}
-        report.update({account: _window_stats(times, self.quota_refusals[account])
-                       for account, times in self.charged.items()})
+        report.update(
+            {
+                account: _window_stats(times, self.quota_refusals[account])
+                for account, times in self.charged.items()
+            }
+        )
         for account in self.quota_refusals:
             report.setdefault(account, _window_stats([], self.quota_refusals[account]))
         return report

@@ -27,11 +27,14 @@ def _reader(bound: Bound) -> Callable[[], int]:
 
 
 class Batcher(Generic[In, Out]):
-    def __init__(self, flush: Callable[[list[In]], Awaitable[Sequence[Out]]],
-                 max_size: Bound = 500,
-                 undelivered: Callable[[In, Out], None] | None = None,
-                 concurrency: Bound = 1,
-                 split_on: Callable[[Exception], bool] | None = None) -> None:
+    def __init__(
+        self,
+        flush: Callable[[list[In]], Awaitable[Sequence[Out]]],
+        max_size: Bound = 500,
+        undelivered: Callable[[In, Out], None] | None = None,
+        concurrency: Bound = 1,
+        split_on: Callable[[Exception], bool] | None = None,
+    ) -> None:
         """`undelivered`: told of an answer whose caller was cancelled meanwhile (to give
         back what the flush took for it). `split_on`: failures of a flush that may come from
         one item alone (bad data): the batch is then split in halves and each flushed again,

@@ -24,8 +24,9 @@ from consumer.domain.errors import CalsyncError
 # that a query naming a table that is not there holds its partition until a migration
 # comes, rather than dead-lettering every message meanwhile.)
 _RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_RETRIABLE_SQLSTATES = frozenset({"55P03", "25P03", "25P04", "25006", "42P01", "42703",
-                                  "42883", "42704"})
+_RETRIABLE_SQLSTATES = frozenset(
+    {"55P03", "25P03", "25P04", "25006", "42P01", "42703", "42883", "42704"}
+)
 # Kafka errors that will repeat for the same record, whatever the broker's state.
 _DETERMINISTIC_KAFKA = (
     kafka_errors.MessageSizeTooLargeError,

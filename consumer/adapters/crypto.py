@@ -16,14 +16,17 @@ from consumer.settings import Settings
 class TokenCipher:
     def __init__(self, keys: list[str]) -> None:
         if not keys:
-            raise TokenKeyError("CALSYNC_TOKEN_KEY is not set: generate a key with "
-                                "`calsync keys generate` and export it")
+            raise TokenKeyError(
+                "CALSYNC_TOKEN_KEY is not set: generate a key with "
+                "`calsync keys generate` and export it"
+            )
         try:
             self._fernet = MultiFernet([Fernet(key.encode()) for key in keys])
         except ValueError:
-            raise TokenKeyError("CALSYNC_TOKEN_KEY is malformed: each comma-separated key must "
-                                "be 32 url-safe base64-encoded bytes (`calsync keys generate`)"
-                                ) from None
+            raise TokenKeyError(
+                "CALSYNC_TOKEN_KEY is malformed: each comma-separated key must "
+                "be 32 url-safe base64-encoded bytes (`calsync keys generate`)"
+            ) from None
         self.keys = list(keys)
 
     @classmethod
@@ -42,14 +45,16 @@ class TokenCipher:
         try:
             return self._fernet.decrypt(ciphertext.encode()).decode()
         except InvalidToken:
-            raise TokenKeyError("a stored token cannot be decrypted with CALSYNC_TOKEN_KEY "
-                                "(wrong key, or a key dropped before `calsync keys rotate`)"
-                                ) from None
+            raise TokenKeyError(
+                "a stored token cannot be decrypted with CALSYNC_TOKEN_KEY "
+                "(wrong key, or a key dropped before `calsync keys rotate`)"
+            ) from None
 
     def rotate(self, ciphertext: str) -> str:
         """The same plaintext, encrypted under the first key."""
         try:
             return self._fernet.rotate(ciphertext.encode()).decode()
         except InvalidToken:
-            raise TokenKeyError("a stored token cannot be decrypted with any key of "
-                                "CALSYNC_TOKEN_KEY") from None
+            raise TokenKeyError(
+                "a stored token cannot be decrypted with any key of CALSYNC_TOKEN_KEY"
+            ) from None

@@ -41,8 +41,11 @@ def build_consumer(settings: Settings) -> AIOKafkaConsumer:
 
 
 def build_producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                            client_id=f"calsync-{settings.group_id}-dlq")
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        client_id=f"calsync-{settings.group_id}-dlq",
+    )
 
 
 async def ensure_topics(bootstrap: str, topics: Sequence[str], partitions: int = 1) -> None:
@@ -77,26 +80,47 @@ def header_text(text: str) -> bytes:
 
 
 def dead_letter_copy(
-    key: bytes | None, value: bytes | None, original: Sequence[tuple[str, bytes]],
-    error_type: str, error: str, topic: str, partition: int, offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    original: Sequence[tuple[str, bytes]],
+    error_type: str,
+    error: str,
+    topic: str,
+    partition: int,
+    offset: int,
 ) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
     """The key, value and headers of a message's copy on the dead-letter topic: the original
     ones (Kafka Connect's convention) plus where it came from and why. A message too large
     to copy whole loses its value first, then its original headers, then its key, each
     replaced by a header saying how large it was."""
-    ours = {DLQ_ERROR, DLQ_ERROR_TYPE, DLQ_SOURCE_TOPIC, DLQ_SOURCE_PARTITION, DLQ_SOURCE_OFFSET,
-            DLQ_VALUE_TRUNCATED, DLQ_KEY_TRUNCATED, DLQ_HEADERS_DROPPED}
+    ours = {
+        DLQ_ERROR,
+        DLQ_ERROR_TYPE,
+        DLQ_SOURCE_TOPIC,
+        DLQ_SOURCE_PARTITION,
+        DLQ_SOURCE_OFFSET,
+        DLQ_VALUE_TRUNCATED,
+        DLQ_KEY_TRUNCATED,
+        DLQ_HEADERS_DROPPED,
+    }
     kept = [(k, v) for k, v in original if k not in ours]
-    added = [(DLQ_ERROR, header_text(error)),
-             (DLQ_ERROR_TYPE, header_text(error_type)),
-             (DLQ_SOURCE_TOPIC, header_text(topic)),
-             (DLQ_SOURCE_PARTITION, str(partition).encode()),
-             (DLQ_SOURCE_OFFSET, str(offset).encode())]
+    added = [
+        (DLQ_ERROR, header_text(error)),
+        (DLQ_ERROR_TYPE, header_text(error_type)),
+        (DLQ_SOURCE_TOPIC, header_text(topic)),
+        (DLQ_SOURCE_PARTITION, str(partition).encode()),
+        (DLQ_SOURCE_OFFSET, str(offset).encode()),
+    ]
 
     def size() -> int:
-        return (len(key or b"") + len(value or b"")
-                + sum(len(k.encode("utf-8", "surrogateescape")) + len(v or b"")
-                      for k, v in (*kept, *added)))
+        return (
+            len(key or b"")
+            + len(value or b"")
+            + sum(
+                len(k.encode("utf-8", "surrogateescape")) + len(v or b"")
+                for k, v in (*kept, *added)
+            )
+        )
 
     if size() > DLQ_COPY_MAX_BYTES and value:
         added.append((DLQ_VALUE_TRUNCATED, str(len(value)).encode()))

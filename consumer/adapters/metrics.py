@@ -31,12 +31,16 @@ class _LagCollector(Collector):
         self._source = source
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        records = GaugeMetricFamily("calsync_consumer_lag_records",
-                                    "Records of an assigned partition not yet recorded",
-                                    labels=["topic", "partition"])
-        seconds = GaugeMetricFamily("calsync_consumer_lag_seconds",
-                                    "Age of the oldest fetched record not yet recorded",
-                                    labels=["topic", "partition"])
+        records = GaugeMetricFamily(
+            "calsync_consumer_lag_records",
+            "Records of an assigned partition not yet recorded",
+            labels=["topic", "partition"],
+        )
+        seconds = GaugeMetricFamily(
+            "calsync_consumer_lag_seconds",
+            "Age of the oldest fetched record not yet recorded",
+            labels=["topic", "partition"],
+        )
         for lag in self._source():
             labels = [lag.topic, str(lag.partition)]
             records.add_metric(labels, lag.records)
@@ -49,63 +53,109 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.messages = Counter("calsync_messages", "Kafka messages handled, by outcome",
-                                ["outcome"], registry=r)
-        self.link_operations = Counter("calsync_link_operations",
-                                       "Per-link results, by operation and outcome",
-                                       ["operation", "outcome"], registry=r)
-        self.google_requests = Histogram("calsync_google_request_duration_seconds",
-                                         "Google Calendar API calls, by method and status",
-                                         ["method", "status"], buckets=_LATENCY_BUCKETS,
-                                         registry=r)
-        self.token_refreshes = Counter("calsync_token_refreshes",
-                                       "OAuth access token refreshes, by result", ["result"],
-                                       registry=r)
-        self.dead_letters = Counter("calsync_dead_letters",
-                                    "Messages dead-lettered, by error type", ["error_type"],
-                                    registry=r)
-        self.in_flight = Gauge("calsync_in_flight_messages",
-                               "Messages fetched and not yet recorded", registry=r)
-        self.commits = Histogram("calsync_offset_commit_duration_seconds",
-                                 "Offset commits to Kafka", buckets=_LATENCY_BUCKETS,
-                                 registry=r)
-        self.rebalances = Counter("calsync_rebalances",
-                                  "Partition assignments and revocations", ["event"],
-                                  registry=r)
+        self.messages = Counter(
+            "calsync_messages", "Kafka messages handled, by outcome", ["outcome"], registry=r
+        )
+        self.link_operations = Counter(
+            "calsync_link_operations",
+            "Per-link results, by operation and outcome",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.google_requests = Histogram(
+            "calsync_google_request_duration_seconds",
+            "Google Calendar API calls, by method and status",
+            ["method", "status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.token_refreshes = Counter(
+            "calsync_token_refreshes",
+            "OAuth access token refreshes, by result",
+            ["result"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "calsync_dead_letters",
+            "Messages dead-lettered, by error type",
+            ["error_type"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "calsync_in_flight_messages", "Messages fetched and not yet recorded", registry=r
+        )
+        self.commits = Histogram(
+            "calsync_offset_commit_duration_seconds",
+            "Offset commits to Kafka",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "calsync_rebalances", "Partition assignments and revocations", ["event"], registry=r
+        )
         self.links = Gauge("calsync_links", "Calendar links, by state", ["state"], registry=r)
-        self.fetch_flow = Counter("calsync_fetch_flow",
-                                  "Fetching paused (max_in_flight reached) and resumed",
-                                  ["event"], registry=r)
-        self.quota_waits = Histogram("calsync_quota_wait_seconds",
-                                     "Time a Google call waited for its quota slot, by quota",
-                                     ["quota"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.google_batches = Histogram("calsync_google_batch_calls",
-                                        "Calls per HTTP request to Google (1: a plain call, "
-                                        "more: one request to the batch endpoint)",
-                                        buckets=(1, 2, 5, 10, 20, 50, 100, 1000), registry=r)
-        self.quota_pauses = Counter("calsync_quota_pauses",
-                                    "Quotas paused because Google said they were spent "
-                                    "(quotaExceeded, dailyLimitExceeded), by quota", ["quota"],
-                                    registry=r)
-        self.repairs_waiting = Gauge("calsync_repairs_waiting",
-                                     "(link, booking) pairs left off their calendar, waiting "
-                                     "for the repair loop, by reason", ["reason"], registry=r)
-        self.repairs = Counter("calsync_repairs",
-                               "Repairs attempted by this process, by outcome", ["outcome"],
-                               registry=r)
-        self.reconcile_drift = Counter("calsync_reconcile_drift",
-                                       "Drift found by reconciles, by kind (missing, changed, "
-                                       "orphaned, duplicated)", ["kind"], registry=r)
-        self.reconcile_repaired = Counter("calsync_reconcile_repaired",
-                                          "Drift repaired by reconciles, by kind", ["kind"],
-                                          registry=r)
-        self.quota_slowdowns = Counter("calsync_quota_slowdowns",
-                                       "Quotas slowed down after Google refused calls for rate "
-                                       "limits, by quota", ["quota"], registry=r)
+        self.fetch_flow = Counter(
+            "calsync_fetch_flow",
+            "Fetching paused (max_in_flight reached) and resumed",
+            ["event"],
+            registry=r,
+        )
+        self.quota_waits = Histogram(
+            "calsync_quota_wait_seconds",
+            "Time a Google call waited for its quota slot, by quota",
+            ["quota"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.google_batches = Histogram(
+            "calsync_google_batch_calls",
+            "Calls per HTTP request to Google (1: a plain call, "
+            "more: one request to the batch endpoint)",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 1000),
+            registry=r,
+        )
+        self.quota_pauses = Counter(
+            "calsync_quota_pauses",
+            "Quotas paused because Google said they were spent "
+            "(quotaExceeded, dailyLimitExceeded), by quota",
+            ["quota"],
+            registry=r,
+        )
+        self.repairs_waiting = Gauge(
+            "calsync_repairs_waiting",
+            "(link, booking) pairs left off their calendar, waiting for the repair loop, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.repairs = Counter(
+            "calsync_repairs",
+            "Repairs attempted by this process, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconcile_drift = Counter(
+            "calsync_reconcile_drift",
+            "Drift found by reconciles, by kind (missing, changed, orphaned, duplicated)",
+            ["kind"],
+            registry=r,
+        )
+        self.reconcile_repaired = Counter(
+            "calsync_reconcile_repaired",
+            "Drift repaired by reconciles, by kind",
+            ["kind"],
+            registry=r,
+        )
+        self.quota_slowdowns = Counter(
+            "calsync_quota_slowdowns",
+            "Quotas slowed down after Google refused calls for rate limits, by quota",
+            ["quota"],
+            registry=r,
+        )
 
     def watch_lag(self, source: Callable[[], list[PartitionLag]]) -> None:
         self.registry.register(_LagCollector(source))
 
     def google_call(self, method: str, started: float, status: int | None) -> None:
         self.google_requests.labels(method, str(status) if status else "network").observe(
-            time.perf_counter() - started)
+            time.perf_counter() - started
+        )

@@ -52,11 +52,17 @@ class LinkReport:
         for d in self.drift:
             item = {k: v for k, v in asdict(d).items() if k != "kind" and v not in (None, "")}
             by_kind[d.kind].append(item)
-        return {"link_id": self.link_id, "activity_id": self.activity_id,
-                "account_email": self.account_email, "calendar_id": self.calendar_id,
-                "events_seen": self.events_seen, **by_kind,
-                "repaired": dict(self.repaired), "unrepaired": self.unrepaired,
-                "error": self.error}
+        return {
+            "link_id": self.link_id,
+            "activity_id": self.activity_id,
+            "account_email": self.account_email,
+            "calendar_id": self.calendar_id,
+            "events_seen": self.events_seen,
+            **by_kind,
+            "repaired": dict(self.repaired),
+            "unrepaired": self.unrepaired,
+            "error": self.error,
+        }
 
 
 def _instant(when: Any) -> str | None:
@@ -92,16 +98,23 @@ def differences(wanted: dict[str, Any], held: dict[str, Any]) -> list[str]:
     return fields
 
 
-def compare(row: LinkRow, latest: dict[str, BookingEvent], recorded: dict[str, str],
-            events: list[dict[str, Any]], others: dict[str, tuple[str, str | None]]
-            ) -> list[Drift]:
+def compare(
+    row: LinkRow,
+    latest: dict[str, BookingEvent],
+    recorded: dict[str, str],
+    events: list[dict[str, Any]],
+    others: dict[str, tuple[str, str | None]],
+) -> list[Drift]:
     """What drifted on `row`'s calendar. `latest`: the bookings that may concern the link
     (its activity's, and those it holds), by id; `recorded`: the event id the records hold
     per booking on this calendar; `events`: ours on the calendar (any link); `others`: the
     other links named by events, id -> (state, calendar)."""
     link = row.link
-    wanted = {b: e for b, e in latest.items()
-              if belongs_on_calendar(e) and e.booking.activity_id == link.activity_id}
+    wanted = {
+        b: e
+        for b, e in latest.items()
+        if belongs_on_calendar(e) and e.booking.activity_id == link.activity_id
+    }
     drift: list[Drift] = []
     mine: dict[str, list[dict[str, Any]]] = {}
     kept: dict[str, list[dict[str, Any]]] = {}  # a disconnected link's, kept on purpose
@@ -116,8 +129,15 @@ def compare(row: LinkRow, latest: dict[str, BookingEvent], recorded: dict[str, s
                 continue  # another live link's on this calendar, or kept by its owner
             # A link that no longer exists, or that moved to another calendar: its event
             # should have left this one.
-            drift.append(Drift("orphaned", booking_id, event["id"],
-                               f"of link {owner} ({state})", link_id=str(owner)))
+            drift.append(
+                Drift(
+                    "orphaned",
+                    booking_id,
+                    event["id"],
+                    f"of link {owner} ({state})",
+                    link_id=str(owner),
+                )
+            )
             continue
         if booking_id not in wanted:
             why = "no such booking" if booking_id not in latest else "booking not live here"
@@ -128,10 +148,19 @@ def compare(row: LinkRow, latest: dict[str, BookingEvent], recorded: dict[str, s
         held = mine.get(booking_id, [])
         # A booking this link holds, also on the calendar from a link disconnected with
         # its events kept: the calendar shows it twice.
-        drift += [Drift("duplicated", booking_id, e["id"], "kept by a disconnected link",
-                        link_id=str(((e.get("extendedProperties") or {}).get("private")
-                                     or {}).get("link_id")))
-                  for e in kept.get(booking_id, []) if held]
+        drift += [
+            Drift(
+                "duplicated",
+                booking_id,
+                e["id"],
+                "kept by a disconnected link",
+                link_id=str(
+                    ((e.get("extendedProperties") or {}).get("private") or {}).get("link_id")
+                ),
+            )
+            for e in kept.get(booking_id, [])
+            if held
+        ]
         if not held:
             drift.append(Drift("missing", booking_id, None))
             continue

@@ -218,8 +218,13 @@ class LinkError(Refusal):
     status), `problem` is a short name. `activity_id`, when known, lets a page offer to
     start again."""
 
-    def __init__(self, message: str, kind: RefusalKind = RefusalKind.INVALID,
-                 problem: str = "bad_request", activity_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        kind: RefusalKind = RefusalKind.INVALID,
+        problem: str = "bad_request",
+        activity_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.kind = kind
         self.problem = problem

@@ -95,9 +95,7 @@ class Booking(BaseModel):
     # Tolerant reader: upstream may add fields without a schema_version bump.
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    id: Text = Field(
-        min_length=1, max_length=200, description="Booking id; also the message key."
-    )
+    id: Text = Field(min_length=1, max_length=200, description="Booking id; also the message key.")
     version: int = Field(
         ge=0, le=MAX_VERSION, description="Increases with every change of the booking."
     )
@@ -247,6 +245,7 @@ class SyncResult(BaseModel):
 
 
 # --- records the adapters hand the service (never serialized as such) -----------------------
+
 
 @dataclass(frozen=True)
 class LinkTokens:

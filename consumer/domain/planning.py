@@ -41,7 +41,9 @@ def belongs_on_calendar(event: BookingEvent) -> bool:
 
 
 def plan_operation(
-    event: BookingEvent, link: CalendarLink, recorded: RecordedEvent | None,
+    event: BookingEvent,
+    link: CalendarLink,
+    recorded: RecordedEvent | None,
     latest: bool = False,
 ) -> PlannedOperation:
     """Decide what one link's calendar needs so that it matches the booking.

@@ -49,15 +49,22 @@ class Action(StrEnum):
 
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 # The project's: its daily quota, or the project itself (the API not enabled, no key).
-PROJECT_QUOTA_REASONS = frozenset({"dailyLimitExceeded", "dailyLimitExceededUnreg",
-                                   "accessNotConfigured", "userRateLimitExceededUnreg",
-                                   "rateLimitExceededUnreg"})
+PROJECT_QUOTA_REASONS = frozenset(
+    {
+        "dailyLimitExceeded",
+        "dailyLimitExceededUnreg",
+        "accessNotConfigured",
+        "userRateLimitExceededUnreg",
+        "rateLimitExceededUnreg",
+    }
+)
 ACCOUNT_QUOTA_REASONS = frozenset({"quotaExceeded"})
 USAGE_LIMITS_DOMAIN = "usageLimits"
 _EVENT_WRITES = frozenset({"events.update", "events.patch", "events.delete"})
 _ONE_EVENT = _EVENT_WRITES | {"events.get"}
-_CALENDAR_CALLS = frozenset({"events.insert", "events.list", "calendarList.get",
-                             "calendarList.list"})
+_CALENDAR_CALLS = frozenset(
+    {"events.insert", "events.list", "calendarList.get", "calendarList.list"}
+)
 
 
 def classify(status: int | None, reason: str, domain: str, method: str) -> Action:

@@ -44,7 +44,8 @@ def _aware(value: str) -> datetime:
         raise argparse.ArgumentTypeError(f"not an ISO 8601 date-time: {value!r}") from None
     if parsed.tzinfo is None:
         raise argparse.ArgumentTypeError(
-            f"{value!r} has no time zone; add one, e.g. {value}Z or {value}+02:00")
+            f"{value!r} has no time zone; add one, e.g. {value}Z or {value}+02:00"
+        )
     return parsed
 
 
@@ -57,8 +58,9 @@ def _partitions(value: str) -> list[int]:
     try:
         parts = sorted({int(p) for p in value.split(",") if p.strip()})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of partitions: "
-                                         f"{value!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of partitions: {value!r}"
+        ) from None
     if not parts or parts[0] < 0:
         raise argparse.ArgumentTypeError(f"not a list of partition numbers: {value!r}")
     return parts
@@ -89,44 +91,66 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the booking event JSON Schema")
     schema.add_argument("--write", action="store_true", help="write it into schemas/")
 
-    replay = sub.add_parser("replay", help="reset the group's offsets to re-read messages "
-                            "(like kafka-consumer-groups --reset-offsets); dry run by default")
+    replay = sub.add_parser(
+        "replay",
+        help="reset the group's offsets to re-read messages "
+        "(like kafka-consumer-groups --reset-offsets); dry run by default",
+    )
     replay.add_argument("--group", help="consumer group (default: CALSYNC_GROUP_ID)")
-    replay.add_argument("--topic", help="topic, or topic:0,3 for some partitions as "
-                        "kafka-consumer-groups takes it (default: CALSYNC_TOPIC)")
+    replay.add_argument(
+        "--topic",
+        help="topic, or topic:0,3 for some partitions as "
+        "kafka-consumer-groups takes it (default: CALSYNC_TOPIC)",
+    )
     replay.add_argument("--partitions", type=_partitions, help="e.g. 0,3,7 (default: all)")
     replay.add_argument("--dry-run", action="store_true", help="the default: print the plan")
     where = replay.add_mutually_exclusive_group(required=True)
     where.add_argument("--to-datetime", type=_aware, help="ISO 8601 with a time zone")
-    where.add_argument("--by-duration", type=_duration, help="ISO 8601 duration back from "
-                       "now, e.g. PT2H")
+    where.add_argument(
+        "--by-duration", type=_duration, help="ISO 8601 duration back from now, e.g. PT2H"
+    )
     where.add_argument("--to-offset", type=int)
     where.add_argument("--shift-by", type=int, help="negative: re-read that many")
     where.add_argument("--to-earliest", action="store_true")
     replay.add_argument("--execute", action="store_true", help="apply the plan")
-    replay.add_argument("--resync", action="store_true", help="with --execute: also re-apply "
-                        "the latest state of the affected bookings to Google")
+    replay.add_argument(
+        "--resync",
+        action="store_true",
+        help="with --execute: also re-apply the latest state of the affected bookings to Google",
+    )
     replay.add_argument("--by", help="who asks (recorded; default: user@host)")
     replay.add_argument("--json", action="store_true")
-    status = sub.add_parser("status", help="members, lag, links, failures, repairs, dead "
-                                           "letters")
+    status = sub.add_parser("status", help="members, lag, links, failures, repairs, dead letters")
     status.add_argument("--json", action="store_true")
-    repair = sub.add_parser("repair", help="re-drive (link, booking) pairs left off their "
-                                           "calendar now, instead of at their due time")
+    repair = sub.add_parser(
+        "repair",
+        help="re-drive (link, booking) pairs left off their "
+        "calendar now, instead of at their due time",
+    )
     repair.add_argument("--link", help="only this link's")
-    repair.add_argument("--now", action="store_true",
-                        help="all of them, not only those due (their backoff is waived)")
+    repair.add_argument(
+        "--now",
+        action="store_true",
+        help="all of them, not only those due (their backoff is waived)",
+    )
     repair.add_argument("--json", action="store_true")
-    reconcile = sub.add_parser("reconcile", help="compare each active link's calendar with "
-                                                 "the bookings: missing, changed by hand, "
-                                                 "orphaned, duplicated events (a dry run by "
-                                                 "default)")
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="compare each active link's calendar with "
+        "the bookings: missing, changed by hand, "
+        "orphaned, duplicated events (a dry run by "
+        "default)",
+    )
     reconcile.add_argument("--link", help="only this link")
-    reconcile.add_argument("--execute", action="store_true",
-                           help="repair what is found (through the sync's claimed path)")
+    reconcile.add_argument(
+        "--execute",
+        action="store_true",
+        help="repair what is found (through the sync's claimed path)",
+    )
     reconcile.add_argument("--json", action="store_true")
-    dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(dest="dlq_command",
-                                                                    required=True)
+    dlq = sub.add_parser("dlq", help="dead letters").add_subparsers(
+        dest="dlq_command", required=True
+    )
     dlq_list = dlq.add_parser("list", help="dead letters waiting (--all: replayed ones too)")
     dlq_list.add_argument("--all", action="store_true")
     dlq_list.add_argument("--json", action="store_true")
@@ -138,22 +162,33 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_replay.add_argument("--value-file", help="a corrected value for one dead letter")
     dlq_replay.add_argument("--by", help="who asks (recorded; default: user@host)")
 
-    sub.add_parser("serve", help="the links HTTP API and Google's OAuth redirect "
-                   "(CALSYNC_HTTP_HOST, CALSYNC_HTTP_PORT, CALSYNC_ADMIN_TOKEN)")
-    keys = sub.add_parser("keys", help="the token encryption key (CALSYNC_TOKEN_KEY)"
-                          ).add_subparsers(dest="keys_command", required=True)
+    sub.add_parser(
+        "serve",
+        help="the links HTTP API and Google's OAuth redirect "
+        "(CALSYNC_HTTP_HOST, CALSYNC_HTTP_PORT, CALSYNC_ADMIN_TOKEN)",
+    )
+    keys = sub.add_parser(
+        "keys", help="the token encryption key (CALSYNC_TOKEN_KEY)"
+    ).add_subparsers(dest="keys_command", required=True)
     keys.add_parser("generate", help="print a new key")
     keys.add_parser("rotate", help="re-encrypt every stored token under the first key")
 
-    link = sub.add_parser("links", help="calendar links").add_subparsers(dest="links_command",
-                                                                          required=True)
-    con = link.add_parser("connect", help="start connecting a Google account to an activity: "
-                          "prints the consent URL to open in a browser")
+    link = sub.add_parser("links", help="calendar links").add_subparsers(
+        dest="links_command", required=True
+    )
+    con = link.add_parser(
+        "connect",
+        help="start connecting a Google account to an activity: "
+        "prints the consent URL to open in a browser",
+    )
     con.add_argument("activity")
     dis = link.add_parser("disconnect", help="revoke the account's token and stop syncing")
     dis.add_argument("link")
-    dis.add_argument("--remove-events", action="store_true",
-                     help="also delete the link's events from the calendar (default: keep)")
+    dis.add_argument(
+        "--remove-events",
+        action="store_true",
+        help="also delete the link's events from the calendar (default: keep)",
+    )
     imp = link.add_parser("import", help="register a link from tokens obtained elsewhere")
     imp.add_argument("--activity", required=True)
     imp.add_argument("--account", required=True, help="the Google account's email")
@@ -185,20 +220,32 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
     if command == "import":
         if (args.access_token is None) != (args.expires_at is None):
             raise CliError("--access-token and --expires-at go together")
-        link_id = _with_links(settings, lambda s: s.import_link(
-            activity_id=args.activity, account_email=args.account,
-            refresh_token=args.refresh_token, access_token=args.access_token,
-            expires_at=args.expires_at, calendar_id=args.calendar))
+        link_id = _with_links(
+            settings,
+            lambda s: s.import_link(
+                activity_id=args.activity,
+                account_email=args.account,
+                refresh_token=args.refresh_token,
+                access_token=args.access_token,
+                expires_at=args.expires_at,
+                calendar_id=args.calendar,
+            ),
+        )
         state = "active" if args.calendar else "pending (choose a calendar: calsync links select)"
-        print(f"imported link for {args.account} on activity {args.activity}: {state}",
-              file=sys.stderr)
+        print(
+            f"imported link for {args.account} on activity {args.activity}: {state}",
+            file=sys.stderr,
+        )
         print(link_id)
         return 0
     if command == "connect":
         started = _with_links(settings, lambda s: s.start_connect(args.activity))
-        print(f"open this URL in a browser and sign in with the Google account to connect to "
-              f"activity {started.activity_id} (valid until {started.expires_at.isoformat()}); "
-              f"Google will send the browser back to {started.redirect_uri}", file=sys.stderr)
+        print(
+            f"open this URL in a browser and sign in with the Google account to connect to "
+            f"activity {started.activity_id} (valid until {started.expires_at.isoformat()}); "
+            f"Google will send the browser back to {started.redirect_uri}",
+            file=sys.stderr,
+        )
         print(started.authorization_url)
         return 0
     if command == "calendars":
@@ -208,36 +255,52 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(f"{'NAME':30} {'PRIMARY':8} {'WRITABLE':9} ID")
             for c in calendars:
-                print(f"{c.name[:30]:30} {'yes' if c.primary else 'no':8} "
-                      f"{'yes' if c.writable else 'no':9} {c.id}")
+                print(
+                    f"{c.name[:30]:30} {'yes' if c.primary else 'no':8} "
+                    f"{'yes' if c.writable else 'no':9} {c.id}"
+                )
         return 0
     if command == "select":
-        chosen = _with_links(settings, lambda s: _select_showing_progress(
-            s, args.link, args.calendar_id))
+        chosen = _with_links(
+            settings, lambda s: _select_showing_progress(s, args.link, args.calendar_id)
+        )
         merged = f" (folded into earlier link {chosen.link.id})" if chosen.merged_from else ""
-        print(f"link {args.link} now syncs to calendar {chosen.calendar.name!r} "
-              f"({chosen.calendar.id}){merged}; backfilled: {_counts(chosen.backfill or {})}")
+        print(
+            f"link {args.link} now syncs to calendar {chosen.calendar.name!r} "
+            f"({chosen.calendar.id}){merged}; backfilled: {_counts(chosen.backfill or {})}"
+        )
         return 0
     if command == "disconnect":
         done = _with_links(settings, lambda s: s.disconnect(args.link, args.remove_events))
-        events = (f"{done.events_removed} events removed" if args.remove_events
-                  else "events kept on the calendar")
-        token = ("token revoked at Google" if done.token_revoked else
-                 "token not revoked at Google (still used by "
-                 f"{', '.join(done.token_still_used_by)})" if done.token_still_used_by
-                 else "token was already revoked")
+        events = (
+            f"{done.events_removed} events removed"
+            if args.remove_events
+            else "events kept on the calendar"
+        )
+        token = (
+            "token revoked at Google"
+            if done.token_revoked
+            else "token not revoked at Google (still used by "
+            f"{', '.join(done.token_still_used_by)})"
+            if done.token_still_used_by
+            else "token was already revoked"
+        )
         print(f"link {args.link} disconnected: {events}; {token}")
         return 0
     rows = asyncio.run(_list_links(settings))
     if args.json:
         print_json([r.model_dump() for r in rows])
     else:
-        print(f"{'ID':22} {'ACTIVITY':14} {'ACCOUNT':30} {'STATE':21} {'SINCE':20} "
-              f"{'CALENDAR':24} REASON")
+        print(
+            f"{'ID':22} {'ACTIVITY':14} {'ACCOUNT':30} {'STATE':21} {'SINCE':20} "
+            f"{'CALENDAR':24} REASON"
+        )
         for r in rows:
-            print(f"{r.id:22} {r.activity_id[:14]:14} {r.account_email[:30]:30} "
-                  f"{r.state:21} {r.state_changed_at.isoformat()[:19]:20} "
-                  f"{(r.calendar_id or '-')[:24]:24} {r.state_reason or ''}")
+            print(
+                f"{r.id:22} {r.activity_id[:14]:14} {r.account_email[:30]:30} "
+                f"{r.state:21} {r.state_changed_at.isoformat()[:19]:20} "
+                f"{(r.calendar_id or '-')[:24]:24} {r.state_reason or ''}"
+            )
     return 0
 
 
@@ -247,8 +310,9 @@ async def _list_links(settings: Settings) -> list[LinkSummary]:
         return [LinkSummary.of(row) for row in await store.repository.all_links()]
 
 
-async def _select_showing_progress(service: links.LinkService, link_id: str,
-                                   calendar_id: str) -> Chosen:
+async def _select_showing_progress(
+    service: links.LinkService, link_id: str, calendar_id: str
+) -> Chosen:
     """`links select`: on a terminal, the backfill's progress while it runs (one line that
     rewrites itself on stderr: done of total, rate, about how long is left)."""
     from consumer.service.progress import progress, quota_ceiling
@@ -264,8 +328,7 @@ async def _select_showing_progress(service: links.LinkService, link_id: str,
             continue
         view = progress(latest, quota_ceiling(service.settings))
         left = f", about {view.remaining_s:.0f}s left" if view.remaining_s else ""
-        sys.stderr.write(f"\rbackfilling: {view.done}/{view.total or '?'} booking(s)"
-                         f"{left}   ")
+        sys.stderr.write(f"\rbackfilling: {view.done}/{view.total or '?'} booking(s){left}   ")
         sys.stderr.flush()
         shown = True
     if shown:
@@ -287,8 +350,10 @@ def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
             return await store.rotate_key()
 
     links_done, states_done = asyncio.run(rotate())
-    print(f"re-encrypted the tokens of {links_done} link(s) and {states_done} pending "
-          "connection(s) under the first key of CALSYNC_TOKEN_KEY")
+    print(
+        f"re-encrypted the tokens of {links_done} link(s) and {states_done} pending "
+        "connection(s) under the first key of CALSYNC_TOKEN_KEY"
+    )
     return 0
 
 
@@ -315,13 +380,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"calsync: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
-              file=sys.stderr)
+        print(
+            f"calsync: invalid settings: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}",
+            file=sys.stderr,
+        )
         return 2
     quiet = args.command not in ("consume", "serve") and settings.log_level.upper() == "INFO"
     # A person running a one-off command reads its answer, not the service's info lines.
-    configure_logging(settings.model_copy(update={"log_level": "WARNING"}) if quiet
-                      else settings)
+    configure_logging(settings.model_copy(update={"log_level": "WARNING"}) if quiet else settings)
     handlers: dict[str, Callable[[], int]] = {
         "migrate": lambda: _cmd_migrate(settings),
         "consume": lambda: _cmd_consume(settings),
@@ -403,8 +469,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _missing_dev_tooling(exc: ModuleNotFoundError) -> CliError:
     """`calsync sandbox` and `calsync demo` run the dev tooling (`calsync_dev`): the only
     imports of it from the runtime package, made when those commands run."""
-    return CliError(f"this command needs the dev tooling ({exc.name} is missing): install "
-                    "calendar-sync with its embedded extra: pip install 'calendar-sync[embedded]'")
+    return CliError(
+        f"this command needs the dev tooling ({exc.name} is missing): install "
+        "calendar-sync with its embedded extra: pip install 'calendar-sync[embedded]'"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             args.partitions = sorted({int(p) for p in listed.split(",") if p.strip()})
         except ValueError:
             raise CliError(f"not a list of partitions after {topic}: {listed!r}") from None
-    spec = ops.ResetSpec(args.to_datetime, args.by_duration, args.to_offset, args.shift_by,
-                         args.to_earliest)
+    spec = ops.ResetSpec(
+        args.to_datetime, args.by_duration, args.to_offset, args.shift_by, args.to_earliest
+    )
     connect = bootstrap.connections(settings)
 
     async def run() -> tuple[list[ops.PartitionPlan], int | None]:
@@ -56,29 +57,46 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             await ops.execute_replay(settings, group, topic, plan)
             if args.resync:
                 resynced = await bootstrap.resync(
-                    settings, await ops.affected_bookings(settings, topic, plan))
-        await ops.record_replay(connect, group, topic, spec, plan, args.execute, args.resync,
-                                args.by, resynced)
+                    settings, await ops.affected_bookings(settings, topic, plan)
+                )
+        await ops.record_replay(
+            connect, group, topic, spec, plan, args.execute, args.resync, args.by, resynced
+        )
         return plan, resynced
 
     plan, resynced = asyncio.run(run())
     if args.json:
-        print_json({"group": group, "topic": topic, "executed": args.execute,
-                     "resynced": resynced, "partitions": [
-                         {"partition": p.partition, "current": p.current, "new": p.new,
-                          "rereads": p.rereads} for p in plan]})
+        print_json(
+            {
+                "group": group,
+                "topic": topic,
+                "executed": args.execute,
+                "resynced": resynced,
+                "partitions": [
+                    {
+                        "partition": p.partition,
+                        "current": p.current,
+                        "new": p.new,
+                        "rereads": p.rereads,
+                    }
+                    for p in plan
+                ],
+            }
+        )
         return 0
     print(f"{'PARTITION':10} {'CURRENT':>10} {'NEW':>10} {'RE-READ':>8}")
     for p in plan:
         print(f"{p.partition:<10} {p.current:>10} {p.new:>10} {p.rereads:>8}")
     total = sum(p.rereads for p in plan)
     if not args.execute:
-        print(f"dry run: {total} message(s) would be re-read by group {group}; "
-              "add --execute to apply")
+        print(
+            f"dry run: {total} message(s) would be re-read by group {group}; add --execute to apply"
+        )
     else:
-        print(f"done: group {group} will re-read {total} message(s) on {topic}"
-              + (f"; {resynced} event operation(s) re-applied to Google" if args.resync
-                 else ""))
+        print(
+            f"done: group {group} will re-read {total} message(s) on {topic}"
+            + (f"; {resynced} event operation(s) re-applied to Google" if args.resync else "")
+        )
     return 0
 
 
@@ -113,14 +131,21 @@ def repair(args: argparse.Namespace, settings: Settings) -> int:
                     row = await svc.repository.link(args.link)
                     account = row.link.account_email if row else None
                 lifted = await svc.engine.quota.lift_pauses(account)
-            member = MemberReport(settings.database_url, settings.group_id, settings.topic,
-                                  None).member + "-repair"
+            member = (
+                MemberReport(settings.database_url, settings.group_id, settings.topic, None).member
+                + "-repair"
+            )
             loop = repairs.RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
             outcomes = await loop.drain(args.link)
             async with svc.repository.pool.connection() as conn:
                 left = await repairs.summary(conn)
-        return {"made_due": made_due, "pauses_lifted": lifted, "worked": sum(outcomes.values()),
-                "outcomes": dict(outcomes), "still_waiting": left.model_dump()}
+        return {
+            "made_due": made_due,
+            "pauses_lifted": lifted,
+            "worked": sum(outcomes.values()),
+            "outcomes": dict(outcomes),
+            "still_waiting": left.model_dump(),
+        }
 
     answer = asyncio.run(run())
     if args.json:
@@ -128,9 +153,14 @@ def repair(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(answer["outcomes"].items())) or "none"
     left = answer["still_waiting"]
-    print(f"worked {answer['worked']} repair(s): {outcomes}; {left['waiting']} still waiting"
-          + (f" ({', '.join(f'{k} {v}' for k, v in left['by_reason'].items())})"
-             if left["waiting"] else ""))
+    print(
+        f"worked {answer['worked']} repair(s): {outcomes}; {left['waiting']} still waiting"
+        + (
+            f" ({', '.join(f'{k} {v}' for k, v in left['by_reason'].items())})"
+            if left["waiting"]
+            else ""
+        )
+    )
     return 0
 
 
@@ -147,9 +177,11 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
     def show(progress: drift.Progress) -> None:  # a line that rewrites itself, on a terminal
         eta = progress.eta_s()
-        sys.stderr.write(f"\rreconciling: {progress.links_done}/{progress.links_total} "
-                         f"link(s), {progress.repairs_done}/{progress.repairs_total} "
-                         f"repair(s)" + (f", about {eta:.0f}s left" if eta else "") + "   ")
+        sys.stderr.write(
+            f"\rreconciling: {progress.links_done}/{progress.links_total} "
+            f"link(s), {progress.repairs_done}/{progress.repairs_total} "
+            f"repair(s)" + (f", about {eta:.0f}s left" if eta else "") + "   "
+        )
         sys.stderr.flush()
 
     async def run() -> tuple[int, list[LinkReport]]:
@@ -159,11 +191,14 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
                 if row is None:
                     raise CliError(f"no link {args.link!r} (see: calsync links list)")
                 if row.link.state.value != "active":
-                    raise CliError(f"link {args.link} is {row.link.state.value}: only active "
-                                   "links are reconciled")
+                    raise CliError(
+                        f"link {args.link} is {row.link.state.value}: only active "
+                        "links are reconciled"
+                    )
             reconciler = drift.Reconciler(svc)
-            run_id = await reconciler.start("cli", f"{getpass.getuser()}@{socket.gethostname()}",
-                                            args.execute, args.link)
+            run_id = await reconciler.start(
+                "cli", f"{getpass.getuser()}@{socket.gethostname()}", args.execute, args.link
+            )
             on_tty = sys.stderr.isatty() and not args.json
             reports = await reconciler.run(run_id, show if on_tty else None)
             if on_tty:
@@ -195,8 +230,10 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
         for r in rows:
             source = f"{r.topic}/{r.kafka_partition}@{r.kafka_offset}"
             replayed = r.replayed_at.isoformat()[:19] if r.replayed_at else "-"
-            print(f"{r.id:>6} {r.recorded_at.isoformat()[:19]:19} {source[:28]:28} "
-                  f"{r.error_type[:24]:24} {replayed:19} {r.error[:60]}")
+            print(
+                f"{r.id:>6} {r.recorded_at.isoformat()[:19]:19} {source[:28]:28} "
+                f"{r.error_type[:24]:24} {replayed:19} {r.error[:60]}"
+            )
         return 0
     if args.dlq_command == "show":
         print_json(_dead_letter_json(asyncio.run(ops.dead_letter(connect, args.id))))
@@ -207,7 +244,8 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
             value = Path(args.value_file).read_bytes()
         except OSError as exc:
             raise CliError(f"cannot read {args.value_file}: {exc.strerror}") from None
-    done = asyncio.run(ops.replay_dead_letters(settings, connect, args.ids, args.rate, value,
-                                               args.by))
+    done = asyncio.run(
+        ops.replay_dead_letters(settings, connect, args.ids, args.rate, value, args.by)
+    )
     print(f"put back {len(done)} dead letter(s): {', '.join(map(str, done)) or 'none waiting'}")
     return 0

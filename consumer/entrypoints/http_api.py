@@ -43,11 +43,17 @@ SERVICE_KEY = web.AppKey("links", LinkService)
 
 
 def problem(status: int, name: str, detail: str, **extra: Any) -> web.Response:
-    body = {"type": f"urn:calsync:problem:{name}", "title": name.replace("_", " "),
-            "status": status, "detail": detail, **extra}
+    body = {
+        "type": f"urn:calsync:problem:{name}",
+        "title": name.replace("_", " "),
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
     headers = {"WWW-Authenticate": 'Bearer realm="calsync"'} if status == 401 else None
-    return web.json_response(body, status=status, content_type="application/problem+json",
-                             headers=headers)
+    return web.json_response(
+        body, status=status, content_type="application/problem+json", headers=headers
+    )
 
 
 def _middlewares(admin_token: str) -> list[Any]:
@@ -56,17 +62,19 @@ def _middlewares(admin_token: str) -> list[Any]:
     @web.middleware
     async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
         unrouted = request.match_info.http_exception is not None  # answered 404 or 405
-        if request.path not in _OPEN_ROUTES and not pages.is_page(request.path) \
-                and not unrouted:
+        if request.path not in _OPEN_ROUTES and not pages.is_page(request.path) and not unrouted:
             # Header bytes that are not UTF-8 reach us as surrogate escapes: compare bytes,
             # so that any malformed header is simply a wrong credential (401), never a 500.
             given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
             if not hmac.compare_digest(given, expected):
-                detail = ("a valid admin bearer token is required (Authorization: Bearer "
-                          "<CALSYNC_ADMIN_TOKEN>)")
+                detail = (
+                    "a valid admin bearer token is required (Authorization: Bearer "
+                    "<CALSYNC_ADMIN_TOKEN>)"
+                )
                 if prefers_html(request.headers.get("Accept")):
-                    page = request.app[pages.PAGES_KEY].error_page(request, 401, "unauthorized",
-                                                                   detail)
+                    page = request.app[pages.PAGES_KEY].error_page(
+                        request, 401, "unauthorized", detail
+                    )
                     page.headers["WWW-Authenticate"] = 'Bearer realm="calsync"'
                     return page
                 return problem(401, "unauthorized", detail)
@@ -74,12 +82,14 @@ def _middlewares(admin_token: str) -> list[Any]:
 
     @web.middleware
     async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
-        def refusal(status: int, name: str, detail: str,
-                    activity_id: str | None = None) -> web.StreamResponse:
+        def refusal(
+            status: int, name: str, detail: str, activity_id: str | None = None
+        ) -> web.StreamResponse:
             if prefers_html(request.headers.get("Accept")):
                 try:
-                    return request.app[pages.PAGES_KEY].error_page(request, status, name,
-                                                                   detail, activity_id)
+                    return request.app[pages.PAGES_KEY].error_page(
+                        request, status, name, detail, activity_id
+                    )
                 except Exception:
                     log.exception("http_error_page_failed", path=request.path)
             return problem(status, name, detail)
@@ -93,8 +103,7 @@ def _middlewares(admin_token: str) -> list[Any]:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return refusal(exc.status, exc.reason.lower().replace(" ", "_"),
-                           exc.text or exc.reason)
+            return refusal(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
         except Exception:
             log.exception("http_error", path=request.path)
             return refusal(500, "internal_error", "the request failed; see the service's log")
@@ -111,19 +120,22 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json() if request.can_read_body else {}
     except json.JSONDecodeError:
-        raise LinkError("the request body is not JSON",
-                        RefusalKind.INVALID, "invalid_body") from None
+        raise LinkError(
+            "the request body is not JSON", RefusalKind.INVALID, "invalid_body"
+        ) from None
     if not isinstance(body, dict):
-        raise LinkError("the request body must be a JSON object",
-                        RefusalKind.INVALID, "invalid_body")
+        raise LinkError(
+            "the request body must be a JSON object", RefusalKind.INVALID, "invalid_body"
+        )
     return body
 
 
 def _string(body: dict[str, Any], key: str) -> str:
     value = body.get(key)
     if not isinstance(value, str) or not value:
-        raise LinkError(f"{key!r} is required (a non-empty string)",
-                        RefusalKind.INVALID, "invalid_body")
+        raise LinkError(
+            f"{key!r} is required (a non-empty string)", RefusalKind.INVALID, "invalid_body"
+        )
     return value
 
 
@@ -157,8 +169,9 @@ async def calendars(request: web.Request) -> web.Response:
 
 async def select_calendar(request: web.Request) -> web.Response:
     body = await _json_body(request)
-    chosen = await request.app[SERVICE_KEY].select(request.match_info["id"],
-                                                   _string(body, "calendar_id"))
+    chosen = await request.app[SERVICE_KEY].select(
+        request.match_info["id"], _string(body, "calendar_id")
+    )
     return _json(chosen)
 
 
@@ -166,8 +179,9 @@ async def disconnect(request: web.Request) -> web.Response:
     body = await _json_body(request)
     remove = body.get("remove_events", False)
     if not isinstance(remove, bool):
-        raise LinkError("'remove_events' must be true or false",
-                        RefusalKind.INVALID, "invalid_body")
+        raise LinkError(
+            "'remove_events' must be true or false", RefusalKind.INVALID, "invalid_body"
+        )
     done = await request.app[SERVICE_KEY].disconnect(request.match_info["id"], remove)
     return _json(done)
 
@@ -182,29 +196,39 @@ def build_app(settings: Settings, service: LinkService) -> web.Application:
     app[SERVICE_KEY] = service
     app[pages.PAGES_KEY] = pages.Pages.build(settings, service)
     app.add_routes(pages.routes())
-    app.add_routes([
-        web.post("/links/connect", connect),
-        web.get("/oauth/callback", oauth_callback),
-        web.get("/links", list_links),
-        web.get("/links/{id}", get_link),
-        web.get("/links/{id}/calendars", calendars),
-        web.put("/links/{id}/calendar", select_calendar),
-        web.post("/links/{id}/disconnect", disconnect),
-        web.get("/healthz", healthz),
-    ])
+    app.add_routes(
+        [
+            web.post("/links/connect", connect),
+            web.get("/oauth/callback", oauth_callback),
+            web.get("/links", list_links),
+            web.get("/links/{id}", get_link),
+            web.get("/links/{id}/calendars", calendars),
+            web.put("/links/{id}/calendar", select_calendar),
+            web.post("/links/{id}/disconnect", disconnect),
+            web.get("/healthz", healthz),
+        ]
+    )
     return app
 
 
-async def serve(settings: Settings, service: LinkService, stop: asyncio.Event,
-                ready: Callable[[int], None] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    service: LinkService,
+    stop: asyncio.Event,
+    ready: Callable[[int], None] | None = None,
+) -> None:
     """Serve until `stop` is set."""
     runner = web.AppRunner(build_app(settings, service), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else settings.http_port
-    log.info("http_listening", host=settings.http_host, port=port,
-             redirect_uri=settings.oauth_redirect_uri)
+    log.info(
+        "http_listening",
+        host=settings.http_host,
+        port=port,
+        redirect_uri=settings.oauth_redirect_uri,
+    )
     if ready is not None:
         ready(port)
     try:

@@ -27,28 +27,36 @@ CHECK_TIMEOUT_S = 2.0
 
 
 class OpsEndpoints:
-    def __init__(self, settings: Settings, runner: ConsumerRunner, metrics: Metrics,
-                 connect: Connect) -> None:
+    def __init__(
+        self, settings: Settings, runner: ConsumerRunner, metrics: Metrics, connect: Connect
+    ) -> None:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
         self.connect = connect
 
     async def metrics_page(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.metrics.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=generate_latest(self.metrics.registry),
+            headers={"Content-Type": CONTENT_TYPE_LATEST},
+        )
 
     async def healthz(self, request: web.Request) -> web.Response:
         idle = time.monotonic() - self.runner.loop_turned_at
         stalled = self.runner.stalled(self.settings.stall_threshold_s)
-        checks = {"loop": "ok" if idle < LOOP_TIMEOUT_S else f"no turn for {idle:.0f}s",
-                  "partitions": "ok" if not stalled else f"stalled: {stalled}"}
+        checks = {
+            "loop": "ok" if idle < LOOP_TIMEOUT_S else f"no turn for {idle:.0f}s",
+            "partitions": "ok" if not stalled else f"stalled: {stalled}",
+        }
         return _answer(checks, loop_idle_s=round(idle, 3))
 
     async def readyz(self, request: web.Request) -> web.Response:
         database, broker = await asyncio.gather(self._database(), self._broker())
-        checks = {"consumer": "ok" if self.runner.started else "starting",
-                  "database": database, "broker": broker}
+        checks = {
+            "consumer": "ok" if self.runner.started else "starting",
+            "database": database,
+            "broker": broker,
+        }
         return _answer(checks)
 
     async def _database(self) -> str:
@@ -70,8 +78,10 @@ class OpsEndpoints:
 
 def _answer(checks: dict[str, Any], **details: Any) -> web.Response:
     ok = all(value == "ok" for value in checks.values())
-    return web.json_response({"status": "ok" if ok else "failing", "checks": checks,
-                              **details}, status=200 if ok else 503)
+    return web.json_response(
+        {"status": "ok" if ok else "failing", "checks": checks, **details},
+        status=200 if ok else 503,
+    )
 
 
 async def refresh_gauges(metrics: Metrics, connect: Connect, every_s: float = 15.0) -> None:
@@ -79,8 +89,11 @@ async def refresh_gauges(metrics: Metrics, connect: Connect, every_s: float = 15
     while True:
         try:
             async with connect(CHECK_TIMEOUT_S) as conn, asyncio.timeout(every_s):
-                rows = await (await conn.execute(
-                    "SELECT state, count(*) AS n FROM calendar_links GROUP BY state")).fetchall()
+                rows = await (
+                    await conn.execute(
+                        "SELECT state, count(*) AS n FROM calendar_links GROUP BY state"
+                    )
+                ).fetchall()
                 counts = {row["state"]: row["n"] for row in rows}
                 for state in LinkState:
                     metrics.links.labels(state.value).set(counts.get(state.value, 0))
@@ -90,13 +103,18 @@ async def refresh_gauges(metrics: Metrics, connect: Connect, every_s: float = 15
         await asyncio.sleep(every_s)
 
 
-async def start_ops_http(settings: Settings, runner: ConsumerRunner, metrics: Metrics,
-                         connect: Connect) -> web.AppRunner:
+async def start_ops_http(
+    settings: Settings, runner: ConsumerRunner, metrics: Metrics, connect: Connect
+) -> web.AppRunner:
     endpoints = OpsEndpoints(settings, runner, metrics, connect)
     app = web.Application()
-    app.add_routes([web.get("/metrics", endpoints.metrics_page),
-                    web.get("/healthz", endpoints.healthz),
-                    web.get("/readyz", endpoints.readyz)])
+    app.add_routes(
+        [
+            web.get("/metrics", endpoints.metrics_page),
+            web.get("/healthz", endpoints.healthz),
+            web.get("/readyz", endpoints.readyz),
+        ]
+    )
     site_runner = web.AppRunner(app, access_log=None)
     await site_runner.setup()
     await web.TCPSite(site_runner, settings.http_host, settings.metrics_port).start()

@@ -12,6 +12,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "schemas" / "booking-event.s
 
 
 def booking_event_schema_text() -> str:
-    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema",
-              **BookingEvent.model_json_schema(mode="validation")}
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **BookingEvent.model_json_schema(mode="validation"),
+    }
     return json.dumps(schema, indent=2, sort_keys=False) + "\n"

@@ -12,55 +12,72 @@ from consumer.service.answers import Status
 def status_text(answer: Status) -> str:
     """`calsync status`: one screen for on-call."""
     status = answer.model_dump()
-    lines = [f"group {status['group']} on topic {status['topic']}: "
-             f"{len(status['members'])} live member(s) "
-             f"(broker: {status['broker_group']['state']}, "
-             f"{status['broker_group']['members']} listed)"]
+    lines = [
+        f"group {status['group']} on topic {status['topic']}: "
+        f"{len(status['members'])} live member(s) "
+        f"(broker: {status['broker_group']['state']}, "
+        f"{status['broker_group']['members']} listed)"
+    ]
     for m in status["members"]:
         lines.append(f"  {m['member']:40} partitions {m['partitions']}  seen {m['seen_at'][:19]}")
     lines.append(f"lag: {status['total_lag']} message(s)")
     lines.append("  " + "  ".join(f"p{p['partition']}={p['lag']}" for p in status["partitions"]))
     for stall in status["stalls"]:
-        lines.append(f"  STALLED p{stall['partition']} at offset {stall['offset']} "
-                     f"(key {stall['key']!r}) for {stall['waiting_s']:.0f}s on "
-                     f"{stall['member']}: {stall['cause']}")
+        lines.append(
+            f"  STALLED p{stall['partition']} at offset {stall['offset']} "
+            f"(key {stall['key']!r}) for {stall['waiting_s']:.0f}s on "
+            f"{stall['member']}: {stall['cause']}"
+        )
     lines.append("links:")
     for row in status["links"]:
         reasons = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
         lines.append(f"  {row['state']:22} {row['links']}{reasons}")
-    lines.append("failures in the last hour:" if status["failures_last_hour"]
-                 else "failures in the last hour: none")
+    lines.append(
+        "failures in the last hour:"
+        if status["failures_last_hour"]
+        else "failures in the last hour: none"
+    )
     for row in status["failures_last_hour"]:
         lines.append(f"  {row['outcome']:8} {row['reason']:28} {row['results']}")
     repairs = status["repairs"]
     if repairs["waiting"]:
         reasons = ", ".join(f"{reason} {n}" for reason, n in repairs["by_reason"].items())
-        lines.append(f"repairs: {repairs['waiting']} (link, booking) pair(s) not on their "
-                     f"calendar yet, {repairs['due']} due now, oldest "
-                     f"{repairs['oldest_age_s']:.0f}s ago ({reasons})")
+        lines.append(
+            f"repairs: {repairs['waiting']} (link, booking) pair(s) not on their "
+            f"calendar yet, {repairs['due']} due now, oldest "
+            f"{repairs['oldest_age_s']:.0f}s ago ({reasons})"
+        )
     else:
         lines.append("repairs: none waiting")
     for backfill in status["backfills"]:
-        left = (f", about {backfill['remaining_s']:.0f}s left" if backfill["remaining_s"]
-                else "")
-        lines.append(f"backfill #{backfill['id']} of link {backfill['link_id']}: "
-                     f"{backfill['status']}, {backfill['done']}/{backfill['total']}{left}")
+        left = f", about {backfill['remaining_s']:.0f}s left" if backfill["remaining_s"] else ""
+        lines.append(
+            f"backfill #{backfill['id']} of link {backfill['link_id']}: "
+            f"{backfill['status']}, {backfill['done']}/{backfill['total']}{left}"
+        )
     run = status["reconcile"]
     if run is None:
         lines.append("reconcile: never run")
     else:
         found = ", ".join(f"{k} {v}" for k, v in sorted(run["found"].items())) or "no drift"
         fixed = sum(run["repaired"].values())
-        when = (f"running since {run['started_at'][:19]}" if run["running"]
-                else f"finished {run['finished_at'][:19]}")
-        lines.append(f"reconcile #{run['id']} ({run['trigger']}, "
-                     f"{'executed' if run['executed'] else 'dry run'}): {when}, "
-                     f"{run['links_done']}/{run['links_total']} link(s), {found}"
-                     + (f", repaired {fixed}" if run["executed"] else "")
-                     + (f"; FAILED: {run['error']}" if run["error"] else ""))
+        when = (
+            f"running since {run['started_at'][:19]}"
+            if run["running"]
+            else f"finished {run['finished_at'][:19]}"
+        )
+        lines.append(
+            f"reconcile #{run['id']} ({run['trigger']}, "
+            f"{'executed' if run['executed'] else 'dry run'}): {when}, "
+            f"{run['links_done']}/{run['links_total']} link(s), {found}"
+            + (f", repaired {fixed}" if run["executed"] else "")
+            + (f"; FAILED: {run['error']}" if run["error"] else "")
+        )
     dlq = status["dead_letters"]
-    lines.append(f"dead letters: {dlq['waiting']} waiting (of {dlq['total']})"
-                 + (f", oldest {dlq['oldest_waiting'][:19]}" if dlq["oldest_waiting"] else ""))
+    lines.append(
+        f"dead letters: {dlq['waiting']} waiting (of {dlq['total']})"
+        + (f", oldest {dlq['oldest_waiting'][:19]}" if dlq["oldest_waiting"] else "")
+    )
     return "\n".join(lines)
 
 
@@ -71,16 +88,21 @@ def reconcile_text(reports: list[LinkReport], executed: bool) -> str:
     for r in reports:
         found = r.found()
         total.update(found)
-        head = (f"link {r.link_id} ({r.account_email}, calendar {r.calendar_id}): "
-                f"{r.events_seen} event(s) of ours seen")
+        head = (
+            f"link {r.link_id} ({r.account_email}, calendar {r.calendar_id}): "
+            f"{r.events_seen} event(s) of ours seen"
+        )
         if r.error:
             lines.append(f"{head}; FAILED: {r.error}")
             continue
         if not found:
             lines.append(f"{head}; exact")
             continue
-        lines.append(f"{head}; " + ", ".join(f"{n} {k}" for k, n in sorted(found.items()))
-                     + (f"; repaired {sum(r.repaired.values())}" if executed else ""))
+        lines.append(
+            f"{head}; "
+            + ", ".join(f"{n} {k}" for k, n in sorted(found.items()))
+            + (f"; repaired {sum(r.repaired.values())}" if executed else "")
+        )
         lines += [f"  NOT REPAIRED {why}" for why in r.unrepaired]
         for d in r.drift:
             what = f"booking {d.booking_id}" if d.booking_id else "no booking"
@@ -88,6 +110,8 @@ def reconcile_text(reports: list[LinkReport], executed: bool) -> str:
             detail = f" ({d.detail})" if d.detail else ""
             lines.append(f"  {d.kind:10} {what}{event}{detail}")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(total.items())) or "no drift"
-    lines.append(f"{len(reports)} link(s): {summary}"
-                 + ("" if executed or not total else " (dry run: --execute repairs it)"))
+    lines.append(
+        f"{len(reports)} link(s): {summary}"
+        + ("" if executed or not total else " (dry run: --execute repairs it)")
+    )
     return "\n".join(lines)

@@ -25,8 +25,9 @@ from consumer.settings import Settings
 log = structlog.get_logger(__name__)
 
 
-async def consume(settings: Settings, stop: asyncio.Event | None = None,
-                  install_signal_handlers: bool = False) -> None:
+async def consume(
+    settings: Settings, stop: asyncio.Event | None = None, install_signal_handlers: bool = False
+) -> None:
     """Run the consumer until `stop` is set (or, as a process, until SIGTERM/SIGINT)."""
     stop = stop or asyncio.Event()
     if install_signal_handlers:  # first: a SIGTERM while starting is a clean stop too
@@ -35,31 +36,48 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
             loop.add_signal_handler(sig, stop.set)
     missing = await asyncio.to_thread(pending_migrations, settings.database_url)
     if missing:
-        raise StartupError(f"the database is not migrated ({', '.join(missing)} pending): "
-                           "run `calsync migrate` first")
+        raise StartupError(
+            f"the database is not migrated ({', '.join(missing)} pending): "
+            "run `calsync migrate` first"
+        )
     try:
         await ensure_topics(settings.kafka_bootstrap, [settings.dlq_topic])
     except KafkaError as exc:
         raise StartupError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     async with services(settings) as svc:
-        runner = ConsumerRunner(settings, svc.engine, svc.repository, build_consumer(settings),
-                                build_producer(settings), svc.metrics)
+        runner = ConsumerRunner(
+            settings,
+            svc.engine,
+            svc.repository,
+            build_consumer(settings),
+            build_producer(settings),
+            svc.metrics,
+        )
         try:
             ops = await start_ops_http(settings, runner, svc.metrics, svc.connect)
         except OSError as exc:
-            raise StartupError(f"cannot listen on {settings.http_host}:{settings.metrics_port} "
-                               f"for /metrics ({exc.strerror}): set CALSYNC_METRICS_PORT"
-                               ) from None
+            raise StartupError(
+                f"cannot listen on {settings.http_host}:{settings.metrics_port} "
+                f"for /metrics ({exc.strerror}): set CALSYNC_METRICS_PORT"
+            ) from None
         member = runner.member.member
         repair_loop = RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
         background = [
-            _supervised("link_watcher", lambda: watch_links(settings.database_url,
-                                                            svc.engine.link_changed)),
+            _supervised(
+                "link_watcher", lambda: watch_links(settings.database_url, svc.engine.link_changed)
+            ),
             _supervised("gauges", lambda: refresh_gauges(svc.metrics, svc.connect)),
             _supervised("repair_loop", repair_loop.run),
-            *([_supervised("reconcile_schedule", lambda: reconcile.scheduled(
-                svc, settings.reconcile_interval_s, member))]
-              if settings.reconcile_interval_s > 0 else []),
+            *(
+                [
+                    _supervised(
+                        "reconcile_schedule",
+                        lambda: reconcile.scheduled(svc, settings.reconcile_interval_s, member),
+                    )
+                ]
+                if settings.reconcile_interval_s > 0
+                else []
+            ),
         ]
         try:
             await runner.run(stop)
@@ -70,8 +88,9 @@ async def consume(settings: Settings, stop: asyncio.Event | None = None,
             await ops.cleanup()
 
 
-def _supervised(name: str, work: Callable[[], Awaitable[None]],
-                restart_after_s: float = 5.0) -> asyncio.Task[None]:
+def _supervised(
+    name: str, work: Callable[[], Awaitable[None]], restart_after_s: float = 5.0
+) -> asyncio.Task[None]:
     """A background loop that a bug of ours cannot end for good: it is logged and started
     again (the consumer's own loop is not concerned)."""
 
@@ -81,8 +100,13 @@ def _supervised(name: str, work: Callable[[], Awaitable[None]],
                 await work()
                 return
             except Exception as exc:
-                log.error("background_task_failed", task=name, cause=type(exc).__name__,
-                          error=str(exc)[:300], restart_in_s=restart_after_s)
+                log.error(
+                    "background_task_failed",
+                    task=name,
+                    cause=type(exc).__name__,
+                    error=str(exc)[:300],
+                    restart_in_s=restart_after_s,
+                )
                 await asyncio.sleep(restart_after_s)
 
     return asyncio.create_task(keep(), name=name)

@@ -66,6 +66,7 @@ class Answer(BaseModel):
 
 # --- links ------------------------------------------------------------------------------------
 
+
 class LinkSummary(Answer):
     """A link as the CLI, the HTTP API and the pages show it: never its tokens."""
 
@@ -82,10 +83,17 @@ class LinkSummary(Answer):
     @classmethod
     def of(cls, row: LinkRow) -> LinkSummary:
         link = row.link
-        return cls(id=link.id, activity_id=link.activity_id, account_email=link.account_email,
-                   calendar_id=link.calendar_id, state=link.state.value,
-                   state_reason=row.state_reason, state_changed_at=row.state_changed_at,
-                   created_at=row.created_at, backfilled_at=row.backfilled_at)
+        return cls(
+            id=link.id,
+            activity_id=link.activity_id,
+            account_email=link.account_email,
+            calendar_id=link.calendar_id,
+            state=link.state.value,
+            state_reason=row.state_reason,
+            state_changed_at=row.state_changed_at,
+            created_at=row.created_at,
+            backfilled_at=row.backfilled_at,
+        )
 
 
 class ActivitySummary(Answer):
@@ -106,8 +114,9 @@ class CalendarSummary(Answer):
 
     @classmethod
     def of(cls, calendar: CalendarInfo) -> CalendarSummary:
-        return cls(id=calendar.id, name=calendar.name, primary=calendar.primary,
-                   writable=calendar.writable)
+        return cls(
+            id=calendar.id, name=calendar.name, primary=calendar.primary, writable=calendar.writable
+        )
 
 
 def _calendar_summary(calendar: CalendarInfo) -> dict[str, Any]:
@@ -164,6 +173,7 @@ class Disconnected(Answer):
 
 
 # --- on-call ----------------------------------------------------------------------------------
+
 
 class DeadLetter(Answer):
     """A message the consumer could not use, as `calsync dlq list` shows it."""

@@ -99,9 +99,11 @@ class _Tally:
 def _check_id(kind: str, value: str) -> str:
     value = value.strip()
     if not value or len(value) > _MAX_ID_LENGTH or any(c.isspace() for c in value):
-        raise LinkError(f"{kind} must be a non-empty id without spaces (at most "
-                        f"{_MAX_ID_LENGTH} characters)",
-                        RefusalKind.INVALID, f"invalid_{kind.replace(' ', '_')}")
+        raise LinkError(
+            f"{kind} must be a non-empty id without spaces (at most {_MAX_ID_LENGTH} characters)",
+            RefusalKind.INVALID,
+            f"invalid_{kind.replace(' ', '_')}",
+        )
     return value
 
 
@@ -141,26 +143,34 @@ class LinkService:
     async def _existing(self, link_id: str) -> LinkRow:
         row = await self.repository.link(link_id)
         if row is None:
-            raise LinkError(f"no link {link_id!r} (see: calsync links list)", RefusalKind.NOT_FOUND,
-                            "link_not_found")
+            raise LinkError(
+                f"no link {link_id!r} (see: calsync links list)",
+                RefusalKind.NOT_FOUND,
+                "link_not_found",
+            )
         return row
 
     # --- connect ------------------------------------------------------------------------
 
-    async def start_connect(self, activity_id: str, login_hint: str | None = None
-                            ) -> ConnectStarted:
+    async def start_connect(
+        self, activity_id: str, login_hint: str | None = None
+    ) -> ConnectStarted:
         """`login_hint`: the account Google's account chooser should offer first (a
         reconnection)."""
         activity_id = _check_id("activity id", activity_id)
         if not self.settings.google_client_id:
-            raise LinkError("CALSYNC_GOOGLE_CLIENT_ID is not set",
-                            RefusalKind.NOT_CONFIGURED, "not_configured")
+            raise LinkError(
+                "CALSYNC_GOOGLE_CLIENT_ID is not set", RefusalKind.NOT_CONFIGURED, "not_configured"
+            )
         nonce = secrets.token_urlsafe(24)
         url, verifier, expires_at = self.oauth.authorization_url(nonce, login_hint)
         await self.store.save_state(nonce, activity_id, verifier, expires_at)
-        return ConnectStarted(activity_id=activity_id, authorization_url=url,
-                              redirect_uri=self.settings.oauth_redirect_uri,
-                              expires_at=expires_at)
+        return ConnectStarted(
+            activity_id=activity_id,
+            authorization_url=url,
+            redirect_uri=self.settings.oauth_redirect_uri,
+            expires_at=expires_at,
+        )
 
     async def finish_connect(self, params: dict[str, str]) -> Connected:
         """Google's redirect: exchange the code, store the link(s), list the calendars;
@@ -172,24 +182,33 @@ class LinkService:
         background (its progress in `backfills`)."""
         state = params.get("state")
         if not state:
-            raise LinkError("the redirect carries no state parameter",
-                            RefusalKind.INVALID, "state_missing")
+            raise LinkError(
+                "the redirect carries no state parameter", RefusalKind.INVALID, "state_missing"
+            )
         try:
             activity_id, verifier = await self.store.take_state(self.oauth.read_state(state))
         except (OAuthRefused, StateRefused) as exc:
             raise LinkError(str(exc), RefusalKind.INVALID, exc.problem) from None
         if params.get("error"):
-            raise LinkError(f"Google answered {params['error']!r}: the account owner did not "
-                            "grant access", RefusalKind.INVALID, "consent_denied", activity_id)
+            raise LinkError(
+                f"Google answered {params['error']!r}: the account owner did not grant access",
+                RefusalKind.INVALID,
+                "consent_denied",
+                activity_id,
+            )
         if not params.get("code"):
-            raise LinkError("the redirect carries no authorization code",
-                            RefusalKind.INVALID, "code_missing",
-                            activity_id)
+            raise LinkError(
+                "the redirect carries no authorization code",
+                RefusalKind.INVALID,
+                "code_missing",
+                activity_id,
+            )
         try:
             granted = await asyncio.to_thread(self.oauth.exchange, params["code"], verifier)
         except OAuthRefused as exc:
-            kind = (RefusalKind.UPSTREAM if exc.problem == "google_unreachable"
-                    else RefusalKind.INVALID)
+            kind = (
+                RefusalKind.UPSTREAM if exc.problem == "google_unreachable" else RefusalKind.INVALID
+            )
             raise LinkError(str(exc), kind, exc.problem, activity_id) from None
         assert granted.tokens.access_token is not None
         try:
@@ -207,24 +226,35 @@ class LinkService:
                 log.info("link_reconnected", link_id=link_id, account=granted.email)
                 row = await self._existing(link_id)
                 backfill_id = await self._start_backfill(
-                    row, names.get(row.link.calendar_id or ""), "reconnect")
+                    row, names.get(row.link.calendar_id or ""), "reconnect"
+                )
                 backfill_ids[link_id] = backfill_id
                 if wait:
                     backfill[link_id] = await self._run_backfill(backfill_id, row)
                 else:
                     self._spawn(self._run_backfill(backfill_id, row), f"backfill {link_id}")
         else:
-            link = CalendarLink(id="lnk_" + secrets.token_hex(8), activity_id=activity_id,
-                                account_email=granted.email, calendar_id=None,
-                                state=LinkState.PENDING)
+            link = CalendarLink(
+                id="lnk_" + secrets.token_hex(8),
+                activity_id=activity_id,
+                account_email=granted.email,
+                calendar_id=None,
+                state=LinkState.PENDING,
+            )
             await self.store.add_pending(link, granted.tokens)
-            log.info("link_connected", link_id=link.id, activity_id=activity_id,
-                     account=granted.email)
+            log.info(
+                "link_connected", link_id=link.id, activity_id=activity_id, account=granted.email
+            )
             link_ids = [link.id]
-        return Connected(activity_id=activity_id, account_email=granted.email,
-                         links=[LinkSummary.of(await self._existing(i)) for i in link_ids],
-                         calendars=calendars, reconnected=reconnected, backfill=backfill,
-                         backfill_ids=backfill_ids)
+        return Connected(
+            activity_id=activity_id,
+            account_email=granted.email,
+            links=[LinkSummary.of(await self._existing(i)) for i in link_ids],
+            calendars=calendars,
+            reconnected=reconnected,
+            backfill=backfill,
+            backfill_ids=backfill_ids,
+        )
 
     # --- calendars ----------------------------------------------------------------------
 
@@ -236,18 +266,21 @@ class LinkService:
         events would burst past the account's 600 calls a minute."""
         quota = self.svc.engine.quota
         async for attempt in AsyncRetrying(
-                retry=retry_if_exception(lambda e: isinstance(e, GoogleApiError)
-                                         and e.retriable),
-                wait=google_backoff(self.settings.retry_initial_s, self.settings.retry_max_s),
-                stop=stop_after_attempt(6), reraise=True):
+            retry=retry_if_exception(lambda e: isinstance(e, GoogleApiError) and e.retriable),
+            wait=google_backoff(self.settings.retry_initial_s, self.settings.retry_max_s),
+            stop=stop_after_attempt(6),
+            reraise=True,
+        ):
             with attempt:
                 try:
                     await quota.acquire(account)
                 except QuotaPaused as exc:
-                    raise LinkError(f"Google said the {exc.scope}'s quota is spent: no call is "
-                                    f"made for {exc.seconds:.0f}s more; try again later",
-                                    RefusalKind.UNAVAILABLE,
-                                    "quota_paused") from None
+                    raise LinkError(
+                        f"Google said the {exc.scope}'s quota is spent: no call is "
+                        f"made for {exc.seconds:.0f}s more; try again later",
+                        RefusalKind.UNAVAILABLE,
+                        "quota_paused",
+                    ) from None
                 try:
                     return await call(*args)
                 except GoogleApiError as exc:
@@ -260,51 +293,67 @@ class LinkService:
         try:
             return await self._google(email, self.svc.google.list_calendars, token)
         except GoogleApiError as exc:
-            raise LinkError(f"Google could not list the calendars of {email}: {exc}",
-                            RefusalKind.UPSTREAM,
-                            "google_error") from None
+            raise LinkError(
+                f"Google could not list the calendars of {email}: {exc}",
+                RefusalKind.UPSTREAM,
+                "google_error",
+            ) from None
 
     async def _token(self, row: LinkRow) -> str:
         if row.tokens is None:
-            raise LinkError(f"link {row.link.id} is disconnected: connect the account again",
-                            RefusalKind.CONFLICT, "link_disconnected")
+            raise LinkError(
+                f"link {row.link.id} is disconnected: connect the account again",
+                RefusalKind.CONFLICT,
+                "link_disconnected",
+            )
         try:
             return await self.svc.tokens.access_token(row.link.id, row.tokens)
         except TokenRefreshFailed as exc:
-            raise LinkError(f"Google refused the tokens of link {row.link.id} ({exc.reason}): "
-                            "reconnect the account",
-                            RefusalKind.CONFLICT, "reauth_required") from None
+            raise LinkError(
+                f"Google refused the tokens of link {row.link.id} ({exc.reason}): "
+                "reconnect the account",
+                RefusalKind.CONFLICT,
+                "reauth_required",
+            ) from None
 
     async def calendars(self, link_id: str) -> list[CalendarSummary]:
         row = await self._existing(link_id)
         token = await self._token(row)
-        return [CalendarSummary.of(c) for c in
-                await self._list_calendars(token, row.link.account_email)]
+        return [
+            CalendarSummary.of(c) for c in await self._list_calendars(token, row.link.account_email)
+        ]
 
     async def choice(self, link_id: str) -> Choice:
         """What the calendar choice shows: the account's calendars, from Google, and those
         that other live links of the activity already sync."""
         row = await self._existing(link_id)
         if row.link.state is LinkState.DISCONNECTED:
-            raise LinkError(f"link {link_id} is disconnected: connect the account again",
-                            RefusalKind.CONFLICT,
-                            "link_disconnected", row.link.activity_id)
+            raise LinkError(
+                f"link {link_id} is disconnected: connect the account again",
+                RefusalKind.CONFLICT,
+                "link_disconnected",
+                row.link.activity_id,
+            )
         try:
             token = await self._token(row)
             calendars = await self._list_calendars(token, row.link.account_email)
         except LinkError as exc:
             exc.activity_id = row.link.activity_id
             raise
-        return Choice(LinkSummary.of(row), calendars,
-                      await self.taken(row.link.activity_id, link_id))
+        return Choice(
+            LinkSummary.of(row), calendars, await self.taken(row.link.activity_id, link_id)
+        )
 
     async def taken(self, activity_id: str, link_id: str) -> dict[str, tuple[str, str]]:
         """Calendars that the activity's other live links sync: id -> (link, account)."""
-        others = (await self.repository.links_of_activities({activity_id})).get(
-            activity_id, [])
-        return {o.link.calendar_id: (o.link.id, o.link.account_email) for o in others
-                if o.link.id != link_id and o.link.calendar_id
-                and o.link.state is not LinkState.DISCONNECTED}
+        others = (await self.repository.links_of_activities({activity_id})).get(activity_id, [])
+        return {
+            o.link.calendar_id: (o.link.id, o.link.account_email)
+            for o in others
+            if o.link.id != link_id
+            and o.link.calendar_id
+            and o.link.state is not LinkState.DISCONNECTED
+        }
 
     async def use_form_token(self, jti: str, link_id: str, expires_at: datetime) -> bool:
         """Record a page form's single use: False if it was used before."""
@@ -329,49 +378,69 @@ class LinkService:
             counts = await self._run_backfill(backfill_id, active)
         else:
             self._spawn(self._run_backfill(backfill_id, active), f"backfill {active.link.id}")
-        return Chosen(link=LinkSummary.of(await self._existing(active.link.id)),
-                      calendar=chosen, merged_from=activation.merged_from,
-                      backfill_id=backfill_id, backfill=counts)
+        return Chosen(
+            link=LinkSummary.of(await self._existing(active.link.id)),
+            calendar=chosen,
+            merged_from=activation.merged_from,
+            backfill_id=backfill_id,
+            backfill=counts,
+        )
 
-    async def _activate(self, link_id: str, calendar_id: str
-                        ) -> tuple[LinkRow, CalendarInfo, Activation]:
+    async def _activate(
+        self, link_id: str, calendar_id: str
+    ) -> tuple[LinkRow, CalendarInfo, Activation]:
         row = await self._existing(link_id)
         calendar_id = _check_id("calendar id", calendar_id)
         token = await self._token(row)
         calendars = {c.id: c for c in await self._list_calendars(token, row.link.account_email)}
         chosen = calendars.get(calendar_id)
         if chosen is None:
-            raise LinkError(f"calendar {calendar_id!r} is not in the calendar list of "
-                            f"{row.link.account_email} (see: calsync links calendars {link_id})",
-                            RefusalKind.UNPROCESSABLE, "calendar_unknown")
+            raise LinkError(
+                f"calendar {calendar_id!r} is not in the calendar list of "
+                f"{row.link.account_email} (see: calsync links calendars {link_id})",
+                RefusalKind.UNPROCESSABLE,
+                "calendar_unknown",
+            )
         if not chosen.writable:
-            raise LinkError(f"calendar {chosen.name!r} ({calendar_id}) is not writable: your "
-                            f"access role is {chosen.access_role!r}; choose a calendar where you "
-                            "are writer or owner",
-                            RefusalKind.UNPROCESSABLE, "calendar_not_writable")
+            raise LinkError(
+                f"calendar {chosen.name!r} ({calendar_id}) is not writable: your "
+                f"access role is {chosen.access_role!r}; choose a calendar where you "
+                "are writer or owner",
+                RefusalKind.UNPROCESSABLE,
+                "calendar_not_writable",
+            )
         try:
             activation = await self.store.activate(link_id, calendar_id)
         except StateRefused as exc:
             raise LinkError(str(exc), RefusalKind.CONFLICT, exc.problem) from None
         except CalendarTaken as exc:
-            fix = ("" if exc.state == LinkState.ACTIVE else
-                   f" (it is {exc.state}: reconnect or re-select that link instead)")
-            raise LinkError(f"calendar {calendar_id!r} of {row.link.account_email} already "
-                            f"belongs to this activity's link {exc.link_id}{fix}",
-                            RefusalKind.CONFLICT,
-                            "calendar_taken") from None
+            fix = (
+                ""
+                if exc.state == LinkState.ACTIVE
+                else f" (it is {exc.state}: reconnect or re-select that link instead)"
+            )
+            raise LinkError(
+                f"calendar {calendar_id!r} of {row.link.account_email} already "
+                f"belongs to this activity's link {exc.link_id}{fix}",
+                RefusalKind.CONFLICT,
+                "calendar_taken",
+            ) from None
         active = await self._existing(activation.link_id)
-        log.info("link_activated", link_id=active.link.id, calendar_id=calendar_id,
-                 merged_from=activation.merged_from)
+        log.info(
+            "link_activated",
+            link_id=active.link.id,
+            calendar_id=calendar_id,
+            merged_from=activation.merged_from,
+        )
         return active, chosen, activation
 
     # --- backfill -----------------------------------------------------------------------
 
-    async def _start_backfill(self, row: LinkRow, calendar_name: str | None,
-                              trigger: str) -> int:
+    async def _start_backfill(self, row: LinkRow, calendar_name: str | None, trigger: str) -> int:
         assert row.link.calendar_id is not None
-        return await self.store.start_backfill(row.link.id, row.link.calendar_id,
-                                               calendar_name, trigger)
+        return await self.store.start_backfill(
+            row.link.id, row.link.calendar_id, calendar_name, trigger
+        )
 
     async def _run_backfill(self, backfill_id: int, row: LinkRow) -> dict[str, int]:
         """Bring a link that just became active up to the latest recorded booking states,
@@ -383,24 +452,34 @@ class LinkService:
         self.svc.tokens.forget(row.link.id)
         tally = _Tally()
         try:
-            pending = [event for event, recorded in await self.repository.bookings_of_activity(
-                row.link.id, row.link.activity_id)
+            pending = [
+                event
+                for event, recorded in await self.repository.bookings_of_activity(
+                    row.link.id, row.link.activity_id
+                )
                 if plan_operation(event, row.link, recorded, latest=True).operation
-                is not Operation.NONE]
+                is not Operation.NONE
+            ]
             tally.counts["bookings"] = len(pending)
             await self.store.backfill_total(backfill_id, len(pending))
             # Written down first: if this process stops, the consumer group's repair loop
             # finishes what is left once this process's lease on it ends.
-            await repairs.owe(self.repository, row.link.id,
-                              [(e.booking.id, e.booking.version) for e in pending],
-                              "backfill", self.member, self.settings.repair_lease_s)
+            await repairs.owe(
+                self.repository,
+                row.link.id,
+                [(e.booking.id, e.booking.version) for e in pending],
+                "backfill",
+                self.member,
+                self.settings.repair_lease_s,
+            )
             gate = asyncio.Semaphore(_BACKFILL_CONCURRENCY)
 
             async def one(event: BookingEvent) -> None:
                 async with gate:
                     # The latest state, read under the claim (it may have moved on since).
-                    result = await engine.sync_link(event, row, None, source="backfill",
-                                                    latest=True)
+                    result = await engine.sync_link(
+                        event, row, None, source="backfill", latest=True
+                    )
                 outcome = result.outcome.value
                 tally.counts[outcome] = tally.counts.get(outcome, 0) + 1
                 tally.done += 1
@@ -413,14 +492,17 @@ class LinkService:
                 await asyncio.gather(reporter, return_exceptions=True)
             await self.repository.mark_backfilled(row.link.id)
         except BaseException as exc:
-            error = ("interrupted: the service stopped" if isinstance(exc, asyncio.CancelledError)
-                     else f"{type(exc).__name__}: {exc}")
-            await asyncio.shield(self.store.finish_backfill(backfill_id, tally.done,
-                                                            tally.counts, error))
+            error = (
+                "interrupted: the service stopped"
+                if isinstance(exc, asyncio.CancelledError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            await asyncio.shield(
+                self.store.finish_backfill(backfill_id, tally.done, tally.counts, error)
+            )
             raise
         await self.store.finish_backfill(backfill_id, tally.done, tally.counts, None)
-        log.info("link_backfilled", link_id=row.link.id, backfill_id=backfill_id,
-                 **tally.counts)
+        log.info("link_backfilled", link_id=row.link.id, backfill_id=backfill_id, **tally.counts)
         return tally.counts
 
     async def _report_progress(self, backfill_id: int, tally: _Tally) -> None:
@@ -432,14 +514,13 @@ class LinkService:
             if tally.done != reported or time.monotonic() - at >= _HEARTBEAT_EVERY_S:
                 reported, at = tally.done, time.monotonic()
                 try:
-                    await self.store.backfill_progress(backfill_id, tally.done,
-                                                       dict(tally.counts))
+                    await self.store.backfill_progress(backfill_id, tally.done, dict(tally.counts))
                     # The leases on what is left stay this process's while it works them.
-                    await repairs.renew(self.repository, self.member,
-                                        self.settings.repair_lease_s)
+                    await repairs.renew(self.repository, self.member, self.settings.repair_lease_s)
                 except Exception as exc:  # progress is for people; the backfill goes on
-                    log.warning("backfill_progress_not_saved", backfill_id=backfill_id,
-                                error=repr(exc))
+                    log.warning(
+                        "backfill_progress_not_saved", backfill_id=backfill_id, error=repr(exc)
+                    )
 
     async def backfills(self, ids: list[int]) -> list[Backfill]:
         return await self.store.backfills(ids)
@@ -449,8 +530,9 @@ class LinkService:
     async def disconnect(self, link_id: str, remove_events: bool) -> Disconnected:
         row = await self._existing(link_id)
         if row.link.state is LinkState.DISCONNECTED and row.tokens is None:
-            raise LinkError(f"link {link_id} is already disconnected",
-                            RefusalKind.CONFLICT, "link_disconnected")
+            raise LinkError(
+                f"link {link_id} is already disconnected", RefusalKind.CONFLICT, "link_disconnected"
+            )
         token = None
         if remove_events and row.link.calendar_id and row.tokens is not None:
             token = await self._token(row)  # refused: nothing changes
@@ -468,19 +550,26 @@ class LinkService:
             # Work still in flight at the first look (a consumer busy, a call at Google):
             # waited for once more, and whatever it wrote meanwhile is removed too.
             if not await self.store.wait_for_in_flight(
-                    link_id, 2 * self.settings.google_timeout_s + 5):
+                link_id, 2 * self.settings.google_timeout_s + 5
+            ):
                 log.warning("disconnect_not_fenced", link_id=link_id)
             removed += await self._remove_events(row, token)
         revoked, shared_with = await self._revoke(row)
-        reason = ("disconnected; " + (f"{removed} events removed" if remove_events
-                                      else "events kept on the calendar"))
+        reason = "disconnected; " + (
+            f"{removed} events removed" if remove_events else "events kept on the calendar"
+        )
         await self.store.wipe_tokens(link_id, reason)
         self.svc.tokens.forget(link_id)
-        log.info("link_disconnected", link_id=link_id, events_removed=removed,
-                 token_revoked=revoked)
-        return Disconnected(link=LinkSummary.of(await self._existing(link_id)),
-                            events_removed=removed, events_kept=not remove_events,
-                            token_revoked=revoked, token_still_used_by=shared_with)
+        log.info(
+            "link_disconnected", link_id=link_id, events_removed=removed, token_revoked=revoked
+        )
+        return Disconnected(
+            link=LinkSummary.of(await self._existing(link_id)),
+            events_removed=removed,
+            events_kept=not remove_events,
+            token_revoked=revoked,
+            token_still_used_by=shared_with,
+        )
 
     async def _remove_events(self, row: LinkRow, token: str) -> int:
         """Every event of the link that can be reached, wherever it is: on its calendar
@@ -508,23 +597,29 @@ class LinkService:
 
         try:
             try:
-                listed = await self._google(account, google.list_link_events, token,
-                                            calendar_id, row.link.id)
+                listed = await self._google(
+                    account, google.list_link_events, token, calendar_id, row.link.id
+                )
                 targets = [(calendar_id, e["id"], "") for e in listed]
             except GoogleApiError as exc:
                 if exc.retriable:
                     raise
                 # The calendar cannot be listed (gone, or read-only now): what the records
                 # say is on it is tried one by one.
-                targets = [(calendar_id, e, b) for b, e in
-                           await self.store.recorded_events(row.link.id, calendar_id)]
+                targets = [
+                    (calendar_id, e, b)
+                    for b, e in await self.store.recorded_events(row.link.id, calendar_id)
+                ]
             for b, on, e in await self.store.events_elsewhere(row.link.id, calendar_id):
                 targets.append((on, e, b))
             await asyncio.gather(*(delete(on, e, b) for on, e, b in targets))
         except GoogleApiError as exc:
-            raise LinkError(f"the link is disconnected, but its events could not all be removed "
-                            f"({exc}): run the disconnect again",
-                            RefusalKind.UPSTREAM, "google_error") from None
+            raise LinkError(
+                f"the link is disconnected, but its events could not all be removed "
+                f"({exc}): run the disconnect again",
+                RefusalKind.UPSTREAM,
+                "google_error",
+            ) from None
         await self.store.strand(row.link.id, left)
         await self.store.forget_events(row.link.id)
         return removed
@@ -534,15 +629,17 @@ class LinkService:
         whole grant of an account, whichever of its tokens is revoked."""
         if row.tokens is None:
             return False, []
-        others = await self.store.other_live_links_of_account(row.link.account_email,
-                                                              row.link.id)
+        others = await self.store.other_live_links_of_account(row.link.account_email, row.link.id)
         if others:
             return False, others
         try:
             return await asyncio.to_thread(self.oauth.revoke, row.tokens.refresh_token), []
         except OAuthRefused as exc:
-            raise LinkError(f"the link is disconnected, but {exc}: run the disconnect again",
-                            RefusalKind.UPSTREAM, exc.problem) from None
+            raise LinkError(
+                f"the link is disconnected, but {exc}: run the disconnect again",
+                RefusalKind.UPSTREAM,
+                exc.problem,
+            ) from None
 
     # --- inspect, import ----------------------------------------------------------------
 
@@ -569,21 +666,37 @@ class LinkService:
         backlog = await self.store.repair_backlog(ids)
         backfills = await self.store.latest_backfills(ids)
         names = await self.store.calendar_names(
-            {r.link.id: r.link.calendar_id for r in rows if r.link.calendar_id})
-        return [LinkHealth(link=LinkSummary.of(r), calendar_name=names.get(r.link.id),
-                           events_synced=synced.get(r.link.id, 0),
-                           last_result=last.get(r.link.id),
-                           repair_backlog=backlog.get(r.link.id, 0),
-                           backfill=backfills.get(r.link.id)) for r in rows]
+            {r.link.id: r.link.calendar_id for r in rows if r.link.calendar_id}
+        )
+        return [
+            LinkHealth(
+                link=LinkSummary.of(r),
+                calendar_name=names.get(r.link.id),
+                events_synced=synced.get(r.link.id, 0),
+                last_result=last.get(r.link.id),
+                repair_backlog=backlog.get(r.link.id, 0),
+                backfill=backfills.get(r.link.id),
+            )
+            for r in rows
+        ]
 
-    async def import_link(self, *, activity_id: str, account_email: str, refresh_token: str,
-                          access_token: str | None, expires_at: datetime | None,
-                          calendar_id: str | None) -> str:
+    async def import_link(
+        self,
+        *,
+        activity_id: str,
+        account_email: str,
+        refresh_token: str,
+        access_token: str | None,
+        expires_at: datetime | None,
+        calendar_id: str | None,
+    ) -> str:
         """Register a link from tokens obtained elsewhere (migrations from another system)."""
-        link = CalendarLink(id="lnk_" + secrets.token_hex(8),
-                            activity_id=_check_id("activity id", activity_id),
-                            account_email=account_email, calendar_id=calendar_id,
-                            state=LinkState.ACTIVE if calendar_id else LinkState.PENDING)
-        await self.repository.insert_link(link, LinkTokens(refresh_token, access_token,
-                                                           expires_at))
+        link = CalendarLink(
+            id="lnk_" + secrets.token_hex(8),
+            activity_id=_check_id("activity id", activity_id),
+            account_email=account_email,
+            calendar_id=calendar_id,
+            state=LinkState.ACTIVE if calendar_id else LinkState.PENDING,
+        )
+        await self.repository.insert_link(link, LinkTokens(refresh_token, access_token, expires_at))
         return link.id

@@ -82,8 +82,9 @@ class PartitionPlan:
 
 
 async def kafka_probe(settings: Settings, group: str) -> AIOKafkaConsumer:
-    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, group_id=group,
-                             enable_auto_commit=False)
+    probe = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
     try:
         await probe.start()
     except KafkaError as exc:
@@ -100,8 +101,9 @@ async def _known_groups(settings: Settings) -> set[str]:
         await admin.close()
 
 
-async def plan_replay(settings: Settings, group: str, topic: str,
-                      partitions: list[int] | None, spec: ResetSpec) -> list[PartitionPlan]:
+async def plan_replay(
+    settings: Settings, group: str, topic: str, partitions: list[int] | None, spec: ResetSpec
+) -> list[PartitionPlan]:
     probe = await kafka_probe(settings, group)
     try:
         if topic not in await probe.topics():
@@ -109,34 +111,52 @@ async def plan_replay(settings: Settings, group: str, topic: str,
         available = probe.partitions_for_topic(topic) or set()
         unknown = sorted(set(partitions or []) - available)
         if unknown:
-            raise OpsError(f"topic {topic!r} has no partition {', '.join(map(str, unknown))} "
-                           f"(it has 0..{max(available)})")
+            raise OpsError(
+                f"topic {topic!r} has no partition {', '.join(map(str, unknown))} "
+                f"(it has 0..{max(available)})"
+            )
         chosen = [TopicPartition(topic, p) for p in sorted(partitions or available)]
         earliest = await probe.beginning_offsets(chosen)
         latest = await probe.end_offsets(chosen)
         committed = {tp: await probe.committed(tp) for tp in chosen}
         if group not in await _known_groups(settings) and all(
-                c is None for c in committed.values()):
-            raise OpsError(f"unknown group {group!r}: it has no members and no committed "
-                           f"offsets on {topic!r}")
+            c is None for c in committed.values()
+        ):
+            raise OpsError(
+                f"unknown group {group!r}: it has no members and no committed offsets on {topic!r}"
+            )
         targets = await _targets(probe, chosen, spec, earliest, latest, committed)
     finally:
         await probe.stop()
-    return [PartitionPlan(tp.partition, committed[tp] if committed[tp] is not None
-                          else earliest[tp], targets[tp], earliest[tp], latest[tp])
-            for tp in chosen]
+    return [
+        PartitionPlan(
+            tp.partition,
+            committed[tp] if committed[tp] is not None else earliest[tp],
+            targets[tp],
+            earliest[tp],
+            latest[tp],
+        )
+        for tp in chosen
+    ]
 
 
-async def _targets(probe: AIOKafkaConsumer, chosen: list[TopicPartition], spec: ResetSpec,
-                   earliest: dict[TopicPartition, int], latest: dict[TopicPartition, int],
-                   committed: dict[TopicPartition, int | None]) -> dict[TopicPartition, int]:
+async def _targets(
+    probe: AIOKafkaConsumer,
+    chosen: list[TopicPartition],
+    spec: ResetSpec,
+    earliest: dict[TopicPartition, int],
+    latest: dict[TopicPartition, int],
+    committed: dict[TopicPartition, int | None],
+) -> dict[TopicPartition, int]:
     if spec.to_earliest:
         return dict(earliest)
     if spec.to_offset is not None:
         for tp in chosen:
             if not earliest[tp] <= spec.to_offset <= latest[tp]:
-                raise OpsError(f"offset {spec.to_offset} is out of range for partition "
-                               f"{tp.partition} ({earliest[tp]}..{latest[tp]})")
+                raise OpsError(
+                    f"offset {spec.to_offset} is out of range for partition "
+                    f"{tp.partition} ({earliest[tp]}..{latest[tp]})"
+                )
         return {tp: spec.to_offset for tp in chosen}
     if spec.shift_by is not None:
         targets = {}
@@ -147,25 +167,31 @@ async def _targets(probe: AIOKafkaConsumer, chosen: list[TopicPartition], spec: 
         return targets
     when = spec.to_datetime or datetime.now(UTC) - (spec.by_duration or timedelta())
     found = await probe.offsets_for_times({tp: int(when.timestamp() * 1000) for tp in chosen})
-    return {tp: found[tp].offset if found.get(tp) is not None else latest[tp]
-            for tp in chosen}
+    return {tp: found[tp].offset if found.get(tp) is not None else latest[tp] for tp in chosen}
 
 
 async def refuse_if_active(connect: Connect, group: str) -> None:
     members = await alive_members(connect, group)
     if members:
         names = ", ".join(f"{m.member} (partitions {m.partitions})" for m in members)
-        raise OpsError(f"group {group!r} has {len(members)} active member(s): {names}; stop "
-                       "the consumers first (see: calsync status)")
+        raise OpsError(
+            f"group {group!r} has {len(members)} active member(s): {names}; stop "
+            "the consumers first (see: calsync status)"
+        )
 
 
-async def execute_replay(settings: Settings, group: str, topic: str,
-                         plan: list[PartitionPlan]) -> None:
+async def execute_replay(
+    settings: Settings, group: str, topic: str, plan: list[PartitionPlan]
+) -> None:
     """Commit the new offsets as the group's only member (joining waits out members the
     broker still lists but that stopped heartbeating)."""
-    member = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                              group_id=group, enable_auto_commit=False,
-                              session_timeout_ms=10_000, rebalance_timeout_ms=10_000)
+    member = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        session_timeout_ms=10_000,
+        rebalance_timeout_ms=10_000,
+    )
     assigned = _Assigned()
     member.subscribe([topic], listener=assigned)
     await member.start()
@@ -173,12 +199,14 @@ async def execute_replay(settings: Settings, group: str, topic: str,
         try:
             await asyncio.wait_for(assigned.event.wait(), _JOIN_TIMEOUT_S)
         except TimeoutError:
-            raise OpsError(f"could not join group {group!r} within {_JOIN_TIMEOUT_S:.0f}s: "
-                           "nothing was changed") from None
+            raise OpsError(
+                f"could not join group {group!r} within {_JOIN_TIMEOUT_S:.0f}s: nothing was changed"
+            ) from None
         wanted = {TopicPartition(topic, p) for p in member.partitions_for_topic(topic) or ()}
         if set(member.assignment()) != wanted:
-            raise OpsError(f"group {group!r} has other active members at the broker: nothing "
-                           "was changed")
+            raise OpsError(
+                f"group {group!r} has other active members at the broker: nothing was changed"
+            )
         await member.commit({TopicPartition(topic, p.partition): p.new for p in plan})
     finally:
         await member.stop()
@@ -195,26 +223,41 @@ class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
         self.event.set()
 
 
-async def record_replay(connect: Connect, group: str, topic: str, spec: ResetSpec,
-                        plan: list[PartitionPlan], executed: bool, resync: bool,
-                        who: str | None, resynced: int | None = None) -> int:
+async def record_replay(
+    connect: Connect,
+    group: str,
+    topic: str,
+    spec: ResetSpec,
+    plan: list[PartitionPlan],
+    executed: bool,
+    resync: bool,
+    who: str | None,
+    resynced: int | None = None,
+) -> int:
     who = who or f"{getpass.getuser()}@{socket.gethostname()}"
     async with connect() as conn:
         cur = await conn.execute(
             "INSERT INTO replays (who, group_id, topic, spec, executed, resync, plan, resynced)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (who, group, topic, spec.describe(), executed, resync,
-             json.dumps([{**asdict(p), "rereads": p.rereads} for p in plan]), resynced))
+            (
+                who,
+                group,
+                topic,
+                spec.describe(),
+                executed,
+                resync,
+                json.dumps([{**asdict(p), "rereads": p.rereads} for p in plan]),
+                resynced,
+            ),
+        )
         row = await cur.fetchone()
     assert row is not None
     return int(row["id"])
 
 
-async def affected_bookings(settings: Settings, topic: str,
-                            plan: list[PartitionPlan]) -> set[str]:
+async def affected_bookings(settings: Settings, topic: str, plan: list[PartitionPlan]) -> set[str]:
     """The bookings whose messages the replay re-reads."""
-    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                              enable_auto_commit=False)
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
     await reader.start()
     bookings: set[str] = set()
     try:
@@ -255,50 +298,73 @@ async def resync_bookings(svc: Services, booking_ids: set[str]) -> int:
         rows += [r for r in holding if r.link.id not in {x.link.id for x in rows}]
         for row in rows:
             if row.link.state is LinkState.ACTIVE:
-                result = await svc.engine.sync_link(event, row, None, source="resync",
-                                                    force=True, latest=True)
+                result = await svc.engine.sync_link(
+                    event, row, None, source="resync", force=True, latest=True
+                )
                 applied += result.outcome.value == "applied"
     return applied
 
 
 # --- dead letters -----------------------------------------------------------------------------
 
-_DLQ_COLUMNS = ("id, recorded_at, topic, kafka_partition, kafka_offset, error_type, error,"
-                " replayed_at, replayed_by, reprocessed_at")
+_DLQ_COLUMNS = (
+    "id, recorded_at, topic, kafka_partition, kafka_offset, error_type, error,"
+    " replayed_at, replayed_by, reprocessed_at"
+)
 
 
 async def dead_letters(connect: Connect, include_replayed: bool) -> list[DeadLetter]:
     where = "" if include_replayed else " WHERE replayed_at IS NULL"
     async with connect() as conn:
-        rows = await (await conn.execute(
-            f"SELECT {_DLQ_COLUMNS} FROM dead_letters{where} ORDER BY id".encode())).fetchall()
+        rows = await (
+            await conn.execute(
+                f"SELECT {_DLQ_COLUMNS} FROM dead_letters{where} ORDER BY id".encode()
+            )
+        ).fetchall()
     return [DeadLetter(**row) for row in rows]
 
 
 async def dead_letter(connect: Connect, dead_letter_id: int) -> DeadLetterMessage:
     async with connect() as conn:
-        row = await (await conn.execute(
-            f"SELECT {_DLQ_COLUMNS}, message_key, message_value, header_keys, header_values"
-            " FROM dead_letters WHERE id = %s".encode(), (dead_letter_id,))).fetchone()
+        row = await (
+            await conn.execute(
+                f"SELECT {_DLQ_COLUMNS}, message_key, message_value, header_keys, header_values"
+                " FROM dead_letters WHERE id = %s".encode(),
+                (dead_letter_id,),
+            )
+        ).fetchone()
     if row is None:
         raise OpsError(f"no dead letter {dead_letter_id} (see: calsync dlq list)")
     # Headers as Kafka carries them: (name, raw value), in their original order.
-    headers = [(bytes(k).decode("utf-8", "surrogateescape"), bytes(v))
-               for k, v in zip(row.pop("header_keys"), row.pop("header_values"), strict=True)]
+    headers = [
+        (bytes(k).decode("utf-8", "surrogateescape"), bytes(v))
+        for k, v in zip(row.pop("header_keys"), row.pop("header_values"), strict=True)
+    ]
     return DeadLetterMessage(**row, headers=headers)
 
 
-async def replay_dead_letters(settings: Settings, connect: Connect, ids: list[int],
-                              rate: float, value: bytes | None, who: str | None) -> list[int]:
+async def replay_dead_letters(
+    settings: Settings,
+    connect: Connect,
+    ids: list[int],
+    rate: float,
+    value: bytes | None,
+    who: str | None,
+) -> list[int]:
     """Put dead letters back on their topic, each once; returns the ids put back."""
-    chosen = ([await dead_letter(connect, i) for i in ids] if ids else
-              [await dead_letter(connect, r.id) for r in await dead_letters(connect, False)])
+    chosen = (
+        [await dead_letter(connect, i) for i in ids]
+        if ids
+        else [await dead_letter(connect, r.id) for r in await dead_letters(connect, False)]
+    )
     done = next((r for r in chosen if r.replayed_at is not None), None)
     if done is not None:
         assert done.replayed_at is not None
-        raise OpsError(f"dead letter {done.id} was already replayed "
-                       f"({done.replayed_at.isoformat(timespec='seconds')}, by "
-                       f"{done.replayed_by}): a message is put back once")
+        raise OpsError(
+            f"dead letter {done.id} was already replayed "
+            f"({done.replayed_at.isoformat(timespec='seconds')}, by "
+            f"{done.replayed_by}): a message is put back once"
+        )
     if value is not None and len(chosen) != 1:
         raise OpsError("--value-file replaces the value of exactly one dead letter")
     who = who or f"{getpass.getuser()}@{socket.gethostname()}"
@@ -308,15 +374,21 @@ async def replay_dead_letters(settings: Settings, connect: Connect, ids: list[in
         for number, row in enumerate(chosen):
             if number and rate:
                 await asyncio.sleep(1.0 / rate)
-            headers = [(k, v) for k, v in row.headers
-                       if not k.startswith("error") and k != DLQ_REPLAY_OF]
+            headers = [
+                (k, v) for k, v in row.headers if not k.startswith("error") and k != DLQ_REPLAY_OF
+            ]
             headers.append((DLQ_REPLAY_OF, str(row.id).encode()))
-            await producer.send_and_wait(row.topic, value if value is not None
-                                         else row.message_value, key=row.message_key,
-                                         headers=headers)
+            await producer.send_and_wait(
+                row.topic,
+                value if value is not None else row.message_value,
+                key=row.message_key,
+                headers=headers,
+            )
             async with connect() as conn:
-                await conn.execute("UPDATE dead_letters SET replayed_at = now(),"
-                                   " replayed_by = %s WHERE id = %s", (who, row.id))
+                await conn.execute(
+                    "UPDATE dead_letters SET replayed_at = now(), replayed_by = %s WHERE id = %s",
+                    (who, row.id),
+                )
     finally:
         await producer.stop()
     return [r.id for r in chosen]

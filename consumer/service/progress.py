@@ -35,21 +35,33 @@ def progress(backfill: Backfill, ceiling_per_s: float | None = None) -> Backfill
             pace = min(rate, ceiling_per_s) if rate and ceiling_per_s else rate or ceiling_per_s
             if pace:
                 estimated_end = now + timedelta(seconds=remaining / pace)
-    percent = (100 if backfill.total == 0 else
-               None if backfill.total is None else
-               min(100, round(100 * backfill.done / backfill.total)))
+    percent = (
+        100
+        if backfill.total == 0
+        else None
+        if backfill.total is None
+        else min(100, round(100 * backfill.done / backfill.total))
+    )
     outcomes = {k: v for k, v in backfill.counts.items() if k != "bookings"}
     return BackfillProgress(
-        id=backfill.id, link_id=backfill.link_id,
-        calendar_id=backfill.calendar_id, calendar_name=backfill.calendar_name,
-        trigger=backfill.trigger, status=status, total=backfill.total,
-        done=backfill.done, percent=percent, counts=backfill.counts,
+        id=backfill.id,
+        link_id=backfill.link_id,
+        calendar_id=backfill.calendar_id,
+        calendar_name=backfill.calendar_name,
+        trigger=backfill.trigger,
+        status=status,
+        total=backfill.total,
+        done=backfill.done,
+        percent=percent,
+        counts=backfill.counts,
         outcomes=outcomes,
         rate_per_s=round(rate, 2) if rate is not None else None,
         estimated_end=estimated_end,
         remaining_s=(estimated_end - now).total_seconds() if estimated_end else None,
-        started_at=backfill.started_at, finished_at=backfill.finished_at,
-        elapsed_s=round(elapsed, 1), error=backfill.error,
+        started_at=backfill.started_at,
+        finished_at=backfill.finished_at,
+        elapsed_s=round(elapsed, 1),
+        error=backfill.error,
     )
 
 

@@ -88,8 +88,7 @@ _STRANDED_ELSEWHERE = (
     " WHERE cl.state <> 'active'"
 )
 _FINISH = (
-    "UPDATE reconcile_runs SET finished_at = now(), updated_at = now(), error = %s"
-    " WHERE id = %s"
+    "UPDATE reconcile_runs SET finished_at = now(), updated_at = now(), error = %s WHERE id = %s"
 )
 _LATEST_RUN = "SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT 1"
 _UNFINISHED = (
@@ -121,9 +120,13 @@ class Progress:
 
     def as_json(self) -> dict[str, Any]:
         eta = self.eta_s()
-        return {"links_done": self.links_done, "links_total": self.links_total,
-                "repairs_done": self.repairs_done, "repairs_total": self.repairs_total,
-                "eta_s": round(eta) if eta is not None else None}
+        return {
+            "links_done": self.links_done,
+            "links_total": self.links_total,
+            "repairs_done": self.repairs_done,
+            "repairs_total": self.repairs_total,
+            "eta_s": round(eta) if eta is not None else None,
+        }
 
     def eta_s(self) -> float | None:
         done = self.links_done + self.repairs_done
@@ -145,20 +148,26 @@ class Reconciler:
     async def start(self, trigger: str, who: str, execute: bool, link_id: str | None) -> int:
         async with self.repository.pool.connection() as conn:
             links = await (await conn.execute(_ACTIVE_LINKS, {"link": link_id})).fetchall()
-            row = await (await conn.execute(_NEW_RUN, (trigger, who, execute, link_id,
-                                                       len(links)))).fetchone()
+            row = await (
+                await conn.execute(_NEW_RUN, (trigger, who, execute, link_id, len(links)))
+            ).fetchone()
         assert row is not None
         return int(row["id"])
 
-    async def run(self, run_id: int,
-                  on_progress: Callable[[Progress], None] | None = None) -> list[LinkReport]:
+    async def run(
+        self, run_id: int, on_progress: Callable[[Progress], None] | None = None
+    ) -> list[LinkReport]:
         """Work a run to its end (resuming after the links it already did). A run cut short
         (its process stopped) stays unfinished, and the group's next look resumes it."""
         async with self.repository.pool.connection() as conn:
             run = await (await conn.execute(_RUN, (run_id,))).fetchone()
             assert run is not None
-            links = [r["id"] for r in await (await conn.execute(
-                _ACTIVE_LINKS, {"link": run["link_filter"]})).fetchall()]
+            links = [
+                r["id"]
+                for r in await (
+                    await conn.execute(_ACTIVE_LINKS, {"link": run["link_filter"]})
+                ).fetchall()
+            ]
         done: list[str] = list(run["links_done"])
         reports: list[dict[str, Any]] = list(run["report"])
         found: Counter[str] = Counter(run["found"])
@@ -185,9 +194,17 @@ class Reconciler:
                 seen += report.events_seen
                 reports.append(report.as_json())
                 async with self.repository.pool.connection() as conn:
-                    await conn.execute(_PROGRESS, (done, seen, Jsonb(dict(found)),
-                                                   Jsonb(dict(repaired)), Jsonb(reports),
-                                                   run_id))
+                    await conn.execute(
+                        _PROGRESS,
+                        (
+                            done,
+                            seen,
+                            Jsonb(dict(found)),
+                            Jsonb(dict(repaired)),
+                            Jsonb(reports),
+                            run_id,
+                        ),
+                    )
                 if on_progress is not None:
                     on_progress(progress)
             if run["executed"] and run["link_filter"] is None:
@@ -198,9 +215,17 @@ class Reconciler:
                     repaired.update(stranded.repaired)
                     reports.append(stranded.as_json())
                     async with self.repository.pool.connection() as conn:
-                        await conn.execute(_PROGRESS, (done, seen, Jsonb(dict(found)),
-                                                       Jsonb(dict(repaired)), Jsonb(reports),
-                                                       run_id))
+                        await conn.execute(
+                            _PROGRESS,
+                            (
+                                done,
+                                seen,
+                                Jsonb(dict(found)),
+                                Jsonb(dict(repaired)),
+                                Jsonb(reports),
+                                run_id,
+                            ),
+                        )
             finished = True
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -231,20 +256,24 @@ class Reconciler:
         async with self.repository.pool.connection() as conn:
             rows = await (await conn.execute(_STRANDED_ELSEWHERE)).fetchall()
         for r in rows:
-            drift = Drift("orphaned", r["booking_id"], r["google_event_id"],
-                          "stranded by a link not active any more", link_id=r["link_id"],
-                          calendar_id=r["calendar_id"])
+            drift = Drift(
+                "orphaned",
+                r["booking_id"],
+                r["google_event_id"],
+                "stranded by a link not active any more",
+                link_id=r["link_id"],
+                calendar_id=r["calendar_id"],
+            )
             report.drift.append(drift)
             helper = await self.repository.link(r["helper_link_id"])
             if helper is None:
                 continue
             try:
                 removed = await self.engine.remove_extra_event(
-                    helper, r["link_id"], r["booking_id"], r["calendar_id"],
-                    r["google_event_id"])
+                    helper, r["link_id"], r["booking_id"], r["calendar_id"], r["google_event_id"]
+                )
             except Exception as exc:
-                report.unrepaired.append(f"orphaned {r['google_event_id']}: "
-                                         f"{type(exc).__name__}")
+                report.unrepaired.append(f"orphaned {r['google_event_id']}: {type(exc).__name__}")
                 continue
             if removed:
                 report.repaired["orphaned"] += 1
@@ -255,14 +284,19 @@ class Reconciler:
 
     # --- one link -----------------------------------------------------------------------
 
-    async def link(self, link_id: str, execute: bool, progress: Progress | None = None,
-                   on_progress: Callable[[Progress], None] | None = None
-                   ) -> LinkReport | None:
+    async def link(
+        self,
+        link_id: str,
+        execute: bool,
+        progress: Progress | None = None,
+        on_progress: Callable[[Progress], None] | None = None,
+    ) -> LinkReport | None:
         row = await self.repository.link(link_id)
         if row is None or row.link.state is not LinkState.ACTIVE or not row.link.calendar_id:
             return None
-        report = LinkReport(row.link.id, row.link.activity_id, row.link.account_email,
-                            row.link.calendar_id)
+        report = LinkReport(
+            row.link.id, row.link.activity_id, row.link.account_email, row.link.calendar_id
+        )
         try:
             await self._link(row, report, execute, progress, on_progress)
         except Exception as exc:  # one link's trouble is its own: the run goes on
@@ -272,9 +306,14 @@ class Reconciler:
             self.metrics.reconcile_drift.labels(kind).inc(n)
         return report
 
-    async def _link(self, row: LinkRow, report: LinkReport, execute: bool,
-                    progress: Progress | None,
-                    on_progress: Callable[[Progress], None] | None) -> None:
+    async def _link(
+        self,
+        row: LinkRow,
+        report: LinkReport,
+        execute: bool,
+        progress: Progress | None,
+        on_progress: Callable[[Progress], None] | None,
+    ) -> None:
         calendar_id = row.link.calendar_id
         assert calendar_id is not None
         token = await self._token(row)
@@ -282,26 +321,41 @@ class Reconciler:
         page: str | None = None
         while True:
             items, page = await self._google(
-                row, self.svc.google.managed_events_page, token, calendar_id, page)
+                row, self.svc.google.managed_events_page, token, calendar_id, page
+            )
             events += items
             if not page:
                 break
         report.events_seen = len(events)
-        bookings = await self.repository.bookings_of_activity(row.link.id,
-                                                              row.link.activity_id)
+        bookings = await self.repository.bookings_of_activity(row.link.id, row.link.activity_id)
         latest = {event.booking.id: event for event, _ in bookings}
-        named = {str(((e.get("extendedProperties") or {}).get("private") or {}).get("link_id"))
-                 for e in events} - {row.link.id}
+        named = {
+            str(((e.get("extendedProperties") or {}).get("private") or {}).get("link_id"))
+            for e in events
+        } - {row.link.id}
         async with self.repository.pool.connection() as conn:
-            others = {r["id"]: (r["state"], r["calendar_id"]) for r in await (
-                await conn.execute(_LINK_STATES, (list(named),))).fetchall()}
-            recorded = {r["booking_id"]: r["google_event_id"] for r in await (
-                await conn.execute(_RECORDED, (row.link.id, calendar_id))).fetchall()}
+            others = {
+                r["id"]: (r["state"], r["calendar_id"])
+                for r in await (await conn.execute(_LINK_STATES, (list(named),))).fetchall()
+            }
+            recorded = {
+                r["booking_id"]: r["google_event_id"]
+                for r in await (
+                    await conn.execute(_RECORDED, (row.link.id, calendar_id))
+                ).fetchall()
+            }
             stranded = await (await conn.execute(_STRANDED, (row.link.id,))).fetchall()
         report.drift = compare(row, latest, recorded, events, others)
-        report.drift += [Drift("orphaned", s["booking_id"], s["google_event_id"],
-                               "stranded on a calendar the link moved away from",
-                               calendar_id=s["calendar_id"]) for s in stranded]
+        report.drift += [
+            Drift(
+                "orphaned",
+                s["booking_id"],
+                s["google_event_id"],
+                "stranded on a calendar the link moved away from",
+                calendar_id=s["calendar_id"],
+            )
+            for s in stranded
+        ]
         if not execute or not report.drift:
             return
         if progress is not None:
@@ -314,14 +368,26 @@ class Reconciler:
                     if await self._repair(row, drift, latest, recorded):
                         report.repaired[drift.kind] += 1
                         self.metrics.reconcile_repaired.labels(drift.kind).inc()
-                        log.info("reconcile_repaired", link_id=row.link.id, kind=drift.kind,
-                                 booking_id=drift.booking_id, event_id=drift.event_id,
-                                 detail=drift.detail or None)
+                        log.info(
+                            "reconcile_repaired",
+                            link_id=row.link.id,
+                            kind=drift.kind,
+                            booking_id=drift.booking_id,
+                            event_id=drift.event_id,
+                            detail=drift.detail or None,
+                        )
             except Exception as exc:  # one event's trouble (a calendar still read-only...)
-                report.unrepaired.append(f"{drift.kind} {drift.event_id or drift.booking_id}: "
-                                         f"{type(exc).__name__}: {str(exc)[:200]}")
-                log.warning("reconcile_repair_failed", link_id=row.link.id, kind=drift.kind,
-                            booking_id=drift.booking_id, cause=type(exc).__name__)
+                report.unrepaired.append(
+                    f"{drift.kind} {drift.event_id or drift.booking_id}: "
+                    f"{type(exc).__name__}: {str(exc)[:200]}"
+                )
+                log.warning(
+                    "reconcile_repair_failed",
+                    link_id=row.link.id,
+                    kind=drift.kind,
+                    booking_id=drift.booking_id,
+                    cause=type(exc).__name__,
+                )
             if progress is not None:
                 progress.repairs_done += 1
                 if on_progress is not None:
@@ -329,28 +395,37 @@ class Reconciler:
 
         await asyncio.gather(*(repair(d) for d in report.drift))
 
-    async def _repair(self, row: LinkRow, drift: Drift, latest: dict[str, BookingEvent],
-                      recorded: dict[str, str]) -> bool:
+    async def _repair(
+        self, row: LinkRow, drift: Drift, latest: dict[str, BookingEvent], recorded: dict[str, str]
+    ) -> bool:
         calendar_id = row.link.calendar_id
         assert calendar_id is not None
         booking = latest.get(drift.booking_id or "")
-        held_by_records = (drift.link_id is None and drift.calendar_id is None
-                           and drift.event_id is not None
-                           and recorded.get(drift.booking_id or "") == drift.event_id)
+        held_by_records = (
+            drift.link_id is None
+            and drift.calendar_id is None
+            and drift.event_id is not None
+            and recorded.get(drift.booking_id or "") == drift.event_id
+        )
         if drift.kind in ("missing", "changed") or (held_by_records and booking is not None):
             # Through the sync path, from the latest state read under the claim: a missing
             # or edited event is put right, one the records hold but the booking no longer
             # wants is deleted, one they lost is taken back.
             assert booking is not None
             adopt = drift.event_id if drift.detail == "not recorded" else None
-            result = await self.engine.sync_link(booking, row, None, source="reconcile",
-                                                 force=True, latest=True, adopt=adopt)
+            result = await self.engine.sync_link(
+                booking, row, None, source="reconcile", force=True, latest=True, adopt=adopt
+            )
             return result.outcome.value == "applied"
         assert drift.event_id is not None
         on = drift.calendar_id or calendar_id
         removed = await self.engine.remove_extra_event(
-            row, drift.link_id or row.link.id, drift.booking_id or f"?{drift.event_id}", on,
-            drift.event_id)
+            row,
+            drift.link_id or row.link.id,
+            drift.booking_id or f"?{drift.event_id}",
+            on,
+            drift.event_id,
+        )
         if removed and drift.calendar_id is not None:
             async with self.repository.pool.connection() as conn:
                 await conn.execute(_UNSTRAND, (drift.calendar_id, drift.event_id))
@@ -369,8 +444,9 @@ class Reconciler:
 # --- the schedule --------------------------------------------------------------------------
 
 
-async def scheduled(svc: Services, interval_s: float, member: str, check_every_s: float = 60.0
-                    ) -> None:
+async def scheduled(
+    svc: Services, interval_s: float, member: str, check_every_s: float = 60.0
+) -> None:
     """Until cancelled: every `interval_s`, one process of the group reconciles every active
     link with --execute (the one holding the advisory lock); an unfinished run whose process
     went away is resumed first."""
@@ -385,8 +461,9 @@ async def scheduled(svc: Services, interval_s: float, member: str, check_every_s
 async def _maybe_run(svc: Services, interval_s: float, member: str) -> None:
     # A connection of its own: the lock is held by its session for the whole run.
     async with svc.connect() as conn:
-        got = await (await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok",
-                                        (_RECONCILE_LOCK,))).fetchone()
+        got = await (
+            await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_RECONCILE_LOCK,))
+        ).fetchone()
         if not got or not got["ok"]:
             return  # another process of the group reconciles
         try:
@@ -396,8 +473,7 @@ async def _maybe_run(svc: Services, interval_s: float, member: str) -> None:
                 log.info("reconcile_resumed", run_id=stale["id"])
                 await reconciler.run(int(stale["id"]))
                 return
-            due = await (await conn.execute(_SCHEDULE_DUE, {"interval": interval_s})
-                         ).fetchone()
+            due = await (await conn.execute(_SCHEDULE_DUE, {"interval": interval_s})).fetchone()
             if not due or not due["due"]:
                 return
             run_id = await reconciler.start("schedule", member, True, None)
@@ -411,9 +487,13 @@ async def _maybe_run(svc: Services, interval_s: float, member: str) -> None:
                 raise
             await conn.execute(_SCHEDULE_NEXT, (interval_s,))
             found = sum((r.found() for r in reports), Counter())
-            log.info("reconcile_finished", run_id=run_id, links=len(reports),
-                     found=dict(found),
-                     repaired=dict(sum((r.repaired for r in reports), Counter())))
+            log.info(
+                "reconcile_finished",
+                run_id=run_id,
+                links=len(reports),
+                found=dict(found),
+                repaired=dict(sum((r.repaired for r in reports), Counter())),
+            )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_RECONCILE_LOCK,))
 
@@ -423,13 +503,21 @@ async def latest_run(conn: psycopg.AsyncConnection[DictRow]) -> ReconcileRun | N
     row = await (await conn.execute(_LATEST_RUN)).fetchone()
     if row is None:
         return None
-    return ReconcileRun(id=row["id"], trigger=row["trigger"], executed=row["executed"],
-                        started_at=row["started_at"], finished_at=row["finished_at"],
-                        running=row["finished_at"] is None,
-                        links_done=len(row["links_done"]), links_total=row["links_total"],
-                        events_seen=row["events_seen"], found=row["found"],
-                        repaired=row["repaired"], progress=row["progress"],
-                        error=row["error"])
+    return ReconcileRun(
+        id=row["id"],
+        trigger=row["trigger"],
+        executed=row["executed"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        running=row["finished_at"] is None,
+        links_done=len(row["links_done"]),
+        links_total=row["links_total"],
+        events_seen=row["events_seen"],
+        found=row["found"],
+        repaired=row["repaired"],
+        progress=row["progress"],
+        error=row["error"],
+    )
 
 
 def result(run_id: int, reports: list[LinkReport], executed: bool) -> ReconcileResult:
@@ -439,5 +527,10 @@ def result(run_id: int, reports: list[LinkReport], executed: bool) -> ReconcileR
     for r in reports:
         found.update(r.found())
         repaired.update(r.repaired)
-    return ReconcileResult(run_id=run_id, executed=executed, found=dict(found),
-                           repaired=dict(repaired), links=[r.as_json() for r in reports])
+    return ReconcileResult(
+        run_id=run_id,
+        executed=executed,
+        found=dict(found),
+        repaired=dict(repaired),
+        links=[r.as_json() for r in reports],
+    )

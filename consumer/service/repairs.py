@@ -59,12 +59,9 @@ _LEASE = (
     " AND (r.leased_until IS NULL OR r.leased_until < now()) AND r.due_at <= now()"
     " RETURNING r.link_id, r.booking_id, r.reason"
 )
-_RELEASE_MINE = (
-    "UPDATE repairs SET leased_by = NULL, leased_until = NULL WHERE leased_by = %s"
-)
+_RELEASE_MINE = "UPDATE repairs SET leased_by = NULL, leased_until = NULL WHERE leased_by = %s"
 _DROP_INACTIVE = (
-    "DELETE FROM repairs r USING calendar_links cl"
-    " WHERE cl.id = r.link_id AND cl.state <> 'active'"
+    "DELETE FROM repairs r USING calendar_links cl WHERE cl.id = r.link_id AND cl.state <> 'active'"
 )
 _SETTLE_GONE_BOOKING = "DELETE FROM repairs WHERE link_id = %s AND booking_id = %s"
 _MAKE_DUE = (
@@ -106,8 +103,14 @@ class Leased:
 
 
 class RepairLoop:
-    def __init__(self, settings: Settings, engine: SyncEngine, repository: Repository,
-                 metrics: Metrics, member: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: SyncEngine,
+        repository: Repository,
+        metrics: Metrics,
+        member: str,
+    ) -> None:
         self.settings = settings
         self.engine = engine
         self.repository = repository
@@ -119,8 +122,9 @@ class RepairLoop:
         # Places per account: about what its quota allows while a message would wait for
         # it (a repair waiting longer is deferred, so it holds no place for nothing).
         per_min = settings.quota_per_account_per_min
-        self._per_account = (max(2, math.ceil(per_min / 60 * settings.quota_max_wait_s))
-                             if per_min else _PER_ACCOUNT)
+        self._per_account = (
+            max(2, math.ceil(per_min / 60 * settings.quota_max_wait_s)) if per_min else _PER_ACCOUNT
+        )
 
     async def run(self) -> None:
         """Until cancelled: take due repairs and work them, `repair_concurrency` at a time."""
@@ -133,8 +137,7 @@ class RepairLoop:
                     log.info("repairs_not_read", cause=type(exc).__name__)
                     taken = 0
                 except Exception as exc:  # a bug of ours must not end the loop for good
-                    log.error("repair_loop_failed", cause=type(exc).__name__,
-                              error=str(exc)[:300])
+                    log.error("repair_loop_failed", cause=type(exc).__name__, error=str(exc)[:300])
                     taken = 0
                 room_left = self.settings.repair_concurrency - len(self._tasks)
                 if taken == 0 or room_left <= 0:
@@ -192,23 +195,43 @@ class RepairLoop:
     async def _lease(self, link_id: str | None, limit: int) -> list[Leased]:
         async with self.repository.pool.connection() as conn:
             busy = [a for a, n in self._running.items() if n > 0]
-            candidates = await (await conn.execute(_CANDIDATES, {
-                "link": link_id, "per_account": self._per_account, "limit": limit,
-                "accounts": busy,
-                "room": [max(0, self._per_account - self._running[a]) for a in busy],
-            })).fetchall()
+            candidates = await (
+                await conn.execute(
+                    _CANDIDATES,
+                    {
+                        "link": link_id,
+                        "per_account": self._per_account,
+                        "limit": limit,
+                        "accounts": busy,
+                        "room": [max(0, self._per_account - self._running[a]) for a in busy],
+                    },
+                )
+            ).fetchall()
             if not candidates:
                 return []
-            rows = await (await conn.execute(_LEASE, {
-                "member": self.member, "lease_s": self.settings.repair_lease_s,
-                "links": [c["link_id"] for c in candidates],
-                "bookings": [c["booking_id"] for c in candidates]})).fetchall()
+            rows = await (
+                await conn.execute(
+                    _LEASE,
+                    {
+                        "member": self.member,
+                        "lease_s": self.settings.repair_lease_s,
+                        "links": [c["link_id"] for c in candidates],
+                        "bookings": [c["booking_id"] for c in candidates],
+                    },
+                )
+            ).fetchall()
         accounts = {(c["link_id"], c["booking_id"]): c["account_email"] for c in candidates}
-        return [Leased(r["link_id"], r["booking_id"], r["reason"],
-                       accounts[(r["link_id"], r["booking_id"])]) for r in rows]
+        return [
+            Leased(
+                r["link_id"],
+                r["booking_id"],
+                r["reason"],
+                accounts[(r["link_id"], r["booking_id"])],
+            )
+            for r in rows
+        ]
 
-    async def _work(self, repair: Leased, links: dict[str, Any],
-                    bookings: dict[str, Any]) -> str:
+    async def _work(self, repair: Leased, links: dict[str, Any], bookings: dict[str, Any]) -> str:
         """One repair; its outcome (`settled` when there was nothing left to apply)."""
         try:
             return await self._apply(repair, links, bookings)
@@ -218,29 +241,38 @@ class RepairLoop:
             if self._running[repair.account] <= 0:
                 del self._running[repair.account]
 
-    async def _apply(self, repair: Leased, links: dict[str, Any],
-                     bookings: dict[str, Any]) -> str:
+    async def _apply(self, repair: Leased, links: dict[str, Any], bookings: dict[str, Any]) -> str:
         row = links.get(repair.link_id)
         event = bookings.get(repair.booking_id)
         try:
             if row is None or event is None or row.link.state is not LinkState.ACTIVE:
                 async with self.repository.pool.connection() as conn:
-                    await conn.execute(_SETTLE_GONE_BOOKING,
-                                       (repair.link_id, repair.booking_id))
+                    await conn.execute(_SETTLE_GONE_BOOKING, (repair.link_id, repair.booking_id))
                 return "settled"
             # Deferred again (not waited for) when its account is booked up: a repair
             # holds a place here only while it can go.
-            result = await self.engine.sync_link(event, row, None, source="repair",
-                                                 latest=True, may_defer=True)
+            result = await self.engine.sync_link(
+                event, row, None, source="repair", latest=True, may_defer=True
+            )
         except Exception as exc:  # the lease expires and another try comes; the loop goes on
-            log.warning("repair_failed", link_id=repair.link_id, booking_id=repair.booking_id,
-                        cause=type(exc).__name__)
+            log.warning(
+                "repair_failed",
+                link_id=repair.link_id,
+                booking_id=repair.booking_id,
+                cause=type(exc).__name__,
+            )
             self.metrics.repairs.labels("error").inc()
             return "error"
         self.metrics.repairs.labels(result.outcome.value).inc()
         if result.outcome in (Outcome.APPLIED, Outcome.UNCHANGED):
-            log.info("repaired", link_id=repair.link_id, booking_id=repair.booking_id,
-                     was=repair.reason, op=result.operation.value, outcome=result.outcome.value)
+            log.info(
+                "repaired",
+                link_id=repair.link_id,
+                booking_id=repair.booking_id,
+                was=repair.reason,
+                op=result.operation.value,
+                outcome=result.outcome.value,
+            )
         return result.outcome.value
 
     async def _drop_inactive(self) -> None:
@@ -248,13 +280,27 @@ class RepairLoop:
             await conn.execute(_DROP_INACTIVE)
 
 
-async def owe(repository: Repository, link_id: str, pairs: list[tuple[str, int]], reason: str,
-              member: str, lease_s: float) -> None:
+async def owe(
+    repository: Repository,
+    link_id: str,
+    pairs: list[tuple[str, int]],
+    reason: str,
+    member: str,
+    lease_s: float,
+) -> None:
     """Write down what a link is owed (booking, version) before working it: resumable."""
     async with repository.pool.connection() as conn:
-        await conn.execute(_OWE, {"link": link_id, "reason": reason, "member": member,
-                                  "lease_s": lease_s, "bookings": [b for b, _ in pairs],
-                                  "versions": [v for _, v in pairs]})
+        await conn.execute(
+            _OWE,
+            {
+                "link": link_id,
+                "reason": reason,
+                "member": member,
+                "lease_s": lease_s,
+                "bookings": [b for b, _ in pairs],
+                "versions": [v for _, v in pairs],
+            },
+        )
 
 
 async def renew(repository: Repository, member: str, lease_s: float) -> None:

@@ -67,9 +67,15 @@ class _InFlight:
 
 
 class ConsumerRunner:
-    def __init__(self, settings: Settings, engine: SyncEngine, repository: Repository,
-                 consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: SyncEngine,
+        repository: Repository,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        metrics: Metrics,
+    ) -> None:
         self.metrics = metrics
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.metrics.watch_lag(self.lag)
@@ -88,8 +94,9 @@ class ConsumerRunner:
         # Health: when the loop last turned, and per partition when it last made progress.
         self.started = False
         self.ops_port: int | None = None  # where /metrics and the health checks listen
-        self.member = MemberReport(settings.database_url, settings.group_id, settings.topic,
-                                   settings.instance_id)
+        self.member = MemberReport(
+            settings.database_url, settings.group_id, settings.topic, settings.instance_id
+        )
         self._reported_at = 0.0
         self.loop_turned_at = time.monotonic()
         self._progress_at: dict[TopicPartition, float] = {}
@@ -113,8 +120,7 @@ class ConsumerRunner:
                 # room, every partition is paused and the poll still turns (and answers).
                 room = self.settings.max_in_flight - self.in_flight
                 try:
-                    batch = await self.consumer.getmany(timeout_ms=200,
-                                                        max_records=max(1, room))
+                    batch = await self.consumer.getmany(timeout_ms=200, max_records=max(1, room))
                 except _UNREADABLE as exc:
                     await self._skip_unreadable(exc)
                     continue
@@ -141,7 +147,8 @@ class ConsumerRunner:
     def _report_membership(self) -> None:
         now = time.monotonic()
         if now - self._reported_at < HEARTBEAT_S or (
-                self._report_task is not None and not self._report_task.done()):
+            self._report_task is not None and not self._report_task.done()
+        ):
             return
         self._reported_at = now
         partitions = [tp.partition for tp in self.consumer.assignment()]
@@ -163,7 +170,11 @@ class ConsumerRunner:
         chain: _Chain = (tp, record.key)
         self._in_flight[tp][record.offset] = _InFlight(
             printable(record.key.decode("utf-8", "backslashreplace"), 200)
-            if record.key is not None else None, record.timestamp, time.monotonic())
+            if record.key is not None
+            else None,
+            record.timestamp,
+            time.monotonic(),
+        )
         task = asyncio.create_task(self._process(tp, record, self._tails.get(chain)))
         self._tails[chain] = task
         self._tasks[tp].add(task)
@@ -179,16 +190,23 @@ class ConsumerRunner:
         if self._tails.get(chain) is task:
             del self._tails[chain]
 
-    async def _process(self, tp: TopicPartition, record: ConsumerRecord[Any, Any],
-                       before: asyncio.Task[None] | None) -> None:
+    async def _process(
+        self,
+        tp: TopicPartition,
+        record: ConsumerRecord[Any, Any],
+        before: asyncio.Task[None] | None,
+    ) -> None:
         if before is not None:
             await asyncio.wait([before])  # same booking: strictly after the previous record
         position = MessagePosition(tp.topic, tp.partition, record.offset)
         info = self._in_flight[tp].get(record.offset)
         # Every log line of this message's work says which message it is (a task's own context).
         structlog.contextvars.bind_contextvars(
-            topic=tp.topic, partition=tp.partition, offset=record.offset,
-            key=info.key if info else None)
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=record.offset,
+            key=info.key if info else None,
+        )
         poison: BadMessage | None = None  # set once the message is to be dead-lettered
         failures = retries = 0
         delay = 0.2
@@ -207,22 +225,32 @@ class ConsumerRunner:
                     # Infrastructure: retry without limit, the offset must not move on. One
                     # line per doubling of the attempts, not thousands.
                     if retries & (retries - 1) == 0:
-                        log.error("message_processing_failed", cause=type(exc).__name__,
-                                  error=describe(exc, 300), attempts=retries,
-                                  retry_in_s=delay)
+                        log.error(
+                            "message_processing_failed",
+                            cause=type(exc).__name__,
+                            error=describe(exc, 300),
+                            attempts=retries,
+                            retry_in_s=delay,
+                        )
                 else:
                     failures += 1
                     if failures >= self.settings.poison_attempts:
                         # The same input fails the same way: ours to fix, not the partition's
                         # to carry. The message is dead-lettered with the exception.
                         poison = BadMessage("internal_error", describe(exc))
-                        log.warning("message_failed_repeatedly",
-                                    error_class=type(exc).__name__,
-                                  attempts=failures,
-                                  sqlstate=getattr(exc, "sqlstate", None))
+                        log.warning(
+                            "message_failed_repeatedly",
+                            error_class=type(exc).__name__,
+                            attempts=failures,
+                            sqlstate=getattr(exc, "sqlstate", None),
+                        )
                         continue
-                    log.warning("message_failed", error_class=type(exc).__name__,
-                                attempts=failures, retry_in_s=delay)
+                    log.warning(
+                        "message_failed",
+                        error_class=type(exc).__name__,
+                        attempts=failures,
+                        retry_in_s=delay,
+                    )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.infra_retry_max_s)
         offsets = self._offsets.get(tp)
@@ -234,19 +262,22 @@ class ConsumerRunner:
         self.processed += 1
 
     async def _handle(self, record: ConsumerRecord[Any, Any], position: MessagePosition) -> None:
-        replay_of = next((int(v) for k, v in record.headers or () if k == DLQ_REPLAY_OF
-                          and v.isdigit()), None)
+        replay_of = next(
+            (int(v) for k, v in record.headers or () if k == DLQ_REPLAY_OF and v.isdigit()), None
+        )
         if replay_of is not None and await self.repository.dead_letter_reprocessed(replay_of):
-            log.info("dead_letter_replay_skipped", dead_letter_id=replay_of,
-                     why="already processed")
+            log.info(
+                "dead_letter_replay_skipped", dead_letter_id=replay_of, why="already processed"
+            )
             self.metrics.messages.labels("skipped").inc()
             return
         await self._handle_message(record, position)
         if replay_of is not None:
             await self.repository.mark_dead_letter_reprocessed(replay_of)
 
-    async def _handle_message(self, record: ConsumerRecord[Any, Any],
-                              position: MessagePosition) -> None:
+    async def _handle_message(
+        self, record: ConsumerRecord[Any, Any], position: MessagePosition
+    ) -> None:
         parsed = parse_message(record.key, record.value)
         if isinstance(parsed, BadMessage):
             await self._dead_letter(record, position, parsed)
@@ -254,16 +285,25 @@ class ConsumerRunner:
         await self.engine.handle(parsed, position)
         self.metrics.messages.labels("synced").inc()
 
-    async def _dead_letter(self, record: ConsumerRecord[Any, Any], position: MessagePosition,
-                           bad: BadMessage) -> None:
+    async def _dead_letter(
+        self, record: ConsumerRecord[Any, Any], position: MessagePosition, bad: BadMessage
+    ) -> None:
         """The row (raw bytes, idempotent on the position), then the copy, once."""
         headers = list(record.headers or ())
         letter_id, published = await self.repository.record_dead_letter(
-            position, record.key, record.value, headers, bad.error_type, bad.error)
+            position, record.key, record.value, headers, bad.error_type, bad.error
+        )
         if not published:
             key, value, copy_headers = dead_letter_copy(
-                record.key, record.value, headers, bad.error_type, bad.error, position.topic,
-                position.partition, position.offset)
+                record.key,
+                record.value,
+                headers,
+                bad.error_type,
+                bad.error,
+                position.topic,
+                position.partition,
+                position.offset,
+            )
             copy_error = await self._send_copy(key, value, copy_headers, bad, position)
             # Sent: from here on only the mark is retried, never the copy.
             delay = 0.2
@@ -272,25 +312,38 @@ class ConsumerRunner:
                     await self.repository.mark_dead_letter_published(letter_id, copy_error)
                     break
                 except Exception as exc:
-                    log.warning("dead_letter_mark_failed", cause=type(exc).__name__,
-                                retry_in_s=delay)
+                    log.warning(
+                        "dead_letter_mark_failed", cause=type(exc).__name__, retry_in_s=delay
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.settings.infra_retry_max_s)
             self.metrics.messages.labels("dead_lettered").inc()
             self.metrics.dead_letters.labels(bad.error_type).inc()
-            log.error("message_dead_lettered", topic=position.topic,
-                      partition=position.partition, offset=position.offset,
-                      error_type=bad.error_type, error=bad.error, dead_letter_id=letter_id)
+            log.error(
+                "message_dead_lettered",
+                topic=position.topic,
+                partition=position.partition,
+                offset=position.offset,
+                error_type=bad.error_type,
+                error=bad.error,
+                dead_letter_id=letter_id,
+            )
 
-    async def _send_copy(self, key: bytes | None, value: bytes | None,
-                         headers: list[tuple[str, bytes]], bad: BadMessage,
-                         position: MessagePosition) -> str | None:
+    async def _send_copy(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        bad: BadMessage,
+        position: MessagePosition,
+    ) -> str | None:
         """The copy on the dead-letter topic. A broker that refuses it for what it is (too
         large for the topic) gets a minimal one (no key, value or original headers); one
         that refuses even that gets none, and the row says why (None: sent)."""
         try:
-            await self.producer.send_and_wait(self.settings.dlq_topic, value=value, key=key,
-                                              headers=headers)
+            await self.producer.send_and_wait(
+                self.settings.dlq_topic, value=value, key=key, headers=headers
+            )
             return None
         except KafkaError as exc:
             if is_retriable(exc):
@@ -298,15 +351,20 @@ class ConsumerRunner:
             first = exc
         minimal = [(k, v) for k, v in headers if k.startswith("error")]
         try:
-            await self.producer.send_and_wait(self.settings.dlq_topic, value=b"", key=None,
-                                              headers=minimal)
+            await self.producer.send_and_wait(
+                self.settings.dlq_topic, value=b"", key=None, headers=minimal
+            )
             return f"only a minimal copy: {describe(first, 200)}"
         except KafkaError as exc:
             if is_retriable(exc):
                 raise
-            log.error("dead_letter_copy_refused", topic=position.topic,
-                      partition=position.partition, offset=position.offset,
-                      cause=type(exc).__name__)
+            log.error(
+                "dead_letter_copy_refused",
+                topic=position.topic,
+                partition=position.partition,
+                offset=position.offset,
+                cause=type(exc).__name__,
+            )
             return f"no copy: {describe(exc, 200)}"
 
     async def _skip_unreadable(self, exc: BaseException) -> None:
@@ -335,26 +393,44 @@ class ConsumerRunner:
                 for record in records:
                     self._dispatch(tp, record)
 
-    async def _dead_letter_unreadable(self, tp: TopicPartition, offset: int,
-                                      exc: BaseException) -> None:
+    async def _dead_letter_unreadable(
+        self, tp: TopicPartition, offset: int, exc: BaseException
+    ) -> None:
         offsets = self._offsets.setdefault(tp, PartitionOffsets())
         if not offsets.add(offset):
             return
         record: ConsumerRecord[Any, Any] = ConsumerRecord(
-            topic=tp.topic, partition=tp.partition, offset=offset, timestamp=0,
-            timestamp_type=0, key=None, value=None, checksum=None, serialized_key_size=-1,
-            serialized_value_size=-1, headers=())
-        bad = BadMessage("record_unreadable", f"the Kafka client could not read the record "
-                                              f"(its bytes are not kept): {describe(exc)}")
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            timestamp=0,
+            timestamp_type=0,
+            key=None,
+            value=None,
+            checksum=None,
+            serialized_key_size=-1,
+            serialized_value_size=-1,
+            headers=(),
+        )
+        bad = BadMessage(
+            "record_unreadable",
+            f"the Kafka client could not read the record (its bytes are not kept): {describe(exc)}",
+        )
         delay = 0.2
         while True:
             try:
-                await self._dead_letter(record, MessagePosition(tp.topic, tp.partition,
-                                                                offset), bad)
+                await self._dead_letter(
+                    record, MessagePosition(tp.topic, tp.partition, offset), bad
+                )
                 break
             except Exception as failure:  # the database or the broker: until they are back
-                log.error("message_processing_failed", cause=type(failure).__name__,
-                          offset=offset, partition=tp.partition, retry_in_s=delay)
+                log.error(
+                    "message_processing_failed",
+                    cause=type(failure).__name__,
+                    offset=offset,
+                    partition=tp.partition,
+                    retry_in_s=delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.infra_retry_max_s)
         offsets.finish(offset)
@@ -382,8 +458,9 @@ class ConsumerRunner:
             return
         self._commit_task = asyncio.create_task(self._commit(force=True))
 
-    async def _commit(self, force: bool, partitions: Iterable[TopicPartition] | None = None
-                      ) -> None:
+    async def _commit(
+        self, force: bool, partitions: Iterable[TopicPartition] | None = None
+    ) -> None:
         now = time.monotonic()
         if not force and now - self._last_commit < self.settings.commit_interval_s:
             return
@@ -419,8 +496,9 @@ class ConsumerRunner:
             highwater = self.consumer.highwater(tp)
             offsets = self._offsets.get(tp)
             point = offsets.first_unrecorded() if offsets is not None else None
-            records = max(0, highwater - point) if highwater is not None and point is not None \
-                else 0
+            records = (
+                max(0, highwater - point) if highwater is not None and point is not None else 0
+            )
             pending = self._in_flight.get(tp)
             oldest = min(m.timestamp_ms for m in pending.values()) if pending else None
             seconds = max(0.0, (now_ms - oldest) / 1000) if oldest is not None else 0.0
@@ -452,8 +530,11 @@ class ConsumerRunner:
             oldest = messages[offset]
             waited = now - oldest.taken_at
             if waited > threshold:
-                answer.append(Stall(tp.topic, tp.partition, offset, oldest.key, oldest.cause,
-                                    round(waited, 1)))
+                answer.append(
+                    Stall(
+                        tp.topic, tp.partition, offset, oldest.key, oldest.cause, round(waited, 1)
+                    )
+                )
         return answer
 
     def _check_stalls(self) -> None:
@@ -465,9 +546,15 @@ class ConsumerRunner:
             info = self._in_flight[TopicPartition(stall.topic, stall.partition)][stall.offset]
             if not info.stall_logged:
                 info.stall_logged = True
-                log.warning("partition_stalled", topic=stall.topic, partition=stall.partition,
-                            offset=stall.offset, key=stall.key, cause=stall.cause,
-                            waiting_s=stall.waiting_s)
+                log.warning(
+                    "partition_stalled",
+                    topic=stall.topic,
+                    partition=stall.partition,
+                    offset=stall.offset,
+                    key=stall.key,
+                    cause=stall.cause,
+                    waiting_s=stall.waiting_s,
+                )
 
     async def drain(self, partitions: list[TopicPartition], reason: str) -> None:
         """Let in-flight work of these partitions finish within the grace, commit, forget."""
@@ -490,8 +577,13 @@ class ConsumerRunner:
         for chain in [c for c in self._tails if c[0] in partitions]:
             del self._tails[chain]
         if partitions:
-            log.info("partitions_drained", reason=reason, partitions=len(partitions),
-                     finished=len(tasks) - cancelled, cancelled=cancelled)
+            log.info(
+                "partitions_drained",
+                reason=reason,
+                partitions=len(partitions),
+                finished=len(tasks) - cancelled,
+                cancelled=cancelled,
+            )
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]

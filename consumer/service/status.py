@@ -36,8 +36,17 @@ _RUNNING_BACKFILLS = (
     " WHERE finished_at IS NULL AND started_at > now() - interval '1 day' ORDER BY id"
 )
 # What the status shows of each backfill's progress.
-_BACKFILL_FIELDS = {"id", "link_id", "status", "done", "total", "percent", "rate_per_s",
-                    "estimated_end", "remaining_s"}
+_BACKFILL_FIELDS = {
+    "id",
+    "link_id",
+    "status",
+    "done",
+    "total",
+    "percent",
+    "rate_per_s",
+    "estimated_end",
+    "remaining_s",
+}
 _DLQ = (
     "SELECT count(*) FILTER (WHERE replayed_at IS NULL) AS waiting, count(*) AS total,"
     " min(recorded_at) FILTER (WHERE replayed_at IS NULL) AS oldest FROM dead_letters"
@@ -47,8 +56,16 @@ _DLQ = (
 async def collect(settings: Settings, connect: Connect) -> Status:
     group, topic = settings.group_id, settings.topic
     alive = await alive_members(connect, group)
-    members = [{"member": m.member, "host": m.host, "pid": m.pid, "partitions": m.partitions,
-                "seen_at": m.seen_at.isoformat()} for m in alive]
+    members = [
+        {
+            "member": m.member,
+            "host": m.host,
+            "pid": m.pid,
+            "partitions": m.partitions,
+            "seen_at": m.seen_at.isoformat(),
+        }
+        for m in alive
+    ]
     # What holds a partition back, as its member last reported it: the oldest unrecorded
     # message (topic, partition, offset, key) and why it waits.
     stalls = [{**stall, "member": m.member} for m in alive for stall in m.stalls]
@@ -61,8 +78,14 @@ async def collect(settings: Settings, connect: Connect) -> Status:
         lag = []
         for tp in tps:
             committed = await probe.committed(tp)
-            lag.append(PartitionLag(partition=tp.partition, committed=committed, end=ends[tp],
-                                    lag=ends[tp] - (committed or 0)))
+            lag.append(
+                PartitionLag(
+                    partition=tp.partition,
+                    committed=committed,
+                    end=ends[tp],
+                    lag=ends[tp] - (committed or 0),
+                )
+            )
     finally:
         await probe.stop()
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
@@ -81,16 +104,26 @@ async def collect(settings: Settings, connect: Connect) -> Status:
         repairs = await repair_summary(conn)
         running = await (await conn.execute(_RUNNING_BACKFILLS)).fetchall()
         ceiling = quota_ceiling(settings)
-        backfills = [progress(Backfill(**row), ceiling).model_dump(include=_BACKFILL_FIELDS)
-                     for row in running]
+        backfills = [
+            progress(Backfill(**row), ceiling).model_dump(include=_BACKFILL_FIELDS)
+            for row in running
+        ]
         last_reconcile = await latest_reconcile(conn)
     assert dlq is not None
     return Status(
-        group=group, topic=topic, members=members, broker_group=broker,
-        partitions=lag, total_lag=sum(p.lag for p in lag), stalls=stalls,
-        links=links, failures_last_hour=failures, repairs=repairs,
-        reconcile=last_reconcile, backfills=backfills,
-        dead_letters=DeadLetterCounts(waiting=dlq["waiting"], total=dlq["total"],
-                                      oldest_waiting=dlq["oldest"]),
+        group=group,
+        topic=topic,
+        members=members,
+        broker_group=broker,
+        partitions=lag,
+        total_lag=sum(p.lag for p in lag),
+        stalls=stalls,
+        links=links,
+        failures_last_hour=failures,
+        repairs=repairs,
+        reconcile=last_reconcile,
+        backfills=backfills,
+        dead_letters=DeadLetterCounts(
+            waiting=dlq["waiting"], total=dlq["total"], oldest_waiting=dlq["oldest"]
+        ),
     )
-

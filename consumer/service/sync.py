@@ -84,23 +84,25 @@ _PACING_IN_WINDOW = 2  # live messages of one account retrying a rate limit insi
 
 
 class CalendarGateway(Protocol):
-    async def insert_event(self, token: str, calendar_id: str, body: dict[str, Any]
-                           ) -> dict[str, Any]: ...
+    async def insert_event(
+        self, token: str, calendar_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]: ...
 
-    async def update_event(self, token: str, calendar_id: str, event_id: str,
-                           body: dict[str, Any]) -> dict[str, Any]: ...
+    async def update_event(
+        self, token: str, calendar_id: str, event_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]: ...
 
     async def delete_event(self, token: str, calendar_id: str, event_id: str) -> None: ...
 
-    async def get_event(self, token: str, calendar_id: str, event_id: str
-                        ) -> dict[str, Any]: ...
+    async def get_event(self, token: str, calendar_id: str, event_id: str) -> dict[str, Any]: ...
 
     async def calendar_entry(self, token: str, calendar_id: str) -> CalendarInfo: ...
 
 
 class AccessTokens(Protocol):
-    async def access_token(self, link_id: str, stored: LinkTokens | None,
-                           rejected: str | None = None) -> str: ...
+    async def access_token(
+        self, link_id: str, stored: LinkTokens | None, rejected: str | None = None
+    ) -> str: ...
 
     def forget(self, link_id: str) -> None: ...
 
@@ -150,20 +152,24 @@ class _LinkCall:
         """The link's token; an unreachable token endpoint is retried within the budget."""
         self._check_active()
         try:  # almost always a token at hand: no retry machinery around it (CPU per call)
-            return await self.engine.tokens.access_token(self.row.link.id, self.row.tokens,
-                                                         rejected=rejected)
+            return await self.engine.tokens.access_token(
+                self.row.link.id, self.row.tokens, rejected=rejected
+            )
         except TokenRefreshFailed as exc:
             if not exc.retriable:
                 raise
         settings = self.engine.settings
         async for attempt in AsyncRetrying(
-                retry=retry_if_exception(_is_token_outage),
-                wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
-                stop=stop_before_delay(settings.retry_budget_s), reraise=True):
+            retry=retry_if_exception(_is_token_outage),
+            wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
+            stop=stop_before_delay(settings.retry_budget_s),
+            reraise=True,
+        ):
             with attempt:
                 self._check_active()
-                return await self.engine.tokens.access_token(self.row.link.id, self.row.tokens,
-                                                             rejected=rejected)
+                return await self.engine.tokens.access_token(
+                    self.row.link.id, self.row.tokens, rejected=rejected
+                )
         raise AssertionError("unreachable")
 
     async def _with_retries(self, call: Callable[[str], Awaitable[T]]) -> T:
@@ -173,8 +179,10 @@ class _LinkCall:
             # Google is pacing this account and enough of its messages already wait for it
             # in the window: this one leaves at once, without a call Google would refuse
             # and without holding a place other accounts' messages need meanwhile.
-            raise AccountBacklogged(max(self.engine.quota.expected_wait(account),
-                                        settings.retry_initial_s), "account_rate_limited")
+            raise AccountBacklogged(
+                max(self.engine.quota.expected_wait(account), settings.retry_initial_s),
+                "account_rate_limited",
+            )
         # The first slot is waited for before the retry budget starts: a long queue for a
         # busy account is not a failure (but a live message may leave the window for it).
         await self._slot(account, self.may_defer)
@@ -191,7 +199,8 @@ class _LinkCall:
                 retry=retry_if_exception(_is_retriable),
                 wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
                 stop=stop_before_delay(
-                    max(0.0, settings.retry_budget_s - (time.monotonic() - started))),
+                    max(0.0, settings.retry_budget_s - (time.monotonic() - started))
+                ),
                 reraise=True,
             )
             async for attempt in retrying:
@@ -216,8 +225,9 @@ class _LinkCall:
         self.attempts += 1
         assert self.token is not None
         try:
-            return await _outlive_cancellation(call(self.token),
-                                               self.engine.settings.google_timeout_s + 1.0)
+            return await _outlive_cancellation(
+                call(self.token), self.engine.settings.google_timeout_s + 1.0
+            )
         except GoogleApiError as exc:
             await self._spent_quota(exc)
             raise
@@ -231,7 +241,8 @@ class _LinkCall:
             return
         halted = self.engine.halt_signal(self.row.link.id)
         waiting = asyncio.ensure_future(
-            self.engine.quota.acquire(account, self.ticket, may_defer=may_defer))
+            self.engine.quota.acquire(account, self.ticket, may_defer=may_defer)
+        )
         stop = asyncio.ensure_future(halted.wait())
         try:
             await asyncio.wait([waiting, stop], return_when=asyncio.FIRST_COMPLETED)
@@ -255,8 +266,9 @@ class _LinkCall:
                 wait = max(exc.retry_after or 0.0, quota.expected_wait(account))
                 busy = self.engine.pacing[account]
                 if busy >= _PACING_IN_WINDOW or wait > self.engine.settings.quota_max_wait_s:
-                    raise AccountBacklogged(max(wait, self.engine.settings.retry_initial_s),
-                                            "account_rate_limited") from exc
+                    raise AccountBacklogged(
+                        max(wait, self.engine.settings.retry_initial_s), "account_rate_limited"
+                    ) from exc
                 self.pacing = True
                 self.engine.pacing[account] += 1
         elif action is Action.PAUSE_ACCOUNT:
@@ -281,9 +293,16 @@ async def _outlive_cancellation(call: Awaitable[T], timeout_s: float) -> T:
 
 
 class SyncEngine:
-    def __init__(self, settings: Settings, repository: Repository, google: CalendarGateway,
-                 tokens: AccessTokens, quota: GroupQuota, store: SyncStore,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        repository: Repository,
+        google: CalendarGateway,
+        tokens: AccessTokens,
+        quota: GroupQuota,
+        store: SyncStore,
+        metrics: Metrics,
+    ) -> None:
         self.metrics = metrics
         self.settings = settings
         self.repository = repository
@@ -299,7 +318,8 @@ class SyncEngine:
         self._unsettled: set[tuple[str, str]] = set()  # written at Google, not recorded
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
-            self._take_in, split_on=lambda exc: not is_retriable(exc))
+            self._take_in, split_on=lambda exc: not is_retriable(exc)
+        )
         self._tickets = itertools.count()
 
     async def close(self) -> None:
@@ -339,22 +359,29 @@ class SyncEngine:
     def next_ticket(self) -> int:
         return next(self._tickets)
 
-    async def handle(self, event: BookingEvent, position: MessagePosition | None = None
-                     ) -> list[SyncResult]:
+    async def handle(
+        self, event: BookingEvent, position: MessagePosition | None = None
+    ) -> list[SyncResult]:
         """Apply one event to every active link; returns once every result is recorded."""
         ticket = self.next_ticket()
         rows = await self._intake.submit(event)
         active = [row for row in rows if row.link.state is LinkState.ACTIVE]
-        return list(await asyncio.gather(*(
-            self.sync_link(event, row, position, ticket=ticket, may_defer=True)
-            for row in active)))
+        return list(
+            await asyncio.gather(
+                *(
+                    self.sync_link(event, row, position, ticket=ticket, may_defer=True)
+                    for row in active
+                )
+            )
+        )
 
     async def _take_in(self, events: list[BookingEvent]) -> list[list[LinkRow]]:
         # The bookings are committed before the links are read: a link activated meanwhile
         # is either seen here or backfilled from these rows (its backfill reads them later).
         await self.repository.upsert_bookings(events)
         links = await self.repository.links_of_activities(
-            {event.booking.activity_id for event in events})
+            {event.booking.activity_id for event in events}
+        )
         # A booking moved to another activity: the old activity's links that still hold
         # its event are told too (the plan takes it off their calendars).
         holding = await self.repository.links_holding({e.booking.id for e in events})
@@ -362,16 +389,22 @@ class SyncEngine:
         for event in events:
             rows = list(links.get(event.booking.activity_id, []))
             known = {row.link.id for row in rows}
-            rows += [row for row in holding.get(event.booking.id, [])
-                     if row.link.id not in known]
+            rows += [row for row in holding.get(event.booking.id, []) if row.link.id not in known]
             answer.append(rows)
         return answer
 
-    async def sync_link(self, event: BookingEvent, row: LinkRow,
-                        position: MessagePosition | None, source: str = "event",
-                        force: bool = False, ticket: int | None = None,
-                        may_defer: bool = False, latest: bool = False,
-                        adopt: str | None = None) -> SyncResult:
+    async def sync_link(
+        self,
+        event: BookingEvent,
+        row: LinkRow,
+        position: MessagePosition | None,
+        source: str = "event",
+        force: bool = False,
+        ticket: int | None = None,
+        may_defer: bool = False,
+        latest: bool = False,
+        adopt: str | None = None,
+    ) -> SyncResult:
         """`force`: apply the booking even where the recorded version says it is applied
         (a resync or a reconcile, for when Google's side drifted). `latest`: apply the
         booking's latest state, read under the pair's claim (not `event`, read before it:
@@ -388,22 +421,28 @@ class SyncEngine:
         claim = await self.store.claim(row.link.id, event.booking.id)
         wrote = restore = False
         try:
-            if latest or (claim.latest_version is not None
-                          and claim.latest_version > event.booking.version):
+            if latest or (
+                claim.latest_version is not None and claim.latest_version > event.booking.version
+            ):
                 # Read under the claim. A message whose booking has moved on since (a newer
                 # version taken in by another owner during a rebalance) applies the newer
                 # state: never older content, never a create on an activity it has left.
                 event = await self.repository.latest_booking(event.booking.id) or event
             booking = event.booking
-            about = {"link_id": row.link.id, "booking_id": booking.id,
-                     "version": booking.version}  # bound only when a line is written
+            about = {
+                "link_id": row.link.id,
+                "booking_id": booking.id,
+                "version": booking.version,
+            }  # bound only when a line is written
             health: tuple[LinkState, str] | None = None
             recorded, state = claim.recorded, claim.state
             if claim.calendar_id != row.link.calendar_id:  # chosen again since it was read
-                row = dataclasses.replace(row, link=row.link.model_copy(
-                    update={"calendar_id": claim.calendar_id}))
-            call = _LinkCall(self, row, self.next_ticket() if ticket is None else ticket,
-                             may_defer=may_defer)
+                row = dataclasses.replace(
+                    row, link=row.link.model_copy(update={"calendar_id": claim.calendar_id})
+                )
+            call = _LinkCall(
+                self, row, self.next_ticket() if ticket is None else ticket, may_defer=may_defer
+            )
             if state is not LinkState.ACTIVE:  # changed since the link was read
                 result = _result(row, Operation.NONE, Outcome.SKIPPED, f"link_{state}", call)
                 await self.store.record(claim, event, position, result, source)
@@ -416,50 +455,80 @@ class SyncEngine:
             if halted_at is not None and claim.state_changed_at > halted_at:
                 self.resume(row.link.id)
             if adopt is not None:
-                recorded = (recorded or RecordedEvent()).model_copy(update={
-                    "google_event_id": adopt, "calendar_id": row.link.calendar_id})
+                recorded = (recorded or RecordedEvent()).model_copy(
+                    update={"google_event_id": adopt, "calendar_id": row.link.calendar_id}
+                )
             if force and recorded is not None:
                 recorded = recorded.model_copy(update={"applied_version": None})
             planned = plan_operation(event, row.link, recorded, latest=latest)
             op = planned.operation
             try:
-                result = await self._apply(planned, event, row, recorded, call,
-                                           claim.stranded_event_id)
+                result = await self._apply(
+                    planned, event, row, recorded, call, claim.stranded_event_id
+                )
             except LinkHalted:
                 result = _result(row, op, Outcome.SKIPPED, "link_not_active", call)
             except TokenRefreshFailed as exc:
                 if not exc.retriable:
                     health = (LinkState.REAUTH_REQUIRED, f"token refresh refused: {exc.reason}")
-                    result = _result(row, op, Outcome.SKIPPED, "token_refresh_failed", call,
-                                     error=exc.reason)
+                    result = _result(
+                        row, op, Outcome.SKIPPED, "token_refresh_failed", call, error=exc.reason
+                    )
                 else:
                     log.warning("token_endpoint_unavailable", **about, cause=exc.reason)
-                    result = _result(row, op, Outcome.FAILED, "token_refresh_failed", call,
-                                     error=exc.reason,
-                                     repair=RepairPlan(reason="token_endpoint_unavailable"))
+                    result = _result(
+                        row,
+                        op,
+                        Outcome.FAILED,
+                        "token_refresh_failed",
+                        call,
+                        error=exc.reason,
+                        repair=RepairPlan(reason="token_endpoint_unavailable"),
+                    )
             except CalendarUnavailable as exc:
                 health = (LinkState.CALENDAR_UNAVAILABLE, str(exc))
-                result = _result(row, op, Outcome.FAILED, "calendar_unavailable", call,
-                                 error=str(exc))
+                result = _result(
+                    row, op, Outcome.FAILED, "calendar_unavailable", call, error=str(exc)
+                )
             except QuotaPaused as exc:
-                result = _result(row, op, Outcome.DEFERRED, f"{exc.scope}_paused", call,
-                                 error=str(exc.__cause__ or exc), repair=RepairPlan(
-                                     reason=f"{exc.scope}_paused", not_before_s=exc.seconds,
-                                     backoff=False))
+                result = _result(
+                    row,
+                    op,
+                    Outcome.DEFERRED,
+                    f"{exc.scope}_paused",
+                    call,
+                    error=str(exc.__cause__ or exc),
+                    repair=RepairPlan(
+                        reason=f"{exc.scope}_paused", not_before_s=exc.seconds, backoff=False
+                    ),
+                )
             except AccountBacklogged as exc:
-                result = _result(row, op, Outcome.DEFERRED, exc.reason, call,
-                                 repair=RepairPlan(reason=exc.reason, not_before_s=exc.seconds,
-                                                   backoff=False))
+                result = _result(
+                    row,
+                    op,
+                    Outcome.DEFERRED,
+                    exc.reason,
+                    call,
+                    repair=RepairPlan(reason=exc.reason, not_before_s=exc.seconds, backoff=False),
+                )
             except GoogleApiError as exc:
                 reason = "retries_exhausted" if exc.retriable else "google_refused"
-                log.warning("link_sync_failed", **about, op=op.value, cause=str(exc),
-                            attempts=call.attempts)
-                result = _result(row, op, Outcome.FAILED, reason, call, error=str(exc),
-                                 repair=RepairPlan(reason=reason,
-                                                   not_before_s=exc.retry_after or 0.0))
+                log.warning(
+                    "link_sync_failed", **about, op=op.value, cause=str(exc), attempts=call.attempts
+                )
+                result = _result(
+                    row,
+                    op,
+                    Outcome.FAILED,
+                    reason,
+                    call,
+                    error=str(exc),
+                    repair=RepairPlan(reason=reason, not_before_s=exc.retry_after or 0.0),
+                )
             if result.repair is not None:
-                result = result.model_copy(update={"repair": self._schedule(
-                    result.repair, claim.repair_attempts)})
+                result = result.model_copy(
+                    update={"repair": self._schedule(result.repair, claim.repair_attempts)}
+                )
             wrote = call.attempts > 0
             await self.store.record(claim, event, position, result, source)
             self._unsettled.discard(pair)
@@ -476,17 +545,21 @@ class SyncEngine:
             # The claim died while Google was being written to: another process may have
             # written a newer version meanwhile, which ours may have overwritten. The
             # latest state is applied again, under a fresh claim, whatever is recorded.
-            log.warning("claim_lost_after_write", link_id=row.link.id,
-                        booking_id=event.booking.id)
-            return await self.sync_link(event, row, position, source, force=True,
-                                        latest=True)
+            log.warning("claim_lost_after_write", link_id=row.link.id, booking_id=event.booking.id)
+            return await self.sync_link(event, row, position, source, force=True, latest=True)
         self.metrics.link_operations.labels(result.operation.value, result.outcome.value).inc()
         if health is not None:
             await self._leave_active(row, *health)
         if debug_enabled():
-            log.debug("link_synced", link_id=row.link.id, booking_id=event.booking.id,
-                      version=event.booking.version, op=result.operation.value,
-                      outcome=result.outcome.value, reason=result.reason)
+            log.debug(
+                "link_synced",
+                link_id=row.link.id,
+                booking_id=event.booking.id,
+                version=event.booking.version,
+                op=result.operation.value,
+                outcome=result.outcome.value,
+                reason=result.reason,
+            )
         return result
 
     def _schedule(self, plan: RepairPlan, attempts_before: int) -> RepairPlan:
@@ -496,11 +569,14 @@ class SyncEngine:
         delay = 0.0
         if plan.backoff:
             settings = self.settings
-            ceiling = min(settings.repair_max_backoff_s,
-                          settings.repair_initial_backoff_s * 2 ** min(attempts - 1, 30))
+            ceiling = min(
+                settings.repair_max_backoff_s,
+                settings.repair_initial_backoff_s * 2 ** min(attempts - 1, 30),
+            )
             delay = ceiling * random.uniform(0.5, 1.0)
-        return plan.model_copy(update={"attempts": attempts,
-                                       "due_in_s": max(delay, plan.not_before_s)})
+        return plan.model_copy(
+            update={"attempts": attempts, "due_in_s": max(delay, plan.not_before_s)}
+        )
 
     async def _leave_active(self, row: LinkRow, state: LinkState, reason: str) -> None:
         """Stop all work for the link; the process that makes the change logs it, once."""
@@ -509,12 +585,18 @@ class SyncEngine:
         changed_at = await self.repository.leave_active(row.link.id, state, reason)
         if changed_at is not None:  # (otherwise another process changed it: its notice comes)
             self.halt(row.link.id, changed_at)
-            log.warning(f"link_{state}", link_id=row.link.id, activity_id=row.link.activity_id,
-                        account=row.link.account_email, calendar_id=row.link.calendar_id,
-                        cause=reason)
+            log.warning(
+                f"link_{state}",
+                link_id=row.link.id,
+                activity_id=row.link.activity_id,
+                account=row.link.account_email,
+                calendar_id=row.link.calendar_id,
+                cause=reason,
+            )
 
-    async def remove_extra_event(self, row: LinkRow, claim_link_id: str, booking_id: str,
-                                 calendar_id: str, event_id: str) -> bool:
+    async def remove_extra_event(
+        self, row: LinkRow, claim_link_id: str, booking_id: str, calendar_id: str, event_id: str
+    ) -> bool:
         """Delete an event of ours that should not be there (a duplicate, an orphan), with
         `row`'s token, under the claim of the (link, booking) it names: never the event the
         records say is that booking's on that calendar. False when it was not removed
@@ -522,8 +604,11 @@ class SyncEngine:
         claim = await self.store.claim(claim_link_id, booking_id)
         try:
             rec = claim.recorded
-            recorded_here = (rec is not None and rec.google_event_id == event_id
-                             and rec.calendar_id in (None, calendar_id))
+            recorded_here = (
+                rec is not None
+                and rec.google_event_id == event_id
+                and rec.calendar_id in (None, calendar_id)
+            )
             if recorded_here and claim.state is LinkState.ACTIVE:
                 return False  # an active link's records hold it: only its sync may remove it
             call = _LinkCall(self, row, self.next_ticket())
@@ -540,9 +625,15 @@ class SyncEngine:
 
     # --- the operations -----------------------------------------------------------------
 
-    async def _apply(self, planned: PlannedOperation, event: BookingEvent, row: LinkRow,
-                     recorded: RecordedEvent | None, call: _LinkCall,
-                     stranded: str | None = None) -> SyncResult:
+    async def _apply(
+        self,
+        planned: PlannedOperation,
+        event: BookingEvent,
+        row: LinkRow,
+        recorded: RecordedEvent | None,
+        call: _LinkCall,
+        stranded: str | None = None,
+    ) -> SyncResult:
         booking = event.booking
         rec = recorded or RecordedEvent()
         calendar_id = row.link.calendar_id
@@ -554,14 +645,16 @@ class SyncEngine:
             return _result(row, Operation.NONE, Outcome.UNCHANGED, planned.reason, call, new)
         assert calendar_id is not None
         if planned.operation is Operation.CREATE:
-            return await self._create(event, row, rec.generation, planned.reason, call,
-                                      adopt=stranded)
+            return await self._create(
+                event, row, rec.generation, planned.reason, call, adopt=stranded
+            )
         event_id = rec.google_event_id
         assert event_id is not None
         if planned.operation is Operation.MOVE:
             left = await self._leave_old_calendar(rec, row, call)
-            moved = await self._create(event, row, rec.generation + 1, planned.reason, call,
-                                       Operation.MOVE, adopt=stranded)
+            moved = await self._create(
+                event, row, rec.generation + 1, planned.reason, call, Operation.MOVE, adopt=stranded
+            )
             return moved.model_copy(update={"stranded": left})
         if planned.operation is Operation.UPDATE:
             body = render_event(booking, row.link.id)
@@ -572,14 +665,22 @@ class SyncEngine:
                     raise
                 # Deleted by hand at Google: drop the stale record, create a fresh event
                 # under the next generation's id (the old id stays taken).
-                log.info("stale_event_recreated", link_id=row.link.id, booking_id=booking.id,
-                         status=exc.status, google_reason=exc.reason)
-                return await self._create(event, row, rec.generation + 1,
-                                          "stale_event_recreated", call)
-            new = rec.model_copy(update={"applied_version": booking.version,
-                                         "calendar_id": calendar_id})
-            return _result(row, Operation.UPDATE, Outcome.APPLIED, planned.reason, call, new,
-                           event_id)
+                log.info(
+                    "stale_event_recreated",
+                    link_id=row.link.id,
+                    booking_id=booking.id,
+                    status=exc.status,
+                    google_reason=exc.reason,
+                )
+                return await self._create(
+                    event, row, rec.generation + 1, "stale_event_recreated", call
+                )
+            new = rec.model_copy(
+                update={"applied_version": booking.version, "calendar_id": calendar_id}
+            )
+            return _result(
+                row, Operation.UPDATE, Outcome.APPLIED, planned.reason, call, new, event_id
+            )
         # A delete goes to the calendar the event is on (the link's old one, after a move).
         on = rec.calendar_id or calendar_id
         reason = planned.reason
@@ -593,13 +694,15 @@ class SyncEngine:
                 if not await self._event_is_gone(exc, call, on, event_id):
                     raise
                 reason = "already_gone"
-        new = RecordedEvent(applied_version=booking.version, google_event_id=None,
-                            generation=rec.generation + 1)
+        new = RecordedEvent(
+            applied_version=booking.version, google_event_id=None, generation=rec.generation + 1
+        )
         result = _result(row, Operation.DELETE, Outcome.APPLIED, reason, call, new, event_id)
         return result.model_copy(update={"stranded": off})
 
-    async def _leave_old_calendar(self, rec: RecordedEvent, row: LinkRow, call: _LinkCall
-                                  ) -> tuple[tuple[str, str, str], ...]:
+    async def _leave_old_calendar(
+        self, rec: RecordedEvent, row: LinkRow, call: _LinkCall
+    ) -> tuple[tuple[str, str, str], ...]:
         """Delete the event from the calendar the link had before. Gone already is done; a
         calendar that cannot be reached any more (deleted, read-only, refused) leaves the
         event there, recorded as stranded (reconcile removes it if it can later). Faults
@@ -623,13 +726,13 @@ class SyncEngine:
                         raise
                     if again.action is Action.GONE:
                         return ()
-            log.warning("event_stranded", link_id=row.link.id, calendar_id=old,
-                        cause=str(exc))
+            log.warning("event_stranded", link_id=row.link.id, calendar_id=old, cause=str(exc))
             return ((old, event_id, printable(str(exc), 300)),)
         return ()
 
-    async def _event_is_gone(self, refused: GoogleApiError, call: _LinkCall,
-                             calendar_id: str, event_id: str) -> bool:
+    async def _event_is_gone(
+        self, refused: GoogleApiError, call: _LinkCall, calendar_id: str, event_id: str
+    ) -> bool:
         """Whether a refused update or delete met an event that is no longer there: 404 or
         410, or a 403 (what Google answers for an event a person deleted in its UI) for an
         event that `events.get` shows `cancelled`. A 403 on an event still there may be
@@ -649,8 +752,9 @@ class SyncEngine:
             return True
         await self._check_calendar(refused, call, calendar_id)
 
-    async def _check_calendar(self, refused: GoogleApiError, call: _LinkCall,
-                              calendar_id: str) -> NoReturn:
+    async def _check_calendar(
+        self, refused: GoogleApiError, call: _LinkCall, calendar_id: str
+    ) -> NoReturn:
         """A 403 or 404 that may be about the calendar itself: the account's calendar list
         entry says whether it is gone or read-only (then CalendarUnavailable); if it says
         neither, the refusal stands."""
@@ -658,17 +762,22 @@ class SyncEngine:
             entry = await call.run(lambda t: self.google.calendar_entry(t, calendar_id))
         except GoogleApiError as exc:
             if exc.status == 404:
-                raise CalendarUnavailable(refused, "not in the account's calendar list"
-                                          ) from None
+                raise CalendarUnavailable(refused, "not in the account's calendar list") from None
             raise
         if not entry.writable:
-            raise CalendarUnavailable(refused, f"calendar list: access role "
-                                               f"{entry.access_role!r}")
+            raise CalendarUnavailable(refused, f"calendar list: access role {entry.access_role!r}")
         raise refused
 
-    async def _create(self, event: BookingEvent, row: LinkRow, generation: int, reason: str,
-                      call: _LinkCall, operation: Operation = Operation.CREATE,
-                      adopt: str | None = None) -> SyncResult:
+    async def _create(
+        self,
+        event: BookingEvent,
+        row: LinkRow,
+        generation: int,
+        reason: str,
+        call: _LinkCall,
+        operation: Operation = Operation.CREATE,
+        adopt: str | None = None,
+    ) -> SyncResult:
         booking = event.booking
         calendar_id = row.link.calendar_id
         assert calendar_id is not None
@@ -684,20 +793,30 @@ class SyncEngine:
                 if not await self._event_is_gone(exc, call, calendar_id, adopt):
                     raise
             else:
-                new = RecordedEvent(applied_version=booking.version, google_event_id=adopt,
-                                    generation=generation, calendar_id=calendar_id)
-                result = _result(row, operation, Outcome.APPLIED, "stranded_event_taken_back",
-                                 call, new, adopt)
+                new = RecordedEvent(
+                    applied_version=booking.version,
+                    google_event_id=adopt,
+                    generation=generation,
+                    calendar_id=calendar_id,
+                )
+                result = _result(
+                    row, operation, Outcome.APPLIED, "stranded_event_taken_back", call, new, adopt
+                )
                 return result.model_copy(update={"unstranded": taken_back})
         for gen in range(generation, generation + _MAX_GENERATIONS):
             event_id = google_event_id(row.link.id, booking.id, gen)
             body = render_event(booking, row.link.id, event_id)
-            new = RecordedEvent(applied_version=booking.version, google_event_id=event_id,
-                                generation=gen, calendar_id=calendar_id)
+            new = RecordedEvent(
+                applied_version=booking.version,
+                google_event_id=event_id,
+                generation=gen,
+                calendar_id=calendar_id,
+            )
             try:
                 await call.run(lambda t: self.google.insert_event(t, calendar_id, body))  # noqa: B023
-                return _result(row, operation, Outcome.APPLIED, reason, call, new,
-                               event_id).model_copy(update={"unstranded": taken_back})
+                return _result(
+                    row, operation, Outcome.APPLIED, reason, call, new, event_id
+                ).model_copy(update={"unstranded": taken_back})
             except GoogleApiError as exc:
                 if exc.action is Action.CHECK_CALENDAR:  # no calendar, or no right to write
                     await self._check_calendar(exc, call, calendar_id)
@@ -706,22 +825,45 @@ class SyncEngine:
             # 409: an earlier attempt (a retry, a replay, a crash before recording) already
             # inserted this id. Make it say what the booking says now.
             try:
-                await call.run(
-                    lambda t: self.google.update_event(t, calendar_id, event_id, body))  # noqa: B023
-                return _result(row, operation, Outcome.APPLIED, "already_existed", call, new,
-                               event_id).model_copy(update={"unstranded": taken_back})
+                await call.run(lambda t: self.google.update_event(t, calendar_id, event_id, body))  # noqa: B023
+                return _result(
+                    row, operation, Outcome.APPLIED, "already_existed", call, new, event_id
+                ).model_copy(update={"unstranded": taken_back})
             except GoogleApiError as exc:
                 # Taken by an event a person deleted since: the next generation's id.
                 if not await self._event_is_gone(exc, call, calendar_id, event_id):
                     raise
-        return _result(row, operation, Outcome.FAILED, "no_free_event_id", call,
-                       error=f"ids of {_MAX_GENERATIONS} generations taken",
-                       repair=RepairPlan(reason="no_free_event_id"))
+        return _result(
+            row,
+            operation,
+            Outcome.FAILED,
+            "no_free_event_id",
+            call,
+            error=f"ids of {_MAX_GENERATIONS} generations taken",
+            repair=RepairPlan(reason="no_free_event_id"),
+        )
 
 
-def _result(row: LinkRow, operation: Operation, outcome: Outcome, reason: str, call: _LinkCall,
-            recorded: RecordedEvent | None = None, event_id: str | None = None,
-            error: str | None = None, repair: RepairPlan | None = None) -> SyncResult:
-    return SyncResult(link_id=row.link.id, operation=operation, outcome=outcome, reason=reason,
-                      google_event_id=event_id, error=error, attempts=call.attempts,
-                      recorded=recorded, finished_at=datetime.now(UTC), repair=repair)
+def _result(
+    row: LinkRow,
+    operation: Operation,
+    outcome: Outcome,
+    reason: str,
+    call: _LinkCall,
+    recorded: RecordedEvent | None = None,
+    event_id: str | None = None,
+    error: str | None = None,
+    repair: RepairPlan | None = None,
+) -> SyncResult:
+    return SyncResult(
+        link_id=row.link.id,
+        operation=operation,
+        outcome=outcome,
+        reason=reason,
+        google_event_id=event_id,
+        error=error,
+        attempts=call.attempts,
+        recorded=recorded,
+        finished_at=datetime.now(UTC),
+        repair=repair,
+    )

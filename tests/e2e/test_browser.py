@@ -46,20 +46,30 @@ def browser() -> Iterator[WebDriver]:
     if webdriver is None:
         pytest.skip("selenium is not installed (pip install -e '.[dev]')")
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(f"no headless browser: {CHROMIUM} and {CHROMEDRIVER} are missing "
-                    "(`make test` installs Debian's chromium and chromium-driver as root; "
-                    "otherwise: sudo apt-get install chromium chromium-driver)")
+        pytest.skip(
+            f"no headless browser: {CHROMIUM} and {CHROMEDRIVER} are missing "
+            "(`make test` installs Debian's chromium and chromium-driver as root; "
+            "otherwise: sudo apt-get install chromium chromium-driver)"
+        )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=960,1000", "--lang=en-US",
-                     "--disable-extensions", "--no-first-run"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=960,1000",
+        "--lang=en-US",
+        "--disable-extensions",
+        "--no-first-run",
+    ):
         options.add_argument(argument)
     # The sandbox's certificate comes from a throwaway CA the browser does not know.
     options.accept_insecure_certs = True
     try:
-        driver = webdriver.Chrome(options=options,
-                                  service=Service(executable_path=str(CHROMEDRIVER)))
+        driver = webdriver.Chrome(
+            options=options, service=Service(executable_path=str(CHROMEDRIVER))
+        )
     except WebDriverException as exc:
         pytest.skip(f"chromium did not start: {exc.msg}")
     driver.set_page_load_timeout(30)
@@ -78,9 +88,9 @@ class Person:
         self.base = base
         self.shots = 0
 
-    def wait(self, condition: Callable[[WebDriver], Any], what: str, timeout_s: float = 30
-             ) -> Any:
+    def wait(self, condition: Callable[[WebDriver], Any], what: str, timeout_s: float = 30) -> Any:
         """Until `condition` holds; pages come and go meanwhile."""
+
         def settled(driver: WebDriver) -> Any:
             try:
                 return condition(driver)
@@ -93,13 +103,16 @@ class Person:
                 raise
 
         try:
-            return WebDriverWait(self.driver, timeout_s, poll_frequency=0.1,
-                                 ignored_exceptions=(NoSuchElementException,
-                                                     StaleElementReferenceException)
-                                 ).until(settled)
+            return WebDriverWait(
+                self.driver,
+                timeout_s,
+                poll_frequency=0.1,
+                ignored_exceptions=(NoSuchElementException, StaleElementReferenceException),
+            ).until(settled)
         except TimeoutException:
-            raise AssertionError(f"timed out waiting for {what}; at {self.driver.current_url}:"
-                                 f" {self.text()[:600]}") from None
+            raise AssertionError(
+                f"timed out waiting for {what}; at {self.driver.current_url}: {self.text()[:600]}"
+            ) from None
 
     def text(self) -> str:
         return str(self.driver.find_element(By.TAG_NAME, "body").text)
@@ -112,7 +125,8 @@ class Person:
         self.shots += 1
         self.driver.set_window_size(width, 1000)
         height = self.driver.execute_script(
-            "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+            "return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)"
+        )
         self.driver.set_window_size(width, min(max(int(height) + 140, 600), 4000))
         path = ARTIFACTS / f"{self.shots:02d}-{name}.png"
         self.driver.save_screenshot(str(path))
@@ -124,8 +138,11 @@ class Person:
 
     def button(self, label: str, within: Any = None) -> Any:
         scope = within or self.driver
-        return next(b for b in scope.find_elements(By.CSS_SELECTOR, "button, a.button")
-                    if b.text.strip() == label)
+        return next(
+            b
+            for b in scope.find_elements(By.CSS_SELECTOR, "button, a.button")
+            if b.text.strip() == label
+        )
 
     def consent(self, account: str, first_offered: bool = False) -> None:
         """Google's pages: choose the account, then Allow."""
@@ -135,8 +152,10 @@ class Person:
             assert accounts[0].text == account  # login_hint: offered first
         self.shot("google-account-chooser")
         next(a for a in accounts if a.text == account).click()
-        self.wait(lambda d: "wants to access your Google Account" in self.heading(),
-                  "Google's consent screen")
+        self.wait(
+            lambda d: "wants to access your Google Account" in self.heading(),
+            "Google's consent screen",
+        )
         self.shot("google-consent")
         self.click(By.ID, "allow")
 
@@ -144,24 +163,33 @@ class Person:
         return self.driver.find_element(By.ID, f"link-{link_id}")
 
     def state_of(self, link_id: str) -> str:
-        return str(self.card(link_id).find_element(By.CSS_SELECTOR, ".badge").get_attribute(
-            "data-state"))
+        return str(
+            self.card(link_id).find_element(By.CSS_SELECTOR, ".badge").get_attribute("data-state")
+        )
 
 
 async def test_a_person_connects_chooses_reconnects_and_disconnects(
-        env: Env, browser: WebDriver, tmp_path: Path) -> None:
-    owner, _ = env.account("owner", calendars=[
-        {"id": "owner-primary", "summary": "Owner", "primary": True},
-        {"id": "owner-bookings", "summary": "Bookings"},
-        {"id": "owner-holidays", "summary": "Holidays", "access_role": "reader"}])
+    env: Env, browser: WebDriver, tmp_path: Path
+) -> None:
+    owner, _ = env.account(
+        "owner",
+        calendars=[
+            {"id": "owner-primary", "summary": "Owner", "primary": True},
+            {"id": "owner-bookings", "summary": "Bookings"},
+            {"id": "owner-holidays", "summary": "Holidays", "access_role": "reader"},
+        ],
+    )
     consumer = env.start_process(tmp_path / "consumer.log")
     try:
         # Bookings exist before the calendar is connected: choosing it backfills them.
         for n in range(BOOKINGS):
-            await env.publish(booking_event(f"bk_{n:02d}", 1, activity_id=ACTIVITY,
-                                            customer_name=f"Customer {n}"))
-        await wait_until(lambda: env.query("SELECT count(*) AS n FROM bookings")[0]["n"]
-                         == BOOKINGS, what="the bookings recorded")
+            await env.publish(
+                booking_event(f"bk_{n:02d}", 1, activity_id=ACTIVITY, customer_name=f"Customer {n}")
+            )
+        await wait_until(
+            lambda: env.query("SELECT count(*) AS n FROM bookings")[0]["n"] == BOOKINGS,
+            what="the bookings recorded",
+        )
         async with env.serve(tmp_path / "serve.log") as base:
             await walk(env, Person(browser, base), owner)
     finally:
@@ -200,7 +228,10 @@ async def walk(env: Env, person: Person, owner: str) -> None:
     link_id = pending[0]["id"]
     choices = driver.find_elements(By.CSS_SELECTOR, ".choice")
     assert [c.find_element(By.CSS_SELECTOR, ".name").text for c in choices] == [
-        "Owner", "Bookings", "Holidays"]
+        "Owner",
+        "Bookings",
+        "Holidays",
+    ]
     assert "Primary" in choices[0].text and "Primary" not in choices[1].text
     holidays = driver.find_element(By.CSS_SELECTOR, "input[value=owner-holidays]")
     assert holidays.get_attribute("disabled") is not None
@@ -211,12 +242,12 @@ async def walk(env: Env, person: Person, owner: str) -> None:
     assert not holidays.is_selected()
     person.shot("choose-a-calendar")
     # Even forced (the attribute removed by hand), the server refuses it and says why.
-    driver.execute_script("arguments[0].disabled = false; arguments[0].checked = true;",
-                          holidays)
+    driver.execute_script("arguments[0].disabled = false; arguments[0].checked = true;", holidays)
     person.button("Save").click()
     person.wait(lambda d: "not writable" in person.text(), "the refusal")
     assert driver.find_element(By.CSS_SELECTOR, "[role=alert]").text.startswith(
-        "Calendar 'Holidays' (owner-holidays) is not writable")
+        "Calendar 'Holidays' (owner-holidays) is not writable"
+    )
     assert env.query("SELECT state FROM calendar_links")[0]["state"] == "pending"
     person.shot("read-only-refused")
 
@@ -226,8 +257,9 @@ async def walk(env: Env, person: Person, owner: str) -> None:
     person.wait(lambda d: "/backfills/" in d.current_url, "the progress page")
     assert "go to Bookings of " + owner in person.text().replace("\n", " ")
     # The page follows the backfill as it goes (polling, in place): count, rate, end.
-    person.wait(lambda d: "per second" in person.text() or "Done" in person.text(),
-                "progress with a rate")
+    person.wait(
+        lambda d: "per second" in person.text() or "Done" in person.text(), "progress with a rate"
+    )
     person.shot("backfill-progress")
     person.wait(lambda d: person.heading() == "Calendar chosen", "the backfill to end", 60)
     assert f"Done: {BOOKINGS} bookings" in person.text()
@@ -248,9 +280,13 @@ async def walk(env: Env, person: Person, owner: str) -> None:
     # --- Google access revoked: the page shows reauth_required, Reconnect ----------------
     env.sandbox.revoke(owner)
     await env.publish(booking_event("bk_late", 1, activity_id=ACTIVITY))
-    await wait_until(lambda: env.query("SELECT state FROM calendar_links WHERE id = %s",
-                                       link_id)[0]["state"] == "reauth_required",
-                     what="reauth_required")
+    await wait_until(
+        lambda: (
+            env.query("SELECT state FROM calendar_links WHERE id = %s", link_id)[0]["state"]
+            == "reauth_required"
+        ),
+        what="reauth_required",
+    )
     driver.refresh()
     assert person.state_of(link_id) == "reauth_required"
     card = person.card(link_id)

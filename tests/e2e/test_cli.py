@@ -20,21 +20,31 @@ async def test_migrate_is_harmless_twice(env: Env) -> None:
 
 
 async def test_links_import_calendars_select_list(env: Env) -> None:
-    email, refresh = env.account(calendars=[
-        {"id": "work", "summary": "Work", "primary": True},
-        {"id": "bookings", "summary": "Bookings", "access_role": "writer"},
-        {"id": "holidays", "summary": "Holidays", "access_role": "reader"},
-    ])
-    imported = calsync(env, "links", "import", "--activity", "act_9", "--account", email,
-                       "--refresh-token", refresh)
+    email, refresh = env.account(
+        calendars=[
+            {"id": "work", "summary": "Work", "primary": True},
+            {"id": "bookings", "summary": "Bookings", "access_role": "writer"},
+            {"id": "holidays", "summary": "Holidays", "access_role": "reader"},
+        ]
+    )
+    imported = calsync(
+        env,
+        "links",
+        "import",
+        "--activity",
+        "act_9",
+        "--account",
+        email,
+        "--refresh-token",
+        refresh,
+    )
     assert imported.returncode == 0, imported.stderr
     link_id = imported.stdout.strip().splitlines()[-1]
     assert link_id.startswith("lnk_")
     assert refresh not in imported.stdout + imported.stderr
 
     listed = json.loads(calsync(env, "links", "list", "--json").stdout)
-    assert [(x["id"], x["state"], x["calendar_id"]) for x in listed] == [
-        (link_id, "pending", None)]
+    assert [(x["id"], x["state"], x["calendar_id"]) for x in listed] == [(link_id, "pending", None)]
     assert not any("token" in key for key in listed[0])
 
     calendars = json.loads(calsync(env, "links", "calendars", link_id, "--json").stdout)
@@ -64,9 +74,23 @@ async def test_links_import_with_tokens_and_calendar_is_active(env: Env) -> None
     email, refresh = env.account()
     token, _ = env.sandbox.issue_access_token(email)
     expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    result = calsync(env, "links", "import", "--activity", "act_1", "--account", email,
-                     "--refresh-token", refresh, "--access-token", token, "--expires-at",
-                     expires, "--calendar", email)
+    result = calsync(
+        env,
+        "links",
+        "import",
+        "--activity",
+        "act_1",
+        "--account",
+        email,
+        "--refresh-token",
+        refresh,
+        "--access-token",
+        token,
+        "--expires-at",
+        expires,
+        "--calendar",
+        email,
+    )
     assert result.returncode == 0, result.stderr
     link_id = result.stdout.strip().splitlines()[-1]
     row = env.query("SELECT state FROM calendar_links WHERE id = %s", link_id)[0]
@@ -77,36 +101,62 @@ async def test_links_import_with_tokens_and_calendar_is_active(env: Env) -> None
 async def test_cli_refusals_are_one_clear_line(env: Env) -> None:
     missing = calsync(env, "links", "calendars", "lnk_nope")
     assert missing.returncode == 1 and missing.stderr.strip() == (
-        "calsync: no link 'lnk_nope' (see: calsync links list)")
-    naive = calsync(env, "links", "import", "--activity", "a", "--account", "x@example.com",
-                    "--refresh-token", "r", "--access-token", "t", "--expires-at",
-                    "2026-01-01T00:00:00")
+        "calsync: no link 'lnk_nope' (see: calsync links list)"
+    )
+    naive = calsync(
+        env,
+        "links",
+        "import",
+        "--activity",
+        "a",
+        "--account",
+        "x@example.com",
+        "--refresh-token",
+        "r",
+        "--access-token",
+        "t",
+        "--expires-at",
+        "2026-01-01T00:00:00",
+    )
     assert naive.returncode == 2 and "no time zone" in naive.stderr
     email, refresh = env.account()
     env.sandbox.revoke(email)
-    revoked_link = calsync(env, "links", "import", "--activity", "a", "--account", email,
-                           "--refresh-token", refresh).stdout.strip().splitlines()[-1]
+    revoked_link = (
+        calsync(
+            env,
+            "links",
+            "import",
+            "--activity",
+            "a",
+            "--account",
+            email,
+            "--refresh-token",
+            refresh,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     revoked = calsync(env, "links", "calendars", revoked_link)
     assert revoked.returncode == 1 and "invalid_grant" in revoked.stderr
     assert "Traceback" not in revoked.stderr
 
 
 async def test_consume_refuses_to_start_on_an_unmigrated_database(env: Env) -> None:
-    env.settings = env.settings.model_copy(update={
-        "database_url": env.fresh_database("empty")})
+    env.settings = env.settings.model_copy(update={"database_url": env.fresh_database("empty")})
     result = calsync(env, "consume")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "calsync: the database is not migrated ("
-        + ", ".join(sorted(p.name for p in (ROOT / "sql").glob("*.sql"))) + " pending): "
-        "run `calsync migrate` first")
+        + ", ".join(sorted(p.name for p in (ROOT / "sql").glob("*.sql")))
+        + " pending): "
+        "run `calsync migrate` first"
+    )
 
 
 async def test_consume_says_when_kafka_is_unreachable(env: Env) -> None:
     from calsync_dev.stack import free_port
 
-    env.settings = env.settings.model_copy(
-        update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
+    env.settings = env.settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
     result = calsync(env, "consume")
     assert result.returncode == 1
     assert "calsync: cannot reach Kafka at 127.0.0.1:" in result.stderr

@@ -27,8 +27,11 @@ def test_every_calsync_variable_in_compose_is_a_real_setting() -> None:
     used: set[str] = set()
     for service in services.values():
         environment = service.get("environment") or {}
-        names = environment if isinstance(environment, dict) else [
-            item.split("=", 1)[0] for item in environment]
+        names = (
+            environment
+            if isinstance(environment, dict)
+            else [item.split("=", 1)[0] for item in environment]
+        )
         used |= {name for name in names if name.startswith("CALSYNC_")}
     assert used, "the compose file configures no CALSYNC_* setting"
     assert used <= SETTING_NAMES, f"not settings: {sorted(used - SETTING_NAMES)}"
@@ -45,8 +48,11 @@ def test_the_image_commands_exist() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert entrypoint == ["calsync"] and "calsync" in scripts
     parser = build_parser()
-    commands = [default] + [service["command"] for service in compose()["services"].values()
-                            if service.get("build") == "."]
+    commands = [default] + [
+        service["command"]
+        for service in compose()["services"].values()
+        if service.get("build") == "."
+    ]
     assert len(commands) >= 4  # migrate, consume, serve, and the image's default
     for command in commands:
         parser.parse_args(command)  # exits (fails the test) on an unknown command

@@ -50,29 +50,41 @@ async def test_cli_refusals_are_one_line_and_change_nothing(env: Env) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     second = await env.link(email, refresh, calendar_id=None)  # same account, pending
-    links_now = ("SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
-                 " state_changed_at, refresh_token_enc FROM calendar_links ORDER BY id")
+    links_now = (
+        "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
+        " state_changed_at, refresh_token_enc FROM calendar_links ORDER BY id"
+    )
     before = env.query(links_now)
-    one_line_refusal(calsync(env, "links", "disconnect", "lnk_nope"),
-                     "calsync: no link 'lnk_nope' (see: calsync links list)")
-    one_line_refusal(calsync(env, "links", "select", link_id, "not-mine"),
-                     f"calsync: calendar 'not-mine' is not in the calendar list of {email} "
-                     f"(see: calsync links calendars {link_id})")
-    one_line_refusal(calsync(env, "links", "select", second, email),
-                     f"calsync: calendar '{email}' of {email} already belongs to this "
-                     f"activity's link {link_id}")
-    one_line_refusal(calsync(env, "links", "connect", " "),
-                     "calsync: activity id must be a non-empty id without spaces (at most 200 "
-                     "characters)")
+    one_line_refusal(
+        calsync(env, "links", "disconnect", "lnk_nope"),
+        "calsync: no link 'lnk_nope' (see: calsync links list)",
+    )
+    one_line_refusal(
+        calsync(env, "links", "select", link_id, "not-mine"),
+        f"calsync: calendar 'not-mine' is not in the calendar list of {email} "
+        f"(see: calsync links calendars {link_id})",
+    )
+    one_line_refusal(
+        calsync(env, "links", "select", second, email),
+        f"calsync: calendar '{email}' of {email} already belongs to this activity's link {link_id}",
+    )
+    one_line_refusal(
+        calsync(env, "links", "connect", " "),
+        "calsync: activity id must be a non-empty id without spaces (at most 200 characters)",
+    )
     missing_key = calsync(env, "links", "list", CALSYNC_TOKEN_KEY="")
-    one_line_refusal(missing_key, "calsync: CALSYNC_TOKEN_KEY is not set: generate a key with "
-                     "`calsync keys generate` and export it")
+    one_line_refusal(
+        missing_key,
+        "calsync: CALSYNC_TOKEN_KEY is not set: generate a key with "
+        "`calsync keys generate` and export it",
+    )
     wrong_key = calsync(env, "links", "list", CALSYNC_TOKEN_KEY=TokenCipher.generate_key())
     assert wrong_key.returncode == 1 and "cannot be decrypted" in wrong_key.stderr
     assert len(wrong_key.stderr.strip().splitlines()) == 1
-    one_line_refusal(calsync(env, "serve", CALSYNC_ADMIN_TOKEN=""),
-                     "calsync: CALSYNC_ADMIN_TOKEN is not set: the API needs a bearer "
-                     "credential")
+    one_line_refusal(
+        calsync(env, "serve", CALSYNC_ADMIN_TOKEN=""),
+        "calsync: CALSYNC_ADMIN_TOKEN is not set: the API needs a bearer credential",
+    )
     assert env.query(links_now) == before
 
 
@@ -90,18 +102,23 @@ async def test_cli_disconnect_with_and_without_removing_events(env: Env) -> None
 
         result = calsync(env, "links", "disconnect", kept)
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == (f"link {kept} disconnected: events kept on the "
-                                         "calendar; token revoked at Google")
+        assert result.stdout.strip() == (
+            f"link {kept} disconnected: events kept on the calendar; token revoked at Google"
+        )
         result = calsync(env, "links", "disconnect", gone, "--remove-events")
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == (f"link {gone} disconnected: 2 events removed; token "
-                                         "revoked at Google")
+        assert result.stdout.strip() == (
+            f"link {gone} disconnected: 2 events removed; token revoked at Google"
+        )
         since = time.time()
         await env.publish(booking_event("bk_3", 1))
         await wait_until(env.all_committed, what="offsets committed")
     assert len(env.events(kept_email)) == 2 and env.events(gone_email) == []
-    assert [c for c in env.sandbox.calls(since=since, detail=True)["calls"]
-            if c["op"] != "calendarList.list"] == []
+    assert [
+        c
+        for c in env.sandbox.calls(since=since, detail=True)["calls"]
+        if c["op"] != "calendarList.list"
+    ] == []
     rows = {r["id"]: r for r in env.query("SELECT * FROM calendar_links")}
     for link_id in (kept, gone):
         assert rows[link_id]["state"] == "disconnected"
@@ -147,9 +164,14 @@ async def test_every_api_route_but_the_redirect_needs_the_admin_token(env: Env) 
     port = free_port()
     settings = env.settings.model_copy(update={"http_port": port})
     stop = asyncio.Event()
-    routes = [("POST", "/links/connect"), ("GET", "/links"), ("GET", "/links/x"),
-              ("GET", "/links/x/calendars"), ("PUT", "/links/x/calendar"),
-              ("POST", "/links/x/disconnect")]
+    routes = [
+        ("POST", "/links/connect"),
+        ("GET", "/links"),
+        ("GET", "/links/x"),
+        ("GET", "/links/x/calendars"),
+        ("PUT", "/links/x/calendar"),
+        ("POST", "/links/x/disconnect"),
+    ]
     async with link_service(settings) as service:
         ready = asyncio.Event()
         task = asyncio.create_task(serve(settings, service, stop, lambda _: ready.set()))
@@ -158,10 +180,14 @@ async def test_every_api_route_but_the_redirect_needs_the_admin_token(env: Env) 
         try:
             async with aiohttp.ClientSession() as http:
                 for method, path in routes:
-                    for headers in ({}, {"Authorization": "Bearer wrong"},
-                                    {"Authorization": ADMIN_TOKEN}):
-                        async with http.request(method, base + path, json={},
-                                                headers=headers) as answer:
+                    for headers in (
+                        {},
+                        {"Authorization": "Bearer wrong"},
+                        {"Authorization": ADMIN_TOKEN},
+                    ):
+                        async with http.request(
+                            method, base + path, json={}, headers=headers
+                        ) as answer:
                             body: dict[str, Any] = await answer.json(content_type=None)
                             assert answer.status == 401, (method, path, headers)
                             assert answer.content_type == "application/problem+json"
@@ -169,10 +195,13 @@ async def test_every_api_route_but_the_redirect_needs_the_admin_token(env: Env) 
                 async with http.get(base + "/oauth/callback") as answer:
                     assert answer.status == 400  # no state: refused by the state check
                     assert (await answer.json(content_type=None))["type"] == (
-                        "urn:calsync:problem:state_missing")
-                async with http.post(base + "/links/connect", data=b"{oops",
-                                     headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-                                     ) as answer:
+                        "urn:calsync:problem:state_missing"
+                    )
+                async with http.post(
+                    base + "/links/connect",
+                    data=b"{oops",
+                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+                ) as answer:
                     assert answer.status == 400
         finally:
             stop.set()
@@ -186,20 +215,25 @@ async def test_disconnect_stops_a_link_in_flight_in_another_process(env: Env) ->
     try:
         async with env.consumer(retry_budget_s=60.0, retry_max_s=0.5):
             await env.publish(booking_event("bk_1", 1))
-            await wait_until(lambda: env.sandbox.calls(detail=True)["calls"][-1]["status"]
-                             == 503, what="Google failing")
+            await wait_until(
+                lambda: env.sandbox.calls(detail=True)["calls"][-1]["status"] == 503,
+                what="Google failing",
+            )
             async with link_service(env.settings) as service:
                 await service.disconnect(link_id, remove_events=False)
             # Well inside the 60 s retry budget: the consumer stopped retrying.
-            result = await wait_until(lambda: env.results("bk_1"), timeout_s=15,
-                                      what="the in-flight work to stop")
-            assert (result[0]["outcome"], result[0]["reason"]) == ("skipped",
-                                                                   "link_not_active")
+            result = await wait_until(
+                lambda: env.results("bk_1"), timeout_s=15, what="the in-flight work to stop"
+            )
+            assert (result[0]["outcome"], result[0]["reason"]) == ("skipped", "link_not_active")
             await wait_until(env.all_committed, what="offsets committed")
             since = time.time()
             await asyncio.sleep(1.0)
-            assert [c for c in env.sandbox.calls(since=since, detail=True)["calls"]
-                    if c["account"] == email] == []
+            assert [
+                c
+                for c in env.sandbox.calls(since=since, detail=True)["calls"]
+                if c["account"] == email
+            ] == []
     finally:
         env.sandbox.clear_faults()
 
@@ -219,8 +253,11 @@ async def test_removing_a_links_events_keeps_to_the_accounts_quota(env: Env) -> 
     async with link_service(settings) as service:
         done = await service.disconnect(link_id, remove_events=True)
     assert done["events_removed"] == 20 and env.events(email) == []
-    deletes = [c["at"] for c in env.sandbox.calls(since=since, detail=True)["calls"]
-               if c["account"] == email and c["op"] == "events.delete"]
+    deletes = [
+        c["at"]
+        for c in env.sandbox.calls(since=since, detail=True)["calls"]
+        if c["account"] == email and c["op"] == "events.delete"
+    ]
     assert len(deletes) == 20
     interval = 60 / (300 * settings.quota_use_share)
     assert max(deletes) - min(deletes) >= 0.8 * 19 * interval, (deletes, interval)

@@ -21,8 +21,11 @@ def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
 
 
 def google_writes(env: Env, since: float) -> list[dict[str, Any]]:
-    return [c for c in env.sandbox.calls(since=since, detail=True)["calls"]
-            if c["op"] in ("events.insert", "events.update", "events.delete")]
+    return [
+        c
+        for c in env.sandbox.calls(since=since, detail=True)["calls"]
+        if c["op"] in ("events.insert", "events.update", "events.delete")
+    ]
 
 
 async def test_replay_by_datetime_changes_nothing_and_resync_repairs(env: Env) -> None:
@@ -40,8 +43,17 @@ async def test_replay_by_datetime_changes_nothing_and_resync_repairs(env: Env) -
     assert not dry["executed"]
     assert sum(p["rereads"] for p in dry["partitions"]) == 2
     assert await env.committed_total() == 2  # a dry run changes nothing
-    some = ok_json(calsync(env, "replay", "--to-earliest", "--dry-run", "--json", "--topic",
-                           f"{env.settings.topic}:0,2"))
+    some = ok_json(
+        calsync(
+            env,
+            "replay",
+            "--to-earliest",
+            "--dry-run",
+            "--json",
+            "--topic",
+            f"{env.settings.topic}:0,2",
+        )
+    )
     assert [p["partition"] for p in some["partitions"]] == [0, 2]
 
     done = ok_json(calsync(env, "replay", "--to-datetime", before, "--execute", "--json"))
@@ -55,17 +67,31 @@ async def test_replay_by_datetime_changes_nothing_and_resync_repairs(env: Env) -
 
     gone = env.events(email)[0]
     env.sandbox.delete_by_hand(email, email, gone["id"])  # Google's side drifted
-    repaired = calsync(env, "replay", "--to-datetime", before, "--execute", "--resync",
-                       "--by", "oncall@example.com")
+    repaired = calsync(
+        env,
+        "replay",
+        "--to-datetime",
+        before,
+        "--execute",
+        "--resync",
+        "--by",
+        "oncall@example.com",
+    )
     assert repaired.returncode == 0, repaired.stderr
     assert "2 event operation(s) re-applied to Google" in repaired.stdout
     events = env.events(email)
     assert sorted(e["extendedProperties"]["private"]["booking_id"] for e in events) == [
-        "bk_1", "bk_2"]
+        "bk_1",
+        "bk_2",
+    ]
     assert gone["id"] not in {e["id"] for e in events}  # recreated under a new id
     replays = env.query("SELECT who, executed, resync, spec, resynced FROM replays ORDER BY id")
     assert [(r["executed"], r["resync"]) for r in replays] == [
-        (False, False), (False, False), (True, False), (True, True)]
+        (False, False),
+        (False, False),
+        (True, False),
+        (True, True),
+    ]
     assert replays[3]["who"] == "oncall@example.com" and replays[3]["resynced"] == 2
     assert replays[0]["spec"].startswith("--to-datetime ")
 
@@ -87,24 +113,44 @@ async def test_replay_and_dlq_arguments_are_checked_before_anything(env: Env) ->
         await wait_until(env.all_committed, what="offsets committed")
     cases = {
         ("replay", "--to-earliest", "--topic", "nope"): "calsync: unknown topic 'nope'",
-        ("replay", "--to-earliest", "--group", "nope"):
-            f"calsync: unknown group 'nope': it has no members and no committed offsets on "
-            f"'{env.settings.topic}'",
-        ("replay", "--to-earliest", "--partitions", "0,7"):
-            f"calsync: topic '{env.settings.topic}' has no partition 7 (it has 0..2)",
-        ("replay", "--to-earliest", "--topic", f"{env.settings.topic}:0,9"):
-            f"calsync: topic '{env.settings.topic}' has no partition 9 (it has 0..2)",
-        ("replay", "--to-earliest", "--dry-run", "--execute"):
-            "calsync: --dry-run and --execute exclude each other",
-        ("replay", "--to-offset", "99"):
-            "calsync: offset 99 is out of range for partition 0 (0..",
-        ("replay", "--to-datetime", "2026-01-01T00:00:00"):
-            "calsync replay: argument --to-datetime: '2026-01-01T00:00:00' has no time zone",
-        ("replay", "--by-duration", "2 hours"):
-            "calsync replay: argument --by-duration: not an ISO 8601 duration",
+        (
+            "replay",
+            "--to-earliest",
+            "--group",
+            "nope",
+        ): f"calsync: unknown group 'nope': it has no members and no committed offsets on "
+        f"'{env.settings.topic}'",
+        (
+            "replay",
+            "--to-earliest",
+            "--partitions",
+            "0,7",
+        ): f"calsync: topic '{env.settings.topic}' has no partition 7 (it has 0..2)",
+        (
+            "replay",
+            "--to-earliest",
+            "--topic",
+            f"{env.settings.topic}:0,9",
+        ): f"calsync: topic '{env.settings.topic}' has no partition 9 (it has 0..2)",
+        (
+            "replay",
+            "--to-earliest",
+            "--dry-run",
+            "--execute",
+        ): "calsync: --dry-run and --execute exclude each other",
+        ("replay", "--to-offset", "99"): "calsync: offset 99 is out of range for partition 0 (0..",
+        (
+            "replay",
+            "--to-datetime",
+            "2026-01-01T00:00:00",
+        ): "calsync replay: argument --to-datetime: '2026-01-01T00:00:00' has no time zone",
+        (
+            "replay",
+            "--by-duration",
+            "2 hours",
+        ): "calsync replay: argument --by-duration: not an ISO 8601 duration",
         ("replay",): "calsync replay: one of the arguments --to-datetime",
-        ("replay", "--to-earliest", "--resync"):
-            "calsync: --resync goes with --execute",
+        ("replay", "--to-earliest", "--resync"): "calsync: --resync goes with --execute",
         ("dlq", "show", "42"): "calsync: no dead letter 42 (see: calsync dlq list)",
         ("dlq", "replay", "42"): "calsync: no dead letter 42",
         ("dlq", "replay", "--rate", "0"): "calsync dlq replay: argument --rate: not a positive",
@@ -118,8 +164,7 @@ async def test_replay_and_dlq_arguments_are_checked_before_anything(env: Env) ->
     assert env.query("SELECT * FROM replays") == []
 
 
-async def test_a_dead_letter_fixed_and_replayed_is_processed_once(env: Env,
-                                                                   tmp_path: Path) -> None:
+async def test_a_dead_letter_fixed_and_replayed_is_processed_once(env: Env, tmp_path: Path) -> None:
     email, refresh = env.account()
     await env.link(email, refresh)
     broken = booking_event("bk_9", 1)
@@ -128,8 +173,7 @@ async def test_a_dead_letter_fixed_and_replayed_is_processed_once(env: Env,
         await env.publish(broken)
         await wait_until(lambda: env.query("SELECT 1 FROM dead_letters"), what="dead letter")
         listed = ok_json(calsync(env, "dlq", "list", "--json"))
-        assert [(r["error_type"], r["replayed_at"]) for r in listed] == [
-            ("schema_violation", None)]
+        assert [(r["error_type"], r["replayed_at"]) for r in listed] == [("schema_violation", None)]
         letter = listed[0]["id"]
         shown = ok_json(calsync(env, "dlq", "show", str(letter)))
         assert "customer_name" in shown["error"] and json.loads(shown["message_value"]) == broken
@@ -146,9 +190,12 @@ async def test_a_dead_letter_fixed_and_replayed_is_processed_once(env: Env,
         producer = AIOKafkaProducer(bootstrap_servers=env.settings.kafka_bootstrap)
         await producer.start()
         try:
-            await producer.send_and_wait(env.settings.topic, json.dumps(fixed).encode(),
-                                         key=b"bk_9", headers=[
-                                             ("calsync.dlq.replay-of", str(letter).encode())])
+            await producer.send_and_wait(
+                env.settings.topic,
+                json.dumps(fixed).encode(),
+                key=b"bk_9",
+                headers=[("calsync.dlq.replay-of", str(letter).encode())],
+            )
         finally:
             await producer.stop()
         await wait_until(env.all_committed, what="offsets committed")
@@ -177,6 +224,7 @@ async def test_status_shows_members_lag_links_failures_and_dead_letters(env: Env
     assert links["active"]["links"] == 1 and links["reauth_required"]["links"] == 1
     assert "invalid_grant" in links["reauth_required"]["reasons"][0]
     assert [(f["outcome"], f["reason"]) for f in status["failures_last_hour"]] == [
-        ("skipped", "token_refresh_failed")]
+        ("skipped", "token_refresh_failed")
+    ]
     assert status["dead_letters"]["waiting"] == 1
     assert text.returncode == 0 and "dead letters: 1 waiting" in text.stdout

@@ -29,16 +29,26 @@ async def test_metrics_move_as_messages_flow(env: Env) -> None:
         await wait_until(env.all_committed, what="offsets committed")
         first = await scrape(port)
         assert value(first, "calsync_messages_total", outcome="synced") == 1
-        assert value(first, "calsync_link_operations_total", operation="create",
-                     outcome="applied") == 1
-        assert value(first, "calsync_google_request_duration_seconds_count",
-                     method="events.insert", status="200") == 1
+        assert (
+            value(first, "calsync_link_operations_total", operation="create", outcome="applied")
+            == 1
+        )
+        assert (
+            value(
+                first,
+                "calsync_google_request_duration_seconds_count",
+                method="events.insert",
+                status="200",
+            )
+            == 1
+        )
         assert value(first, "calsync_token_refreshes_total", result="ok") == 1
         assert value(first, "calsync_rebalances_total", event="assigned") >= 1
         assert value(first, "calsync_offset_commit_duration_seconds_count") >= 1
         assert value(first, "calsync_in_flight_messages") == 0
-        partitions = {dict(ls)["partition"] for (n, ls) in first
-                      if n == "calsync_consumer_lag_records"}
+        partitions = {
+            dict(ls)["partition"] for (n, ls) in first if n == "calsync_consumer_lag_records"
+        }
         assert partitions == {"0", "1", "2"}
         assert value(first, "calsync_consumer_lag_records") == 0
 
@@ -50,14 +60,28 @@ async def test_metrics_move_as_messages_flow(env: Env) -> None:
         assert value(second, "calsync_messages_total", outcome="synced") == 2
         assert value(second, "calsync_messages_total", outcome="dead_lettered") == 1
         assert value(second, "calsync_dead_letters_total", error_type="not_json") == 1
-        assert value(second, "calsync_link_operations_total", operation="update",
-                     outcome="applied") == 1
+        assert (
+            value(second, "calsync_link_operations_total", operation="update", outcome="applied")
+            == 1
+        )
         assert value(second, "calsync_google_request_duration_seconds_count") == 2
         await wait_until(lambda: scrape_links(port), timeout_s=30, what="links gauge")
     # Bounded labels only: no booking, link or account ids.
     labels = {k for (_, ls) in second for k, _ in ls}
-    assert labels <= {"outcome", "operation", "method", "status", "result", "error_type",
-                      "event", "state", "topic", "partition", "quota", "le"}
+    assert labels <= {
+        "outcome",
+        "operation",
+        "method",
+        "status",
+        "result",
+        "error_type",
+        "event",
+        "state",
+        "topic",
+        "partition",
+        "quota",
+        "le",
+    }
 
 
 async def scrape_links(port: int) -> bool:
@@ -72,11 +96,14 @@ async def test_health_and_readiness_follow_the_database(env: Env) -> None:
         status, body = await wait_until(lambda: ready(port), what="ready")
         assert body["checks"] == {"consumer": "ok", "database": "ok", "broker": "ok"}
         assert (await probe(port, "/healthz"))[0] == 200
-        with psycopg.connect(env.database_url.replace(f"/{env.name}?", "/postgres?"),
-                             autocommit=True) as admin:
+        with psycopg.connect(
+            env.database_url.replace(f"/{env.name}?", "/postgres?"), autocommit=True
+        ) as admin:
             admin.execute(f'ALTER DATABASE "{env.name}" ALLOW_CONNECTIONS false'.encode())
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                          " WHERE datname = %s", (env.name,))
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (env.name,),
+            )
             try:
                 status, body = await probe(port, "/readyz")
                 assert status == 503 and body["checks"]["database"].startswith("unreachable")
@@ -109,8 +136,11 @@ async def ready(port: int) -> tuple[int, dict[str, Any]] | None:
 
 def google_writes(env: Env, since: float) -> Counter[tuple[str, str | None]]:
     calls = env.sandbox.calls(since=since, detail=True)["calls"]
-    return Counter((c["op"], c["event_id"]) for c in calls
-                   if c["op"] in ("events.insert", "events.update", "events.delete"))
+    return Counter(
+        (c["op"], c["event_id"])
+        for c in calls
+        if c["op"] in ("events.insert", "events.update", "events.delete")
+    )
 
 
 async def test_rebalance_and_shutdown_under_load_repeat_no_google_call(env: Env) -> None:
@@ -129,8 +159,9 @@ async def test_rebalance_and_shutdown_under_load_repeat_no_google_call(env: Env)
                 first_stop.set()  # the first one shuts down cleanly mid-stream
                 for booking in bookings[40:]:
                     await env.publish(booking_event(booking, 1))
-                await wait_until(lambda: len(env.events(email)) == 60, timeout_s=60,
-                                 what="60 events")
+                await wait_until(
+                    lambda: len(env.events(email)) == 60, timeout_s=60, what="60 events"
+                )
                 await wait_until(env.all_committed, what="offsets committed")
     finally:
         env.sandbox.configure(latency_s=0.0)
@@ -143,7 +174,8 @@ async def test_rebalance_and_shutdown_under_load_repeat_no_google_call(env: Env)
 
 
 async def test_three_consumers_on_twelve_partitions_with_members_joining_and_leaving(
-        env: Env, tmp_path: Path) -> None:
+    env: Env, tmp_path: Path
+) -> None:
     env.settings = env.settings.model_copy(update={"topic": f"{env.name}.wide"})
     await ensure_topics(env.settings.kafka_bootstrap, [env.settings.topic], 12)
     owner, owner_refresh = env.account("owner")
@@ -154,9 +186,14 @@ async def test_three_consumers_on_twelve_partitions_with_members_joining_and_lea
 
     async def publish(batch: list[str], version: int = 1) -> None:
         for booking in batch:
-            await env.publish(booking_event(booking, version, "booking.updated"
-                                            if version > 1 else "booking.created",
-                                            customer_name=f"Customer v{version}"))
+            await env.publish(
+                booking_event(
+                    booking,
+                    version,
+                    "booking.updated" if version > 1 else "booking.created",
+                    customer_name=f"Customer v{version}",
+                )
+            )
 
     logs = [tmp_path / f"member-{i}.log" for i in range(3)]
     since = env.sandbox.calls()["now"]
@@ -166,15 +203,19 @@ async def test_three_consumers_on_twelve_partitions_with_members_joining_and_lea
         members += [env.start_process(logs[1]), env.start_process(logs[2])]  # join
         await publish(bookings[12:24])
         await publish(bookings[:12], version=2)
-        await wait_until(lambda: "partitions_assigned" in logs[2].read_text(), timeout_s=30,
-                         what="the third member to join")
+        await wait_until(
+            lambda: "partitions_assigned" in logs[2].read_text(),
+            timeout_s=30,
+            what="the third member to join",
+        )
         members[2].send_signal(signal.SIGTERM)  # a member leaves mid-stream
         await publish(bookings[24:36])
         await asyncio.sleep(3)
         members[0].send_signal(signal.SIGTERM)  # and another
         await publish(bookings[36:])
-        await wait_until(lambda: len(env.events(manager)) == 48, timeout_s=90,
-                         what="48 events on each calendar")
+        await wait_until(
+            lambda: len(env.events(manager)) == 48, timeout_s=90, what="48 events on each calendar"
+        )
         await wait_until(env.all_committed, timeout_s=60, what="offsets committed")
     finally:
         for member in members:
@@ -184,15 +225,18 @@ async def test_three_consumers_on_twelve_partitions_with_members_joining_and_lea
     for email in (owner, manager):
         events = env.events(email)
         assert Counter(e["extendedProperties"]["private"]["booking_id"] for e in events) == (
-            Counter({b: 1 for b in bookings}))
-        updated = {e["extendedProperties"]["private"]["booking_id"] for e in events
-                   if e["summary"].endswith("Customer v2")}
+            Counter({b: 1 for b in bookings})
+        )
+        updated = {
+            e["extendedProperties"]["private"]["booking_id"]
+            for e in events
+            if e["summary"].endswith("Customer v2")
+        }
         assert updated == set(bookings[:12])
     assert not env.query("SELECT 1 FROM sync_results WHERE outcome = 'failed'")
     # Members left with SIGTERM mid-stream: not one Google call was repeated.
     writes = google_writes(env, since)
-    assert Counter(op for op, _ in writes.elements()) == {"events.insert": 96,
-                                                          "events.update": 24}
+    assert Counter(op for op, _ in writes.elements()) == {"events.insert": 96, "events.update": 24}
     assert all(count == 1 for count in writes.values())
     # Partitions were spread: every member was assigned some, together all twelve.
     assigned = [assigned_partitions(path) for path in logs]
@@ -208,8 +252,7 @@ def assigned_partitions(log_path: Path) -> set[int]:
     return partitions
 
 
-async def test_logs_are_json_with_context_and_quiet_per_message(env: Env,
-                                                                tmp_path: Path) -> None:
+async def test_logs_are_json_with_context_and_quiet_per_message(env: Env, tmp_path: Path) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     env.sandbox.add_fault(500, count=1000, account=email, path_contains="bk-fail")
@@ -227,14 +270,16 @@ async def test_logs_are_json_with_context_and_quiet_per_message(env: Env,
         env.sandbox.clear_faults()
         process.terminate()
         assert await asyncio.to_thread(process.wait, 30) == 0
-    lines = [json.loads(line) for line in log_path.read_text().splitlines()
-             if line.startswith("{")]
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
     failures = [line for line in lines if line["event"] == "link_sync_failed"]
     assert len(failures) == 1
     failure = failures[0]
     assert failure["level"] == "warning" and "500" in failure["cause"]
     assert (failure["topic"], failure["booking_id"], failure["link_id"]) == (
-        env.settings.topic, "bk_fail", link_id)
+        env.settings.topic,
+        "bk_fail",
+        link_id,
+    )
     assert isinstance(failure["partition"], int) and isinstance(failure["offset"], int)
     info = [line for line in lines if line["level"] == "info"]
     assert len(info) < 11  # start-up, assignment, a token refresh: nothing per message

@@ -24,14 +24,31 @@ from calsync_dev.stack import EmbeddedPostgres, start_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "README.md", "consumer", "calsync_dev", "sql")
-TABLES = {"schema_migrations", "bookings", "calendar_links", "link_bookings", "sync_results",
-          "dead_letters", "repairs", "backfills", "quota_buckets", "consumer_members"}
+TABLES = {
+    "schema_migrations",
+    "bookings",
+    "calendar_links",
+    "link_bookings",
+    "sync_results",
+    "dead_letters",
+    "repairs",
+    "backfills",
+    "quota_buckets",
+    "consumer_members",
+}
 
 
-def _run(*command: str | Path, cwd: Path, env: dict[str, str] | None = None
-         ) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([str(part) for part in command], cwd=cwd, env=env, text=True,
-                          capture_output=True, timeout=300)
+def _run(
+    *command: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        text=True,
+        capture_output=True,
+        timeout=300,
+    )
     assert done.returncode == 0, f"{command}: {done.stdout}\n{done.stderr}"
     return done
 
@@ -42,47 +59,85 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> EmbeddedPostgres:
 
 
 def test_the_wheel_installs_and_migrates_a_fresh_database(
-        tmp_path: Path, postgres: EmbeddedPostgres) -> None:
+    tmp_path: Path, postgres: EmbeddedPostgres
+) -> None:
     # Build from a copy, so that build/ and *.egg-info never land in the checkout.
     source = tmp_path / "source"
     source.mkdir()
     for name in SOURCES:
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, symlinks=True,
-                            ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                ROOT / name,
+                source / name,
+                symlinks=True,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
         else:
             shutil.copy2(ROOT / name, source / name)
     dist = tmp_path / "dist"
-    _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "--no-index", "-q", "-w", dist, source, cwd=tmp_path)
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "--no-index",
+        "-q",
+        "-w",
+        dist,
+        source,
+        cwd=tmp_path,
+    )
     (wheel,) = dist.glob("calendar_sync-*.whl")
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
     python = env_dir / "bin" / "python"
-    _run(sys.executable, "-m", "pip", "--python", python, "install", "--no-deps",
-         "--no-index", "-q", wheel, cwd=tmp_path)
-    fresh_site = Path(_run(python, "-c", "import sysconfig; print(sysconfig.get_paths()"
-                                         "['purelib'])", cwd=tmp_path).stdout.strip())
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        python,
+        "install",
+        "--no-deps",
+        "--no-index",
+        "-q",
+        wheel,
+        cwd=tmp_path,
+    )
+    fresh_site = Path(
+        _run(
+            python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", cwd=tmp_path
+        ).stdout.strip()
+    )
     (fresh_site / "calsync-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    installed = _run(python, "-c", "import consumer, calsync_dev; print(consumer.__file__)",
-                     cwd=tmp_path).stdout.strip()
+    installed = _run(
+        python, "-c", "import consumer, calsync_dev; print(consumer.__file__)", cwd=tmp_path
+    ).stdout.strip()
     assert installed.startswith(str(fresh_site)), installed
 
     url = postgres.create_database("wheel_" + os.urandom(4).hex())
     migrations = sorted(path.name for path in (ROOT / "sql").glob("*.sql"))
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("CALSYNC_", "PYTHON"))}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("CALSYNC_", "PYTHON"))
+    }
     env["CALSYNC_DATABASE_URL"] = url
     migrated = _run(env_dir / "bin" / "calsync", "migrate", cwd=tmp_path, env=env)
     assert f"applied {len(migrations)} migration(s)" in migrated.stdout, migrated.stdout
 
     with psycopg.connect(url) as conn:
-        tables = {row[0] for row in conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-        applied = [row[0] for row in conn.execute(
-            "SELECT version FROM schema_migrations ORDER BY version")]
+        tables = {
+            row[0]
+            for row in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        }
+        applied = [
+            row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")
+        ]
     assert TABLES <= tables, tables
     assert applied == migrations
 

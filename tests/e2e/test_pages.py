@@ -29,12 +29,15 @@ from tests.plugins.events import booking_event
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-CALENDARS = [{"id": "cal-primary", "summary": "Owner", "primary": True},
-             {"id": "cal-bookings", "summary": "Bookings"},
-             {"id": "cal-holidays", "summary": "Holidays", "access_role": "reader"}]
+CALENDARS = [
+    {"id": "cal-primary", "summary": "Owner", "primary": True},
+    {"id": "cal-bookings", "summary": "Bookings"},
+    {"id": "cal-holidays", "summary": "Holidays", "access_role": "reader"},
+]
 
 
 # --- over HTTP ---------------------------------------------------------------------------
+
 
 @dataclass
 class Answer:
@@ -61,15 +64,22 @@ class Browser:
         self.http = http
         self.cookies: dict[str, str] = {}
 
-    async def go(self, method: str, path: str, form: dict[str, str] | None = None,
-                 accept: str = BROWSER_ACCEPT, cookies: bool = True,
-                 **headers: str) -> Answer:
+    async def go(
+        self,
+        method: str,
+        path: str,
+        form: dict[str, str] | None = None,
+        accept: str = BROWSER_ACCEPT,
+        cookies: bool = True,
+        **headers: str,
+    ) -> Answer:
         url = path if path.startswith("http") else self.base + path
         sent = {"Accept": accept, **{k.replace("_", "-"): v for k, v in headers.items()}}
         if cookies and self.cookies:
             sent["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        async with self.http.request(method, url, data=form, headers=sent,
-                                     allow_redirects=False) as answer:
+        async with self.http.request(
+            method, url, data=form, headers=sent, allow_redirects=False
+        ) as answer:
             text = await answer.text()
             for name, morsel in answer.cookies.items():
                 if morsel.value and morsel["max-age"] != "0":
@@ -78,19 +88,22 @@ class Browser:
                     self.cookies.pop(name, None)
             return Answer(answer.status, answer.headers, text, dict(answer.cookies))
 
-    async def connect(self, env: Env, activity: str, account: str, deny: bool = False
-                      ) -> str:
+    async def connect(self, env: Env, activity: str, account: str, deny: bool = False) -> str:
         """Start a connection through the API, consent at Google: Google's redirect URL."""
-        async with self.http.post(self.base + "/links/connect", json={"activity_id": activity},
-                                  headers=BEARER) as answer:
+        async with self.http.post(
+            self.base + "/links/connect", json={"activity_id": activity}, headers=BEARER
+        ) as answer:
             assert answer.status == 201, await answer.text()
             started = await answer.json()
         return env.sandbox.consent(started["authorization_url"], account, deny=deny)
 
     async def sign_in(self) -> None:
         await self.go("GET", "/login")
-        signed = await self.go("POST", "/login", {"token": ADMIN_TOKEN, "next": "/",
-                                                  "csrf": self.cookies["calsync_login"]})
+        signed = await self.go(
+            "POST",
+            "/login",
+            {"token": ADMIN_TOKEN, "next": "/", "csrf": self.cookies["calsync_login"]},
+        )
         assert signed.status == 303, signed.text
 
 
@@ -115,9 +128,13 @@ def add_bookings(env: Env, activity: str, count: int) -> None:
     """Bookings the consumer has seen (what a backfill reads)."""
     for n in range(count):
         event = booking_event(f"bk_{activity}_{n}", 1, activity_id=activity)
-        env.query("INSERT INTO bookings (booking_id, activity_id, version, event_type, event)"
-                  " VALUES (%s, %s, 1, 'booking.created', %s) RETURNING booking_id",
-                  event["booking"]["id"], activity, json.dumps(event))
+        env.query(
+            "INSERT INTO bookings (booking_id, activity_id, version, event_type, event)"
+            " VALUES (%s, %s, 1, 'booking.created', %s) RETURNING booking_id",
+            event["booking"]["id"],
+            activity,
+            json.dumps(event),
+        )
 
 
 def execute(env: Env, sql: str, *params: Any) -> None:
@@ -144,21 +161,39 @@ async def test_the_calendar_choice_after_consent(env: Env) -> None:
         redirect = await browser.connect(env, activity, owner)
         api = await browser.go("GET", redirect, accept="application/json")
         assert api.status == 200 and api.headers["Content-Type"].startswith("application/json")
-        assert set(json.loads(api.text)) == {"activity_id", "account_email", "links",
-                                             "calendars", "reconnected", "backfill"}
+        assert set(json.loads(api.text)) == {
+            "activity_id",
+            "account_email",
+            "links",
+            "calendars",
+            "reconnected",
+            "backfill",
+        }
 
         # A browser gets the choice: names, primary, read-only with why, already synced.
         redirect = await browser.connect(env, activity, owner)
         page = await browser.go("GET", redirect)
-        assert_page(page, 200, "Choose a calendar", owner, "Owner", "Primary", "Bookings",
-                    "Holidays", "Read-only: your access to this calendar is “reader”",
-                    f"Already synced by this activity&#39;s link {existing}")
+        assert_page(
+            page,
+            200,
+            "Choose a calendar",
+            owner,
+            "Owner",
+            "Primary",
+            "Bookings",
+            "Holidays",
+            "Read-only: your access to this calendar is “reader”",
+            f"Already synced by this activity&#39;s link {existing}",
+        )
         assert page.headers["Cache-Control"] == "no-store"
         assert "default-src 'none'" in page.headers["Content-Security-Policy"]
         assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
         assert page.headers["X-Content-Type-Options"] == "nosniff"
-        assert re.search(r'<input type="radio" name="calendar_id" id="cal-3" '
-                         r'value="cal-holidays"\s+disabled', page.text)
+        assert re.search(
+            r'<input type="radio" name="calendar_id" id="cal-3" '
+            r'value="cal-holidays"\s+disabled',
+            page.text,
+        )
         binding = page.cookies["calsync_choice"]
         assert binding["httponly"] and binding["secure"] and binding["samesite"] == "Lax"
         link_id = re.search(r'action="/connect/(lnk_[0-9a-f]+)/calendar"', page.text)
@@ -167,41 +202,53 @@ async def test_the_calendar_choice_after_consent(env: Env) -> None:
         first_token = page.hidden("token")
 
         # A read-only calendar is refused, and the choice is shown again (a fresh form).
-        refused = await browser.go("POST", action, {"token": first_token,
-                                                    "calendar_id": "cal-holidays"})
+        refused = await browser.go(
+            "POST", action, {"token": first_token, "calendar_id": "cal-holidays"}
+        )
         assert_page(refused, 422, 'role="alert"', "is not writable")
         token = refused.hidden("token")
         assert token != first_token
         # The first form was used: sending it again is refused.
-        replay = await browser.go("POST", action, {"token": first_token,
-                                                   "calendar_id": "cal-primary"})
+        replay = await browser.go(
+            "POST", action, {"token": first_token, "calendar_id": "cal-primary"}
+        )
         assert_page(replay, 409, "This form was already sent", "/activities/act_choice/links")
         # Another site cannot send it (checked before the form is used up) ...
-        for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"},
-                        {"Origin": "null"}):
-            forged = await browser.go("POST", action, {"token": token,
-                                                       "calendar_id": "cal-primary"}, **headers)
+        for headers in (
+            {"Origin": "https://evil.example"},
+            {"Sec-Fetch-Site": "cross-site"},
+            {"Origin": "null"},
+        ):
+            forged = await browser.go(
+                "POST", action, {"token": token, "calendar_id": "cal-primary"}, **headers
+            )
             assert_page(forged, 403, "This request came from another site")
         # ... nor another browser (no binding cookie), nor a token made up or of another link.
-        other_browser = await browser.go("POST", action, {"token": token,
-                                                          "calendar_id": "cal-primary"},
-                                         cookies=False)
+        other_browser = await browser.go(
+            "POST", action, {"token": token, "calendar_id": "cal-primary"}, cookies=False
+        )
         assert_page(other_browser, 403, "This form was opened in another browser")
-        made_up = await browser.go("POST", action, {"token": token[:-4] + "abcd",
-                                                    "calendar_id": "cal-primary"})
+        made_up = await browser.go(
+            "POST", action, {"token": token[:-4] + "abcd", "calendar_id": "cal-primary"}
+        )
         assert_page(made_up, 400, "This form cannot be used")
-        elsewhere = await browser.go("POST", f"/connect/{existing}/calendar",
-                                     {"token": token, "calendar_id": "cal-primary"})
+        elsewhere = await browser.go(
+            "POST", f"/connect/{existing}/calendar", {"token": token, "calendar_id": "cal-primary"}
+        )
         assert_page(elsewhere, 400, "This form cannot be used")
-        assert env.query("SELECT state FROM calendar_links WHERE id = %s",
-                         link_id.group(1))[0]["state"] == "pending"
+        assert (
+            env.query("SELECT state FROM calendar_links WHERE id = %s", link_id.group(1))[0][
+                "state"
+            ]
+            == "pending"
+        )
         # A GET is not a choice.
         assert (await browser.go("GET", action)).status == 405
 
         # The choice: the backfill runs in the background; its progress page.
-        chosen = await browser.go("POST", action, {"token": token,
-                                                   "calendar_id": "cal-primary"},
-                                  Origin=browser.base)
+        chosen = await browser.go(
+            "POST", action, {"token": token, "calendar_id": "cal-primary"}, Origin=browser.base
+        )
         assert chosen.status == 303 and "/backfills/" in chosen.location
         progress_url = chosen.location
 
@@ -224,8 +271,7 @@ async def test_the_calendar_choice_after_consent(env: Env) -> None:
         tampered = await browser.go("GET", progress_url[:-3] + "xyz")
         assert tampered.status == 303
         row = env.query("SELECT total, done, finished_at, error, trigger FROM backfills")[0]
-        assert (row["total"], row["done"], row["error"], row["trigger"]) == (
-            2, 2, None, "select")
+        assert (row["total"], row["done"], row["error"], row["trigger"]) == (2, 2, None, "select")
         assert row["finished_at"] is not None
         # Sent again once it worked: still refused.
         again = await browser.go("POST", action, {"token": token, "calendar_id": "cal-primary"})
@@ -238,19 +284,29 @@ async def test_errors_are_pages_for_browsers_and_problems_for_api_clients(env: E
     async with site(env, oauth_state_ttl_s=1.0) as browser:
         denied = await browser.connect(env, activity, owner, deny=True)
         page = await browser.go("GET", denied)
-        assert_page(page, 400, "Access was not granted", "choose Allow",
-                    f'href="/activities/{activity}/links"')
+        assert_page(
+            page,
+            400,
+            "Access was not granted",
+            "choose Allow",
+            f'href="/activities/{activity}/links"',
+        )
         again = await browser.go("GET", denied, accept="*/*")
         assert again.status == 400
         assert again.headers["Content-Type"].startswith("application/problem+json")
         assert json.loads(again.text)["type"] == "urn:calsync:problem:state_replayed"
-        assert_page(await browser.go("GET", denied), 400,
-                    "This connection request was already used")
+        assert_page(
+            await browser.go("GET", denied), 400, "This connection request was already used"
+        )
         redirect = await browser.connect(env, activity, owner)
         refused = await browser.go("GET", redirect.replace("code=", "code=x"))
         assert_page(refused, 400, "Google refused the sign-in")
-        assert_page(await browser.go("GET", "/oauth/callback"), 400,
-                    "This address is incomplete", 'href="/"')
+        assert_page(
+            await browser.go("GET", "/oauth/callback"),
+            400,
+            "This address is incomplete",
+            'href="/"',
+        )
 
         # Expired: a state not used in time, and a choice not sent in time.
         late_state = await browser.connect(env, activity, owner)
@@ -259,10 +315,15 @@ async def test_errors_are_pages_for_browsers_and_problems_for_api_clients(env: E
         action = re.search(r'action="(/connect/lnk_[0-9a-f]+/calendar)"', choice.text)
         assert action
         await asyncio.sleep(2.2)
-        assert_page(await browser.go("GET", late_state), 400,
-                    "This connection request expired", "Start again")
-        late_form = await browser.go("POST", action.group(1), {
-            "token": choice.hidden("token"), "calendar_id": "cal-primary"})
+        assert_page(
+            await browser.go("GET", late_state),
+            400,
+            "This connection request expired",
+            "Start again",
+        )
+        late_form = await browser.go(
+            "POST", action.group(1), {"token": choice.hidden("token"), "calendar_id": "cal-primary"}
+        )
         assert_page(late_form, 400, "This calendar choice expired")
         problem = await browser.go("GET", late_state, accept="application/json")
         assert problem.headers["Content-Type"].startswith("application/problem+json")
@@ -284,22 +345,34 @@ async def test_sign_in_and_the_links_page(env: Env) -> None:
         assert guarded.status == 303
         assert guarded.location == "/login?next=/activities/act_links/links"
         form = await browser.go("GET", guarded.location)
-        assert_page(form, 200, 'lang="en"', '<label for="admin-token">', 'type="password"',
-                    'name="viewport"')
+        assert_page(
+            form,
+            200,
+            'lang="en"',
+            '<label for="admin-token">',
+            'type="password"',
+            'name="viewport"',
+        )
         csrf = form.hidden("csrf")
         assert form.hidden("next") == links_path
-        wrong = await browser.go("POST", "/login", {"token": "nope", "csrf": csrf,
-                                                    "next": links_path})
+        wrong = await browser.go(
+            "POST", "/login", {"token": "nope", "csrf": csrf, "next": links_path}
+        )
         assert_page(wrong, 401, "That is not the admin token.")
-        stale = await browser.go("POST", "/login", {"token": ADMIN_TOKEN, "csrf": "x",
-                                                    "next": links_path})
+        stale = await browser.go(
+            "POST", "/login", {"token": ADMIN_TOKEN, "csrf": "x", "next": links_path}
+        )
         assert_page(stale, 400, "The sign-in form expired")
-        foreign = await browser.go("POST", "/login", {"token": ADMIN_TOKEN, "csrf": csrf,
-                                                      "next": links_path},
-                                   Origin="https://evil.example")
+        foreign = await browser.go(
+            "POST",
+            "/login",
+            {"token": ADMIN_TOKEN, "csrf": csrf, "next": links_path},
+            Origin="https://evil.example",
+        )
         assert foreign.status == 403 and "calsync_session" not in browser.cookies
-        signed = await browser.go("POST", "/login", {"token": ADMIN_TOKEN, "csrf": csrf,
-                                                     "next": links_path})
+        signed = await browser.go(
+            "POST", "/login", {"token": ADMIN_TOKEN, "csrf": csrf, "next": links_path}
+        )
         assert signed.status == 303 and signed.location == links_path
         cookie = signed.cookies["calsync_session"]
         assert cookie["httponly"] and cookie["secure"] and cookie["samesite"] == "Lax"
@@ -307,20 +380,37 @@ async def test_sign_in_and_the_links_page(env: Env) -> None:
 
         # The links page: account, calendar, state, events synced, last result, backlog.
         page = await browser.go("GET", links_path)
-        assert_page(page, 200, owner, "Bookings <span class=\"meta\">(cal-bookings)</span>",
-                    'data-state="active"', '<dd class="events-synced">3</dd>',
-                    "create → applied", "backfill", "Done: 3 bookings",
-                    '<dd class="repair-backlog">none</dd>', "Disconnect…",
-                    "Connect Google Calendar")
+        assert_page(
+            page,
+            200,
+            owner,
+            'Bookings <span class="meta">(cal-bookings)</span>',
+            'data-state="active"',
+            '<dd class="events-synced">3</dd>',
+            "create → applied",
+            "backfill",
+            "Done: 3 bookings",
+            '<dd class="repair-backlog">none</dd>',
+            "Disconnect…",
+            "Connect Google Calendar",
+        )
         # The repair backlog: pairs the repair loop still owes the calendar.
-        execute(env, "INSERT INTO repairs (link_id, booking_id, booking_version, reason,"
-                " attempts, due_at) VALUES (%s, 'b1', 1, 'retries_exhausted', 1, now()),"
-                " (%s, 'b2', 1, 'account_paused', 0, now() + interval '1 hour')",
-                link_id, link_id)
+        execute(
+            env,
+            "INSERT INTO repairs (link_id, booking_id, booking_version, reason,"
+            " attempts, due_at) VALUES (%s, 'b1', 1, 'retries_exhausted', 1, now()),"
+            " (%s, 'b2', 1, 'account_paused', 0, now() + interval '1 hour')",
+            link_id,
+            link_id,
+        )
         page = await browser.go("GET", links_path)
         assert "2 bookings waiting" in page.text
-        execute(env, "UPDATE calendar_links SET state = 'reauth_required', state_reason ="
-                " 'token refresh refused: invalid_grant' WHERE id = %s", link_id)
+        execute(
+            env,
+            "UPDATE calendar_links SET state = 'reauth_required', state_reason ="
+            " 'token refresh refused: invalid_grant' WHERE id = %s",
+            link_id,
+        )
         page = await browser.go("GET", links_path)
         assert_page(page, 200, "Reconnect needed", "invalid_grant", ">Reconnect</button>")
         csrf = page.hidden("csrf")
@@ -333,8 +423,9 @@ async def test_sign_in_and_the_links_page(env: Env) -> None:
         # Forms of the session need its CSRF token and the same origin.
         reconnect = f"/activities/{activity}/links/{link_id}/reconnect"
         assert_page(await browser.go("POST", reconnect, {}), 403, "another site")
-        assert (await browser.go("POST", reconnect, {"csrf": csrf},
-                                 Origin="https://evil.example")).status == 403
+        assert (
+            await browser.go("POST", reconnect, {"csrf": csrf}, Origin="https://evil.example")
+        ).status == 403
         to_google = await browser.go("POST", reconnect, {"csrf": csrf}, Origin=browser.base)
         assert to_google.status == 303
         consent = parse_qs(urlsplit(to_google.location).query)
@@ -344,18 +435,33 @@ async def test_sign_in_and_the_links_page(env: Env) -> None:
         assert connect.status == 303 and "login_hint" not in connect.location
 
         # Another activity's link is not reachable through this one.
-        assert_page(await browser.go("GET", f"/activities/other/links/{link_id}/disconnect"),
-                    404, "There is no such link")
+        assert_page(
+            await browser.go("GET", f"/activities/other/links/{link_id}/disconnect"),
+            404,
+            "There is no such link",
+        )
 
         # Disconnect: a confirmation, keep or remove; then the links page says what was done.
         confirm = await browser.go("GET", f"/activities/{activity}/links/{link_id}/disconnect")
-        assert_page(confirm, 200, f"Disconnect {owner}?", "Keep them on the calendar",
-                    "Remove them from the calendar", "The 3 events this link put")
-        done = await browser.go("POST", f"/activities/{activity}/links/{link_id}/disconnect",
-                                {"csrf": csrf, "events": "remove"})
+        assert_page(
+            confirm,
+            200,
+            f"Disconnect {owner}?",
+            "Keep them on the calendar",
+            "Remove them from the calendar",
+            "The 3 events this link put",
+        )
+        done = await browser.go(
+            "POST",
+            f"/activities/{activity}/links/{link_id}/disconnect",
+            {"csrf": csrf, "events": "remove"},
+        )
         assert done.status == 303 and done.location == f"{links_path}?disconnected={link_id}"
-        assert_page(await browser.go("GET", done.location), 200,
-                    f"{owner} is disconnected: 3 events removed.")
+        assert_page(
+            await browser.go("GET", done.location),
+            200,
+            f"{owner} is disconnected: 3 events removed.",
+        )
         assert env.events(owner, "cal-bookings") == []
 
         # Signing out ends the session; a forged cookie is no session.
@@ -375,29 +481,37 @@ async def test_the_return_url_sends_the_browser_back_to_the_host(env: Env) -> No
         assert back.status == 303 and back.location.startswith("https://dashboard.example/")
         query = parse_qs(urlsplit(back.location).query)
         link_id = query["link_id"][0]
-        assert query == {"tab": ["calendar"], "link_id": [link_id], "state": ["pending"],
-                         "account": [owner], "activity_id": [activity]}
-        assert env.query("SELECT state FROM calendar_links WHERE id = %s",
-                         link_id)[0]["state"] == "pending"
+        assert query == {
+            "tab": ["calendar"],
+            "link_id": [link_id],
+            "state": ["pending"],
+            "account": [owner],
+            "activity_id": [activity],
+        }
+        assert (
+            env.query("SELECT state FROM calendar_links WHERE id = %s", link_id)[0]["state"]
+            == "pending"
+        )
         # The host chooses the calendar through the JSON API.
-        async with browser.http.put(f"{browser.base}/links/{link_id}/calendar",
-                                    json={"calendar_id": "cal-primary"},
-                                    headers=BEARER) as answer:
+        async with browser.http.put(
+            f"{browser.base}/links/{link_id}/calendar",
+            json={"calendar_id": "cal-primary"},
+            headers=BEARER,
+        ) as answer:
             assert answer.status == 200
         # A reconnection comes back active; a refusal comes back as an error.
-        execute(env, "UPDATE calendar_links SET state = 'reauth_required' WHERE id = %s",
-                link_id)
+        execute(env, "UPDATE calendar_links SET state = 'reauth_required' WHERE id = %s", link_id)
         back = await browser.go("GET", await browser.connect(env, activity, owner))
         query = parse_qs(urlsplit(back.location).query)
         assert (query["link_id"], query["state"]) == ([link_id], ["active"])
-        denied = await browser.go("GET", await browser.connect(env, activity, owner,
-                                                               deny=True))
+        denied = await browser.go("GET", await browser.connect(env, activity, owner, deny=True))
         query = parse_qs(urlsplit(denied.location).query)
         assert denied.status == 303 and query["error"] == ["consent_denied"]
         assert query["activity_id"] == [activity]
         # API clients still get JSON.
-        api = await browser.go("GET", await browser.connect(env, activity, owner),
-                               accept="application/json")
+        api = await browser.go(
+            "GET", await browser.connect(env, activity, owner), accept="application/json"
+        )
         assert api.status == 200 and json.loads(api.text)["account_email"] == owner
 
 
@@ -407,14 +521,16 @@ async def test_a_background_backfill_stopped_by_shutdown_says_so(env: Env) -> No
     add_bookings(env, activity, 6)
     link_id = await env.link(owner, refresh, calendar_id=None, activity_id=activity)
     # One Google call a second for this account: the backfill outlives the shutdown grace.
-    settings = env.settings.model_copy(update={"quota_per_account_per_min": 60,
-                                               "quota_use_share": 1.0,
-                                               "shutdown_grace_s": 0.5})
+    settings = env.settings.model_copy(
+        update={"quota_per_account_per_min": 60, "quota_use_share": 1.0, "shutdown_grace_s": 0.5}
+    )
     async with link_service(settings) as service:
         chosen = await service.choose(link_id, "cal-bookings", wait=False)
         assert chosen.backfill is None and chosen.link["state"] == "active"
-        await wait_until(lambda: env.query("SELECT total FROM backfills")[0]["total"] == 6,
-                         what="the backfill counting its bookings")
+        await wait_until(
+            lambda: env.query("SELECT total FROM backfills")[0]["total"] == 6,
+            what="the backfill counting its bookings",
+        )
     row = env.query("SELECT * FROM backfills WHERE id = %s", chosen.backfill_id)[0]
     assert row["error"] == "interrupted: the service stopped" and row["finished_at"]
     assert row["done"] < 6

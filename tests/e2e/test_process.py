@@ -12,7 +12,8 @@ from tests.plugins.events import booking_event
 
 
 async def test_sigkill_mid_burst_then_restart_ends_with_one_event_each(
-        env: Env, tmp_path: Path) -> None:
+    env: Env, tmp_path: Path
+) -> None:
     one, one_refresh = env.account("one")
     two, two_refresh = env.account("two")
     await env.link(one, one_refresh)
@@ -22,11 +23,11 @@ async def test_sigkill_mid_burst_then_restart_ends_with_one_event_each(
         await env.publish(booking_event(f"bk_{n}", 1))
     for n in range(bookings):
         if n % 4 == 0:
-            await env.publish(booking_event(f"bk_{n}", 2, "booking.canceled",
-                                            status="canceled"))
+            await env.publish(booking_event(f"bk_{n}", 2, "booking.canceled", status="canceled"))
         else:
-            await env.publish(booking_event(f"bk_{n}", 2, "booking.updated",
-                                            customer_name=f"Customer {n}"))
+            await env.publish(
+                booking_event(f"bk_{n}", 2, "booking.updated", customer_name=f"Customer {n}")
+            )
     env.sandbox.configure(latency_s=0.03)
     log = tmp_path / "consumer.log"
     try:
@@ -40,8 +41,9 @@ async def test_sigkill_mid_burst_then_restart_ends_with_one_event_each(
 
         second = env.start_process(log)
         try:
-            await wait_until(env.all_committed, timeout_s=120,
-                             what="the restarted consumer to catch up")
+            await wait_until(
+                env.all_committed, timeout_s=120, what="the restarted consumer to catch up"
+            )
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(30)

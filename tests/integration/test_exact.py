@@ -23,8 +23,7 @@ from tests.oracle import assert_exact, assert_none_of_ours
 from tests.plugins.environment import Env, calsync, wait_until
 from tests.plugins.events import booking_event
 
-FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0,
-                "repair_poll_s": 0.2}
+FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0, "repair_poll_s": 0.2}
 CALENDARS = [{"id": "cal-a", "summary": "A", "primary": True}, {"id": "cal-b", "summary": "B"}]
 
 
@@ -40,7 +39,8 @@ async def synced(env: Env, latest: dict[str, dict[str, Any]], n: int) -> None:
 
 
 async def test_choosing_a_calendar_again_after_the_old_one_was_deleted_moves_everything(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     email, refresh = env.account(calendars=CALENDARS)
     link_id = await env.link(email, refresh, calendar_id="cal-a")
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(3)}
@@ -52,18 +52,20 @@ async def test_choosing_a_calendar_again_after_the_old_one_was_deleted_moves_eve
         env.sandbox.remove_calendar(email, "cal-a")  # deleted by its owner
         latest["bk_0"] = booking_event("bk_0", 2, "booking.updated", customer_name="Later")
         await env.publish(latest["bk_0"])
-        await wait_until(lambda: env.query(
-            "SELECT 1 FROM calendar_links WHERE state = 'calendar_unavailable'"), what="state")
+        await wait_until(
+            lambda: env.query("SELECT 1 FROM calendar_links WHERE state = 'calendar_unavailable'"),
+            what="state",
+        )
     answer = select(env, link_id, "cal-b")
     assert "backfilled: 3 bookings, 3 applied" in answer.stdout, answer.stdout
     assert_exact(env, email, link_id, latest, calendar_id="cal-b")
-    records = env.query("SELECT DISTINCT calendar_id FROM link_bookings"
-                        " WHERE google_event_id IS NOT NULL")
+    records = env.query(
+        "SELECT DISTINCT calendar_id FROM link_bookings WHERE google_event_id IS NOT NULL"
+    )
     assert records == [{"calendar_id": "cal-b"}]
 
 
-async def test_an_active_link_switched_to_another_calendar_leaves_nothing_behind(
-        env: Env) -> None:
+async def test_an_active_link_switched_to_another_calendar_leaves_nothing_behind(env: Env) -> None:
     email, refresh = env.account(calendars=CALENDARS)
     link_id = await env.link(email, refresh, calendar_id="cal-a")
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(3)}
@@ -83,7 +85,8 @@ async def test_an_active_link_switched_to_another_calendar_leaves_nothing_behind
 
 
 async def test_a_calendar_left_read_only_keeps_its_events_recorded_until_reconcile_reaches_them(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     email, refresh = env.account(calendars=CALENDARS)
     link_id = await env.link(email, refresh, calendar_id="cal-a")
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
@@ -109,8 +112,10 @@ async def test_a_booking_moved_to_another_activity_moves_calendars(env: Env) -> 
     two, two_refresh = env.account("two")
     one_link = await env.link(one, one_refresh, activity_id="act_1")
     two_link = await env.link(two, two_refresh, activity_id="act_2")
-    latest = {"bk_1": booking_event("bk_1", 1, activity_id="act_1"),
-              "bk_2": booking_event("bk_2", 1, activity_id="act_1")}
+    latest = {
+        "bk_1": booking_event("bk_1", 1, activity_id="act_1"),
+        "bk_2": booking_event("bk_2", 1, activity_id="act_1"),
+    }
     async with env.consumer():
         for event in latest.values():
             await env.publish(event)
@@ -121,8 +126,9 @@ async def test_a_booking_moved_to_another_activity_moves_calendars(env: Env) -> 
         await wait_until(lambda: len(env.events(one)) == 1, what="off act_1's calendar")
         assert_exact(env, one, one_link, latest, activity_id="act_1")
         assert_exact(env, two, two_link, latest, activity_id="act_2")
-        latest["bk_1"] = booking_event("bk_1", 3, "booking.canceled", activity_id="act_2",
-                                       status="canceled")
+        latest["bk_1"] = booking_event(
+            "bk_1", 3, "booking.canceled", activity_id="act_2", status="canceled"
+        )
         await env.publish(latest["bk_1"])
         await wait_until(lambda: not env.events(two), what="canceled")
         await wait_until(env.all_committed, what="offsets")
@@ -133,7 +139,8 @@ async def test_a_booking_moved_to_another_activity_moves_calendars(env: Env) -> 
 
 
 async def test_disconnect_under_load_fences_every_write_and_a_reconnect_never_doubles(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(12)}
@@ -144,8 +151,9 @@ async def test_disconnect_under_load_fences_every_write_and_a_reconnect_never_do
             await env.publish(event)
         await wait_until(lambda: len(env.events(email)) >= 2, timeout_s=30, what="a start")
         # (In a thread: the consumer runs on this test's event loop.)
-        answer = await asyncio.to_thread(calsync, env, "links", "disconnect", link_id,
-                                         "--remove-events")
+        answer = await asyncio.to_thread(
+            calsync, env, "links", "disconnect", link_id, "--remove-events"
+        )
         assert answer.returncode == 0, answer.stderr
         assert env.events(email) == [], "the calendar is empty once disconnect returns"
         await wait_until(env.all_committed, timeout_s=30, what="the backlog recorded")
@@ -171,8 +179,10 @@ async def test_a_resync_reads_the_latest_state_under_the_claim(env: Env) -> None
     # The pair is held (as a consumer applying v6 holds it) while the resync starts.
     holder = await psycopg.AsyncConnection.connect(env.database_url, autocommit=True)
     try:
-        await holder.execute("SELECT pg_advisory_lock_shared(%s), pg_advisory_lock(%s)",
-                             (link_lock_key(link_id), pair_lock_key(link_id, "bk_1")))
+        await holder.execute(
+            "SELECT pg_advisory_lock_shared(%s), pg_advisory_lock(%s)",
+            (link_lock_key(link_id), pair_lock_key(link_id, "bk_1")),
+        )
         resync = asyncio.create_task(bootstrap.resync(env.settings, {"bk_1"}))
         await asyncio.sleep(1.0)
         assert not resync.done(), "the resync did not wait for the claim"
@@ -190,7 +200,8 @@ async def test_a_resync_reads_the_latest_state_under_the_claim(env: Env) -> None
 
 
 async def test_a_write_cancelled_at_the_end_of_the_grace_keeps_its_claim_until_it_lands(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     latest = {"bk_1": booking_event("bk_1", 1)}
@@ -202,8 +213,9 @@ async def test_a_write_cancelled_at_the_end_of_the_grace_keeps_its_claim_until_i
         async with services(env.settings, pool_size=4) as svc:
             row = (await svc.repository.links_by_id({link_id}))[link_id]
             v2 = booking_event("bk_1", 2, "booking.updated", customer_name="Two")
-            write = asyncio.create_task(svc.engine.sync_link(
-                BookingEvent.model_validate(v2), row, None))
+            write = asyncio.create_task(
+                svc.engine.sync_link(BookingEvent.model_validate(v2), row, None)
+            )
             await asyncio.sleep(0.7)  # its update is at Google now
             write.cancel()
             other = SyncStore(env.database_url)
@@ -217,8 +229,11 @@ async def test_a_write_cancelled_at_the_end_of_the_grace_keeps_its_claim_until_i
                 await other.close()
     finally:
         env.sandbox.configure(latency_s=0.0)
-    update = [c for c in env.sandbox.calls(detail=True)["calls"]
-              if c["op"] == "events.update" and c["account"] == email][-1]
+    update = [
+        c
+        for c in env.sandbox.calls(detail=True)["calls"]
+        if c["op"] == "events.update" and c["account"] == email
+    ][-1]
     # The update was answered (it is logged before its latency) before the claim was free.
     assert taken_at >= update["at"] + 1.4
 
@@ -231,17 +246,27 @@ async def test_reconcile_finds_and_repairs_what_drifted(env: Env) -> None:
         for event in latest.values():
             await env.publish(event)
         await synced(env, latest, 4)
-    by_booking = {e["extendedProperties"]["private"]["booking_id"]: e
-                  for e in env.events(email)}
+    by_booking = {e["extendedProperties"]["private"]["booking_id"]: e for e in env.events(email)}
     env.sandbox.delete_by_hand(email, email, by_booking["bk_0"]["id"])
     env.sandbox.edit_by_hand(email, email, by_booking["bk_1"]["id"], summary="Renamed by hand")
     private = {"managed_by": "resytech", "link_id": link_id}
-    env.sandbox.plant_event(email, email, {  # an orphan of an old bug
-        "summary": "Ghost", "start": {"dateTime": "2026-05-01T09:00:00Z"},
-        "end": {"dateTime": "2026-05-01T10:00:00Z"},
-        "extendedProperties": {"private": {**private, "booking_id": "bk_ghost"}}})
-    env.sandbox.plant_event(email, email, {  # a duplicate of bk_3
-        **{k: v for k, v in by_booking["bk_3"].items() if k not in ("id", "etag")}})
+    env.sandbox.plant_event(
+        email,
+        email,
+        {  # an orphan of an old bug
+            "summary": "Ghost",
+            "start": {"dateTime": "2026-05-01T09:00:00Z"},
+            "end": {"dateTime": "2026-05-01T10:00:00Z"},
+            "extendedProperties": {"private": {**private, "booking_id": "bk_ghost"}},
+        },
+    )
+    env.sandbox.plant_event(
+        email,
+        email,
+        {  # a duplicate of bk_3
+            **{k: v for k, v in by_booking["bk_3"].items() if k not in ("id", "etag")}
+        },
+    )
 
     dry = calsync(env, "reconcile", "--json")
     assert dry.returncode == 0, dry.stderr
@@ -249,8 +274,9 @@ async def test_reconcile_finds_and_repairs_what_drifted(env: Env) -> None:
     assert found["found"] == {"missing": 1, "changed": 1, "orphaned": 1, "duplicated": 1}
     report = found["links"][0]
     assert [d["booking_id"] for d in report["missing"]] == ["bk_0"]
-    assert report["changed"][0]["booking_id"] == "bk_1" and "summary" in \
-        report["changed"][0]["detail"]
+    assert (
+        report["changed"][0]["booking_id"] == "bk_1" and "summary" in report["changed"][0]["detail"]
+    )
     assert report["orphaned"][0]["booking_id"] == "bk_ghost"
     assert report["duplicated"][0]["booking_id"] == "bk_3"
     assert len(env.events(email)) == 5, "a dry run changes nothing"
@@ -278,11 +304,13 @@ async def test_the_consumer_group_reconciles_on_its_own(env: Env, tmp_path: Path
         await synced(env, latest, 2)
         first = env.events(email)[0]
         env.sandbox.delete_by_hand(email, email, first["id"])
-        await wait_until(lambda: len(env.events(email)) == 2, timeout_s=60,
-                         what="a scheduled reconcile")
+        await wait_until(
+            lambda: len(env.events(email)) == 2, timeout_s=60, what="a scheduled reconcile"
+        )
     assert_exact(env, email, link_id, latest)
-    runs = env.query("SELECT trigger, executed, repaired FROM reconcile_runs"
-                     " WHERE repaired <> '{}'")
+    runs = env.query(
+        "SELECT trigger, executed, repaired FROM reconcile_runs WHERE repaired <> '{}'"
+    )
     assert runs and runs[0]["trigger"] == "schedule" and runs[0]["executed"]
 
 
@@ -303,23 +331,30 @@ async def test_chaos_ends_exact(env: Env, tmp_path: Path) -> None:
                     status = "canceled" if version == 3 and n % 5 == 0 else "confirmed"
                     if status == "canceled":
                         kind = "booking.canceled"
-                    latest[f"bk_{n}"] = booking_event(f"bk_{n}", version, kind, status=status,
-                                                      customer_name=f"C{n} v{version}")
+                    latest[f"bk_{n}"] = booking_event(
+                        f"bk_{n}", version, kind, status=status, customer_name=f"C{n} v{version}"
+                    )
                     await env.publish(latest[f"bk_{n}"])
                 if version == 1:
-                    second = env.start_process(tmp_path / "second.log", **{
-                        "CALSYNC_REPAIR_POLL_S": "0.2", "CALSYNC_REPAIR_MAX_BACKOFF_S": "2"})
+                    second = env.start_process(
+                        tmp_path / "second.log",
+                        **{"CALSYNC_REPAIR_POLL_S": "0.2", "CALSYNC_REPAIR_MAX_BACKOFF_S": "2"},
+                    )
                 if version == 2:
                     with psycopg.connect(env.database_url, autocommit=True) as admin:
-                        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                                      " WHERE datname = %s AND pid <> pg_backend_pid()",
-                                      (env.name,))
-                    resync = asyncio.create_task(bootstrap.resync(
-                        env.settings, {f"bk_{n}" for n in range(0, 15, 2)}))
+                        admin.execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = %s AND pid <> pg_backend_pid()",
+                            (env.name,),
+                        )
+                    resync = asyncio.create_task(
+                        bootstrap.resync(env.settings, {f"bk_{n}" for n in range(0, 15, 2)})
+                    )
             await wait_until(env.all_committed, timeout_s=90, what="everything recorded")
             await resync  # the concurrent resync ends well too
-            await wait_until(lambda: not env.query("SELECT 1 FROM repairs"), timeout_s=60,
-                             what="no repairs left")
+            await wait_until(
+                lambda: not env.query("SELECT 1 FROM repairs"), timeout_s=60, what="no repairs left"
+            )
     finally:
         env.sandbox.configure(latency_s=0.0)
         if second is not None:
@@ -330,12 +365,14 @@ async def test_chaos_ends_exact(env: Env, tmp_path: Path) -> None:
 
 
 def ours(email: str, env: Env, calendar_id: str) -> list[dict[str, Any]]:
-    return [e for e in env.sandbox.events(email, calendar_id)
-            if (e.get("extendedProperties") or {}).get("private", {}).get("managed_by")]
+    return [
+        e
+        for e in env.sandbox.events(email, calendar_id)
+        if (e.get("extendedProperties") or {}).get("private", {}).get("managed_by")
+    ]
 
 
-async def test_a_late_write_of_an_older_version_never_creates_on_an_activity_left(
-        env: Env) -> None:
+async def test_a_late_write_of_an_older_version_never_creates_on_an_activity_left(env: Env) -> None:
     """A rebalance overlap: the old owner's v1 (act_1) comes after v2 (moved to act_2) was
     taken in. Read under the claim, the booking's latest state says it is not act_1's."""
     one, one_refresh = env.account("one")
@@ -366,8 +403,10 @@ async def test_reconcile_removes_an_orphan_the_records_still_hold(env: Env) -> N
         await wait_until(lambda: env.events(one), what="act_1's event")
         await wait_until(env.all_committed, what="offsets")
     v2 = booking_event("bk_1", 2, "booking.updated", activity_id="act_2")
-    env.query("UPDATE bookings SET activity_id = 'act_2', version = 2, event = %s"
-              " RETURNING 1", json.dumps(v2))
+    env.query(
+        "UPDATE bookings SET activity_id = 'act_2', version = 2, event = %s RETURNING 1",
+        json.dumps(v2),
+    )
     dry = json.loads(calsync(env, "reconcile", "--json").stdout)
     assert dry["found"] == {"orphaned": 1}
     answer = calsync(env, "reconcile", "--execute", "--json")
@@ -378,7 +417,8 @@ async def test_reconcile_removes_an_orphan_the_records_still_hold(env: Env) -> N
 
 
 async def test_remove_events_reaches_the_old_calendar_and_a_new_link_there_is_exact(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     email, refresh = env.account(calendars=CALENDARS)
     link_id = await env.link(email, refresh, calendar_id="cal-a")
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
@@ -409,12 +449,15 @@ async def test_reconcile_takes_back_an_event_the_records_lost(env: Env) -> None:
         await env.publish(booking_event("bk_1", 1))
         await synced(env, {}, 1)
         # An old bug: the records lost the event (it is still on the calendar).
-        env.query("UPDATE link_bookings SET google_event_id = NULL, calendar_id = NULL,"
-                  " generation = generation + 1 RETURNING 1")
+        env.query(
+            "UPDATE link_bookings SET google_event_id = NULL, calendar_id = NULL,"
+            " generation = generation + 1 RETURNING 1"
+        )
         dry = await asyncio.to_thread(calsync, env, "reconcile", "--json")
         found = json.loads(dry.stdout)["links"][0]
         assert [(d["booking_id"], d["detail"]) for d in found["changed"]] == [
-            ("bk_1", "not recorded")]
+            ("bk_1", "not recorded")
+        ]
         done = await asyncio.to_thread(calsync, env, "reconcile", "--execute")
         assert done.returncode == 0, done.stderr
         v2 = booking_event("bk_1", 2, "booking.updated", customer_name="Two")
@@ -448,14 +491,15 @@ async def test_an_interrupted_reconcile_stays_unfinished_and_is_resumed(env: Env
     assert row["finished_at"] is None, "an interrupted run must stay open to be resumed"
     env.query("UPDATE reconcile_runs SET updated_at = now() - interval '1 hour' RETURNING 1")
     async with env.consumer(reconcile_interval_s=3600.0):  # the group picks it up
-        await wait_until(lambda: env.query("SELECT 1 FROM reconcile_runs WHERE"
-                                           " finished_at IS NOT NULL"), timeout_s=60,
-                         what="the run resumed and finished")
+        await wait_until(
+            lambda: env.query("SELECT 1 FROM reconcile_runs WHERE finished_at IS NOT NULL"),
+            timeout_s=60,
+            what="the run resumed and finished",
+        )
     assert_exact(env, email, link_id, latest)
 
 
-async def test_a_stranded_event_out_of_reach_does_not_fail_the_links_reconcile(
-        env: Env) -> None:
+async def test_a_stranded_event_out_of_reach_does_not_fail_the_links_reconcile(env: Env) -> None:
     email, refresh = env.account(calendars=CALENDARS)
     link_id = await env.link(email, refresh, calendar_id="cal-a")
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
@@ -481,31 +525,37 @@ async def test_a_session_lost_mid_write_is_followed_by_the_latest_state(env: Env
     async with env.consumer():
         await env.publish(booking_event("bk_1", 1, customer_name="One"))
         await synced(env, {}, 1)
-    v2 = BookingEvent.model_validate(booking_event("bk_1", 2, "booking.updated",
-                                                   customer_name="Two"))
+    v2 = BookingEvent.model_validate(
+        booking_event("bk_1", 2, "booking.updated", customer_name="Two")
+    )
     v3 = booking_event("bk_1", 3, "booking.updated", customer_name="Three")
     slow = env.settings.model_copy(update={"retry_budget_s": 10.0})
-    async with services(slow, pool_size=4) as mine, \
-            services(env.settings, pool_size=4) as theirs:
+    async with services(slow, pool_size=4) as mine, services(env.settings, pool_size=4) as theirs:
         await mine.repository.upsert_bookings([v2])
         row = (await mine.repository.links_by_id({link_id}))[link_id]
         # Google answers the first update 503, Retry-After 3: the retry goes 3 s later.
         env.sandbox.add_fault(503, count=1, account=email, method="PUT", retry_after=3)
         write = asyncio.create_task(mine.engine.sync_link(v2, row, None))
-        await wait_until(lambda: [c for c in env.sandbox.calls(detail=True)["calls"]
-                                  if c["account"] == email and c["status"] == 503],
-                         what="the 503")
+        await wait_until(
+            lambda: [
+                c
+                for c in env.sandbox.calls(detail=True)["calls"]
+                if c["account"] == email and c["status"] == 503
+            ],
+            what="the 503",
+        )
         with psycopg.connect(env.database_url, autocommit=True) as admin:  # session lost
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks"
-                          " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()")
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                " WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+            )
         await theirs.engine.handle(BookingEvent.model_validate(v3))  # the next owner: v3
         await asyncio.gather(write, return_exceptions=True)  # v2's write lands late
         await mine.engine.handle(v2)  # the runner retries the message
     assert_exact(env, email, link_id, {"bk_1": v3})
 
 
-async def test_choosing_the_old_calendar_again_takes_its_stranded_events_back(
-        env: Env) -> None:
+async def test_choosing_the_old_calendar_again_takes_its_stranded_events_back(env: Env) -> None:
     email, refresh = env.account(calendars=CALENDARS)
     link_id = await env.link(email, refresh, calendar_id="cal-a")
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}

@@ -21,16 +21,22 @@ async def test_stale_event_recovery_after_a_manual_delete(env: Env) -> None:
         await wait_until(lambda: env.events(email), what="the event")
         first_id = google_event_id(link_id, "bk_1", 0)
         env.sandbox.delete_by_hand(email, email, first_id)  # someone deletes it in Google
-        await env.publish(booking_event("bk_1", 2, "booking.updated",
-                                        customer_name="Jane Smith-Jones"))
-        rows = await wait_until(lambda: len(env.results("bk_1")) == 2 and env.results("bk_1"),
-                                what="the update's result")
+        await env.publish(
+            booking_event("bk_1", 2, "booking.updated", customer_name="Jane Smith-Jones")
+        )
+        rows = await wait_until(
+            lambda: len(env.results("bk_1")) == 2 and env.results("bk_1"),
+            what="the update's result",
+        )
     events = env.events(email)
     assert len(events) == 1
     assert events[0]["id"] == google_event_id(link_id, "bk_1", 1)  # next generation
     assert events[0]["summary"] == "Kayak Tour - Jane Smith-Jones"
     assert (rows[1]["operation"], rows[1]["outcome"], rows[1]["reason"]) == (
-        "create", "applied", "stale_event_recreated")
+        "create",
+        "applied",
+        "stale_event_recreated",
+    )
     record = env.query("SELECT google_event_id, generation FROM link_bookings")[0]
     assert record == {"google_event_id": events[0]["id"], "generation": 1}
 
@@ -43,10 +49,15 @@ async def test_a_delete_of_an_event_already_gone_is_done(env: Env) -> None:
         await wait_until(lambda: env.events(email), what="the event")
         env.sandbox.delete_by_hand(email, email, google_event_id(link_id, "bk_1", 0))
         await env.publish(booking_event("bk_1", 2, "booking.canceled", status="canceled"))
-        rows = await wait_until(lambda: len(env.results("bk_1")) == 2 and env.results("bk_1"),
-                                what="the cancel's result")
+        rows = await wait_until(
+            lambda: len(env.results("bk_1")) == 2 and env.results("bk_1"),
+            what="the cancel's result",
+        )
     assert (rows[1]["operation"], rows[1]["outcome"], rows[1]["reason"]) == (
-        "delete", "applied", "already_gone")
+        "delete",
+        "applied",
+        "already_gone",
+    )
     # Reinstated later: a fresh event under a new id (the deleted id stays taken at Google).
     async with env.consumer():
         await env.publish(booking_event("bk_1", 3, "booking.updated"))
@@ -93,9 +104,13 @@ async def test_a_failure_past_the_budget_is_recorded_and_blocks_nothing(env: Env
 
 
 async def test_a_deleted_calendar_makes_that_link_calendar_unavailable_only(env: Env) -> None:
-    gone, gone_refresh = env.account("gone", calendars=[
-        {"id": "primary-g", "summary": "Main", "primary": True},
-        {"id": "old-bookings", "summary": "Old bookings"}])
+    gone, gone_refresh = env.account(
+        "gone",
+        calendars=[
+            {"id": "primary-g", "summary": "Main", "primary": True},
+            {"id": "old-bookings", "summary": "Old bookings"},
+        ],
+    )
     healthy, healthy_refresh = env.account("healthy")
     gone_link = await env.link(gone, gone_refresh, calendar_id="old-bookings")
     await env.link(healthy, healthy_refresh)
@@ -111,9 +126,7 @@ async def test_a_deleted_calendar_makes_that_link_calendar_unavailable_only(env:
     assert link[0]["state"] == "calendar_unavailable" and "404" in link[0]["state_reason"]
 
 
-
-async def test_a_calendar_no_longer_writable_makes_the_link_calendar_unavailable(
-        env: Env) -> None:
+async def test_a_calendar_no_longer_writable_makes_the_link_calendar_unavailable(env: Env) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     async with env.consumer():
@@ -122,8 +135,10 @@ async def test_a_calendar_no_longer_writable_makes_the_link_calendar_unavailable
         env.sandbox.set_access_role(email, email, "reader")  # the owner shared it read-only
         await env.publish(booking_event("bk_1", 2, "booking.updated", customer_name="Ann"))
         await env.publish(booking_event("bk_2", 1))
-        await wait_until(lambda: env.query(
-            "SELECT 1 FROM calendar_links WHERE state = 'calendar_unavailable'"), what="state")
+        await wait_until(
+            lambda: env.query("SELECT 1 FROM calendar_links WHERE state = 'calendar_unavailable'"),
+            what="state",
+        )
         await wait_until(env.all_committed, what="offsets committed")
     link = env.query("SELECT state_reason FROM calendar_links WHERE id = %s", link_id)[0]
     assert "403" in link["state_reason"] and "requiredAccessLevel" in link["state_reason"]
@@ -132,18 +147,26 @@ async def test_a_calendar_no_longer_writable_makes_the_link_calendar_unavailable
     last = [env.results("bk_1")[-1], env.results("bk_2")[-1]]
     assert ("failed", "calendar_unavailable") in {(r["outcome"], r["reason"]) for r in last}
     assert {(r["outcome"], r["reason"]) for r in last} <= {
-        ("failed", "calendar_unavailable"), ("skipped", "link_not_active")}
+        ("failed", "calendar_unavailable"),
+        ("skipped", "link_not_active"),
+    }
+
 
 BAD_MESSAGES: list[tuple[bytes | None, bytes, str]] = [
     (b"bk_x", b"\xff\xfe not utf-8", "not_utf8"),
     (b"bk_x", b"{not json", "not_json"),
     (b"bk_x", b"[1, 2]", "schema_violation"),
-    (b"bk_x", json.dumps({**booking_event("bk_x"), "schema_version": 2}).encode(),
-     "unsupported_schema_version"),
-    (b"bk_x", json.dumps(booking_event("bk_x", status="archived")).encode(),
-     "schema_violation"),
-    (b"bk_x", json.dumps(booking_event("bk_x", end="2026-04-15T08:00:00Z")).encode(),
-     "schema_violation"),
+    (
+        b"bk_x",
+        json.dumps({**booking_event("bk_x"), "schema_version": 2}).encode(),
+        "unsupported_schema_version",
+    ),
+    (b"bk_x", json.dumps(booking_event("bk_x", status="archived")).encode(), "schema_violation"),
+    (
+        b"bk_x",
+        json.dumps(booking_event("bk_x", end="2026-04-15T08:00:00Z")).encode(),
+        "schema_violation",
+    ),
     (b"bk_other", json.dumps(booking_event("bk_x")).encode(), "key_mismatch"),
 ]
 
@@ -159,9 +182,9 @@ async def test_bad_messages_are_dead_lettered_and_the_offset_moves_on(env: Env) 
             await wait_until(lambda: env.results("bk_good"), what="the good message")
             await wait_until(
                 lambda: len(env.query("SELECT id FROM dead_letters")) == len(BAD_MESSAGES),
-                what="dead letters recorded")
-            await wait_until(
-                env.all_committed, what="offsets past every message")
+                what="dead letters recorded",
+            )
+            await wait_until(env.all_committed, what="offsets past every message")
     copies = await env.read_dlq(len(BAD_MESSAGES))
     assert len(copies) == len(BAD_MESSAGES)
     sent = {(key, value): kind for key, value, kind in BAD_MESSAGES}

@@ -67,8 +67,11 @@ class FakeBackend:
 
 
 def body(summary: str, event_id: str | None = None) -> dict[str, Any]:
-    event: dict[str, Any] = {"summary": summary, "start": {"dateTime": "2026-04-15T09:00:00Z"},
-                             "end": {"dateTime": "2026-04-15T11:00:00Z"}}
+    event: dict[str, Any] = {
+        "summary": summary,
+        "start": {"dateTime": "2026-04-15T09:00:00Z"},
+        "end": {"dateTime": "2026-04-15T11:00:00Z"},
+    }
     if event_id is not None:
         event["id"] = event_id
     return event
@@ -124,8 +127,7 @@ async def story(backend: Backend) -> list[Any]:
 
 
 @pytest.mark.parametrize("update_status", [403, 410])
-async def test_the_fake_calendar_answers_as_the_sandbox_does(env: Env, update_status: int
-                                                             ) -> None:
+async def test_the_fake_calendar_answers_as_the_sandbox_does(env: Env, update_status: int) -> None:
     env.sandbox.configure(deleted_event_update_status=update_status)
     sandbox = SandboxBackend(env)
     try:

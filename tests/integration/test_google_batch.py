@@ -29,20 +29,23 @@ from tests.plugins.events import booking_event
 
 
 def event_body() -> dict[str, Any]:
-    return {"id": uuid.uuid4().hex, "summary": "Kayak Tour",
-            "start": {"dateTime": "2026-04-15T09:00:00Z"},
-            "end": {"dateTime": "2026-04-15T11:00:00Z"}}
+    return {
+        "id": uuid.uuid4().hex,
+        "summary": "Kayak Tour",
+        "start": {"dateTime": "2026-04-15T09:00:00Z"},
+        "end": {"dateTime": "2026-04-15T11:00:00Z"},
+    }
 
 
-async def test_calls_that_wait_go_together_in_batches_each_answered_on_its_own(
-        env: Env) -> None:
+async def test_calls_that_wait_go_together_in_batches_each_answered_on_its_own(env: Env) -> None:
     a, _ = env.account("a")
     b, _ = env.account("b")
     token_a, token_b = env.sandbox.issue_access_token(a)[0], env.sandbox.issue_access_token(b)[0]
     env.sandbox.add_fault(429, count=1, account=b, retry_after=7)
     since = env.sandbox.calls()["now"]
-    google = GoogleCalendar(env.settings.model_copy(
-        update={"google_concurrency": 1, "google_batch_size": 10}))
+    google = GoogleCalendar(
+        env.settings.model_copy(update={"google_concurrency": 1, "google_batch_size": 10})
+    )
     try:
         calls = [google.insert_event("not-a-token", a, event_body())]
         calls += [google.insert_event(token_a, a, event_body()) for _ in range(12)]
@@ -81,13 +84,19 @@ async def test_the_consumer_batches_its_calls_under_load(env: Env) -> None:
     env.sandbox.configure(latency_s=0.1)  # twice the spacing of the accounts' quota slots
     try:
         async with env.consumer(google_concurrency=1):
-            await wait_until(lambda: len(env.events(first)) == len(env.events(second)) == 30,
-                             timeout_s=60, what="60 events")
+            await wait_until(
+                lambda: len(env.events(first)) == len(env.events(second)) == 30,
+                timeout_s=60,
+                what="60 events",
+            )
             await wait_until(env.all_committed, what="offsets committed")
     finally:
         env.sandbox.configure(latency_s=0.0)
-    inserts = [c for c in env.sandbox.calls(since=since, detail=True)["calls"]
-               if c["op"] == "events.insert"]
+    inserts = [
+        c
+        for c in env.sandbox.calls(since=since, detail=True)["calls"]
+        if c["op"] == "events.insert"
+    ]
     assert len(inserts) == 60 and all(c["status"] == 200 for c in inserts)
     # One request at a time, 100 ms a call: most calls must have gone in batches.
     assert sum(c["batch"] is not None for c in inserts) >= 40
@@ -97,22 +106,34 @@ async def test_the_consumer_batches_its_calls_under_load(env: Env) -> None:
 
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])
 async def test_batches_grow_only_as_far_as_google_serves_them_side_by_side(
-        env: Env, own_sandbox: tuple[SandboxHTTPServer, SandboxClient], mode: str) -> None:
+    env: Env, own_sandbox: tuple[SandboxHTTPServer, SandboxClient], mode: str
+) -> None:
     server, client = own_sandbox
     client.configure(batch_mode=mode, latency_s=0.05)
     account, token = new_account(client, "bulk")
-    google = GoogleCalendar(env.settings.model_copy(update={
-        "google_api_url": server.url, "google_ca_bundle": str(server.ca_file),
-        "google_concurrency": 4, "quota_per_project_per_min": 0}))
+    google = GoogleCalendar(
+        env.settings.model_copy(
+            update={
+                "google_api_url": server.url,
+                "google_ca_bundle": str(server.ca_file),
+                "google_concurrency": 4,
+                "quota_per_project_per_min": 0,
+            }
+        )
+    )
     try:
         for _ in range(3):  # rounds of a backlog: the first ones teach how batches are served
-            await asyncio.gather(*(google.insert_event(token, account, event_body())
-                                   for _ in range(100 if mode == "sequential" else 300)))
+            await asyncio.gather(
+                *(
+                    google.insert_event(token, account, event_body())
+                    for _ in range(100 if mode == "sequential" else 300)
+                )
+            )
     finally:
         google.close()
     calls = client.calls(detail=True)["calls"]
     assert all(c["status"] == 200 for c in calls)
-    last_round = [c for c in calls[len(calls) * 2 // 3:] if c["batch"] is not None]
+    last_round = [c for c in calls[len(calls) * 2 // 3 :] if c["batch"] is not None]
     sizes = Counter(c["batch"] for c in last_round)
     if mode == "sequential":
         # Batches cost latency: at most what half a second holds (10 calls of 50 ms, plus
@@ -138,13 +159,20 @@ def own_sandbox() -> Iterator[tuple[SandboxHTTPServer, SandboxClient]]:
     server.shutdown()
 
 
-def send_batch(server: SandboxHTTPServer, tokens: list[tuple[str, str]]
-               ) -> list[tuple[int, str | None]]:
+def send_batch(
+    server: SandboxHTTPServer, tokens: list[tuple[str, str]]
+) -> list[tuple[int, str | None]]:
     """One request to the batch endpoint: an insert per (account, token); per call, its
     status and (when refused) Google's reason, in order."""
     http = httplib2.Http(timeout=30, ca_certs=str(server.ca_file))
-    service = build("calendar", "v3", http=http, static_discovery=True, cache_discovery=False,
-                    client_options={"api_endpoint": server.url + "calendar/v3/"})
+    service = build(
+        "calendar",
+        "v3",
+        http=http,
+        static_discovery=True,
+        cache_discovery=False,
+        client_options={"api_endpoint": server.url + "calendar/v3/"},
+    )
     answers: dict[int, tuple[int, str | None]] = {}
 
     def answered(request_id: str, response: Any, exception: Exception | None) -> None:
@@ -171,15 +199,17 @@ def new_account(client: SandboxClient, name: str) -> tuple[str, str]:
 
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])
 def test_the_sandbox_serves_a_batch_one_call_after_another_or_side_by_side(
-        own_sandbox: tuple[SandboxHTTPServer, SandboxClient], mode: str) -> None:
+    own_sandbox: tuple[SandboxHTTPServer, SandboxClient], mode: str
+) -> None:
     server, client = own_sandbox
     assert client.config()["batch_mode"] == "sequential"  # the conservative reading
-    client.configure(batch_mode=mode, latency_median_s=0.04, latency_p99_s=0.1,
-                     latency_seed=14)
+    client.configure(batch_mode=mode, latency_median_s=0.04, latency_p99_s=0.1, latency_seed=14)
     account, token = new_account(client, "batcher")
     assert send_batch(server, [(account, token)] * 6) == [(200, None)] * 6
-    calls = sorted((c for c in client.calls(detail=True)["calls"] if c["batch"] is not None),
-                   key=lambda c: c["started"])
+    calls = sorted(
+        (c for c in client.calls(detail=True)["calls"] if c["batch"] is not None),
+        key=lambda c: c["started"],
+    )
     assert len(calls) == 6 and len({c["batch"] for c in calls}) == 1
     durations = [c["ended"] - c["started"] for c in calls]
     assert len({round(d, 6) for d in durations}) == 6, "each call draws its own latency"
@@ -195,18 +225,23 @@ def test_the_sandbox_serves_a_batch_one_call_after_another_or_side_by_side(
 
 
 def test_the_sandbox_refuses_a_batch_beyond_its_quotas_call_by_call(
-        own_sandbox: tuple[SandboxHTTPServer, SandboxClient]) -> None:
+    own_sandbox: tuple[SandboxHTTPServer, SandboxClient],
+) -> None:
     server, client = own_sandbox
     busy, busy_token = new_account(client, "busy")
     other, other_token = new_account(client, "other")
     # The user's quota: 3 a minute, then 403 userRateLimitExceeded (never a 429).
     client.configure(quota_per_account_per_min=3, rate_limit_status=429)
-    assert send_batch(server, [(busy, busy_token)] * 5) == [(200, None)] * 3 + [
-        (403, "userRateLimitExceeded")] * 2
+    assert (
+        send_batch(server, [(busy, busy_token)] * 5)
+        == [(200, None)] * 3 + [(403, "userRateLimitExceeded")] * 2
+    )
     # The project's: a batch of n calls counts n. 8 a minute, 3 already used by `busy`.
     client.configure(quota_per_account_per_min=None, quota_per_project_per_min=8)
-    assert send_batch(server, [(other, other_token)] * 7) == [(200, None)] * 5 + [
-        (429, "rateLimitExceeded")] * 2
+    assert (
+        send_batch(server, [(other, other_token)] * 7)
+        == [(200, None)] * 5 + [(429, "rateLimitExceeded")] * 2
+    )
     client.configure(rate_limit_status=403)  # Google answers the project's limit both ways
     assert send_batch(server, [(other, other_token)]) == [(403, "rateLimitExceeded")]
     report = client.quota()
@@ -230,5 +265,3 @@ def test_sandbox_latency_is_drawn_from_a_distribution_with_its_median_and_tail()
         state.set_latency(0.3, 0.2)
     with pytest.raises(ValueError):
         state.set_batch_mode("whenever")
-
-

@@ -21,13 +21,13 @@ from tests.plugins.environment import Env, calsync, wait_until
 from tests.plugins.events import booking_event
 
 # The repair loop, sped up: due at once after a short backoff, looked for often.
-FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0,
-                "repair_poll_s": 0.2}
+FAST_REPAIRS = {"repair_initial_backoff_s": 0.5, "repair_max_backoff_s": 2.0, "repair_poll_s": 0.2}
 
 
 @pytest.mark.parametrize("update_status", [403, 410])
 async def test_a_hand_deleted_event_is_recreated_and_the_link_stays_active(
-        env: Env, update_status: int) -> None:
+    env: Env, update_status: int
+) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     env.sandbox.configure(deleted_event_update_status=update_status)
@@ -46,19 +46,26 @@ async def test_a_hand_deleted_event_is_recreated_and_the_link_stays_active(
         env.sandbox.configure(deleted_event_update_status=403)
     update = env.results("bk_1")[-1]
     assert (update["operation"], update["outcome"], update["reason"]) == (
-        "create", "applied", "stale_event_recreated")
+        "create",
+        "applied",
+        "stale_event_recreated",
+    )
     assert env.query("SELECT state FROM calendar_links")[0]["state"] == "active"
     assert_exact(env, email, link_id, {"bk_1": v2, "bk_2": other})
-    assert env.events(email)[0]["id"] in {google_event_id(link_id, "bk_1", 1),
-                                          google_event_id(link_id, "bk_2", 0)}
+    assert env.events(email)[0]["id"] in {
+        google_event_id(link_id, "bk_1", 1),
+        google_event_id(link_id, "bk_2", 0),
+    }
     if update_status == 403:  # Google was asked about the event before anything else
-        ops = [c["op"] for c in env.sandbox.calls(detail=True)["calls"]
-               if c["account"] == email and c["event_id"] == google_event_id(link_id, "bk_1", 0)]
+        ops = [
+            c["op"]
+            for c in env.sandbox.calls(detail=True)["calls"]
+            if c["account"] == email and c["event_id"] == google_event_id(link_id, "bk_1", 0)
+        ]
         assert ops[-2:] == ["events.update", "events.get"]
 
 
-async def test_a_quota_exceeded_account_is_paused_deferred_and_caught_up_alone(
-        env: Env) -> None:
+async def test_a_quota_exceeded_account_is_paused_deferred_and_caught_up_alone(env: Env) -> None:
     """quotaExceeded ("Calendar usage limits exceeded") for one account: that account is
     paused (its links stay active, its work deferred), the others go on, and once the
     pause is over the repair loop catches it up, nothing doubled."""
@@ -73,33 +80,44 @@ async def test_a_quota_exceeded_account_is_paused_deferred_and_caught_up_alone(
             latest[f"bk_{n}"] = booking_event(f"bk_{n}", 1)
             await env.publish(latest[f"bk_{n}"])
         await wait_until(lambda: len(env.events(fine)) == 6, what="the fine account synced")
-        deferred = await wait_until(lambda: [
-            r for r in env.results() if r["link_id"] == spent_link
-            and r["outcome"] == "deferred"], what="deferred results")
+        deferred = await wait_until(
+            lambda: [
+                r
+                for r in env.results()
+                if r["link_id"] == spent_link and r["outcome"] == "deferred"
+            ],
+            what="deferred results",
+        )
         assert {r["reason"] for r in deferred} == {"account_paused"}
         status = json.loads(calsync(env, "status", "--json").stdout)
         assert status["repairs"]["waiting"] >= 1
         assert "account_paused" in status["repairs"]["by_reason"]
-        assert env.query("SELECT state FROM calendar_links WHERE id = %s",
-                         spent_link)[0]["state"] == "active"
+        assert (
+            env.query("SELECT state FROM calendar_links WHERE id = %s", spent_link)[0]["state"]
+            == "active"
+        )
         latest["bk_0"] = booking_event("bk_0", 2, "booking.updated", customer_name="Later")
         await env.publish(latest["bk_0"])  # a change while paused: deferred too
-        await wait_until(lambda: len(env.events(spent)) == 6, timeout_s=40,
-                         what="the paused account caught up")
+        await wait_until(
+            lambda: len(env.events(spent)) == 6, timeout_s=40, what="the paused account caught up"
+        )
         await wait_until(lambda: not env.query("SELECT 1 FROM repairs"), what="no repairs")
     assert_exact(env, spent, spent_link, latest)
     assert_exact(env, fine, fine_link, latest)
     # While paused, no call for that account went to Google beyond the first refusals.
-    refusals = [c for c in env.sandbox.calls(detail=True)["calls"]
-                if c["account"] == spent and c["status"] == 403]
+    refusals = [
+        c
+        for c in env.sandbox.calls(detail=True)["calls"]
+        if c["account"] == spent and c["status"] == 403
+    ]
     assert 1 <= len(refusals) <= 6  # at most the calls already out when the first came
-    bucket = env.query("SELECT paused_reason FROM quota_buckets WHERE key LIKE %s",
-                       f"%account:{spent}")
+    bucket = env.query(
+        "SELECT paused_reason FROM quota_buckets WHERE key LIKE %s", f"%account:{spent}"
+    )
     assert bucket and bucket[0]["paused_reason"] == "quotaExceeded"
 
 
-async def test_daily_limit_exceeded_pauses_the_project_then_everything_catches_up(
-        env: Env) -> None:
+async def test_daily_limit_exceeded_pauses_the_project_then_everything_catches_up(env: Env) -> None:
     one, one_refresh = env.account("one")
     two, two_refresh = env.account("two")
     links = {one: await env.link(one, one_refresh), two: await env.link(two, two_refresh)}
@@ -108,17 +126,23 @@ async def test_daily_limit_exceeded_pauses_the_project_then_everything_catches_u
         env.sandbox.add_fault(403, reason="dailyLimitExceeded", duration_s=5)
         for event in latest.values():
             await env.publish(event)
-        await wait_until(lambda: any(r["reason"] == "project_paused" for r in env.results()),
-                         what="a project pause")
-        await wait_until(lambda: all(len(env.events(e)) == 4 for e in links), timeout_s=40,
-                         what="both calendars caught up")
+        await wait_until(
+            lambda: any(r["reason"] == "project_paused" for r in env.results()),
+            what="a project pause",
+        )
+        await wait_until(
+            lambda: all(len(env.events(e)) == 4 for e in links),
+            timeout_s=40,
+            what="both calendars caught up",
+        )
     for email, link_id in links.items():
         assert_exact(env, email, link_id, latest)
     assert all(r["state"] == "active" for r in env.query("SELECT state FROM calendar_links"))
 
 
 async def test_an_unexplained_403_on_an_update_is_retried_later_and_the_link_stays(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     """A 403 `forbidden` on an event still there, in a calendar still writable: neither
     deleted by hand nor unavailable. The link stays active; the repair loop applies it."""
     email, refresh = env.account()
@@ -126,14 +150,18 @@ async def test_an_unexplained_403_on_an_update_is_retried_later_and_the_link_sta
     async with env.consumer(**FAST_REPAIRS):
         await env.publish(booking_event("bk_1", 1))
         await wait_until(lambda: env.events(email), what="the event")
-        env.sandbox.add_fault(403, count=2, account=email, reason="forbidden",
-                              method="PUT")
+        env.sandbox.add_fault(403, count=2, account=email, reason="forbidden", method="PUT")
         v2 = booking_event("bk_1", 2, "booking.updated", customer_name="Ann")
         await env.publish(v2)
-        await wait_until(lambda: any(r["reason"] == "google_refused" for r in env.results()),
-                         what="the refusal recorded")
-        await wait_until(lambda: env.events(email)[0]["summary"] == "Kayak Tour - Ann",
-                         timeout_s=30, what="the repair")
+        await wait_until(
+            lambda: any(r["reason"] == "google_refused" for r in env.results()),
+            what="the refusal recorded",
+        )
+        await wait_until(
+            lambda: env.events(email)[0]["summary"] == "Kayak Tour - Ann",
+            timeout_s=30,
+            what="the repair",
+        )
     assert env.query("SELECT state FROM calendar_links")[0]["state"] == "active"
     assert_exact(env, email, link_id, {"bk_1": v2})
     ops = [c["op"] for c in env.sandbox.calls(detail=True)["calls"] if c["account"] == email]
@@ -141,7 +169,8 @@ async def test_an_unexplained_403_on_an_update_is_retried_later_and_the_link_sta
 
 
 async def test_a_404_on_insert_for_a_calendar_still_listed_does_not_switch_the_link_off(
-        env: Env) -> None:
+    env: Env,
+) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     env.sandbox.add_fault(404, count=1, account=email, method="POST")
@@ -153,8 +182,7 @@ async def test_a_404_on_insert_for_a_calendar_still_listed_does_not_switch_the_l
     assert_exact(env, email, link_id, latest)
 
 
-async def test_a_google_outage_ends_with_every_calendar_exact_without_an_operator(
-        env: Env) -> None:
+async def test_a_google_outage_ends_with_every_calendar_exact_without_an_operator(env: Env) -> None:
     """Google answers 5xx for a while (2 minutes in the issue; 15 s here, the retry budget
     5 s): every change of the outage is failed past its budget, kept as a repair, and
     applied once Google is back."""
@@ -170,18 +198,21 @@ async def test_a_google_outage_ends_with_every_calendar_exact_without_an_operato
         env.sandbox.add_fault(503, duration_s=15)
         for n in range(6):  # changes, cancels and new bookings during the outage
             if n < 2:
-                latest[f"bk_{n}"] = booking_event(f"bk_{n}", 2, "booking.updated",
-                                                  customer_name=f"Outage {n}")
+                latest[f"bk_{n}"] = booking_event(
+                    f"bk_{n}", 2, "booking.updated", customer_name=f"Outage {n}"
+                )
             elif n < 4:
-                latest[f"bk_{n}"] = booking_event(f"bk_{n}", 2, "booking.canceled",
-                                                  status="canceled")
+                latest[f"bk_{n}"] = booking_event(
+                    f"bk_{n}", 2, "booking.canceled", status="canceled"
+                )
             else:
                 latest[f"bk_{n}"] = booking_event(f"bk_{n}", 1)
             await env.publish(latest[f"bk_{n}"])
         await wait_until(env.all_committed, timeout_s=30, what="offsets moved on")
         assert env.query("SELECT count(*) AS n FROM repairs")[0]["n"] > 0
-        await wait_until(lambda: not env.query("SELECT 1 FROM repairs"), timeout_s=60,
-                         what="every repair done")
+        await wait_until(
+            lambda: not env.query("SELECT 1 FROM repairs"), timeout_s=60, what="every repair done"
+        )
     for email, link_id in links.items():
         assert_exact(env, email, link_id, latest)
 
@@ -233,13 +264,17 @@ async def test_a_token_endpoint_refusing_connections_ends_caught_up(env: Env) ->
             await env.publish(event)
         await wait_until(lambda: len(env.results()) == 3, timeout_s=30, what="3 results")
         assert {(r["outcome"], r["reason"]) for r in env.results()} == {
-            ("failed", "token_refresh_failed")}
+            ("failed", "token_refresh_failed")
+        }
         await wait_until(env.all_committed, what="offsets moved on")
         assert len(env.query("SELECT 1 FROM repairs")) == 3
         await door.open()
         try:
-            await wait_until(lambda: len(env.events(email)) == 3, timeout_s=40,
-                             what="caught up once the token endpoint is back")
+            await wait_until(
+                lambda: len(env.events(email)) == 3,
+                timeout_s=40,
+                what="caught up once the token endpoint is back",
+            )
         finally:
             await door.shut()
     assert env.query("SELECT state FROM calendar_links")[0]["state"] == "active"
@@ -260,8 +295,9 @@ async def test_a_throttled_account_leaves_the_window_to_the_others(env: Env) -> 
         await env.publish(latest[f"bk_s{n}"])
     latest["bk_idle"] = booking_event("bk_idle", 1, activity_id="act_idle")
     await env.publish(latest["bk_idle"])
-    async with env.consumer(max_in_flight=10, quota_per_account_per_min=60,
-                            quota_max_wait_s=2.0, **FAST_REPAIRS):
+    async with env.consumer(
+        max_in_flight=10, quota_per_account_per_min=60, quota_max_wait_s=2.0, **FAST_REPAIRS
+    ):
         await wait_until(lambda: env.events(idle), timeout_s=30, what="the idle account")
         waiting = env.query("SELECT count(*) AS n FROM repairs")[0]["n"]
         assert waiting > 0, "the idle account's booking did not have to wait for the backlog"
@@ -280,8 +316,12 @@ async def test_a_throttled_account_leaves_the_window_to_the_others(env: Env) -> 
 async def _serve_502(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.read(65536)
     body = b"<html><body>502 Bad Gateway</body></html>"
-    writer.write(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: "
-                 + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+    writer.write(
+        b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\nConnection: close\r\n\r\n"
+        + body
+    )
     await writer.drain()
     writer.close()
 
@@ -292,8 +332,9 @@ async def test_a_token_endpoint_answering_502_is_an_outage_not_a_revocation(env:
     door = _Door(0)
     server = await asyncio.start_server(_serve_502, "127.0.0.1", door.port)
     try:
-        async with env.consumer(google_token_url=f"http://127.0.0.1:{door.port}/token",
-                                retry_budget_s=1.0):
+        async with env.consumer(
+            google_token_url=f"http://127.0.0.1:{door.port}/token", retry_budget_s=1.0
+        ):
             await env.publish(booking_event("bk_1", 1))
             await wait_until(lambda: env.results(), timeout_s=30, what="a result")
     finally:
@@ -304,8 +345,7 @@ async def test_a_token_endpoint_answering_502_is_an_outage_not_a_revocation(env:
     assert env.query("SELECT reason FROM repairs") == [{"reason": "token_endpoint_unavailable"}]
 
 
-async def test_an_account_google_rate_limits_leaves_the_window_to_the_others(
-        env: Env) -> None:
+async def test_an_account_google_rate_limits_leaves_the_window_to_the_others(env: Env) -> None:
     """Google answers one account 429 for a while: a couple of its messages retry inside the
     window, the rest are deferred to the repair loop at once, so another account's booking
     behind them is applied before any of them has used up its retry budget."""
@@ -330,22 +370,30 @@ async def test_an_account_google_rate_limits_leaves_the_window_to_the_others(
         exhausted = [r["id"] for r in env.results() if r["reason"] == "retries_exhausted"]
         assert all(idle_id < i for i in exhausted), "idle waited for the slow account"
         deferred = [r for r in env.results() if r["outcome"] == "deferred"]
-        assert {r["reason"] for r in deferred} <= {"account_rate_limited",
-                                                   "account_backlogged"}
+        assert {r["reason"] for r in deferred} <= {"account_rate_limited", "account_backlogged"}
         assert deferred, "none of the rate-limited account's messages left the window"
-        await wait_until(lambda: len(env.events(slow)) == 31, timeout_s=90,
-                         what="the slow account caught up")
+        await wait_until(
+            lambda: len(env.events(slow)) == 31, timeout_s=90, what="the slow account caught up"
+        )
     assert_exact(env, idle, idle_link, latest, activity_id="act_idle")
     assert_exact(env, slow, slow_link, latest, activity_id="act_slow")
 
 
 def _owed(env: Env, link_id: str, booking: dict[str, Any], ago: str) -> None:
     """A booking recorded, and a repair of it due (as a failure long ago left it)."""
-    env.query("INSERT INTO bookings VALUES (%s, %s, 1, 'booking.created', %s) RETURNING 1",
-              booking["booking"]["id"], booking["booking"]["activity_id"], json.dumps(booking))
-    env.query("INSERT INTO repairs (link_id, booking_id, booking_version, reason, due_at)"
-              f" VALUES (%s, %s, 1, 'retries_exhausted', now() - interval '{ago}')"
-              " RETURNING 1", link_id, booking["booking"]["id"])
+    env.query(
+        "INSERT INTO bookings VALUES (%s, %s, 1, 'booking.created', %s) RETURNING 1",
+        booking["booking"]["id"],
+        booking["booking"]["activity_id"],
+        json.dumps(booking),
+    )
+    env.query(
+        "INSERT INTO repairs (link_id, booking_id, booking_version, reason, due_at)"
+        f" VALUES (%s, %s, 1, 'retries_exhausted', now() - interval '{ago}')"
+        " RETURNING 1",
+        link_id,
+        booking["booking"]["id"],
+    )
 
 
 async def test_one_accounts_repairs_never_take_every_place_in_the_loop(env: Env) -> None:
@@ -356,8 +404,7 @@ async def test_one_accounts_repairs_never_take_every_place_in_the_loop(env: Env)
     for n in range(12):  # owed for longer: first in line
         _owed(env, slow_link, booking_event(f"bk_s{n}", 1, activity_id="act_slow"), "1 minute")
     _owed(env, fine_link, booking_event("bk_fine", 1, activity_id="act_fine"), "1 second")
-    async with env.consumer(quota_per_account_per_min=30, repair_concurrency=4,
-                            repair_poll_s=0.2):
+    async with env.consumer(quota_per_account_per_min=30, repair_concurrency=4, repair_poll_s=0.2):
         await wait_until(lambda: env.events(fine), timeout_s=60, what="fine repaired")
         slow_done = len(env.events(slow))
     # 30 calls a minute: the slow account has 3 places (what it can do in
@@ -365,8 +412,7 @@ async def test_one_accounts_repairs_never_take_every_place_in_the_loop(env: Env)
     assert slow_done <= 3, f"the fine account waited for {slow_done} slow repairs"
 
 
-async def test_a_stored_booking_no_longer_valid_does_not_stop_the_repair_loop(
-        env: Env) -> None:
+async def test_a_stored_booking_no_longer_valid_does_not_stop_the_repair_loop(env: Env) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     # Stored before the contract got its bounds (a 600-character name).

@@ -14,9 +14,12 @@ def by_booking(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 async def results_for(env: Env, booking_id: str, count: int) -> list[dict[str, Any]]:
-    return list(await wait_until(
-        lambda: (rows := env.results(booking_id)) and len(rows) >= count and rows,
-        what=f"{count} results for {booking_id}"))
+    return list(
+        await wait_until(
+            lambda: (rows := env.results(booking_id)) and len(rows) >= count and rows,
+            what=f"{count} results for {booking_id}",
+        )
+    )
 
 
 async def test_every_row_of_the_seed_sync_table(env: Env) -> None:
@@ -32,9 +35,16 @@ async def test_every_row_of_the_seed_sync_table(env: Env) -> None:
         await env.publish(booking_event("bk_ical", 1, source="ical"))
         # Booking updated (rescheduled): the existing event updated in place.
         await env.publish(booking_event("bk_moved", 1))
-        await env.publish(booking_event("bk_moved", 2, "booking.updated",
-                                        start="2026-04-16T13:00:00Z",
-                                        end="2026-04-16T14:30:00Z", location_name=None))
+        await env.publish(
+            booking_event(
+                "bk_moved",
+                2,
+                "booking.updated",
+                start="2026-04-16T13:00:00Z",
+                end="2026-04-16T14:30:00Z",
+                location_name=None,
+            )
+        )
         # Booking canceled: the event deleted.
         await env.publish(booking_event("bk_cancel", 1))
         await env.publish(booking_event("bk_cancel", 2, "booking.canceled", status="canceled"))
@@ -59,10 +69,15 @@ async def test_every_row_of_the_seed_sync_table(env: Env) -> None:
     assert new["status"] == "confirmed"
     assert new["location"] == "Lake Dock"
     assert new["extendedProperties"]["private"] == {
-        "managed_by": "resytech", "booking_id": "bk_new", "link_id": link_id}
+        "managed_by": "resytech",
+        "booking_id": "bk_new",
+        "link_id": link_id,
+    }
 
-    ops = {(r["booking_id"], r["booking_version"]): (r["operation"], r["outcome"], r["reason"])
-           for r in env.results()}
+    ops = {
+        (r["booking_id"], r["booking_version"]): (r["operation"], r["outcome"], r["reason"])
+        for r in env.results()
+    }
     assert ops[("bk_draft", 1)] == ("none", "unchanged", "booking_draft")
     assert ops[("bk_canceled", 1)] == ("none", "unchanged", "booking_canceled")
     assert ops[("bk_ical", 1)] == ("none", "unchanged", "ical_source")
@@ -79,10 +94,13 @@ async def test_every_row_of_the_seed_sync_table(env: Env) -> None:
 
 async def test_links_on_two_accounts_and_two_calendars_of_one_account(env: Env) -> None:
     owner, owner_refresh = env.account("owner")
-    manager, manager_refresh = env.account("manager", calendars=[
-        {"id": "primary-m", "summary": "Manager", "primary": True},
-        {"id": "bookings-m", "summary": "Bookings"},
-    ])
+    manager, manager_refresh = env.account(
+        "manager",
+        calendars=[
+            {"id": "primary-m", "summary": "Manager", "primary": True},
+            {"id": "bookings-m", "summary": "Bookings"},
+        ],
+    )
     await env.link(owner, owner_refresh)
     await env.link(manager, manager_refresh, calendar_id="primary-m")
     await env.link(manager, manager_refresh, calendar_id="bookings-m")
@@ -134,7 +152,9 @@ async def test_an_old_version_replayed_changes_nothing(env: Env) -> None:
         await env.publish(v2)
         rows = await results_for(env, "bk_1", 4)
         assert [(r["operation"], r["reason"]) for r in rows[2:]] == [
-            ("none", "version_not_newer"), ("none", "version_not_newer")]
+            ("none", "version_not_newer"),
+            ("none", "version_not_newer"),
+        ]
         assert env.events(email) == before
         assert env.sandbox.calls()["total"] == calls_before
         assert before[0]["summary"] == "Kayak Tour - John Doe"
@@ -167,7 +187,10 @@ async def test_a_duplicate_create_makes_no_second_event(env: Env) -> None:
     assert len(events) == 1
     assert events[0]["summary"] == "Kayak Tour - Jane Smith"  # made to match the booking
     assert (rows[0]["operation"], rows[0]["outcome"], rows[0]["reason"]) == (
-        "create", "applied", "already_existed")
+        "create",
+        "applied",
+        "already_existed",
+    )
     assert rows[1]["reason"] == "version_not_newer"
 
 
@@ -178,8 +201,10 @@ def _insert(env: Env, email: str, token: str, body: dict[str, Any]) -> None:
 
     request = urllib.request.Request(
         f"{env.settings.calendar_api_endpoint}calendars/{email}/events",
-        data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
     context = ssl.create_default_context(cafile=env.sandbox.ca_file)
     urllib.request.urlopen(request, context=context).read()
 
@@ -192,11 +217,15 @@ async def test_many_bookings_in_flight_stay_ordered_per_booking(env: Env) -> Non
         async with env.consumer(max_in_flight=8):
             for version in range(1, 6):
                 for n in range(12):
-                    await env.publish(booking_event(
-                        f"bk_{n}", version, "booking.created" if version == 1 else
-                        "booking.updated", customer_name=f"Customer v{version}"))
-            await wait_until(lambda: len(env.results()) == 60, timeout_s=60,
-                             what="60 results")
+                    await env.publish(
+                        booking_event(
+                            f"bk_{n}",
+                            version,
+                            "booking.created" if version == 1 else "booking.updated",
+                            customer_name=f"Customer v{version}",
+                        )
+                    )
+            await wait_until(lambda: len(env.results()) == 60, timeout_s=60, what="60 results")
     finally:
         env.sandbox.configure(latency_s=0.0)
     for n in range(12):

@@ -33,10 +33,12 @@ def latest_assignments(logs: list[Path]) -> list[set[int]]:
     return latest
 
 
-@pytest.mark.parametrize(("scope", "per_account", "per_project"),
-                         [("account", 60, 0), ("project", 0, 120)])
+@pytest.mark.parametrize(
+    ("scope", "per_account", "per_project"), [("account", 60, 0), ("project", 0, 120)]
+)
 async def test_a_quota_holds_for_the_whole_group_of_three_processes(
-        env: Env, tmp_path: Path, scope: str, per_account: int, per_project: int) -> None:
+    env: Env, tmp_path: Path, scope: str, per_account: int, per_project: int
+) -> None:
     env.settings = env.settings.model_copy(update={"topic": f"{env.name}.quota"})
     await ensure_topics(env.settings.kafka_bootstrap, [env.settings.topic], 6)
     accounts = [env.account(f"q{n}") for n in range(3)]
@@ -46,17 +48,29 @@ async def test_a_quota_holds_for_the_whole_group_of_three_processes(
     for n in range(60):  # a backlog far longer than the test watches
         await env.publish(booking_event(f"bk_{n}"))
     # The sandbox refuses beyond the same quota, per sliding minute, as Google does.
-    env.sandbox.configure(quota_per_account_per_min=per_account or None,
-                          quota_per_project_per_min=per_project or None)
+    env.sandbox.configure(
+        quota_per_account_per_min=per_account or None, quota_per_project_per_min=per_project or None
+    )
     env.sandbox.reset_quota()  # earlier tests' calls do not count
     logs = [tmp_path / f"member-{n}.log" for n in range(3)]
-    members = [env.start_process(path, CALSYNC_QUOTA_PER_ACCOUNT_PER_MIN=str(per_account),
-                                 CALSYNC_QUOTA_PER_PROJECT_PER_MIN=str(per_project),
-                                 CALSYNC_SHUTDOWN_GRACE_S="0.5") for path in logs]
+    members = [
+        env.start_process(
+            path,
+            CALSYNC_QUOTA_PER_ACCOUNT_PER_MIN=str(per_account),
+            CALSYNC_QUOTA_PER_PROJECT_PER_MIN=str(per_project),
+            CALSYNC_SHUTDOWN_GRACE_S="0.5",
+        )
+        for path in logs
+    ]
     try:
-        await wait_until(lambda: all(latest_assignments(logs)) and set().union(
-            *latest_assignments(logs)) == set(range(6)), timeout_s=90,
-            what="three members sharing the six partitions")
+        await wait_until(
+            lambda: (
+                all(latest_assignments(logs))
+                and set().union(*latest_assignments(logs)) == set(range(6))
+            ),
+            timeout_s=90,
+            what="three members sharing the six partitions",
+        )
         started = env.sandbox.calls()["now"]
         await asyncio.sleep(15)
         ended = env.sandbox.calls()["now"]
@@ -81,9 +95,11 @@ async def test_a_quota_holds_for_the_whole_group_of_three_processes(
         assert len(by_account) == 3  # shared out, not one account first
         # Slots go to the oldest messages first: bookings finish one after another, rather
         # than all of them waiting on their last link.
-        finished = env.query("SELECT booking_id FROM sync_results WHERE topic = %s "
-                             "GROUP BY booking_id HAVING count(DISTINCT link_id) = 3",
-                             env.settings.topic)
+        finished = env.query(
+            "SELECT booking_id FROM sync_results WHERE topic = %s "
+            "GROUP BY booking_id HAVING count(DISTINCT link_id) = 3",
+            env.settings.topic,
+        )
         assert len(finished) >= len(watched) // 3 - 2, (len(finished), len(watched))
     # Every member took part.
     assert all(latest_assignments(logs))
@@ -101,17 +117,26 @@ async def test_an_account_throttled_by_google_does_not_hold_up_the_others(env: E
             for n in range(10):
                 await env.publish(booking_event(f"bk_slow_{n}", activity_id="act_slow"))
                 await env.publish(booking_event(f"bk_fast_{n}", activity_id="act_fast"))
-            await wait_until(lambda: len(env.events(fast)) == 10, timeout_s=30,
-                             what="the other account's 10 events")
+            await wait_until(
+                lambda: len(env.events(fast)) == 10,
+                timeout_s=30,
+                what="the other account's 10 events",
+            )
             assert env.events(slow) == []
-            refused = [c for c in env.sandbox.calls(since=since, detail=True)["calls"]
-                       if c["account"] == slow and c["status"] == 429]
+            refused = [
+                c
+                for c in env.sandbox.calls(since=since, detail=True)["calls"]
+                if c["account"] == slow and c["status"] == 429
+            ]
             # Retry-After is honoured by every call of the account, not one by one.
             elapsed = time.time() - refused[0]["at"]
             assert len(refused) <= 2 + elapsed / 3, (len(refused), elapsed)
             env.sandbox.clear_faults()
-            await wait_until(lambda: len(env.events(slow)) == 10, timeout_s=30,
-                             what="the throttled account caught up")
+            await wait_until(
+                lambda: len(env.events(slow)) == 10,
+                timeout_s=30,
+                what="the throttled account caught up",
+            )
             await wait_until(env.all_committed, what="offsets committed")
     finally:
         env.sandbox.clear_faults()
@@ -129,22 +154,32 @@ async def test_fetching_pauses_at_max_in_flight_and_resumes(env: Env) -> None:
     paused_samples, oldest_turn_while_paused = 0, 0.0
     try:
         async with services(settings) as svc:
-            runner = ConsumerRunner(settings, svc.engine, svc.repository,
-                                    build_consumer(settings), build_producer(settings),
-                                    svc.metrics)
+            runner = ConsumerRunner(
+                settings,
+                svc.engine,
+                svc.repository,
+                build_consumer(settings),
+                build_producer(settings),
+                svc.metrics,
+            )
             task = asyncio.create_task(runner.run(stop))
             deadline = time.monotonic() + 60
             while len(env.results()) < 40 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
                 if runner.started and runner.consumer.paused():
                     paused_samples += 1
-                    oldest_turn_while_paused = max(oldest_turn_while_paused,
-                                                   time.monotonic() - runner.loop_turned_at)
+                    oldest_turn_while_paused = max(
+                        oldest_turn_while_paused, time.monotonic() - runner.loop_turned_at
+                    )
             await wait_until(env.all_committed, what="offsets committed")
             stop.set()
             await asyncio.wait_for(task, 30)
-            flow = {s.labels["event"]: s.value for metric in svc.metrics.fetch_flow.collect()
-                    for s in metric.samples if s.name.endswith("_total")}
+            flow = {
+                s.labels["event"]: s.value
+                for metric in svc.metrics.fetch_flow.collect()
+                for s in metric.samples
+                if s.name.endswith("_total")
+            }
     finally:
         env.sandbox.configure(latency_s=0.0)
     assert len(env.results()) == 40
@@ -152,8 +187,9 @@ async def test_fetching_pauses_at_max_in_flight_and_resumes(env: Env) -> None:
     assert paused_samples > 0 and flow["paused"] >= 1 and flow["resumed"] >= 1, flow
     # While paused, the poll loop kept turning (heartbeats, commits, rebalances answered).
     assert oldest_turn_while_paused < 0.5
-    assert Counter(e["extendedProperties"]["private"]["booking_id"]
-                   for e in env.events(email)) == {f"bk_{n}": 1 for n in range(40)}
+    assert Counter(e["extendedProperties"]["private"]["booking_id"] for e in env.events(email)) == {
+        f"bk_{n}": 1 for n in range(40)
+    }
 
 
 async def test_offsets_never_pass_a_message_still_in_flight(env: Env) -> None:
@@ -171,15 +207,17 @@ async def test_offsets_never_pass_a_message_still_in_flight(env: Env) -> None:
     seen: list[int | None] = []
     try:
         async with env.consumer(retry_budget_s=30):
-            await wait_until(lambda: len(env.events(fast)) == 10, timeout_s=30,
-                             what="the ten later messages")
+            await wait_until(
+                lambda: len(env.events(fast)) == 10, timeout_s=30, what="the ten later messages"
+            )
             assert env.events(slow) == []  # still in flight
             for _ in range(5):  # the later ones are recorded; commits keep being made
                 seen.append((await env.committed())[0])
                 await asyncio.sleep(0.2)
             assert env.events(slow) == [], "the fault ended before the check did"
-            await wait_until(lambda: len(env.events(slow)) == 1, timeout_s=30,
-                             what="the slow message")
+            await wait_until(
+                lambda: len(env.events(slow)) == 1, timeout_s=30, what="the slow message"
+            )
             await wait_until(env.all_committed, what="offsets committed")
     finally:
         env.sandbox.clear_faults()

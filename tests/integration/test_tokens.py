@@ -29,8 +29,9 @@ async def sync_one(env: Env, booking_id: str = "bk_1") -> list[dict[str, Any]]:
 async def test_token_with_more_than_five_minutes_left_is_used_as_is(env: Env) -> None:
     email, refresh = env.account()
     token, expires = env.sandbox.issue_access_token(email, lifetime_s=6 * 60)
-    link_id = await env.link(email, refresh, access_token=token,
-                             expires_at=datetime.fromtimestamp(expires, UTC))
+    link_id = await env.link(
+        email, refresh, access_token=token, expires_at=datetime.fromtimestamp(expires, UTC)
+    )
     since = env.sandbox.calls()["now"]
     rows = await sync_one(env)
     assert rows[0]["outcome"] == "applied"
@@ -41,8 +42,9 @@ async def test_token_with_more_than_five_minutes_left_is_used_as_is(env: Env) ->
 async def test_token_within_five_minutes_of_expiry_is_refreshed_and_saved(env: Env) -> None:
     email, refresh = env.account()
     token, expires = env.sandbox.issue_access_token(email, lifetime_s=4 * 60)
-    link_id = await env.link(email, refresh, access_token=token,
-                             expires_at=datetime.fromtimestamp(expires, UTC))
+    link_id = await env.link(
+        email, refresh, access_token=token, expires_at=datetime.fromtimestamp(expires, UTC)
+    )
     since = env.sandbox.calls()["now"]
     rows = await sync_one(env)
     assert rows[0]["outcome"] == "applied"
@@ -56,8 +58,12 @@ async def test_token_within_five_minutes_of_expiry_is_refreshed_and_saved(env: E
 
 async def test_expired_or_missing_token_is_refreshed(env: Env) -> None:
     email, refresh = env.account()
-    link_id = await env.link(email, refresh, access_token="ya29.long-gone",
-                             expires_at=datetime.now(UTC) - timedelta(hours=2))
+    link_id = await env.link(
+        email,
+        refresh,
+        access_token="ya29.long-gone",
+        expires_at=datetime.now(UTC) - timedelta(hours=2),
+    )
     rows = await sync_one(env)
     assert rows[0]["outcome"] == "applied"
     assert link_tokens(env, link_id)["access_token"] != "ya29.long-gone"
@@ -84,8 +90,12 @@ async def test_one_refresh_per_link_for_many_concurrent_bookings(env: Env) -> No
 
 async def test_a_401_on_a_token_believed_valid_refreshes_once_and_retries(env: Env) -> None:
     email, refresh = env.account()
-    link_id = await env.link(email, refresh, access_token="ya29.revoked-by-google",
-                             expires_at=datetime.now(UTC) + timedelta(hours=1))
+    link_id = await env.link(
+        email,
+        refresh,
+        access_token="ya29.revoked-by-google",
+        expires_at=datetime.now(UTC) + timedelta(hours=1),
+    )
     since = env.sandbox.calls()["now"]
     rows = await sync_one(env)
     assert (rows[0]["outcome"], rows[0]["attempts"]) == ("applied", 2)
@@ -120,14 +130,16 @@ async def test_a_revoked_link_becomes_reauth_required_once_while_others_sync(env
             await wait_until(env.all_committed, what="offsets committed")
     skipped = [r for r in env.results() if r["link_id"] == revoked_link]
     assert [(r["booking_id"], r["outcome"], r["reason"], r["error"]) for r in skipped] == [
-        ("bk_1", "skipped", "token_refresh_failed", "invalid_grant")]
+        ("bk_1", "skipped", "token_refresh_failed", "invalid_grant")
+    ]
     assert all(r["outcome"] == "applied" for r in env.results() if r["link_id"] == healthy_link)
     assert env.events(revoked) == []
     # One refused refresh for the revoked account, then no Google call at all for it.
     calls = env.sandbox.calls(since=since, detail=True)["calls"]
     assert sum(1 for c in calls if c["op"] == "token" and c["status"] == 400) == 1
-    state = env.query("SELECT state, state_reason FROM calendar_links WHERE id = %s",
-                      revoked_link)[0]
+    state = env.query("SELECT state, state_reason FROM calendar_links WHERE id = %s", revoked_link)[
+        0
+    ]
     assert state["state"] == "reauth_required" and "invalid_grant" in state["state_reason"]
     warnings = [e for e in logs if e["event"] == "link_reauth_required"]
     assert len(warnings) == 1 and warnings[0]["log_level"] == "warning"
@@ -135,6 +147,7 @@ async def test_a_revoked_link_becomes_reauth_required_once_while_others_sync(env
     others = [e for e in logs if e["log_level"] == "warning" and e is not warnings[0]]
     assert not others
     # Skipped is not applied: nothing is recorded as being on the revoked calendar.
-    applied = env.query("SELECT applied_version FROM link_bookings WHERE link_id = %s",
-                        revoked_link)
+    applied = env.query(
+        "SELECT applied_version FROM link_bookings WHERE link_id = %s", revoked_link
+    )
     assert all(row["applied_version"] is None for row in applied)

@@ -17,5 +17,10 @@ import pytest
 
 # Their assertions are rewritten like the tests' (conftest imports them before pytest_plugins
 # would): registered here, before any of them is imported.
-pytest.register_assert_rewrite(*(f"tests.plugins.{name}" for name in (
-    "database", "environment", "events", "ops_http", "settings_env", "stack")), "tests.oracle")
+pytest.register_assert_rewrite(
+    *(
+        f"tests.plugins.{name}"
+        for name in ("database", "environment", "events", "ops_http", "settings_env", "stack")
+    ),
+    "tests.oracle",
+)

@@ -47,10 +47,25 @@ SESSION_TIMEOUT_S = 3.0
 # The settings a process we start is given (tests/plugins/settings_env.py); the others keep
 # their defaults there, as they always have.
 PROCESS_SETTINGS = (
-    "database_url", "kafka_bootstrap", "topic", "dlq_topic", "group_id", "google_api_url",
-    "google_token_url", "google_client_id", "google_client_secret", "google_auth_url",
-    "google_revoke_url", "google_ca_bundle", "token_key", "admin_token", "metrics_port",
-    "kafka_session_timeout_s", "retry_budget_s", "retry_initial_s", "commit_interval_s",
+    "database_url",
+    "kafka_bootstrap",
+    "topic",
+    "dlq_topic",
+    "group_id",
+    "google_api_url",
+    "google_token_url",
+    "google_client_id",
+    "google_client_secret",
+    "google_auth_url",
+    "google_revoke_url",
+    "google_ca_bundle",
+    "token_key",
+    "admin_token",
+    "metrics_port",
+    "kafka_session_timeout_s",
+    "retry_budget_s",
+    "retry_initial_s",
+    "commit_interval_s",
     "log_format",
 )
 
@@ -58,22 +73,34 @@ PROCESS_SETTINGS = (
 class Env:
     """One test's slice of the stack, and the helpers the integration tests share."""
 
-    def __init__(self, postgres: DatabaseServer, broker: Broker,
-                 sandbox: SandboxClient) -> None:
+    def __init__(self, postgres: DatabaseServer, broker: Broker, sandbox: SandboxClient) -> None:
         self.name = "t" + uuid.uuid4().hex[:10]
         self.sandbox = sandbox
         self.postgres = postgres
         self.database_url = fresh_database(postgres, self.name, template=TEMPLATE_DB)
         self.settings = Settings(
-            database_url=self.database_url, kafka_bootstrap=broker.bootstrap,
-            topic=f"{self.name}.bookings", dlq_topic=f"{self.name}.bookings.dlq",
-            group_id=f"{self.name}-group", google_api_url=sandbox.api_url,
-            google_token_url=sandbox.token_url, google_client_id=CLIENT_ID,
-            google_client_secret=CLIENT_SECRET, retry_budget_s=3.0, retry_initial_s=0.05,
-            retry_max_s=0.5, commit_interval_s=0.1, shutdown_grace_s=5.0, log_format="json",
-            google_auth_url=sandbox.auth_url, google_revoke_url=sandbox.revoke_url,
-            google_ca_bundle=sandbox.ca_file, token_key=TOKEN_KEY, admin_token=ADMIN_TOKEN,
-            metrics_port=0, kafka_session_timeout_s=SESSION_TIMEOUT_S,
+            database_url=self.database_url,
+            kafka_bootstrap=broker.bootstrap,
+            topic=f"{self.name}.bookings",
+            dlq_topic=f"{self.name}.bookings.dlq",
+            group_id=f"{self.name}-group",
+            google_api_url=sandbox.api_url,
+            google_token_url=sandbox.token_url,
+            google_client_id=CLIENT_ID,
+            google_client_secret=CLIENT_SECRET,
+            retry_budget_s=3.0,
+            retry_initial_s=0.05,
+            retry_max_s=0.5,
+            commit_interval_s=0.1,
+            shutdown_grace_s=5.0,
+            log_format="json",
+            google_auth_url=sandbox.auth_url,
+            google_revoke_url=sandbox.revoke_url,
+            google_ca_bundle=sandbox.ca_file,
+            token_key=TOKEN_KEY,
+            admin_token=ADMIN_TOKEN,
+            metrics_port=0,
+            kafka_session_timeout_s=SESSION_TIMEOUT_S,
         )
         self.producer: AIOKafkaProducer | None = None
 
@@ -89,8 +116,12 @@ class Env:
 
     # --- Google side -------------------------------------------------------------------
 
-    def account(self, name: str = "owner", calendars: list[dict[str, Any]] | None = None,
-                rotate_refresh_token: bool = False) -> tuple[str, str]:
+    def account(
+        self,
+        name: str = "owner",
+        calendars: list[dict[str, Any]] | None = None,
+        rotate_refresh_token: bool = False,
+    ) -> tuple[str, str]:
         email = f"{name}-{self.name}@example.com"
         refresh_token = f"1//refresh-{uuid.uuid4().hex}"
         self.sandbox.add_account(email, refresh_token, calendars, rotate_refresh_token)
@@ -103,23 +134,36 @@ class Env:
 
     def stored_tokens(self, link_id: str) -> dict[str, Any]:
         """A link's tokens as stored, decrypted with the test key."""
-        row = self.query("SELECT refresh_token_enc, access_token_enc, token_expires_at"
-                         " FROM calendar_links WHERE id = %s", link_id)[0]
+        row = self.query(
+            "SELECT refresh_token_enc, access_token_enc, token_expires_at"
+            " FROM calendar_links WHERE id = %s",
+            link_id,
+        )[0]
         cipher = TokenCipher([TOKEN_KEY])
-        return {"refresh_token": row["refresh_token_enc"] and
-                cipher.decrypt(row["refresh_token_enc"]),
-                "access_token": row["access_token_enc"] and
-                cipher.decrypt(row["access_token_enc"]),
-                "token_expires_at": row["token_expires_at"]}
+        return {
+            "refresh_token": row["refresh_token_enc"] and cipher.decrypt(row["refresh_token_enc"]),
+            "access_token": row["access_token_enc"] and cipher.decrypt(row["access_token_enc"]),
+            "token_expires_at": row["token_expires_at"],
+        }
 
-    async def link(self, email: str, refresh_token: str, calendar_id: str | None = "",
-                   activity_id: str = "act_1", access_token: str | None = None,
-                   expires_at: datetime | None = None) -> str:
+    async def link(
+        self,
+        email: str,
+        refresh_token: str,
+        calendar_id: str | None = "",
+        activity_id: str = "act_1",
+        access_token: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> str:
         async with link_service(self.settings) as service:
             return await service.import_link(
-                activity_id=activity_id, account_email=email, refresh_token=refresh_token,
-                access_token=access_token, expires_at=expires_at,
-                calendar_id=email if calendar_id == "" else calendar_id)
+                activity_id=activity_id,
+                account_email=email,
+                refresh_token=refresh_token,
+                access_token=access_token,
+                expires_at=expires_at,
+                calendar_id=email if calendar_id == "" else calendar_id,
+            )
 
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
         with psycopg.connect(self.database_url, row_factory=dict_row) as conn:
@@ -128,8 +172,9 @@ class Env:
     def results(self, booking_id: str | None = None) -> list[dict[str, Any]]:
         if booking_id is None:
             return self.query("SELECT * FROM sync_results ORDER BY id")
-        return self.query("SELECT * FROM sync_results WHERE booking_id = %s ORDER BY id",
-                          booking_id)
+        return self.query(
+            "SELECT * FROM sync_results WHERE booking_id = %s ORDER BY id", booking_id
+        )
 
     # --- Kafka side -----------------------------------------------------------------------
 
@@ -137,28 +182,37 @@ class Env:
         await ensure_topics(self.settings.kafka_bootstrap, [self.settings.topic], partitions)
         await ensure_topics(self.settings.kafka_bootstrap, [self.settings.dlq_topic], 1)
 
-    async def publish(self, event: dict[str, Any] | bytes, key: str | bytes | None = None,
-                      headers: list[tuple[str, bytes]] | None = None) -> None:
+    async def publish(
+        self,
+        event: dict[str, Any] | bytes,
+        key: str | bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         if self.producer is None:
-            self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                             max_request_size=8 * 1024 * 1024)
+            self.producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap, max_request_size=8 * 1024 * 1024
+            )
             await self.producer.start()
         value = event if isinstance(event, bytes) else json.dumps(event).encode()
         if key is None and isinstance(event, dict):
             key = event["booking"]["id"]
         raw_key = key.encode() if isinstance(key, str) else key
         # One record per request: Tansu's ListOffsets miscounts batches (DEVELOPERS.md).
-        await self.producer.send_and_wait(self.settings.topic, value, key=raw_key,
-                                          headers=headers)
+        await self.producer.send_and_wait(self.settings.topic, value, key=raw_key, headers=headers)
 
     async def committed(self) -> dict[int, int | None]:
-        probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                 group_id=self.settings.group_id, enable_auto_commit=False)
+        probe = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=self.settings.group_id,
+            enable_auto_commit=False,
+        )
         await probe.start()
         try:
             parts = probe.partitions_for_topic(self.settings.topic) or set()
-            return {p: await probe.committed(TopicPartition(self.settings.topic, p))
-                    for p in sorted(parts)}
+            return {
+                p: await probe.committed(TopicPartition(self.settings.topic, p))
+                for p in sorted(parts)
+            }
         finally:
             await probe.stop()
 
@@ -168,23 +222,27 @@ class Env:
     async def all_committed(self) -> bool:
         """Every partition's committed offset has reached its end."""
         committed = await self.committed()
-        return all((committed.get(p) or 0) >= end
-                   for p, end in (await self.end_offsets()).items())
+        return all((committed.get(p) or 0) >= end for p, end in (await self.end_offsets()).items())
 
     async def end_offsets(self) -> dict[int, int]:
         probe = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap)
         await probe.start()
         try:
-            tps = [TopicPartition(self.settings.topic, p)
-                   for p in probe.partitions_for_topic(self.settings.topic) or set()]
+            tps = [
+                TopicPartition(self.settings.topic, p)
+                for p in probe.partitions_for_topic(self.settings.topic) or set()
+            ]
             return {tp.partition: off for tp, off in (await probe.end_offsets(tps)).items()}
         finally:
             await probe.stop()
 
     async def read_dlq(self, count: int, timeout_s: float = 15.0) -> list[Any]:
-        reader = AIOKafkaConsumer(self.settings.dlq_topic,
-                                  bootstrap_servers=self.settings.kafka_bootstrap,
-                                  auto_offset_reset="earliest", enable_auto_commit=False)
+        reader = AIOKafkaConsumer(
+            self.settings.dlq_topic,
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
         await reader.start()
         records: list[Any] = []
         try:
@@ -208,13 +266,18 @@ class Env:
             stop.set()
             await asyncio.wait_for(task, 30)
 
-    def start_process(self, log_path: Path, *command: str,
-                      **extra_env: str) -> subprocess.Popen[bytes]:
+    def start_process(
+        self, log_path: Path, *command: str, **extra_env: str
+    ) -> subprocess.Popen[bytes]:
         """`calsync consume` (or another command) as users run it, in its own process."""
         env = {**self.env_vars, **extra_env}
-        return subprocess.Popen([sys.executable, "-m", "consumer.cli", *(command or ["consume"])],
-                                env=env, stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
-                                cwd=ROOT)
+        return subprocess.Popen(
+            [sys.executable, "-m", "consumer.cli", *(command or ["consume"])],
+            env=env,
+            stdout=open(log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
 
     @asynccontextmanager
     async def serve(self, log_path: Path) -> AsyncIterator[str]:
@@ -238,13 +301,21 @@ class Env:
 
 def calsync(env: Env, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """`calsync ARGS` as a person runs it, with the test's environment."""
-    return subprocess.run([sys.executable, "-m", "consumer.cli", *args],
-                          env={**env.env_vars, **extra_env}, cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "consumer.cli", *args],
+        env={**env.env_vars, **extra_env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
-async def wait_until(predicate: Callable[[], Any] | Callable[[], Awaitable[Any]],
-                     timeout_s: float = 20.0, what: str = "condition") -> Any:
+async def wait_until(
+    predicate: Callable[[], Any] | Callable[[], Awaitable[Any]],
+    timeout_s: float = 20.0,
+    what: str = "condition",
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
         value = predicate()
@@ -258,8 +329,9 @@ async def wait_until(predicate: Callable[[], Any] | Callable[[], Awaitable[Any]]
 
 
 @pytest.fixture
-async def env(postgres: DatabaseServer, broker: Broker,
-              sandbox: SandboxClient) -> AsyncIterator[Env]:
+async def env(
+    postgres: DatabaseServer, broker: Broker, sandbox: SandboxClient
+) -> AsyncIterator[Env]:
     environment = Env(postgres, broker, sandbox)
     await environment.topics()
     yield environment

@@ -51,8 +51,11 @@ class StackChoice:
 
     @property
     def header(self) -> str:
-        what = ("Apache Kafka and PostgreSQL containers (testcontainers)"
-                if self.name == "containers" else "embedded Tansu broker and PostgreSQL")
+        what = (
+            "Apache Kafka and PostgreSQL containers (testcontainers)"
+            if self.name == "containers"
+            else "embedded Tansu broker and PostgreSQL"
+        )
         return f"calsync test stack: {self.name} ({what}; {self.why})"
 
 
@@ -97,7 +100,8 @@ def choose_stack(environ: dict[str, str] | None = None) -> StackChoice:
     wanted = (env.get(STACK_VARIABLE) or "").strip().lower()
     if wanted and wanted not in (*STACKS, "auto"):
         raise pytest.UsageError(
-            f"{STACK_VARIABLE}={wanted!r}: expected one of embedded, containers (or unset)")
+            f"{STACK_VARIABLE}={wanted!r}: expected one of embedded, containers (or unset)"
+        )
     if wanted == "embedded":
         return StackChoice("embedded", f"{STACK_VARIABLE}=embedded")
     reachable, found = docker_reachable()
@@ -105,7 +109,8 @@ def choose_stack(environ: dict[str, str] | None = None) -> StackChoice:
         if not reachable:
             raise pytest.UsageError(
                 f"{STACK_VARIABLE}=containers, but {found}: start Docker (or set DOCKER_HOST), "
-                f"or run on the embedded stack ({STACK_VARIABLE}=embedded)")
+                f"or run on the embedded stack ({STACK_VARIABLE}=embedded)"
+            )
         return StackChoice("containers", f"{STACK_VARIABLE}=containers, {found}")
     if reachable:
         return StackChoice("containers", f"auto: {found}")
@@ -155,7 +160,8 @@ def start_kafka_container() -> ContainerBroker:
         from testcontainers.kafka import KafkaContainer
 
     container = (
-        KafkaContainer(KAFKA_IMAGE).with_kraft()
+        KafkaContainer(KAFKA_IMAGE)
+        .with_kraft()
         # The tests' 3 s session timeout (Apache Kafka refuses under 6 s by default).
         .with_env("KAFKA_GROUP_MIN_SESSION_TIMEOUT_MS", "1000")
         # A test publishes 2 MB records (Tansu takes them; Kafka's default stops at 1 MB).
@@ -201,8 +207,9 @@ def start_postgres_container() -> ContainerPostgres:
 
 
 @pytest.fixture(scope="session")
-def postgres(tmp_path_factory: pytest.TempPathFactory,
-             stack_choice: StackChoice) -> Iterator[DatabaseServer]:
+def postgres(
+    tmp_path_factory: pytest.TempPathFactory, stack_choice: StackChoice
+) -> Iterator[DatabaseServer]:
     """A PostgreSQL server with the migrated template database on it."""
     if stack_choice.name == "containers":
         server = start_postgres_container()
@@ -218,8 +225,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory,
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory,
-           stack_choice: StackChoice) -> Iterator[Broker]:
+def broker(tmp_path_factory: pytest.TempPathFactory, stack_choice: StackChoice) -> Iterator[Broker]:
     started: Broker
     if stack_choice.name == "containers":
         started = start_kafka_container()
@@ -238,4 +244,3 @@ def sandbox() -> Iterator[SandboxClient]:
     client.configure(clients={CLIENT_ID: CLIENT_SECRET})
     yield client
     server.shutdown()
-

@@ -22,7 +22,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if used:
             raise pytest.UsageError(
                 f"{item.nodeid} is in the unit tier but uses {sorted(used)}: move it to "
-                f"tests/integration (or use the fakes in tests/unit/fakes.py)")
+                f"tests/integration (or use the fakes in tests/unit/fakes.py)"
+            )
 
 
 @pytest.fixture(autouse=True)

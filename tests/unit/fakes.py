@@ -98,8 +98,9 @@ class FakeCalendar:
 
     # --- what a test arranges ------------------------------------------------------------
 
-    def add_calendar(self, calendar_id: str, access_role: str = "owner",
-                     primary: bool = False) -> FakeGoogleCalendar:
+    def add_calendar(
+        self, calendar_id: str, access_role: str = "owner", primary: bool = False
+    ) -> FakeGoogleCalendar:
         calendar = FakeGoogleCalendar(calendar_id, access_role, calendar_id, primary)
         self.calendars[calendar_id] = calendar
         return calendar
@@ -123,37 +124,46 @@ class FakeCalendar:
         """A person deleted the event in Google Calendar's UI: it stays, `cancelled`."""
         self.calendars[calendar_id].events[event_id]["status"] = "cancelled"
 
-    def fail(self, method: str | None, status: int | None, reason: str,
-             domain: str = "global", times: int = 1, retry_after: float | None = None
-             ) -> None:
+    def fail(
+        self,
+        method: str | None,
+        status: int | None,
+        reason: str,
+        domain: str = "global",
+        times: int = 1,
+        retry_after: float | None = None,
+    ) -> None:
         """The next `times` calls of `method` (e.g. "events.insert"; None: any) are refused
         with this status and reason (status None: no answer at all, a timeout)."""
         self._faults.append(_Fault(method, status, reason, domain, retry_after, times))
 
     def live_events(self, calendar_id: str) -> dict[str, dict[str, Any]]:
-        return {event_id: event for event_id, event in self.calendars[calendar_id].events.items()
-                if event["status"] != "cancelled"}
+        return {
+            event_id: event
+            for event_id, event in self.calendars[calendar_id].events.items()
+            if event["status"] != "cancelled"
+        }
 
     def count(self, method: str) -> int:
         return sum(1 for call in self.calls if call[0] == method)
 
     # --- the gateway ----------------------------------------------------------------------
 
-    async def insert_event(self, token: str, calendar_id: str, body: dict[str, Any]
-                           ) -> dict[str, Any]:
+    async def insert_event(
+        self, token: str, calendar_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         method = "events.insert"
-        calendar = self._writable(self._enter(method, token, calendar_id, body.get("id")),
-                                  method)
+        calendar = self._writable(self._enter(method, token, calendar_id, body.get("id")), method)
         event_id = str(body.get("id") or f"g{len(calendar.events):08d}")
         if event_id in calendar.events:  # a deleted id stays taken, as at Google
             raise _error(409, "duplicate", method)
-        event = {**copy.deepcopy(body), "id": event_id,
-                 "status": body.get("status", "confirmed")}
+        event = {**copy.deepcopy(body), "id": event_id, "status": body.get("status", "confirmed")}
         calendar.events[event_id] = event
         return copy.deepcopy(event)
 
-    async def update_event(self, token: str, calendar_id: str, event_id: str,
-                           body: dict[str, Any]) -> dict[str, Any]:
+    async def update_event(
+        self, token: str, calendar_id: str, event_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         method = "events.update"
         calendar = self._writable(self._enter(method, token, calendar_id, event_id), method)
         current = calendar.events.get(event_id)
@@ -163,8 +173,7 @@ class FakeCalendar:
             if self.deleted_event_update_status == 410:
                 raise _error(410, "deleted", method)
             raise _error(403, "forbidden", method)
-        event = {**copy.deepcopy(body), "id": event_id,
-                 "status": body.get("status", "confirmed")}
+        event = {**copy.deepcopy(body), "id": event_id, "status": body.get("status", "confirmed")}
         calendar.events[event_id] = event
         return copy.deepcopy(event)
 
@@ -178,8 +187,7 @@ class FakeCalendar:
             raise _error(410, "deleted", method)
         current["status"] = "cancelled"
 
-    async def get_event(self, token: str, calendar_id: str, event_id: str
-                        ) -> dict[str, Any]:
+    async def get_event(self, token: str, calendar_id: str, event_id: str) -> dict[str, Any]:
         method = "events.get"
         calendar = self._enter(method, token, calendar_id, event_id)
         current = calendar.events.get(event_id)
@@ -189,11 +197,17 @@ class FakeCalendar:
 
     async def calendar_entry(self, token: str, calendar_id: str) -> CalendarInfo:
         calendar = self._enter("calendarList.get", token, calendar_id, None)
-        return CalendarInfo(calendar.id, calendar.summary, calendar.primary,
-                            calendar.access_role in WRITE_ROLES, calendar.access_role)
+        return CalendarInfo(
+            calendar.id,
+            calendar.summary,
+            calendar.primary,
+            calendar.access_role in WRITE_ROLES,
+            calendar.access_role,
+        )
 
-    def _enter(self, method: str, token: str, calendar_id: str, event_id: str | None
-               ) -> FakeGoogleCalendar:
+    def _enter(
+        self, method: str, token: str, calendar_id: str, event_id: str | None
+    ) -> FakeGoogleCalendar:
         """Every call: counted, authenticated, then any refusal queued for it, then the
         calendar (404 when gone)."""
         self.calls.append((method, calendar_id, event_id))
@@ -203,8 +217,14 @@ class FakeCalendar:
         for fault in self._faults:
             if fault.method in (None, method) and fault.times > 0:
                 fault.times -= 1
-                raise GoogleApiError(fault.status, fault.reason, "refused by the test",
-                                     fault.retry_after, fault.domain, method)
+                raise GoogleApiError(
+                    fault.status,
+                    fault.reason,
+                    "refused by the test",
+                    fault.retry_after,
+                    fault.domain,
+                    method,
+                )
         calendar = self.calendars.get(calendar_id)
         if calendar is None:
             raise _error(404, "notFound", method)
@@ -236,8 +256,9 @@ class FakeTokens:
         self.failures_left = 0  # with `failure`: only this many times (0: always)
         self._issued = itertools.count(1)
 
-    async def access_token(self, link_id: str, stored: LinkTokens | None,
-                           rejected: str | None = None) -> str:
+    async def access_token(
+        self, link_id: str, stored: LinkTokens | None, rejected: str | None = None
+    ) -> str:
         self.asked.append((link_id, rejected))
         if self.failure is not None:
             failure = self.failure
@@ -283,13 +304,15 @@ class FakeTokenEndpoint:
         if self.delay_s:
             time.sleep(self.delay_s)  # it runs in the provider's thread pool, as the real one
         if self.refuse_with is not None:
-            raise TokenRefreshFailed(self.refuse_with,
-                                     permanent=self.refuse_with == "invalid_grant")
+            raise TokenRefreshFailed(
+                self.refuse_with, permanent=self.refuse_with == "invalid_grant"
+            )
         n = next(self._issued)
         return LinkTokens(
             refresh_token=f"1//rotated-{n}" if self.rotate_refresh_token else refresh_token,
             access_token=f"ya29.granted-{n}",
-            expires_at=datetime.fromtimestamp(time.time() + self.lifetime_s, UTC))
+            expires_at=datetime.fromtimestamp(time.time() + self.lifetime_s, UTC),
+        )
 
 
 # --- the database: repository and sync store ---------------------------------------------------
@@ -339,15 +362,29 @@ class FakeRepository:
         self.dead_letters: dict[tuple[str, int, int], DeadLetter] = {}
         self.left_active: list[tuple[str, LinkState, str]] = []
 
-    def add_link(self, link_id: str = "lnk_1", activity_id: str = "act_1",
-                 account_email: str = "owner@example.com", calendar_id: str | None = "cal",
-                 tokens: LinkTokens | None = None,
-                 state: LinkState = LinkState.ACTIVE) -> LinkRow:
+    def add_link(
+        self,
+        link_id: str = "lnk_1",
+        activity_id: str = "act_1",
+        account_email: str = "owner@example.com",
+        calendar_id: str | None = "cal",
+        tokens: LinkTokens | None = None,
+        state: LinkState = LinkState.ACTIVE,
+    ) -> LinkRow:
         now = datetime.now(UTC)
-        row = LinkRow(CalendarLink(id=link_id, activity_id=activity_id,
-                                   account_email=account_email, calendar_id=calendar_id,
-                                   state=state),
-                      tokens or LinkTokens("1//refresh", None, None), None, now, now)
+        row = LinkRow(
+            CalendarLink(
+                id=link_id,
+                activity_id=activity_id,
+                account_email=account_email,
+                calendar_id=calendar_id,
+                state=state,
+            ),
+            tokens or LinkTokens("1//refresh", None, None),
+            None,
+            now,
+            now,
+        )
         self.links[link_id] = row
         self.state_changed_at[link_id] = time.time()
         return row
@@ -355,9 +392,13 @@ class FakeRepository:
     def choose_calendar(self, link_id: str, calendar_id: str) -> None:
         """The link's owner chose another calendar (`calsync links select`)."""
         row = self.links[link_id]
-        self.links[link_id] = LinkRow(row.link.model_copy(update={"calendar_id": calendar_id}),
-                                      row.tokens, row.state_reason, row.state_changed_at,
-                                      row.created_at)
+        self.links[link_id] = LinkRow(
+            row.link.model_copy(update={"calendar_id": calendar_id}),
+            row.tokens,
+            row.state_reason,
+            row.state_changed_at,
+            row.created_at,
+        )
 
     def state(self, link_id: str) -> LinkState:
         return self.links[link_id].link.state
@@ -391,8 +432,13 @@ class FakeRepository:
         row = self.links[link_id]
         if row.link.state is not LinkState.ACTIVE:
             return None  # another process changed it first
-        self.links[link_id] = LinkRow(row.link.model_copy(update={"state": state}),
-                                      row.tokens, reason, datetime.now(UTC), row.created_at)
+        self.links[link_id] = LinkRow(
+            row.link.model_copy(update={"state": state}),
+            row.tokens,
+            reason,
+            datetime.now(UTC),
+            row.created_at,
+        )
         self.state_changed_at[link_id] = time.time()
         self.left_active.append((link_id, state, reason))
         return self.state_changed_at[link_id]
@@ -401,7 +447,8 @@ class FakeRepository:
         rec = self.link_bookings.get((link_id, booking_id))
         if rec is not None and rec.google_event_id == event_id:
             self.link_bookings[(link_id, booking_id)] = rec.model_copy(
-                update={"google_event_id": None})
+                update={"google_event_id": None}
+            )
 
     # --- what the token provider uses --------------------------------------------------------
 
@@ -409,32 +456,45 @@ class FakeRepository:
         row = self.links.get(link_id)
         return row.tokens if row is not None else None
 
-    async def save_tokens(self, conn: Any, link_id: str, tokens: LinkTokens,
-                          refresh_token_changed: bool) -> None:
+    async def save_tokens(
+        self, conn: Any, link_id: str, tokens: LinkTokens, refresh_token_changed: bool
+    ) -> None:
         row = self.links[link_id]
-        kept = tokens if refresh_token_changed or row.tokens is None else LinkTokens(
-            row.tokens.refresh_token, tokens.access_token, tokens.expires_at)
-        self.links[link_id] = LinkRow(row.link, kept, row.state_reason, row.state_changed_at,
-                                      row.created_at)
+        kept = (
+            tokens
+            if refresh_token_changed or row.tokens is None
+            else LinkTokens(row.tokens.refresh_token, tokens.access_token, tokens.expires_at)
+        )
+        self.links[link_id] = LinkRow(
+            row.link, kept, row.state_reason, row.state_changed_at, row.created_at
+        )
         self.saved_tokens.append((link_id, tokens, refresh_token_changed))
 
     # --- what the runner uses ------------------------------------------------------------------
 
-    async def record_dead_letter(self, position: MessagePosition, key: bytes | None,
-                                 value: bytes | None, headers: list[tuple[str, bytes]],
-                                 error_type: str, error: str) -> tuple[int, bool]:
+    async def record_dead_letter(
+        self,
+        position: MessagePosition,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        error_type: str,
+        error: str,
+    ) -> tuple[int, bool]:
         where = (position.topic, position.partition, position.offset)
         letter = self.dead_letters.get(where)
         if letter is None:  # idempotent on the position, as the table's unique key
             letter = self.dead_letters[where] = DeadLetter(
-                len(self.dead_letters) + 1, position, key, value, error_type, error)
+                len(self.dead_letters) + 1, position, key, value, error_type, error
+            )
         return letter.id, letter.published
 
     def _letter(self, dead_letter_id: int) -> DeadLetter:
         return next(d for d in self.dead_letters.values() if d.id == dead_letter_id)
 
-    async def mark_dead_letter_published(self, dead_letter_id: int,
-                                         copy_error: str | None = None) -> None:
+    async def mark_dead_letter_published(
+        self, dead_letter_id: int, copy_error: str | None = None
+    ) -> None:
         letter = self._letter(dead_letter_id)
         letter.published, letter.copy_error = True, copy_error
 
@@ -475,22 +535,37 @@ class FakeSyncStore:
         row = self.db.links[link_id]
         repair = self.repairs.get((link_id, booking_id))
         latest = self.db.bookings.get(booking_id)
-        return Claim(link_id, booking_id, self.db.link_bookings.get((link_id, booking_id)),
-                     row.link.state, 0,
-                     repair[1].repair.attempts if repair and repair[1].repair else 0,
-                     row.link.calendar_id, self.db.state_changed_at[link_id],
-                     latest.booking.version if latest else None)
+        return Claim(
+            link_id,
+            booking_id,
+            self.db.link_bookings.get((link_id, booking_id)),
+            row.link.state,
+            0,
+            repair[1].repair.attempts if repair and repair[1].repair else 0,
+            row.link.calendar_id,
+            self.db.state_changed_at[link_id],
+            latest.booking.version if latest else None,
+        )
 
-    async def record(self, claim: Claim, event: BookingEvent, position: MessagePosition | None,
-                     result: SyncResult, source: str) -> None:
+    async def record(
+        self,
+        claim: Claim,
+        event: BookingEvent,
+        position: MessagePosition | None,
+        result: SyncResult,
+        source: str,
+    ) -> None:
         pair = (result.link_id, event.booking.id)
         if result.recorded is not None:
             self.db.link_bookings[pair] = result.recorded
         self.results.append(RecordedResult(event, position, result, source))
         if result.repair is not None:
             self.repairs[pair] = (event.booking.version, result)
-        elif result.outcome in _SETTLES and pair in self.repairs \
-                and self.repairs[pair][0] <= event.booking.version:
+        elif (
+            result.outcome in _SETTLES
+            and pair in self.repairs
+            and self.repairs[pair][0] <= event.booking.version
+        ):
             del self.repairs[pair]
 
     async def release(self, claim: Claim) -> None:
@@ -541,12 +616,27 @@ class FakeQuota:
 # --- Kafka -------------------------------------------------------------------------------------
 
 
-def record(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-           headers: Iterable[tuple[str, bytes]] = ()) -> ConsumerRecord[Any, Any]:
-    return ConsumerRecord(topic=topic, partition=partition, offset=offset,
-                          timestamp=int(time.time() * 1000), timestamp_type=0, key=key,
-                          value=value, checksum=None, serialized_key_size=len(key or b""),
-                          serialized_value_size=len(value or b""), headers=tuple(headers))
+def record(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes]] = (),
+) -> ConsumerRecord[Any, Any]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=int(time.time() * 1000),
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key or b""),
+        serialized_value_size=len(value or b""),
+        headers=tuple(headers),
+    )
 
 
 class FakeKafkaConsumer:
@@ -589,7 +679,11 @@ class FakeProducer:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
 
-    async def send_and_wait(self, topic: str, value: bytes | None = None,
-                            key: bytes | None = None,
-                            headers: list[tuple[str, bytes]] | None = None) -> None:
+    async def send_and_wait(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         self.sent.append((topic, key, value, list(headers or ())))

@@ -15,9 +15,16 @@ AT = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 
 def link(**overrides: object) -> LinkSummary:
     fields: dict[str, object] = {
-        "id": "lnk_1", "activity_id": "act_1", "account_email": "a@example.com",
-        "calendar_id": None, "state": "pending_calendar", "state_reason": None,
-        "state_changed_at": AT, "created_at": AT, "backfilled_at": None}
+        "id": "lnk_1",
+        "activity_id": "act_1",
+        "account_email": "a@example.com",
+        "calendar_id": None,
+        "state": "pending_calendar",
+        "state_reason": None,
+        "state_changed_at": AT,
+        "created_at": AT,
+        "backfilled_at": None,
+    }
     fields.update(overrides)
     return LinkSummary.model_validate(fields)
 
@@ -49,7 +56,12 @@ def test_answers_are_strict_and_refuse_unknown_fields() -> None:
 
 
 def test_a_nested_answer_reads_the_dict_way_all_the_way_down() -> None:
-    done = Disconnected(link=link(state="disconnected"), events_removed=2, events_kept=False,
-                        token_revoked=True, token_still_used_by=[])
+    done = Disconnected(
+        link=link(state="disconnected"),
+        events_removed=2,
+        events_kept=False,
+        token_revoked=True,
+        token_still_used_by=[],
+    )
     assert done["events_removed"] == 2 and done["link"]["state"] == "disconnected"
     assert done.link.state == "disconnected"  # what new code reads

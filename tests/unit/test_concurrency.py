@@ -66,8 +66,13 @@ class Run:
     sizes: list[int] = field(default_factory=list)
 
 
-def simulate(controller: ConcurrencyController, clock: FakeClock, google: SimulatedGoogle,
-             seconds: float, paced_per_s: float | None = None) -> Run:
+def simulate(
+    controller: ConcurrencyController,
+    clock: FakeClock,
+    google: SimulatedGoogle,
+    seconds: float,
+    paced_per_s: float | None = None,
+) -> Run:
     """Calls arrive evenly at `paced_per_s` (the quota gate's pace) or wait as a backlog;
     requests go out while fewer than `controller.limit` are in flight."""
     run = Run()
@@ -99,12 +104,12 @@ def simulate(controller: ConcurrencyController, clock: FakeClock, google: Simula
 
 
 @pytest.mark.parametrize("median", [0.05, 0.3, 1.0])
-def test_the_limit_rises_with_latency_until_the_quota_is_the_only_ceiling(median: float
-                                                                          ) -> None:
+def test_the_limit_rises_with_latency_until_the_quota_is_the_only_ceiling(median: float) -> None:
     clock, rng = FakeClock(), random.Random(1)
     quota = 50.0  # calls a second: 3,000 a minute
-    controller = ConcurrencyController(max_requests=256, max_batch=50, quota_per_s=quota,
-                                       clock=clock)
+    controller = ConcurrencyController(
+        max_requests=256, max_batch=50, quota_per_s=quota, clock=clock
+    )
     google = SimulatedGoogle(lognormal(median, median * 10 / 3, rng))
     simulate(controller, clock, google, 20, paced_per_s=quota)  # settle
     run = simulate(controller, clock, google, 60, paced_per_s=quota)
@@ -136,7 +141,7 @@ def test_without_a_quota_the_limit_grows_while_calls_wait_until_latency_inflates
     # Google (or our CPU) serves 40 calls at once at 50 ms; beyond that, latency grows.
     google = SimulatedGoogle(lambda: 0.05, capacity=40)
     run = simulate(controller, clock, google, 30)
-    late = run.limits[len(run.limits) // 2:]
+    late = run.limits[len(run.limits) // 2 :]
     assert max(run.limits) >= 40  # grew from 8 to the knee
     assert 30 <= sum(late) / len(late) <= 80, (min(late), max(late))  # and stays near it
     assert run.done >= 0.85 * 40 / 0.05 * 30  # about the capacity, after the climb
@@ -173,8 +178,7 @@ def test_a_backlog_on_a_rate_limited_google_settles_below_the_refusals() -> None
     """Google allows 20 calls a second though we were told 50: refusals keep the limit near
     what Google takes instead of at the configured quota's floor."""
     clock = FakeClock()
-    controller = ConcurrencyController(max_requests=256, max_batch=1, quota_per_s=50,
-                                       clock=clock)
+    controller = ConcurrencyController(max_requests=256, max_batch=1, quota_per_s=50, clock=clock)
     allowed_per_s, latency = 20.0, 0.3
     in_flight: list[float] = []
     sent: list[float] = []
@@ -189,13 +193,15 @@ def test_a_backlog_on_a_rate_limited_google_settles_below_the_refusals() -> None
             sent.append(clock.now)
         controller.answered(1, latency, refused=int(refused), waiting=True)
         limits.append(controller.limit)
-    tail = limits[len(limits) // 2:]
+    tail = limits[len(limits) // 2 :]
     # 50/s would need ceil(50 x 0.3 x 1.5) = 23 in flight; Google takes 20 x 0.3 = 6.
     assert sum(tail) / len(tail) < 16, (min(tail), max(tail))
 
 
-@pytest.mark.parametrize(("mode", "latency"), [("sequential", 0.05), ("sequential", 0.3),
-                                               ("parallel", 0.05), ("parallel", 0.3)])
+@pytest.mark.parametrize(
+    ("mode", "latency"),
+    [("sequential", 0.05), ("sequential", 0.3), ("parallel", 0.05), ("parallel", 0.3)],
+)
 def test_the_batch_size_follows_how_google_serves_a_batch(mode: str, latency: float) -> None:
     clock = FakeClock()
     controller = ConcurrencyController(max_requests=16, max_batch=50, clock=clock)
@@ -216,7 +222,7 @@ def test_the_batch_size_follows_how_google_serves_a_batch(mode: str, latency: fl
         assert controller.serial < 0.05
         assert controller.batch_size == 50
     # A single call goes now and then, the yardstick for a batch's latency.
-    late = run.sizes[len(run.sizes) // 2:]
+    late = run.sizes[len(run.sizes) // 2 :]
     assert 1 / (2 * SINGLE_PROBE_EVERY) <= late.count(1) / len(late) <= 2 / SINGLE_PROBE_EVERY
 
 
@@ -244,8 +250,9 @@ async def test_the_batcher_follows_bounds_that_change_while_it_runs() -> None:
         out -= 1
         return [item * 2 for item in items]
 
-    batcher: Batcher[int, int] = Batcher(flush, max_size=lambda: bounds["size"],
-                                         concurrency=lambda: bounds["concurrency"])
+    batcher: Batcher[int, int] = Batcher(
+        flush, max_size=lambda: bounds["size"], concurrency=lambda: bounds["concurrency"]
+    )
     first = [asyncio.create_task(batcher.submit(n)) for n in range(20)]
     await asyncio.sleep(0.01)
     assert (out, batcher.flushing, batcher.waiting) == (2, 2, 14)

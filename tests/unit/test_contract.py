@@ -15,7 +15,8 @@ from tests.plugins.events import booking_event
 
 def test_published_schema_is_generated_from_the_models() -> None:
     assert SCHEMA_PATH.read_text() == booking_event_schema_text(), (
-        "schemas/ is out of step with consumer/models.py: run `calsync schema --write`")
+        "schemas/ is out of step with consumer/models.py: run `calsync schema --write`"
+    )
 
 
 def test_published_schema_accepts_the_documented_example() -> None:
@@ -36,12 +37,17 @@ def test_published_schema_accepts_the_documented_example() -> None:
         (b"bk_1", b"", "not_json"),
         (b"bk_1", b"null", "schema_violation"),
         (b"bk_1", json.dumps({"schema_version": "1"}).encode(), "unsupported_schema_version"),
-        (b"bk_1", json.dumps({**booking_event(), "schema_version": 9}).encode(),
-         "unsupported_schema_version"),
-        (b"bk_1", json.dumps({**booking_event(), "event_type": "booking.moved"}).encode(),
-         "schema_violation"),
-        (b"bk_1", json.dumps({**booking_event(), "event_id": "nope"}).encode(),
-         "schema_violation"),
+        (
+            b"bk_1",
+            json.dumps({**booking_event(), "schema_version": 9}).encode(),
+            "unsupported_schema_version",
+        ),
+        (
+            b"bk_1",
+            json.dumps({**booking_event(), "event_type": "booking.moved"}).encode(),
+            "schema_violation",
+        ),
+        (b"bk_1", json.dumps({**booking_event(), "event_id": "nope"}).encode(), "schema_violation"),
         (b"bk_2", json.dumps(booking_event("bk_1")).encode(), "key_mismatch"),
     ],
 )

@@ -24,8 +24,13 @@ from consumer.domain.planning import (
 )
 from tests.plugins.events import booking_event
 
-ACTIVE = CalendarLink(id="lnk_a", activity_id="act_1", account_email="o@example.com",
-                      calendar_id="cal", state=LinkState.ACTIVE)
+ACTIVE = CalendarLink(
+    id="lnk_a",
+    activity_id="act_1",
+    account_email="o@example.com",
+    calendar_id="cal",
+    state=LinkState.ACTIVE,
+)
 
 
 # The suite's one booking-event builder, with this table's own defaults.
@@ -39,7 +44,8 @@ def booking(**overrides: Any) -> dict[str, Any]:
 
 def event(event_type: str = "booking.created", **booking_overrides: Any) -> BookingEvent:
     return BookingEvent.model_validate(
-        booking_event(event_type=event_type, **{**CORE_DEFAULTS, **booking_overrides}))
+        booking_event(event_type=event_type, **{**CORE_DEFAULTS, **booking_overrides})
+    )
 
 
 NOTHING = None
@@ -64,10 +70,18 @@ OFF_CAL = RecordedEvent(applied_version=2, google_event_id=None, generation=1)
         ("updated after a delete", event("booking.updated"), OFF_CAL, Operation.CREATE),
         # Seed: booking canceled -> deleted from all calendars
         ("canceled", event("booking.canceled", status="canceled"), ON_CAL, Operation.DELETE),
-        ("canceled, never synced", event("booking.canceled", status="canceled"), NOTHING,
-         Operation.NONE),
-        ("updated to canceled", event("booking.updated", status="canceled"), ON_CAL,
-         Operation.DELETE),
+        (
+            "canceled, never synced",
+            event("booking.canceled", status="canceled"),
+            NOTHING,
+            Operation.NONE,
+        ),
+        (
+            "updated to canceled",
+            event("booking.updated", status="canceled"),
+            ON_CAL,
+            Operation.DELETE,
+        ),
         # Seed: booking set to Draft -> deleted (drafts are not synced)
         ("set to draft", event("booking.updated", status="draft"), ON_CAL, Operation.DELETE),
         ("draft to confirmed", event("booking.updated"), OFF_CAL, Operation.CREATE),
@@ -130,8 +144,11 @@ def test_render_event_matches_the_seed() -> None:
         ),
         # Crossing midnight locally: the date is the local start date
         (
-            {"timezone": "Asia/Tokyo", "start": "2026-04-15T14:30:00Z",
-             "end": "2026-04-15T15:15:00Z"},
+            {
+                "timezone": "Asia/Tokyo",
+                "start": "2026-04-15T14:30:00Z",
+                "end": "2026-04-15T15:15:00Z",
+            },
             {"Date: 2026-04-15", "Time: 23:30 - 00:15", "Duration: 45 minutes"},
         ),
         # Offsets other than Z are accepted and normalised

@@ -19,9 +19,14 @@ from consumer.domain.errors import BatchFormatError
 
 
 def test_the_batch_envelope_round_trips_through_googles_format() -> None:
-    service = build("calendar", "v3", http=httplib2.Http(), static_discovery=True,
-                    cache_discovery=False,
-                    client_options={"api_endpoint": "https://google.test/calendar/v3/"})
+    service = build(
+        "calendar",
+        "v3",
+        http=httplib2.Http(),
+        static_discovery=True,
+        cache_discovery=False,
+        client_options={"api_endpoint": "https://google.test/calendar/v3/"},
+    )
     insert = service.events().insert(calendarId="a@example.com", body={"summary": "Ünïcode"})
     insert.headers["authorization"] = "Bearer t1"
     delete = service.events().delete(calendarId="a@example.com", eventId="ev1")
@@ -30,16 +35,25 @@ def test_the_batch_envelope_round_trips_through_googles_format() -> None:
     parts = parse_batch(encoded.content_type, encoded.body)  # as the sandbox reads a batch
     assert [(p.content_id, p.method, p.path, p.query) for p in parts] == [
         ("<0>", "POST", "/calendar/v3/calendars/a%40example.com/events", "alt=json"),
-        ("<1>", "DELETE", "/calendar/v3/calendars/a%40example.com/events/ev1", "")]
+        ("<1>", "DELETE", "/calendar/v3/calendars/a%40example.com/events/ev1", ""),
+    ]
     assert parts[0].headers["authorization"] == "Bearer t1"
     assert json.loads(parts[0].body) == {"summary": "Ünïcode"} and parts[1].body == b""
 
-    content_type, payload = render_batch([  # the answer, in reverse order, as Google may
-        InnerResponse("<1>", 204, None, {}),
-        InnerResponse("<0>", 403, GoogleError(403, "userRateLimitExceeded", "User Rate "
-                                               "Limit Exceeded").body(), {"Retry-After": "3"})])
+    content_type, payload = render_batch(
+        [  # the answer, in reverse order, as Google may
+            InnerResponse("<1>", 204, None, {}),
+            InnerResponse(
+                "<0>",
+                403,
+                GoogleError(403, "userRateLimitExceeded", "User Rate Limit Exceeded").body(),
+                {"Retry-After": "3"},
+            ),
+        ]
+    )
     (first, first_body), (second, second_body) = decode_batch(  # type: ignore[misc]
-        content_type, payload, 2)
+        content_type, payload, 2
+    )
     assert first.status == 403 and first["retry-after"] == "3"
     assert json.loads(first_body)["error"]["errors"][0]["reason"] == "userRateLimitExceeded"
     assert second.status == 204 and second_body == b""

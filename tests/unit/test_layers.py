@@ -19,22 +19,44 @@ from consumer._moved import MOVED, SPLIT
 ROOT = Path(__file__).resolve().parents[2]
 
 # Rank of each layer: a module may import its own layer and those of a lower rank.
-LAYERS = {"consumer.domain": 0, "consumer.adapters": 1, "consumer.service": 2,
-          "consumer.bootstrap": 3, "consumer.entrypoints": 4, "consumer.__main__": 4}
+LAYERS = {
+    "consumer.domain": 0,
+    "consumer.adapters": 1,
+    "consumer.service": 2,
+    "consumer.bootstrap": 3,
+    "consumer.entrypoints": 4,
+    "consumer.__main__": 4,
+}
 # Importable by every layer; they import only each other.
 SHARED = ("consumer.settings", "consumer.logs")
 # The package's own plumbing: imports nothing of the layers.
 PLUMBING = ("consumer", "consumer._moved")
 # Libraries that do I/O: never in the domain.
-IO_LIBRARIES = ("psycopg", "psycopg_pool", "aiokafka", "aiohttp", "google", "googleapiclient",
-                "google_auth_oauthlib", "google_auth_httplib2", "httplib2", "requests",
-                "prometheus_client", "socket", "asyncio", "subprocess", "urllib.request")
+IO_LIBRARIES = (
+    "psycopg",
+    "psycopg_pool",
+    "aiokafka",
+    "aiohttp",
+    "google",
+    "googleapiclient",
+    "google_auth_oauthlib",
+    "google_auth_httplib2",
+    "httplib2",
+    "requests",
+    "prometheus_client",
+    "socket",
+    "asyncio",
+    "subprocess",
+    "urllib.request",
+)
 # The explicit exceptions, (module, function) -> what that function may import lazily:
 # the CLI's dev commands run the dev tooling; LinkError.status (for code written when a
 # LinkError carried its HTTP status) asks the edge, which alone maps a kind to a status.
-EXCEPTIONS = {("consumer.entrypoints.cli", "_cmd_sandbox"): "calsync_dev.sandbox.server",
-              ("consumer.entrypoints.cli", "_cmd_demo"): "calsync_dev.demo",
-              ("consumer.domain.errors", "status"): "consumer.entrypoints.problems"}
+EXCEPTIONS = {
+    ("consumer.entrypoints.cli", "_cmd_sandbox"): "calsync_dev.sandbox.server",
+    ("consumer.entrypoints.cli", "_cmd_demo"): "calsync_dev.demo",
+    ("consumer.domain.errors", "status"): "consumer.entrypoints.problems",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -69,8 +91,9 @@ def _imports(module: str, path: Path) -> list[tuple[str, str | None, int]]:
                     base = ".".join([*anchor, *([base] if base else [])])
                 found.append((base, function, child.lineno))
                 # `from consumer import x` imports the module consumer.x
-                found.extend((f"{base}.{alias.name}", function, child.lineno)
-                             for alias in child.names)
+                found.extend(
+                    (f"{base}.{alias.name}", function, child.lineno) for alias in child.names
+                )
             visit(child, function)
 
     visit(tree, None)
@@ -84,10 +107,12 @@ def _layer(name: str) -> str | None:
     return None
 
 
-def _violation(module: str, imported: str, function: str | None,
-               known: set[str]) -> str | None:
-    if imported in MOVED or imported in SPLIT or any(
-            imported.startswith(old + ".") for old in MOVED):
+def _violation(module: str, imported: str, function: str | None, known: set[str]) -> str | None:
+    if (
+        imported in MOVED
+        or imported in SPLIT
+        or any(imported.startswith(old + ".") for old in MOVED)
+    ):
         return "imports a module by its old flat name"
     if module.startswith("calsync_dev"):
         return None  # dev tooling may use any layer of the runtime package
@@ -97,7 +122,8 @@ def _violation(module: str, imported: str, function: str | None,
     if imported == "calsync_dev" or imported.startswith("calsync_dev."):
         return "imports the dev tooling"
     if module.startswith("consumer.domain") and (
-            imported.split(".")[0] in IO_LIBRARIES or imported in IO_LIBRARIES):
+        imported.split(".")[0] in IO_LIBRARIES or imported in IO_LIBRARIES
+    ):
         return "the domain does no I/O"
     if not (imported == "consumer" or imported.startswith("consumer.")):
         return None
@@ -137,8 +163,12 @@ def test_every_layer_says_what_lives_there_and_what_it_may_import() -> None:
 
 
 def test_the_check_sees_a_wrong_way_import() -> None:
-    known = {"consumer.bootstrap", "consumer.service.sync", "consumer.adapters.kafka",
-             "consumer.domain.models"}
+    known = {
+        "consumer.bootstrap",
+        "consumer.service.sync",
+        "consumer.adapters.kafka",
+        "consumer.domain.models",
+    }
     assert _violation("consumer.service.links", "consumer.bootstrap", None, known)
     assert _violation("consumer.domain.models", "consumer.adapters.kafka", None, known)
     assert _violation("consumer.domain.models", "psycopg", None, known)
@@ -168,7 +198,8 @@ def test_the_flat_layouts_names_are_the_moved_modules_themselves() -> None:
 
 
 def test_a_split_modules_old_name_reads_and_writes_through_to_its_parts(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import consumer.db
     import consumer.links
     from consumer import bootstrap
@@ -189,6 +220,11 @@ def test_python_m_with_an_old_name_runs_the_moved_module() -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "consumer.cli", "--help"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer.cli", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0 and "usage: calsync" in done.stdout, done.stderr

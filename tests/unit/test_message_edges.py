@@ -27,7 +27,8 @@ def test_nul_in_any_string_field_is_a_schema_violation(field: str) -> None:
 @given(batch=st.tuples(*(edge_messages(n) for n in range(30))))
 @settings(max_examples=25, deadline=None, database=None)
 def test_whatever_the_edges_parsing_is_total_and_what_it_accepts_is_storable(
-        batch: tuple[tuple[bytes | None, bytes], ...]) -> None:
+    batch: tuple[tuple[bytes | None, bytes], ...],
+) -> None:
     for key, value in batch:
         parsed = parse_message(key, value)  # never raises
         if isinstance(parsed, BookingEvent):

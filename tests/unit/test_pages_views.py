@@ -22,19 +22,23 @@ KEY = TokenCipher.generate_key()
 
 # --- pure parts --------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("accept", "html"), [
-    (None, False),
-    ("", False),
-    ("*/*", False),  # curl, HTTP libraries
-    ("application/json", False),
-    ("application/json, text/html", False),  # a tie keeps JSON
-    ("text/html", True),
-    (BROWSER_ACCEPT, True),  # Chromium, Firefox
-    ("text/html;q=0.5, application/json", False),
-    ("application/json;q=0.1, text/*", True),
-    ("text/html;q=0", False),
-    ("application/problem+json", False),
-])
+
+@pytest.mark.parametrize(
+    ("accept", "html"),
+    [
+        (None, False),
+        ("", False),
+        ("*/*", False),  # curl, HTTP libraries
+        ("application/json", False),
+        ("application/json, text/html", False),  # a tie keeps JSON
+        ("text/html", True),
+        (BROWSER_ACCEPT, True),  # Chromium, Firefox
+        ("text/html;q=0.5, application/json", False),
+        ("application/json;q=0.1, text/*", True),
+        ("text/html;q=0", False),
+        ("application/problem+json", False),
+    ],
+)
 def test_content_negotiation(accept: str | None, html: bool) -> None:
     assert views.prefers_html(accept) is html
 
@@ -44,34 +48,82 @@ T0 = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)
 
 def backfill(**changes: Any) -> Backfill:
     fields: dict[str, Any] = dict(
-        id=7, link_id="lnk_1", calendar_id="cal", calendar_name="Bookings", trigger="select",
-        total=100, done=25, counts={"bookings": 100, "applied": 25}, started_at=T0,
-        updated_at=T0 + timedelta(seconds=5), finished_at=None, error=None,
-        now=T0 + timedelta(seconds=5))
+        id=7,
+        link_id="lnk_1",
+        calendar_id="cal",
+        calendar_name="Bookings",
+        trigger="select",
+        total=100,
+        done=25,
+        counts={"bookings": 100, "applied": 25},
+        started_at=T0,
+        updated_at=T0 + timedelta(seconds=5),
+        finished_at=None,
+        error=None,
+        now=T0 + timedelta(seconds=5),
+    )
     fields.update(changes)
     return Backfill(**fields)
 
 
-@pytest.mark.parametrize(("record", "status", "rate", "end", "text"), [
-    (backfill(), "running", 5.0, T0 + timedelta(seconds=20),
-     "25 of 100 bookings, 5 per second, about 15 s left."),
-    (backfill(done=0, counts={"bookings": 100}), "running", None, None,
-     "0 of 100 bookings."),
-    (backfill(total=None, done=0, counts={}), "running", None, None,
-     "Finding the bookings to catch up…"),
-    (backfill(done=100, counts={"bookings": 100, "applied": 98, "failed": 2},
-              finished_at=T0 + timedelta(seconds=40)), "finished", 2.5, None,
-     "Done: 100 bookings in 40 s (98 applied, 2 failed)."),
-    (backfill(total=0, done=0, counts={"bookings": 0}, finished_at=T0), "finished", None,
-     None, "Nothing to catch up: the calendar already matches the bookings."),
-    (backfill(finished_at=T0 + timedelta(seconds=5), error="interrupted: the service stopped"),
-     "failed", 5.0, None, "Stopped after 25 of 100 bookings: interrupted: the service stopped"),
-    (backfill(now=T0 + timedelta(seconds=60)), "stalled", 25 / 60, None,
-     "No progress for a while after 25 of 100 bookings: the service that ran it may have "
-     "stopped."),
-])
-def test_backfill_progress(record: Backfill, status: str, rate: float | None,
-                           end: datetime | None, text: str) -> None:
+@pytest.mark.parametrize(
+    ("record", "status", "rate", "end", "text"),
+    [
+        (
+            backfill(),
+            "running",
+            5.0,
+            T0 + timedelta(seconds=20),
+            "25 of 100 bookings, 5 per second, about 15 s left.",
+        ),
+        (backfill(done=0, counts={"bookings": 100}), "running", None, None, "0 of 100 bookings."),
+        (
+            backfill(total=None, done=0, counts={}),
+            "running",
+            None,
+            None,
+            "Finding the bookings to catch up…",
+        ),
+        (
+            backfill(
+                done=100,
+                counts={"bookings": 100, "applied": 98, "failed": 2},
+                finished_at=T0 + timedelta(seconds=40),
+            ),
+            "finished",
+            2.5,
+            None,
+            "Done: 100 bookings in 40 s (98 applied, 2 failed).",
+        ),
+        (
+            backfill(total=0, done=0, counts={"bookings": 0}, finished_at=T0),
+            "finished",
+            None,
+            None,
+            "Nothing to catch up: the calendar already matches the bookings.",
+        ),
+        (
+            backfill(
+                finished_at=T0 + timedelta(seconds=5), error="interrupted: the service stopped"
+            ),
+            "failed",
+            5.0,
+            None,
+            "Stopped after 25 of 100 bookings: interrupted: the service stopped",
+        ),
+        (
+            backfill(now=T0 + timedelta(seconds=60)),
+            "stalled",
+            25 / 60,
+            None,
+            "No progress for a while after 25 of 100 bookings: the service that ran it may have "
+            "stopped.",
+        ),
+    ],
+)
+def test_backfill_progress(
+    record: Backfill, status: str, rate: float | None, end: datetime | None, text: str
+) -> None:
     view = views.progress(record)
     assert view["status"] == status
     assert view["rate_per_s"] == (round(rate, 2) if rate is not None else None)
@@ -81,10 +133,12 @@ def test_backfill_progress(record: Backfill, status: str, rate: float | None,
 
 
 def test_calendar_choices_say_why_a_calendar_cannot_be_chosen() -> None:
-    calendars = [CalendarInfo("a", "Owner", True, True, "owner"),
-                 CalendarInfo("b", "Team", False, True, "writer"),
-                 CalendarInfo("c", "Holidays", False, False, "reader"),
-                 CalendarInfo("d", "Shared", False, True, "writer")]
+    calendars = [
+        CalendarInfo("a", "Owner", True, True, "owner"),
+        CalendarInfo("b", "Team", False, True, "writer"),
+        CalendarInfo("c", "Holidays", False, False, "reader"),
+        CalendarInfo("d", "Shared", False, True, "writer"),
+    ]
     taken = {"b": ("lnk_1", "me@example.com"), "d": ("lnk_2", "boss@example.com")}
     choices = {c["id"]: c for c in views.calendar_choices(calendars, taken, "me@example.com")}
     assert choices["a"]["selectable"] and choices["a"]["primary"] and choices["a"]["why"] is None
@@ -94,26 +148,38 @@ def test_calendar_choices_say_why_a_calendar_cannot_be_chosen() -> None:
     assert not choices["c"]["selectable"] and "“reader”" in choices["c"]["why"]
 
 
-@pytest.mark.parametrize(("candidate", "target"), [
-    ("/activities/a/links", "/activities/a/links"), (None, "/"), ("", "/"),
-    ("https://evil.example/", "/"), ("//evil.example/x", "/"), ("/\\evil.example", "/"),
-    ("activities", "/"), ("/\t/evil.example", "/"), ("/\n/evil.example", "/"),
-])
+@pytest.mark.parametrize(
+    ("candidate", "target"),
+    [
+        ("/activities/a/links", "/activities/a/links"),
+        (None, "/"),
+        ("", "/"),
+        ("https://evil.example/", "/"),
+        ("//evil.example/x", "/"),
+        ("/\\evil.example", "/"),
+        ("activities", "/"),
+        ("/\t/evil.example", "/"),
+        ("/\n/evil.example", "/"),
+    ],
+)
 def test_redirects_after_sign_in_stay_on_this_site(candidate: str | None, target: str) -> None:
     assert views.local_path(candidate, "/") == target
 
 
 def test_page_tokens_are_bound_to_their_link_browser_and_admin_token() -> None:
-    signer = PageSigner([KEY], "admin", form_ttl_s=600, view_ttl_s=600,
-                        session_ttl_s=600)
+    signer = PageSigner([KEY], "admin", form_ttl_s=600, view_ttl_s=600, session_ttl_s=600)
     token = signer.form_token("lnk_1", "browser-1")
     read = signer.read_form_token(token, "lnk_1", "browser-1")
     assert read.link_id == "lnk_1" and read.jti
-    assert signer.read_form_token(signer.form_token("lnk_1", "browser-1"), "lnk_1",
-                                  "browser-1").jti != read.jti  # each form its own id
-    for link, binding, problem in (("lnk_2", "browser-1", "form_invalid"),
-                                   ("lnk_1", "browser-2", "form_not_this_browser"),
-                                   ("lnk_1", None, "form_not_this_browser")):
+    assert (
+        signer.read_form_token(signer.form_token("lnk_1", "browser-1"), "lnk_1", "browser-1").jti
+        != read.jti
+    )  # each form its own id
+    for link, binding, problem in (
+        ("lnk_2", "browser-1", "form_invalid"),
+        ("lnk_1", "browser-2", "form_not_this_browser"),
+        ("lnk_1", None, "form_not_this_browser"),
+    ):
         with pytest.raises(TokenRefused) as refused:
             signer.read_form_token(token, link, binding)
         assert refused.value.problem == problem

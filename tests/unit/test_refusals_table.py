@@ -18,8 +18,7 @@ from consumer.domain.refusals import Action, classify
         (429, "tooManyRequests", "global", "events.delete", Action.PACE),
         (403, "dailyLimitExceeded", "usageLimits", "events.insert", Action.PAUSE_PROJECT),
         (403, "quotaExceeded", "usageLimits", "events.update", Action.PAUSE_ACCOUNT),
-        (403, "variableTermLimitExceeded", "usageLimits", "events.insert",
-         Action.PAUSE_ACCOUNT),
+        (403, "variableTermLimitExceeded", "usageLimits", "events.insert", Action.PAUSE_ACCOUNT),
         (404, "notFound", "global", "events.update", Action.GONE),
         (410, "deleted", "global", "events.delete", Action.GONE),
         (404, "notFound", "global", "events.get", Action.GONE),
@@ -38,6 +37,7 @@ from consumer.domain.refusals import Action, classify
         (403, "accessNotConfigured", "usageLimits", "events.insert", Action.PAUSE_PROJECT),
     ],
 )
-def test_the_refusals_table(status: int | None, reason: str, domain: str, method: str,
-                            action: Action) -> None:
+def test_the_refusals_table(
+    status: int | None, reason: str, domain: str, method: str, action: Action
+) -> None:
     assert classify(status, reason, domain, method) is action

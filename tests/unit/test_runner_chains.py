@@ -63,13 +63,19 @@ class Loop:
     repository: FakeRepository
     offsets: int = 0
 
-    def take(self, booking_id: str, version: int = 1, value: bytes | None = None,
-             key: bytes | None = None) -> int:
+    def take(
+        self,
+        booking_id: str,
+        version: int = 1,
+        value: bytes | None = None,
+        key: bytes | None = None,
+    ) -> int:
         """A record fetched from partition 0 and dispatched, as the poll loop does."""
         offset = self.offsets
         self.offsets += 1
-        data = value if value is not None else json.dumps(
-            booking_event(booking_id, version)).encode()
+        data = (
+            value if value is not None else json.dumps(booking_event(booking_id, version)).encode()
+        )
         self.runner._dispatch(TP, record(TOPIC, 0, offset, key or booking_id.encode(), data))
         return offset
 
@@ -83,12 +89,23 @@ class Loop:
 
 
 async def make_loop(**changes: Any) -> Loop:
-    settings = Settings(topic=TOPIC, dlq_topic=f"{TOPIC}.dlq", commit_interval_s=0.01,
-                        infra_retry_max_s=0.05, **changes)
+    settings = Settings(
+        topic=TOPIC,
+        dlq_topic=f"{TOPIC}.dlq",
+        commit_interval_s=0.01,
+        infra_retry_max_s=0.05,
+        **changes,
+    )
     engine, repository = GatedEngine(), FakeRepository()
     kafka, producer = FakeKafkaConsumer([TP]), FakeProducer()
-    runner = ConsumerRunner(settings, engine, repository, kafka, producer,  # type: ignore[arg-type]
-                            Metrics())
+    runner = ConsumerRunner(
+        settings,
+        engine,
+        repository,
+        kafka,
+        producer,  # type: ignore[arg-type]
+        Metrics(),
+    )
     return Loop(runner, engine, kafka, producer, repository)
 
 
@@ -101,8 +118,7 @@ async def loop() -> AsyncIterator[Loop]:
     await made.runner.drain([TP], reason="test over")
 
 
-async def test_a_bookings_messages_run_one_after_another_and_others_alongside(loop: Loop
-                                                                             ) -> None:
+async def test_a_bookings_messages_run_one_after_another_and_others_alongside(loop: Loop) -> None:
     loop.take("bk_a", 1)
     loop.take("bk_b", 1)
     loop.take("bk_a", 2)
@@ -138,8 +154,9 @@ async def test_a_redelivered_offset_is_not_handled_twice(loop: Loop) -> None:
     loop.take("bk_1")
     loop.engine.open("bk_1")
     await loop.settle()
-    loop.runner._dispatch(TP, record(TOPIC, 0, 0, b"bk_1",
-                                     json.dumps(booking_event("bk_1")).encode()))
+    loop.runner._dispatch(
+        TP, record(TOPIC, 0, 0, b"bk_1", json.dumps(booking_event("bk_1")).encode())
+    )
     await loop.settle()
     assert loop.engine.started == [("bk_1", 1)]
 
@@ -150,8 +167,7 @@ async def test_bad_input_is_dead_lettered_once_and_the_offset_moves_on(loop: Loo
     loop.engine.open("bk_ok")
     await loop.settle()
     [letter] = loop.repository.dead_letters.values()
-    assert (letter.position.offset, letter.error_type, letter.published) == (
-        bad, "not_json", True)
+    assert (letter.position.offset, letter.error_type, letter.published) == (bad, "not_json", True)
     [(topic, key, value, headers)] = loop.producer.sent
     assert (topic, key, value) == (f"{TOPIC}.dlq", b"bk_bad", b"{not json")
     assert ("error.type", b"not_json") in headers
@@ -218,4 +234,3 @@ async def test_fetching_pauses_at_max_in_flight_and_resumes_at_half() -> None:
         for gate in loop.engine.gates.values():
             gate.set()
         await loop.runner.drain([TP], reason="test over")
-

@@ -35,9 +35,13 @@ CALENDAR = "cal"
 
 def unit_settings(**changes: Any) -> Settings:
     """Quick retries: a budget of 0.3 s, waits of a few milliseconds."""
-    values: dict[str, Any] = {"retry_budget_s": 0.3, "retry_initial_s": 0.001,
-                              "retry_max_s": 0.005, "google_client_id": "unit",
-                              **changes}
+    values: dict[str, Any] = {
+        "retry_budget_s": 0.3,
+        "retry_initial_s": 0.001,
+        "retry_max_s": 0.005,
+        "google_client_id": "unit",
+        **changes,
+    }
     return Settings(**values)
 
 
@@ -58,8 +62,13 @@ class World:
     def event_id(self, generation: int, booking_id: str = "bk_1") -> str:
         return google_event_id(self.link_id, booking_id, generation)
 
-    async def sync(self, booking_id: str = "bk_1", version: int = 1,
-                   event_type: str = "booking.created", **booking: Any) -> SyncResult:
+    async def sync(
+        self,
+        booking_id: str = "bk_1",
+        version: int = 1,
+        event_type: str = "booking.created",
+        **booking: Any,
+    ) -> SyncResult:
         """One message through the engine; its one link's result (as recorded)."""
         event = booking_model(booking_id, version, event_type, **booking)
         before = len(self.store.results)
@@ -72,16 +81,22 @@ class World:
         return self.google.live_events(CALENDAR)
 
 
-async def make_world(deleted_event_update_status: int = 403, **settings: Any
-                     ) -> World:
+async def make_world(deleted_event_update_status: int = 403, **settings: Any) -> World:
     google = FakeCalendar(deleted_event_update_status)
     google.add_calendar(CALENDAR)
     google.issue_token("t")  # the token a test's own calls at Google use
     tokens, repository, quota = FakeTokens(google), FakeRepository(), FakeQuota()
     store = FakeSyncStore(repository)
     link = repository.add_link("lnk_1", "act_1", ACCOUNT, CALENDAR)
-    engine = SyncEngine(unit_settings(**settings), repository, google, tokens,  # type: ignore[arg-type]
-                        quota, store, Metrics())  # type: ignore[arg-type]
+    engine = SyncEngine(
+        unit_settings(**settings),
+        repository,
+        google,
+        tokens,  # type: ignore[arg-type]
+        quota,
+        store,
+        Metrics(),
+    )  # type: ignore[arg-type]
     return World(google, tokens, repository, store, quota, engine, link)
 
 
@@ -98,18 +113,21 @@ async def world() -> AsyncIterator[World]:
 async def test_a_new_booking_is_inserted_under_its_generation_zero_id(world: World) -> None:
     result = await world.sync(customer_name="Ada Lovelace")
     assert (result.operation, result.outcome, result.reason) == (
-        Operation.CREATE, Outcome.APPLIED, "booking_synced")
+        Operation.CREATE,
+        Outcome.APPLIED,
+        "booking_synced",
+    )
     assert result.google_event_id == world.event_id(0) and result.attempts == 1
     assert list(world.live()) == [world.event_id(0)]
     assert "Ada Lovelace" in world.live()[world.event_id(0)]["summary"]
     recorded = world.repository.link_bookings[(world.link_id, "bk_1")]
-    assert (recorded.applied_version, recorded.generation, recorded.calendar_id) == (
-        1, 0, CALENDAR)
+    assert (recorded.applied_version, recorded.generation, recorded.calendar_id) == (1, 0, CALENDAR)
     assert world.quota.acquired == [(ACCOUNT, 0, True)]  # a live message may be deferred
 
 
 async def test_a_newer_version_updates_the_same_event_and_an_older_one_changes_nothing(
-        world: World) -> None:
+    world: World,
+) -> None:
     await world.sync(version=1)
     updated = await world.sync(version=3, event_type="booking.updated", customer_name="Bo")
     assert (updated.operation, updated.outcome) == (Operation.UPDATE, Outcome.APPLIED)
@@ -118,18 +136,25 @@ async def test_a_newer_version_updates_the_same_event_and_an_older_one_changes_n
     calls = len(world.google.calls)
     late = await world.sync(version=2, event_type="booking.updated", customer_name="Old")
     assert (late.operation, late.outcome, late.reason) == (
-        Operation.NONE, Outcome.UNCHANGED, "version_not_newer")
+        Operation.NONE,
+        Outcome.UNCHANGED,
+        "version_not_newer",
+    )
     assert len(world.google.calls) == calls  # Google is not asked
     assert "Bo" in world.live()[world.event_id(0)]["summary"]
 
 
 async def test_a_409_on_insert_means_an_earlier_attempt_inserted_it_so_it_is_updated(
-        world: World) -> None:
+    world: World,
+) -> None:
     # A crash after Google's insert and before the record: the id is taken, stale.
     await world.google.insert_event("t", CALENDAR, {"id": world.event_id(0), "summary": "old"})
     result = await world.sync(customer_name="Grace Hopper")
     assert (result.outcome, result.reason, result.google_event_id) == (
-        Outcome.APPLIED, "already_existed", world.event_id(0))
+        Outcome.APPLIED,
+        "already_existed",
+        world.event_id(0),
+    )
     assert [c[0] for c in world.google.calls[-2:]] == ["events.insert", "events.update"]
     assert list(world.live()) == [world.event_id(0)]  # one event, not two
     assert "Grace Hopper" in world.live()[world.event_id(0)]["summary"]
@@ -138,14 +163,14 @@ async def test_a_409_on_insert_means_an_earlier_attempt_inserted_it_so_it_is_upd
 
 @pytest.mark.parametrize("update_status", [403, 410])
 async def test_an_id_taken_by_a_hand_deleted_event_moves_to_the_next_generation(
-        update_status: int) -> None:
+    update_status: int,
+) -> None:
     world = await make_world(deleted_event_update_status=update_status)
     try:
         await world.google.insert_event("t", CALENDAR, {"id": world.event_id(0)})
         world.google.delete_by_hand(CALENDAR, world.event_id(0))
         result = await world.sync()
-        assert (result.outcome, result.google_event_id) == (Outcome.APPLIED,
-                                                             world.event_id(1))
+        assert (result.outcome, result.google_event_id) == (Outcome.APPLIED, world.event_id(1))
         assert list(world.live()) == [world.event_id(1)]
         assert world.repository.link_bookings[(world.link_id, "bk_1")].generation == 1
         # A 403 is ambiguous: events.get tells a deleted event (cancelled) from a refusal.
@@ -156,7 +181,8 @@ async def test_an_id_taken_by_a_hand_deleted_event_moves_to_the_next_generation(
 
 
 async def test_when_every_generation_is_taken_the_create_fails_for_the_repair_loop(
-        world: World) -> None:
+    world: World,
+) -> None:
     for generation in range(3):
         await world.google.insert_event("t", CALENDAR, {"id": world.event_id(generation)})
         world.google.delete_by_hand(CALENDAR, world.event_id(generation))
@@ -170,16 +196,21 @@ async def test_when_every_generation_is_taken_the_create_fails_for_the_repair_lo
 
 
 async def test_an_update_of_a_hand_deleted_event_recreates_it_under_the_next_generation(
-        world: World) -> None:
+    world: World,
+) -> None:
     await world.sync(version=1)
     world.google.delete_by_hand(CALENDAR, world.event_id(0))
     result = await world.sync(version=2, event_type="booking.updated", customer_name="Cy")
     assert (result.operation, result.outcome, result.reason) == (  # the update became a create
-        Operation.CREATE, Outcome.APPLIED, "stale_event_recreated")
+        Operation.CREATE,
+        Outcome.APPLIED,
+        "stale_event_recreated",
+    )
     assert list(world.live()) == [world.event_id(1)]
     assert "Cy" in world.live()[world.event_id(1)]["summary"]
-    assert world.repository.link_bookings[(world.link_id, "bk_1")].google_event_id == \
-        world.event_id(1)
+    assert world.repository.link_bookings[
+        (world.link_id, "bk_1")
+    ].google_event_id == world.event_id(1)
 
 
 async def test_a_delete_of_an_event_already_gone_is_done(world: World) -> None:
@@ -187,12 +218,14 @@ async def test_a_delete_of_an_event_already_gone_is_done(world: World) -> None:
     world.google.delete_by_hand(CALENDAR, world.event_id(0))
     result = await world.sync(version=2, event_type="booking.canceled", status="canceled")
     assert (result.operation, result.outcome, result.reason) == (
-        Operation.DELETE, Outcome.APPLIED, "already_gone")
+        Operation.DELETE,
+        Outcome.APPLIED,
+        "already_gone",
+    )
     recorded = world.repository.link_bookings[(world.link_id, "bk_1")]
     assert recorded.google_event_id is None and recorded.generation == 1
     again = await world.sync(version=3, event_type="booking.updated")  # back: a fresh id
-    assert again.google_event_id == world.event_id(1) and list(world.live()) == [
-        world.event_id(1)]
+    assert again.google_event_id == world.event_id(1) and list(world.live()) == [world.event_id(1)]
 
 
 async def test_a_new_calendar_takes_the_event_and_the_old_one_lets_it_go(world: World) -> None:
@@ -201,15 +234,19 @@ async def test_a_new_calendar_takes_the_event_and_the_old_one_lets_it_go(world: 
     world.repository.choose_calendar(world.link_id, "cal2")
     result = await world.sync(version=2, event_type="booking.updated")
     assert (result.operation, result.outcome, result.reason) == (
-        Operation.MOVE, Outcome.APPLIED, "calendar_changed")
+        Operation.MOVE,
+        Outcome.APPLIED,
+        "calendar_changed",
+    )
     assert not world.live() and list(world.google.live_events("cal2")) == [world.event_id(1)]
     assert result.stranded == ()
     recorded = world.repository.link_bookings[(world.link_id, "bk_1")]
     assert (recorded.calendar_id, recorded.generation) == ("cal2", 1)
 
 
-async def test_a_move_away_from_a_calendar_gone_meanwhile_strands_the_old_event(world: World
-                                                                               ) -> None:
+async def test_a_move_away_from_a_calendar_gone_meanwhile_strands_the_old_event(
+    world: World,
+) -> None:
     await world.sync(version=1)
     world.google.share_read_only(CALENDAR)  # the old calendar can no longer be written
     world.google.add_calendar("cal2")
@@ -225,14 +262,12 @@ async def test_a_move_away_from_a_calendar_gone_meanwhile_strands_the_old_event(
 # --- tokens ---------------------------------------------------------------------------------
 
 
-async def test_a_401_on_a_token_believed_valid_refreshes_once_and_retries(world: World
-                                                                          ) -> None:
+async def test_a_401_on_a_token_believed_valid_refreshes_once_and_retries(world: World) -> None:
     world.tokens.current[world.link_id] = world.google.issue_token("ya29.revoked-at-google")
     world.google.revoke_token("ya29.revoked-at-google")  # at Google, before its expiry
     result = await world.sync()
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
-    assert world.tokens.asked == [(world.link_id, None),
-                                  (world.link_id, "ya29.revoked-at-google")]
+    assert world.tokens.asked == [(world.link_id, None), (world.link_id, "ya29.revoked-at-google")]
     assert world.google.tokens_used[-1] == world.tokens.current[world.link_id]
 
 
@@ -246,20 +281,23 @@ async def test_a_401_that_persists_after_one_refresh_fails_the_link_only(world: 
     assert result.repair is not None  # the repair loop tries again later
 
 
-async def test_a_refresh_token_google_refuses_turns_the_link_reauth_required(world: World
-                                                                           ) -> None:
+async def test_a_refresh_token_google_refuses_turns_the_link_reauth_required(world: World) -> None:
     world.tokens.failure = TokenRefreshFailed("invalid_grant", permanent=True)
     result = await world.sync()
     assert (result.outcome, result.reason, result.error) == (
-        Outcome.SKIPPED, "token_refresh_failed", "invalid_grant")
+        Outcome.SKIPPED,
+        "token_refresh_failed",
+        "invalid_grant",
+    )
     assert len(world.tokens.asked) == 1 and not world.google.calls  # never retried
     assert world.repository.state(world.link_id) is LinkState.REAUTH_REQUIRED
     assert world.link_id in world.engine.halted
     assert await world.engine.handle(booking_model("bk_2"), None) == []  # no more work
 
 
-async def test_a_token_endpoint_outage_is_retried_then_left_to_the_repair_loop(world: World
-                                                                            ) -> None:
+async def test_a_token_endpoint_outage_is_retried_then_left_to_the_repair_loop(
+    world: World,
+) -> None:
     world.tokens.failure = TokenRefreshFailed("token_endpoint_unreachable", permanent=False)
     result = await world.sync()
     assert (result.outcome, result.reason) == (Outcome.FAILED, "token_refresh_failed")
@@ -268,8 +306,9 @@ async def test_a_token_endpoint_outage_is_retried_then_left_to_the_repair_loop(w
     assert world.repository.state(world.link_id) is LinkState.ACTIVE  # an outage, not a revocation
 
 
-async def test_a_token_endpoint_that_comes_back_within_the_budget_is_no_failure(world: World
-                                                                              ) -> None:
+async def test_a_token_endpoint_that_comes_back_within_the_budget_is_no_failure(
+    world: World,
+) -> None:
     world.tokens.failure = TokenRefreshFailed("token_endpoint_unreachable", permanent=False)
     world.tokens.failures_left = 2
     result = await world.sync()
@@ -279,10 +318,13 @@ async def test_a_token_endpoint_that_comes_back_within_the_budget_is_no_failure(
 # --- each refusal of Google's table (consumer/refusals.py) ----------------------------------------
 
 
-@pytest.mark.parametrize(("status", "reason"), [(None, "TimeoutError"), (500, "backendError"),
-                                                (503, "backendError"), (408, "timeout")])
-async def test_a_passing_fault_is_retried_within_the_budget(world: World, status: int | None,
-                                                            reason: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(None, "TimeoutError"), (500, "backendError"), (503, "backendError"), (408, "timeout")],
+)
+async def test_a_passing_fault_is_retried_within_the_budget(
+    world: World, status: int | None, reason: str
+) -> None:
     world.google.fail("events.insert", status, reason, times=2)
     result = await world.sync()
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 3)
@@ -298,22 +340,28 @@ async def test_a_fault_that_outlasts_the_budget_fails_for_the_repair_loop(world:
 
 
 @pytest.mark.parametrize(("status", "reason"), [(400, "invalid"), (412, "conditionNotMet")])
-async def test_a_refusal_google_would_repeat_is_not_retried_now(world: World, status: int,
-                                                                reason: str) -> None:
+async def test_a_refusal_google_would_repeat_is_not_retried_now(
+    world: World, status: int, reason: str
+) -> None:
     world.google.fail("events.insert", status, reason)
     result = await world.sync()
-    assert (result.outcome, result.reason, result.attempts) == (
-        Outcome.FAILED, "google_refused", 1)
+    assert (result.outcome, result.reason, result.attempts) == (Outcome.FAILED, "google_refused", 1)
     assert result.repair is not None
     assert world.repository.state(world.link_id) is LinkState.ACTIVE
 
 
-@pytest.mark.parametrize(("status", "reason"), [(403, "rateLimitExceeded"),
-                                                (429, "rateLimitExceeded"),
-                                                (403, "userRateLimitExceeded"),
-                                                (429, "tooManyRequests")])
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (403, "rateLimitExceeded"),
+        (429, "rateLimitExceeded"),
+        (403, "userRateLimitExceeded"),
+        (429, "tooManyRequests"),
+    ],
+)
 async def test_a_rate_limit_slows_the_accounts_quota_and_is_retried(
-        world: World, status: int, reason: str) -> None:
+    world: World, status: int, reason: str
+) -> None:
     world.google.fail("events.insert", status, reason, domain="usageLimits")
     result = await world.sync()
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
@@ -321,8 +369,7 @@ async def test_a_rate_limit_slows_the_accounts_quota_and_is_retried(
     assert world.engine.pacing[ACCOUNT] == 0  # its place in the window is given back
 
 
-async def test_a_rate_limit_for_an_account_already_pacing_leaves_the_window(world: World
-                                                                          ) -> None:
+async def test_a_rate_limit_for_an_account_already_pacing_leaves_the_window(world: World) -> None:
     world.engine.pacing[ACCOUNT] = 2  # two of its live messages already wait in the window
     world.google.fail("events.insert", 403, "userRateLimitExceeded", domain="usageLimits")
     result = await world.sync()
@@ -331,17 +378,24 @@ async def test_a_rate_limit_for_an_account_already_pacing_leaves_the_window(worl
     assert not world.live()
 
 
-@pytest.mark.parametrize(("reason", "scope", "paused"), [
-    ("quotaExceeded", "account", ACCOUNT),
-    ("dailyLimitExceeded", "project", None),
-    ("accessNotConfigured", "project", None),
-])
+@pytest.mark.parametrize(
+    ("reason", "scope", "paused"),
+    [
+        ("quotaExceeded", "account", ACCOUNT),
+        ("dailyLimitExceeded", "project", None),
+        ("accessNotConfigured", "project", None),
+    ],
+)
 async def test_a_quota_spent_for_hours_pauses_it_and_defers_the_work(
-        world: World, reason: str, scope: str, paused: str | None) -> None:
+    world: World, reason: str, scope: str, paused: str | None
+) -> None:
     world.google.fail("events.insert", 403, reason, domain="usageLimits")
     result = await world.sync()
     assert (result.outcome, result.reason, result.attempts) == (
-        Outcome.DEFERRED, f"{scope}_paused", 1)
+        Outcome.DEFERRED,
+        f"{scope}_paused",
+        1,
+    )
     assert world.quota.pauses == [(paused, reason)]
     assert result.repair is not None and result.repair.not_before_s == world.quota.pause_s
     assert result.repair.due_in_s >= world.quota.pause_s  # not before the pause ends
@@ -352,7 +406,8 @@ async def test_a_quota_spent_for_hours_pauses_it_and_defers_the_work(
 
 
 async def test_a_404_on_insert_for_a_deleted_calendar_turns_the_link_unavailable(
-        world: World) -> None:
+    world: World,
+) -> None:
     world.google.remove_calendar(CALENDAR)
     result = await world.sync()
     assert (result.outcome, result.reason) == (Outcome.FAILED, "calendar_unavailable")
@@ -369,11 +424,13 @@ async def test_a_calendar_shared_read_only_turns_the_link_unavailable(world: Wor
     assert (result.outcome, result.reason) == (Outcome.FAILED, "calendar_unavailable")
     assert "reader" in (result.error or "")
     assert world.repository.left_active == [
-        (world.link_id, LinkState.CALENDAR_UNAVAILABLE, result.error)]
+        (world.link_id, LinkState.CALENDAR_UNAVAILABLE, result.error)
+    ]
 
 
-async def test_a_404_on_insert_for_a_calendar_still_listed_and_writable_stands(world: World
-                                                                             ) -> None:
+async def test_a_404_on_insert_for_a_calendar_still_listed_and_writable_stands(
+    world: World,
+) -> None:
     world.google.fail("events.insert", 404, "notFound")
     result = await world.sync()
     assert (result.outcome, result.reason) == (Outcome.FAILED, "google_refused")
@@ -381,15 +438,13 @@ async def test_a_404_on_insert_for_a_calendar_still_listed_and_writable_stands(w
     assert world.repository.state(world.link_id) is LinkState.ACTIVE
 
 
-async def test_an_unexplained_403_on_an_update_of_an_event_still_there_stands(world: World
-                                                                            ) -> None:
+async def test_an_unexplained_403_on_an_update_of_an_event_still_there_stands(world: World) -> None:
     await world.sync(version=1)
     world.google.fail("events.update", 403, "forbidden")
     result = await world.sync(version=2, event_type="booking.updated")
     assert (result.outcome, result.reason) == (Outcome.FAILED, "google_refused")
     # It asked: the event is there (not cancelled), the calendar writable: no recreate.
-    assert world.google.count("events.get") == 1 and world.google.count(
-        "calendarList.get") == 1
+    assert world.google.count("events.get") == 1 and world.google.count("calendarList.get") == 1
     assert list(world.live()) == [world.event_id(0)]
     assert world.repository.state(world.link_id) is LinkState.ACTIVE
 
@@ -405,7 +460,8 @@ async def test_a_link_halted_meanwhile_gets_no_google_call(world: World) -> None
 
 
 async def test_without_a_quota_configured_calls_go_straight_and_a_halt_still_stops_them(
-        world: World) -> None:
+    world: World,
+) -> None:
     world.quota.limited = False  # the engine takes its fast path: no race with the halt
     applied = await world.sync("bk_1")
     assert applied.outcome is Outcome.APPLIED and world.quota.acquired

@@ -24,7 +24,8 @@ def test_without_docker_auto_is_embedded_and_quick(monkeypatch: pytest.MonkeyPat
 
 
 def test_containers_without_docker_stops_the_session_saying_why(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(stack, "_docker_socket_path", lambda: None)
     with pytest.raises(pytest.UsageError, match="CALSYNC_TEST_STACK=containers, but no Docker"):
         stack.choose_stack({"CALSYNC_TEST_STACK": "containers"})
@@ -45,11 +46,21 @@ def test_auto_takes_containers_when_docker_answers(monkeypatch: pytest.MonkeyPat
 
 
 def test_the_settings_environment_reads_back_as_the_same_settings(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    original = Settings(database_url="postgresql://u@h:1/d?sslmode=disable", topic="t.b",
-                        retry_budget_s=3.0, retry_initial_s=0.05, token_key="k1,k2",
-                        admin_token="secret", google_ca_bundle="/ca.pem", metrics_port=0,
-                        kafka_session_timeout_s=3.0, log_format="json", instance_id=None)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = Settings(
+        database_url="postgresql://u@h:1/d?sslmode=disable",
+        topic="t.b",
+        retry_budget_s=3.0,
+        retry_initial_s=0.05,
+        token_key="k1,k2",
+        admin_token="secret",
+        google_ca_bundle="/ca.pem",
+        metrics_port=0,
+        kafka_session_timeout_s=3.0,
+        log_format="json",
+        instance_id=None,
+    )
     variables = settings_env(original)
     assert "CALSYNC_INSTANCE_ID" not in variables  # None: left to its default
     assert variables["CALSYNC_ADMIN_TOKEN"] == "secret"

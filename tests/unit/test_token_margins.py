@@ -31,8 +31,9 @@ class Tokens:
     def __init__(self, margin_s: float = 300.0) -> None:
         self.repository = FakeRepository()
         self.endpoint = FakeTokenEndpoint()
-        self.provider = TokenProvider(Settings(token_refresh_margin_s=margin_s),
-                                      self.repository, Metrics())  # type: ignore[arg-type]
+        self.provider = TokenProvider(
+            Settings(token_refresh_margin_s=margin_s), self.repository, Metrics()
+        )  # type: ignore[arg-type]
         self.endpoint.install(self.provider)
 
     def store(self, access_token: str | None, left: timedelta | None) -> LinkTokens:
@@ -53,19 +54,22 @@ async def tokens() -> AsyncIterator[Tokens]:
     made.provider.close()
 
 
-@pytest.mark.parametrize("left", [timedelta(minutes=6), timedelta(seconds=301),
-                                  timedelta(hours=1)])
+@pytest.mark.parametrize("left", [timedelta(minutes=6), timedelta(seconds=301), timedelta(hours=1)])
 async def test_a_token_with_more_than_five_minutes_left_is_used_as_is(
-        tokens: Tokens, left: timedelta) -> None:
+    tokens: Tokens, left: timedelta
+) -> None:
     tokens.store("ya29.still-good", left)
     assert await tokens.ask() == "ya29.still-good"
     assert tokens.endpoint.grants == [] and tokens.repository.saved_tokens == []
 
 
-@pytest.mark.parametrize("left", [timedelta(minutes=4), timedelta(seconds=299),
-                                  timedelta(seconds=1), timedelta(hours=-2), None])
+@pytest.mark.parametrize(
+    "left",
+    [timedelta(minutes=4), timedelta(seconds=299), timedelta(seconds=1), timedelta(hours=-2), None],
+)
 async def test_a_token_within_five_minutes_of_expiry_or_expired_is_refreshed_and_saved(
-        tokens: Tokens, left: timedelta | None) -> None:
+    tokens: Tokens, left: timedelta | None
+) -> None:
     tokens.store("ya29.ending" if left is not None else None, left)
     token = await tokens.ask()
     assert token.startswith("ya29.granted-") and tokens.endpoint.grants == [REFRESH]
@@ -114,7 +118,8 @@ async def test_one_refresh_per_link_for_many_concurrent_asks(tokens: Tokens) -> 
 
 
 async def test_a_refused_refresh_token_is_not_presented_again_until_reconnected(
-        tokens: Tokens) -> None:
+    tokens: Tokens,
+) -> None:
     tokens.endpoint.refuse_with = "invalid_grant"
     tokens.store(None, None)
     with pytest.raises(TokenRefreshFailed) as first:

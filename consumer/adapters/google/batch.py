@@ -40,11 +40,20 @@ def encode_batch(requests: list[Any]) -> EncodedBatch:
     for n, request in enumerate(requests):
         url = urlsplit(request.uri)
         target = url.path + (f"?{url.query}" if url.query else "")
-        lines = [f"--{boundary}", "Content-Type: application/http",
-                 "Content-Transfer-Encoding: binary", f"Content-ID: <{n}>", "",
-                 f"{request.method} {target} HTTP/1.1", f"Host: {url.netloc}"]
-        lines += [f"{name}: {value}" for name, value in request.headers.items()
-                  if name.lower() not in _DROPPED]
+        lines = [
+            f"--{boundary}",
+            "Content-Type: application/http",
+            "Content-Transfer-Encoding: binary",
+            f"Content-ID: <{n}>",
+            "",
+            f"{request.method} {target} HTTP/1.1",
+            f"Host: {url.netloc}",
+        ]
+        lines += [
+            f"{name}: {value}"
+            for name, value in request.headers.items()
+            if name.lower() not in _DROPPED
+        ]
         body = request.body.encode() if isinstance(request.body, str) else request.body or b""
         if body:
             lines.append(f"Content-Length: {len(body)}")
@@ -53,8 +62,9 @@ def encode_batch(requests: list[Any]) -> EncodedBatch:
     return EncodedBatch(f"multipart/mixed; boundary={boundary}", b"".join(chunks))
 
 
-def decode_batch(content_type: str, content: bytes, count: int
-                 ) -> list[tuple[httplib2.Response, bytes] | None]:
+def decode_batch(
+    content_type: str, content: bytes, count: int
+) -> list[tuple[httplib2.Response, bytes] | None]:
     """The answer to each of `count` parts, by Content-ID (None: no answer for it)."""
     boundary = _boundary(content_type)
     answers: list[tuple[httplib2.Response, bytes] | None] = [None] * count
@@ -118,7 +128,7 @@ def _response(data: bytes) -> tuple[httplib2.Response, bytes]:
     response.reason = parts[2] if len(parts) > 2 else ""
     length = info.get("content-length", "")
     if length.isdigit() and int(length) <= len(body):
-        return response, body[:int(length)]
+        return response, body[: int(length)]
     if body.endswith(b"\r\n"):  # the line break that belongs to the next delimiter
         body = body[:-2]
     elif body.endswith(b"\n"):

@@ -64,8 +64,9 @@ def _from_http_error(exc: HttpError, method: str) -> GoogleApiError:
         retry = float(retry_after) if retry_after else None
     except ValueError:
         retry = None
-    return GoogleApiError(int(exc.resp.status), str(reason), printable(str(message), 500),
-                          retry, str(domain), method)
+    return GoogleApiError(
+        int(exc.resp.status), str(reason), printable(str(message), 500), retry, str(domain), method
+    )
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,9 @@ Call = tuple[Callable[[_Resources], Any], str]  # (builds the request, access to
 
 
 WRITE_ROLES = frozenset({"writer", "owner"})
-_MANAGED_FIELDS = ("items(id,status,summary,description,location,start,end,"
-                   "extendedProperties),nextPageToken")
+_MANAGED_FIELDS = (
+    "items(id,status,summary,description,location,start,end,extendedProperties),nextPageToken"
+)
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,11 @@ class _Exchange(SimpleNamespace):
     cold: bool = False  # a connection was opened for it (a TLS handshake first)
 
 
-async def _connection_opened(session: aiohttp.ClientSession, context: SimpleNamespace,
-                             params: aiohttp.TraceConnectionCreateEndParams) -> None:
+async def _connection_opened(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceConnectionCreateEndParams,
+) -> None:
     exchange = context.trace_request_ctx
     if isinstance(exchange, _Exchange):
         exchange.cold = True
@@ -122,7 +127,9 @@ class GoogleCalendar:
         self._metrics = metrics or Metrics()
         self._timeout = settings.google_timeout_s
         self._service = build(  # builds requests only: they are sent by aiohttp, below
-            "calendar", "v3", http=httplib2.Http(),
+            "calendar",
+            "v3",
+            http=httplib2.Http(),
             client_options={"api_endpoint": settings.calendar_api_endpoint},
             static_discovery=True,
             cache_discovery=False,
@@ -135,25 +142,36 @@ class GoogleCalendar:
         self._closing: asyncio.Task[None] | None = None
         quota_per_min = settings.quota_per_project_per_min * settings.quota_use_share
         self.flow = ConcurrencyController(
-            max_requests=settings.google_concurrency, max_batch=settings.google_batch_size,
-            quota_per_s=quota_per_min / 60 if quota_per_min else None)
+            max_requests=settings.google_concurrency,
+            max_batch=settings.google_batch_size,
+            quota_per_s=quota_per_min / 60 if quota_per_min else None,
+        )
         self._calls: Batcher[Call, Any] = Batcher(
-            self._send, max_size=self.flow.take_batch_size,
-            concurrency=lambda: self.flow.limit)
+            self._send, max_size=self.flow.take_batch_size, concurrency=lambda: self.flow.limit
+        )
         self._watch_flow()
 
     def _watch_flow(self) -> None:
         registry = self._metrics.registry
-        Gauge("calsync_google_requests_limit", "Requests to Google allowed in flight at once, "
-              "as the concurrency controller measures the need", registry=registry
-              ).set_function(lambda: self.flow.limit)
-        Gauge("calsync_google_requests_in_flight", "Requests to Google in flight",
-              registry=registry).set_function(lambda: self._calls.flushing)
-        Gauge("calsync_google_batch_size_limit", "Most calls one request to Google carries, "
-              "from how Google serves a batch", registry=registry
-              ).set_function(lambda: self.flow.batch_size)
-        Gauge("calsync_google_calls_waiting", "Google calls waiting for a free request",
-              registry=registry).set_function(lambda: self._calls.waiting)
+        Gauge(
+            "calsync_google_requests_limit",
+            "Requests to Google allowed in flight at once, "
+            "as the concurrency controller measures the need",
+            registry=registry,
+        ).set_function(lambda: self.flow.limit)
+        Gauge(
+            "calsync_google_requests_in_flight", "Requests to Google in flight", registry=registry
+        ).set_function(lambda: self._calls.flushing)
+        Gauge(
+            "calsync_google_batch_size_limit",
+            "Most calls one request to Google carries, from how Google serves a batch",
+            registry=registry,
+        ).set_function(lambda: self.flow.batch_size)
+        Gauge(
+            "calsync_google_calls_waiting",
+            "Google calls waiting for a free request",
+            registry=registry,
+        ).set_function(lambda: self._calls.waiting)
 
     def _client(self) -> aiohttp.ClientSession:
         """One session (connection pool, one TLS context) for every request, made in the
@@ -164,7 +182,8 @@ class GoogleCalendar:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ssl=self._tls),
                 timeout=aiohttp.ClientTimeout(total=self._timeout),
-                trace_configs=[tracing])
+                trace_configs=[tracing],
+            )
         return self._session
 
     async def aclose(self) -> None:
@@ -197,8 +216,12 @@ class GoogleCalendar:
         self._metrics.google_batches.observe(1)
         try:
             async with self._client().request(
-                    request.method, request.uri, data=request.body, headers=request.headers,
-                    trace_request_ctx=exchange) as answer:
+                request.method,
+                request.uri,
+                data=request.body,
+                headers=request.headers,
+                trace_request_ctx=exchange,
+            ) as answer:
                 content = await answer.read()
                 response = _response_of(answer)
             result = request.postproc(response, content)  # HttpError from 300 on
@@ -207,8 +230,11 @@ class GoogleCalendar:
             return [_from_http_error(exc, method)], time.perf_counter() - started, exchange.cold
         except (TimeoutError, OSError, aiohttp.ClientError) as exc:
             self._metrics.google_call(method, started, None)
-            return [GoogleApiError(None, type(exc).__name__, str(exc) or "no answer",
-                                   method=method)], time.perf_counter() - started, exchange.cold
+            return (
+                [GoogleApiError(None, type(exc).__name__, str(exc) or "no answer", method=method)],
+                time.perf_counter() - started,
+                exchange.cold,
+            )
         self._metrics.google_call(method, started, response.status)
         return [result], time.perf_counter() - started, exchange.cold
 
@@ -223,9 +249,11 @@ class GoogleCalendar:
         started = time.perf_counter()
         try:
             async with self._client().post(
-                    self._batch_uri, data=batch.body,
-                    headers={"content-type": batch.content_type},
-                    trace_request_ctx=exchange) as answer:
+                self._batch_uri,
+                data=batch.body,
+                headers={"content-type": batch.content_type},
+                trace_request_ctx=exchange,
+            ) as answer:
                 content = await answer.read()
                 response = _response_of(answer)
             if response.status >= 300:  # the batch as a whole refused (5xx, 429, 400)
@@ -239,21 +267,33 @@ class GoogleCalendar:
             status = None
         else:
             seconds = time.perf_counter() - started
-            return [self._answer(request, method, part, started)
+            return (
+                [
+                    self._answer(request, method, part, started)
                     for request, method, part in zip(requests, methods, parts, strict=True)
-                    ], seconds, exchange.cold
+                ],
+                seconds,
+                exchange.cold,
+            )
         for method in methods:
             self._metrics.google_call(method, started, status)
-        return ([dataclasses.replace(error, method=method) for method in methods],
-                time.perf_counter() - started, exchange.cold)
+        return (
+            [dataclasses.replace(error, method=method) for method in methods],
+            time.perf_counter() - started,
+            exchange.cold,
+        )
 
-    def _answer(self, request: Any, method: str,
-                part: tuple[httplib2.Response, bytes] | None, started: float) -> Any:
+    def _answer(
+        self,
+        request: Any,
+        method: str,
+        part: tuple[httplib2.Response, bytes] | None,
+        started: float,
+    ) -> Any:
         """One call's answer inside a batch: its result, or its GoogleApiError."""
         if part is None:
             self._metrics.google_call(method, started, None)
-            return GoogleApiError(None, "BatchFormatError", "no answer for the call",
-                                  method=method)
+            return GoogleApiError(None, "BatchFormatError", "no answer for the call", method=method)
         response, content = part
         try:
             result = request.postproc(response, content)
@@ -269,35 +309,37 @@ class GoogleCalendar:
         else:
             answers, seconds, cold = await self._execute_batch(calls)
         refused = sum(1 for a in answers if isinstance(a, GoogleApiError) and a.rate_limited)
-        self.flow.answered(len(calls), seconds, refused, waiting=self._calls.waiting > 0,
-                           cold=cold)
+        self.flow.answered(len(calls), seconds, refused, waiting=self._calls.waiting > 0, cold=cold)
         return answers
 
     async def _call(self, make_request: Callable[[_Resources], Any], token: str) -> Any:
         return await self._calls.submit((make_request, token))
 
-    async def insert_event(self, token: str, calendar_id: str, body: dict[str, Any]
-                           ) -> dict[str, Any]:
+    async def insert_event(
+        self, token: str, calendar_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(
-            lambda r: r.events.insert(calendarId=calendar_id, body=body), token)
+            lambda r: r.events.insert(calendarId=calendar_id, body=body), token
+        )
         return result
 
-    async def update_event(self, token: str, calendar_id: str, event_id: str,
-                           body: dict[str, Any]) -> dict[str, Any]:
+    async def update_event(
+        self, token: str, calendar_id: str, event_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]:
         result: dict[str, Any] = await self._call(
-            lambda r: r.events.update(calendarId=calendar_id, eventId=event_id, body=body),
-            token)
+            lambda r: r.events.update(calendarId=calendar_id, eventId=event_id, body=body), token
+        )
         return result
 
     async def delete_event(self, token: str, calendar_id: str, event_id: str) -> None:
-        await self._call(
-            lambda r: r.events.delete(calendarId=calendar_id, eventId=event_id), token)
+        await self._call(lambda r: r.events.delete(calendarId=calendar_id, eventId=event_id), token)
 
     async def get_event(self, token: str, calendar_id: str, event_id: str) -> dict[str, Any]:
         """The event as Google holds it; one deleted by a person comes back with
         `status: cancelled` (404 when Google no longer keeps it at all)."""
         result: dict[str, Any] = await self._call(
-            lambda r: r.events.get(calendarId=calendar_id, eventId=event_id), token)
+            lambda r: r.events.get(calendarId=calendar_id, eventId=event_id), token
+        )
         return result
 
     async def calendar_entry(self, token: str, calendar_id: str) -> CalendarInfo:
@@ -305,16 +347,22 @@ class GoogleCalendar:
         item = await self._call(lambda r: r.calendar_list.get(calendarId=calendar_id), token)
         return _calendar_info(item)
 
-    async def list_link_events(self, token: str, calendar_id: str, link_id: str
-                               ) -> list[dict[str, Any]]:
+    async def list_link_events(
+        self, token: str, calendar_id: str, link_id: str
+    ) -> list[dict[str, Any]]:
         """Every live event this service put on the calendar for one link."""
         events: list[dict[str, Any]] = []
         page_token: str | None = None
         while True:
+
             def request(r: _Resources, after: str | None = page_token) -> Any:
                 return r.events.list(
-                    calendarId=calendar_id, privateExtendedProperty=f"link_id={link_id}",
-                    maxResults=2500, pageToken=after, fields="items(id),nextPageToken")
+                    calendarId=calendar_id,
+                    privateExtendedProperty=f"link_id={link_id}",
+                    maxResults=2500,
+                    pageToken=after,
+                    fields="items(id),nextPageToken",
+                )
 
             page = await self._call(request, token)
             events.extend(page.get("items", []))
@@ -322,15 +370,21 @@ class GoogleCalendar:
             if not page_token:
                 return events
 
-    async def managed_events_page(self, token: str, calendar_id: str, page_token: str | None
-                                  ) -> tuple[list[dict[str, Any]], str | None]:
+    async def managed_events_page(
+        self, token: str, calendar_id: str, page_token: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         """One page (up to 2,500) of the live events this service put on a calendar, for
         any link (found by their private `managed_by` property), with the fields rendered:
         what a reconcile compares. Returns the events and the next page's token."""
+
         def request(r: _Resources) -> Any:
             return r.events.list(
-                calendarId=calendar_id, privateExtendedProperty=f"managed_by={MANAGED_BY}",
-                maxResults=2500, pageToken=page_token, fields=_MANAGED_FIELDS)
+                calendarId=calendar_id,
+                privateExtendedProperty=f"managed_by={MANAGED_BY}",
+                maxResults=2500,
+                pageToken=page_token,
+                fields=_MANAGED_FIELDS,
+            )
 
         page = await self._call(request, token)
         return list(page.get("items", [])), page.get("nextPageToken")
@@ -339,8 +393,7 @@ class GoogleCalendar:
         calendars: list[CalendarInfo] = []
         page_token: str | None = None
         while True:
-            page = await self._call(
-                lambda r: r.calendar_list.list(pageToken=page_token), token)  # noqa: B023
+            page = await self._call(lambda r: r.calendar_list.list(pageToken=page_token), token)  # noqa: B023
             calendars += [_calendar_info(item) for item in page.get("items", [])]
             page_token = page.get("nextPageToken")
             if not page_token:
@@ -350,7 +403,9 @@ class GoogleCalendar:
 def _calendar_info(item: dict[str, Any]) -> CalendarInfo:
     role = item.get("accessRole", "reader")
     return CalendarInfo(
-        id=item["id"], name=item.get("summaryOverride") or item.get("summary", ""),
+        id=item["id"],
+        name=item.get("summaryOverride") or item.get("summary", ""),
         primary=bool(item.get("primary", False)),
-        writable=role in WRITE_ROLES, access_role=role,
+        writable=role in WRITE_ROLES,
+        access_role=role,
     )

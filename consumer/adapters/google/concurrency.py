@@ -69,10 +69,14 @@ _SERIAL_EWMA = 0.2
 
 
 class ConcurrencyController:
-    def __init__(self, max_requests: int, max_batch: int = 1,
-                 quota_per_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 initial_limit: int = INITIAL_LIMIT) -> None:
+    def __init__(
+        self,
+        max_requests: int,
+        max_batch: int = 1,
+        quota_per_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        initial_limit: int = INITIAL_LIMIT,
+    ) -> None:
         """`quota_per_s`: the calls a second the quotas allow this process (None: unknown,
         no floor)."""
         self.max_requests = max(1, max_requests)
@@ -150,8 +154,14 @@ class ConcurrencyController:
 
     # --- what the adapter tells -------------------------------------------------------------
 
-    def answered(self, calls: int, latency_s: float, refused: int = 0,
-                 waiting: bool = False, cold: bool = False) -> None:
+    def answered(
+        self,
+        calls: int,
+        latency_s: float,
+        refused: int = 0,
+        waiting: bool = False,
+        cold: bool = False,
+    ) -> None:
         """One request came back: `calls` calls in `latency_s` seconds, `refused` of them
         refused for rate limits; `waiting`: calls were queued for want of a free slot;
         `cold`: it opened a connection first (its latency says nothing of Google's)."""
@@ -165,10 +175,16 @@ class ConcurrencyController:
             return
         self._learn_serving(calls, latency_s)
         per_call = latency_s / (1 + self._serial * (calls - 1))
-        self._call_latency = per_call if self._call_latency is None else (
-            self._call_latency + _EWMA * (per_call - self._call_latency))
-        self._round_trip = latency_s if self._round_trip is None else (
-            self._round_trip + _EWMA * (latency_s - self._round_trip))
+        self._call_latency = (
+            per_call
+            if self._call_latency is None
+            else (self._call_latency + _EWMA * (per_call - self._call_latency))
+        )
+        self._round_trip = (
+            latency_s
+            if self._round_trip is None
+            else (self._round_trip + _EWMA * (latency_s - self._round_trip))
+        )
         if calls == 1 or self._batches_seen >= SETTLED_AFTER:
             self._window.append(per_call)  # a batch's only once the serving is known
         self._window_saturated |= waiting
@@ -186,8 +202,11 @@ class ConcurrencyController:
         if calls == 1:
             self._singles += 1  # a plain mean over the first few, then a moving one
             weight = max(_EWMA, 1 / self._singles)
-            self._single_latency = latency_s if self._single_latency is None else (
-                self._single_latency + weight * (latency_s - self._single_latency))
+            self._single_latency = (
+                latency_s
+                if self._single_latency is None
+                else (self._single_latency + weight * (latency_s - self._single_latency))
+            )
             return
         if self._single_latency is None or self._single_latency <= 0:
             return
@@ -219,8 +238,9 @@ class ConcurrencyController:
 
     def _recover_floor(self, now: float) -> None:
         if self._floor_scale < 1.0:
-            self._floor_scale = min(1.0, self._floor_scale
-                                    + (now - self._floor_at) / FLOOR_RECOVERY_S)
+            self._floor_scale = min(
+                1.0, self._floor_scale + (now - self._floor_at) / FLOOR_RECOVERY_S
+            )
         self._floor_at = now
 
     def _close_window(self, now: float) -> None:
@@ -239,6 +259,11 @@ class ConcurrencyController:
                 self._limit = max(1.0, self._limit * LATENCY_BACKOFF)
 
     def snapshot(self) -> dict[str, float | int | None]:
-        return {"limit": self.limit, "batch_size": self.batch_size, "serial": self._serial,
-                "call_latency_s": self._call_latency, "floor": self.floor,
-                "slow_start": int(self._slow_start)}
+        return {
+            "limit": self.limit,
+            "batch_size": self.batch_size,
+            "serial": self._serial,
+            "call_latency_s": self._call_latency,
+            "floor": self.floor,
+            "slow_start": int(self._slow_start),
+        }

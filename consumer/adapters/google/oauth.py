@@ -48,31 +48,40 @@ class OAuthClient:
     def __init__(self, settings: Settings, cipher: TokenCipher) -> None:
         self._settings = settings
         # itsdangerous signs with the last key and accepts all: newest last.
-        self._signer = URLSafeTimedSerializer(list(reversed(cipher.keys)),
-                                              salt="calsync-oauth-state")
+        self._signer = URLSafeTimedSerializer(
+            list(reversed(cipher.keys)), salt="calsync-oauth-state"
+        )
         self._verify: bool | str = settings.google_ca_bundle or True
 
     def _flow(self, code_verifier: str | None = None) -> Flow:
         s = self._settings
-        config = {"web": {
-            "client_id": s.google_client_id,
-            "client_secret": s.google_client_secret.get_secret_value(),
-            "auth_uri": s.google_auth_url,
-            "token_uri": s.google_token_url,
-            "redirect_uris": [s.oauth_redirect_uri],
-        }}
-        return Flow.from_client_config(config, scopes=SCOPES, redirect_uri=s.oauth_redirect_uri,
-                                       code_verifier=code_verifier,
-                                       autogenerate_code_verifier=True)
+        config = {
+            "web": {
+                "client_id": s.google_client_id,
+                "client_secret": s.google_client_secret.get_secret_value(),
+                "auth_uri": s.google_auth_url,
+                "token_uri": s.google_token_url,
+                "redirect_uris": [s.oauth_redirect_uri],
+            }
+        }
+        return Flow.from_client_config(
+            config,
+            scopes=SCOPES,
+            redirect_uri=s.oauth_redirect_uri,
+            code_verifier=code_verifier,
+            autogenerate_code_verifier=True,
+        )
 
-    def authorization_url(self, nonce: str, login_hint: str | None = None
-                          ) -> tuple[str, str, datetime]:
+    def authorization_url(
+        self, nonce: str, login_hint: str | None = None
+    ) -> tuple[str, str, datetime]:
         """The consent URL, the PKCE verifier to keep, and when the state expires.
         `login_hint` (an email) lets Google's account chooser offer that account first."""
         flow = self._flow()
         hint = {"login_hint": login_hint} if login_hint else {}
-        url, _ = flow.authorization_url(access_type="offline", prompt="consent",
-                                        state=self._signer.dumps(nonce), **hint)
+        url, _ = flow.authorization_url(
+            access_type="offline", prompt="consent", state=self._signer.dumps(nonce), **hint
+        )
         expires_at = datetime.now(UTC) + timedelta(seconds=self._settings.oauth_state_ttl_s)
         assert flow.code_verifier is not None
         return url, flow.code_verifier, expires_at
@@ -82,11 +91,14 @@ class OAuthClient:
         try:
             nonce = self._signer.loads(state, max_age=int(self._settings.oauth_state_ttl_s))
         except SignatureExpired:
-            raise OAuthRefused("state_expired", "the connection request expired: start it "
-                               "again (calsync links connect)") from None
+            raise OAuthRefused(
+                "state_expired",
+                "the connection request expired: start it again (calsync links connect)",
+            ) from None
         except BadSignature:
-            raise OAuthRefused("state_invalid", "the state parameter was not issued by this "
-                               "service") from None
+            raise OAuthRefused(
+                "state_invalid", "the state parameter was not issued by this service"
+            ) from None
         if not isinstance(nonce, str):
             raise OAuthRefused("state_invalid", "the state parameter is malformed")
         return nonce
@@ -95,24 +107,32 @@ class OAuthClient:
         """Trade the authorization code for tokens (blocking: run it in a thread)."""
         flow = self._flow(code_verifier)
         try:
-            token: dict[str, Any] = flow.fetch_token(code=code, verify=self._verify,
-                                                     timeout=self._settings.google_timeout_s)
+            token: dict[str, Any] = flow.fetch_token(
+                code=code, verify=self._verify, timeout=self._settings.google_timeout_s
+            )
         except OAuth2Error as exc:
-            raise OAuthRefused("code_refused", f"Google refused the authorization code: "
-                               f"{exc.error}{': ' + exc.description if exc.description else ''}"
-                               ) from None
+            raise OAuthRefused(
+                "code_refused",
+                f"Google refused the authorization code: "
+                f"{exc.error}{': ' + exc.description if exc.description else ''}",
+            ) from None
         except Warning as exc:  # oauthlib: the granted scopes differ from those asked for
             granted = set(getattr(exc, "new_scope", None) or [])
             missing = sorted({EVENTS_SCOPE, CALENDAR_LIST_SCOPE, EMAIL_SCOPE} - granted)
-            raise OAuthRefused("scope_not_granted", "the account did not grant access to: "
-                               + ", ".join(missing or sorted(SCOPES))) from None
+            raise OAuthRefused(
+                "scope_not_granted",
+                "the account did not grant access to: " + ", ".join(missing or sorted(SCOPES)),
+            ) from None
         except requests.RequestException as exc:
-            raise OAuthRefused("google_unreachable", f"Google's token endpoint did not answer: "
-                               f"{type(exc).__name__}") from None
+            raise OAuthRefused(
+                "google_unreachable",
+                f"Google's token endpoint did not answer: {type(exc).__name__}",
+            ) from None
         refresh_token = token.get("refresh_token")
         if not refresh_token:
-            raise OAuthRefused("no_refresh_token", "Google returned no refresh token; "
-                               "start the connection again")
+            raise OAuthRefused(
+                "no_refresh_token", "Google returned no refresh token; start the connection again"
+            )
         email = self._email(token.get("id_token"))
         expires_at = datetime.fromtimestamp(float(token.get("expires_at", time.time())), UTC)
         scopes = token.get("scope") or []
@@ -127,7 +147,8 @@ class OAuthClient:
             raise OAuthRefused("no_id_token", "Google returned no OpenID id_token")
         try:
             claims: dict[str, Any] = google.auth.jwt.decode(  # type: ignore[no-untyped-call]
-                id_token, verify=False)
+                id_token, verify=False
+            )
         except ValueError:
             raise OAuthRefused("bad_id_token", "Google's id_token is malformed") from None
         if claims.get("aud") != self._settings.google_client_id:
@@ -144,17 +165,27 @@ class OAuthClient:
         # oauthlib builds the RFC 7009 request (and refuses a revocation URL without TLS).
         try:
             url, headers, body = WebApplicationClient(
-                self._settings.google_client_id).prepare_token_revocation_request(
-                self._settings.google_revoke_url, token, token_type_hint="refresh_token")
+                self._settings.google_client_id
+            ).prepare_token_revocation_request(
+                self._settings.google_revoke_url, token, token_type_hint="refresh_token"
+            )
         except InsecureTransportError:
-            raise OAuthRefused("insecure_transport", "CALSYNC_GOOGLE_REVOKE_URL must be "
-                               "https") from None
+            raise OAuthRefused(
+                "insecure_transport", "CALSYNC_GOOGLE_REVOKE_URL must be https"
+            ) from None
         try:
-            answer = requests.post(url, data=body, headers=headers, verify=self._verify,
-                                   timeout=self._settings.google_timeout_s)
+            answer = requests.post(
+                url,
+                data=body,
+                headers=headers,
+                verify=self._verify,
+                timeout=self._settings.google_timeout_s,
+            )
         except requests.RequestException as exc:
-            raise OAuthRefused("google_unreachable", f"Google's revoke endpoint did not "
-                               f"answer: {type(exc).__name__}") from None
+            raise OAuthRefused(
+                "google_unreachable",
+                f"Google's revoke endpoint did not answer: {type(exc).__name__}",
+            ) from None
         if answer.status_code == 200:
             return True
         # invalid_token: already revoked or expired, which is what was wanted.

@@ -35,8 +35,7 @@ log = structlog.get_logger(__name__)
 
 
 class TokenProvider:
-    def __init__(self, settings: Settings, repository: Repository,
-                 metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, repository: Repository, metrics: Metrics) -> None:
         self._metrics = metrics
         self._settings = settings
         self._repository = repository
@@ -63,8 +62,9 @@ class TokenProvider:
             return tokens.access_token
         return None
 
-    async def access_token(self, link_id: str, stored: LinkTokens | None,
-                           rejected: str | None = None) -> str:
+    async def access_token(
+        self, link_id: str, stored: LinkTokens | None, rejected: str | None = None
+    ) -> str:
         """A token with more than the margin left. `rejected`: one Google just refused."""
         for tokens in (self._cache.get(link_id), stored):
             if (token := self._usable(tokens, rejected)) is not None:
@@ -86,18 +86,21 @@ class TokenProvider:
                 raise TokenRefreshFailed("invalid_grant", permanent=True)
             loop = asyncio.get_running_loop()
             try:
-                fresh = await loop.run_in_executor(self._pool, self._grant,
-                                                   current.refresh_token)
+                fresh = await loop.run_in_executor(self._pool, self._grant, current.refresh_token)
             except TokenRefreshFailed as exc:
                 self._metrics.token_refreshes.labels(
-                    "unavailable" if exc.retriable else "refused").inc()
+                    "unavailable" if exc.retriable else "refused"
+                ).inc()
                 if not exc.retriable:
                     self._refused[link_id] = current.refresh_token
                 raise
             self._metrics.token_refreshes.labels("ok").inc()
             await self._repository.save_tokens(
-                conn, link_id, fresh,
-                refresh_token_changed=fresh.refresh_token != current.refresh_token)
+                conn,
+                link_id,
+                fresh,
+                refresh_token_changed=fresh.refresh_token != current.refresh_token,
+            )
         self._cache[link_id] = fresh
         log.info("token_refreshed", link_id=link_id, expires_at=fresh.expires_at)
         assert fresh.access_token is not None
@@ -111,8 +114,11 @@ class TokenProvider:
             client_id=self._settings.google_client_id,
             client_secret=self._settings.google_client_secret.get_secret_value(),
         )
-        request = google_auth_httplib2.Request(httplib2.Http(
-            timeout=self._settings.google_timeout_s, ca_certs=self._settings.google_ca_bundle))
+        request = google_auth_httplib2.Request(
+            httplib2.Http(
+                timeout=self._settings.google_timeout_s, ca_certs=self._settings.google_ca_bundle
+            )
+        )
         try:
             credentials.refresh(request)  # type: ignore[no-untyped-call]
         except RefreshError as exc:
@@ -125,8 +131,9 @@ class TokenProvider:
             # repaired, and the link stays active.
             raise TokenRefreshFailed(reason, permanent=reason == "invalid_grant") from None
         except (TransportError, OSError, httplib2.HttpLib2Error) as exc:
-            raise TokenRefreshFailed(f"token_endpoint_unreachable: {type(exc).__name__}",
-                                     permanent=False) from None
+            raise TokenRefreshFailed(
+                f"token_endpoint_unreachable: {type(exc).__name__}", permanent=False
+            ) from None
         expiry = credentials.expiry  # google-auth: naive UTC
         expires_at = expiry.replace(tzinfo=UTC) if expiry else None
         return LinkTokens(

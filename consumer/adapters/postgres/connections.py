@@ -27,8 +27,9 @@ DictConnection = psycopg.AsyncConnection[DictRow]
 class Connect(Protocol):
     """`async with connect() as conn:` one new connection; `timeout_s` bounds opening it."""
 
-    def __call__(self, timeout_s: float | None = None
-                 ) -> AbstractAsyncContextManager[DictConnection]: ...
+    def __call__(
+        self, timeout_s: float | None = None
+    ) -> AbstractAsyncContextManager[DictConnection]: ...
 
 
 def connector(database_url: str) -> Connect:
@@ -36,10 +37,12 @@ def connector(database_url: str) -> Connect:
     async def connect(timeout_s: float | None = None) -> AsyncIterator[DictConnection]:
         # libpq takes whole seconds (at least 2 are honoured): the caller's own deadline,
         # if it has one, is the precise bound.
-        options: dict[str, Any] = ({} if timeout_s is None
-                                   else {"connect_timeout": max(1, int(timeout_s))})
-        conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True,
-                                                     row_factory=dict_row, **options)
+        options: dict[str, Any] = (
+            {} if timeout_s is None else {"connect_timeout": max(1, int(timeout_s))}
+        )
+        conn = await psycopg.AsyncConnection.connect(
+            database_url, autocommit=True, row_factory=dict_row, **options
+        )
         async with conn:
             yield conn
 

@@ -102,9 +102,7 @@ _START_BACKFILL = (
     " VALUES (%s, %s, %s, %s) RETURNING id"
 )
 _BACKFILL_TOTAL = "UPDATE backfills SET total = %s, updated_at = now() WHERE id = %s"
-_BACKFILL_PROGRESS = (
-    "UPDATE backfills SET done = %s, counts = %s, updated_at = now() WHERE id = %s"
-)
+_BACKFILL_PROGRESS = "UPDATE backfills SET done = %s, counts = %s, updated_at = now() WHERE id = %s"
 _FINISH_BACKFILL = (
     "UPDATE backfills SET done = %s, counts = %s, error = %s, updated_at = now(),"
     " finished_at = now() WHERE id = %s AND finished_at IS NULL"
@@ -128,9 +126,7 @@ _USE_FORM_TOKEN = (
     "INSERT INTO page_form_tokens (jti, link_id, expires_at) VALUES (%s, %s, %s)"
     " ON CONFLICT (jti) DO NOTHING RETURNING jti"
 )
-_FORGET_OLD_FORM_TOKENS = (
-    "DELETE FROM page_form_tokens WHERE expires_at < now() - interval '1 day'"
-)
+_FORGET_OLD_FORM_TOKENS = "DELETE FROM page_form_tokens WHERE expires_at < now() - interval '1 day'"
 _EVENTS_SYNCED = (
     "SELECT link_id, count(*) AS n FROM link_bookings WHERE link_id = ANY(%s)"
     " AND google_event_id IS NOT NULL GROUP BY link_id"
@@ -196,12 +192,14 @@ class LinkStore:
 
     # --- the OAuth flow -----------------------------------------------------------------
 
-    async def save_state(self, nonce: str, activity_id: str, code_verifier: str,
-                         expires_at: datetime) -> None:
+    async def save_state(
+        self, nonce: str, activity_id: str, code_verifier: str, expires_at: datetime
+    ) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(_FORGET_OLD_STATES)
-            await conn.execute(_INSERT_STATE, (nonce, activity_id,
-                                               self.cipher.encrypt(code_verifier), expires_at))
+            await conn.execute(
+                _INSERT_STATE, (nonce, activity_id, self.cipher.encrypt(code_verifier), expires_at)
+            )
 
     async def take_state(self, nonce: str) -> tuple[str, str]:
         """Use a state once: its activity and PKCE verifier."""
@@ -210,12 +208,13 @@ class LinkStore:
             if row is None:
                 seen = await (await conn.execute(_STATE_EXISTS, (nonce,))).fetchone()
                 if seen:
-                    raise StateRefused("state_replayed", "this connection request was already "
-                                       "used: start a new one")
+                    raise StateRefused(
+                        "state_replayed",
+                        "this connection request was already used: start a new one",
+                    )
                 raise StateRefused("state_invalid", "unknown connection request")
         if row["expired"]:
-            raise StateRefused("state_expired", "the connection request expired: start it "
-                               "again")
+            raise StateRefused("state_expired", "the connection request expired: start it again")
         return row["activity_id"], self.cipher.decrypt(row["code_verifier_enc"])
 
     async def add_pending(self, link: CalendarLink, tokens: LinkTokens) -> None:
@@ -225,8 +224,9 @@ class LinkStore:
         """Give the activity's `reauth_required` links of this account their new tokens."""
         refresh, access = self.repository.encrypt_tokens(tokens)
         async with self.pool.connection() as conn:
-            cur = await conn.execute(_RECONNECT, (refresh, access, tokens.expires_at,
-                                                  activity_id, email))
+            cur = await conn.execute(
+                _RECONNECT, (refresh, access, tokens.expires_at, activity_id, email)
+            )
             return [row["id"] for row in await cur.fetchall()]
 
     # --- choosing a calendar ------------------------------------------------------------
@@ -239,10 +239,16 @@ class LinkStore:
             row = await (await conn.execute(_LOCK_LINK, (link_id,))).fetchone()
             assert row is not None
             if row["state"] == LinkState.DISCONNECTED:  # (a disconnect under way, maybe)
-                raise StateRefused("link_disconnected", f"link {link_id} is disconnected: "
-                                   "connect the account again")
-            others = await (await conn.execute(_LIVE_ON_CALENDAR, (
-                row["activity_id"], row["account_email"], calendar_id, link_id))).fetchall()
+                raise StateRefused(
+                    "link_disconnected",
+                    f"link {link_id} is disconnected: connect the account again",
+                )
+            others = await (
+                await conn.execute(
+                    _LIVE_ON_CALENDAR,
+                    (row["activity_id"], row["account_email"], calendar_id, link_id),
+                )
+            ).fetchall()
             live = [o for o in others if o["state"] != LinkState.DISCONNECTED]
             if live:
                 raise CalendarTaken(live[0]["id"], live[0]["state"])
@@ -286,16 +292,17 @@ class LinkStore:
     async def recorded_events(self, link_id: str, calendar_id: str) -> list[tuple[str, str]]:
         """(booking, event) the records say are on this calendar."""
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_RECORDED_ON, (link_id, calendar_id,
-                                                            calendar_id))).fetchall()
+            rows = await (
+                await conn.execute(_RECORDED_ON, (link_id, calendar_id, calendar_id))
+            ).fetchall()
         return [(r["booking_id"], r["google_event_id"]) for r in rows]
 
-    async def events_elsewhere(self, link_id: str, calendar_id: str
-                               ) -> list[tuple[str, str, str]]:
+    async def events_elsewhere(self, link_id: str, calendar_id: str) -> list[tuple[str, str, str]]:
         """(booking, calendar, event) of the link's events on other calendars."""
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_EVENTS_ELSEWHERE, (link_id, calendar_id,
-                                                                 link_id))).fetchall()
+            rows = await (
+                await conn.execute(_EVENTS_ELSEWHERE, (link_id, calendar_id, link_id))
+            ).fetchall()
         return [(r["booking_id"], r["calendar_id"], r["google_event_id"]) for r in rows]
 
     async def strand(self, link_id: str, left: list[tuple[str, str, str, str]]) -> None:
@@ -326,11 +333,13 @@ class LinkStore:
 
     # --- backfill progress --------------------------------------------------------------
 
-    async def start_backfill(self, link_id: str, calendar_id: str, calendar_name: str | None,
-                             trigger: str) -> int:
+    async def start_backfill(
+        self, link_id: str, calendar_id: str, calendar_name: str | None, trigger: str
+    ) -> int:
         async with self.pool.connection() as conn:
-            cur = await conn.execute(_START_BACKFILL, (link_id, calendar_id, calendar_name,
-                                                       trigger))
+            cur = await conn.execute(
+                _START_BACKFILL, (link_id, calendar_id, calendar_name, trigger)
+            )
             row = await cur.fetchone()
         assert row is not None
         return int(row["id"])
@@ -339,16 +348,17 @@ class LinkStore:
         async with self.pool.connection() as conn:
             await conn.execute(_BACKFILL_TOTAL, (total, backfill_id))
 
-    async def backfill_progress(self, backfill_id: int, done: int,
-                                counts: Mapping[str, int]) -> None:
+    async def backfill_progress(
+        self, backfill_id: int, done: int, counts: Mapping[str, int]
+    ) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(_BACKFILL_PROGRESS, (done, json.dumps(counts), backfill_id))
 
-    async def finish_backfill(self, backfill_id: int, done: int, counts: Mapping[str, int],
-                              error: str | None) -> None:
+    async def finish_backfill(
+        self, backfill_id: int, done: int, counts: Mapping[str, int], error: str | None
+    ) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute(_FINISH_BACKFILL, (done, json.dumps(counts), error,
-                                                  backfill_id))
+            await conn.execute(_FINISH_BACKFILL, (done, json.dumps(counts), error, backfill_id))
 
     async def backfills(self, ids: list[int]) -> list[Backfill]:
         async with self.pool.connection() as conn:
@@ -364,8 +374,9 @@ class LinkStore:
         """The name each link's calendar (link id -> calendar id) had when it was chosen,
         where it was recorded."""
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_CALENDAR_NAMES, (
-                list(calendars), list(calendars.values())))).fetchall()
+            rows = await (
+                await conn.execute(_CALENDAR_NAMES, (list(calendars), list(calendars.values())))
+            ).fetchall()
         return {row["link_id"]: row["calendar_name"] for row in rows}
 
     # --- single-use forms ---------------------------------------------------------------
@@ -388,9 +399,17 @@ class LinkStore:
     async def last_results(self, link_ids: list[str]) -> dict[str, LastResult]:
         async with self.pool.connection() as conn:
             rows = await (await conn.execute(_LAST_RESULTS, (link_ids,))).fetchall()
-        return {row["link_id"]: LastResult(row["operation"], row["outcome"], row["reason"],
-                                           row["source"], row["booking_id"],
-                                           row["recorded_at"]) for row in rows}
+        return {
+            row["link_id"]: LastResult(
+                row["operation"],
+                row["outcome"],
+                row["reason"],
+                row["source"],
+                row["booking_id"],
+                row["recorded_at"],
+            )
+            for row in rows
+        }
 
     async def repair_backlog(self, link_ids: list[str]) -> dict[str, int]:
         """(Link, booking) pairs waiting for a repair, per link."""
@@ -424,8 +443,17 @@ class LinkStore:
 
 def _backfill(row: Mapping[str, Any]) -> Backfill:
     return Backfill(
-        id=row["id"], link_id=row["link_id"], calendar_id=row["calendar_id"],
-        calendar_name=row["calendar_name"], trigger=row["trigger"], total=row["total"],
-        done=row["done"], counts=dict(row["counts"] or {}), started_at=row["started_at"],
-        updated_at=row["updated_at"], finished_at=row["finished_at"], error=row["error"],
-        now=row["now"])
+        id=row["id"],
+        link_id=row["link_id"],
+        calendar_id=row["calendar_id"],
+        calendar_name=row["calendar_name"],
+        trigger=row["trigger"],
+        total=row["total"],
+        done=row["done"],
+        counts=dict(row["counts"] or {}),
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        now=row["now"],
+    )

@@ -17,19 +17,20 @@ log = structlog.get_logger(__name__)
 CHANNEL = "calsync_links"
 
 
-async def watch_links(database_url: str, changed: Callable[[str, LinkState, float], None],
-                      retry_s: float = 1.0) -> None:
+async def watch_links(
+    database_url: str, changed: Callable[[str, LinkState, float], None], retry_s: float = 1.0
+) -> None:
     """Run until cancelled; reconnects after a database outage."""
     while True:
         try:
-            async with await psycopg.AsyncConnection.connect(database_url,
-                                                             autocommit=True) as conn:
+            async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
                 await conn.execute(f"LISTEN {CHANNEL}")
                 # Notices sent while this process was not listening are lost: the links
                 # that are not active now are told once more, so none of their work goes on.
                 cur = await conn.execute(
                     "SELECT id, state, extract(epoch FROM state_changed_at)::float8"
-                    " FROM calendar_links")
+                    " FROM calendar_links"
+                )
                 for link_id, state, changed_at in await cur.fetchall():
                     changed(link_id, LinkState(state), changed_at)
                 async for notice in conn.notifies():
@@ -40,6 +41,8 @@ async def watch_links(database_url: str, changed: Callable[[str, LinkState, floa
                     except ValueError:
                         log.warning("link_notice_unreadable", payload=notice.payload)
         except psycopg.OperationalError as exc:
-            log.info("link_watcher_reconnecting", cause=str(exc).strip().splitlines()[0]
-                     if str(exc).strip() else type(exc).__name__)
+            log.info(
+                "link_watcher_reconnecting",
+                cause=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            )
             await asyncio.sleep(retry_s)

@@ -59,8 +59,9 @@ class Member:
 class MemberReport:
     """This process, as a member of its group."""
 
-    def __init__(self, database_url: str, group_id: str, topic: str,
-                 instance_id: str | None) -> None:
+    def __init__(
+        self, database_url: str, group_id: str, topic: str, instance_id: str | None
+    ) -> None:
         self.database_url = database_url
         self.group_id = group_id
         self.topic = topic
@@ -70,14 +71,25 @@ class MemberReport:
 
     async def report(self, partitions: list[int], stalls: list[Stall] | None = None) -> None:
         async with await psycopg.AsyncConnection.connect(
-                self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            await conn.execute(_REPORT, (self.group_id, self.member, self.host, self.pid,
-                                         self.topic, sorted(partitions),
-                                         Jsonb([asdict(s) for s in stalls or []])))
+            self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+        ) as conn:
+            await conn.execute(
+                _REPORT,
+                (
+                    self.group_id,
+                    self.member,
+                    self.host,
+                    self.pid,
+                    self.topic,
+                    sorted(partitions),
+                    Jsonb([asdict(s) for s in stalls or []]),
+                ),
+            )
 
     async def leave(self) -> None:
         async with await psycopg.AsyncConnection.connect(
-                self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
+        ) as conn:
             await conn.execute(_LEAVE, (self.group_id, self.member))
 
 

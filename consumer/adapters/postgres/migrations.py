@@ -31,8 +31,9 @@ def migrate(database_url: str, sql_dir: Traversable = SQL_DIR) -> list[str]:
                     continue
                 with conn.transaction():
                     conn.execute(path.read_text(encoding="utf-8").encode())
-                    conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)",
-                                 (path.name,))
+                    conn.execute(
+                        "INSERT INTO schema_migrations (version) VALUES (%s)", (path.name,)
+                    )
                 applied.append(path.name)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
@@ -51,5 +52,7 @@ def pending_migrations(database_url: str, sql_dir: Traversable = SQL_DIR) -> lis
 
 
 def _migrations(sql_dir: Traversable) -> list[Traversable]:
-    return sorted((entry for entry in sql_dir.iterdir()
-                   if entry.is_file() and entry.name.endswith(".sql")), key=lambda e: e.name)
+    return sorted(
+        (entry for entry in sql_dir.iterdir() if entry.is_file() and entry.name.endswith(".sql")),
+        key=lambda e: e.name,
+    )

@@ -80,15 +80,22 @@ class GroupQuota:
         project = settings.google_client_id or "default"
         self._project_key = f"{project}:project"
         self._account_prefix = f"{project}:account:"
-        self._project_interval = (60.0 / (settings.quota_per_project_per_min * share)
-                                  if settings.quota_per_project_per_min else None)
-        self._account_interval = (60.0 / (settings.quota_per_account_per_min * share)
-                                  if settings.quota_per_account_per_min else None)
+        self._project_interval = (
+            60.0 / (settings.quota_per_project_per_min * share)
+            if settings.quota_per_project_per_min
+            else None
+        )
+        self._account_interval = (
+            60.0 / (settings.quota_per_account_per_min * share)
+            if settings.quota_per_account_per_min
+            else None
+        )
         self._pool = pool
         self._queues: dict[str, _Queue] = {}
         self._arrivals = itertools.count()  # ties between equal tickets: first come, first served
         self._reserver: Batcher[tuple[str, int, float], tuple[float, float, float]] = Batcher(
-            self._reserve)
+            self._reserve
+        )
 
     @property
     def limited(self) -> bool:
@@ -102,16 +109,19 @@ class GroupQuota:
         Raises QuotaPaused while either is paused; with `may_defer`, AccountBacklogged
         when the account's queue would keep this call waiting past `quota_max_wait_s`."""
         await self._fresh_pauses()
-        for key, scope in ((self._account_prefix + account, "account"),
-                           (self._project_key, "project")):
+        for key, scope in (
+            (self._account_prefix + account, "account"),
+            (self._project_key, "project"),
+        ):
             if (left := self.paused_for(key)) > 0:
                 raise QuotaPaused(scope, left)
         if may_defer and (wait := self.expected_wait(account)) > self._max_wait_s:
             raise AccountBacklogged(wait)
         if self._account_interval is not None:
             started = time.perf_counter()
-            await self._slot(self._account_prefix + account, self._account_interval, ticket,
-                             may_defer)
+            await self._slot(
+                self._account_prefix + account, self._account_interval, ticket, may_defer
+            )
             self._metrics.quota_waits.labels("account").observe(time.perf_counter() - started)
         if self._project_interval is not None:
             started = time.perf_counter()
@@ -147,8 +157,9 @@ class GroupQuota:
         seconds = float(row["paused_s"]) if row else self._pause_s
         self._set_paused(key, seconds)
         self._metrics.quota_pauses.labels(scope).inc()
-        log.warning("quota_paused", quota=scope, account=account, reason=reason,
-                    paused_s=round(seconds))
+        log.warning(
+            "quota_paused", quota=scope, account=account, reason=reason, paused_s=round(seconds)
+        )
         return seconds
 
     def _set_paused(self, key: str, seconds: float) -> None:
@@ -184,7 +195,8 @@ class GroupQuota:
             cur = await conn.execute(
                 "UPDATE quota_buckets SET paused_until = NULL WHERE paused_until > now()"
                 " AND (%s::text IS NULL OR key = %s)",
-                (account, None if account is None else self._account_prefix + account))
+                (account, None if account is None else self._account_prefix + account),
+            )
             lifted = cur.rowcount
         if account is None:
             self._paused.clear()
@@ -206,19 +218,25 @@ class GroupQuota:
                 keys.append(self._project_key)
         for key in keys:  # this process stops handing out what it reserved before at once
             if (queue := self._queues.get(key)) is not None:
-                queue.quiet_until = max(queue.quiet_until, now + (retry_after_s or 0.0),
-                                        now + queue.interval_s)
+                queue.quiet_until = max(
+                    queue.quiet_until, now + (retry_after_s or 0.0), now + queue.interval_s
+                )
         async with self._pool.connection() as conn:
             for key in keys:
-                row = await (await conn.execute(_REFUSED, (key, retry_after_s or 0.0))
-                             ).fetchone()
+                row = await (await conn.execute(_REFUSED, (key, retry_after_s or 0.0))).fetchone()
                 if key != self._project_key and (queue := self._queues.get(key)) is not None:
                     pace = row["pace"] if row and row["pace"] is not None else 1.0
                     self._defer_the_far_waiters(queue, float(pace))
                 scope = "project" if key == self._project_key else "account"
                 self._metrics.quota_slowdowns.labels(scope).inc()
-                log.info("quota_slowed_down", quota=scope, account=account, reason=reason,
-                         pace=row["pace"] if row else None, retry_after_s=retry_after_s)
+                log.info(
+                    "quota_slowed_down",
+                    quota=scope,
+                    account=account,
+                    reason=reason,
+                    pace=row["pace"] if row else None,
+                    retry_after_s=retry_after_s,
+                )
 
     def _defer_the_far_waiters(self, queue: _Queue, pace: float) -> None:
         """Google slowed an account down: a live message already waiting for one of its
@@ -236,8 +254,9 @@ class GroupQuota:
                 continue
             wait += step
 
-    async def _slot(self, key: str, interval_s: float, ticket: int,
-                    may_defer: bool = False) -> None:
+    async def _slot(
+        self, key: str, interval_s: float, ticket: int, may_defer: bool = False
+    ) -> None:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(interval_s)
@@ -260,7 +279,8 @@ class GroupQuota:
                 count = min(len(queue.waiters), max(1, int(_AHEAD_S / queue.interval_s)))
                 asked_at = loop.time()
                 wait_s, step_s, paused_s = await self._reserver.submit(
-                    (key, count, queue.interval_s))
+                    (key, count, queue.interval_s)
+                )
                 if paused_s > 0:  # another process paused it meanwhile
                     self._set_paused(key, paused_s)
                     continue
@@ -283,13 +303,19 @@ class GroupQuota:
             if not queue.waiters:
                 self._queues.pop(key, None)
 
-    async def _reserve(self, wanted: list[tuple[str, int, float]]
-                       ) -> list[tuple[float, float, float]]:
+    async def _reserve(
+        self, wanted: list[tuple[str, int, float]]
+    ) -> list[tuple[float, float, float]]:
         order = sorted(range(len(wanted)), key=lambda i: wanted[i][0])  # one lock order
         async with self._pool.connection() as conn:
-            cur = await conn.execute(_RESERVE, ([wanted[i][0] for i in order],
-                                                [wanted[i][1] for i in order],
-                                                [wanted[i][2] for i in order]))
+            cur = await conn.execute(
+                _RESERVE,
+                (
+                    [wanted[i][0] for i in order],
+                    [wanted[i][1] for i in order],
+                    [wanted[i][2] for i in order],
+                ),
+            )
             rows = await cur.fetchall()
         answers: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * len(wanted)
         for i, row in zip(order, rows, strict=True):

@@ -133,8 +133,11 @@ def _link_row(row: dict[str, Any], cipher: TokenCipher | None) -> LinkRow:
     tokens: LinkTokens | None = None
     if row["refresh_token_enc"] is not None and cipher is not None:
         access = row["access_token_enc"]
-        tokens = LinkTokens(cipher.decrypt(row["refresh_token_enc"]),
-                            cipher.decrypt(access) if access else None, row["token_expires_at"])
+        tokens = LinkTokens(
+            cipher.decrypt(row["refresh_token_enc"]),
+            cipher.decrypt(access) if access else None,
+            row["token_expires_at"],
+        )
     return LinkRow(
         link=CalendarLink(
             id=row["id"],
@@ -155,8 +158,7 @@ def _stored_event(data: Any, booking_id: str | None) -> BookingEvent | None:
     try:
         return BookingEvent.model_validate(data)
     except ValidationError as exc:
-        log.warning("stored_booking_unreadable", booking_id=booking_id,
-                    problems=exc.error_count())
+        log.warning("stored_booking_unreadable", booking_id=booking_id, problems=exc.error_count())
         return None
 
 
@@ -184,7 +186,11 @@ class Repository:
     @classmethod
     def pool_for(cls, database_url: str, size: int, name: str) -> Pool:
         return AsyncConnectionPool(
-            database_url, min_size=1, max_size=size, open=False, name=name,
+            database_url,
+            min_size=1,
+            max_size=size,
+            open=False,
+            name=name,
             connection_class=psycopg.AsyncConnection[DictRow],
             kwargs={"row_factory": dict_row, "autocommit": True},
         )
@@ -246,11 +252,20 @@ class Repository:
             rows = await (await conn.execute(_ALL_LINKS)).fetchall()
             return [_link_row(row, self.cipher) for row in rows]
 
-    async def insert_link(self, link: CalendarLink, tokens: LinkTokens,
-                          conn: Connection | None = None) -> None:
+    async def insert_link(
+        self, link: CalendarLink, tokens: LinkTokens, conn: Connection | None = None
+    ) -> None:
         refresh, access = self.encrypt_tokens(tokens)
-        params = (link.id, link.activity_id, link.account_email, link.calendar_id,
-                  link.state.value, refresh, access, tokens.expires_at)
+        params = (
+            link.id,
+            link.activity_id,
+            link.account_email,
+            link.calendar_id,
+            link.state.value,
+            refresh,
+            access,
+            tokens.expires_at,
+        )
         if conn is not None:
             await conn.execute(_INSERT_LINK, params)
             return
@@ -265,21 +280,27 @@ class Repository:
             row = await cur.fetchone()
             return float(row["changed_at"]) if row else None
 
-    async def bookings_of_activity(self, link_id: str, activity_id: str
-                                   ) -> list[tuple[BookingEvent, RecordedEvent | None]]:
+    async def bookings_of_activity(
+        self, link_id: str, activity_id: str
+    ) -> list[tuple[BookingEvent, RecordedEvent | None]]:
         """The latest recorded state of each booking of the activity, with what the link
         holds for it."""
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_BOOKINGS_OF_ACTIVITY, {
-                "link": link_id, "activity": activity_id})).fetchall()
+            rows = await (
+                await conn.execute(
+                    _BOOKINGS_OF_ACTIVITY, {"link": link_id, "activity": activity_id}
+                )
+            ).fetchall()
         answer: list[tuple[BookingEvent, RecordedEvent | None]] = []
         for row in rows:
             recorded = None
             if row["applied_version"] is not None or (row["generation"] or 0) > 0:
-                recorded = RecordedEvent(applied_version=row["applied_version"],
-                                         google_event_id=row["google_event_id"],
-                                         generation=row["generation"],
-                                         calendar_id=row["calendar_id"])
+                recorded = RecordedEvent(
+                    applied_version=row["applied_version"],
+                    google_event_id=row["google_event_id"],
+                    generation=row["generation"],
+                    calendar_id=row["calendar_id"],
+                )
             event = _stored_event(row["event"], None)
             if event is not None:
                 answer.append((event, recorded))
@@ -299,18 +320,21 @@ class Repository:
         async with self.pool.connection() as conn:
             await conn.execute(_MARK_BACKFILLED, (link_id,))
 
-    async def lock_link_tokens(self, conn: Connection, link_id: str
-                               ) -> LinkTokens | None:
+    async def lock_link_tokens(self, conn: Connection, link_id: str) -> LinkTokens | None:
         row = await (await conn.execute(_LOCK_LINK_TOKENS, (link_id,))).fetchone()
         if row is None or row["refresh_token_enc"] is None:
             return None
         cipher = self._cipher()
         access = row["access_token_enc"]
-        return LinkTokens(cipher.decrypt(row["refresh_token_enc"]),
-                          cipher.decrypt(access) if access else None, row["token_expires_at"])
+        return LinkTokens(
+            cipher.decrypt(row["refresh_token_enc"]),
+            cipher.decrypt(access) if access else None,
+            row["token_expires_at"],
+        )
 
-    async def save_tokens(self, conn: Connection, link_id: str, tokens: LinkTokens,
-                          refresh_token_changed: bool) -> None:
+    async def save_tokens(
+        self, conn: Connection, link_id: str, tokens: LinkTokens, refresh_token_changed: bool
+    ) -> None:
         refresh, access = self.encrypt_tokens(tokens)
         if refresh_token_changed:
             await conn.execute(_SAVE_ALL_TOKENS, (access, tokens.expires_at, refresh, link_id))
@@ -328,10 +352,16 @@ class Repository:
                 latest[event.booking.id] = event
         chosen = list(latest.values())
         async with self.pool.connection() as conn:
-            await conn.execute(_UPSERT_BOOKINGS, (
-                [e.booking.id for e in chosen], [e.booking.activity_id for e in chosen],
-                [e.booking.version for e in chosen], [e.event_type.value for e in chosen],
-                [e.model_dump_json() for e in chosen]))
+            await conn.execute(
+                _UPSERT_BOOKINGS,
+                (
+                    [e.booking.id for e in chosen],
+                    [e.booking.activity_id for e in chosen],
+                    [e.booking.version for e in chosen],
+                    [e.event_type.value for e in chosen],
+                    [e.model_dump_json() for e in chosen],
+                ),
+            )
 
     async def record_dead_letter(
         self,
@@ -345,27 +375,31 @@ class Repository:
         """Store the message as it came (raw bytes); (its row's id, whether its copy on the
         dead-letter topic was published already)."""
         params = {
-            "topic": position.topic, "partition": position.partition,
-            "offset": position.offset, "key": key, "value": value,
+            "topic": position.topic,
+            "partition": position.partition,
+            "offset": position.offset,
+            "key": key,
+            "value": value,
             "header_keys": [k.encode("utf-8", "surrogateescape") for k, _ in headers],
             "header_values": [v if v is not None else b"" for _, v in headers],
-            "error_type": printable(error_type, 100), "error": printable(error, 4000),
+            "error_type": printable(error_type, 100),
+            "error": printable(error, 4000),
         }
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_INSERT_DEAD_LETTER, params)).fetchone()
         assert row is not None
         return int(row["id"]), row["published_at"] is not None
 
-    async def mark_dead_letter_published(self, dead_letter_id: int,
-                                         copy_error: str | None = None) -> None:
+    async def mark_dead_letter_published(
+        self, dead_letter_id: int, copy_error: str | None = None
+    ) -> None:
         """The copy is on the dead-letter topic (or, with `copy_error`, never will be)."""
         async with self.pool.connection() as conn:
             await conn.execute(_MARK_DEAD_LETTER_PUBLISHED, (copy_error, dead_letter_id))
 
     async def dead_letter_reprocessed(self, dead_letter_id: int) -> bool:
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(_DEAD_LETTER_REPROCESSED,
-                                            (dead_letter_id,))).fetchone()
+            row = await (await conn.execute(_DEAD_LETTER_REPROCESSED, (dead_letter_id,))).fetchone()
             return bool(row and row["done"])
 
     async def mark_dead_letter_reprocessed(self, dead_letter_id: int) -> None:

@@ -120,8 +120,11 @@ class _Record:
     source: str
 
 
-_Op = tuple[Literal["claim"], tuple[str, str]] | tuple[Literal["record"], _Record] | \
-    tuple[Literal["release"], Claim]
+_Op = (
+    tuple[Literal["claim"], tuple[str, str]]
+    | tuple[Literal["record"], _Record]
+    | tuple[Literal["release"], Claim]
+)
 
 
 class SyncStore:
@@ -131,8 +134,11 @@ class SyncStore:
         self._epoch = 0
         self._retry_s = retry_s
         self._batcher: Batcher[_Op, Any] = Batcher(
-            self._flush, max_size=1000, undelivered=self._undelivered,
-            split_on=lambda exc: not is_retriable(exc))
+            self._flush,
+            max_size=1000,
+            undelivered=self._undelivered,
+            split_on=lambda exc: not is_retriable(exc),
+        )
         self._local: dict[tuple[str, str], asyncio.Lock] = {}
         self.flushes = 0
 
@@ -151,8 +157,7 @@ class SyncStore:
         try:
             delay = self._retry_s
             while True:
-                claim: Claim | None = await self._batcher.submit(("claim", (link_id,
-                                                                             booking_id)))
+                claim: Claim | None = await self._batcher.submit(("claim", (link_id, booking_id)))
                 if claim is not None:
                     return claim
                 await asyncio.sleep(delay)  # another process holds it (a rebalance overlap)
@@ -161,8 +166,14 @@ class SyncStore:
             self._unlock_local(link_id, booking_id)
             raise
 
-    async def record(self, claim: Claim, event: BookingEvent, position: MessagePosition | None,
-                     result: SyncResult, source: str) -> None:
+    async def record(
+        self,
+        claim: Claim,
+        event: BookingEvent,
+        position: MessagePosition | None,
+        result: SyncResult,
+        source: str,
+    ) -> None:
         """Record the result durably (its batch's transaction has committed on return)."""
         await self._batcher.submit(("record", _Record(claim, event, position, result, source)))
 
@@ -190,7 +201,8 @@ class SyncStore:
     async def _connection(self) -> psycopg.AsyncConnection[DictRow]:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._database_url, autocommit=True, row_factory=dict_row)
+                self._database_url, autocommit=True, row_factory=dict_row
+            )
             self._epoch += 1
         return self._conn
 
@@ -207,8 +219,7 @@ class SyncStore:
                 self._conn = None
             raise
 
-    async def _flush_on(self, conn: psycopg.AsyncConnection[DictRow], ops: list[_Op]
-                        ) -> list[Any]:
+    async def _flush_on(self, conn: psycopg.AsyncConnection[DictRow], ops: list[_Op]) -> list[Any]:
         answers: list[Any] = [None] * len(ops)
         records = [(i, op[1]) for i, op in enumerate(ops) if op[0] == "record"]
         releases = [(i, op[1]) for i, op in enumerate(ops) if op[0] == "release"]
@@ -230,29 +241,49 @@ class SyncStore:
                         repairs = [_repair_row(r) for r in kept if r.result.repair is not None]
                         if repairs:
                             await cur.executemany(_SAVE_REPAIR, repairs)
-                        settled = [(r.result.link_id, r.event.booking.id, r.event.booking.version)
-                                   for r in kept if r.result.outcome in _SETTLES]
+                        settled = [
+                            (r.result.link_id, r.event.booking.id, r.event.booking.version)
+                            for r in kept
+                            if r.result.outcome in _SETTLES
+                        ]
                         if settled:
                             await cur.executemany(_SETTLE_REPAIR, settled)
-                        stranded = [(r.result.link_id, r.event.booking.id, *s)
-                                    for r in kept for s in r.result.stranded]
+                        stranded = [
+                            (r.result.link_id, r.event.booking.id, *s)
+                            for r in kept
+                            for s in r.result.stranded
+                        ]
                         if stranded:
                             await cur.executemany(_SAVE_STRANDED, stranded)
                         taken_back = [u for r in kept for u in r.result.unstranded]
                         if taken_back:
                             await cur.executemany(_UNSTRAND, taken_back)
             if releases:
-                keys = [(link_lock_key(c.link_id), pair_lock_key(c.link_id, c.booking_id))
-                        for _, c in releases]
-                await conn.execute(_UNLOCK, ([k[0] for k in keys], [True] * len(keys),
-                                             [k[1] for k in keys], [True] * len(keys)))
+                keys = [
+                    (link_lock_key(c.link_id), pair_lock_key(c.link_id, c.booking_id))
+                    for _, c in releases
+                ]
+                await conn.execute(
+                    _UNLOCK,
+                    (
+                        [k[0] for k in keys],
+                        [True] * len(keys),
+                        [k[1] for k in keys],
+                        [True] * len(keys),
+                    ),
+                )
             if claims:
                 wanted = [pair for _, pair in claims]
-                locks_cur = await conn.execute(_TRY_LOCKS, (
-                    [link_lock_key(link) for link, _ in wanted],
-                    [pair_lock_key(link, booking) for link, booking in wanted]))
-                read_cur = await conn.execute(_READ_CLAIMED, ([link for link, _ in wanted],
-                                                              [b for _, b in wanted]))
+                locks_cur = await conn.execute(
+                    _TRY_LOCKS,
+                    (
+                        [link_lock_key(link) for link, _ in wanted],
+                        [pair_lock_key(link, booking) for link, booking in wanted],
+                    ),
+                )
+                read_cur = await conn.execute(
+                    _READ_CLAIMED, ([link for link, _ in wanted], [b for _, b in wanted])
+                )
         if claims:
             locks = await locks_cur.fetchall()
             reads = await read_cur.fetchall()
@@ -262,10 +293,14 @@ class SyncStore:
                 answers[i] = True
         return answers
 
-    async def _answer_claims(self, conn: psycopg.AsyncConnection[DictRow],
-                             claims: list[tuple[int, tuple[str, str]]],
-                             locks: list[DictRow], reads: list[DictRow],
-                             answers: list[Any]) -> None:
+    async def _answer_claims(
+        self,
+        conn: psycopg.AsyncConnection[DictRow],
+        claims: list[tuple[int, tuple[str, str]]],
+        locks: list[DictRow],
+        reads: list[DictRow],
+        answers: list[Any],
+    ) -> None:
         partial: list[tuple[str, str, bool, bool]] = []
         for (i, (link_id, booking_id)), lock, read in zip(claims, locks, reads, strict=True):
             if not (lock["link_ok"] and lock["pair_ok"]):
@@ -275,20 +310,35 @@ class SyncStore:
                 continue
             recorded = None
             if read["applied_version"] is not None or (read["generation"] or 0) > 0:
-                recorded = RecordedEvent(applied_version=read["applied_version"],
-                                         google_event_id=read["google_event_id"],
-                                         generation=read["generation"],
-                                         calendar_id=read["calendar_id"])
+                recorded = RecordedEvent(
+                    applied_version=read["applied_version"],
+                    google_event_id=read["google_event_id"],
+                    generation=read["generation"],
+                    calendar_id=read["calendar_id"],
+                )
             state = LinkState(read["state"]) if read["state"] else LinkState.DISCONNECTED
-            answers[i] = Claim(link_id, booking_id, recorded, state, self._epoch,
-                               read["repair_attempts"], read["link_calendar_id"],
-                               read["state_changed_at"] or 0.0, read["latest_version"],
-                               read["stranded_event_id"])
+            answers[i] = Claim(
+                link_id,
+                booking_id,
+                recorded,
+                state,
+                self._epoch,
+                read["repair_attempts"],
+                read["link_calendar_id"],
+                read["state_changed_at"] or 0.0,
+                read["latest_version"],
+                read["stranded_event_id"],
+            )
         if partial:
-            await conn.execute(_UNLOCK, (
-                [link_lock_key(p[0]) for p in partial], [p[2] for p in partial],
-                [pair_lock_key(p[0], p[1]) for p in partial],
-                [p[3] for p in partial]))
+            await conn.execute(
+                _UNLOCK,
+                (
+                    [link_lock_key(p[0]) for p in partial],
+                    [p[2] for p in partial],
+                    [pair_lock_key(p[0], p[1]) for p in partial],
+                    [p[3] for p in partial],
+                ),
+            )
 
 
 # Results that put the booking's version (or a later one) on the calendar, or found nothing
@@ -300,26 +350,46 @@ def _repair_row(r: _Record) -> tuple[Any, ...]:
     plan = r.result.repair
     assert plan is not None
     error = printable(r.result.error, 2000) if r.result.error is not None else None
-    return (r.result.link_id, r.event.booking.id, r.event.booking.version,
-            printable(plan.reason, 100), plan.attempts, plan.due_in_s, error)
+    return (
+        r.result.link_id,
+        r.event.booking.id,
+        r.event.booking.version,
+        printable(plan.reason, 100),
+        plan.attempts,
+        plan.due_in_s,
+        error,
+    )
 
 
 def _save_row(r: _Record) -> tuple[Any, ...]:
     rec = r.result.recorded
     assert rec is not None
-    return (r.result.link_id, r.event.booking.id, rec.applied_version, rec.google_event_id,
-            rec.generation, rec.calendar_id if rec.google_event_id is not None else None)
+    return (
+        r.result.link_id,
+        r.event.booking.id,
+        rec.applied_version,
+        rec.google_event_id,
+        rec.generation,
+        rec.calendar_id if rec.google_event_id is not None else None,
+    )
 
 
 def _result_row(r: _Record) -> tuple[Any, ...]:
     event, position, result = r.event, r.position, r.result
     return (
-        event.event_id, event.event_type.value,
+        event.event_id,
+        event.event_type.value,
         position.topic if position else None,
         position.partition if position else None,
         position.offset if position else None,
-        event.booking.id, event.booking.version, result.link_id, result.operation.value,
-        result.outcome.value, printable(result.reason, 200), result.google_event_id,
+        event.booking.id,
+        event.booking.version,
+        result.link_id,
+        result.operation.value,
+        result.outcome.value,
+        printable(result.reason, 200),
+        result.google_event_id,
         printable(result.error, 2000) if result.error is not None else None,
-        result.attempts, r.source,
+        result.attempts,
+        r.source,
     )

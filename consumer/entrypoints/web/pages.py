@@ -84,19 +84,26 @@ class Pages:
         parts = urlsplit(public)
         secure = parts.scheme == "https" or _is_loopback(parts.hostname)
         if not secure:
-            log.warning("pages_need_https", public_url=public,
-                        hint="browsers drop Secure cookies over plain http: set "
-                             "CALSYNC_HTTP_PUBLIC_URL to an https address")
+            log.warning(
+                "pages_need_https",
+                public_url=public,
+                hint="browsers drop Secure cookies over plain http: set "
+                "CALSYNC_HTTP_PUBLIC_URL to an https address",
+            )
         # Forms may lead to Google's consent page (a redirect after the POST).
-        csp = ("default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
-               "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'; "
-               f"form-action 'self' {_origin(settings.google_auth_url)}")
-        signer = PageSigner(service.svc.cipher.keys, settings.admin_token.get_secret_value(),
-                            form_ttl_s=settings.oauth_state_ttl_s,
-                            view_ttl_s=settings.http_session_ttl_s,
-                            session_ttl_s=settings.http_session_ttl_s)
-        return cls(settings, service, signer, parts.path.rstrip("/"), _origin(public), secure,
-                   csp)
+        csp = (
+            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self'; "
+            "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'; "
+            f"form-action 'self' {_origin(settings.google_auth_url)}"
+        )
+        signer = PageSigner(
+            service.svc.cipher.keys,
+            settings.admin_token.get_secret_value(),
+            form_ttl_s=settings.oauth_state_ttl_s,
+            view_ttl_s=settings.http_session_ttl_s,
+            session_ttl_s=settings.http_session_ttl_s,
+        )
+        return cls(settings, service, signer, parts.path.rstrip("/"), _origin(public), secure, csp)
 
     # --- addresses ---------------------------------------------------------------------
 
@@ -109,13 +116,14 @@ class Pages:
 
     # --- answers -----------------------------------------------------------------------
 
-    def page(self, request: web.Request, template: str, title: str, status: int = 200,
-             **context: Any) -> web.Response:
+    def page(
+        self, request: web.Request, template: str, title: str, status: int = 200, **context: Any
+    ) -> web.Response:
         session = self.session(request)
-        text = render(template, root=self.root, title=title,
-                      csrf=session.csrf if session else None, **context)
-        response = web.Response(text=text, status=status, content_type="text/html",
-                                charset="utf-8")
+        text = render(
+            template, root=self.root, title=title, csrf=session.csrf if session else None, **context
+        )
+        response = web.Response(text=text, status=status, content_type="text/html", charset="utf-8")
         self.protect(response)
         return response
 
@@ -126,13 +134,33 @@ class Pages:
         response.headers["Referrer-Policy"] = "same-origin"
         response.headers["Cache-Control"] = "no-store"
 
-    def set_cookie(self, response: web.StreamResponse, name: str, value: str, max_age: float,
-                   path: str, same_site: str = "Lax") -> None:
-        response.set_cookie(name, value, max_age=int(max_age), path=path or "/",
-                            secure=self.secure_cookies, httponly=True, samesite=same_site)
+    def set_cookie(
+        self,
+        response: web.StreamResponse,
+        name: str,
+        value: str,
+        max_age: float,
+        path: str,
+        same_site: str = "Lax",
+    ) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=int(max_age),
+            path=path or "/",
+            secure=self.secure_cookies,
+            httponly=True,
+            samesite=same_site,
+        )
 
-    def error_page(self, request: web.Request, status: int, problem: str, detail: str,
-                   activity_id: str | None = None) -> web.StreamResponse:
+    def error_page(
+        self,
+        request: web.Request,
+        status: int,
+        problem: str,
+        detail: str,
+        activity_id: str | None = None,
+    ) -> web.StreamResponse:
         """What happened, what to do, and a link to start again: never a stack trace."""
         return_url = self.settings.http_return_url
         if return_url and request.path == "/oauth/callback":
@@ -142,17 +170,28 @@ class Pages:
                 params.append(("activity_id", activity_id))
             return self.redirect(views.with_query(return_url, params))
         trouble = views.trouble(problem, status)
-        if trouble.action == "Try again" and request.method == "GET" \
-                and request.path != "/oauth/callback":
+        if (
+            trouble.action == "Try again"
+            and request.method == "GET"
+            and request.path != "/oauth/callback"
+        ):
             again = str(request.rel_url)
         elif activity_id:
             again = self.links_url(activity_id)
         else:
             again = self.root + "/"
-        return self.page(request, "error.html", trouble.title, status=status, detail=detail,
-                         code=status,
-                         advice=trouble.advice, action=trouble.action, again_url=again,
-                         problem=problem)
+        return self.page(
+            request,
+            "error.html",
+            trouble.title,
+            status=status,
+            detail=detail,
+            code=status,
+            advice=trouble.advice,
+            action=trouble.action,
+            again_url=again,
+            problem=problem,
+        )
 
     def redirect(self, location: str) -> web.Response:
         response = web.Response(status=303, headers={"Location": location})
@@ -178,13 +217,20 @@ class Pages:
         fetch_site = request.headers.get("Sec-Fetch-Site")
         allowed = {self.origin, f"{request.scheme}://{request.host}".lower()}
         foreign = (fetch_site is not None and fetch_site not in ("same-origin", "none")) or (
-            origin is not None and origin.lower() not in allowed
-            and not (origin == "null" and fetch_site == "same-origin"))
+            origin is not None
+            and origin.lower() not in allowed
+            and not (origin == "null" and fetch_site == "same-origin")
+        )
         if foreign:
-            log.warning("page_form_refused", path=request.path, origin=origin,
-                        sec_fetch_site=request.headers.get("Sec-Fetch-Site"))
-            raise LinkError("the form was sent from another site",
-                            RefusalKind.FORBIDDEN, "csrf_refused")
+            log.warning(
+                "page_form_refused",
+                path=request.path,
+                origin=origin,
+                sec_fetch_site=request.headers.get("Sec-Fetch-Site"),
+            )
+            raise LinkError(
+                "the form was sent from another site", RefusalKind.FORBIDDEN, "csrf_refused"
+            )
 
     async def session_form(self, request: web.Request) -> tuple[Session, Any]:
         """A form of the signed-in admin: same origin, and the session's CSRF secret."""
@@ -192,26 +238,46 @@ class Pages:
         self.check_origin(request)
         form = await request.post()
         if not same(str(form.get("csrf") or ""), session.csrf):
-            raise LinkError("the form's CSRF token does not match this session: reload the "
-                            "page and try again", RefusalKind.FORBIDDEN, "csrf_refused")
+            raise LinkError(
+                "the form's CSRF token does not match this session: reload the page and try again",
+                RefusalKind.FORBIDDEN,
+                "csrf_refused",
+            )
         return session, form
 
     # --- the calendar choice -----------------------------------------------------------
 
-    def choice_page(self, request: web.Request, link: LinkSummary,
-                    calendars: list[CalendarInfo], taken: dict[str, tuple[str, str]],
-                    error: str | None = None, status: int = 200) -> web.Response:
+    def choice_page(
+        self,
+        request: web.Request,
+        link: LinkSummary,
+        calendars: list[CalendarInfo],
+        taken: dict[str, tuple[str, str]],
+        error: str | None = None,
+        status: int = 200,
+    ) -> web.Response:
         binding = request.cookies.get(BINDING_COOKIE) or new_secret()
         response = self.page(
-            request, "choose.html", "Choose a calendar", status=status,
-            link_id=link.id, account=link.account_email,
-            activity_id=link.activity_id, error=error,
+            request,
+            "choose.html",
+            "Choose a calendar",
+            status=status,
+            link_id=link.id,
+            account=link.account_email,
+            activity_id=link.activity_id,
+            error=error,
             token=self.signer.form_token(link.id, binding),
             calendars=views.calendar_choices(calendars, taken, link.account_email),
             valid_for=views.duration(self.settings.oauth_state_ttl_s),
-            links_url=self.links_url(link.activity_id) if self.session(request) else None)
-        self.set_cookie(response, BINDING_COOKIE, binding, self.settings.oauth_state_ttl_s,
-                        path=f"{self.root}/connect/")
+            links_url=self.links_url(link.activity_id) if self.session(request) else None,
+        )
+        self.set_cookie(
+            response,
+            BINDING_COOKIE,
+            binding,
+            self.settings.oauth_state_ttl_s,
+            path=f"{self.root}/connect/",
+        )
         return response
 
 
@@ -223,12 +289,12 @@ def _pages(request: web.Request) -> Pages:
 
 
 def _refuse(exc: TokenRefused, activity_id: str | None) -> NoReturn:
-    kind = (RefusalKind.FORBIDDEN if exc.problem == "form_not_this_browser"
-            else RefusalKind.INVALID)
+    kind = RefusalKind.FORBIDDEN if exc.problem == "form_not_this_browser" else RefusalKind.INVALID
     raise LinkError(str(exc), kind, exc.problem, activity_id)
 
 
 # --- Google's redirect, the choice, progress ----------------------------------------------
+
 
 async def after_consent(request: web.Request) -> web.StreamResponse:
     """Google's redirect, for a browser: the calendar choice, or (a reconnection) the
@@ -240,9 +306,11 @@ async def after_consent(request: web.Request) -> web.StreamResponse:
         # `state` is the link's state: `pending` (a calendar is to be chosen, e.g. through
         # PUT /links/{id}/calendar) or `active` (reconnected; its catch-up runs).
         params = [("link_id", link.id) for link in connected.links]
-        params += [("state", connected.links[0].state),
-                   ("account", connected.account_email),
-                   ("activity_id", connected.activity_id)]
+        params += [
+            ("state", connected.links[0].state),
+            ("account", connected.account_email),
+            ("activity_id", connected.activity_id),
+        ]
         return pages.redirect(views.with_query(return_url, params))
     if connected.reconnected:
         return pages.redirect(pages.progress_url(list(connected.backfill_ids.values())))
@@ -260,28 +328,39 @@ async def choose(request: web.Request) -> web.StreamResponse:
     pages.check_origin(request)
     form = await request.post()
     try:
-        token = pages.signer.read_form_token(str(form.get("token") or ""), link_id,
-                                             request.cookies.get(BINDING_COOKIE))
+        token = pages.signer.read_form_token(
+            str(form.get("token") or ""), link_id, request.cookies.get(BINDING_COOKIE)
+        )
     except TokenRefused as exc:
         _refuse(exc, activity_id)
     if not await pages.service.use_form_token(token.jti, link_id, token.expires_at):
-        raise LinkError("this calendar choice was already sent once",
-                        RefusalKind.CONFLICT, "form_replayed",
-                        activity_id)
+        raise LinkError(
+            "this calendar choice was already sent once",
+            RefusalKind.CONFLICT,
+            "form_replayed",
+            activity_id,
+        )
     if known is None:
         raise LinkError(f"no link {link_id!r}", RefusalKind.NOT_FOUND, "link_not_found")
     calendar_id = str(form.get("calendar_id") or "")
     try:
         if not calendar_id:
-            raise LinkError("choose one of the calendars",
-                            RefusalKind.UNPROCESSABLE, "calendar_missing")
+            raise LinkError(
+                "choose one of the calendars", RefusalKind.UNPROCESSABLE, "calendar_missing"
+            )
         chosen = await pages.service.choose(link_id, calendar_id, wait=False)
     except LinkError as exc:
         if exc.problem not in _CHOOSE_AGAIN | {"calendar_missing"}:
             raise
         choice = await pages.service.choice(link_id)
-        return pages.choice_page(request, choice.link, choice.calendars, choice.taken,
-                                 error=_sentence(str(exc)), status=http_status(exc))
+        return pages.choice_page(
+            request,
+            choice.link,
+            choice.calendars,
+            choice.taken,
+            error=_sentence(str(exc)),
+            status=http_status(exc),
+        )
     log.info("page_calendar_chosen", link_id=chosen.link.id, calendar_id=calendar_id)
     return pages.redirect(pages.progress_url([chosen.backfill_id]))
 
@@ -302,31 +381,58 @@ async def backfill_progress(request: web.Request) -> web.StreamResponse:
         view = views.progress(backfill, quota_ceiling(pages.service.settings))
         link = await pages.service.get(backfill.link_id)
         remaining = view["remaining_s"]
-        items.append({
-            "view": view, "text": views.progress_text(view), "account": link.account_email,
-            "activity_id": link.activity_id,
-            "calendar_label": backfill.calendar_name or backfill.calendar_id,
-            "eta_text": (f"{views.utc(datetime.fromisoformat(view['estimated_end']))} (in "
-                         f"{views.duration(remaining)})" if view["estimated_end"]
-                         and remaining is not None else None)})
+        items.append(
+            {
+                "view": view,
+                "text": views.progress_text(view),
+                "account": link.account_email,
+                "activity_id": link.activity_id,
+                "calendar_label": backfill.calendar_name or backfill.calendar_id,
+                "eta_text": (
+                    f"{views.utc(datetime.fromisoformat(view['estimated_end']))} (in "
+                    f"{views.duration(remaining)})"
+                    if view["estimated_end"] and remaining is not None
+                    else None
+                ),
+            }
+        )
     running = any(item["view"]["status"] == "running" for item in items)
     if not views.prefers_html(request.headers.get("Accept")):
-        answer = web.json_response({"finished": not running, "backfills": [
-            {**item["view"], "text": item["text"], "eta_text": item["eta_text"]}
-            for item in items]})
+        answer = web.json_response(
+            {
+                "finished": not running,
+                "backfills": [
+                    {**item["view"], "text": item["text"], "eta_text": item["eta_text"]}
+                    for item in items
+                ],
+            }
+        )
         pages.protect(answer)
         return answer
     first = items[0]
     reconnect = first["view"]["trigger"] == "reconnect"
-    heading = (("Reconnected: catching up" if reconnect else "Calendar chosen: catching up")
-               if running else ("Reconnected" if reconnect else "Calendar chosen"))
-    return pages.page(request, "progress.html", heading, heading=heading, items=items,
-                      running=running,
-                      links_url=(pages.links_url(str(first["activity_id"]))
-                                 if pages.session(request) or not running else None))
+    heading = (
+        ("Reconnected: catching up" if reconnect else "Calendar chosen: catching up")
+        if running
+        else ("Reconnected" if reconnect else "Calendar chosen")
+    )
+    return pages.page(
+        request,
+        "progress.html",
+        heading,
+        heading=heading,
+        items=items,
+        running=running,
+        links_url=(
+            pages.links_url(str(first["activity_id"]))
+            if pages.session(request) or not running
+            else None
+        ),
+    )
 
 
 # --- signing in ---------------------------------------------------------------------------
+
 
 async def login_page(request: web.Request) -> web.StreamResponse:
     pages = _pages(request)
@@ -336,14 +442,21 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return _login_form(request, None, 200, target)
 
 
-def _login_form(request: web.Request, error: str | None, status: int, target: str
-                ) -> web.Response:
+def _login_form(request: web.Request, error: str | None, status: int, target: str) -> web.Response:
     pages = _pages(request)
     login_csrf = request.cookies.get(LOGIN_COOKIE) or new_secret()
-    response = pages.page(request, "login.html", "Sign in", status=status, error=error,
-                          login_csrf=login_csrf, next=target)
-    pages.set_cookie(response, LOGIN_COOKIE, login_csrf, 3600, path=f"{pages.root}/login",
-                     same_site="Strict")
+    response = pages.page(
+        request,
+        "login.html",
+        "Sign in",
+        status=status,
+        error=error,
+        login_csrf=login_csrf,
+        next=target,
+    )
+    pages.set_cookie(
+        response, LOGIN_COOKIE, login_csrf, 3600, path=f"{pages.root}/login", same_site="Strict"
+    )
     return response
 
 
@@ -362,8 +475,9 @@ async def login(request: web.Request) -> web.StreamResponse:
         return _login_form(request, "That is not the admin token.", 401, target)
     cookie, _ = pages.signer.new_session()
     response = pages.redirect(target)
-    pages.set_cookie(response, SESSION_COOKIE, cookie, pages.settings.http_session_ttl_s,
-                     path=pages.root + "/")
+    pages.set_cookie(
+        response, SESSION_COOKIE, cookie, pages.settings.http_session_ttl_s, path=pages.root + "/"
+    )
     response.del_cookie(LOGIN_COOKIE, path=f"{pages.root}/login")
     log.info("page_login", remote=request.remote)
     return response
@@ -379,11 +493,13 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 # --- the admin's pages ----------------------------------------------------------------------
 
+
 async def index(request: web.Request) -> web.StreamResponse:
     pages = _pages(request)
     pages.require_session(request)
-    return pages.page(request, "index.html", "Activities",
-                      activities=await pages.service.activities())
+    return pages.page(
+        request, "index.html", "Activities", activities=await pages.service.activities()
+    )
 
 
 async def open_activity(request: web.Request) -> web.StreamResponse:
@@ -404,18 +520,31 @@ async def links_page(request: web.Request) -> web.StreamResponse:
     for card in cards:
         if card["id"] == gone and card["state"] == "disconnected":
             what = str(card["reason"] or "").removeprefix("disconnected").lstrip("; ")
-            notices.append({"kind": "ok", "text": f"{card['account']} is disconnected"
-                            + (f": {what}." if what else ".")})
-    return pages.page(request, "links.html", f"Activity {activity_id}",
-                      activity_id=activity_id, links=cards, notices=notices)
+            notices.append(
+                {
+                    "kind": "ok",
+                    "text": f"{card['account']} is disconnected" + (f": {what}." if what else "."),
+                }
+            )
+    return pages.page(
+        request,
+        "links.html",
+        f"Activity {activity_id}",
+        activity_id=activity_id,
+        links=cards,
+        notices=notices,
+    )
 
 
 async def _link_of(pages: Pages, request: web.Request) -> LinkSummary:
     link = await pages.service.get(request.match_info["link"])
     if link.activity_id != request.match_info["activity"]:
-        raise LinkError(f"no link {request.match_info['link']!r} in this activity",
-                        RefusalKind.NOT_FOUND,
-                        "link_not_found", request.match_info["activity"])
+        raise LinkError(
+            f"no link {request.match_info['link']!r} in this activity",
+            RefusalKind.NOT_FOUND,
+            "link_not_found",
+            request.match_info["activity"],
+        )
     return link
 
 
@@ -430,8 +559,7 @@ async def reconnect(request: web.Request) -> web.StreamResponse:
     pages = _pages(request)
     await pages.session_form(request)
     link = await _link_of(pages, request)
-    started = await pages.service.start_connect(link.activity_id,
-                                                login_hint=link.account_email)
+    started = await pages.service.start_connect(link.activity_id, login_hint=link.account_email)
     return pages.redirect(started.authorization_url)
 
 
@@ -448,15 +576,26 @@ async def disconnect_page(request: web.Request) -> web.StreamResponse:
     pages.require_session(request)
     link = await _link_of(pages, request)
     activity_id = link.activity_id
-    health = next((h for h in await pages.service.health(activity_id)
-                   if h.link.id == link.id), None)
+    health = next(
+        (h for h in await pages.service.health(activity_id) if h.link.id == link.id), None
+    )
     if health is None or link.state == "disconnected":
-        raise LinkError(f"link {link.id} is already disconnected", RefusalKind.CONFLICT,
-                        "link_disconnected", activity_id)
+        raise LinkError(
+            f"link {link.id} is already disconnected",
+            RefusalKind.CONFLICT,
+            "link_disconnected",
+            activity_id,
+        )
     card = views.link_card(health, datetime.now(UTC))
-    return pages.page(request, "disconnect.html", f"Disconnect {link.account_email}",
-                      link=card, activity_id=activity_id, action=request.path,
-                      links_url=pages.links_url(activity_id))
+    return pages.page(
+        request,
+        "disconnect.html",
+        f"Disconnect {link.account_email}",
+        link=card,
+        activity_id=activity_id,
+        action=request.path,
+        links_url=pages.links_url(activity_id),
+    )
 
 
 async def disconnect(request: web.Request) -> web.StreamResponse:
@@ -465,16 +604,20 @@ async def disconnect(request: web.Request) -> web.StreamResponse:
     link = await _link_of(pages, request)
     events = form.get("events")
     if events not in ("keep", "remove"):
-        raise LinkError("choose whether to keep or remove the events",
-                        RefusalKind.INVALID, "invalid_body",
-                        link.activity_id)
+        raise LinkError(
+            "choose whether to keep or remove the events",
+            RefusalKind.INVALID,
+            "invalid_body",
+            link.activity_id,
+        )
     try:
         await pages.service.disconnect(link.id, remove_events=events == "remove")
     except LinkError as exc:
         exc.activity_id = link.activity_id
         raise
-    return pages.redirect(views.with_query(pages.links_url(link.activity_id),
-                                           [("disconnected", link.id)]))
+    return pages.redirect(
+        views.with_query(pages.links_url(link.activity_id), [("disconnected", link.id)])
+    )
 
 
 async def static(request: web.Request) -> web.StreamResponse:
@@ -482,9 +625,12 @@ async def static(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise web.HTTPNotFound()
     body, media_type = found
-    return web.Response(body=body, content_type=media_type, charset="utf-8",
-                        headers={"Cache-Control": "public, max-age=3600",
-                                 "X-Content-Type-Options": "nosniff"})
+    return web.Response(
+        body=body,
+        content_type=media_type,
+        charset="utf-8",
+        headers={"Cache-Control": "public, max-age=3600", "X-Content-Type-Options": "nosniff"},
+    )
 
 
 def _sentence(text: str) -> str:
@@ -512,8 +658,7 @@ def routes() -> list[web.RouteDef]:
 
 # Paths the admin bearer does not guard: they carry their own protection (a session cookie,
 # a signed token) or need none.
-OPEN_PREFIXES = ("/connect/", "/backfills/", "/login", "/logout", "/activities",
-                 "/static/")
+OPEN_PREFIXES = ("/connect/", "/backfills/", "/login", "/logout", "/activities", "/static/")
 
 
 def is_page(path: str) -> bool:

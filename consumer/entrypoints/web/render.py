@@ -15,11 +15,20 @@ STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
 
 @cache
 def environment() -> Environment:
-    env = Environment(loader=PackageLoader("consumer.entrypoints.web", "templates"),
-                      autoescape=select_autoescape(["html"]), undefined=StrictUndefined,
-                      trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(ago=views.ago, utc=views.utc, duration=views.duration,
-                       state_label=views.state_label, state_help=views.state_help)
+    env = Environment(
+        loader=PackageLoader("consumer.entrypoints.web", "templates"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        ago=views.ago,
+        utc=views.utc,
+        duration=views.duration,
+        state_label=views.state_label,
+        state_help=views.state_help,
+    )
     return env
 
 

@@ -55,8 +55,14 @@ def new_secret() -> str:
 
 
 class PageSigner:
-    def __init__(self, keys: Sequence[str], admin_token: str, form_ttl_s: float,
-                 view_ttl_s: float, session_ttl_s: float) -> None:
+    def __init__(
+        self,
+        keys: Sequence[str],
+        admin_token: str,
+        form_ttl_s: float,
+        view_ttl_s: float,
+        session_ttl_s: float,
+    ) -> None:
         newest_last = list(reversed(keys))  # itsdangerous signs with the last key
         self._forms = URLSafeTimedSerializer(newest_last, salt="calsync-calendar-choice")
         self._views = URLSafeTimedSerializer(newest_last, salt="calsync-backfill-view")
@@ -69,29 +75,34 @@ class PageSigner:
     # --- the calendar choice --------------------------------------------------------------
 
     def form_token(self, link_id: str, binding: str) -> str:
-        return self._forms.dumps({"l": link_id, "j": secrets.token_urlsafe(16),
-                                  "b": digest(binding)})
+        return self._forms.dumps(
+            {"l": link_id, "j": secrets.token_urlsafe(16), "b": digest(binding)}
+        )
 
-    def read_form_token(self, token: str | None, link_id: str, binding: str | None
-                        ) -> FormToken:
+    def read_form_token(self, token: str | None, link_id: str, binding: str | None) -> FormToken:
         if not token:
-            raise TokenRefused("form_invalid", "the form carries no token: open the calendar "
-                               "choice again")
+            raise TokenRefused(
+                "form_invalid", "the form carries no token: open the calendar choice again"
+            )
         try:
-            payload, signed_at = self._forms.loads(token, max_age=int(self.form_ttl_s),
-                                                   return_timestamp=True)
+            payload, signed_at = self._forms.loads(
+                token, max_age=int(self.form_ttl_s), return_timestamp=True
+            )
         except SignatureExpired:
-            raise TokenRefused("form_expired", "this calendar choice expired: open it "
-                               "again") from None
+            raise TokenRefused(
+                "form_expired", "this calendar choice expired: open it again"
+            ) from None
         except BadSignature:
-            raise TokenRefused("form_invalid", "this form was not issued by this "
-                               "service") from None
+            raise TokenRefused("form_invalid", "this form was not issued by this service") from None
         if not isinstance(payload, dict) or payload.get("l") != link_id:
             raise TokenRefused("form_invalid", "this form was issued for another link")
         if not same(digest(binding) if binding else None, str(payload.get("b"))):
-            raise TokenRefused("form_not_this_browser", "this form was shown to another "
-                               "browser (or this browser's cookies were cleared): open the "
-                               "calendar choice again")
+            raise TokenRefused(
+                "form_not_this_browser",
+                "this form was shown to another "
+                "browser (or this browser's cookies were cleared): open the "
+                "calendar choice again",
+            )
         expires_at = signed_at.astimezone(UTC) + timedelta(seconds=self.form_ttl_s)
         return FormToken(link_id, str(payload["j"]), expires_at)
 

@@ -19,6 +19,7 @@ from consumer.service.progress import progress as backfill_progress
 
 # --- content negotiation ----------------------------------------------------------------
 
+
 def _quality(accept: str, wanted: str) -> float:
     """The quality the Accept header gives a media type (the most specific range wins)."""
     kind = wanted.split("/")[0]
@@ -57,6 +58,7 @@ def prefers_html(accept: str | None) -> bool:
 
 # --- times ------------------------------------------------------------------------------
 
+
 def duration(seconds: float) -> str:
     """A short, readable duration: 45 s, 3 min, 2 h 5 min, 3 days."""
     seconds = max(0.0, seconds)
@@ -80,11 +82,15 @@ def ago(moment: datetime, now: datetime) -> str:
 
 
 def utc(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment.utcoffset() is not None \
+    return (
+        moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if moment.utcoffset() is not None
         else moment.isoformat()
+    )
 
 
 # --- backfill progress ------------------------------------------------------------------
+
 
 def progress(backfill: Backfill, ceiling_per_s: float | None = None) -> dict[str, Any]:
     """A backfill's progress as the pages show it and their script polls it (JSON)."""
@@ -98,13 +104,17 @@ def progress_text(view: dict[str, Any]) -> str:
         if not total:
             return "Nothing to catch up: the calendar already matches the bookings."
         result = ", ".join(f"{n} {outcome}" for outcome, n in sorted(view["outcomes"].items()))
-        return (f"Done: {total} booking{'s' if total != 1 else ''} in "
-                f"{duration(view['elapsed_s'])} ({result}).")
+        return (
+            f"Done: {total} booking{'s' if total != 1 else ''} in "
+            f"{duration(view['elapsed_s'])} ({result})."
+        )
     if view["status"] == "failed":
         return f"Stopped after {done} of {total or '?'} bookings: {view['error']}"
     if view["status"] == "stalled":
-        return (f"No progress for a while after {done} of {total or '?'} bookings: the "
-                "service that ran it may have stopped.")
+        return (
+            f"No progress for a while after {done} of {total or '?'} bookings: the "
+            "service that ran it may have stopped."
+        )
     if total is None:
         return "Finding the bookings to catch up…"
     parts = [f"{done} of {total} bookings"]
@@ -117,24 +127,38 @@ def progress_text(view: dict[str, Any]) -> str:
 
 # --- the calendar choice ----------------------------------------------------------------
 
-def calendar_choices(calendars: list[CalendarInfo], taken: dict[str, tuple[str, str]],
-                     account: str) -> list[dict[str, Any]]:
+
+def calendar_choices(
+    calendars: list[CalendarInfo], taken: dict[str, tuple[str, str]], account: str
+) -> list[dict[str, Any]]:
     """Each calendar with whether it can be chosen and, if not, why."""
     answer = []
     for calendar in calendars:
         why = None
         if not calendar.writable:
-            why = (f"Read-only: your access to this calendar is “{calendar.access_role}”. "
-                   "Bookings can only go to a calendar where you are writer or owner.")
+            why = (
+                f"Read-only: your access to this calendar is “{calendar.access_role}”. "
+                "Bookings can only go to a calendar where you are writer or owner."
+            )
         elif calendar.id in taken:
             link_id, other_account = taken[calendar.id]
-            why = (f"Already synced by this activity's link {link_id}"
-                   + ("" if other_account == account else f" (through {other_account})")
-                   + ": choosing it again would put every booking there twice.")
-        answer.append({"id": calendar.id, "name": calendar.name, "primary": calendar.primary,
-                       "writable": calendar.writable, "access_role": calendar.access_role,
-                       "selectable": why is None, "why": why,
-                       "taken_by": taken.get(calendar.id, (None, None))[0]})
+            why = (
+                f"Already synced by this activity's link {link_id}"
+                + ("" if other_account == account else f" (through {other_account})")
+                + ": choosing it again would put every booking there twice."
+            )
+        answer.append(
+            {
+                "id": calendar.id,
+                "name": calendar.name,
+                "primary": calendar.primary,
+                "writable": calendar.writable,
+                "access_role": calendar.access_role,
+                "selectable": why is None,
+                "why": why,
+                "taken_by": taken.get(calendar.id, (None, None))[0],
+            }
+        )
     return answer
 
 
@@ -143,11 +167,16 @@ def calendar_choices(calendars: list[CalendarInfo], taken: dict[str, tuple[str, 
 STATES = {
     "pending": ("Pending", "No calendar chosen yet: nothing syncs until one is."),
     "active": ("Active", "Bookings go to the calendar."),
-    "reauth_required": ("Reconnect needed", "Google no longer accepts this account's access "
-                        "(revoked, or the password changed): nothing syncs until it is "
-                        "reconnected."),
-    "calendar_unavailable": ("Calendar unavailable", "The calendar was deleted or is no "
-                             "longer writable: nothing syncs until another is chosen."),
+    "reauth_required": (
+        "Reconnect needed",
+        "Google no longer accepts this account's access "
+        "(revoked, or the password changed): nothing syncs until it is "
+        "reconnected.",
+    ),
+    "calendar_unavailable": (
+        "Calendar unavailable",
+        "The calendar was deleted or is no longer writable: nothing syncs until another is chosen.",
+    ),
     "disconnected": ("Disconnected", "Disconnected on purpose; its history is kept."),
 }
 
@@ -165,11 +194,14 @@ def last_result_text(result: LastResult | None, now: datetime) -> str:
         return "None yet"
     operation = "no change" if result.operation == "none" else result.operation
     source = "" if result.source == "event" else f", {result.source}"
-    return (f"{operation} → {result.outcome} ({result.reason}{source}) for booking "
-            f"{result.booking_id}, {ago(result.recorded_at, now)}")
+    return (
+        f"{operation} → {result.outcome} ({result.reason}{source}) for booking "
+        f"{result.booking_id}, {ago(result.recorded_at, now)}"
+    )
 
 
 # --- errors a person can act on ---------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Trouble:
@@ -180,80 +212,122 @@ class Trouble:
 
 _START = "Start again, and choose Allow on Google's page."
 TROUBLES: dict[str, Trouble] = {
-    "consent_denied": Trouble("Access was not granted",
-                              "Google's consent page was answered with Deny (or closed), so "
-                              "nothing was connected. " + _START),
-    "state_expired": Trouble("This connection request expired",
-                             "A connection must come back from Google within a few minutes "
-                             "of being started. Start it again."),
-    "state_replayed": Trouble("This connection request was already used",
-                              "Each request works once (the page may have been reloaded or "
-                              "opened twice). If the account is on the links page it is "
-                              "connected; otherwise start again."),
-    "state_invalid": Trouble("This connection request is not valid",
-                             "It was not issued by this service, or it was altered. Start "
-                             "again from the Calendar Sync page."),
-    "state_missing": Trouble("This address is incomplete",
-                             "Google's answer lost its request identifier. Start again from "
-                             "the Calendar Sync page."),
+    "consent_denied": Trouble(
+        "Access was not granted",
+        "Google's consent page was answered with Deny (or closed), so "
+        "nothing was connected. " + _START,
+    ),
+    "state_expired": Trouble(
+        "This connection request expired",
+        "A connection must come back from Google within a few minutes "
+        "of being started. Start it again.",
+    ),
+    "state_replayed": Trouble(
+        "This connection request was already used",
+        "Each request works once (the page may have been reloaded or "
+        "opened twice). If the account is on the links page it is "
+        "connected; otherwise start again.",
+    ),
+    "state_invalid": Trouble(
+        "This connection request is not valid",
+        "It was not issued by this service, or it was altered. Start "
+        "again from the Calendar Sync page.",
+    ),
+    "state_missing": Trouble(
+        "This address is incomplete",
+        "Google's answer lost its request identifier. Start again from the Calendar Sync page.",
+    ),
     "code_missing": Trouble("Google sent no authorization", "Start again."),
-    "code_refused": Trouble("Google refused the sign-in",
-                            "Google did not accept the authorization it had just given (it may "
-                            "have expired or been used already). Start again."),
-    "scope_not_granted": Trouble("Some access was not granted",
-                                 "Calendar Sync needs every box on Google's page ticked: to "
-                                 "list your calendars and to add events to one. " + _START),
+    "code_refused": Trouble(
+        "Google refused the sign-in",
+        "Google did not accept the authorization it had just given (it may "
+        "have expired or been used already). Start again.",
+    ),
+    "scope_not_granted": Trouble(
+        "Some access was not granted",
+        "Calendar Sync needs every box on Google's page ticked: to "
+        "list your calendars and to add events to one. " + _START,
+    ),
     "no_refresh_token": Trouble("Google gave no lasting access", "Start again."),
     "no_id_token": Trouble("Google did not say which account signed in", "Start again."),
     "bad_id_token": Trouble("Google's answer could not be checked", "Start again."),
-    "no_verified_email": Trouble("This Google account has no verified email",
-                                 "Verify the account's email at Google, then start again."),
-    "google_unreachable": Trouble("Google could not be reached",
-                                  "Nothing was changed. Try again in a moment.", "Try again"),
-    "google_error": Trouble("Google answered with an error",
-                            "Nothing was changed. Try again in a moment.", "Try again"),
-    "calendar_not_writable": Trouble("That calendar is read-only",
-                                     "Choose a calendar where you are writer or owner.",
-                                     "Choose again"),
-    "calendar_unknown": Trouble("That calendar is not in the account",
-                                "It may have been deleted meanwhile. Choose another.",
-                                "Choose again"),
-    "calendar_taken": Trouble("That calendar is already synced",
-                              "Another link of this activity already puts the bookings "
-                              "there.", "Choose again"),
-    "form_expired": Trouble("This calendar choice expired",
-                            "A calendar must be chosen within a few minutes of connecting. "
-                            "Open the choice again from the links page, or start again.",
-                            "Open the links page"),
-    "form_replayed": Trouble("This form was already sent",
-                             "Each calendar choice can be sent once (the page may have been "
-                             "reloaded or sent twice). The links page shows what was "
-                             "chosen.", "Open the links page"),
-    "form_invalid": Trouble("This form cannot be used",
-                            "It was not issued by this service, or it was altered.",
-                            "Open the links page"),
-    "form_not_this_browser": Trouble("This form was opened in another browser",
-                                     "A calendar choice works in the browser it was shown "
-                                     "in. Open the choice again here.",
-                                     "Open the links page"),
-    "csrf_refused": Trouble("This request came from another site",
-                            "For your safety it was refused: forms of Calendar Sync are "
-                            "only accepted from its own pages.", "Open the links page"),
-    "reauth_required": Trouble("Google no longer accepts this account's access",
-                               "Reconnect the account from the links page.",
-                               "Open the links page"),
-    "link_disconnected": Trouble("This link is disconnected",
-                                 "Connect the account again to sync to it.",
-                                 "Open the links page"),
-    "link_not_found": Trouble("There is no such link", "It may have been merged into "
-                              "another one.", "Open the links page"),
+    "no_verified_email": Trouble(
+        "This Google account has no verified email",
+        "Verify the account's email at Google, then start again.",
+    ),
+    "google_unreachable": Trouble(
+        "Google could not be reached", "Nothing was changed. Try again in a moment.", "Try again"
+    ),
+    "google_error": Trouble(
+        "Google answered with an error", "Nothing was changed. Try again in a moment.", "Try again"
+    ),
+    "calendar_not_writable": Trouble(
+        "That calendar is read-only",
+        "Choose a calendar where you are writer or owner.",
+        "Choose again",
+    ),
+    "calendar_unknown": Trouble(
+        "That calendar is not in the account",
+        "It may have been deleted meanwhile. Choose another.",
+        "Choose again",
+    ),
+    "calendar_taken": Trouble(
+        "That calendar is already synced",
+        "Another link of this activity already puts the bookings there.",
+        "Choose again",
+    ),
+    "form_expired": Trouble(
+        "This calendar choice expired",
+        "A calendar must be chosen within a few minutes of connecting. "
+        "Open the choice again from the links page, or start again.",
+        "Open the links page",
+    ),
+    "form_replayed": Trouble(
+        "This form was already sent",
+        "Each calendar choice can be sent once (the page may have been "
+        "reloaded or sent twice). The links page shows what was "
+        "chosen.",
+        "Open the links page",
+    ),
+    "form_invalid": Trouble(
+        "This form cannot be used",
+        "It was not issued by this service, or it was altered.",
+        "Open the links page",
+    ),
+    "form_not_this_browser": Trouble(
+        "This form was opened in another browser",
+        "A calendar choice works in the browser it was shown in. Open the choice again here.",
+        "Open the links page",
+    ),
+    "csrf_refused": Trouble(
+        "This request came from another site",
+        "For your safety it was refused: forms of Calendar Sync are "
+        "only accepted from its own pages.",
+        "Open the links page",
+    ),
+    "reauth_required": Trouble(
+        "Google no longer accepts this account's access",
+        "Reconnect the account from the links page.",
+        "Open the links page",
+    ),
+    "link_disconnected": Trouble(
+        "This link is disconnected",
+        "Connect the account again to sync to it.",
+        "Open the links page",
+    ),
+    "link_not_found": Trouble(
+        "There is no such link", "It may have been merged into another one.", "Open the links page"
+    ),
     "not_found": Trouble("There is no such page", "Check the address."),
-    "unauthorized": Trouble("This address is for programs",
-                            "It belongs to the JSON API, which takes the admin bearer token. "
-                            "People use the pages: the activities and their links.",
-                            "Open the pages"),
-    "method_not_allowed": Trouble("This address does not take that request",
-                                  "Use the pages' buttons."),
+    "unauthorized": Trouble(
+        "This address is for programs",
+        "It belongs to the JSON API, which takes the admin bearer token. "
+        "People use the pages: the activities and their links.",
+        "Open the pages",
+    ),
+    "method_not_allowed": Trouble(
+        "This address does not take that request", "Use the pages' buttons."
+    ),
 }
 
 
@@ -262,13 +336,16 @@ def trouble(problem: str, status: int) -> Trouble:
     if found is not None:
         return found
     if status >= 500:
-        return Trouble("Something went wrong on our side",
-                       "Nothing you did caused it, and it has been logged. Try again in a "
-                       "moment.", "Try again")
+        return Trouble(
+            "Something went wrong on our side",
+            "Nothing you did caused it, and it has been logged. Try again in a moment.",
+            "Try again",
+        )
     return Trouble("This request could not be done", "Start again.")
 
 
 # --- addresses --------------------------------------------------------------------------
+
 
 def with_query(url: str, params: list[tuple[str, str]]) -> str:
     """`url` with `params` added to its query (what it already has is kept)."""
@@ -279,8 +356,13 @@ def with_query(url: str, params: list[tuple[str, str]]) -> str:
 
 def local_path(candidate: str | None, default: str) -> str:
     """A redirect target that stays on this site (no open redirect)."""
-    if not candidate or not candidate.startswith("/") or candidate.startswith("//") \
-            or "\\" in candidate or any(c.isspace() or not c.isprintable() for c in candidate):
+    if (
+        not candidate
+        or not candidate.startswith("/")
+        or candidate.startswith("//")
+        or "\\" in candidate
+        or any(c.isspace() or not c.isprintable() for c in candidate)
+    ):
         return default  # browsers drop tabs and newlines: "/\t/evil" would be "//evil"
     return candidate
 
@@ -291,23 +373,32 @@ def link_card(health: LinkHealth, now: datetime) -> dict[str, Any]:
     state = link.state
     since = link.state_changed_at
     backfill = progress(health.backfill) if health.backfill is not None else None
-    choose = {"pending": "Choose a calendar",
-              "calendar_unavailable": "Choose another calendar"}.get(state)
-    if state == "active" and backfill is not None and backfill["status"] in ("failed",
-                                                                             "stalled"):
+    choose = {
+        "pending": "Choose a calendar",
+        "calendar_unavailable": "Choose another calendar",
+    }.get(state)
+    if state == "active" and backfill is not None and backfill["status"] in ("failed", "stalled"):
         choose = "Catch up again"  # choosing the same calendar again backfills what is left
     return {
-        "id": link.id, "account": link.account_email,
-        "calendar_id": link.calendar_id, "calendar_name": health.calendar_name,
-        "state": state, "state_label": state_label(state), "state_help": state_help(state),
-        "reason": link.state_reason, "since": since, "since_text": ago(since, now),
+        "id": link.id,
+        "account": link.account_email,
+        "calendar_id": link.calendar_id,
+        "calendar_name": health.calendar_name,
+        "state": state,
+        "state_label": state_label(state),
+        "state_help": state_help(state),
+        "reason": link.state_reason,
+        "since": since,
+        "since_text": ago(since, now),
         "events_synced": health.events_synced,
         "last_result": last_result_text(health.last_result, now),
-        "last_result_failed": (health.last_result is not None
-                               and health.last_result.outcome == "failed"),
+        "last_result_failed": (
+            health.last_result is not None and health.last_result.outcome == "failed"
+        ),
         "repair_backlog": health.repair_backlog,
         "backfill": backfill,
         "backfill_text": progress_text(backfill) if backfill else None,
-        "reconnect": state == "reauth_required", "choose": choose,
+        "reconnect": state == "reauth_required",
+        "choose": choose,
         "disconnect": state != "disconnected",
     }
