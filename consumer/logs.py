@@ -60,7 +60,7 @@ def iso_datetimes(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
-_level = logging.INFO  # the level configure_logging set last
+_level = logging.NOTSET  # the level configure_logging set last (none yet: all lines kept)
 
 
 def debug_enabled() -> bool:

@@ -10,7 +10,8 @@ always carried as ISO 8601 text (`datetime.isoformat()`, `+00:00` rather than py
 
 from __future__ import annotations
 
-from collections.abc import ItemsView, KeysView, ValuesView
+import json
+from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -35,7 +36,8 @@ class Answer(BaseModel):
     against those (tests, scripts: `answer["events_removed"]`, `answer.get("backfill")`)
     still index them. So an answer also reads like a read-only mapping over its dump
     (`model_dump()`: exactly the dict the service used to return): `answer[key]`,
-    `answer.get(key)`, `key in answer`, `keys()`, `items()`, `values()`. Nothing can be
+    `answer.get(key)`, `key in answer`, `keys()`, `items()`, `values()`, and it equals the
+    dict it used to be (`answer == {...}`). Nothing can be
     written through it. New code reads attributes, and entrypoints render with
     `model_dump()`. Iterating an answer is pydantic's (field, value) pairs, not keys.
     """
@@ -62,6 +64,14 @@ class Answer(BaseModel):
 
     def values(self) -> ValuesView[Any]:
         return self._mapping().values()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):  # compared with the dict it used to be
+            return self._mapping() == dict(other)
+        return super().__eq__(other)
+
+    def __hash__(self) -> int:  # equal answers hash alike (lists inside included)
+        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
 # --- links ------------------------------------------------------------------------------------

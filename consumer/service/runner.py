@@ -74,9 +74,10 @@ class ConsumerRunner:
         repository: Repository,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        metrics: Metrics,
+        metrics: Metrics | None = None,
     ) -> None:
-        self.metrics = metrics
+        # Bootstrap hands in the process's metrics; a runner built alone keeps its own.
+        self.metrics = metrics or Metrics()
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.metrics.watch_lag(self.lag)
         self.settings = settings

@@ -151,6 +151,7 @@ class _LinkCall:
     async def _access_token(self, rejected: str | None = None) -> str:
         """The link's token; an unreachable token endpoint is retried within the budget."""
         self._check_active()
+        started = time.monotonic()
         try:  # almost always a token at hand: no retry machinery around it (CPU per call)
             return await self.engine.tokens.access_token(
                 self.row.link.id, self.row.tokens, rejected=rejected
@@ -158,14 +159,20 @@ class _LinkCall:
         except TokenRefreshFailed as exc:
             if not exc.retriable:
                 raise
+            first_failure: BaseException | None = exc
         settings = self.engine.settings
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_token_outage),
             wait=google_backoff(settings.retry_initial_s, settings.retry_max_s),
-            stop=stop_before_delay(settings.retry_budget_s),
+            stop=stop_before_delay(
+                max(0.0, settings.retry_budget_s - (time.monotonic() - started))
+            ),
             reraise=True,
         ):
             with attempt:
+                if first_failure is not None:  # the first try's failure: backoff comes next
+                    failure, first_failure = first_failure, None
+                    raise failure
                 self._check_active()
                 return await self.engine.tokens.access_token(
                     self.row.link.id, self.row.tokens, rejected=rejected
@@ -175,12 +182,21 @@ class _LinkCall:
     async def _with_retries(self, call: Callable[[str], Awaitable[T]]) -> T:
         settings = self.engine.settings
         account = self.row.link.account_email
-        if self.may_defer and self.engine.pacing[account] >= _PACING_IN_WINDOW:
+        if (
+            self.may_defer
+            and self.attempts == 0
+            and self.engine.pacing[account] >= _PACING_IN_WINDOW
+        ):
             # Google is pacing this account and enough of its messages already wait for it
             # in the window: this one leaves at once, without a call Google would refuse
-            # and without holding a place other accounts' messages need meanwhile.
+            # and without holding a place other accounts' messages need meanwhile; its
+            # repair comes no sooner than Google's Retry-After allows.
             raise AccountBacklogged(
-                max(self.engine.quota.expected_wait(account), settings.retry_initial_s),
+                max(
+                    self.engine.paced_for(account),
+                    self.engine.quota.expected_wait(account),
+                    settings.retry_initial_s,
+                ),
                 "account_rate_limited",
             )
         # The first slot is waited for before the retry budget starts: a long queue for a
@@ -234,7 +250,7 @@ class _LinkCall:
 
     async def _slot(self, account: str, may_defer: bool) -> None:
         """A quota slot; a link halted while waiting for it stops the wait at once."""
-        if not self.engine.quota.limited:
+        if not getattr(self.engine.quota, "limited", True):
             # No quota configured: nothing to wait for but a pause check, so no race with
             # the halt signal (two futures and a wait per call cost CPU for nothing).
             await self.engine.quota.acquire(account, self.ticket, may_defer=may_defer)
@@ -246,6 +262,11 @@ class _LinkCall:
         stop = asyncio.ensure_future(halted.wait())
         try:
             await asyncio.wait([waiting, stop], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Cancelled meanwhile (a rebalance's drain): give the place in the queue up, or
+            # it would take a slot reserved group-wide for nobody.
+            waiting.cancel()
+            raise
         finally:
             stop.cancel()
         if not waiting.done():
@@ -258,6 +279,8 @@ class _LinkCall:
         quota, account = self.engine.quota, self.row.link.account_email
         action = exc.action
         if action is Action.PACE:
+            if exc.retry_after:
+                self.engine.paced_until(account, exc.retry_after)
             await quota.refused(account, exc.reason, exc.retry_after)
             if self.may_defer and not self.pacing:
                 # Google asked this account to slow down. A few of its live messages wait
@@ -315,6 +338,7 @@ class SyncEngine:
         self.halted: dict[str, float] = {}
         self._halt_signals: dict[str, asyncio.Event] = {}
         self.pacing: Counter[str] = Counter()  # per account: live calls retrying a rate limit
+        self._paced_until: dict[str, float] = {}  # per account: Google's Retry-After ends
         self._unsettled: set[tuple[str, str]] = set()  # written at Google, not recorded
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
@@ -335,6 +359,22 @@ class SyncEngine:
                 self.resume(link_id)
         else:
             self.halt(link_id, changed_at)
+
+    def paced_until(self, account: str, retry_after_s: float) -> None:
+        """Google asked this account to wait `retry_after_s` before its next call."""
+        until = time.monotonic() + retry_after_s
+        self._paced_until[account] = max(until, self._paced_until.get(account, 0.0))
+
+    def paced_for(self, account: str) -> float:
+        """Seconds left of the account's last Retry-After (0: none)."""
+        until = self._paced_until.get(account)
+        if until is None:
+            return 0.0
+        left = until - time.monotonic()
+        if left <= 0:
+            del self._paced_until[account]
+            return 0.0
+        return left
 
     def halt(self, link_id: str, since: float) -> None:
         """Stop the link's work in this process before its next Google call, waits included:

@@ -41,6 +41,8 @@ def test_an_answer_reads_like_a_read_only_mapping_over_its_dump() -> None:
     assert answer["state"] == "active" and answer.get("calendar_id") == "cal_1"
     assert answer.get("nope", 7) == 7 and "nope" not in answer and "state" in answer
     assert dict(answer.items()) == answer.model_dump()
+    assert answer == answer.model_dump() and answer != {**answer.model_dump(), "state": "x"}
+    assert answer == link(state="active", calendar_id="cal_1") and len({answer, answer}) == 1
     assert list(answer.keys()) == list(answer.model_dump())
     with pytest.raises(KeyError):
         answer["nope"]

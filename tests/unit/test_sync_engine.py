@@ -370,12 +370,54 @@ async def test_a_rate_limit_slows_the_accounts_quota_and_is_retried(
 
 
 async def test_a_rate_limit_for_an_account_already_pacing_leaves_the_window(world: World) -> None:
-    world.engine.pacing[ACCOUNT] = 2  # two of its live messages already wait in the window
-    world.google.fail("events.insert", 403, "userRateLimitExceeded", domain="usageLimits")
+    world.engine.pacing[ACCOUNT] = 1  # one of its live messages already waits in the window
+    world.engine.pacing["other@example.com"] = 5  # another account's pacing is not this one's
+    world.google.fail(
+        "events.insert", 403, "userRateLimitExceeded", domain="usageLimits", retry_after=3.0
+    )
+    world.engine.pacing[ACCOUNT] += 1  # a second one, meanwhile: the window has its two
     result = await world.sync()
     assert (result.outcome, result.reason) == (Outcome.DEFERRED, "account_rate_limited")
     assert result.repair is not None and not result.repair.backoff
+    assert world.google.count("events.insert") == 0  # no call Google would refuse
     assert not world.live()
+
+
+async def test_a_message_of_an_account_pacing_leaves_no_sooner_than_retry_after(
+    world: World,
+) -> None:
+    world.engine.paced_until(ACCOUNT, 4.0)  # Google said: not for 4 seconds
+    world.engine.pacing[ACCOUNT] = 2
+    result = await world.sync()
+    assert result.repair is not None and result.repair.not_before_s > 3.5
+
+
+async def test_a_rate_limit_met_by_the_second_of_two_in_the_window_defers_it(
+    world: World,
+) -> None:
+    world.engine.pacing[ACCOUNT] = 1  # one pacing: this message may call, and is refused
+    world.google.fail("events.insert", 429, "rateLimitExceeded", domain="usageLimits")
+    result = await world.sync()
+    # It becomes the second pacing one, retries within the budget and is applied.
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
+    assert world.engine.pacing[ACCOUNT] == 1  # its own place given back
+
+
+async def test_a_rate_limit_with_two_already_pacing_defers_a_call_already_made(
+    world: World,
+) -> None:
+    # The window had room when this message called; two others began pacing meanwhile.
+    world.google.fail("events.insert", 429, "rateLimitExceeded", domain="usageLimits")
+    original = world.quota.refused
+
+    async def two_more_meanwhile(account: str, reason: str, retry_after_s: float | None) -> None:
+        world.engine.pacing[ACCOUNT] = 2
+        await original(account, reason, retry_after_s)
+
+    world.quota.refused = two_more_meanwhile  # type: ignore[method-assign]
+    result = await world.sync()
+    assert (result.outcome, result.reason) == (Outcome.DEFERRED, "account_rate_limited")
+    assert world.google.count("events.insert") == 1
 
 
 @pytest.mark.parametrize(

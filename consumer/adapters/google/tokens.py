@@ -35,8 +35,11 @@ log = structlog.get_logger(__name__)
 
 
 class TokenProvider:
-    def __init__(self, settings: Settings, repository: Repository, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(
+        self, settings: Settings, repository: Repository, metrics: Metrics | None = None
+    ) -> None:
+        # Bootstrap hands in the process's metrics; a provider built alone keeps its own.
+        self._metrics = metrics or Metrics()
         self._settings = settings
         self._repository = repository
         self._margin = timedelta(seconds=settings.token_refresh_margin_s)

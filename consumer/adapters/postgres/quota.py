@@ -68,8 +68,9 @@ class _Queue:
 
 
 class GroupQuota:
-    def __init__(self, settings: Settings, pool: Pool, metrics: Metrics) -> None:
-        self._metrics = metrics
+    def __init__(self, settings: Settings, pool: Pool, metrics: Metrics | None = None) -> None:
+        # Bootstrap hands in the process's metrics; a quota built alone keeps its own.
+        self._metrics = metrics or Metrics()
         self._pause_s = settings.quota_exceeded_pause_s
         self._max_wait_s = settings.quota_max_wait_s
         self._paused: dict[str, float] = {}  # key -> loop time its pause ends
@@ -253,6 +254,9 @@ class GroupQuota:
                 waiter.set_exception(AccountBacklogged(wait, "account_rate_limited"))
                 continue
             wait += step
+        # The deferred leave the queue now: expected_wait and the pump count who is left.
+        queue.waiters = [entry for entry in queue.waiters if not entry[2].done()]
+        heapq.heapify(queue.waiters)
 
     async def _slot(
         self, key: str, interval_s: float, ticket: int, may_defer: bool = False
