@@ -23,7 +23,7 @@ from calsync_dev.sandbox import SandboxClient
 from calsync_dev.stack import EmbeddedPostgres, free_port, fresh_database
 from consumer.adapters.postgres.migrations import migrate
 from consumer.bootstrap import link_service
-from consumer.settings import Settings, settings_env
+from consumer.settings import STACK_SETTINGS, Settings, settings_env
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / "bench-results"
@@ -235,28 +235,12 @@ def pairs_done(database_url: str, version: int) -> int:
 def consumer_env(settings: Settings, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
-        **settings_env(settings, _SHARED_SETTINGS),
+        **settings_env(settings, STACK_SETTINGS),
         "CALSYNC_METRICS_PORT": "0",
         "CALSYNC_LOG_FORMAT": "json",
         "CALSYNC_LOG_LEVEL": "WARNING",
         **extra,
     }
-
-
-# What `calsync consume` shares with the bench: where everything is, and the secrets.
-_SHARED_SETTINGS = (
-    "database_url",
-    "kafka_bootstrap",
-    "topic",
-    "dlq_topic",
-    "group_id",
-    "google_api_url",
-    "google_token_url",
-    "google_client_id",
-    "google_client_secret",
-    "google_ca_bundle",
-    "token_key",
-)
 
 
 @contextmanager

@@ -231,19 +231,9 @@ def scenario_3(bench: Bench, mode: str, seconds: float) -> Row:
         sent = asyncio.run(_steady(settings, activities, rate, seconds))
         wait_for_results(settings.database_url, 2 + len(sent) * 2, running, bench.timeout_s, name)
         flow = flow_of(running)
-    with psycopg.connect(settings.database_url) as conn:  # each pair's first write applied
-        rows = conn.execute(
-            "SELECT booking_id, min(recorded_at) FROM sync_results WHERE"
-            " outcome = 'applied' GROUP BY booking_id, link_id"
-        ).fetchall()
-    latencies = sorted(
-        (recorded.timestamp() - sent[booking_id])
-        for booking_id, recorded in rows
-        if booking_id in sent
-    )
+    latencies = write_latencies(settings.database_url, sent)
     deferred = deferred_count(settings.database_url)
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    p50, p99 = percentiles(latencies)
     report = bench.sandbox.quota()["*project*"]
     return Row(
         "3: steady 70% of quota",
@@ -328,21 +318,12 @@ def scenario_4(bench: Bench, mode: str, seconds: float, rate: float) -> Row:
         sent = asyncio.run(_steady(settings, others, rate, seconds, also=(troubled, STREAM_FIRST)))
         wait_for_results(settings.database_url, len(sent) * 2, running, bench.timeout_s, name)
         flow = flow_of(running)
-    with psycopg.connect(settings.database_url) as conn:  # each pair's first write applied
-        rows = conn.execute(
-            "SELECT booking_id, min(recorded_at) FROM sync_results WHERE"
-            " outcome = 'applied' GROUP BY booking_id, link_id"
-        ).fetchall()
+    latencies = write_latencies(settings.database_url, sent)
+    with psycopg.connect(settings.database_url) as conn:
         waiting = conn.execute("SELECT count(*) FROM repairs").fetchone()
-    latencies = sorted(
-        (recorded.timestamp() - sent[booking_id])
-        for booking_id, recorded in rows
-        if booking_id in sent
-    )
     if len(latencies) < len(sent) * 2:
         raise SystemExit(f"scenario 4: {len(latencies)} of {len(sent) * 2} writes applied")
-    p50 = statistics.median(latencies)
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    p50, p99 = percentiles(latencies)
     asked = [c for c in bench.sandbox.calls(detail=True)["calls"] if c["account"] in refused]
     refusals = sum(1 for c in asked if c["status"] in (403, 429))
     return Row(
@@ -368,6 +349,26 @@ def scenario_4(bench: Bench, mode: str, seconds: float, rate: float) -> Row:
         f"{len(asked)} times for the refused accounts, "
         f"{refusals} refused{flow.note}",
     )
+
+
+def write_latencies(database_url: str, sent: dict[str, float]) -> list[float]:
+    """Seconds from each sent booking's message timestamp to its first write applied, per
+    link; sorted."""
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT booking_id, min(recorded_at) FROM sync_results WHERE"
+            " outcome = 'applied' GROUP BY booking_id, link_id"
+        ).fetchall()
+    return sorted(
+        recorded.timestamp() - sent[booking] for booking, recorded in rows if booking in sent
+    )
+
+
+def percentiles(latencies: list[float]) -> tuple[float, float]:
+    """The median and the 99th percentile of sorted latencies."""
+    return statistics.median(latencies), latencies[
+        min(len(latencies) - 1, int(len(latencies) * 0.99))
+    ]
 
 
 BACKLOG_FIRST, STREAM_FIRST = 100_000, 500_000  # booking numbers of the refused messages

@@ -43,7 +43,7 @@ from consumer.adapters.postgres.migrations import migrate
 from consumer.logs import configure_logging
 from consumer.service import links
 from consumer.service.answers import Connected
-from consumer.settings import Settings, settings_env
+from consumer.settings import STACK_SETTINGS, Settings, settings_env
 
 ACTIVITY = "act_kayak"
 DEMO_DB = "calsync_demo"
@@ -347,26 +347,10 @@ def _links_page(settings: Settings) -> str:
 
 def _env(settings: Settings) -> dict[str, str]:
     return {
-        **settings_env(settings, _SHARED_SETTINGS),
+        **settings_env(settings, (*STACK_SETTINGS, "http_port")),
         "CALSYNC_METRICS_PORT": "0",  # any free port: see consumer.log
         "CALSYNC_LOG_FORMAT": "json",
     }
-
-
-# What the processes the demo starts share with it: where everything is, and the secrets.
-_SHARED_SETTINGS = (
-    "database_url",
-    "kafka_bootstrap",
-    "google_api_url",
-    "google_token_url",
-    "google_client_id",
-    "google_client_secret",
-    "google_auth_url",
-    "google_revoke_url",
-    "google_ca_bundle",
-    "token_key",
-    "http_port",
-)
 
 
 async def _publish(bootstrap: str, topic: str, message: dict[str, Any] | bytes) -> None:

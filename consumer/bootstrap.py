@@ -18,6 +18,7 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.google.calendar import GoogleCalendar
 from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.google.tokens import TokenProvider
+from consumer.adapters.kafka import build_consumer, build_producer
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.connections import Connect, connector
 from consumer.adapters.postgres.link_store import LinkStore
@@ -28,6 +29,7 @@ from consumer.domain.errors import StartupError, TokenKeyError
 from consumer.service.context import Services
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
+from consumer.service.runner import ConsumerRunner
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 
@@ -77,6 +79,18 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
         tokens.close()
         await token_repository.pool.close()
         await repository.pool.close()
+
+
+def consumer_runner(settings: Settings, svc: Services) -> ConsumerRunner:
+    """The consume loop over the group's Kafka clients, on `svc`'s engine and metrics."""
+    return ConsumerRunner(
+        settings,
+        svc.engine,
+        svc.repository,
+        build_consumer(settings),
+        build_producer(settings),
+        svc.metrics,
+    )
 
 
 @asynccontextmanager

@@ -223,6 +223,25 @@ def env_value(value: object) -> str:
     return str(value)
 
 
+# What a process started by another (a test, the demo, the bench) must share with it to work
+# on the same stack: where each outside system is, and the secrets.
+STACK_SETTINGS = (
+    "database_url",
+    "kafka_bootstrap",
+    "topic",
+    "dlq_topic",
+    "group_id",
+    "google_api_url",
+    "google_token_url",
+    "google_auth_url",
+    "google_revoke_url",
+    "google_client_id",
+    "google_client_secret",
+    "google_ca_bundle",
+    "token_key",
+)
+
+
 def settings_env(settings: Settings, fields: Iterable[str] | None = None) -> dict[str, str]:
     """The one Settings -> environment map: `CALSYNC_*` variables for `fields` (default:
     every setting) of `settings`, what a process started with them (`calsync consume`,

@@ -11,15 +11,14 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiokafka.errors import KafkaError
 
-from consumer.adapters.kafka import build_consumer, build_producer, ensure_topics
+from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.postgres.link_watcher import watch_links
 from consumer.adapters.postgres.migrations import pending_migrations
-from consumer.bootstrap import services
+from consumer.bootstrap import consumer_runner, services
 from consumer.domain.errors import StartupError
 from consumer.entrypoints.ops_http import refresh_gauges, start_ops_http
 from consumer.service import reconcile
 from consumer.service.repairs import RepairLoop
-from consumer.service.runner import ConsumerRunner
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,14 +44,7 @@ async def consume(
     except KafkaError as exc:
         raise StartupError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     async with services(settings) as svc:
-        runner = ConsumerRunner(
-            settings,
-            svc.engine,
-            svc.repository,
-            build_consumer(settings),
-            build_producer(settings),
-            svc.metrics,
-        )
+        runner = consumer_runner(settings, svc)
         try:
             ops = await start_ops_http(settings, runner, svc.metrics, svc.connect)
         except OSError as exc:

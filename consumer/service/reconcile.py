@@ -178,6 +178,21 @@ class Reconciler:
         heartbeat = asyncio.create_task(self._heartbeat(run_id, progress))
         error: str | None = None
         finished = False
+
+        async def save() -> None:  # what is done so far: a run cut short resumes from it
+            async with self.repository.pool.connection() as conn:
+                await conn.execute(
+                    _PROGRESS,
+                    (
+                        done,
+                        seen,
+                        Jsonb(dict(found)),
+                        Jsonb(dict(repaired)),
+                        Jsonb(reports),
+                        run_id,
+                    ),
+                )
+
         try:
             for link_id in links:
                 if link_id in done:
@@ -193,18 +208,7 @@ class Reconciler:
                 repaired.update(report.repaired)
                 seen += report.events_seen
                 reports.append(report.as_json())
-                async with self.repository.pool.connection() as conn:
-                    await conn.execute(
-                        _PROGRESS,
-                        (
-                            done,
-                            seen,
-                            Jsonb(dict(found)),
-                            Jsonb(dict(repaired)),
-                            Jsonb(reports),
-                            run_id,
-                        ),
-                    )
+                await save()
                 if on_progress is not None:
                     on_progress(progress)
             if run["executed"] and run["link_filter"] is None:
@@ -214,18 +218,7 @@ class Reconciler:
                     found.update(stranded.found())
                     repaired.update(stranded.repaired)
                     reports.append(stranded.as_json())
-                    async with self.repository.pool.connection() as conn:
-                        await conn.execute(
-                            _PROGRESS,
-                            (
-                                done,
-                                seen,
-                                Jsonb(dict(found)),
-                                Jsonb(dict(repaired)),
-                                Jsonb(reports),
-                                run_id,
-                            ),
-                        )
+                    await save()
             finished = True
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -74,12 +73,7 @@ async def test_sigterm_finishes_commits_and_exits_zero(env: Env, tmp_path: Path)
             await env.publish(booking_event(f"bk_{n}", 1))
         await wait_until(lambda: len(env.results()) == 10, timeout_s=60, what="10 results")
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        env.stop_process(process)
     assert process.returncode == 0, log.read_text()[-2000:]
     assert await env.all_committed()
     text = log.read_text()

@@ -8,7 +8,6 @@ import asyncio
 import itertools
 import json
 import signal
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -255,12 +254,7 @@ async def test_every_poison_is_dead_lettered_once_and_nothing_else_waits(
             )
             rss.append(_rss_mb(process.pid))
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise
+        env.stop_process(process)
     assert process.returncode == 0, log.read_text()[-3000:]
 
     rows = env.query(

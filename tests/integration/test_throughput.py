@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from consumer.adapters.kafka import build_consumer, build_producer, ensure_topics
-from consumer.bootstrap import services
-from consumer.service.runner import ConsumerRunner
+from consumer.adapters.kafka import ensure_topics
+from consumer.bootstrap import consumer_runner, services
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 
@@ -154,14 +153,7 @@ async def test_fetching_pauses_at_max_in_flight_and_resumes(env: Env) -> None:
     paused_samples, oldest_turn_while_paused = 0, 0.0
     try:
         async with services(settings) as svc:
-            runner = ConsumerRunner(
-                settings,
-                svc.engine,
-                svc.repository,
-                build_consumer(settings),
-                build_producer(settings),
-                svc.metrics,
-            )
+            runner = consumer_runner(settings, svc)
             task = asyncio.create_task(runner.run(stop))
             deadline = time.monotonic() + 60
             while len(env.results()) < 40 and time.monotonic() < deadline:

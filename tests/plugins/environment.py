@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.kafka import ensure_topics
 from consumer.bootstrap import link_service
 from consumer.entrypoints.worker import consume
-from consumer.settings import Settings
+from consumer.settings import STACK_SETTINGS, Settings
 from tests.plugins.database import TEMPLATE_DB
 from tests.plugins.settings_env import settings_env
 from tests.plugins.stack import CLIENT_ID, CLIENT_SECRET, Broker
@@ -47,19 +48,7 @@ SESSION_TIMEOUT_S = 3.0
 # The settings a process we start is given (tests/plugins/settings_env.py); the others keep
 # their defaults there, as they always have.
 PROCESS_SETTINGS = (
-    "database_url",
-    "kafka_bootstrap",
-    "topic",
-    "dlq_topic",
-    "group_id",
-    "google_api_url",
-    "google_token_url",
-    "google_client_id",
-    "google_client_secret",
-    "google_auth_url",
-    "google_revoke_url",
-    "google_ca_bundle",
-    "token_key",
+    *STACK_SETTINGS,
     "admin_token",
     "metrics_port",
     "kafka_session_timeout_s",
@@ -265,6 +254,17 @@ class Env:
         finally:
             stop.set()
             await asyncio.wait_for(task, 30)
+
+    @staticmethod
+    def stop_process(process: subprocess.Popen[bytes]) -> int:
+        """SIGTERM, as an orchestrator stops it; its exit status. One that has not ended
+        within 30 s is killed and the test fails."""
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
 
     def start_process(
         self, log_path: Path, *command: str, **extra_env: str
