@@ -38,6 +38,23 @@ async def synced(env: Env, latest: dict[str, dict[str, Any]], n: int) -> None:
     await wait_until(env.all_committed, what="offsets")
 
 
+async def sync_all(env: Env, latest: dict[str, dict[str, Any]], n: int) -> None:
+    """A consumer while `latest` is published, until `n` results are in and committed."""
+    async with env.consumer():
+        for event in latest.values():
+            await env.publish(event)
+        await synced(env, latest, n)
+
+
+async def two_bookings_on_cal_a(env: Env) -> tuple[str, str, dict[str, dict[str, Any]]]:
+    """An account with calendars A and B, its link syncing A, two bookings on it."""
+    email, refresh = env.account(calendars=CALENDARS)
+    link_id = await env.link(email, refresh, calendar_id="cal-a")
+    latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
+    await sync_all(env, latest, 2)
+    return email, link_id, latest
+
+
 async def test_choosing_a_calendar_again_after_the_old_one_was_deleted_moves_everything(
     env: Env,
 ) -> None:
@@ -87,13 +104,7 @@ async def test_an_active_link_switched_to_another_calendar_leaves_nothing_behind
 async def test_a_calendar_left_read_only_keeps_its_events_recorded_until_reconcile_reaches_them(
     env: Env,
 ) -> None:
-    email, refresh = env.account(calendars=CALENDARS)
-    link_id = await env.link(email, refresh, calendar_id="cal-a")
-    latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
-    async with env.consumer():
-        for event in latest.values():
-            await env.publish(event)
-        await synced(env, latest, 2)
+    email, link_id, latest = await two_bookings_on_cal_a(env)
     env.sandbox.set_access_role(email, "cal-a", "reader")
     select(env, link_id, "cal-b")
     assert_exact(env, email, link_id, latest, calendar_id="cal-b")
@@ -242,10 +253,7 @@ async def test_reconcile_finds_and_repairs_what_drifted(env: Env) -> None:
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(4)}
-    async with env.consumer():
-        for event in latest.values():
-            await env.publish(event)
-        await synced(env, latest, 4)
+    await sync_all(env, latest, 4)
     by_booking = {e["extendedProperties"]["private"]["booking_id"]: e for e in env.events(email)}
     env.sandbox.delete_by_hand(email, email, by_booking["bk_0"]["id"])
     env.sandbox.edit_by_hand(email, email, by_booking["bk_1"]["id"], summary="Renamed by hand")
@@ -419,13 +427,7 @@ async def test_reconcile_removes_an_orphan_the_records_still_hold(env: Env) -> N
 async def test_remove_events_reaches_the_old_calendar_and_a_new_link_there_is_exact(
     env: Env,
 ) -> None:
-    email, refresh = env.account(calendars=CALENDARS)
-    link_id = await env.link(email, refresh, calendar_id="cal-a")
-    latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
-    async with env.consumer():
-        for event in latest.values():
-            await env.publish(event)
-        await synced(env, latest, 2)
+    email, link_id, latest = await two_bookings_on_cal_a(env)
     env.sandbox.set_access_role(email, "cal-a", "reader")
     select(env, link_id, "cal-b")  # A's events stranded there
     env.sandbox.set_access_role(email, "cal-a", "owner")  # reachable again
@@ -470,10 +472,7 @@ async def test_an_interrupted_reconcile_stays_unfinished_and_is_resumed(env: Env
     email, refresh = env.account()
     link_id = await env.link(email, refresh)
     latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(3)}
-    async with env.consumer():
-        for event in latest.values():
-            await env.publish(event)
-        await synced(env, latest, 3)
+    await sync_all(env, latest, 3)
     for event in env.events(email):
         env.sandbox.delete_by_hand(email, email, event["id"])
     env.sandbox.configure(latency_s=1.0)
@@ -500,13 +499,7 @@ async def test_an_interrupted_reconcile_stays_unfinished_and_is_resumed(env: Env
 
 
 async def test_a_stranded_event_out_of_reach_does_not_fail_the_links_reconcile(env: Env) -> None:
-    email, refresh = env.account(calendars=CALENDARS)
-    link_id = await env.link(email, refresh, calendar_id="cal-a")
-    latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
-    async with env.consumer():
-        for event in latest.values():
-            await env.publish(event)
-        await synced(env, latest, 2)
+    email, link_id, latest = await two_bookings_on_cal_a(env)
     env.sandbox.set_access_role(email, "cal-a", "reader")  # and it stays so
     select(env, link_id, "cal-b")
     env.sandbox.delete_by_hand(email, "cal-b", env.events(email, "cal-b")[0]["id"])
@@ -556,13 +549,7 @@ async def test_a_session_lost_mid_write_is_followed_by_the_latest_state(env: Env
 
 
 async def test_choosing_the_old_calendar_again_takes_its_stranded_events_back(env: Env) -> None:
-    email, refresh = env.account(calendars=CALENDARS)
-    link_id = await env.link(email, refresh, calendar_id="cal-a")
-    latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
-    async with env.consumer():
-        for event in latest.values():
-            await env.publish(event)
-        await synced(env, latest, 2)
+    email, link_id, latest = await two_bookings_on_cal_a(env)
     env.sandbox.set_access_role(email, "cal-a", "reader")
     select(env, link_id, "cal-b")  # moved; A's events stranded (recorded)
     env.sandbox.set_access_role(email, "cal-a", "owner")
