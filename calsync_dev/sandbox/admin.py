@@ -49,6 +49,11 @@ def _route(
             state.add_account(email, body.pop("refresh_token", ""), [body])
             state.accounts[email].refresh_tokens.discard("")
             return 200, {}
+        case ("POST", ["accounts", email, "calendars", calendar_id, "share"]):
+            state.share_calendar(
+                email, calendar_id, body["with"], body.get("access_role", "writer")
+            )
+            return 200, {}
         case ("PATCH", ["accounts", email, "calendars", calendar_id]):
             cal = state.calendar(email, calendar_id)
             cal.access_role = body.get("access_role", cal.access_role)

@@ -151,6 +151,17 @@ class SandboxClient:
             {"access_role": role},
         )
 
+    def share_calendar(
+        self, owner: str, calendar_id: str, with_email: str, access_role: str = "writer"
+    ) -> None:
+        """The owner shares a calendar with another account (the same id and events for
+        both; each with its own access role)."""
+        self._call(
+            "POST",
+            f"accounts/{quote(owner)}/calendars/{quote(calendar_id, safe='')}/share",
+            {"with": with_email, "access_role": access_role},
+        )
+
     def remove_calendar(self, email: str, calendar_id: str) -> None:
         self._call("DELETE", f"accounts/{quote(email)}/calendars/{quote(calendar_id, safe='')}")
 

@@ -247,6 +247,26 @@ class SandboxState:
             self.accounts[email] = account
             return account
 
+    def share_calendar(
+        self, owner: str, calendar_id: str, with_email: str, access_role: str = "writer"
+    ) -> Calendar:
+        """What an owner does in Google Calendar's sharing settings: the calendar (the same
+        id, the same events) appears in the other account's calendar list with its own access
+        role, not as its primary. Both accounts then read and write one set of events."""
+        with self.lock:
+            source = self.calendar(owner, calendar_id)
+            account = self.accounts.get(with_email) or Account(email=with_email)
+            self.accounts[with_email] = account
+            shared = Calendar(
+                id=source.id,
+                summary=source.summary,
+                access_role=access_role,
+                primary=False,
+                events=source.events,  # one calendar: one set of events, seen by both
+            )
+            account.calendars[calendar_id] = shared
+            return shared
+
     def issue_access_token(self, email: str, lifetime_s: float | None = None) -> tuple[str, float]:
         with self.lock:
             token = "ya29.sandbox-" + secrets.token_urlsafe(24)
