@@ -271,7 +271,7 @@ class Env:
         """`calsync consume` (or another command) as users run it, in its own process."""
         env = {**self.env_vars, **extra_env}
         return subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", *(command or ["consume"])],
+            [sys.executable, "-m", "consumer", *(command or ["consume"])],
             env=env,
             stdout=open(log_path, "ab"),
             stderr=subprocess.STDOUT,
@@ -301,7 +301,7 @@ class Env:
 def calsync(env: Env, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     """`calsync ARGS` as a person runs it, with the test's environment."""
     return subprocess.run(
-        [sys.executable, "-m", "consumer.cli", *args],
+        [sys.executable, "-m", "consumer", *args],
         env={**env.env_vars, **extra_env},
         cwd=ROOT,
         capture_output=True,
