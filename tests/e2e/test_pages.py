@@ -594,6 +594,13 @@ async def test_signing_out_voids_the_session_in_every_serve_process(env: Env) ->
             action = await browser.go("POST", "/activities/act_out/connect", {"csrf": csrf})
             assert action.status == 303 and action.location.startswith("/login")
         assert (await other.go("GET", links_path)).status == 200  # the other session lives
+        # Google's redirect in a signed-in browser knows the session too (the way back).
+        owner, _ = env.account("owner", calendars=CALENDARS)
+        choice = await other.go("GET", await other.connect(env, "act_out", owner))
+        assert_page(choice, 200, "Choose a calendar", "Back to the links page", "Sign out")
+        choice = await first.go("GET", await first.connect(env, "act_out", owner))
+        assert_page(choice, 200, "Choose a calendar")
+        assert "Back to the links page" not in choice.text and "Sign out" not in choice.text
     assert len(env.query("SELECT * FROM page_sessions")) == 1
     assert all(
         bytes(row["id_digest"]) != cookie.encode()

@@ -604,9 +604,10 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 @web.middleware
 async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """For the pages: the live session of the request, looked up once (PostgreSQL) and kept
-    on it for the handlers and the templates (`Pages.session`)."""
-    if is_page(request.path) and request.cookies.get(SESSION_COOKIE):
+    """The live session of a request that carries a session cookie (the pages, and Google's
+    redirect in a browser), looked up once (PostgreSQL) and kept on it for the handlers and
+    the templates (`Pages.session`). The JSON API takes only the bearer, checked before."""
+    if request.cookies.get(SESSION_COOKIE):
         session = await request.app[PAGES_KEY].live_session(request)
         if session is not None:
             request[_SESSION] = session
