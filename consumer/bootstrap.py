@@ -23,6 +23,7 @@ from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.connections import Connect, connector
 from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.ops_store import OpsStore
+from consumer.adapters.postgres.page_store import PageStore
 from consumer.adapters.postgres.quota import GroupQuota
 from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.sync_store import SyncStore
@@ -114,6 +115,12 @@ async def link_service(settings: Settings) -> AsyncIterator[LinkService]:
             yield service
         finally:
             await service.close()
+
+
+def page_store(service: LinkService) -> PageStore:
+    """What the pages keep in PostgreSQL (sessions, failed sign-ins), on the link service's
+    pool."""
+    return PageStore(service.svc.repository.pool)
 
 
 @asynccontextmanager

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterable
 from typing import Literal
 from urllib.parse import urljoin
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -66,6 +67,31 @@ class Settings(BaseSettings):
     http_session_ttl_s: float = Field(
         default=28_800.0, gt=0, description="How long a sign-in to the pages lasts"
     )
+    http_login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed sign-ins to the pages from one client address within "
+        "CALSYNC_HTTP_LOGIN_WINDOW_S before that address is refused (429) for the same time, "
+        "whatever token it sends",
+    )
+    http_login_window_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="The window failed sign-ins are counted in, and how long an address "
+        "that reached CALSYNC_HTTP_LOGIN_MAX_FAILURES is refused",
+    )
+    http_trusted_proxies: str = Field(
+        default="",
+        description="Reverse proxies in front of `calsync serve` (IP addresses or networks, "
+        "comma-separated) whose X-Forwarded-For names the client address; empty: the client "
+        "address is the connection's peer, and X-Forwarded-For is ignored",
+    )
+
+    @field_validator("http_trusted_proxies")
+    @classmethod
+    def _proxies_are_networks(cls, value: str) -> str:
+        trusted_networks(value)  # refuses what is not an address or a network
+        return value
 
     # The consumer's /metrics, /healthz and /readyz (on CALSYNC_HTTP_HOST).
     metrics_port: int = Field(default=9400, ge=0, le=65535, description="0: any free port")
@@ -194,6 +220,18 @@ class Settings(BaseSettings):
     @property
     def calendar_batch_uri(self) -> str:
         return urljoin(_with_slash(self.google_api_url), "batch/calendar/v3")
+
+
+def trusted_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """CALSYNC_HTTP_TRUSTED_PROXIES: `10.0.0.5, 10.1.0.0/16, ::1` -> networks."""
+    networks = []
+    for item in text.split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item.strip()!r}") from None
+    return networks
 
 
 def _with_slash(url: str) -> str:

@@ -27,10 +27,31 @@ _RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 _RETRIABLE_SQLSTATES = frozenset(
     {"55P03", "25P03", "25P04", "25006", "42P01", "42703", "42883", "42704"}
 )
-# Kafka errors that will repeat for the same record, whatever the broker's state.
+# aiokafka says of each of its errors whether it is worth retrying (the class attribute
+# `retriable`, Kafka's own reading: a leader moving, a coordinator loading, a connection
+# lost are; an authorization refused, an invalid topic, a record too large are not), and
+# that answer is taken, with two kinds of exceptions:
+# - never retried, whatever aiokafka says: a record too large for the broker, which will be
+#   just as large next time;
+# - always retried: the client's own timeouts and an unreachable cluster. aiokafka marks
+#   KafkaTimeoutError and KafkaUnavailableError not retriable (they end a call), but what
+#   they say is that the broker did not answer in time or could not be reached: an outage,
+#   which passes, and which no message causes. (KafkaConnectionError, a connection lost, is
+#   marked retriable by aiokafka already.)
 _DETERMINISTIC_KAFKA = (
     kafka_errors.MessageSizeTooLargeError,
     kafka_errors.RecordTooLargeError,
+)
+_TRANSIENT_KAFKA = (
+    kafka_errors.KafkaTimeoutError,
+    kafka_errors.KafkaUnavailableError,
+    kafka_errors.KafkaConnectionError,
+)
+# The broker refuses this client the topic or the cluster (an ACL missing): it will go on
+# refusing until an operator grants it, whatever is sent.
+KAFKA_AUTHORIZATION = (
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.ClusterAuthorizationFailedError,
 )
 
 
@@ -46,6 +67,10 @@ def is_retriable(exc: BaseException) -> bool:
             return isinstance(exc, psycopg.OperationalError)
         return state[:2] in _RETRIABLE_SQLSTATE_CLASSES or state in _RETRIABLE_SQLSTATES
     if isinstance(exc, kafka_errors.KafkaError):
-        return not isinstance(exc, _DETERMINISTIC_KAFKA)
+        if isinstance(exc, _DETERMINISTIC_KAFKA):
+            return False
+        if isinstance(exc, _TRANSIENT_KAFKA):
+            return True
+        return bool(getattr(exc, "retriable", False))
     # OSError covers ConnectionError; TimeoutError is an OSError too (asyncio's since 3.11).
     return isinstance(exc, (OSError, asyncio.TimeoutError))

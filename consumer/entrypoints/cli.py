@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -192,8 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     imp = link.add_parser("import", help="register a link from tokens obtained elsewhere")
     imp.add_argument("--activity", required=True)
     imp.add_argument("--account", required=True, help="the Google account's email")
-    imp.add_argument("--refresh-token", required=True)
-    imp.add_argument("--access-token")
+    refresh = imp.add_mutually_exclusive_group(required=True)
+    refresh.add_argument(
+        "--refresh-token-file",
+        metavar="PATH",
+        help="read the refresh token from this file, or from standard input with '-' "
+        "(a trailing newline is ignored; on a terminal it is asked for without echo)",
+    )
+    refresh.add_argument(
+        "--refresh-token",
+        metavar="TOKEN",
+        help="visible in shell history and ps: the token on the command line is seen by "
+        "every user of the machine and stays in the history; prefer --refresh-token-file",
+    )
+    imp.add_argument(
+        "--access-token",
+        help="a current access token (on the command line like --refresh-token, but it "
+        "expires within the hour); optional, with --expires-at",
+    )
     imp.add_argument("--expires-at", type=_aware, help="access token expiry, ISO 8601")
     imp.add_argument("--calendar", help="calendar id; without it the link is pending")
     cal = link.add_parser("calendars", help="the account's calendars, from Google")
@@ -212,12 +229,13 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
     if command == "import":
         if (args.access_token is None) != (args.expires_at is None):
             raise CliError("--access-token and --expires-at go together")
+        refresh_token = _refresh_token(args)
         link_id = _with_links(
             settings,
             lambda s: s.import_link(
                 activity_id=args.activity,
                 account_email=args.account,
-                refresh_token=args.refresh_token,
+                refresh_token=refresh_token,
                 access_token=args.access_token,
                 expires_at=args.expires_at,
                 calendar_id=args.calendar,
@@ -294,6 +312,34 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
                 f"{(r.calendar_id or '-')[:24]:24} {r.state_reason or ''}"
             )
     return 0
+
+
+def _refresh_token(args: argparse.Namespace) -> str:
+    """`links import`'s refresh token: from --refresh-token-file (a file, or standard input
+    with `-`), or from --refresh-token. Surrounding whitespace (the file's trailing newline)
+    is not part of it; an empty one is refused."""
+    token: str
+    if args.refresh_token is not None:
+        token, source = str(args.refresh_token), "--refresh-token"
+    elif args.refresh_token_file == "-":
+        source = "standard input"
+        if sys.stdin.isatty():
+            token = getpass.getpass("refresh token: ")
+        else:
+            token = sys.stdin.read()
+    else:
+        source = str(args.refresh_token_file)
+        try:
+            with open(args.refresh_token_file, encoding="utf-8") as file:
+                token = file.read()
+        except OSError as exc:
+            raise CliError(f"cannot read {args.refresh_token_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise CliError(f"{args.refresh_token_file} is not UTF-8 text") from None
+    token = token.strip()
+    if not token:
+        raise CliError(f"the refresh token is empty (read from {source})")
+    return token
 
 
 async def _list_links(settings: Settings) -> list[LinkSummary]:

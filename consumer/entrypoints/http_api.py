@@ -28,6 +28,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from consumer.bootstrap import page_store
 from consumer.domain.errors import LinkError, RefusalKind
 from consumer.entrypoints.problems import http_status
 from consumer.entrypoints.web import pages
@@ -108,7 +109,7 @@ def _middlewares(admin_token: str) -> list[Any]:
             log.exception("http_error", path=request.path)
             return refusal(500, "internal_error", "the request failed; see the service's log")
 
-    return [problems, authenticate]
+    return [problems, authenticate, pages.session_middleware]
 
 
 def _json(answer: Answer, status: int = 200) -> web.Response:
@@ -190,11 +191,25 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+# Served over https: browsers are told to come back only over https (two years, the
+# subdomains too), so no later visit starts in plain http where a cookie or a token could
+# be read or a page changed on the way.
+HSTS = "max-age=63072000; includeSubDomains"
+
+
+async def _strict_transport(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Strict-Transport-Security"] = HSTS
+
+
 def build_app(settings: Settings, service: LinkService) -> web.Application:
     assert settings.admin_token is not None
     app = web.Application(middlewares=_middlewares(settings.admin_token.get_secret_value()))
     app[SERVICE_KEY] = service
-    app[pages.PAGES_KEY] = pages.Pages.build(settings, service)
+    app[pages.PAGES_KEY] = pages.Pages.build(settings, service, page_store(service))
+    if (settings.http_public_url or "").strip().lower().startswith("https://"):
+        # Every answer, the JSON API's, redirects and errors too (not over plain http:
+        # browsers ignore it there, and it would say nothing true).
+        app.on_response_prepare.append(_strict_transport)
     app.add_routes(pages.routes())
     app.add_routes(
         [

@@ -193,8 +193,13 @@ class DeadLetter(Answer):
     topic: str
     kafka_partition: int
     kafka_offset: int
+    # The record's own timestamp (with its position and a digest of key and value, what the
+    # dead letter is known by); None when unknown (recorded before it was kept, unreadable).
+    record_timestamp: datetime | None
     error_type: str
     error: str
+    published_at: datetime | None  # its copy went to the dead-letter topic (or was refused)
+    copy_error: str | None  # why there is no copy, or only a minimal one
     replayed_at: datetime | None
     replayed_by: str | None
     reprocessed_at: datetime | None

@@ -16,6 +16,9 @@
   then dead-lettered as `internal_error`: one message lost to a bug, never a partition.
 - A dead letter is written once: its row first (raw bytes), then its copy on the dead-letter
   topic, then the row is marked published, so a retry or a redelivery never copies it twice.
+  The row is known by the record (position, timestamp, digest of key and value), not by its
+  position alone: a topic deleted and created again reuses offsets, and a new bad message
+  at an old dead letter's position is another dead letter.
 - Calls that can hang (offset commits while the broker is away, the membership report's
   database connection) run off the poll loop with timeouts: heartbeats and /healthz go on.
 """
@@ -35,7 +38,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CorruptRecordException, InvalidMessageError, KafkaError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from consumer.adapters.classify import is_retriable
+from consumer.adapters.classify import KAFKA_AUTHORIZATION, is_retriable
 from consumer.adapters.kafka import DLQ_REPLAY_OF, dead_letter_copy
 from consumer.adapters.metrics import Metrics, PartitionLag
 from consumer.adapters.postgres.members import HEARTBEAT_S, MemberReport
@@ -290,10 +293,17 @@ class ConsumerRunner:
     async def _dead_letter(
         self, record: ConsumerRecord[Any, Any], position: MessagePosition, bad: BadMessage
     ) -> None:
-        """The row (raw bytes, idempotent on the position), then the copy, once."""
+        """The row (raw bytes; idempotent on the record: its position, timestamp, key and
+        value), then the copy, once."""
         headers = list(record.headers or ())
         letter_id, published = await self.repository.record_dead_letter(
-            position, record.key, record.value, headers, bad.error_type, bad.error
+            position,
+            record.timestamp,
+            record.key,
+            record.value,
+            headers,
+            bad.error_type,
+            bad.error,
         )
         if not published:
             key, value, copy_headers = dead_letter_copy(
@@ -341,7 +351,9 @@ class ConsumerRunner:
     ) -> str | None:
         """The copy on the dead-letter topic. A broker that refuses it for what it is (too
         large for the topic) gets a minimal one (no key, value or original headers); one
-        that refuses even that gets none, and the row says why (None: sent)."""
+        that refuses even that, or refuses this client the topic (an ACL missing), gets
+        none, and the row says why (None: sent). Only a fault that passes (the broker away,
+        a leader moving) is retried, with the offset waiting."""
         try:
             await self.producer.send_and_wait(
                 self.settings.dlq_topic, value=value, key=key, headers=headers
@@ -351,6 +363,14 @@ class ConsumerRunner:
             if is_retriable(exc):
                 raise
             first = exc
+        if isinstance(first, KAFKA_AUTHORIZATION):
+            # A smaller copy would be refused the same way: the refusal is the topic's.
+            return self._no_copy(
+                f"no copy: the broker refuses this client the dead-letter topic "
+                f"{self.settings.dlq_topic!r} ({describe(first, 200)})",
+                first,
+                position,
+            )
         minimal = [(k, v) for k, v in headers if k.startswith("error")]
         try:
             await self.producer.send_and_wait(
@@ -360,14 +380,19 @@ class ConsumerRunner:
         except KafkaError as exc:
             if is_retriable(exc):
                 raise
-            log.error(
-                "dead_letter_copy_refused",
-                topic=position.topic,
-                partition=position.partition,
-                offset=position.offset,
-                cause=type(exc).__name__,
-            )
-            return f"no copy: {describe(exc, 200)}"
+            return self._no_copy(f"no copy: {describe(exc, 200)}", exc, position)
+
+    @staticmethod
+    def _no_copy(copy_error: str, exc: KafkaError, position: MessagePosition) -> str:
+        log.error(
+            "dead_letter_copy_refused",
+            topic=position.topic,
+            partition=position.partition,
+            offset=position.offset,
+            cause=type(exc).__name__,
+            copy_error=copy_error,
+        )
+        return copy_error
 
     async def _skip_unreadable(self, exc: BaseException) -> None:
         """The Kafka client could not read a record (a header key that is not UTF-8, a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from tests.plugins.environment import ROOT, Env, calsync
 
@@ -96,6 +97,99 @@ async def test_links_import_with_tokens_and_calendar_is_active(env: Env) -> None
     row = env.query("SELECT state FROM calendar_links WHERE id = %s", link_id)[0]
     assert row == {"state": "active"}
     assert env.stored_tokens(link_id)["access_token"] == token
+
+
+async def test_links_import_reads_the_refresh_token_from_stdin_or_a_file(
+    env: Env, tmp_path: Path
+) -> None:
+    """A secret on the command line ends up in shell history and `ps`: the refresh token
+    comes from standard input (`-`) or a file instead, its trailing newline dropped."""
+    piped, piped_refresh = env.account("piped")
+    filed, filed_refresh = env.account("filed")
+    token_file = tmp_path / "refresh-token"
+    token_file.write_text(filed_refresh + "\n")
+    token_file.chmod(0o600)
+    runs = {
+        piped: calsync(
+            env,
+            "links",
+            "import",
+            "--activity",
+            "act_stdin",
+            "--account",
+            piped,
+            "--refresh-token-file",
+            "-",
+            "--calendar",
+            piped,
+            stdin=piped_refresh + "\n",
+        ),
+        filed: calsync(
+            env,
+            "links",
+            "import",
+            "--activity",
+            "act_stdin",
+            "--account",
+            filed,
+            "--refresh-token-file",
+            str(token_file),
+        ),
+    }
+    for email, refresh in ((piped, piped_refresh), (filed, filed_refresh)):
+        result = runs[email]
+        assert result.returncode == 0, result.stderr
+        assert refresh not in result.stdout + result.stderr
+        link_id = result.stdout.strip().splitlines()[-1]
+        assert env.stored_tokens(link_id)["refresh_token"] == refresh  # no newline kept
+    # The token read from standard input works at Google: the link lists its calendars.
+    link_id = runs[piped].stdout.strip().splitlines()[-1]
+    listed = calsync(env, "links", "calendars", link_id, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [c["id"] for c in json.loads(listed.stdout)] == [piped]
+
+
+async def test_links_import_refuses_a_missing_empty_or_doubled_refresh_token(
+    env: Env, tmp_path: Path
+) -> None:
+    base = ["links", "import", "--activity", "a", "--account", "x@example.com"]
+    empty_file = tmp_path / "empty"
+    empty_file.write_text("\n")
+    refusals = {
+        # (arguments, standard input): exit status, the one line said
+        (("--refresh-token-file", "-"), "\n"): (
+            1,
+            "calsync: the refresh token is empty (read from standard input)",
+        ),
+        (("--refresh-token-file", str(empty_file)), None): (
+            1,
+            f"calsync: the refresh token is empty (read from {empty_file})",
+        ),
+        (("--refresh-token", ""), None): (
+            1,
+            "calsync: the refresh token is empty (read from --refresh-token)",
+        ),
+        (("--refresh-token-file", str(tmp_path / "nope")), None): (
+            1,
+            f"calsync: cannot read {tmp_path / 'nope'}: No such file or directory",
+        ),
+        ((), None): (2, "calsync links import: one of the arguments"),
+        (("--refresh-token", "r", "--refresh-token-file", "-"), "r"): (
+            2,
+            "calsync links import: argument --refresh-token-file: not allowed with argument "
+            "--refresh-token",
+        ),
+    }
+    for (extra, stdin), (status, line) in refusals.items():
+        result = calsync(env, *base, *extra, stdin=stdin)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == status, (extra, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith(line), (extra, lines)
+    assert env.query("SELECT id FROM calendar_links") == []
+    # --refresh-token still works, and its help says what it costs.
+    helped = calsync(env, "links", "import", "--help")
+    assert "visible in shell history and ps" in helped.stdout
+    assert "--refresh-token-file" in helped.stdout
 
 
 async def test_cli_refusals_are_one_clear_line(env: Env) -> None:

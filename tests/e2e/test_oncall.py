@@ -177,6 +177,8 @@ async def test_a_dead_letter_fixed_and_replayed_is_processed_once(env: Env, tmp_
         letter = listed[0]["id"]
         shown = ok_json(calsync(env, "dlq", "show", str(letter)))
         assert "customer_name" in shown["error"] and json.loads(shown["message_value"]) == broken
+        # What the dead letter is known by (with its position), and its copy sent whole.
+        assert shown["record_timestamp"] is not None and shown["copy_error"] is None
 
         fixed = {**broken, "booking": {**broken["booking"], "customer_name": "Jane Smith"}}
         fix = tmp_path / "fixed.json"

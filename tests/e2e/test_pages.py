@@ -542,3 +542,139 @@ async def test_a_background_backfill_stopped_by_shutdown_says_so(env: Env) -> No
         health = await service.health(activity)
     card = views.link_card(health[0], datetime.now(UTC))
     assert card["choose"] == "Catch up again" and card["backfill"]["status"] == "failed"
+
+
+# --- sessions voided on signing out, HSTS, failed sign-ins limited (issue 20, 12-14) -------
+
+
+async def _wrong_sign_in(browser: Browser, **headers: str) -> Answer:
+    await browser.go("GET", "/login", **headers)
+    return await browser.go(
+        "POST",
+        "/login",
+        {"token": "not-it", "next": "/", "csrf": browser.cookies["calsync_login"]},
+        **headers,
+    )
+
+
+async def _sign_in(browser: Browser, **headers: str) -> Answer:
+    await browser.go("GET", "/login", **headers)
+    return await browser.go(
+        "POST",
+        "/login",
+        {"token": ADMIN_TOKEN, "next": "/", "csrf": browser.cookies["calsync_login"]},
+        **headers,
+    )
+
+
+async def test_signing_out_voids_the_session_in_every_serve_process(env: Env) -> None:
+    links_path = "/activities/act_out/links"
+    async with site(env) as first, site(env) as second:
+        await first.sign_in()
+        cookie = first.cookies["calsync_session"]
+        # The same cookie presented to another `calsync serve` process (behind one address).
+        second.cookies["calsync_session"] = cookie
+        assert (await first.go("GET", links_path)).status == 200
+        page = await second.go("GET", links_path)
+        assert page.status == 200
+        csrf = page.hidden("csrf")
+        # Another sign-in (another browser) is a session of its own.
+        other = Browser(first.base, first.http)
+        await other.sign_in()
+
+        signed_out = await second.go("POST", "/logout", {"csrf": csrf})
+        assert signed_out.status == 303 and "calsync_session" not in second.cookies
+        # A copy of the cookie (another tab, a shared machine, a stolen one) is refused by
+        # every process from now on, although its signature is still good for hours.
+        for browser in (first, second):
+            browser.cookies["calsync_session"] = cookie
+            refused = await browser.go("GET", links_path)
+            assert refused.status == 303 and refused.location.startswith("/login"), browser
+            # ... and so are its forms.
+            action = await browser.go("POST", "/activities/act_out/connect", {"csrf": csrf})
+            assert action.status == 303 and action.location.startswith("/login")
+        assert (await other.go("GET", links_path)).status == 200  # the other session lives
+        # Google's redirect in a signed-in browser knows the session too (the way back).
+        owner, _ = env.account("owner", calendars=CALENDARS)
+        choice = await other.go("GET", await other.connect(env, "act_out", owner))
+        assert_page(choice, 200, "Choose a calendar", "Back to the links page", "Sign out")
+        choice = await first.go("GET", await first.connect(env, "act_out", owner))
+        assert_page(choice, 200, "Choose a calendar")
+        assert "Back to the links page" not in choice.text and "Sign out" not in choice.text
+    assert len(env.query("SELECT * FROM page_sessions")) == 1
+    assert all(
+        bytes(row["id_digest"]) != cookie.encode()
+        for row in env.query("SELECT id_digest FROM page_sessions")
+    )
+
+
+async def test_https_pages_tell_browsers_to_stay_on_https(env: Env) -> None:
+    header = "Strict-Transport-Security"
+    async with site(env, http_public_url="https://calsync.example") as browser:
+        answers = [
+            await browser.go("GET", "/login"),  # a page
+            await browser.go("GET", "/activities/act_1/links"),  # a redirect to sign in
+            await browser.go("GET", "/static/calsync.css"),  # an asset
+            await browser.go("GET", "/links", accept="application/json"),  # the API's 401
+            await browser.go("GET", "/healthz", accept="application/json"),
+            await browser.go("GET", "/nowhere"),  # a 404 page
+        ]
+        assert [a.headers.get(header) for a in answers] == [
+            "max-age=63072000; includeSubDomains"
+        ] * len(answers), [a.status for a in answers]
+    async with site(env) as browser:  # plain http: never
+        answers = [await browser.go("GET", "/login"), await browser.go("GET", "/healthz")]
+        assert [a.headers.get(header) for a in answers] == [None, None]
+
+
+async def test_failed_sign_ins_are_limited_per_client_address(env: Env) -> None:
+    async with site(env, http_login_max_failures=3, http_login_window_s=600) as browser:
+        for _ in range(3):
+            assert_page(await _wrong_sign_in(browser), 401, "That is not the admin token.")
+        # Blocked: even the right token is refused, with a page that says why and until when.
+        blocked = await _sign_in(browser)
+        assert_page(
+            blocked,
+            429,
+            "Too many failed sign-ins",
+            "3 sign-ins with a wrong admin token came from this address within 10 min",
+            "even with the right token",
+        )
+        assert 500 <= int(blocked.headers["Retry-After"]) <= 600
+        assert "calsync_session" not in browser.cookies
+        # X-Forwarded-For from a client is not believed: no proxy is trusted here.
+        spoofed = await _sign_in(browser, X_Forwarded_For="203.0.113.9")
+        assert spoofed.status == 429
+        assert env.query("SELECT client, failures FROM page_login_failures") == [
+            {"client": "127.0.0.1", "failures": 3}
+        ]
+    # Behind a trusted reverse proxy: each client address counts on its own.
+    async with site(env, http_trusted_proxies="127.0.0.1", http_login_max_failures=2) as proxy:
+        one = {"X_Forwarded_For": "198.51.100.7"}
+        two = {"X_Forwarded_For": "10.9.9.9, 198.51.100.8"}  # what the proxy saw is last
+        other = Browser(proxy.base, proxy.http)
+        for _ in range(2):
+            assert (await _wrong_sign_in(proxy, **one)).status == 401
+        assert (await _sign_in(proxy, **one)).status == 429
+        assert (await _sign_in(other, **two)).status == 303  # another address signs in
+        assert (await _sign_in(proxy, **one)).status == 429  # and that does not free this one
+        clients = {r["client"] for r in env.query("SELECT client FROM page_login_failures")}
+        assert clients == {"127.0.0.1", "198.51.100.7"}
+
+
+async def test_a_blocked_address_may_sign_in_once_the_window_passed(env: Env) -> None:
+    async with site(env, http_login_max_failures=2, http_login_window_s=2) as browser:
+        for _ in range(2):
+            assert (await _wrong_sign_in(browser)).status == 401
+        assert (await _sign_in(browser)).status == 429
+        signed = await wait_until(
+            lambda: _signed_in_now(browser), timeout_s=15, what="the block to end"
+        )
+        assert signed.status == 303 and "calsync_session" in browser.cookies
+    # A success forgets the address's failures.
+    assert env.query("SELECT * FROM page_login_failures") == []
+
+
+async def _signed_in_now(browser: Browser) -> Answer | None:
+    answer = await _sign_in(browser)
+    return answer if answer.status == 303 else None

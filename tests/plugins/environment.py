@@ -298,8 +298,11 @@ class Env:
             await self.producer.stop()
 
 
-def calsync(env: Env, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
-    """`calsync ARGS` as a person runs it, with the test's environment."""
+def calsync(
+    env: Env, *args: str, stdin: str | None = None, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
+    """`calsync ARGS` as a person runs it, with the test's environment (and `stdin` piped
+    to it, when given)."""
     return subprocess.run(
         [sys.executable, "-m", "consumer", *args],
         env={**env.env_vars, **extra_env},
@@ -307,6 +310,7 @@ def calsync(env: Env, *args: str, **extra_env: str) -> subprocess.CompletedProce
         capture_output=True,
         text=True,
         timeout=120,
+        input=stdin,
     )
 
 

@@ -340,6 +340,7 @@ class _FakePool:
 class DeadLetter:
     id: int
     position: MessagePosition
+    timestamp_ms: int
     key: bytes | None
     value: bytes | None
     error_type: str
@@ -359,7 +360,9 @@ class FakeRepository:
         self.bookings: dict[str, BookingEvent] = {}
         self.link_bookings: dict[tuple[str, str], RecordedEvent] = {}
         self.saved_tokens: list[tuple[str, LinkTokens, bool]] = []
-        self.dead_letters: dict[tuple[str, int, int], DeadLetter] = {}
+        self.dead_letters: dict[
+            tuple[str, int, int, int, bytes | None, bytes | None], DeadLetter
+        ] = {}
         self.left_active: list[tuple[str, LinkState, str]] = []
 
     def add_link(
@@ -475,17 +478,20 @@ class FakeRepository:
     async def record_dead_letter(
         self,
         position: MessagePosition,
+        timestamp_ms: int,
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]],
         error_type: str,
         error: str,
     ) -> tuple[int, bool]:
-        where = (position.topic, position.partition, position.offset)
+        # Idempotent on the record (position, timestamp, key and value), as the table's
+        # unique key with its digest.
+        where = (position.topic, position.partition, position.offset, timestamp_ms, key, value)
         letter = self.dead_letters.get(where)
-        if letter is None:  # idempotent on the position, as the table's unique key
+        if letter is None:
             letter = self.dead_letters[where] = DeadLetter(
-                len(self.dead_letters) + 1, position, key, value, error_type, error
+                len(self.dead_letters) + 1, position, timestamp_ms, key, value, error_type, error
             )
         return letter.id, letter.published
 

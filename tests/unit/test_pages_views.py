@@ -196,3 +196,8 @@ def test_page_tokens_are_bound_to_their_link_browser_and_admin_token() -> None:
     assert signer.read_session(cookie + "x") is None
     # A new admin token signs every session out.
     assert PageSigner([KEY], "new-admin", 600, 600, 600).read_session(cookie) is None
+    # Each session has its own id (what `page_sessions` records and signing out deletes);
+    # a cookie signed before sessions had ids names none, and is no session.
+    assert session.id and session.id != signer.new_session()[1].id
+    legacy = signer._sessions.dumps({"c": "csrf", "a": signer._admin})
+    assert signer.read_session(legacy) is None

@@ -65,7 +65,9 @@ _RECORD_REPLAY = (
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id"
 )
 _DEAD_LETTER_COLUMNS = (
-    "id, recorded_at, topic, kafka_partition, kafka_offset, error_type, error,"
+    "id, recorded_at, topic, kafka_partition, kafka_offset,"
+    " CASE WHEN record_timestamp > 0 THEN to_timestamp(record_timestamp / 1000.0) END"
+    " AS record_timestamp, error_type, error, published_at, copy_error,"
     " replayed_at, replayed_by, reprocessed_at"
 )
 _DEAD_LETTERS_WAITING = (

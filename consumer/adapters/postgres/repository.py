@@ -101,19 +101,28 @@ _FORGET_EVENT = (
     " generation = generation + 1, updated_at = now()"
     " WHERE link_id = %s AND booking_id = %s AND google_event_id = %s"
 )
-# The first write wins: a retry or a redelivery of the same message finds its row (and
-# whether its copy was published) instead of writing another.
-_INSERT_DEAD_LETTER = (
-    "WITH new AS (INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, message_key,"
-    " message_value, header_keys, header_values, error_type, error)"
-    " VALUES (%(topic)s, %(partition)s, %(offset)s, %(key)s, %(value)s, %(header_keys)s,"
-    " %(header_values)s, %(error_type)s, %(error)s)"
-    " ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING"
-    " RETURNING id, published_at)"
-    " SELECT id, published_at FROM new UNION ALL"
-    " SELECT id, published_at FROM dead_letters WHERE topic = %(topic)s"
+# A dead letter is known by its record: position, timestamp, and a digest of key and value
+# (sql/013_edges.sql). The first write wins: a retry or a redelivery of the same record
+# finds its row (and whether its copy was published) instead of writing another, while a
+# different record at the same position (its topic deleted and created again) gets its own.
+# A row from before the digest existed has no timestamp: the same position and digest find it.
+_FIND_DEAD_LETTER = (
+    "SELECT id, published_at FROM dead_letters WHERE topic = %(topic)s"
     " AND kafka_partition = %(partition)s AND kafka_offset = %(offset)s"
-    " AND NOT EXISTS (SELECT 1 FROM new)"
+    " AND record_digest = calsync_record_digest(%(key)s, %(value)s)"
+    " AND (record_timestamp = %(timestamp)s OR record_timestamp IS NULL)"
+    " ORDER BY record_timestamp NULLS LAST LIMIT 1"
+)
+_INSERT_DEAD_LETTER = (
+    f"WITH known AS ({_FIND_DEAD_LETTER}),"
+    " new AS (INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, record_timestamp,"
+    " record_digest, message_key, message_value, header_keys, header_values, error_type, error)"
+    " SELECT %(topic)s, %(partition)s, %(offset)s, %(timestamp)s,"
+    " calsync_record_digest(%(key)s, %(value)s), %(key)s, %(value)s, %(header_keys)s,"
+    " %(header_values)s, %(error_type)s, %(error)s WHERE NOT EXISTS (SELECT 1 FROM known)"
+    " ON CONFLICT (topic, kafka_partition, kafka_offset, record_timestamp, record_digest)"
+    " DO NOTHING RETURNING id, published_at)"
+    " SELECT id, published_at FROM known UNION ALL SELECT id, published_at FROM new"
 )
 _MARK_DEAD_LETTER_PUBLISHED = (
     "UPDATE dead_letters SET published_at = now(), copy_error = %s"
@@ -366,18 +375,21 @@ class Repository:
     async def record_dead_letter(
         self,
         position: MessagePosition,
+        timestamp_ms: int,
         key: bytes | None,
         value: bytes | None,
         headers: Sequence[tuple[str, bytes | None]],
         error_type: str,
         error: str,
     ) -> tuple[int, bool]:
-        """Store the message as it came (raw bytes); (its row's id, whether its copy on the
-        dead-letter topic was published already)."""
+        """Store the message as it came (raw bytes), known by its position, its timestamp
+        and its key and value; (its row's id, whether its copy on the dead-letter topic was
+        published already)."""
         params = {
             "topic": position.topic,
             "partition": position.partition,
             "offset": position.offset,
+            "timestamp": timestamp_ms,
             "key": key,
             "value": value,
             "header_keys": [k.encode("utf-8", "surrogateescape") for k, _ in headers],
@@ -387,6 +399,10 @@ class Repository:
         }
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_INSERT_DEAD_LETTER, params)).fetchone()
+            if row is None:
+                # Another process wrote the same record's row meanwhile (its insert conflicted,
+                # and this statement's snapshot could not see it): a new statement does.
+                row = await (await conn.execute(_FIND_DEAD_LETTER, params)).fetchone()
         assert row is not None
         return int(row["id"]), row["published_at"] is not None
 

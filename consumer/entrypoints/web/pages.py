@@ -4,7 +4,8 @@ activity's links page. Rendering is in `render` and `views`; tokens in `security
     GET  /oauth/callback (browsers)          the calendar choice (or progress, on reconnect)
     POST /connect/{link}/calendar            the choice (single-use form token) -> progress
     GET  /backfills/{ids}?t=                 a backfill's progress (HTML, or JSON to poll)
-    GET  /login  POST /login  POST /logout   the admin's session cookie
+    GET  /login  POST /login  POST /logout   the admin's session cookie (sessions recorded in
+                                             PostgreSQL; sign-ins limited per client address)
     GET  /                                   activities with links
     GET  /activities/{activity}/links        link health, and what can be done
     POST /activities/{activity}/connect      -> Google's consent
@@ -20,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
+import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
@@ -29,6 +32,7 @@ import structlog
 from aiohttp import web
 
 from consumer.adapters.google.calendar import CalendarInfo
+from consumer.adapters.postgres.page_store import PageStore
 from consumer.domain.errors import LinkError, RefusalKind, TokenRefused
 from consumer.entrypoints.problems import http_status
 from consumer.entrypoints.web import views
@@ -45,9 +49,11 @@ from consumer.entrypoints.web.security import (
 from consumer.service.answers import LinkSummary
 from consumer.service.links import LinkService
 from consumer.service.progress import quota_ceiling
-from consumer.settings import Settings
+from consumer.settings import Settings, trusted_networks
 
 log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_SESSION = web.RequestKey("calsync_session", Session)
 # A refused choice shows the choice again (with why) rather than an error page.
 _CHOOSE_AGAIN = frozenset({"calendar_not_writable", "calendar_unknown", "calendar_taken"})
 _LOGIN_FAILURE_DELAY_S = 0.5
@@ -56,6 +62,14 @@ _LOGIN_FAILURE_DELAY_S = 0.5
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text.split("%")[0])
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -71,14 +85,16 @@ def _is_loopback(host: str | None) -> bool:
 class Pages:
     settings: Settings
     service: LinkService
+    store: PageStore  # sessions and failed sign-ins, shared by every `serve` process
     signer: PageSigner
     root: str  # the public URL's path ("" at the root of its host)
     origin: str  # the public URL's origin: forms are accepted from it
     secure_cookies: bool
     csp: str
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
 
     @classmethod
-    def build(cls, settings: Settings, service: LinkService) -> Pages:
+    def build(cls, settings: Settings, service: LinkService, store: PageStore) -> Pages:
         assert settings.admin_token is not None
         public = settings.oauth_redirect_uri.removesuffix("/oauth/callback")
         parts = urlsplit(public)
@@ -103,7 +119,17 @@ class Pages:
             view_ttl_s=settings.http_session_ttl_s,
             session_ttl_s=settings.http_session_ttl_s,
         )
-        return cls(settings, service, signer, parts.path.rstrip("/"), _origin(public), secure, csp)
+        return cls(
+            settings,
+            service,
+            store,
+            signer,
+            parts.path.rstrip("/"),
+            _origin(public),
+            secure,
+            csp,
+            tuple(trusted_networks(settings.http_trusted_proxies)),
+        )
 
     # --- addresses ---------------------------------------------------------------------
 
@@ -201,7 +227,45 @@ class Pages:
     # --- sessions and forms ------------------------------------------------------------
 
     def session(self, request: web.Request) -> Session | None:
-        return self.signer.read_session(request.cookies.get(SESSION_COOKIE))
+        """The request's live session, as `session_middleware` found it."""
+        return request.get(_SESSION)
+
+    async def live_session(self, request: web.Request) -> Session | None:
+        """The session the cookie names, if it is signed by us and still recorded: signing
+        out deletes its record, so a copy of the cookie is refused from then on, by every
+        `calsync serve` process."""
+        signed = self.signer.read_session(request.cookies.get(SESSION_COOKIE))
+        if signed is None or not await self.store.session_alive(signed.id):
+            return None
+        return signed
+
+    def client_address(self, request: web.Request) -> str:
+        """Who is signing in, for the limit on failed sign-ins: the connection's peer; or,
+        when the peer is a trusted proxy (CALSYNC_HTTP_TRUSTED_PROXIES), the address that
+        X-Forwarded-For names last before the trusted proxies (what the first of them saw;
+        anything further left was written by the client, and could be anything)."""
+        peer = request.remote or "unknown"
+        if not self._trusted(peer):
+            return peer
+        hops = [
+            hop.strip()
+            for value in request.headers.getall("X-Forwarded-For", [])
+            for hop in value.split(",")
+            if hop.strip()
+        ]
+        for hop in reversed(hops):
+            if not _is_address(hop):
+                return peer  # a proxy that writes no address: its clients share its limit
+            if not self._trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted_proxies)
 
     def require_session(self, request: web.Request) -> Session:
         session = self.session(request)
@@ -465,30 +529,89 @@ async def login(request: web.Request) -> web.StreamResponse:
     pages.check_origin(request)
     form = await request.post()
     target = views.local_path(str(form.get("next") or ""), pages.root + "/")
+    client = pages.client_address(request)
+    blocked_s = await pages.store.sign_in_blocked(client)
+    if blocked_s is not None:  # whatever it sends, the right token too
+        log.warning("page_login_blocked", remote=client, retry_after_s=math.ceil(blocked_s))
+        return _sign_in_blocked(request, blocked_s)
     if not same(str(form.get("csrf") or ""), request.cookies.get(LOGIN_COOKIE)):
         return _login_form(request, "The sign-in form expired: sign in again.", 400, target)
     assert pages.settings.admin_token is not None
     expected = pages.settings.admin_token.get_secret_value().encode()
     if not hmac.compare_digest(str(form.get("token") or "").encode(), expected):
-        log.warning("page_login_refused", remote=request.remote)
+        failures, now_blocked_s = await pages.store.sign_in_failed(
+            client, pages.settings.http_login_max_failures, pages.settings.http_login_window_s
+        )
+        log.warning("page_login_refused", remote=client, failures=failures)
         await asyncio.sleep(_LOGIN_FAILURE_DELAY_S)  # slows guessing down
-        return _login_form(request, "That is not the admin token.", 401, target)
-    cookie, _ = pages.signer.new_session()
+        error = "That is not the admin token."
+        if now_blocked_s:
+            error += (
+                f" After {failures} failed sign-ins, this address may not sign in again "
+                f"for {views.duration(now_blocked_s)}."
+            )
+        return _login_form(request, error, 401, target)
+    cookie, session = pages.signer.new_session()
+    await pages.store.start_session(session.id, pages.settings.http_session_ttl_s)
+    await pages.store.sign_in_succeeded(client)
     response = pages.redirect(target)
     pages.set_cookie(
         response, SESSION_COOKIE, cookie, pages.settings.http_session_ttl_s, path=pages.root + "/"
     )
     response.del_cookie(LOGIN_COOKIE, path=f"{pages.root}/login")
-    log.info("page_login", remote=request.remote)
+    log.info("page_login", remote=client)
+    return response
+
+
+def _sign_in_blocked(request: web.Request, blocked_s: float) -> web.Response:
+    """429, a page that says why and until when, and Retry-After."""
+    pages = _pages(request)
+    settings = pages.settings
+    until = datetime.now(UTC).timestamp() + blocked_s
+    response = pages.page(
+        request,
+        "error.html",
+        "Too many failed sign-ins",
+        status=429,
+        detail=(
+            f"{settings.http_login_max_failures} sign-ins with a wrong admin token came from "
+            f"this address within {views.duration(settings.http_login_window_s)}: sign-in "
+            f"is refused from it until {views.utc(datetime.fromtimestamp(until, UTC))} (in "
+            f"{views.duration(blocked_s)}), even with the right token."
+        ),
+        code=429,
+        advice="Wait until then, and sign in with the admin token (CALSYNC_ADMIN_TOKEN). "
+        "If nobody here mistyped it, someone may be guessing: tell whoever runs this service.",
+        action="Sign in",
+        again_url=f"{pages.root}/login",
+        problem="too_many_sign_ins",
+    )
+    response.headers["Retry-After"] = str(max(1, math.ceil(blocked_s)))
     return response
 
 
 async def logout(request: web.Request) -> web.StreamResponse:
+    """Sign out: the session's record is deleted, so its cookie is refused from now on
+    wherever it is presented, not only dropped by this browser."""
     pages = _pages(request)
-    await pages.session_form(request)
+    session, _ = await pages.session_form(request)
+    await pages.store.end_session(session.id)
+    log.info("page_logout")
     response = pages.redirect(f"{pages.root}/login")
     response.del_cookie(SESSION_COOKIE, path=pages.root + "/")
     return response
+
+
+@web.middleware
+async def session_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The live session of a request that carries a session cookie (the pages, and Google's
+    redirect in a browser), looked up once (PostgreSQL) and kept on it for the handlers and
+    the templates (`Pages.session`). The JSON API takes only the bearer, checked before."""
+    if request.cookies.get(SESSION_COOKIE):
+        session = await request.app[PAGES_KEY].live_session(request)
+        if session is not None:
+            request[_SESSION] = session
+    return await handler(request)
 
 
 # --- the admin's pages ----------------------------------------------------------------------

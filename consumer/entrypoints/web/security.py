@@ -7,7 +7,9 @@ OAuth `state`. Pure: no I/O; the single use of a form token is recorded by the c
 - A progress page's URL carries a view token naming its backfills (read-only, longer life).
 - Signing in to the pages with the admin token sets a signed, expiring session cookie
   holding a CSRF secret that every form of the session repeats; it also carries a digest of
-  the admin token, so changing CALSYNC_ADMIN_TOKEN signs every session out.
+  the admin token, so changing CALSYNC_ADMIN_TOKEN signs every session out, and a random
+  session id, which the caller records (`page_sessions`) and deletes on signing out: a
+  signature alone does not make a live session.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class FormToken:
 @dataclass(frozen=True)
 class Session:
     csrf: str
+    id: str  # recorded while the session lives (the caller checks it)
 
 
 def digest(value: str) -> str:
@@ -123,10 +126,13 @@ class PageSigner:
     # --- sessions ------------------------------------------------------------------------
 
     def new_session(self) -> tuple[str, Session]:
-        session = Session(csrf=new_secret())
-        return self._sessions.dumps({"c": session.csrf, "a": self._admin}), session
+        session = Session(csrf=new_secret(), id=new_secret())
+        return self._sessions.dumps({"c": session.csrf, "a": self._admin, "s": session.id}), session
 
     def read_session(self, cookie: str | None) -> Session | None:
+        """The session a cookie signed by us names (whether it still lives is the caller's
+        to ask); None for no cookie, a forged or expired one, one signed before the admin
+        token changed, or one from before sessions had ids."""
         if not cookie:
             return None
         try:
@@ -135,4 +141,6 @@ class PageSigner:
             return None
         if not isinstance(payload, dict) or not same(payload.get("a"), self._admin):
             return None
-        return Session(csrf=str(payload.get("c")))
+        if not isinstance(payload.get("s"), str) or not payload["s"]:
+            return None
+        return Session(csrf=str(payload.get("c")), id=payload["s"])
