@@ -1,5 +1,6 @@
 # The calendar-sync consumer image (used by docker-compose.yml).
-# Stage 1 builds the wheel (the migrations in sql/ and the pages' templates ship inside it);
+# Stage 1 builds the wheel (the migrations in sql/ and the pages' templates ship inside it;
+# the dev tooling in calsync_dev/ is a distribution of its own and never does);
 # stage 2 installs that wheel and its dependencies, nothing editable, and runs as a user.
 FROM python:3.12-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -7,7 +8,6 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY sql ./sql
 COPY consumer ./consumer
-COPY calsync_dev ./calsync_dev
 RUN pip wheel --no-deps --wheel-dir /dist .
 
 FROM python:3.12-slim

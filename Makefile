@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml calsync_dev/pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "calendar-sync needs Python 3.11 or newer" >&2; exit 1; fi
 	@if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -25,12 +25,12 @@ $(STAMP): pyproject.toml
 	fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' -e ./calsync_dev
 	@touch $(STAMP)
 
 # The main job on embedded defaults: broker, PostgreSQL, Google sandbox, consumer, a story.
 run: install
-	$(BIN)/calsync demo
+	$(BIN)/calsync-dev demo
 
 # Headless Chromium for the browser tests: Debian's chromium and chromium-driver (selenium
 # drives them by path; nothing is downloaded at run time). Installed when missing and root;
@@ -61,6 +61,7 @@ lint: install
 	$(BIN)/ruff check consumer calsync_dev tests bench
 	$(BIN)/ruff format --check consumer calsync_dev tests bench
 	$(BIN)/mypy  # files: consumer, calsync_dev, bench (pyproject.toml)
+	$(BIN)/lint-imports --no-cache  # the layers, calsync_dev kept out, no cycles (pyproject.toml)
 
 # The benchmark (never part of the tests): prints a table, writes bench-results/latest.json.
 # Options: make bench BENCH_ARGS="--only 2 --profile" (python -m bench --help).

@@ -3,7 +3,7 @@ with the Google sandbox serving a batch's calls one after another (`sequential`)
 by side (`parallel`): every scenario runs in both modes.
 
 Everything real: embedded PostgreSQL, the Tansu broker, the Google sandbox in its own
-process (`calsync sandbox`), our consumer as users run it (`calsync consume`, default
+process (`calsync-dev sandbox`), our consumer as users run it (`calsync consume`, default
 settings). The naive baseline is written here (bench/naive.py): one message at a time, one
 Google call at a time, one transaction and one offset commit per message; it never batches,
 so it runs once, whatever the mode.
@@ -195,7 +195,7 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "consumer.cli",
+            "calsync_dev.cli",
             "sandbox",
             "--port",
             str(port),

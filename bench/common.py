@@ -250,7 +250,7 @@ def consumers(
     """`calsync consume`, `count` processes, as users run it; SIGTERM at the end."""
     running = []
     for n in range(count):
-        command = [sys.executable, "-m", "consumer.cli", "consume"]
+        command = [sys.executable, "-m", "consumer", "consume"]
         log = open(STATE / f"{name}-{n}.log", "wb")
         port = free_port()
         process = subprocess.Popen(

@@ -18,10 +18,11 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.google.calendar import GoogleCalendar
 from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.google.tokens import TokenProvider
-from consumer.adapters.kafka import build_consumer, build_producer
+from consumer.adapters.kafka import KafkaGroupAdmin, build_consumer, build_producer
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.connections import Connect, connector
 from consumer.adapters.postgres.link_store import LinkStore
+from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.adapters.postgres.quota import GroupQuota
 from consumer.adapters.postgres.repository import Repository
@@ -45,6 +46,16 @@ def _cipher(settings: Settings) -> TokenCipher:
 def connections(settings: Settings) -> Connect:
     """New connections to the database, one per `async with connect()`."""
     return connector(settings.database_url)
+
+
+def ops_store(settings: Settings) -> OpsStore:
+    """The database as on-call tooling reads it (short connections of its own)."""
+    return OpsStore(connections(settings))
+
+
+def group_admin(settings: Settings) -> KafkaGroupAdmin:
+    """The broker as on-call tooling asks it."""
+    return KafkaGroupAdmin(settings.kafka_bootstrap)
 
 
 @asynccontextmanager

@@ -230,14 +230,6 @@ class LinkError(Refusal):
         self.problem = problem
         self.activity_id = activity_id
 
-    @property
-    def status(self) -> int:
-        """The HTTP status this refusal is answered with, for code written when a LinkError
-        carried one (the entrypoints decide it: consumer.entrypoints.problems)."""
-        from consumer.entrypoints.problems import http_status  # the edge decides
-
-        return http_status(self)
-
 
 class OpsError(Refusal):
     """A refusal, worded as one line for the person at the terminal."""

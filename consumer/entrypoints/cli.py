@@ -221,14 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("calendar_id")
     lst = link.add_parser("list", help="all links and their state")
     lst.add_argument("--json", action="store_true")
-
-    box = sub.add_parser("sandbox", help="run the Google sandbox HTTP server")
-    box.add_argument("--host", default="127.0.0.1")
-    box.add_argument("--port", type=int, default=8089)
-    box.add_argument("--ca-file", help="where to write the CA that signed its certificate")
-    demo = sub.add_parser("demo", help="the whole story on an embedded stack (make run)")
-    demo.add_argument("--state-dir", default=".run")
-    demo.add_argument("--pace", type=float, default=1.0, help="seconds between story steps")
     return parser
 
 
@@ -446,8 +438,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "repair": lambda: cli_ops.repair(args, settings),
         "reconcile": lambda: cli_ops.reconcile(args, settings),
         "dlq": lambda: cli_ops.dlq(args, settings),
-        "sandbox": lambda: _cmd_sandbox(args.host, args.port, args.ca_file),
-        "demo": lambda: _cmd_demo(args),
     }
     try:
         return handlers[args.command]()
@@ -485,40 +475,6 @@ def _cmd_schema(write: bool) -> int:
     else:
         print(text, end="")
     return 0
-
-
-def _cmd_sandbox(host: str, port: int, ca_file: str | None) -> int:
-    from pathlib import Path
-
-    try:  # dev tooling, imported only when this command runs (see _missing_dev_tooling)
-        from calsync_dev.sandbox.server import SandboxHTTPServer
-    except ModuleNotFoundError as exc:
-        raise _missing_dev_tooling(exc) from None
-
-    server = SandboxHTTPServer((host, port), ca_file=Path(ca_file) if ca_file else None)
-    print(f"google sandbox listening on {server.url} (CA: {server.ca_file})", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    try:  # dev tooling, imported only when this command runs (see _missing_dev_tooling)
-        from calsync_dev.demo import run_demo
-    except ModuleNotFoundError as exc:
-        raise _missing_dev_tooling(exc) from None
-    return run_demo(args.state_dir, args.pace)
-
-
-def _missing_dev_tooling(exc: ModuleNotFoundError) -> CliError:
-    """`calsync sandbox` and `calsync demo` run the dev tooling (`calsync_dev`): the only
-    imports of it from the runtime package, made when those commands run."""
-    return CliError(
-        f"this command needs the dev tooling ({exc.name} is missing): install "
-        "calendar-sync with its embedded extra: pip install 'calendar-sync[embedded]'"
-    )
 
 
 if __name__ == "__main__":

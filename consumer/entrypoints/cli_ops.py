@@ -47,20 +47,20 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     spec = ops.ResetSpec(
         args.to_datetime, args.by_duration, args.to_offset, args.shift_by, args.to_earliest
     )
-    connect = bootstrap.connections(settings)
+    store, admin = bootstrap.ops_store(settings), bootstrap.group_admin(settings)
 
     async def run() -> tuple[list[ops.PartitionPlan], int | None]:
-        await ops.refuse_if_active(connect, group)
-        plan = await ops.plan_replay(settings, group, topic, args.partitions, spec)
+        await ops.refuse_if_active(store, group)
+        plan = await ops.plan_replay(admin, group, topic, args.partitions, spec)
         resynced = None
         if args.execute:
-            await ops.execute_replay(settings, group, topic, plan)
+            await ops.execute_replay(admin, group, topic, plan)
             if args.resync:
                 resynced = await bootstrap.resync(
-                    settings, await ops.affected_bookings(settings, topic, plan)
+                    settings, await ops.affected_bookings(admin, topic, plan)
                 )
         await ops.record_replay(
-            connect, group, topic, spec, plan, args.execute, args.resync, args.by, resynced
+            store, group, topic, spec, plan, args.execute, args.resync, args.by, resynced
         )
         return plan, resynced
 
@@ -104,8 +104,17 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
     from consumer import bootstrap
     from consumer.entrypoints.text import status_text
     from consumer.service import status as on_call
+    from consumer.service.progress import quota_ceiling
 
-    collected = asyncio.run(on_call.collect(settings, bootstrap.connections(settings)))
+    collected = asyncio.run(
+        on_call.collect(
+            bootstrap.ops_store(settings),
+            bootstrap.group_admin(settings),
+            settings.group_id,
+            settings.topic,
+            quota_ceiling(settings),
+        )
+    )
     if args.json:
         print_json(collected.model_dump())
     else:
@@ -115,12 +124,13 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 
 def repair(args: argparse.Namespace, settings: Settings) -> int:
     """`calsync repair [--link LINK] [--now]`: work the repairs here and now."""
+    from consumer import bootstrap
     from consumer.adapters.postgres.members import MemberReport
-    from consumer.bootstrap import services
     from consumer.service import repairs
+    from consumer.service.status import repair_summary
 
     async def run() -> dict[str, Any]:
-        async with services(settings, pool_size=8) as svc:
+        async with bootstrap.services(settings, pool_size=8) as svc:
             if args.link and await svc.repository.link(args.link) is None:
                 raise CliError(f"no link {args.link!r} (see: calsync links list)")
             made_due = lifted = 0
@@ -137,8 +147,7 @@ def repair(args: argparse.Namespace, settings: Settings) -> int:
             )
             loop = repairs.RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
             outcomes = await loop.drain(args.link)
-            async with svc.repository.pool.connection() as conn:
-                left = await repairs.summary(conn)
+            left = repair_summary(await bootstrap.ops_store(settings).repair_counts())
         return {
             "made_due": made_due,
             "pauses_lifted": lifted,
@@ -170,7 +179,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     import socket
     import sys
 
-    from consumer.bootstrap import services
+    from consumer import bootstrap
     from consumer.domain.drift import LinkReport
     from consumer.entrypoints.text import reconcile_text
     from consumer.service import reconcile as drift
@@ -185,7 +194,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.flush()
 
     async def run() -> tuple[int, list[LinkReport]]:
-        async with services(settings, pool_size=8) as svc:
+        async with bootstrap.services(settings, pool_size=8) as svc:
             if args.link:
                 row = await svc.repository.link(args.link)
                 if row is None:
@@ -220,9 +229,9 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
     from consumer import bootstrap
     from consumer.service import operations as ops
 
-    connect = bootstrap.connections(settings)
+    store = bootstrap.ops_store(settings)
     if args.dlq_command == "list":
-        rows = asyncio.run(ops.dead_letters(connect, args.all))
+        rows = asyncio.run(ops.dead_letters(store, args.all))
         if args.json:
             print_json([r.model_dump() for r in rows])
             return 0
@@ -236,7 +245,7 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
             )
         return 0
     if args.dlq_command == "show":
-        print_json(_dead_letter_json(asyncio.run(ops.dead_letter(connect, args.id))))
+        print_json(_dead_letter_json(asyncio.run(ops.dead_letter(store, args.id))))
         return 0
     value = None
     if args.value_file:
@@ -245,7 +254,9 @@ def dlq(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             raise CliError(f"cannot read {args.value_file}: {exc.strerror}") from None
     done = asyncio.run(
-        ops.replay_dead_letters(settings, connect, args.ids, args.rate, value, args.by)
+        ops.replay_dead_letters(
+            store, bootstrap.group_admin(settings), args.ids, args.rate, value, args.by
+        )
     )
     print(f"put back {len(done)} dead letter(s): {', '.join(map(str, done)) or 'none waiting'}")
     return 0

@@ -1,6 +1,6 @@
 """The consumer's own HTTP endpoints (aiohttp, CALSYNC_METRICS_PORT): `/metrics` for
 Prometheus, `/healthz` (alive) and `/readyz` (ready) for the orchestrator. All cheap: health
-reads the runner's state; readiness opens one short database connection (from the factory
+reads the runner's state; readiness opens one short database connection (the on-call store
 `consumer.bootstrap` built) and asks the broker for metadata, each within two seconds."""
 
 from __future__ import annotations
@@ -9,15 +9,12 @@ import asyncio
 import time
 from typing import Any
 
-import psycopg
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.connections import Connect
-from consumer.domain.models import LinkState
-from consumer.service.repairs import refresh_gauge as refresh_repairs_gauge
+from consumer.service.ports import OpsRecords
 from consumer.service.runner import ConsumerRunner
 from consumer.settings import Settings
 
@@ -28,12 +25,12 @@ CHECK_TIMEOUT_S = 2.0
 
 class OpsEndpoints:
     def __init__(
-        self, settings: Settings, runner: ConsumerRunner, metrics: Metrics, connect: Connect
+        self, settings: Settings, runner: ConsumerRunner, metrics: Metrics, store: OpsRecords
     ) -> None:
         self.settings = settings
         self.runner = runner
         self.metrics = metrics
-        self.connect = connect
+        self.store = store
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(
@@ -61,10 +58,10 @@ class OpsEndpoints:
 
     async def _database(self) -> str:
         try:
-            async with asyncio.timeout(CHECK_TIMEOUT_S), self.connect(CHECK_TIMEOUT_S) as conn:
-                await conn.execute("SELECT 1")
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await self.store.ping(CHECK_TIMEOUT_S)
             return "ok"
-        except (TimeoutError, psycopg.Error) as exc:
+        except Exception as exc:  # any failure to open a connection means not ready
             return f"unreachable: {type(exc).__name__}"
 
     async def _broker(self) -> str:
@@ -84,29 +81,10 @@ def _answer(checks: dict[str, Any], **details: Any) -> web.Response:
     )
 
 
-async def refresh_gauges(metrics: Metrics, connect: Connect, every_s: float = 15.0) -> None:
-    """Links by state and repairs waiting by reason, from the database, until cancelled."""
-    while True:
-        try:
-            async with connect(CHECK_TIMEOUT_S) as conn, asyncio.timeout(every_s):
-                rows = await (
-                    await conn.execute(
-                        "SELECT state, count(*) AS n FROM calendar_links GROUP BY state"
-                    )
-                ).fetchall()
-                counts = {row["state"]: row["n"] for row in rows}
-                for state in LinkState:
-                    metrics.links.labels(state.value).set(counts.get(state.value, 0))
-                await refresh_repairs_gauge(metrics, conn)
-        except (psycopg.Error, TimeoutError) as exc:
-            log.debug("link_gauge_not_refreshed", cause=type(exc).__name__)
-        await asyncio.sleep(every_s)
-
-
 async def start_ops_http(
-    settings: Settings, runner: ConsumerRunner, metrics: Metrics, connect: Connect
+    settings: Settings, runner: ConsumerRunner, metrics: Metrics, store: OpsRecords
 ) -> web.AppRunner:
-    endpoints = OpsEndpoints(settings, runner, metrics, connect)
+    endpoints = OpsEndpoints(settings, runner, metrics, store)
     app = web.Application()
     app.add_routes(
         [

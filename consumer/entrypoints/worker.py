@@ -14,11 +14,12 @@ from aiokafka.errors import KafkaError
 from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.postgres.link_watcher import watch_links
 from consumer.adapters.postgres.migrations import pending_migrations
-from consumer.bootstrap import consumer_runner, services
+from consumer.bootstrap import consumer_runner, ops_store, services
 from consumer.domain.errors import StartupError
-from consumer.entrypoints.ops_http import refresh_gauges, start_ops_http
+from consumer.entrypoints.ops_http import start_ops_http
 from consumer.service import reconcile
 from consumer.service.repairs import RepairLoop
+from consumer.service.status import refresh_gauges
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,8 +46,9 @@ async def consume(
         raise StartupError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     async with services(settings) as svc:
         runner = consumer_runner(settings, svc)
+        on_call = ops_store(settings)
         try:
-            ops = await start_ops_http(settings, runner, svc.metrics, svc.connect)
+            ops = await start_ops_http(settings, runner, svc.metrics, on_call)
         except OSError as exc:
             raise StartupError(
                 f"cannot listen on {settings.http_host}:{settings.metrics_port} "
@@ -58,7 +60,7 @@ async def consume(
             _supervised(
                 "link_watcher", lambda: watch_links(settings.database_url, svc.engine.link_changed)
             ),
-            _supervised("gauges", lambda: refresh_gauges(svc.metrics, svc.connect)),
+            _supervised("gauges", lambda: refresh_gauges(svc.metrics, on_call)),
             _supervised("repair_loop", repair_loop.run),
             *(
                 [

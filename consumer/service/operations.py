@@ -10,33 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import json
 import re
 import socket
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 
-from aiokafka import (
-    AIOKafkaConsumer,
-    AIOKafkaProducer,
-    ConsumerRebalanceListener,
-    TopicPartition,
-)
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
-
-from consumer.adapters.kafka import DLQ_REPLAY_OF
-from consumer.adapters.postgres.connections import Connect
-from consumer.adapters.postgres.members import alive_members
+from consumer.adapters.kafka.dead_letters import DLQ_REPLAY_OF
 from consumer.domain.errors import OpsError
 from consumer.domain.messages import parse_message
 from consumer.domain.models import BookingEvent, LinkState
+from consumer.domain.records import DeadLetterRecord, PartitionOffsets
 from consumer.service.answers import DeadLetter, DeadLetterMessage
 from consumer.service.context import Services
-from consumer.settings import Settings
+from consumer.service.ports import GroupAdmin, OpsRecords
 
 _DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
-_JOIN_TIMEOUT_S = 60.0
 
 
 def parse_duration(text: str) -> timedelta:
@@ -81,97 +69,64 @@ class PartitionPlan:
         return max(0, self.current - self.new)
 
 
-async def kafka_probe(settings: Settings, group: str) -> AIOKafkaConsumer:
-    probe = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, group_id=group, enable_auto_commit=False
-    )
-    try:
-        await probe.start()
-    except KafkaError as exc:
-        raise OpsError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
-    return probe
-
-
-async def _known_groups(settings: Settings) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        return {group for group, _ in await admin.list_consumer_groups()}
-    finally:
-        await admin.close()
+def who_asks(who: str | None) -> str:
+    """Who an on-call action is recorded under: as given, or user@host."""
+    return who or f"{getpass.getuser()}@{socket.gethostname()}"
 
 
 async def plan_replay(
-    settings: Settings, group: str, topic: str, partitions: list[int] | None, spec: ResetSpec
+    admin: GroupAdmin,
+    group: str,
+    topic: str,
+    partitions: list[int] | None,
+    spec: ResetSpec,
 ) -> list[PartitionPlan]:
-    probe = await kafka_probe(settings, group)
-    try:
-        if topic not in await probe.topics():
-            raise OpsError(f"unknown topic {topic!r}")
-        available = probe.partitions_for_topic(topic) or set()
-        unknown = sorted(set(partitions or []) - available)
-        if unknown:
-            raise OpsError(
-                f"topic {topic!r} has no partition {', '.join(map(str, unknown))} "
-                f"(it has 0..{max(available)})"
-            )
-        chosen = [TopicPartition(topic, p) for p in sorted(partitions or available)]
-        earliest = await probe.beginning_offsets(chosen)
-        latest = await probe.end_offsets(chosen)
-        committed = {tp: await probe.committed(tp) for tp in chosen}
-        if group not in await _known_groups(settings) and all(
-            c is None for c in committed.values()
-        ):
-            raise OpsError(
-                f"unknown group {group!r}: it has no members and no committed offsets on {topic!r}"
-            )
-        targets = await _targets(probe, chosen, spec, earliest, latest, committed)
-    finally:
-        await probe.stop()
+    offsets = await admin.offsets(group, topic, partitions)
+    if all(p.committed is None for p in offsets) and group not in await admin.known_groups():
+        raise OpsError(
+            f"unknown group {group!r}: it has no members and no committed offsets on {topic!r}"
+        )
+    targets = await _targets(admin, topic, offsets, spec)
     return [
         PartitionPlan(
-            tp.partition,
-            committed[tp] if committed[tp] is not None else earliest[tp],
-            targets[tp],
-            earliest[tp],
-            latest[tp],
+            p.partition,
+            p.committed if p.committed is not None else p.earliest,
+            targets[p.partition],
+            p.earliest,
+            p.latest,
         )
-        for tp in chosen
+        for p in offsets
     ]
 
 
 async def _targets(
-    probe: AIOKafkaConsumer,
-    chosen: list[TopicPartition],
-    spec: ResetSpec,
-    earliest: dict[TopicPartition, int],
-    latest: dict[TopicPartition, int],
-    committed: dict[TopicPartition, int | None],
-) -> dict[TopicPartition, int]:
+    admin: GroupAdmin, topic: str, offsets: list[PartitionOffsets], spec: ResetSpec
+) -> dict[int, int]:
     if spec.to_earliest:
-        return dict(earliest)
+        return {p.partition: p.earliest for p in offsets}
     if spec.to_offset is not None:
-        for tp in chosen:
-            if not earliest[tp] <= spec.to_offset <= latest[tp]:
+        for p in offsets:
+            if not p.earliest <= spec.to_offset <= p.latest:
                 raise OpsError(
                     f"offset {spec.to_offset} is out of range for partition "
-                    f"{tp.partition} ({earliest[tp]}..{latest[tp]})"
+                    f"{p.partition} ({p.earliest}..{p.latest})"
                 )
-        return {tp: spec.to_offset for tp in chosen}
+        return {p.partition: spec.to_offset for p in offsets}
     if spec.shift_by is not None:
         targets = {}
-        for tp in chosen:
-            start = committed[tp]
-            shifted = (start if start is not None else earliest[tp]) + spec.shift_by
-            targets[tp] = min(latest[tp], max(earliest[tp], shifted))  # clamped, as Kafka's
+        for p in offsets:
+            start = p.committed if p.committed is not None else p.earliest
+            # clamped, as Kafka's own tool does
+            targets[p.partition] = min(p.latest, max(p.earliest, start + spec.shift_by))
         return targets
     when = spec.to_datetime or datetime.now(UTC) - (spec.by_duration or timedelta())
-    found = await probe.offsets_for_times({tp: int(when.timestamp() * 1000) for tp in chosen})
-    return {tp: found[tp].offset if found.get(tp) is not None else latest[tp] for tp in chosen}
+    return await admin.offsets_at(
+        topic, [p.partition for p in offsets], int(when.timestamp() * 1000)
+    )
 
 
-async def refuse_if_active(connect: Connect, group: str) -> None:
-    members = await alive_members(connect, group)
+async def refuse_if_active(store: OpsRecords, group: str) -> None:
+    members = await store.alive_members(group)
     if members:
         names = ", ".join(f"{m.member} (partitions {m.partitions})" for m in members)
         raise OpsError(
@@ -181,50 +136,14 @@ async def refuse_if_active(connect: Connect, group: str) -> None:
 
 
 async def execute_replay(
-    settings: Settings, group: str, topic: str, plan: list[PartitionPlan]
+    admin: GroupAdmin, group: str, topic: str, plan: list[PartitionPlan]
 ) -> None:
-    """Commit the new offsets as the group's only member (joining waits out members the
-    broker still lists but that stopped heartbeating)."""
-    member = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        session_timeout_ms=10_000,
-        rebalance_timeout_ms=10_000,
-    )
-    assigned = _Assigned()
-    member.subscribe([topic], listener=assigned)
-    await member.start()
-    try:
-        try:
-            await asyncio.wait_for(assigned.event.wait(), _JOIN_TIMEOUT_S)
-        except TimeoutError:
-            raise OpsError(
-                f"could not join group {group!r} within {_JOIN_TIMEOUT_S:.0f}s: nothing was changed"
-            ) from None
-        wanted = {TopicPartition(topic, p) for p in member.partitions_for_topic(topic) or ()}
-        if set(member.assignment()) != wanted:
-            raise OpsError(
-                f"group {group!r} has other active members at the broker: nothing was changed"
-            )
-        await member.commit({TopicPartition(topic, p.partition): p.new for p in plan})
-    finally:
-        await member.stop()
-
-
-class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-
-    async def on_partitions_revoked(self, revoked: object) -> None:
-        pass
-
-    async def on_partitions_assigned(self, assigned: object) -> None:
-        self.event.set()
+    """Commit the new offsets as the group's only member."""
+    await admin.commit_as_only_member(group, topic, {p.partition: p.new for p in plan})
 
 
 async def record_replay(
-    connect: Connect,
+    store: OpsRecords,
     group: str,
     topic: str,
     spec: ResetSpec,
@@ -234,51 +153,26 @@ async def record_replay(
     who: str | None,
     resynced: int | None = None,
 ) -> int:
-    who = who or f"{getpass.getuser()}@{socket.gethostname()}"
-    async with connect() as conn:
-        cur = await conn.execute(
-            "INSERT INTO replays (who, group_id, topic, spec, executed, resync, plan, resynced)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-            (
-                who,
-                group,
-                topic,
-                spec.describe(),
-                executed,
-                resync,
-                json.dumps([{**asdict(p), "rereads": p.rereads} for p in plan]),
-                resynced,
-            ),
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row["id"])
+    return await store.record_replay(
+        who_asks(who),
+        group,
+        topic,
+        spec.describe(),
+        executed,
+        resync,
+        [{**asdict(p), "rereads": p.rereads} for p in plan],
+        resynced,
+    )
 
 
-async def affected_bookings(settings: Settings, topic: str, plan: list[PartitionPlan]) -> set[str]:
+async def affected_bookings(admin: GroupAdmin, topic: str, plan: list[PartitionPlan]) -> set[str]:
     """The bookings whose messages the replay re-reads."""
-    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False)
-    await reader.start()
     bookings: set[str] = set()
-    try:
-        todo = {TopicPartition(topic, p.partition): p for p in plan if p.rereads}
-        reader.assign(list(todo))
-        for tp, p in todo.items():
-            reader.seek(tp, p.new)
-        while todo:
-            batch = await reader.getmany(*todo, timeout_ms=1000)
-            if not batch:
-                break
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < todo[tp].current:
-                        parsed = parse_message(record.key, record.value)
-                        if isinstance(parsed, BookingEvent):
-                            bookings.add(parsed.booking.id)
-                if records and records[-1].offset + 1 >= todo[tp].current:
-                    del todo[tp]
-    finally:
-        await reader.stop()
+    ranges = {p.partition: (p.new, p.current) for p in plan if p.rereads}
+    async for record in admin.records(topic, ranges):
+        parsed = parse_message(record.key, record.value)
+        if isinstance(parsed, BookingEvent):
+            bookings.add(parsed.booking.id)
     return bookings
 
 
@@ -307,58 +201,54 @@ async def resync_bookings(svc: Services, booking_ids: set[str]) -> int:
 
 # --- dead letters -----------------------------------------------------------------------------
 
-_DLQ_COLUMNS = (
-    "id, recorded_at, topic, kafka_partition, kafka_offset,"
-    " CASE WHEN record_timestamp > 0 THEN to_timestamp(record_timestamp / 1000.0) END"
-    " AS record_timestamp, error_type, error, published_at, copy_error,"
-    " replayed_at, replayed_by, reprocessed_at"
-)
+
+def _dead_letter(record: DeadLetterRecord) -> DeadLetter:
+    return DeadLetter(
+        id=record.id,
+        recorded_at=record.recorded_at,
+        topic=record.topic,
+        kafka_partition=record.kafka_partition,
+        kafka_offset=record.kafka_offset,
+        record_timestamp=record.record_timestamp,
+        error_type=record.error_type,
+        error=record.error,
+        published_at=record.published_at,
+        copy_error=record.copy_error,
+        replayed_at=record.replayed_at,
+        replayed_by=record.replayed_by,
+        reprocessed_at=record.reprocessed_at,
+    )
 
 
-async def dead_letters(connect: Connect, include_replayed: bool) -> list[DeadLetter]:
-    where = "" if include_replayed else " WHERE replayed_at IS NULL"
-    async with connect() as conn:
-        rows = await (
-            await conn.execute(
-                f"SELECT {_DLQ_COLUMNS} FROM dead_letters{where} ORDER BY id".encode()
-            )
-        ).fetchall()
-    return [DeadLetter(**row) for row in rows]
+async def dead_letters(store: OpsRecords, include_replayed: bool) -> list[DeadLetter]:
+    return [_dead_letter(r) for r in await store.dead_letters(include_replayed)]
 
 
-async def dead_letter(connect: Connect, dead_letter_id: int) -> DeadLetterMessage:
-    async with connect() as conn:
-        row = await (
-            await conn.execute(
-                f"SELECT {_DLQ_COLUMNS}, message_key, message_value, header_keys, header_values"
-                " FROM dead_letters WHERE id = %s".encode(),
-                (dead_letter_id,),
-            )
-        ).fetchone()
-    if row is None:
+async def dead_letter(store: OpsRecords, dead_letter_id: int) -> DeadLetterMessage:
+    record = await store.dead_letter(dead_letter_id)
+    if record is None:
         raise OpsError(f"no dead letter {dead_letter_id} (see: calsync dlq list)")
-    # Headers as Kafka carries them: (name, raw value), in their original order.
-    headers = [
-        (bytes(k).decode("utf-8", "surrogateescape"), bytes(v))
-        for k, v in zip(row.pop("header_keys"), row.pop("header_values"), strict=True)
-    ]
-    return DeadLetterMessage(**row, headers=headers)
+    return DeadLetterMessage(
+        **_dead_letter(record).model_dump(),
+        message_key=record.message_key,
+        message_value=record.message_value,
+        headers=list(record.headers),
+    )
 
 
 async def replay_dead_letters(
-    settings: Settings,
-    connect: Connect,
+    store: OpsRecords,
+    admin: GroupAdmin,
     ids: list[int],
     rate: float,
     value: bytes | None,
     who: str | None,
 ) -> list[int]:
     """Put dead letters back on their topic, each once; returns the ids put back."""
-    chosen = (
-        [await dead_letter(connect, i) for i in ids]
-        if ids
-        else [await dead_letter(connect, r.id) for r in await dead_letters(connect, False)]
-    )
+    chosen = [
+        await dead_letter(store, i)
+        for i in (ids or [r.id for r in await store.dead_letters(False)])
+    ]
     done = next((r for r in chosen if r.replayed_at is not None), None)
     if done is not None:
         assert done.replayed_at is not None
@@ -369,10 +259,8 @@ async def replay_dead_letters(
         )
     if value is not None and len(chosen) != 1:
         raise OpsError("--value-file replaces the value of exactly one dead letter")
-    who = who or f"{getpass.getuser()}@{socket.gethostname()}"
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
-    await producer.start()
-    try:
+    who = who_asks(who)
+    async with admin.publisher() as publisher:
         for number, row in enumerate(chosen):
             if number and rate:
                 await asyncio.sleep(1.0 / rate)
@@ -380,17 +268,11 @@ async def replay_dead_letters(
                 (k, v) for k, v in row.headers if not k.startswith("error") and k != DLQ_REPLAY_OF
             ]
             headers.append((DLQ_REPLAY_OF, str(row.id).encode()))
-            await producer.send_and_wait(
+            await publisher.publish(
                 row.topic,
                 value if value is not None else row.message_value,
-                key=row.message_key,
-                headers=headers,
+                row.message_key,
+                headers,
             )
-            async with connect() as conn:
-                await conn.execute(
-                    "UPDATE dead_letters SET replayed_at = now(), replayed_by = %s WHERE id = %s",
-                    (who, row.id),
-                )
-    finally:
-        await producer.stop()
+            await store.mark_dead_letter_replayed(row.id, who)
     return [r.id for r in chosen]

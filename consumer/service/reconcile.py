@@ -34,13 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
-from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from consumer.adapters.postgres.locks import advisory_key
 from consumer.domain.drift import Drift, LinkReport, compare
 from consumer.domain.models import BookingEvent, LinkRow, LinkState
-from consumer.service.answers import ReconcileResult, ReconcileRun
+from consumer.service.answers import ReconcileResult
 
 if TYPE_CHECKING:
     from consumer.service.context import Services
@@ -90,7 +89,6 @@ _STRANDED_ELSEWHERE = (
 _FINISH = (
     "UPDATE reconcile_runs SET finished_at = now(), updated_at = now(), error = %s WHERE id = %s"
 )
-_LATEST_RUN = "SELECT * FROM reconcile_runs ORDER BY id DESC LIMIT 1"
 _UNFINISHED = (
     "SELECT id FROM reconcile_runs WHERE finished_at IS NULL AND executed"
     " AND updated_at < now() - make_interval(secs => %s) ORDER BY id DESC LIMIT 1"
@@ -489,28 +487,6 @@ async def _maybe_run(svc: Services, interval_s: float, member: str) -> None:
             )
         finally:
             await conn.execute("SELECT pg_advisory_unlock(%s)", (_RECONCILE_LOCK,))
-
-
-async def latest_run(conn: psycopg.AsyncConnection[DictRow]) -> ReconcileRun | None:
-    """The latest run, as `calsync status` shows it."""
-    row = await (await conn.execute(_LATEST_RUN)).fetchone()
-    if row is None:
-        return None
-    return ReconcileRun(
-        id=row["id"],
-        trigger=row["trigger"],
-        executed=row["executed"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        running=row["finished_at"] is None,
-        links_done=len(row["links_done"]),
-        links_total=row["links_total"],
-        events_seen=row["events_seen"],
-        found=row["found"],
-        repaired=row["repaired"],
-        progress=row["progress"],
-        error=row["error"],
-    )
 
 
 def result(run_id: int, reports: list[LinkReport], executed: bool) -> ReconcileResult:

@@ -29,7 +29,6 @@ import structlog
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.repository import Repository
 from consumer.domain.models import LinkState, Outcome
-from consumer.service.answers import RepairSummary
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 
@@ -67,12 +66,6 @@ _SETTLE_GONE_BOOKING = "DELETE FROM repairs WHERE link_id = %s AND booking_id = 
 _MAKE_DUE = (
     "UPDATE repairs SET due_at = now(), leased_by = NULL, leased_until = NULL"
     " WHERE (%(link)s::text IS NULL OR link_id = %(link)s)"
-)
-_SUMMARY = (
-    "SELECT r.reason, count(*) AS waiting, min(r.first_failed_at) AS oldest,"
-    " count(*) FILTER (WHERE r.due_at <= now()) AS due"
-    " FROM repairs r JOIN calendar_links cl ON cl.id = r.link_id AND cl.state = 'active'"
-    " GROUP BY r.reason"
 )
 _PER_ACCOUNT = 32
 # Work a backfill (or a reconcile) owes a link, written before it starts and leased to the
@@ -314,26 +307,3 @@ async def make_due(repository: Repository, link_id: str | None) -> int:
     async with repository.pool.connection() as conn:
         cur = await conn.execute(_MAKE_DUE, {"link": link_id})
         return cur.rowcount
-
-
-async def summary(conn: psycopg.AsyncConnection[Any]) -> RepairSummary:
-    """What `calsync status` says of the repairs: waiting, due, oldest, by reason."""
-    rows = await (await conn.execute(_SUMMARY)).fetchall()
-    oldest = min((r["oldest"] for r in rows), default=None)
-    age = None
-    if oldest is not None:
-        now = (await (await conn.execute("SELECT now() AS now")).fetchone() or {})["now"]
-        age = round((now - oldest).total_seconds(), 1)
-    return RepairSummary(
-        waiting=sum(r["waiting"] for r in rows),
-        due=sum(r["due"] for r in rows),
-        oldest_age_s=age,
-        by_reason={r["reason"]: r["waiting"] for r in sorted(rows, key=lambda r: r["reason"])},
-    )
-
-
-async def refresh_gauge(metrics: Metrics, conn: psycopg.AsyncConnection[Any]) -> None:
-    rows = await (await conn.execute(_SUMMARY)).fetchall()
-    metrics.repairs_waiting.clear()
-    for row in rows:
-        metrics.repairs_waiting.labels(row["reason"]).set(row["waiting"])

@@ -41,12 +41,13 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from consumer.adapters.classify import KAFKA_AUTHORIZATION, is_retriable
 from consumer.adapters.kafka import DLQ_REPLAY_OF, dead_letter_copy
 from consumer.adapters.metrics import Metrics, PartitionLag
-from consumer.adapters.postgres.members import HEARTBEAT_S, MemberReport, Stall
+from consumer.adapters.postgres.members import HEARTBEAT_S, MemberReport
 from consumer.adapters.postgres.repository import Repository
 from consumer.domain.errors import describe, printable
 from consumer.domain.messages import BadMessage, parse_message
 from consumer.domain.models import MessagePosition
 from consumer.domain.offsets import PartitionOffsets
+from consumer.domain.records import Stall
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 

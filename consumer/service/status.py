@@ -3,38 +3,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
 
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+import structlog
 
-from consumer.adapters.postgres.connections import Connect, connector
-from consumer.adapters.postgres.link_store import Backfill
-from consumer.adapters.postgres.members import alive_members
-from consumer.domain.errors import OpsError
-from consumer.service.answers import DeadLetterCounts, PartitionLag, Status
-from consumer.service.operations import kafka_probe
-from consumer.service.progress import progress, quota_ceiling
-from consumer.service.reconcile import latest_run as latest_reconcile
-from consumer.service.repairs import summary as repair_summary
-from consumer.settings import Settings
+from consumer.adapters.metrics import Metrics
+from consumer.domain.models import LinkState
+from consumer.domain.records import ReconcileRunRecord, RepairCount
+from consumer.service.answers import (
+    DeadLetterCounts,
+    PartitionLag,
+    ReconcileRun,
+    RepairSummary,
+    Status,
+)
+from consumer.service.ports import GroupAdmin, OpsRecords
+from consumer.service.progress import progress
 
-_LINKS = (
-    "SELECT state, count(*) AS links, array_remove(array_agg(DISTINCT state_reason), NULL)"
-    " AS reasons FROM calendar_links GROUP BY state ORDER BY state"
-)
-_FAILURES = (
-    "SELECT reason, outcome, count(*) AS results FROM sync_results WHERE outcome IN"
-    " ('failed', 'skipped', 'deferred') AND recorded_at > now() - interval '1 hour'"
-    " GROUP BY reason, outcome ORDER BY count(*) DESC"
-)
-# Backfills under way (or whose process stopped: they show as stalled), with their progress.
-_RUNNING_BACKFILLS = (
-    "SELECT id, link_id, calendar_id, calendar_name, trigger, total, done, counts,"
-    " started_at, updated_at, finished_at, error, now() AS now FROM backfills"
-    " WHERE finished_at IS NULL AND started_at > now() - interval '1 day' ORDER BY id"
-)
+log = structlog.get_logger(__name__)
 # What the status shows of each backfill's progress.
 _BACKFILL_FIELDS = {
     "id",
@@ -47,18 +33,18 @@ _BACKFILL_FIELDS = {
     "estimated_end",
     "remaining_s",
 }
-_DLQ = (
-    "SELECT count(*) FILTER (WHERE replayed_at IS NULL) AS waiting, count(*) AS total,"
-    " min(recorded_at) FILTER (WHERE replayed_at IS NULL) AS oldest FROM dead_letters"
-)
 
 
-async def collect(settings: Settings, connect: Connect | None = None) -> Status:
-    # Bootstrap hands in the process's connection factory; a caller with only the settings
-    # (a script written against the earlier collect(settings)) gets one of its own.
-    connect = connect or connector(settings.database_url)
-    group, topic = settings.group_id, settings.topic
-    alive = await alive_members(connect, group)
+async def collect(
+    store: OpsRecords,
+    admin: GroupAdmin,
+    group: str,
+    topic: str,
+    quota_ceiling_per_s: float | None,
+) -> Status:
+    """`quota_ceiling_per_s`: the most calls a second one account's quota allows the group,
+    which bounds a backfill's estimated end."""
+    alive = await store.alive_members(group)
     members = [
         {
             "member": m.member,
@@ -72,61 +58,85 @@ async def collect(settings: Settings, connect: Connect | None = None) -> Status:
     # What holds a partition back, as its member last reported it: the oldest unrecorded
     # message (topic, partition, offset, key) and why it waits.
     stalls = [{**stall, "member": m.member} for m in alive for stall in m.stalls]
-    probe = await kafka_probe(settings, group)
-    try:
-        if topic not in await probe.topics():
-            raise OpsError(f"unknown topic {topic!r}")
-        tps = [TopicPartition(topic, p) for p in sorted(probe.partitions_for_topic(topic) or ())]
-        ends = await probe.end_offsets(tps)
-        lag = []
-        for tp in tps:
-            committed = await probe.committed(tp)
-            lag.append(
-                PartitionLag(
-                    partition=tp.partition,
-                    committed=committed,
-                    end=ends[tp],
-                    lag=ends[tp] - (committed or 0),
-                )
-            )
-    finally:
-        await probe.stop()
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        described = (await admin.describe_consumer_groups([group]))[0].groups[0]
-        broker: dict[str, Any] = {"state": described[2], "members": len(described[5])}
-    except (KafkaError, IndexError):
-        broker = {"state": "unknown", "members": None}
-    finally:
-        await admin.close()
-    async with connect() as conn:
-        links = await (await conn.execute(_LINKS)).fetchall()
-        failures = await (await conn.execute(_FAILURES)).fetchall()
-        dlq = await (await conn.execute(_DLQ)).fetchone()
-        repairs = await repair_summary(conn)
-        running = await (await conn.execute(_RUNNING_BACKFILLS)).fetchall()
-        ceiling = quota_ceiling(settings)
-        backfills = [
-            progress(Backfill(**row), ceiling).model_dump(include=_BACKFILL_FIELDS)
-            for row in running
-        ]
-        last_reconcile = await latest_reconcile(conn)
-    assert dlq is not None
+    lag = [
+        PartitionLag(
+            partition=p.partition,
+            committed=p.committed,
+            end=p.latest,
+            lag=p.latest - (p.committed or 0),
+        )
+        for p in await admin.offsets(group, topic)
+    ]
+    at_broker = await admin.group(group)
+    overview = await store.overview()
+    backfills = [
+        progress(b, quota_ceiling_per_s).model_dump(include=_BACKFILL_FIELDS)
+        for b in overview.running_backfills
+    ]
+    tally = overview.dead_letters
     return Status(
         group=group,
         topic=topic,
         members=members,
-        broker_group=broker,
+        broker_group={"state": at_broker.state, "members": at_broker.members},
         partitions=lag,
         total_lag=sum(p.lag for p in lag),
         stalls=stalls,
-        links=links,
-        failures_last_hour=failures,
-        repairs=repairs,
-        reconcile=last_reconcile,
+        links=overview.links,
+        failures_last_hour=overview.failures_last_hour,
+        repairs=repair_summary(overview.repairs),
+        reconcile=reconcile_run(overview.latest_reconcile),
         backfills=backfills,
         dead_letters=DeadLetterCounts(
-            waiting=dlq["waiting"], total=dlq["total"], oldest_waiting=dlq["oldest"]
+            waiting=tally.waiting, total=tally.total, oldest_waiting=tally.oldest_waiting
         ),
     )
+
+
+def repair_summary(counts: list[RepairCount]) -> RepairSummary:
+    """The repairs waiting: in all, due now, the oldest's age, by reason."""
+    oldest = min(counts, key=lambda c: c.oldest, default=None)
+    age = round((oldest.now - oldest.oldest).total_seconds(), 1) if oldest else None
+    return RepairSummary(
+        waiting=sum(c.waiting for c in counts),
+        due=sum(c.due for c in counts),
+        oldest_age_s=age,
+        by_reason={c.reason: c.waiting for c in counts},
+    )
+
+
+def reconcile_run(run: ReconcileRunRecord | None) -> ReconcileRun | None:
+    if run is None:
+        return None
+    return ReconcileRun(
+        id=run.id,
+        trigger=run.trigger,
+        executed=run.executed,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        running=run.finished_at is None,
+        links_done=run.links_done,
+        links_total=run.links_total,
+        events_seen=run.events_seen,
+        found=run.found,
+        repaired=run.repaired,
+        progress=run.progress,
+        error=run.error,
+    )
+
+
+async def refresh_gauges(metrics: Metrics, store: OpsRecords, every_s: float = 15.0) -> None:
+    """Links by state and repairs waiting by reason, from the database, until cancelled."""
+    while True:
+        try:
+            async with asyncio.timeout(every_s):
+                counts = await store.link_state_counts()
+                repairs = await store.repair_counts()
+            for state in LinkState:
+                metrics.links.labels(state.value).set(counts.get(state.value, 0))
+            metrics.repairs_waiting.clear()
+            for repair in repairs:
+                metrics.repairs_waiting.labels(repair.reason).set(repair.waiting)
+        except Exception as exc:  # the database: seen elsewhere; the gauges wait for it
+            log.debug("gauges_not_refreshed", cause=type(exc).__name__)
+        await asyncio.sleep(every_s)

@@ -1,5 +1,6 @@
 """A real package: the wheel built from this checkout, installed into a fresh virtual
-environment (no source tree on its path), migrates a fresh database.
+environment (no source tree on its path), migrates a fresh database; the dev tooling
+(`calsync_dev`: the sandbox, the embedded stack, the demo) is not in it.
 
 Offline: the wheel is built without build isolation (setuptools and wheel come from the
 test's own environment), installed without its dependencies, and the fresh environment
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import venv
+import zipfile
 from pathlib import Path
 
 import psycopg
@@ -23,7 +25,7 @@ import pytest
 from calsync_dev.stack import EmbeddedPostgres, start_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "README.md", "consumer", "calsync_dev", "sql")
+SOURCES = ("pyproject.toml", "README.md", "consumer", "calsync_dev", "sql")  # all of it
 TABLES = {
     "schema_migrations",
     "bookings",
@@ -90,6 +92,10 @@ def test_the_wheel_installs_and_migrates_a_fresh_database(
         cwd=tmp_path,
     )
     (wheel,) = dist.glob("calendar_sync-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+    assert any(n.startswith("consumer/") for n in names), names[:10]
+    assert not [n for n in names if n.startswith("calsync_dev")], "dev tooling in the wheel"
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=False).create(env_dir)
@@ -114,10 +120,14 @@ def test_the_wheel_installs_and_migrates_a_fresh_database(
     )
     (fresh_site / "calsync-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
 
-    installed = _run(
-        python, "-c", "import consumer, calsync_dev; print(consumer.__file__)", cwd=tmp_path
-    ).stdout.strip()
-    assert installed.startswith(str(fresh_site)), installed
+    installed = _run(python, "-c", "import consumer; print(consumer.__file__)", cwd=tmp_path)
+    assert installed.stdout.strip().startswith(str(fresh_site)), installed.stdout
+    no_dev = subprocess.run(
+        [python, "-c", "import calsync_dev"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert no_dev.returncode != 0 and "No module named 'calsync_dev'" in no_dev.stderr
+    commands = _run(env_dir / "bin" / "calsync", "--help", cwd=tmp_path).stdout
+    assert "consume" in commands and "sandbox" not in commands and "demo" not in commands
 
     url = postgres.create_database("wheel_" + os.urandom(4).hex())
     migrations = sorted(path.name for path in (ROOT / "sql").glob("*.sql"))

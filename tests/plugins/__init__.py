@@ -1,7 +1,6 @@
 """The tests' shared builders and fixtures, as pytest plugins (tests/conftest.py lists them).
 
 - `events`: the one booking-event builder;
-- `settings_env`: the one Settings -> CALSYNC_* environment map (for processes we start);
 - `database`: the one way to make a fresh database (empty, or copied from the migrated
   template);
 - `stack`: the session's broker and PostgreSQL (embedded, or containers where Docker
@@ -20,7 +19,7 @@ import pytest
 pytest.register_assert_rewrite(
     *(
         f"tests.plugins.{name}"
-        for name in ("database", "environment", "events", "ops_http", "settings_env", "stack")
+        for name in ("database", "environment", "events", "ops_http", "stack")
     ),
     "tests.oracle",
 )

@@ -33,9 +33,8 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.kafka import ensure_topics
 from consumer.bootstrap import link_service
 from consumer.entrypoints.worker import consume
-from consumer.settings import STACK_SETTINGS, Settings
+from consumer.settings import STACK_SETTINGS, Settings, settings_env
 from tests.plugins.database import TEMPLATE_DB
-from tests.plugins.settings_env import settings_env
 from tests.plugins.stack import CLIENT_ID, CLIENT_SECRET, Broker
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -45,7 +44,7 @@ ADMIN_TOKEN = "test-admin-" + uuid.uuid4().hex
 # consumer start 3.5 s sooner (heartbeats then come every second). Apache Kafka in a
 # container is configured to accept it (tests/plugins/stack.py).
 SESSION_TIMEOUT_S = 3.0
-# The settings a process we start is given (tests/plugins/settings_env.py); the others keep
+# The settings a process we start is given (consumer.settings.settings_env); the others keep
 # their defaults there, as they always have.
 PROCESS_SETTINGS = (
     *STACK_SETTINGS,
@@ -272,7 +271,7 @@ class Env:
         """`calsync consume` (or another command) as users run it, in its own process."""
         env = {**self.env_vars, **extra_env}
         return subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", *(command or ["consume"])],
+            [sys.executable, "-m", "consumer", *(command or ["consume"])],
             env=env,
             stdout=open(log_path, "ab"),
             stderr=subprocess.STDOUT,
@@ -305,7 +304,7 @@ def calsync(
     """`calsync ARGS` as a person runs it, with the test's environment (and `stdin` piped
     to it, when given)."""
     return subprocess.run(
-        [sys.executable, "-m", "consumer.cli", *args],
+        [sys.executable, "-m", "consumer", *args],
         env={**env.env_vars, **extra_env},
         cwd=ROOT,
         capture_output=True,

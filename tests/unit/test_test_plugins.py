@@ -9,9 +9,8 @@ import time
 
 import pytest
 
-from consumer.settings import Settings
+from consumer.settings import Settings, settings_env
 from tests.plugins import stack
-from tests.plugins.settings_env import settings_env
 
 
 def test_without_docker_auto_is_embedded_and_quick(monkeypatch: pytest.MonkeyPatch) -> None:

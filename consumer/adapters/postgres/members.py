@@ -1,19 +1,18 @@
 """Consumer processes report themselves in PostgreSQL (consumer_members), so on-call tooling
-knows which members of a group are alive and what they hold, whatever the broker reports."""
+knows which members of a group are alive and what they hold, whatever the broker reports
+(the on-call side reads them through consumer.adapters.postgres.ops_store)."""
 
 from __future__ import annotations
 
 import os
 import socket
 import uuid
-from dataclasses import asdict, dataclass
-from datetime import datetime
-from typing import Any
+from dataclasses import asdict
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-from consumer.adapters.postgres.connections import Connect
+from consumer.domain.records import Stall
 
 HEARTBEAT_S = 5.0
 ALIVE_WITHIN_S = 3 * HEARTBEAT_S
@@ -25,35 +24,6 @@ _REPORT = (
     " partitions = EXCLUDED.partitions, stalls = EXCLUDED.stalls, seen_at = now()"
 )
 _LEAVE = "DELETE FROM consumer_members WHERE group_id = %s AND member = %s"
-_ALIVE = (
-    "SELECT member, host, pid, topic, partitions, stalls, started_at, seen_at"
-    " FROM consumer_members"
-    " WHERE group_id = %s AND seen_at > now() - make_interval(secs => %s) ORDER BY member"
-)
-
-
-@dataclass(frozen=True)
-class Stall:
-    """A partition held back by its oldest unrecorded message (kept in consumer_members)."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    cause: str  # the last failure of the message, or "in progress"
-    waiting_s: float
-
-
-@dataclass(frozen=True)
-class Member:
-    member: str
-    host: str
-    pid: int
-    topic: str
-    partitions: list[int]
-    stalls: list[dict[str, Any]]
-    started_at: datetime
-    seen_at: datetime
 
 
 class MemberReport:
@@ -91,9 +61,3 @@ class MemberReport:
             self.database_url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S
         ) as conn:
             await conn.execute(_LEAVE, (self.group_id, self.member))
-
-
-async def alive_members(connect: Connect, group_id: str) -> list[Member]:
-    async with connect() as conn:
-        rows = await (await conn.execute(_ALIVE, (group_id, ALIVE_WITHIN_S))).fetchall()
-    return [Member(**row) for row in rows]

@@ -1,0 +1,127 @@
+"""Plain records: what the stores read back, as the services and entrypoints use it.
+
+Frozen dataclasses with no behaviour to speak of; the adapters build them from rows, the
+services turn them into answers (consumer.service.answers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RepairCount:
+    """The repairs of active links waiting for one reason: how many, how many due now, since
+    when the oldest waits, and the database's clock when it was read."""
+
+    reason: str
+    waiting: int
+    due: int
+    oldest: datetime
+    now: datetime
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    """A dead letter as recorded; the message itself (key, value, headers in their order)
+    only where it was asked for."""
+
+    id: int
+    recorded_at: datetime
+    topic: str
+    kafka_partition: int
+    kafka_offset: int
+    # The record's own timestamp (with its position and a digest of key and value, what the
+    # dead letter is known by); None when unknown (recorded before it was kept, unreadable).
+    record_timestamp: datetime | None
+    error_type: str
+    error: str
+    published_at: datetime | None  # its copy went to the dead-letter topic (or was refused)
+    copy_error: str | None  # why there is no copy, or only a minimal one
+    replayed_at: datetime | None
+    replayed_by: str | None
+    reprocessed_at: datetime | None
+    message_key: bytes | None = None
+    message_value: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class DeadLetterTally:
+    waiting: int
+    total: int
+    oldest_waiting: datetime | None
+
+
+@dataclass(frozen=True)
+class ReconcileRunRecord:
+    """A reconcile run as recorded in `reconcile_runs`."""
+
+    id: int
+    trigger: str
+    executed: bool
+    started_at: datetime
+    finished_at: datetime | None
+    links_done: int
+    links_total: int
+    events_seen: int
+    found: dict[str, int]
+    repaired: dict[str, int]
+    progress: dict[str, Any] | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Member:
+    """A consumer process of a group, as it last reported itself."""
+
+    member: str
+    host: str
+    pid: int
+    topic: str
+    partitions: list[int]
+    stalls: list[dict[str, Any]]
+    started_at: datetime
+    seen_at: datetime
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A partition held back by its oldest unrecorded message (kept in consumer_members)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    cause: str  # the last failure of the message, or "in progress"
+    waiting_s: float
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    """One partition's offsets: its first and next offsets, and the group's committed one."""
+
+    partition: int
+    earliest: int
+    latest: int
+    committed: int | None
+
+
+@dataclass(frozen=True)
+class GroupAtBroker:
+    """The group as the broker describes it (its members as the broker still lists them)."""
+
+    state: str
+    members: int | None
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    """A record read back from a topic."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
