@@ -10,6 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from consumer.adapters.postgres.connections import Connect, connector
+from consumer.adapters.postgres.deployment import deployment
 from consumer.adapters.postgres.link_store import Backfill
 from consumer.adapters.postgres.members import alive_members
 from consumer.domain.errors import OpsError
@@ -101,6 +102,7 @@ async def collect(settings: Settings, connect: Connect | None = None) -> Status:
     finally:
         await admin.close()
     async with connect() as conn:
+        ours = await deployment(conn, settings.deployment_id)
         links = await (await conn.execute(_LINKS)).fetchall()
         failures = await (await conn.execute(_FAILURES)).fetchall()
         dlq = await (await conn.execute(_DLQ)).fetchone()
@@ -114,6 +116,8 @@ async def collect(settings: Settings, connect: Connect | None = None) -> Status:
         last_reconcile = await latest_reconcile(conn)
     assert dlq is not None
     return Status(
+        deployment_id=ours.id,
+        deployment_id_source=ours.source,
         group=group,
         topic=topic,
         members=members,

@@ -46,7 +46,9 @@ async def sync(env: Env, events: list[dict[str, Any]]) -> None:
 
 
 def of_link(env: Env, email: str, link_id: str) -> list[dict[str, Any]]:
-    return [e for e in env.events(email) if e["extendedProperties"]["private"]["link_id"] == link_id]
+    return [
+        e for e in env.events(email) if e["extendedProperties"]["private"]["link_id"] == link_id
+    ]
 
 
 async def test_each_deployments_reconcile_leaves_the_others_events_alone(
@@ -79,7 +81,9 @@ async def test_each_deployments_reconcile_leaves_the_others_events_alone(
     }
     # A missing event of ours is created beside the other deployment's for the same booking.
     ours_bk1 = next(
-        e for e in of_link(env, email, ours) if e["extendedProperties"]["private"]["booking_id"] == "bk_1"
+        e
+        for e in of_link(env, email, ours)
+        if e["extendedProperties"]["private"]["booking_id"] == "bk_1"
     )
     env.sandbox.delete_by_hand(email, email, ours_bk1["id"])
     executed = calsync(env, "reconcile", "--execute", "--json")
