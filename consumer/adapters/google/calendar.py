@@ -362,7 +362,7 @@ class GoogleCalendar:
                     privateExtendedProperty=f"link_id={link_id}",
                     maxResults=2500,
                     pageToken=after,
-                    fields="items(id,extendedProperties/private),nextPageToken",
+                    fields="items(id,extendedProperties),nextPageToken",
                 )
 
             page = await self._call(request, token)
