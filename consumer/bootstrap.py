@@ -2,11 +2,12 @@
 services. Only entrypoints import it; services never do.
 
 `services()` opens what the sync engine needs (two pools, Google, tokens, the quota, the
-sync store); `link_service()` adds the link lifecycle on top; `link_tables()` opens just one
-small pool for commands that only read or rewrite the links table (`calsync links list`,
-`calsync keys rotate`); `connections()` is the factory of single connections handed to what
-needs one outside the pools (`calsync status`, `calsync dlq`, a replay's record, the
-scheduled reconcile's lock, the ops endpoints).
+sync store) and reads which deployment this is (CALSYNC_DEPLOYMENT_ID, else the database's
+id), handed to the engine and the services; `link_service()` adds the link lifecycle on
+top; `link_tables()` opens just one small pool for commands that only read or rewrite the
+links table (`calsync links list`, `calsync keys rotate`); `connections()` is the factory
+of single connections handed to what needs one outside the pools (`calsync status`,
+`calsync dlq`, a replay's record, the scheduled reconcile's lock, the ops endpoints).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from consumer.adapters.google.tokens import TokenProvider
 from consumer.adapters.kafka import KafkaGroupAdmin, build_consumer, build_producer
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.connections import Connect, connector
+from consumer.adapters.postgres.deployment import deployment
 from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
@@ -69,6 +71,13 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
     token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"), cipher)
     await repository.pool.open(wait=True, timeout=30)
     await token_repository.pool.open(wait=True, timeout=30)
+    try:
+        async with repository.pool.connection() as conn:
+            ours = await deployment(conn, settings.deployment_id)
+    except BaseException:  # not migrated yet: nothing is left open
+        await token_repository.pool.close()
+        await repository.pool.close()
+        raise
     metrics = Metrics()
     google = GoogleCalendar(settings, metrics)
     tokens = TokenProvider(settings, token_repository, metrics)
@@ -80,10 +89,19 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
         GroupQuota(settings, repository.pool, metrics),
         SyncStore(settings.database_url),
         metrics,
+        deployment=ours.id,
     )
     try:
         yield Services(
-            settings, metrics, cipher, repository, google, tokens, engine, connections(settings)
+            settings,
+            metrics,
+            cipher,
+            repository,
+            google,
+            tokens,
+            engine,
+            connections(settings),
+            ours,
         )
     finally:
         await engine.close()

@@ -11,6 +11,12 @@ from urllib.parse import urljoin
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# A deployment id lands in Google's private extended properties (values up to 1024
+# characters) and in URIs (`ce_source = calendar-sync/<id>`): short, and URI-unreserved
+# characters only (RFC 3986), so it needs no escaping anywhere. sql/012 checks the same.
+DEPLOYMENT_ID_PATTERN = r"^[A-Za-z0-9._~-]+$"
+DEPLOYMENT_ID_MAX = 64
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALSYNC_", extra="ignore")
@@ -174,6 +180,19 @@ class Settings(BaseSettings):
         "repair loop, so one busy account never holds the others",
     )
 
+    deployment_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=DEPLOYMENT_ID_MAX,
+        pattern=DEPLOYMENT_ID_PATTERN,
+        description="Which deployment this is (production, staging, a region): every "
+        "event written carries it (private extended property `deployment`), and reconcile "
+        "and disconnect leave events of another deployment alone. 1-64 letters, digits, "
+        "'.', '_', '~' or '-'. Default: the id `calsync migrate` made for the database "
+        "(`calsync status` shows it); a copy of a database that runs as a deployment of "
+        "its own needs its own",
+    )
+
     reconcile_interval_s: float = Field(
         default=86400.0,
         ge=0,
@@ -262,7 +281,7 @@ def env_value(value: object) -> str:
 
 
 # What a process started by another (a test, the demo, the bench) must share with it to work
-# on the same stack: where each outside system is, and the secrets.
+# on the same stack: where each outside system is, the secrets, and which deployment it is.
 STACK_SETTINGS = (
     "database_url",
     "kafka_bootstrap",
@@ -277,6 +296,7 @@ STACK_SETTINGS = (
     "google_client_secret",
     "google_ca_bundle",
     "token_key",
+    "deployment_id",
 )
 
 

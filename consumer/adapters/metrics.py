@@ -135,7 +135,8 @@ class Metrics:
         )
         self.reconcile_drift = Counter(
             "calsync_reconcile_drift",
-            "Drift found by reconciles, by kind (missing, changed, orphaned, duplicated)",
+            "Drift found by reconciles, by kind (missing, changed, orphaned, duplicated; foreign: "
+            "another deployment's events, never repaired)",
             ["kind"],
             registry=r,
         )

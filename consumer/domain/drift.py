@@ -3,23 +3,34 @@ Pure: `consumer.service.reconcile` reads the calendar and the records, and repai
 
 Each difference is one of four kinds: missing (a live booking with no event of the link),
 changed (a rendered field differs, or the event is not the one recorded), orphaned (an
-event for no live booking of the activity, or of a link gone or moved), duplicated (a
-second event for the same booking, or one kept by a disconnected link).
+event for no live booking of the activity, or of a link gone, moved, or no longer syncing
+the calendar), duplicated (a second event for the same booking, or one kept by a
+disconnected link). A fifth, foreign, is reported and never repaired: an event of another
+deployment (tagged with another deployment id; or untagged, from before the tag existed,
+and naming a link that is not one of ours).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Container
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from consumer.domain.models import BookingEvent, LinkRow, LinkState
-from consumer.domain.planning import belongs_on_calendar, render_event
+from consumer.domain.planning import DEPLOYMENT_PROPERTY, belongs_on_calendar, render_event
 
-Kind = Literal["missing", "changed", "orphaned", "duplicated"]
-KINDS: tuple[Kind, ...] = ("missing", "changed", "orphaned", "duplicated")
+Kind = Literal["missing", "changed", "orphaned", "duplicated", "foreign"]
+KINDS: tuple[Kind, ...] = ("missing", "changed", "orphaned", "duplicated", "foreign")
+REPAIRED_KINDS: frozenset[Kind] = frozenset({"missing", "changed", "orphaned", "duplicated"})
 _COMPARED = ("summary", "description", "location", "status", "start", "end")
+# States in which another link still syncs its calendar (or will again once its account is
+# reconnected or the calendar reachable): its events there are its own, never removed from
+# here. A pending link syncs nothing; a disconnected one kept its events on purpose.
+_SYNCING = frozenset(
+    {LinkState.ACTIVE.value, LinkState.REAUTH_REQUIRED.value, LinkState.CALENDAR_UNAVAILABLE.value}
+)
 
 
 @dataclass(frozen=True)
@@ -98,17 +109,32 @@ def differences(wanted: dict[str, Any], held: dict[str, Any]) -> list[str]:
     return fields
 
 
+def foreign(event: dict[str, Any], deployment: str, our_links: Container[str]) -> str | None:
+    """Why an event of `managed_by` ours is another deployment's (None: it is ours). Tagged
+    with another deployment id; or untagged (written before the tag existed) and naming a
+    link that is not one of ours (it may be the other deployment's old event)."""
+    private = (event.get("extendedProperties") or {}).get("private") or {}
+    tag = private.get(DEPLOYMENT_PROPERTY)
+    if tag is None:
+        owner = private.get("link_id")
+        return None if owner in our_links else f"untagged, of link {owner} (not ours)"
+    return None if tag == deployment else f"of deployment {tag}"
+
+
 def compare(
     row: LinkRow,
     latest: dict[str, BookingEvent],
     recorded: dict[str, str],
     events: list[dict[str, Any]],
     others: dict[str, tuple[str, str | None]],
+    *,
+    deployment: str,
 ) -> list[Drift]:
     """What drifted on `row`'s calendar. `latest`: the bookings that may concern the link
     (its activity's, and those it holds), by id; `recorded`: the event id the records hold
-    per booking on this calendar; `events`: ours on the calendar (any link); `others`: the
-    other links named by events, id -> (state, calendar)."""
+    per booking on this calendar; `events`: the calendar's events of `managed_by` ours (any
+    link, any deployment); `others`: the other links of ours (this deployment's) named by
+    events, id -> (state, calendar); `deployment`: our deployment id."""
     link = row.link
     wanted = {
         b: e
@@ -118,17 +144,33 @@ def compare(
     drift: list[Drift] = []
     mine: dict[str, list[dict[str, Any]]] = {}
     kept: dict[str, list[dict[str, Any]]] = {}  # a disconnected link's, kept on purpose
+    our_links = {link.id, *others}
     for event in events:
         private = (event.get("extendedProperties") or {}).get("private") or {}
         owner, booking_id = private.get("link_id"), private.get("booking_id")
+        why = foreign(event, deployment, our_links)
+        if why is not None:
+            # Never touched, and not the booking's event: ours is created beside it.
+            drift.append(
+                Drift(
+                    "foreign",
+                    booking_id,
+                    event["id"],
+                    why,
+                    link_id=None if owner is None else str(owner),
+                )
+            )
+            continue
         if owner != link.id:
             state, calendar = others.get(str(owner), ("unknown", None))
-            if calendar == link.calendar_id and state != "unknown":
-                if state == LinkState.DISCONNECTED.value:
-                    kept.setdefault(str(booking_id), []).append(event)
-                continue  # another live link's on this calendar, or kept by its owner
-            # A link that no longer exists, or that moved to another calendar: its event
-            # should have left this one.
+            if calendar == link.calendar_id and state in _SYNCING:
+                continue  # another link that syncs this calendar (another activity's)
+            if calendar == link.calendar_id and state == LinkState.DISCONNECTED.value:
+                kept.setdefault(str(booking_id), []).append(event)
+                continue  # kept by its owner on purpose (unless it doubles one of ours)
+            # A link that no longer exists, that moved to another calendar, or that no
+            # longer syncs this one (pending: a second link of the activity on a calendar
+            # shared between two accounts, demoted): its event should have left this one.
             drift.append(
                 Drift(
                     "orphaned",
@@ -171,7 +213,9 @@ def compare(
             # as the booking's event, or the next change would create a second one.
             drift.append(Drift("changed", booking_id, keep["id"], "not recorded"))
             continue
-        changed = differences(render_event(booking_event.booking, link.id), keep)
+        changed = differences(
+            render_event(booking_event.booking, link.id, deployment=deployment), keep
+        )
         if changed:
             drift.append(Drift("changed", booking_id, keep["id"], ",".join(changed)))
     return drift

@@ -26,6 +26,10 @@ from consumer.domain.models import (
 )
 
 MANAGED_BY = "resytech"
+# The private extended property naming the deployment that wrote an event (its
+# CALSYNC_DEPLOYMENT_ID, or its database's id): deployments syncing to the same calendar
+# keep to their own events.
+DEPLOYMENT_PROPERTY = "deployment"
 _NOT_SYNCED_STATUSES = frozenset({BookingStatus.DRAFT, BookingStatus.CANCELED})
 
 
@@ -123,17 +127,26 @@ def _utc(value: Any) -> str:
     return str(value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
-def render_event(booking: Booking, link_id: str, event_id: str | None = None) -> dict[str, Any]:
-    """The Google Calendar event resource for a booking on one link."""
+def render_event(
+    booking: Booking,
+    link_id: str,
+    event_id: str | None = None,
+    *,
+    deployment: str | None = None,
+) -> dict[str, Any]:
+    """The Google Calendar event resource for a booking on one link, written by
+    `deployment` (every caller that writes or compares passes it; None leaves the tag out,
+    as events were written before it existed)."""
+    private = {"managed_by": MANAGED_BY, "booking_id": booking.id, "link_id": link_id}
+    if deployment is not None:
+        private[DEPLOYMENT_PROPERTY] = deployment
     body: dict[str, Any] = {
         "summary": f"{booking.activity_name} - {booking.customer_name}",
         "start": {"dateTime": _utc(booking.start), "timeZone": "UTC"},
         "end": {"dateTime": _utc(booking.end), "timeZone": "UTC"},
         "description": render_description(booking),
         "status": "confirmed",
-        "extendedProperties": {
-            "private": {"managed_by": MANAGED_BY, "booking_id": booking.id, "link_id": link_id}
-        },
+        "extendedProperties": {"private": private},
     }
     if booking.location_name:
         body["location"] = booking.location_name

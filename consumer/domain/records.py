@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -125,3 +125,12 @@ class KafkaRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Which deployment this is: its id, and where the id comes from (CALSYNC_DEPLOYMENT_ID,
+    or the one `calsync migrate` made for the database)."""
+
+    id: str
+    source: Literal["setting", "database"]

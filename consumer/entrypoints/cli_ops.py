@@ -113,6 +113,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             settings.group_id,
             settings.topic,
             quota_ceiling(settings),
+            settings.deployment_id,
         )
     )
     if args.json:

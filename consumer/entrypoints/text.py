@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from consumer.domain.drift import LinkReport
+from consumer.domain.drift import REPAIRED_KINDS, LinkReport
 from consumer.service.answers import Status
 
 
@@ -13,10 +13,17 @@ def status_text(answer: Status) -> str:
     """`calsync status`: one screen for on-call."""
     status = answer.model_dump()
     lines = [
+        f"deployment {status['deployment_id']} ("
+        + (
+            "CALSYNC_DEPLOYMENT_ID"
+            if status["deployment_id_source"] == "setting"
+            else "the database's, made by calsync migrate"
+        )
+        + ")",
         f"group {status['group']} on topic {status['topic']}: "
         f"{len(status['members'])} live member(s) "
         f"(broker: {status['broker_group']['state']}, "
-        f"{status['broker_group']['members']} listed)"
+        f"{status['broker_group']['members']} listed)",
     ]
     for m in status["members"]:
         lines.append(f"  {m['member']:40} partitions {m['partitions']}  seen {m['seen_at'][:19]}")
@@ -110,8 +117,10 @@ def reconcile_text(reports: list[LinkReport], executed: bool) -> str:
             detail = f" ({d.detail})" if d.detail else ""
             lines.append(f"  {d.kind:10} {what}{event}{detail}")
     summary = ", ".join(f"{n} {k}" for k, n in sorted(total.items())) or "no drift"
+    repairable = any(total[kind] for kind in REPAIRED_KINDS)
     lines.append(
         f"{len(reports)} link(s): {summary}"
-        + ("" if executed or not total else " (dry run: --execute repairs it)")
+        + ("" if executed or not repairable else " (dry run: --execute repairs it)")
+        + (" (foreign: another deployment's events, left alone)" if total["foreign"] else "")
     )
     return "\n".join(lines)

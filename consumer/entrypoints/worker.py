@@ -45,6 +45,8 @@ async def consume(
     except KafkaError as exc:
         raise StartupError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}") from None
     async with services(settings) as svc:
+        # Which deployment's events are ours (every event written carries it): said once.
+        log.info("deployment", deployment_id=svc.deployment.id, source=svc.deployment.source)
         runner = consumer_runner(settings, svc)
         on_call = ops_store(settings)
         try:

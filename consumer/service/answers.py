@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_serializer
 
@@ -287,9 +287,11 @@ class DeadLetterCounts(Answer):
 
 
 class Status(Answer):
-    """`calsync status`: the group, its lag and stalls, the links, recent failures, repairs,
-    the latest reconcile, backfills under way and dead letters."""
+    """`calsync status`: the deployment, the group, its lag and stalls, the links, recent
+    failures, repairs, the latest reconcile, backfills under way and dead letters."""
 
+    deployment_id: str  # what every event written is tagged with
+    deployment_id_source: Literal["setting", "database"]  # CALSYNC_DEPLOYMENT_ID, or migrate's
     group: str
     topic: str
     members: list[dict[str, Any]]

@@ -29,6 +29,7 @@ from consumer.adapters.google.backoff import google_backoff
 from consumer.adapters.google.calendar import CalendarInfo
 from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.postgres.link_store import Activation, Backfill, LastResult, LinkStore
+from consumer.domain.drift import foreign
 from consumer.domain.errors import (
     CalendarTaken,
     GoogleApiError,
@@ -573,7 +574,8 @@ class LinkService:
 
     async def _remove_events(self, row: LinkRow, token: str) -> int:
         """Every event of the link that can be reached, wherever it is: on its calendar
-        (found by its private `link_id` property), recorded on another one (a move under
+        (found by its private `link_id` property, and this deployment's: untagged, or
+        tagged with our deployment id), recorded on another one (a move under
         way), or stranded on one it moved away from. One that cannot be reached (the
         calendar gone or read-only) is recorded as stranded, for a reconcile to remove once
         it can; only faults that pass make the disconnect say to run it again."""
@@ -600,7 +602,13 @@ class LinkService:
                 listed = await self._google(
                     account, google.list_link_events, token, calendar_id, row.link.id
                 )
-                targets = [(calendar_id, e["id"], "") for e in listed]
+                # Only this deployment's: one naming the same link id but tagged with another
+                # deployment (a copy of this database running elsewhere) is not ours.
+                targets = [
+                    (calendar_id, e["id"], "")
+                    for e in listed
+                    if foreign(e, self.svc.deployment.id, {row.link.id}) is None
+                ]
             except GoogleApiError as exc:
                 if exc.retriable:
                     raise

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from consumer.adapters.postgres.ops_store import Overview
 from consumer.domain.records import (
     DeadLetterRecord,
+    Deployment,
     GroupAtBroker,
     KafkaRecord,
     Member,
@@ -28,6 +29,8 @@ class OpsRecords(Protocol):
     """The database as on-call tooling reads and records it."""
 
     async def ping(self, timeout_s: float) -> None: ...
+
+    async def deployment(self, configured: str | None) -> Deployment: ...
 
     async def alive_members(self, group_id: str) -> list[Member]: ...
 

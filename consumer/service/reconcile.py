@@ -11,7 +11,15 @@ of four kinds:
 - orphaned: an event of this link for no live booking of its activity, an event of a link
   that no longer exists or that moved to another calendar, or an event left on a calendar
   a link moved away from (recorded as stranded then);
-- duplicated: a second event of the link for the same booking.
+- duplicated: a second event of the link for the same booking;
+- foreign: an event of another deployment (its private `deployment` property names another
+  one; or it has none, from before the tag existed, and names a link that is not ours):
+  reported, never touched, and not taken for the booking's event.
+
+Events of other links of ours on the calendar are orphaned when their link no longer
+exists, moved to another calendar, or no longer syncs this one (pending: a second link of
+the activity on a calendar shared between two accounts, demoted); those of a link that
+still syncs it (another activity's) are never touched.
 
 Repairs go through the sync engine's claimed, versioned path, as a message would: missing
 and changed are re-applied from the latest state read under the pair's claim, extras are
@@ -37,7 +45,7 @@ import structlog
 from psycopg.types.json import Jsonb
 
 from consumer.adapters.postgres.locks import advisory_key
-from consumer.domain.drift import Drift, LinkReport, compare
+from consumer.domain.drift import REPAIRED_KINDS, Drift, LinkReport, compare
 from consumer.domain.models import BookingEvent, LinkRow, LinkState
 from consumer.service.answers import ReconcileResult
 
@@ -317,7 +325,6 @@ class Reconciler:
             events += items
             if not page:
                 break
-        report.events_seen = len(events)
         bookings = await self.repository.bookings_of_activity(row.link.id, row.link.activity_id)
         latest = {event.booking.id: event for event, _ in bookings}
         named = {
@@ -336,7 +343,10 @@ class Reconciler:
                 ).fetchall()
             }
             stranded = await (await conn.execute(_STRANDED, (row.link.id,))).fetchall()
-        report.drift = compare(row, latest, recorded, events, others)
+        report.drift = compare(
+            row, latest, recorded, events, others, deployment=self.svc.deployment.id
+        )
+        report.events_seen = len(events) - sum(d.kind == "foreign" for d in report.drift)
         report.drift += [
             Drift(
                 "orphaned",
@@ -347,10 +357,11 @@ class Reconciler:
             )
             for s in stranded
         ]
-        if not execute or not report.drift:
+        owed = [d for d in report.drift if d.kind in REPAIRED_KINDS]  # never foreign ones
+        if not execute or not owed:
             return
         if progress is not None:
-            progress.repairs_total += len(report.drift)
+            progress.repairs_total += len(owed)
         gate = asyncio.Semaphore(_REPAIR_CONCURRENCY)
 
         async def repair(drift: Drift) -> None:
@@ -384,7 +395,7 @@ class Reconciler:
                 if on_progress is not None:
                     on_progress(progress)
 
-        await asyncio.gather(*(repair(d) for d in report.drift))
+        await asyncio.gather(*(repair(d) for d in owed))
 
     async def _repair(
         self, row: LinkRow, drift: Drift, latest: dict[str, BookingEvent], recorded: dict[str, str]

@@ -41,9 +41,12 @@ async def collect(
     group: str,
     topic: str,
     quota_ceiling_per_s: float | None,
+    deployment_id: str | None,
 ) -> Status:
     """`quota_ceiling_per_s`: the most calls a second one account's quota allows the group,
-    which bounds a backfill's estimated end."""
+    which bounds a backfill's estimated end; `deployment_id`: CALSYNC_DEPLOYMENT_ID (None:
+    the database's own)."""
+    ours = await store.deployment(deployment_id)
     alive = await store.alive_members(group)
     members = [
         {
@@ -75,6 +78,8 @@ async def collect(
     ]
     tally = overview.dead_letters
     return Status(
+        deployment_id=ours.id,
+        deployment_id_source=ours.source,
         group=group,
         topic=topic,
         members=members,

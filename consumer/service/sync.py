@@ -325,8 +325,13 @@ class SyncEngine:
         quota: GroupQuota,
         store: SyncStore,
         metrics: Metrics,
+        deployment: str | None = None,
     ) -> None:
         self.metrics = metrics
+        # Every event written is tagged with it (bootstrap reads it: CALSYNC_DEPLOYMENT_ID,
+        # else the database's id). None (an engine built without a database, in unit tests)
+        # takes the setting, and leaves events untagged when there is none.
+        self.deployment = deployment if deployment is not None else settings.deployment_id
         self.settings = settings
         self.repository = repository
         self.google = google
@@ -697,7 +702,7 @@ class SyncEngine:
             )
             return moved.model_copy(update={"stranded": left})
         if planned.operation is Operation.UPDATE:
-            body = render_event(booking, row.link.id)
+            body = render_event(booking, row.link.id, deployment=self.deployment)
             try:
                 await call.run(lambda t: self.google.update_event(t, calendar_id, event_id, body))
             except GoogleApiError as exc:
@@ -826,7 +831,7 @@ class SyncEngine:
             # An event of ours for this booking was left on this calendar when the link
             # moved away from it: it is made to match and recorded, not doubled.
             taken_back = ((calendar_id, adopt),)
-            body = render_event(booking, row.link.id)
+            body = render_event(booking, row.link.id, deployment=self.deployment)
             try:
                 await call.run(lambda t: self.google.update_event(t, calendar_id, adopt, body))
             except GoogleApiError as exc:
@@ -845,7 +850,7 @@ class SyncEngine:
                 return result.model_copy(update={"unstranded": taken_back})
         for gen in range(generation, generation + _MAX_GENERATIONS):
             event_id = google_event_id(row.link.id, booking.id, gen)
-            body = render_event(booking, row.link.id, event_id)
+            body = render_event(booking, row.link.id, event_id, deployment=self.deployment)
             new = RecordedEvent(
                 applied_version=booking.version,
                 google_event_id=event_id,

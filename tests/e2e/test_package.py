@@ -35,6 +35,7 @@ TABLES = {
     "dead_letters",
     "repairs",
     "backfills",
+    "deployment",
     "quota_buckets",
     "consumer_members",
 }

@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from consumer import bootstrap
 from consumer.adapters.postgres.locks import link_lock_key, pair_lock_key
@@ -570,3 +572,63 @@ async def test_remove_events_disconnect_of_a_link_whose_calendar_is_gone(env: En
     assert gone.returncode == 0, gone.stderr
     state = env.query("SELECT state, refresh_token_enc FROM calendar_links")[0]
     assert state == {"state": "disconnected", "refresh_token_enc": None}
+
+
+@pytest.mark.parametrize("calendar_kept", [True, False], ids=["calendar-kept", "calendar-cleared"])
+async def test_reconcile_removes_a_demoted_links_doubles_on_a_shared_calendar(
+    env: Env, calendar_kept: bool
+) -> None:
+    """A calendar shared between two accounts has one id for both. Two links of one activity
+    synced it, so every booking was on it twice; one of them is demoted to `pending` (what
+    the migration refusing a second live link does), whether it keeps its calendar id or
+    not. Reconcile of the live link sees the demoted link's events and removes them, through
+    the claimed path with a token that reaches the calendar; another activity's live link
+    on the same calendar keeps its own."""
+    owner, owner_refresh = env.account("owner")
+    manager, manager_refresh = env.account("manager")
+    env.sandbox.share_calendar(owner, owner, manager, "writer")
+    calendar = owner
+    demoted = await env.link(manager, manager_refresh, calendar_id=calendar)
+    neighbour = await env.link(manager, manager_refresh, calendar_id=calendar, activity_id="act_2")
+    latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
+    latest["bk_c"] = booking_event("bk_c", 1)
+    latest["bk_x"] = booking_event("bk_x", 1, activity_id="act_2")
+    await sync_all(env, latest, 4)
+    env.query(
+        "UPDATE calendar_links SET state = 'pending', state_reason = 'demoted',"
+        " state_changed_at = now()"
+        + ("" if calendar_kept else ", calendar_id = NULL")
+        + " WHERE id = %s RETURNING 1",
+        demoted,
+    )
+    kept = await env.link(owner, owner_refresh, calendar_id=calendar)
+    latest["bk_0"] = booking_event("bk_0", 2, "booking.updated", customer_name="Zero v2")
+    latest["bk_1"] = booking_event("bk_1", 2, "booking.updated", customer_name="One v2")
+    latest["bk_c"] = booking_event("bk_c", 2, "booking.canceled", status="canceled")
+    async with env.consumer():
+        for booking_id in ("bk_0", "bk_1", "bk_c"):
+            await env.publish(latest[booking_id])
+        await synced(env, latest, 7)
+    held = Counter(e["extendedProperties"]["private"]["booking_id"] for e in env.events(calendar))
+    assert held == {"bk_0": 2, "bk_1": 2, "bk_c": 1, "bk_x": 1}  # the doubles
+    neighbours_event = next(e for e in env.events(calendar) if _of(e, neighbour))
+
+    dry = json.loads(calsync(env, "reconcile", "--link", kept, "--json").stdout)
+    assert dry["found"] == {"orphaned": 3}, dry
+    assert {d["booking_id"] for d in dry["links"][0]["orphaned"]} == {"bk_0", "bk_1", "bk_c"}
+    assert {d["link_id"] for d in dry["links"][0]["orphaned"]} == {demoted}
+    answer = calsync(env, "reconcile", "--execute", "--json")
+    assert answer.returncode == 0, answer.stderr
+    assert json.loads(answer.stdout)["repaired"] == {"orphaned": 3}
+    assert_exact(env, owner, kept, latest, activity_id="act_1", other_links={neighbour})
+    assert_exact(env, owner, neighbour, latest, activity_id="act_2", other_links={kept})
+    untouched = next(e for e in env.events(calendar) if _of(e, neighbour))
+    assert untouched == neighbours_event, "another activity's live link's event is never touched"
+    assert not env.query(
+        "SELECT 1 FROM link_bookings WHERE link_id = %s AND google_event_id IS NOT NULL", demoted
+    ), "the demoted link's records forget the events removed"
+    assert json.loads(calsync(env, "reconcile", "--json").stdout)["found"] == {}
+
+
+def _of(event: dict[str, Any], link_id: str) -> bool:
+    return bool(event["extendedProperties"]["private"]["link_id"] == link_id)

@@ -438,7 +438,11 @@ async def test_events_across_the_edges_end_synced_or_dead_lettered_once(
         held = on_calendar.get(event.booking.id)
         if belongs_on_calendar(event):
             assert held is not None, event.booking.id
-            wanted = render_event(event.booking, held["extendedProperties"]["private"]["link_id"])
+            wanted = render_event(
+                event.booking,
+                held["extendedProperties"]["private"]["link_id"],
+                deployment=env.deployment_id,
+            )
             assert {k: held.get(k) for k in wanted} == wanted
         else:
             assert held is None

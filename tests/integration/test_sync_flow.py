@@ -72,6 +72,7 @@ async def test_every_row_of_the_seed_sync_table(env: Env) -> None:
         "managed_by": "resytech",
         "booking_id": "bk_new",
         "link_id": link_id,
+        "deployment": env.deployment_id,  # the database's own: no CALSYNC_DEPLOYMENT_ID set
     }
 
     ops = {

@@ -34,7 +34,7 @@ from consumer.adapters.kafka import ensure_topics
 from consumer.bootstrap import link_service
 from consumer.entrypoints.worker import consume
 from consumer.settings import STACK_SETTINGS, Settings, settings_env
-from tests.plugins.database import TEMPLATE_DB
+from tests.plugins.database import copy_of_template
 from tests.plugins.stack import CLIENT_ID, CLIENT_SECRET, Broker
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -65,7 +65,7 @@ class Env:
         self.name = "t" + uuid.uuid4().hex[:10]
         self.sandbox = sandbox
         self.postgres = postgres
-        self.database_url = fresh_database(postgres, self.name, template=TEMPLATE_DB)
+        self.database_url = copy_of_template(postgres, self.name)
         self.settings = Settings(
             database_url=self.database_url,
             kafka_bootstrap=broker.bootstrap,
@@ -97,6 +97,13 @@ class Env:
         """This process's environment with the test's settings: what processes we start
         (`calsync ...`) are given."""
         return {**os.environ, **settings_env(self.settings, PROCESS_SETTINGS)}
+
+    @property
+    def deployment_id(self) -> str:
+        """Which deployment this test's consumer is: the setting, else its database's id."""
+        if self.settings.deployment_id is not None:
+            return self.settings.deployment_id
+        return str(self.query("SELECT id FROM deployment")[0]["id"])
 
     def fresh_database(self, suffix: str) -> str:
         """An empty (unmigrated) database of this test's own beside its own; its URL."""

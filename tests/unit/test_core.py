@@ -22,6 +22,7 @@ from consumer.domain.planning import (
     render_description,
     render_event,
 )
+from consumer.settings import Settings
 from tests.plugins.events import booking_event
 
 ACTIVE = CalendarLink(
@@ -207,3 +208,30 @@ def test_google_event_ids_are_deterministic_base32hex() -> None:
 def test_contract_violations_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         event(**bad)
+
+
+def test_render_event_tags_the_deployment_that_writes_it() -> None:
+    body = render_event(event().booking, "lnk_a", deployment="staging-eu")
+    assert body["extendedProperties"]["private"] == {
+        "managed_by": "resytech",
+        "booking_id": "bk_1",
+        "link_id": "lnk_a",
+        "deployment": "staging-eu",
+    }
+
+
+@pytest.mark.parametrize(
+    "value", ["staging-eu", "prod.us_1", "~x", "a" * 64, "0b7c6f1e-6c1d-4d8e-9a4b-2f0e1d3c5b7a"]
+)
+def test_a_deployment_id_is_short_and_needs_no_escaping(value: str) -> None:
+    assert Settings(deployment_id=value).deployment_id == value
+
+
+@pytest.mark.parametrize(
+    "value", ["", " ", "a" * 65, "staging/eu", "staging eu", "x=y", "st\u00e1ging", "a\nb"]
+)
+def test_a_deployment_id_out_of_its_rule_is_refused(value: str) -> None:
+    # It lands in Google's private extended properties, in a `privateExtendedProperty=k=v`
+    # query and in a URI (ce_source): URI-unreserved characters only, at most 64.
+    with pytest.raises(ValidationError):
+        Settings(deployment_id=value)

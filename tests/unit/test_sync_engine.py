@@ -521,3 +521,24 @@ async def test_a_link_made_active_again_after_its_halt_works_again(world: World)
     world.engine.link_changed(world.link_id, LinkState.ACTIVE, 2.0)
     result = await world.sync()
     assert result.outcome is Outcome.APPLIED
+
+
+async def test_every_write_is_tagged_with_the_engines_deployment() -> None:
+    world = await make_world(deployment_id="dep-unit")
+    try:
+        await world.sync(version=1)
+        assert (
+            world.live()[world.event_id(0)]["extendedProperties"]["private"]["deployment"]
+            == "dep-unit"
+        )
+        # An update (and an event a person untagged) is written with the tag again.
+        world.google.live_events(CALENDAR)[world.event_id(0)]["extendedProperties"]["private"].pop(
+            "deployment"
+        )
+        await world.sync(version=2, event_type="booking.updated", customer_name="Two")
+        assert (
+            world.live()[world.event_id(0)]["extendedProperties"]["private"]["deployment"]
+            == "dep-unit"
+        )
+    finally:
+        await world.engine.close()

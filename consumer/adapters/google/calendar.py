@@ -350,7 +350,8 @@ class GoogleCalendar:
     async def list_link_events(
         self, token: str, calendar_id: str, link_id: str
     ) -> list[dict[str, Any]]:
-        """Every live event this service put on the calendar for one link."""
+        """Every live event this service put on the calendar for one link: its id and
+        private extended properties (which deployment wrote it)."""
         events: list[dict[str, Any]] = []
         page_token: str | None = None
         while True:
@@ -361,7 +362,7 @@ class GoogleCalendar:
                     privateExtendedProperty=f"link_id={link_id}",
                     maxResults=2500,
                     pageToken=after,
-                    fields="items(id),nextPageToken",
+                    fields="items(id,extendedProperties),nextPageToken",
                 )
 
             page = await self._call(request, token)

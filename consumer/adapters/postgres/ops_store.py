@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer.adapters.postgres.connections import Connect, DictConnection
+from consumer.adapters.postgres.deployment import deployment
 from consumer.adapters.postgres.link_store import Backfill
 from consumer.adapters.postgres.members import ALIVE_WITHIN_S
 from consumer.domain.records import (
     DeadLetterRecord,
     DeadLetterTally,
+    Deployment,
     Member,
     ReconcileRunRecord,
     RepairCount,
@@ -101,6 +103,12 @@ class OpsStore:
         """Whether a new connection opens and answers (readiness)."""
         async with self._connect(timeout_s) as conn:
             await conn.execute("SELECT 1")
+
+    async def deployment(self, configured: str | None) -> Deployment:
+        """This deployment: `configured` (CALSYNC_DEPLOYMENT_ID) when set, else the
+        database's own id."""
+        async with self._connect() as conn:
+            return await deployment(conn, configured)
 
     async def alive_members(self, group_id: str) -> list[Member]:
         """The group's consumer processes that reported themselves lately."""
