@@ -134,6 +134,25 @@ async def test_a_calendar_shared_by_two_accounts_takes_one_live_link_of_the_acti
             assert f"(through {owner})" in page
     assert env.query(both, owner_link, manager_link) == before
 
+    # Nor can a link imported from elsewhere take it.
+    one_line_with(
+        calsync(
+            env,
+            "links",
+            "import",
+            "--activity",
+            "act_1",
+            "--account",
+            manager,
+            "--refresh-token",
+            manager_refresh,
+            "--calendar",
+            SHARED,
+        ),
+        "calendar_taken",
+    )
+    assert env.query(both, owner_link, manager_link) == before
+
     # The manager's own calendar is free: both sync, each booking once per calendar.
     chosen = calsync(env, "links", "select", manager_link, manager)
     assert chosen.returncode == 0, chosen.stderr
@@ -247,6 +266,12 @@ async def test_a_calendar_being_disconnected_cannot_be_chosen_until_the_disconne
             await asyncio.to_thread(calsync, env, "links", "select", fresh, "cal-a"),
             "disconnect_in_progress",
         )
+        async with api(env) as (base, http):
+            async with http.put(
+                f"{base}/links/{fresh}/calendar", json={"calendar_id": "cal-a"}, headers=BEARER
+            ) as answer:
+                assert answer.status == 409
+                assert (await answer.json())["type"].endswith("disconnect_in_progress")
         assert not removal.done(), "the removal ended too soon to show the refusal"
         done = await removal
     # The new link of the account is live: the grant stays valid at Google.

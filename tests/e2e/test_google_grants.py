@@ -9,13 +9,17 @@ the content oracle (tests/oracle.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
+
 from consumer.adapters.crypto import TokenCipher
 from consumer.bootstrap import link_service
+from consumer.domain.errors import LinkError
 from consumer.service.answers import Connected
 from consumer.service.links import LinkService
 from tests.oracle import assert_exact
@@ -160,3 +164,45 @@ async def test_the_grant_is_refused_reconnected_and_revoked_once_for_every_activ
     assert grant["state"] == "revoked" and grant["refresh_token_enc"] is None
     assert env.sandbox.events(email, "cal-canoe") == []
     assert len(env.sandbox.events(email, "cal-kayak")) == 2  # kept on purpose
+
+
+async def test_a_connection_whose_grant_a_disconnect_revoked_meanwhile_is_refused(
+    env: Env,
+) -> None:
+    email, refresh = env.account("leaving")
+    old_link = await env.link(email, refresh)  # the account's only link
+    with sandbox_config(env, latency_median_s=3.0, latency_p99_s=None):
+        async with link_service(env.settings) as service:
+            started = await service.start_connect("act_2")
+            redirect = env.sandbox.consent(started.authorization_url, email)
+            since = env.sandbox.calls()["now"]
+            connecting = asyncio.create_task(
+                service.finish_connect(
+                    {k: v[0] for k, v in parse_qs(urlsplit(redirect).query).items()}
+                )
+            )
+            # Google has exchanged the code (a new refresh token exists); the connection
+            # lists the account's calendars before storing it. Meanwhile the old link's
+            # disconnect revokes the grant at Google, which voids that new token too.
+            await wait_until(
+                lambda: [
+                    c
+                    for c in env.sandbox.calls(since=since, detail=True)["calls"]
+                    if c["op"] == "token" and c["status"] == 200
+                ],
+                what="the code exchanged",
+            )
+            async with link_service(env.settings) as other:
+                done = await other.disconnect(old_link, remove_events=False)
+            assert done.token_revoked is True and not connecting.done()
+            with pytest.raises(LinkError) as refused:
+                await connecting
+    assert refused.value.problem == "disconnect_in_progress"
+    assert refused.value.status == 409
+    assert env.query("SELECT id FROM calendar_links") == [{"id": old_link}]
+    # Connecting again works: its grant is alive.
+    async with link_service(env.settings) as service:
+        again = await connect(service, env, "act_2", email)
+        calendars = await service.calendars(again.links[0].id)
+    assert [c.id for c in calendars] == [email]
+    assert grants(env)[0]["state"] == "valid"
