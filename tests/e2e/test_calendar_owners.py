@@ -301,3 +301,32 @@ async def test_a_calendar_being_disconnected_cannot_be_chosen_until_the_disconne
     assert env.query("SELECT state FROM calendar_links WHERE id = %s", owner) == [
         {"state": "active"}
     ]
+
+
+async def test_the_other_account_of_a_shared_calendar_takes_over_its_kept_events(
+    env: Env,
+) -> None:
+    owner, owner_refresh, manager, manager_refresh = shared_calendar(env)
+    owner_link = await env.link(owner, owner_refresh, calendar_id=SHARED)
+    latest = {f"bk_{n}": booking_event(f"bk_{n}", 1) for n in range(2)}
+    async with env.consumer():
+        for event in latest.values():
+            await env.publish(event)
+        await wait_until(lambda: len(env.results()) == 2, what="2 results")
+    # The owner leaves, keeping the events; the manager, who shares the calendar, takes over.
+    assert calsync(env, "links", "disconnect", owner_link).returncode == 0
+    manager_link = await env.link(manager, manager_refresh, calendar_id=None)
+    chosen = calsync(env, "links", "select", manager_link, SHARED)
+    assert chosen.returncode == 0, chosen.stderr
+    assert f"folded into earlier link {owner_link}" in chosen.stdout
+    [row] = env.query("SELECT state, account_email FROM calendar_links WHERE id = %s", owner_link)
+    assert row == {"state": "active", "account_email": manager}
+    latest["bk_0"] = booking_event("bk_0", 2, "booking.updated", customer_name="Moved On")
+    latest["bk_2"] = booking_event("bk_2", 1)
+    async with env.consumer():
+        await env.publish(latest["bk_0"])
+        await env.publish(latest["bk_2"])
+        await wait_until(lambda: len(env.results()) >= 4, what="2 more results")
+        await wait_until(env.all_committed, what="offsets committed")
+    # The kept events were taken over, not doubled; written with the manager's grant.
+    assert_exact(env, manager, owner_link, latest, calendar_id=SHARED)
