@@ -356,6 +356,10 @@ class LinkStore:
                     f"the disconnect was interrupted, run it again: calsync links disconnect "
                     f"{old})",
                 )
+            # A link whose records hold events (on another calendar: a move) is not folded
+            # away: its records would go with it and its events be left unaccounted for.
+            # It takes the calendar itself; the kept events of the disconnected link there
+            # are then duplicates, which a reconcile removes.
             holds = await (await conn.execute(_HOLDS_EVENTS, (link_id,))).fetchone()
             try:
                 if others and holds is None:  # a disconnected link of the calendar: revived
