@@ -47,7 +47,6 @@ def _route(
             return 200, {"access_token": token, "expires_at": expires_at}
         case ("POST", ["accounts", email, "calendars"]):
             state.add_account(email, body.pop("refresh_token", ""), [body])
-            state.accounts[email].refresh_tokens.discard("")
             return 200, {}
         case ("POST", ["accounts", email, "calendars", calendar_id, "share"]):
             state.share_calendar(
@@ -158,6 +157,7 @@ def _configure(state: SandboxState, body: dict[str, Any]) -> tuple[int, Any]:
         "quota_per_project_per_min",
         "rate_limit_status",
         "deleted_event_update_status",
+        "refresh_token_limit",
     ):
         if key in body:
             setattr(state, key, body[key])

@@ -175,7 +175,8 @@ class SandboxClient:
         """latency_s (fixed) or latency_median_s and latency_p99_s (log-normal), latency_seed,
         batch_mode ("sequential" or "parallel"), quota_per_project_per_min,
         quota_per_account_per_min (None: no limit), rate_limit_status (403 or 429),
-        token_lifetime_s, clients."""
+        token_lifetime_s, refresh_token_limit (refresh tokens an account keeps, Google's
+        100; a new one voids the oldest), clients."""
         self._call("POST", "config", settings)
 
     def config(self) -> dict[str, Any]:

@@ -10,7 +10,8 @@ It follows what Google documents and does for web server applications:
 - A code is single-use, expires after 10 minutes, is bound to the client, the redirect URI and
   the PKCE challenge (S256): anything else is `invalid_grant`.
 - A refresh token is returned only for `access_type=offline`, and on a later consent only
-  with `prompt=consent`, as Google does.
+  with `prompt=consent`, as Google does; an account keeps at most `refresh_token_limit`
+  (Google: 100 per account and client), a new one silently voiding the oldest.
 - An OpenID `id_token` (RS256 JWT with iss, aud, sub, email, email_verified) comes with the
   tokens when `openid` was granted.
 - `POST /revoke` with any token of a grant revokes the whole grant (all its tokens).
@@ -99,6 +100,7 @@ class TokenIssuer(Protocol):
     issued: list[str]
     clients: dict[str, str]
     token_lifetime_s: int
+    refresh_token_limit: int
 
     def issue_access_token(
         self, email: str, lifetime_s: float | None = None
@@ -259,7 +261,7 @@ class OAuthServer:
             first_consent = (grant.email, grant.client_id) not in self.consented
             if grant.offline and (first_consent or grant.force_consent):
                 refresh = "1//sandbox-" + secrets.token_urlsafe(32)
-                account.refresh_tokens.add(refresh)
+                account.add_refresh_token(refresh, self.state.refresh_token_limit)
                 self.state.issued.append(refresh)
                 answer["refresh_token"] = refresh
             self.consented.add((grant.email, grant.client_id))

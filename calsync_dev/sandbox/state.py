@@ -89,9 +89,16 @@ class Calendar:
 @dataclass
 class Account:
     email: str
-    refresh_tokens: set[str] = field(default_factory=set)
+    # Oldest first: Google keeps a limited number per account and OAuth client, and a new
+    # one silently voids the oldest (see SandboxState.refresh_token_limit).
+    refresh_tokens: dict[str, None] = field(default_factory=dict)
     calendars: dict[str, Calendar] = field(default_factory=dict)
     rotate_refresh_token: bool = False
+
+    def add_refresh_token(self, token: str, limit: int) -> None:
+        self.refresh_tokens[token] = None
+        while len(self.refresh_tokens) > max(1, limit):
+            del self.refresh_tokens[next(iter(self.refresh_tokens))]
 
 
 @dataclass
@@ -161,6 +168,10 @@ class SandboxState:
         self.batch_mode = "sequential"
         self._random = random.Random()
         self.token_lifetime_s = 3599
+        # Google keeps at most 100 refresh tokens per Google account and OAuth client; a
+        # 101st silently voids the oldest, which then answers `invalid_grant` (Google's
+        # OAuth documentation, "Refresh token expiration"). The sandbox serves one client.
+        self.refresh_token_limit = 100
         self.quota_per_account_per_min: int | None = None
         self.quota_per_project_per_min: int | None = None
         self.rate_limit_status = 403
@@ -220,6 +231,7 @@ class SandboxState:
             "quota_per_project_per_min": self.quota_per_project_per_min,
             "rate_limit_status": self.rate_limit_status,
             "token_lifetime_s": self.token_lifetime_s,
+            "refresh_token_limit": self.refresh_token_limit,
         }
 
     # --- administration -------------------------------------------------------------------
@@ -233,7 +245,8 @@ class SandboxState:
     ) -> Account:
         with self.lock:
             account = self.accounts.get(email) or Account(email=email)
-            account.refresh_tokens.add(refresh_token)
+            if refresh_token:
+                account.add_refresh_token(refresh_token, self.refresh_token_limit)
             account.rotate_refresh_token = rotate_refresh_token
             specs = calendars or [{"id": email, "summary": email, "primary": True}]
             for spec in specs:
@@ -320,7 +333,7 @@ class SandboxState:
             }
             if account.rotate_refresh_token:
                 new = "1//sandbox-" + secrets.token_urlsafe(24)
-                account.refresh_tokens.add(new)
+                account.add_refresh_token(new, self.refresh_token_limit)
                 self.issued.append(new)
                 answer["refresh_token"] = new
             return answer

@@ -23,7 +23,7 @@ bounded number of times and then dead-lettered, so that it costs one message, no
     `-- Refusal                   a request refused, worded for the person who asked
         |-- OAuthRefused          the OAuth flow cannot go on (`problem`)
         |-- StateRefused          the OAuth state is unknown, used or expired (`problem`)
-        |-- CalendarTaken         another link of the activity has that calendar
+        |-- CalendarTaken         another live link of the activity has that calendar
         |-- TokenRefused          a page token or cookie cannot be honoured (`problem`)
         |-- LinkError             a link request refused (`kind`, `problem`)
         |-- OpsError              an on-call command refused
@@ -97,13 +97,21 @@ class GoogleApiError(CalsyncError):
 
 
 class TokenRefreshFailed(CalsyncError):
-    """A link's access token could not be refreshed: Google refused the refresh token (not
-    retriable: the link needs its owner again) or could not be reached (retriable)."""
+    """An account's access token could not be refreshed: Google refused the grant's refresh
+    token (not retriable: the account's links need their owner again) or could not be
+    reached (retriable). `description` is Google's `error_description` (for `invalid_grant`:
+    revoked, expired, unused for six months), kept for the person who fixes it."""
 
-    def __init__(self, reason: str, permanent: bool) -> None:
+    def __init__(self, reason: str, permanent: bool, description: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.description = description
         self.retriable = not permanent
+
+    @property
+    def explained(self) -> str:
+        """`invalid_grant: Token has been expired or revoked.`, or the reason alone."""
+        return f"{self.reason}: {self.description}" if self.description else self.reason
 
     @property
     def permanent(self) -> bool:
@@ -195,14 +203,16 @@ class StateRefused(Refusal):
 
 
 class CalendarTaken(Refusal):
-    """Another live link of the activity already syncs the same account's calendar."""
+    """Another live link of the activity already syncs the calendar (through whichever
+    account: a calendar shared between accounts has one id for all of them)."""
 
     kind = RefusalKind.CONFLICT
 
-    def __init__(self, link_id: str, state: str = "active") -> None:
+    def __init__(self, link_id: str, state: str = "active", account: str | None = None) -> None:
         super().__init__(link_id)
         self.link_id = link_id
         self.state = state
+        self.account = account
 
 
 class TokenRefused(Refusal):

@@ -260,15 +260,26 @@ class LinkTokens:
 
 
 @dataclass(frozen=True)
+class StoredGrant:
+    """A Google account's grant as stored: its tokens, and Google's refusal when it refused
+    the refresh token (`invalid_grant: ...`; None while the grant is valid)."""
+
+    tokens: LinkTokens
+    refused: str | None = None
+
+
+@dataclass(frozen=True)
 class LinkRow:
-    """A calendar link as stored, with its tokens (decrypted) when read with them."""
+    """A calendar link as stored, with its account's grant's tokens (decrypted) when read
+    with them."""
 
     link: CalendarLink
-    tokens: LinkTokens | None  # None once a disconnect has wiped them
+    tokens: LinkTokens | None  # None once its disconnect has finished (or no grant)
     state_reason: str | None
     state_changed_at: datetime
     created_at: datetime
     backfilled_at: datetime | None = None
+    disconnect_finished_at: datetime | None = None  # a disconnect's end (None: not over)
 
 
 @dataclass(frozen=True)

@@ -263,11 +263,11 @@ def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             print_json([c.model_dump() for c in calendars])
         else:
-            print(f"{'NAME':30} {'PRIMARY':8} {'WRITABLE':9} ID")
+            print(f"{'NAME':30} {'PRIMARY':8} {'WRITABLE':9} {'TAKEN':6} ID")
             for c in calendars:
                 print(
                     f"{c.name[:30]:30} {'yes' if c.primary else 'no':8} "
-                    f"{'yes' if c.writable else 'no':9} {c.id}"
+                    f"{'yes' if c.writable else 'no':9} {'yes' if c.taken else 'no':6} {c.id}"
                 )
         return 0
     if command == "select":
@@ -383,14 +383,15 @@ def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
         print(TokenCipher.generate_key())
         return 0
 
-    async def rotate() -> tuple[int, int]:
+    async def rotate() -> tuple[int, int, int]:
         async with bootstrap.link_tables(settings) as store:
             return await store.rotate_key()
 
-    links_done, states_done = asyncio.run(rotate())
+    grants_done, links_done, states_done = asyncio.run(rotate())
     print(
-        f"re-encrypted the tokens of {links_done} link(s) and {states_done} pending "
-        "connection(s) under the first key of CALSYNC_TOKEN_KEY"
+        f"re-encrypted the tokens of {links_done} link(s) ({grants_done} Google account "
+        f"grant(s)) and {states_done} pending connection(s) under the first key of "
+        "CALSYNC_TOKEN_KEY"
     )
     return 0
 

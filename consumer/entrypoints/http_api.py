@@ -12,7 +12,8 @@ again. Tokens are never part of an answer.
                                                                (browsers: the choice page)
     GET  /links                                             -> every link
     GET  /links/{id}                                        -> one link
-    GET  /links/{id}/calendars                              -> name, primary, writable
+    GET  /links/{id}/calendars                              -> name, primary, writable,
+                                                               taken
     PUT  /links/{id}/calendar          {"calendar_id"}      -> active, with its backfill
     POST /links/{id}/disconnect        {"remove_events"}    -> what was done
 """

@@ -60,7 +60,10 @@ async def consume(
         repair_loop = RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
         background = [
             _supervised(
-                "link_watcher", lambda: watch_links(settings.database_url, svc.engine.link_changed)
+                "link_watcher",
+                lambda: watch_links(
+                    settings.database_url, svc.engine.link_changed, svc.engine.grant_changed
+                ),
             ),
             _supervised("gauges", lambda: refresh_gauges(svc.metrics, on_call)),
             _supervised("repair_loop", repair_loop.run),

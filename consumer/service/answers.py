@@ -129,6 +129,24 @@ class CalendarSummary(Answer):
         )
 
 
+class ListedCalendar(CalendarSummary):
+    """One of an account's calendars as `calsync links calendars` and
+    `GET /links/{id}/calendars` list it: `taken` when another live link of the activity
+    already syncs it (whichever account's), so it cannot be chosen for this link."""
+
+    taken: bool
+
+    @classmethod
+    def of(cls, calendar: CalendarInfo, taken: bool = False) -> ListedCalendar:
+        return cls(
+            id=calendar.id,
+            name=calendar.name,
+            primary=calendar.primary,
+            writable=calendar.writable,
+            taken=taken,
+        )
+
+
 def _calendar_summary(calendar: CalendarInfo) -> dict[str, Any]:
     return CalendarSummary.of(calendar).model_dump()
 

@@ -52,12 +52,12 @@ from consumer.domain.planning import plan_operation
 from consumer.service import repairs
 from consumer.service.answers import (
     ActivitySummary,
-    CalendarSummary,
     Chosen,
     Connected,
     ConnectStarted,
     Disconnected,
     LinkSummary,
+    ListedCalendar,
 )
 from consumer.service.context import Services
 
@@ -187,9 +187,10 @@ class LinkService:
                 "the redirect carries no state parameter", RefusalKind.INVALID, "state_missing"
             )
         try:
-            activity_id, verifier = await self.store.take_state(self.oauth.read_state(state))
+            taken = await self.store.take_state(self.oauth.read_state(state))
         except (OAuthRefused, StateRefused) as exc:
             raise LinkError(str(exc), RefusalKind.INVALID, exc.problem) from None
+        activity_id, verifier = taken.activity_id, taken.code_verifier
         if params.get("error"):
             raise LinkError(
                 f"Google answered {params['error']!r}: the account owner did not grant access",
@@ -217,42 +218,46 @@ class LinkService:
         except LinkError as exc:
             exc.activity_id = activity_id
             raise
-        reconnected = await self.store.reconnect(activity_id, granted.email, granted.tokens)
+        pending = CalendarLink(
+            id="lnk_" + secrets.token_hex(8),
+            activity_id=activity_id,
+            account_email=granted.email,
+            calendar_id=None,
+            state=LinkState.PENDING,
+        )
+        # One grant per Google account: what Google just granted replaces it, and every
+        # link of the account that Google's refusal stopped is active again, whatever its
+        # activity; a new link only when the activity had none of those.
+        try:
+            stored = await self.store.connect(pending, granted.tokens, taken.taken_at)
+        except StateRefused as exc:
+            raise LinkError(str(exc), RefusalKind.CONFLICT, exc.problem, activity_id) from None
+        self.svc.tokens.forget(granted.email)
+        if stored.created:
+            log.info(
+                "link_connected", link_id=pending.id, activity_id=activity_id, account=granted.email
+            )
         backfill: dict[str, dict[str, int]] = {}
         backfill_ids: dict[str, int] = {}
-        if reconnected:
-            link_ids = reconnected
-            names = {c.id: c.name for c in calendars}
-            for link_id in reconnected:
-                log.info("link_reconnected", link_id=link_id, account=granted.email)
-                row = await self._existing(link_id)
-                backfill_id = await self._start_backfill(
-                    row, names.get(row.link.calendar_id or ""), "reconnect"
-                )
-                backfill_ids[link_id] = backfill_id
-                if wait:
-                    backfill[link_id] = await self._run_backfill(backfill_id, row)
-                else:
-                    self._spawn(self._run_backfill(backfill_id, row), f"backfill {link_id}")
-        else:
-            link = CalendarLink(
-                id="lnk_" + secrets.token_hex(8),
-                activity_id=activity_id,
-                account_email=granted.email,
-                calendar_id=None,
-                state=LinkState.PENDING,
+        names = {c.id: c.name for c in calendars}
+        for link_id in stored.reconnected:
+            log.info("link_reconnected", link_id=link_id, account=granted.email)
+            row = await self._existing(link_id)
+            backfill_id = await self._start_backfill(
+                row, names.get(row.link.calendar_id or ""), "reconnect"
             )
-            await self.store.add_pending(link, granted.tokens)
-            log.info(
-                "link_connected", link_id=link.id, activity_id=activity_id, account=granted.email
-            )
-            link_ids = [link.id]
+            backfill_ids[link_id] = backfill_id
+            if wait:
+                backfill[link_id] = await self._run_backfill(backfill_id, row)
+            else:
+                self._spawn(self._run_backfill(backfill_id, row), f"backfill {link_id}")
+        link_ids = stored.here or [pending.id]
         return Connected(
             activity_id=activity_id,
             account_email=granted.email,
             links=[LinkSummary.of(await self._existing(i)) for i in link_ids],
             calendars=calendars,
-            reconnected=reconnected,
+            reconnected=stored.reconnected,
             backfill=backfill,
             backfill_ids=backfill_ids,
         )
@@ -307,22 +312,29 @@ class LinkService:
                 RefusalKind.CONFLICT,
                 "link_disconnected",
             )
+        account = row.link.account_email
         try:
-            return await self.svc.tokens.access_token(row.link.id, row.tokens)
+            return await self.svc.tokens.access_token(account, row.tokens)
         except TokenRefreshFailed as exc:
+            if not exc.retriable:  # the account's links stop too, as the sync's would
+                await self.svc.engine.grant_refused(
+                    account, f"token refresh refused: {exc.explained}"
+                )
             raise LinkError(
-                f"Google refused the tokens of link {row.link.id} ({exc.reason}): "
+                f"Google refused the tokens of link {row.link.id} ({exc.explained}): "
                 "reconnect the account",
                 RefusalKind.CONFLICT,
                 "reauth_required",
             ) from None
 
-    async def calendars(self, link_id: str) -> list[CalendarSummary]:
+    async def calendars(self, link_id: str) -> list[ListedCalendar]:
+        """The account's calendars, from Google, each saying whether another live link of
+        the activity already syncs it (`taken`: it cannot be chosen for this link)."""
         row = await self._existing(link_id)
         token = await self._token(row)
-        return [
-            CalendarSummary.of(c) for c in await self._list_calendars(token, row.link.account_email)
-        ]
+        listed = await self._list_calendars(token, row.link.account_email)
+        taken = await self.taken(row.link.activity_id, link_id)
+        return [ListedCalendar.of(c, taken=c.id in taken) for c in listed]
 
     async def choice(self, link_id: str) -> Choice:
         """What the calendar choice shows: the account's calendars, from Google, and those
@@ -420,9 +432,15 @@ class LinkService:
                 if exc.state == LinkState.ACTIVE
                 else f" (it is {exc.state}: reconnect or re-select that link instead)"
             )
+            through = (
+                f" (through {exc.account})"
+                if exc.account and exc.account != row.link.account_email
+                else ""
+            )
             raise LinkError(
-                f"calendar {calendar_id!r} of {row.link.account_email} already "
-                f"belongs to this activity's link {exc.link_id}{fix}",
+                f"calendar_taken: calendar {calendar_id!r} of {row.link.account_email} "
+                f"already belongs to this activity's link {exc.link_id}{through}{fix}: one "
+                "live link per calendar of an activity, or every booking would be there twice",
                 RefusalKind.CONFLICT,
                 "calendar_taken",
             ) from None
@@ -530,7 +548,7 @@ class LinkService:
 
     async def disconnect(self, link_id: str, remove_events: bool) -> Disconnected:
         row = await self._existing(link_id)
-        if row.link.state is LinkState.DISCONNECTED and row.tokens is None:
+        if row.link.state is LinkState.DISCONNECTED and row.disconnect_finished_at is not None:
             raise LinkError(
                 f"link {link_id} is already disconnected", RefusalKind.CONFLICT, "link_disconnected"
             )
@@ -559,8 +577,10 @@ class LinkService:
         reason = "disconnected; " + (
             f"{removed} events removed" if remove_events else "events kept on the calendar"
         )
-        await self.store.wipe_tokens(link_id, reason)
-        self.svc.tokens.forget(link_id)
+        # Only now may its calendar be chosen again (by a revival of this link).
+        await self.store.finish_disconnect(link_id, reason)
+        if revoked:
+            self.svc.tokens.forget(row.link.account_email)
         log.info(
             "link_disconnected", link_id=link_id, events_removed=removed, token_revoked=revoked
         )
@@ -633,15 +653,16 @@ class LinkService:
         return removed
 
     async def _revoke(self, row: LinkRow) -> tuple[bool, list[str]]:
-        """Revoke at Google, unless other links still use the account: Google revokes the
-        whole grant of an account, whichever of its tokens is revoked."""
-        if row.tokens is None:
-            return False, []
-        others = await self.store.other_live_links_of_account(row.link.account_email, row.link.id)
-        if others:
-            return False, others
+        """Revoke the account's grant at Google, unless another link still uses it: Google
+        revokes the whole grant of an account, whichever of its tokens is revoked. Decided
+        with the grant locked, at the moment of revoking: a link of the account connected
+        or chosen meanwhile keeps it."""
+
+        async def revoke(refresh_token: str) -> bool:
+            return await asyncio.to_thread(self.oauth.revoke, refresh_token)
+
         try:
-            return await asyncio.to_thread(self.oauth.revoke, row.tokens.refresh_token), []
+            return await self.store.release_grant(row.link.account_email, row.link.id, revoke)
         except OAuthRefused as exc:
             raise LinkError(
                 f"the link is disconnected, but {exc}: run the disconnect again",
@@ -698,7 +719,8 @@ class LinkService:
         expires_at: datetime | None,
         calendar_id: str | None,
     ) -> str:
-        """Register a link from tokens obtained elsewhere (migrations from another system)."""
+        """Register a link from tokens obtained elsewhere (migrations from another system).
+        The tokens become the account's one grant (shared with its other links)."""
         link = CalendarLink(
             id="lnk_" + secrets.token_hex(8),
             activity_id=_check_id("activity id", activity_id),
@@ -706,5 +728,14 @@ class LinkService:
             calendar_id=calendar_id,
             state=LinkState.ACTIVE if calendar_id else LinkState.PENDING,
         )
-        await self.repository.insert_link(link, LinkTokens(refresh_token, access_token, expires_at))
+        try:
+            await self.store.import_link(link, LinkTokens(refresh_token, access_token, expires_at))
+        except CalendarTaken as exc:
+            raise LinkError(
+                f"calendar_taken: calendar {calendar_id!r} already belongs to this activity's "
+                f"link {exc.link_id}: one live link per calendar of an activity",
+                RefusalKind.CONFLICT,
+                "calendar_taken",
+            ) from None
+        self.svc.tokens.forget(account_email)
         return link.id

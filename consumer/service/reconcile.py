@@ -434,7 +434,7 @@ class Reconciler:
         return removed
 
     async def _token(self, row: LinkRow) -> str:
-        token: str = await self.svc.tokens.access_token(row.link.id, row.tokens)
+        token: str = await self.svc.tokens.access_token(row.link.account_email, row.tokens)
         return token
 
     async def _google(self, row: LinkRow, call: Any, *args: Any) -> Any:

@@ -100,11 +100,13 @@ class CalendarGateway(Protocol):
 
 
 class AccessTokens(Protocol):
+    """Access tokens per Google account (its one grant, shared by all its links)."""
+
     async def access_token(
-        self, link_id: str, stored: LinkTokens | None, rejected: str | None = None
+        self, account: str, stored: LinkTokens | None, rejected: str | None = None
     ) -> str: ...
 
-    def forget(self, link_id: str) -> None: ...
+    def forget(self, account: str) -> None: ...
 
 
 def _is_retriable(exc: BaseException) -> bool:
@@ -154,7 +156,7 @@ class _LinkCall:
         started = time.monotonic()
         try:  # almost always a token at hand: no retry machinery around it (CPU per call)
             return await self.engine.tokens.access_token(
-                self.row.link.id, self.row.tokens, rejected=rejected
+                self.row.link.account_email, self.row.tokens, rejected=rejected
             )
         except TokenRefreshFailed as exc:
             if not exc.retriable:
@@ -175,7 +177,7 @@ class _LinkCall:
                     raise failure
                 self._check_active()
                 return await self.engine.tokens.access_token(
-                    self.row.link.id, self.row.tokens, rejected=rejected
+                    self.row.link.account_email, self.row.tokens, rejected=rejected
                 )
         raise AssertionError("unreachable")
 
@@ -358,12 +360,16 @@ class SyncEngine:
 
     def link_changed(self, link_id: str, state: LinkState, changed_at: float) -> None:
         """Another process changed a link (the watcher tells): stop or resume its work."""
-        self.tokens.forget(link_id)
         if state is LinkState.ACTIVE:
             if self.halted.get(link_id, -math.inf) < changed_at:
                 self.resume(link_id)
         else:
             self.halt(link_id, changed_at)
+
+    def grant_changed(self, account: str) -> None:
+        """An account's grant was replaced, refused or revoked (the watcher tells): its
+        cached access token is dropped (the next call reads the grant again)."""
+        self.tokens.forget(account)
 
     def paced_until(self, account: str, retry_after_s: float) -> None:
         """Google asked this account to wait `retry_after_s` before its next call."""
@@ -515,7 +521,9 @@ class SyncEngine:
                 result = _result(row, op, Outcome.SKIPPED, "link_not_active", call)
             except TokenRefreshFailed as exc:
                 if not exc.retriable:
-                    health = (LinkState.REAUTH_REQUIRED, f"token refresh refused: {exc.reason}")
+                    # Google's words kept (revoked, expired, unused for months): the person
+                    # fixing it needs to know which.
+                    health = (LinkState.REAUTH_REQUIRED, f"token refresh refused: {exc.explained}")
                     result = _result(
                         row, op, Outcome.SKIPPED, "token_refresh_failed", call, error=exc.reason
                     )
@@ -627,6 +635,9 @@ class SyncEngine:
         """Stop all work for the link; the process that makes the change logs it, once."""
         # After the claim is released: the update must not wait behind a disconnect that is
         # itself waiting for that claim.
+        if state is LinkState.REAUTH_REQUIRED:
+            await self.grant_refused(row.link.account_email, reason)
+            return
         changed_at = await self.repository.leave_active(row.link.id, state, reason)
         if changed_at is not None:  # (otherwise another process changed it: its notice comes)
             self.halt(row.link.id, changed_at)
@@ -636,6 +647,26 @@ class SyncEngine:
                 activity_id=row.link.activity_id,
                 account=row.link.account_email,
                 calendar_id=row.link.calendar_id,
+                cause=reason,
+            )
+
+    async def grant_refused(self, account: str, reason: str) -> None:
+        """Google refused the account's grant: every active link of the account, in every
+        activity, becomes `reauth_required` and its work stops (here at once, elsewhere
+        through the links' notices); one warning per link, by the process that changed it."""
+        for (
+            link_id,
+            activity_id,
+            calendar_id,
+            changed_at,
+        ) in await self.repository.leave_active_grant(account, reason):
+            self.halt(link_id, changed_at)
+            log.warning(
+                f"link_{LinkState.REAUTH_REQUIRED}",
+                link_id=link_id,
+                activity_id=activity_id,
+                account=account,
+                calendar_id=calendar_id,
                 cause=reason,
             )
 

@@ -50,9 +50,9 @@ async def test_links_import_calendars_select_list(env: Env) -> None:
 
     calendars = json.loads(calsync(env, "links", "calendars", link_id, "--json").stdout)
     assert calendars == [
-        {"id": "work", "name": "Work", "primary": True, "writable": True},
-        {"id": "bookings", "name": "Bookings", "primary": False, "writable": True},
-        {"id": "holidays", "name": "Holidays", "primary": False, "writable": False},
+        {"id": "work", "name": "Work", "primary": True, "writable": True, "taken": False},
+        {"id": "bookings", "name": "Bookings", "primary": False, "writable": True, "taken": False},
+        {"id": "holidays", "name": "Holidays", "primary": False, "writable": False, "taken": False},
     ]
     table = calsync(env, "links", "calendars", link_id)
     assert "Holidays" in table.stdout and table.returncode == 0

@@ -52,9 +52,14 @@ async def test_cli_refusals_are_one_line_and_change_nothing(env: Env) -> None:
     second = await env.link(email, refresh, calendar_id=None)  # same account, pending
     links_now = (
         "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
-        " state_changed_at, refresh_token_enc FROM calendar_links ORDER BY id"
+        " state_changed_at FROM calendar_links ORDER BY id"
+    )
+    grants_now = (
+        "SELECT account_email, refresh_token_enc, state, state_reason FROM google_grants"
+        " ORDER BY account_email"
     )
     before = env.query(links_now)
+    grants_before = env.query(grants_now)
     one_line_refusal(
         calsync(env, "links", "disconnect", "lnk_nope"),
         "calsync: no link 'lnk_nope' (see: calsync links list)",
@@ -66,7 +71,9 @@ async def test_cli_refusals_are_one_line_and_change_nothing(env: Env) -> None:
     )
     one_line_refusal(
         calsync(env, "links", "select", second, email),
-        f"calsync: calendar '{email}' of {email} already belongs to this activity's link {link_id}",
+        f"calsync: calendar_taken: calendar '{email}' of {email} already belongs to this "
+        f"activity's link {link_id}: one live link per calendar of an activity, or every "
+        "booking would be there twice",
     )
     one_line_refusal(
         calsync(env, "links", "connect", " "),
@@ -86,6 +93,7 @@ async def test_cli_refusals_are_one_line_and_change_nothing(env: Env) -> None:
         "calsync: CALSYNC_ADMIN_TOKEN is not set: the API needs a bearer credential",
     )
     assert env.query(links_now) == before
+    assert env.query(grants_now) == grants_before
 
 
 async def test_cli_disconnect_with_and_without_removing_events(env: Env) -> None:
@@ -122,7 +130,8 @@ async def test_cli_disconnect_with_and_without_removing_events(env: Env) -> None
     rows = {r["id"]: r for r in env.query("SELECT * FROM calendar_links")}
     for link_id in (kept, gone):
         assert rows[link_id]["state"] == "disconnected"
-        assert rows[link_id]["refresh_token_enc"] is None  # wiped
+        assert rows[link_id]["disconnect_finished_at"] is not None
+        assert env.stored_tokens(link_id)["refresh_token"] is None  # wiped
     assert "2 events removed" in rows[gone]["state_reason"]
     # The audit trail stays.
     assert {r["link_id"] for r in env.results()} == {kept, gone}
@@ -139,7 +148,7 @@ async def test_key_rotation_re_encrypts_every_token(env: Env) -> None:
     rotated = calsync(env, "keys", "rotate", CALSYNC_TOKEN_KEY=f"{generated},{TOKEN_KEY}")
     assert rotated.returncode == 0, rotated.stderr
     assert "re-encrypted the tokens of 1 link(s)" in rotated.stdout
-    stored = env.query("SELECT refresh_token_enc FROM calendar_links")[0]["refresh_token_enc"]
+    stored = env.query("SELECT refresh_token_enc FROM google_grants")[0]["refresh_token_enc"]
     assert TokenCipher([generated]).decrypt(stored) == refresh
     with pytest.raises(TokenKeyError):
         TokenCipher([TOKEN_KEY]).decrypt(stored)

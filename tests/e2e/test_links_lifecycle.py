@@ -83,7 +83,14 @@ async def test_the_whole_link_story(env: Env, tmp_path: Path) -> None:
     logs = consumer_log.read_text() + (tmp_path / "serve.log").read_text()
     database = "\n".join(
         str(r)
-        for table in ("calendar_links", "link_bookings", "sync_results", "bookings", "oauth_states")
+        for table in (
+            "calendar_links",
+            "google_grants",
+            "link_bookings",
+            "sync_results",
+            "bookings",
+            "oauth_states",
+        )
         for r in env.query(f"SELECT * FROM {table}")
     )
     for secret in secrets:

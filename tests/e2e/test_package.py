@@ -30,6 +30,7 @@ TABLES = {
     "schema_migrations",
     "bookings",
     "calendar_links",
+    "google_grants",
     "link_bookings",
     "sync_results",
     "dead_letters",

@@ -128,12 +128,19 @@ class Env:
     # --- links and records ---------------------------------------------------------------
 
     def stored_tokens(self, link_id: str) -> dict[str, Any]:
-        """A link's tokens as stored, decrypted with the test key."""
-        row = self.query(
-            "SELECT refresh_token_enc, access_token_enc, token_expires_at"
-            " FROM calendar_links WHERE id = %s",
+        """A link's tokens as stored (its account's grant's), decrypted with the test key;
+        all None when there is no grant (or it was revoked)."""
+        rows = self.query(
+            "SELECT g.refresh_token_enc, g.access_token_enc, g.token_expires_at"
+            " FROM calendar_links l JOIN google_grants g ON g.account_email = l.account_email"
+            " WHERE l.id = %s",
             link_id,
-        )[0]
+        )
+        row = (
+            rows[0]
+            if rows
+            else dict.fromkeys(("refresh_token_enc", "access_token_enc", "token_expires_at"))
+        )
         cipher = TokenCipher([TOKEN_KEY])
         return {
             "refresh_token": row["refresh_token_enc"] and cipher.decrypt(row["refresh_token_enc"]),

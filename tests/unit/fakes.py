@@ -57,6 +57,7 @@ from consumer.domain.models import (
     MessagePosition,
     Outcome,
     RecordedEvent,
+    StoredGrant,
     SyncResult,
 )
 
@@ -245,38 +246,44 @@ def _error(status: int, reason: str, method: str, domain: str = "global") -> Goo
 
 
 class FakeTokens:
-    """AccessTokens: one token per link until it is rejected, then a fresh one."""
+    """AccessTokens: one token per account (its grant) until it is rejected, then a fresh
+    one."""
 
-    def __init__(self, google: FakeCalendar | None = None) -> None:
+    def __init__(
+        self, google: FakeCalendar | None = None, repository: FakeRepository | None = None
+    ) -> None:
         self.google = google  # the calendar that takes the tokens issued
+        self.repository = repository  # where a grant Google refuses is marked, as TokenProvider
         self.current: dict[str, str] = {}
-        self.asked: list[tuple[str, str | None]] = []  # (link id, the token rejected)
+        self.asked: list[tuple[str, str | None]] = []  # (account, the token rejected)
         self.forgotten: list[str] = []
         self.failure: TokenRefreshFailed | None = None  # raised on every ask while set
         self.failures_left = 0  # with `failure`: only this many times (0: always)
         self._issued = itertools.count(1)
 
     async def access_token(
-        self, link_id: str, stored: LinkTokens | None, rejected: str | None = None
+        self, account: str, stored: LinkTokens | None, rejected: str | None = None
     ) -> str:
-        self.asked.append((link_id, rejected))
+        self.asked.append((account, rejected))
         if self.failure is not None:
             failure = self.failure
             if self.failures_left:
                 self.failures_left -= 1
                 if not self.failures_left:
                     self.failure = None
+            if failure.permanent and self.repository is not None:
+                self.repository.refused_grants[account] = failure.explained
             raise failure
-        token = self.current.get(link_id)
+        token = self.current.get(account)
         if token is None or token == rejected:
-            token = self.current[link_id] = f"ya29.fake-{link_id}-{next(self._issued)}"
+            token = self.current[account] = f"ya29.fake-{account}-{next(self._issued)}"
             if self.google is not None:
                 self.google.issue_token(token)
         return token
 
-    def forget(self, link_id: str) -> None:
-        self.forgotten.append(link_id)
-        self.current.pop(link_id, None)
+    def forget(self, account: str) -> None:
+        self.forgotten.append(account)
+        self.current.pop(account, None)
 
     @property
     def refreshes(self) -> int:
@@ -292,6 +299,7 @@ class FakeTokenEndpoint:
         self.lifetime_s = lifetime_s
         self.grants: list[str] = []  # the refresh tokens presented
         self.refuse_with: str | None = None  # e.g. "invalid_grant" (permanent), "server_error"
+        self.refuse_description: str | None = None  # its `error_description`
         self.rotate_refresh_token = False
         self.delay_s = 0.0
         self._issued = itertools.count(1)
@@ -305,7 +313,9 @@ class FakeTokenEndpoint:
             time.sleep(self.delay_s)  # it runs in the provider's thread pool, as the real one
         if self.refuse_with is not None:
             raise TokenRefreshFailed(
-                self.refuse_with, permanent=self.refuse_with == "invalid_grant"
+                self.refuse_with,
+                permanent=self.refuse_with == "invalid_grant",
+                description=self.refuse_description,
             )
         n = next(self._issued)
         return LinkTokens(
@@ -359,7 +369,9 @@ class FakeRepository:
         self.state_changed_at: dict[str, float] = {}
         self.bookings: dict[str, BookingEvent] = {}
         self.link_bookings: dict[tuple[str, str], RecordedEvent] = {}
-        self.saved_tokens: list[tuple[str, LinkTokens, bool]] = []
+        self.grants: dict[str, LinkTokens] = {}  # per account: its one grant
+        self.refused_grants: dict[str, str] = {}  # per account: Google's refusal
+        self.saved_tokens: list[tuple[str, LinkTokens, bool]] = []  # (account, ...)
         self.dead_letters: dict[
             tuple[str, int, int, int, bytes | None, bytes | None], DeadLetter
         ] = {}
@@ -375,6 +387,9 @@ class FakeRepository:
         state: LinkState = LinkState.ACTIVE,
     ) -> LinkRow:
         now = datetime.now(UTC)
+        if tokens is not None or account_email not in self.grants:
+            self.grants[account_email] = tokens or LinkTokens("1//refresh", None, None)
+            self.refused_grants.pop(account_email, None)
         row = LinkRow(
             CalendarLink(
                 id=link_id,
@@ -383,7 +398,7 @@ class FakeRepository:
                 calendar_id=calendar_id,
                 state=state,
             ),
-            tokens or LinkTokens("1//refresh", None, None),
+            self.grants[account_email],
             None,
             now,
             now,
@@ -446,6 +461,21 @@ class FakeRepository:
         self.left_active.append((link_id, state, reason))
         return self.state_changed_at[link_id]
 
+    async def leave_active_grant(
+        self, account: str, reason: str
+    ) -> list[tuple[str, str, str | None, float]]:
+        if account in self.grants and account not in self.refused_grants:
+            return []  # replaced meanwhile (a reconnect)
+        changed = []
+        for row in list(self.links.values()):
+            if row.link.account_email == account:
+                changed_at = await self.leave_active(row.link.id, LinkState.REAUTH_REQUIRED, reason)
+                if changed_at is not None:
+                    changed.append(
+                        (row.link.id, row.link.activity_id, row.link.calendar_id, changed_at)
+                    )
+        return changed
+
     async def forget_event(self, link_id: str, booking_id: str, event_id: str) -> None:
         rec = self.link_bookings.get((link_id, booking_id))
         if rec is not None and rec.google_event_id == event_id:
@@ -455,23 +485,27 @@ class FakeRepository:
 
     # --- what the token provider uses --------------------------------------------------------
 
-    async def lock_link_tokens(self, conn: Any, link_id: str) -> LinkTokens | None:
-        row = self.links.get(link_id)
-        return row.tokens if row is not None else None
+    async def lock_grant(self, conn: Any, account: str) -> StoredGrant | None:
+        tokens = self.grants.get(account)
+        if tokens is None:
+            return None
+        return StoredGrant(tokens, self.refused_grants.get(account))
 
     async def save_tokens(
-        self, conn: Any, link_id: str, tokens: LinkTokens, refresh_token_changed: bool
+        self, conn: Any, account: str, tokens: LinkTokens, refresh_token_changed: bool
     ) -> None:
-        row = self.links[link_id]
-        kept = (
+        old = self.grants[account]
+        self.grants[account] = (
             tokens
-            if refresh_token_changed or row.tokens is None
-            else LinkTokens(row.tokens.refresh_token, tokens.access_token, tokens.expires_at)
+            if refresh_token_changed
+            else LinkTokens(old.refresh_token, tokens.access_token, tokens.expires_at)
         )
-        self.links[link_id] = LinkRow(
-            row.link, kept, row.state_reason, row.state_changed_at, row.created_at
-        )
-        self.saved_tokens.append((link_id, tokens, refresh_token_changed))
+        self.saved_tokens.append((account, tokens, refresh_token_changed))
+
+    async def refuse_grant(self, conn: Any, account: str, reason: str) -> None:
+        self.refused_grants[account] = reason
+        old = self.grants[account]
+        self.grants[account] = LinkTokens(old.refresh_token, None, None)
 
     # --- what the runner uses ------------------------------------------------------------------
 

@@ -201,3 +201,16 @@ def test_page_tokens_are_bound_to_their_link_browser_and_admin_token() -> None:
     assert session.id and session.id != signer.new_session()[1].id
     legacy = signer._sessions.dumps({"c": "csrf", "a": signer._admin})
     assert signer.read_session(legacy) is None
+
+
+@pytest.mark.parametrize("problem", ["calendar_taken", "disconnect_in_progress"])
+def test_an_owner_refusal_reads_as_a_sentence_with_something_to_do(problem: str) -> None:
+    """The CLI's and the API's message starts with the problem's name (for terminals and
+    programs); a person on the pages reads it without, with what to do next."""
+    detail = f"{problem}: link lnk_1 of this activity already has calendar 'c'"
+    assert (
+        views.for_people(detail, problem) == "link lnk_1 of this activity already has calendar 'c'"
+    )
+    assert views.for_people("no prefix here", problem) == "no prefix here"
+    trouble = views.trouble(problem, 409)
+    assert trouble.title != "This request could not be done" and trouble.advice

@@ -85,7 +85,8 @@ async def make_world(deleted_event_update_status: int = 403, **settings: Any) ->
     google = FakeCalendar(deleted_event_update_status)
     google.add_calendar(CALENDAR)
     google.issue_token("t")  # the token a test's own calls at Google use
-    tokens, repository, quota = FakeTokens(google), FakeRepository(), FakeQuota()
+    repository, quota = FakeRepository(), FakeQuota()
+    tokens = FakeTokens(google, repository)
     store = FakeSyncStore(repository)
     link = repository.add_link("lnk_1", "act_1", ACCOUNT, CALENDAR)
     engine = SyncEngine(
@@ -263,12 +264,12 @@ async def test_a_move_away_from_a_calendar_gone_meanwhile_strands_the_old_event(
 
 
 async def test_a_401_on_a_token_believed_valid_refreshes_once_and_retries(world: World) -> None:
-    world.tokens.current[world.link_id] = world.google.issue_token("ya29.revoked-at-google")
+    world.tokens.current[ACCOUNT] = world.google.issue_token("ya29.revoked-at-google")
     world.google.revoke_token("ya29.revoked-at-google")  # at Google, before its expiry
     result = await world.sync()
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
-    assert world.tokens.asked == [(world.link_id, None), (world.link_id, "ya29.revoked-at-google")]
-    assert world.google.tokens_used[-1] == world.tokens.current[world.link_id]
+    assert world.tokens.asked == [(ACCOUNT, None), (ACCOUNT, "ya29.revoked-at-google")]
+    assert world.google.tokens_used[-1] == world.tokens.current[ACCOUNT]
 
 
 async def test_a_401_that_persists_after_one_refresh_fails_the_link_only(world: World) -> None:
@@ -293,6 +294,25 @@ async def test_a_refresh_token_google_refuses_turns_the_link_reauth_required(wor
     assert world.repository.state(world.link_id) is LinkState.REAUTH_REQUIRED
     assert world.link_id in world.engine.halted
     assert await world.engine.handle(booking_model("bk_2"), None) == []  # no more work
+
+
+async def test_a_refused_grant_stops_every_active_link_of_the_account(world: World) -> None:
+    other = world.repository.add_link("lnk_2", "act_2", ACCOUNT, "cal2")  # its one grant
+    elsewhere = world.repository.add_link("lnk_3", "act_3", "other@example.com", "cal3")
+    world.tokens.failure = TokenRefreshFailed(
+        "invalid_grant", permanent=True, description="Token has been expired or revoked."
+    )
+    world.tokens.failures_left = 1
+    result = await world.sync()
+    assert (result.outcome, result.error) == (Outcome.SKIPPED, "invalid_grant")
+    reason = "token refresh refused: invalid_grant: Token has been expired or revoked."
+    assert sorted(world.repository.left_active) == [
+        (world.link_id, LinkState.REAUTH_REQUIRED, reason),
+        (other.link.id, LinkState.REAUTH_REQUIRED, reason),
+    ]
+    assert {world.link_id, other.link.id} <= set(world.engine.halted)
+    assert world.repository.state(elsewhere.link.id) is LinkState.ACTIVE
+    assert elsewhere.link.id not in world.engine.halted
 
 
 async def test_a_token_endpoint_outage_is_retried_then_left_to_the_repair_loop(
@@ -517,7 +537,8 @@ async def test_without_a_quota_configured_calls_go_straight_and_a_halt_still_sto
 async def test_a_link_made_active_again_after_its_halt_works_again(world: World) -> None:
     world.engine.link_changed(world.link_id, LinkState.DISCONNECTED, 1.0)
     assert world.link_id in world.engine.halted
-    assert world.tokens.forgotten == [world.link_id]  # its cached token is dropped
+    world.engine.grant_changed(ACCOUNT)  # its account's grant replaced (the watcher tells)
+    assert world.tokens.forgotten == [ACCOUNT]  # its cached token is dropped
     world.engine.link_changed(world.link_id, LinkState.ACTIVE, 2.0)
     result = await world.sync()
     assert result.outcome is Outcome.APPLIED

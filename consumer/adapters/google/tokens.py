@@ -1,15 +1,21 @@
-"""Token adapter: an access token for a link, refreshed per the seed's rules.
+"""Token adapter: an access token for a Google account, refreshed per the seed's rules.
+
+The tokens are the account's grant's (`google_grants`: one per Google account, shared by
+all its links, so that an account connected to many activities depends on one refresh
+token, not one per link, of the 100 Google keeps per account and OAuth client).
 
 - More than `token_refresh_margin_s` (5 minutes) left: used as is.
 - Within the margin or expired: refreshed with the stored refresh token (google-auth's
   OAuth refresh against CALSYNC_GOOGLE_TOKEN_URL); new token and expiry saved; the refresh
   token is kept when Google returns none.
-- Refresh refused (`invalid_grant`: access revoked): TokenRefreshFailed.
+- Refresh refused (`invalid_grant`: access revoked, expired, unused for six months):
+  TokenRefreshFailed with Google's `error_description`, and the grant is marked refused.
 
-Refreshes are single-flight per link within a process (an asyncio lock) and across the
-consumer group (the link row is locked while refreshing, then re-read). A refresh token
-Google refused is remembered, so work already queued for the link fails without calling
-Google again; a reconnect stores a new refresh token, which is tried afresh.
+Refreshes are single-flight per grant within a process (an asyncio lock per account) and
+across the consumer group (the grant row is locked while refreshing, then re-read). A
+refresh token Google refused is remembered, in this process and in the grant's row, so
+work already queued for any link of the account fails without calling Google again; a
+reconnect stores a new refresh token, which is tried afresh.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from google.oauth2.credentials import Credentials
 
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.repository import Repository
-from consumer.domain.errors import TokenRefreshFailed
+from consumer.domain.errors import TokenRefreshFailed, printable
 from consumer.domain.models import LinkTokens
 from consumer.settings import Settings
 
@@ -43,18 +49,18 @@ class TokenProvider:
         self._settings = settings
         self._repository = repository
         self._margin = timedelta(seconds=settings.token_refresh_margin_s)
-        self._cache: dict[str, LinkTokens] = {}
-        self._refused: dict[str, str] = {}  # link id -> refresh token Google refused
+        self._cache: dict[str, LinkTokens] = {}  # per account (its grant)
+        self._refused: dict[str, str] = {}  # account -> refresh token Google refused
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._pool = ThreadPoolExecutor(4, thread_name_prefix="oauth")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def forget(self, link_id: str) -> None:
-        """Drop what is cached for a link (it was reconnected or disconnected)."""
-        self._cache.pop(link_id, None)
-        self._refused.pop(link_id, None)
+    def forget(self, account: str) -> None:
+        """Drop what is cached for an account's grant (it was replaced, refused, revoked)."""
+        self._cache.pop(account, None)
+        self._refused.pop(account, None)
 
     def _usable(self, tokens: LinkTokens | None, rejected: str | None) -> str | None:
         if tokens is None or not tokens.access_token or tokens.expires_at is None:
@@ -66,46 +72,60 @@ class TokenProvider:
         return None
 
     async def access_token(
-        self, link_id: str, stored: LinkTokens | None, rejected: str | None = None
+        self, account: str, stored: LinkTokens | None, rejected: str | None = None
     ) -> str:
-        """A token with more than the margin left. `rejected`: one Google just refused."""
-        for tokens in (self._cache.get(link_id), stored):
+        """A token of the account's grant with more than the margin left. `stored`: the
+        grant's tokens as a caller read them (None: read here). `rejected`: one Google
+        just refused."""
+        for tokens in (self._cache.get(account), stored):
             if (token := self._usable(tokens, rejected)) is not None:
                 return token
-        async with self._locks[link_id]:
-            if (token := self._usable(self._cache.get(link_id), rejected)) is not None:
+        async with self._locks[account]:
+            if (token := self._usable(self._cache.get(account), rejected)) is not None:
                 return token
-            return await self._refresh(link_id, rejected)
+            return await self._refresh(account, rejected)
 
-    async def _refresh(self, link_id: str, rejected: str | None) -> str:
+    async def _refresh(self, account: str, rejected: str | None) -> str:
         async with self._repository.pool.connection() as conn, conn.transaction():
-            current = await self._repository.lock_link_tokens(conn, link_id)
-            if current is None:
-                raise TokenRefreshFailed("link_has_no_tokens", permanent=True)
+            grant = await self._repository.lock_grant(conn, account)
+            if grant is None:
+                raise TokenRefreshFailed("no_grant", permanent=True)
+            current = grant.tokens
+            if grant.refused is not None:  # refused before, here or in another process
+                reason, _, description = grant.refused.partition(": ")
+                raise TokenRefreshFailed(reason, permanent=True, description=description or None)
             if (token := self._usable(current, rejected)) is not None:
-                self._cache[link_id] = current  # another consumer refreshed it meanwhile
+                self._cache[account] = current  # another consumer refreshed it meanwhile
                 return token
-            if self._refused.get(link_id) == current.refresh_token:
+            if self._refused.get(account) == current.refresh_token:
                 raise TokenRefreshFailed("invalid_grant", permanent=True)
             loop = asyncio.get_running_loop()
+            refused: TokenRefreshFailed | None = None
             try:
                 fresh = await loop.run_in_executor(self._pool, self._grant, current.refresh_token)
             except TokenRefreshFailed as exc:
                 self._metrics.token_refreshes.labels(
                     "unavailable" if exc.retriable else "refused"
                 ).inc()
-                if not exc.retriable:
-                    self._refused[link_id] = current.refresh_token
-                raise
-            self._metrics.token_refreshes.labels("ok").inc()
-            await self._repository.save_tokens(
-                conn,
-                link_id,
-                fresh,
-                refresh_token_changed=fresh.refresh_token != current.refresh_token,
-            )
-        self._cache[link_id] = fresh
-        log.info("token_refreshed", link_id=link_id, expires_at=fresh.expires_at)
+                if exc.retriable:
+                    raise
+                self._refused[account] = current.refresh_token
+                # Under the row's lock, committed with it (raised after): a grant stored
+                # meanwhile (a reconnect) waits for this, and replaces it after.
+                await self._repository.refuse_grant(conn, account, exc.explained)
+                refused = exc
+            else:
+                self._metrics.token_refreshes.labels("ok").inc()
+                await self._repository.save_tokens(
+                    conn,
+                    account,
+                    fresh,
+                    refresh_token_changed=fresh.refresh_token != current.refresh_token,
+                )
+        if refused is not None:
+            raise refused
+        self._cache[account] = fresh
+        log.info("token_refreshed", account=account, expires_at=fresh.expires_at)
         assert fresh.access_token is not None
         return fresh.access_token
 
@@ -125,14 +145,21 @@ class TokenProvider:
         try:
             credentials.refresh(request)  # type: ignore[no-untyped-call]
         except RefreshError as exc:
-            # args[1] is the token endpoint's JSON answer, e.g. {"error": "invalid_grant"}
+            # args[1] is the token endpoint's JSON answer, e.g. {"error": "invalid_grant",
+            # "error_description": "Token has been expired or revoked."}
             detail = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], dict) else {}
-            reason = str(detail.get("error") or "refresh_refused")
+            reason = printable(str(detail.get("error") or "refresh_refused"), 100)
+            # Google's words say which (revoked, expired, unused for six months): the
+            # person who fixes it needs to know. Plain text from Google, never a token.
+            said = detail.get("error_description")
+            description = printable(str(said), 300) if said else None
             # Only `invalid_grant` says the grant itself is gone (revoked, expired, password
-            # changed): the link needs its owner. Anything else (a 502, an HTML error page,
-            # our own client refused) is an outage of ours or Google's: retried, then
-            # repaired, and the link stays active.
-            raise TokenRefreshFailed(reason, permanent=reason == "invalid_grant") from None
+            # changed): the account's links need their owner. Anything else (a 502, an HTML
+            # error page, our own client refused) is an outage of ours or Google's: retried,
+            # then repaired, and the links stay active.
+            raise TokenRefreshFailed(
+                reason, permanent=reason == "invalid_grant", description=description
+            ) from None
         except (TransportError, OSError, httplib2.HttpLib2Error) as exc:
             raise TokenRefreshFailed(
                 f"token_endpoint_unreachable: {type(exc).__name__}", permanent=False

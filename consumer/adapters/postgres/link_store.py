@@ -1,13 +1,21 @@
 """PostgreSQL queries of the link lifecycle: OAuth states, connect, select, disconnect, keys.
 
 The hot path's queries (what the consumer runs per message) stay in `db.Repository`.
+
+Two rules hold here under row locks, so that concurrent requests cannot break them:
+- one live link per calendar of an activity, whatever the account (a calendar shared by
+  two accounts has one id for both); the unique index `calendar_links_one_owner_per_calendar`
+  has the last word when two selects race;
+- one grant per Google account (`google_grants`), revoked at Google only when no live link
+  (nor an unfinished disconnect) of the account uses it, checked with the grant's row
+  locked, which every connect locks too before it stores a new grant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,45 +34,70 @@ _INSERT_STATE = (
 )
 _TAKE_STATE = (
     "UPDATE oauth_states SET used_at = now() WHERE nonce = %s AND used_at IS NULL"
-    " RETURNING activity_id, code_verifier_enc, expires_at <= now() AS expired"
+    " RETURNING activity_id, code_verifier_enc, expires_at <= now() AS expired,"
+    " now() AS taken_at"
 )
 _STATE_EXISTS = "SELECT 1 FROM oauth_states WHERE nonce = %s"
 _FORGET_OLD_STATES = "DELETE FROM oauth_states WHERE expires_at < now() - interval '1 day'"
+# The account's grant, locked against a revoke (and a revoke against it) until commit.
+_LOCK_GRANT = (
+    "SELECT refresh_token_enc, state, state_changed_at FROM google_grants"
+    " WHERE account_email = %s FOR UPDATE"
+)
+# A new grant repairs the account's links that Google's refusal stopped, in every activity.
 _RECONNECT = (
-    "UPDATE calendar_links SET refresh_token_enc = %s, access_token_enc = %s,"
-    " token_expires_at = %s, state = 'active', state_reason = NULL, state_changed_at = now(),"
-    " updated_at = now() WHERE activity_id = %s AND account_email = %s"
-    " AND state = 'reauth_required' RETURNING id"
+    "UPDATE calendar_links SET state = 'active', state_reason = NULL, state_changed_at = now(),"
+    " updated_at = now() WHERE account_email = %s AND state = 'reauth_required'"
+    " RETURNING id, activity_id"
 )
 _WAIT_FOR_CLAIMS = "SELECT pg_advisory_xact_lock(%s)"
 _LOCK_LINK = "SELECT state, activity_id, account_email FROM calendar_links WHERE id = %s FOR UPDATE"
-_LIVE_ON_CALENDAR = (
-    "SELECT id, state FROM calendar_links WHERE activity_id = %s AND account_email = %s"
-    " AND calendar_id = %s AND id <> %s ORDER BY state = 'disconnected', created_at"
+# The activity's other links on the calendar, whatever their account: live ones first.
+_ON_CALENDAR = (
+    "SELECT id, state, account_email, disconnect_finished_at FROM calendar_links"
+    " WHERE activity_id = %s AND calendar_id = %s AND id <> %s"
+    " ORDER BY state = 'disconnected', created_at, id"
+)
+_LIVE_OWNER = (
+    "SELECT id, state, account_email FROM calendar_links WHERE activity_id = %s"
+    " AND calendar_id = %s AND id <> %s AND state <> 'disconnected'"
+)
+_HOLDS_EVENTS = (
+    "SELECT 1 FROM link_bookings WHERE link_id = %s AND google_event_id IS NOT NULL LIMIT 1"
 )
 _ACTIVATE = (
     "UPDATE calendar_links SET calendar_id = %s, state = 'active', state_reason = NULL,"
     " state_changed_at = now(), updated_at = now() WHERE id = %s"
 )
+# The disconnected link takes the new one's account (a calendar shared by two accounts:
+# either may write its events).
 _REVIVE = (
-    "UPDATE calendar_links AS old SET refresh_token_enc = new.refresh_token_enc,"
-    " access_token_enc = new.access_token_enc, token_expires_at = new.token_expires_at,"
-    " state = 'active', state_reason = NULL, state_changed_at = now(), updated_at = now()"
-    " FROM calendar_links AS new WHERE old.id = %s AND new.id = %s"
+    "UPDATE calendar_links AS old SET account_email = new.account_email, state = 'active',"
+    " state_reason = NULL, state_changed_at = now(), updated_at = now(),"
+    " disconnect_finished_at = NULL FROM calendar_links AS new WHERE old.id = %s AND new.id = %s"
 )
 _DELETE_LINK = "DELETE FROM calendar_links WHERE id = %s"
 _DISCONNECT = (
     "UPDATE calendar_links SET state = 'disconnected', state_reason = %s,"
-    " state_changed_at = now(), updated_at = now() WHERE id = %s"
+    " state_changed_at = now(), updated_at = now(), disconnect_finished_at = NULL WHERE id = %s"
     " RETURNING extract(epoch FROM state_changed_at)::float8 AS changed_at"
 )
-_WIPE_TOKENS = (
-    "UPDATE calendar_links SET refresh_token_enc = NULL, access_token_enc = NULL,"
-    " token_expires_at = NULL, state_reason = %s, updated_at = now() WHERE id = %s"
+_FINISH_DISCONNECT = (
+    "UPDATE calendar_links SET state_reason = %s, disconnect_finished_at = now(),"
+    " updated_at = now() WHERE id = %s AND state = 'disconnected'"
 )
-_OTHER_LIVE_LINKS_OF_ACCOUNT = (
+# Who else uses the account's grant: its live links, and its links still being
+# disconnected (their events may still have to be removed with it).
+_GRANT_USERS = (
     "SELECT id FROM calendar_links WHERE account_email = %s AND id <> %s"
-    " AND state <> 'disconnected' ORDER BY id"
+    " AND (state <> 'disconnected' OR disconnect_finished_at IS NULL) ORDER BY id"
+)
+# After Google revoked it: the tokens wiped, and when (the clock after the revoke: a
+# connection whose code was exchanged before that is told to start again).
+_REVOKED = (
+    "UPDATE google_grants SET state = 'revoked', state_reason = %s, refresh_token_enc = NULL,"
+    " access_token_enc = NULL, token_expires_at = NULL, state_changed_at = clock_timestamp(),"
+    " updated_at = now() WHERE account_email = %s"
 )
 _DROP_REPAIRS = "DELETE FROM repairs WHERE link_id = %s"
 _RECORDED_ON = (
@@ -90,11 +123,16 @@ _FORGET_EVENTS = (
     " WHERE link_id = %s AND google_event_id IS NOT NULL"
 )
 _TOKEN_ROWS = (
-    "SELECT id, refresh_token_enc, access_token_enc FROM calendar_links"
-    " WHERE refresh_token_enc IS NOT NULL FOR UPDATE"
+    "SELECT account_email, refresh_token_enc, access_token_enc FROM google_grants"
+    " WHERE refresh_token_enc IS NOT NULL ORDER BY account_email FOR UPDATE"
 )
-_REENCRYPT_LINK = (
-    "UPDATE calendar_links SET refresh_token_enc = %s, access_token_enc = %s WHERE id = %s"
+_REENCRYPT_GRANT = (
+    "UPDATE google_grants SET refresh_token_enc = %s, access_token_enc = %s"
+    " WHERE account_email = %s"
+)
+_LINKS_OF_GRANTS = (
+    "SELECT count(*) AS n FROM calendar_links WHERE state <> 'disconnected' AND account_email"
+    " IN (SELECT account_email FROM google_grants WHERE refresh_token_enc IS NOT NULL)"
 )
 # --- what the pages read and write ------------------------------------------------------
 _START_BACKFILL = (
@@ -184,6 +222,26 @@ class Activation:
     merged_from: str | None  # the pending link folded into it
 
 
+@dataclass(frozen=True)
+class TakenState:
+    """A started connection, used: its activity, PKCE verifier, and when it was used (the
+    database's clock, before Google's code is exchanged)."""
+
+    activity_id: str
+    code_verifier: str
+    taken_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredConnection:
+    """What a connection stored: the account's links reconnected (every activity), those
+    of them in the connection's activity, and the new pending link when there were none."""
+
+    reconnected: list[str]
+    here: list[str]
+    created: str | None
+
+
 class LinkStore:
     def __init__(self, repository: Repository, cipher: TokenCipher) -> None:
         self.repository = repository
@@ -201,7 +259,7 @@ class LinkStore:
                 _INSERT_STATE, (nonce, activity_id, self.cipher.encrypt(code_verifier), expires_at)
             )
 
-    async def take_state(self, nonce: str) -> tuple[str, str]:
+    async def take_state(self, nonce: str) -> TakenState:
         """Use a state once: its activity and PKCE verifier."""
         async with self.pool.connection() as conn:
             row = await (await conn.execute(_TAKE_STATE, (nonce,))).fetchone()
@@ -215,26 +273,63 @@ class LinkStore:
                 raise StateRefused("state_invalid", "unknown connection request")
         if row["expired"]:
             raise StateRefused("state_expired", "the connection request expired: start it again")
-        return row["activity_id"], self.cipher.decrypt(row["code_verifier_enc"])
+        return TakenState(
+            row["activity_id"], self.cipher.decrypt(row["code_verifier_enc"]), row["taken_at"]
+        )
 
-    async def add_pending(self, link: CalendarLink, tokens: LinkTokens) -> None:
-        await self.repository.insert_link(link, tokens)
+    async def connect(
+        self, pending: CalendarLink, tokens: LinkTokens, asked_at: datetime
+    ) -> StoredConnection:
+        """Google granted `pending`'s account these tokens: they become the account's one
+        grant; the account's `reauth_required` links, in every activity, are active again;
+        and unless some of them are the activity's, `pending` is stored (a new link).
 
-    async def reconnect(self, activity_id: str, email: str, tokens: LinkTokens) -> list[str]:
-        """Give the activity's `reauth_required` links of this account their new tokens."""
-        refresh, access = self.repository.encrypt_tokens(tokens)
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                _RECONNECT, (refresh, access, tokens.expires_at, activity_id, email)
-            )
-            return [row["id"] for row in await cur.fetchall()]
+        Refused (`disconnect_in_progress`) when the disconnect of the account's last link
+        revoked its grant at Google after this connection was asked for: Google revokes an
+        account's whole grant, tokens minted just before included."""
+        email = pending.account_email
+        async with self.pool.connection() as conn, conn.transaction():
+            grant = await (await conn.execute(_LOCK_GRANT, (email,))).fetchone()
+            if grant and grant["state"] == "revoked" and grant["state_changed_at"] >= asked_at:
+                raise StateRefused(
+                    "disconnect_in_progress",
+                    f"disconnect_in_progress: the disconnect of the last link of {email} "
+                    "revoked its access at Google while this connection was under way, "
+                    "which voids what Google just granted: connect the account again",
+                )
+            await self.repository.store_grant(conn, email, tokens)
+            rows = await (await conn.execute(_RECONNECT, (email,))).fetchall()
+            here = [r["id"] for r in rows if r["activity_id"] == pending.activity_id]
+            created = None
+            if not here:
+                await self.repository.insert_link_row(conn, pending)
+                created = pending.id
+        reconnected = here + [r["id"] for r in rows if r["id"] not in here]
+        return StoredConnection(reconnected=reconnected, here=here, created=created)
+
+    async def import_link(self, link: CalendarLink, tokens: LinkTokens) -> None:
+        """A link registered from tokens obtained elsewhere, and its account's grant made
+        them. CalendarTaken: another live link of the activity has its calendar."""
+        try:
+            await self.repository.insert_link(link, tokens)
+        except errors.UniqueViolation:
+            async with self.pool.connection() as conn:
+                winner = await (
+                    await conn.execute(_LIVE_OWNER, (link.activity_id, link.calendar_id, link.id))
+                ).fetchone()
+            if winner is None:
+                raise
+            raise CalendarTaken(winner["id"], winner["state"], winner["account_email"]) from None
 
     # --- choosing a calendar ------------------------------------------------------------
 
     async def activate(self, link_id: str, calendar_id: str) -> Activation:
-        """Point the link at the calendar and make it active. If the same account's calendar
-        was synced by a link that was disconnected since, that link is revived instead (its
-        records say which events are already there, so nothing is created twice)."""
+        """Point the link at the calendar and make it active: refused (CalendarTaken) when
+        another live link of the activity has the calendar, through whichever account.
+        If a link of the activity synced the calendar and was disconnected since, that link
+        is revived instead (its records say which events are already there, so nothing is
+        created twice); while its disconnect has not finished (its events are still being
+        removed), the choice is refused (`disconnect_in_progress`)."""
         async with self.pool.connection() as conn, conn.transaction():
             row = await (await conn.execute(_LOCK_LINK, (link_id,))).fetchone()
             assert row is not None
@@ -243,17 +338,31 @@ class LinkStore:
                     "link_disconnected",
                     f"link {link_id} is disconnected: connect the account again",
                 )
+            activity = row["activity_id"]
             others = await (
-                await conn.execute(
-                    _LIVE_ON_CALENDAR,
-                    (row["activity_id"], row["account_email"], calendar_id, link_id),
-                )
+                await conn.execute(_ON_CALENDAR, (activity, calendar_id, link_id))
             ).fetchall()
             live = [o for o in others if o["state"] != LinkState.DISCONNECTED]
             if live:
-                raise CalendarTaken(live[0]["id"], live[0]["state"])
+                raise CalendarTaken(live[0]["id"], live[0]["state"], live[0]["account_email"])
+            unfinished = [o for o in others if o["disconnect_finished_at"] is None]
+            if unfinished:
+                old = unfinished[0]["id"]
+                raise StateRefused(
+                    "disconnect_in_progress",
+                    f"disconnect_in_progress: link {old} of this activity is being "
+                    f"disconnected from calendar {calendar_id!r} and its events may still be "
+                    "being removed: choose the calendar again once that has finished (if "
+                    f"the disconnect was interrupted, run it again: calsync links disconnect "
+                    f"{old})",
+                )
+            # A link whose records hold events (on another calendar: a move) is not folded
+            # away: its records would go with it and its events be left unaccounted for.
+            # It takes the calendar itself; the kept events of the disconnected link there
+            # are then duplicates, which a reconcile removes.
+            holds = await (await conn.execute(_HOLDS_EVENTS, (link_id,))).fetchone()
             try:
-                if others:  # a disconnected link of the same calendar
+                if others and holds is None:  # a disconnected link of the calendar: revived
                     old = others[0]["id"]
                     await conn.execute(_LOCK_LINK, (old,))
                     await conn.execute(_REVIVE, (old, link_id))
@@ -261,8 +370,16 @@ class LinkStore:
                     return Activation(old, merged_from=link_id)
                 await conn.execute(_ACTIVATE, (calendar_id, link_id))
             except errors.UniqueViolation:
-                raise CalendarTaken("another link") from None
-        return Activation(link_id, merged_from=None)
+                pass  # another select took it meanwhile (the unique index decides)
+            else:
+                return Activation(link_id, merged_from=None)
+        async with self.pool.connection() as conn:
+            winner = await (
+                await conn.execute(_LIVE_OWNER, (activity, calendar_id, link_id))
+            ).fetchone()
+        if winner is None:
+            raise CalendarTaken("another link")
+        raise CalendarTaken(winner["id"], winner["state"], winner["account_email"])
 
     # --- disconnecting ------------------------------------------------------------------
 
@@ -322,14 +439,30 @@ class LinkStore:
             cur = await conn.execute(_FORGET_EVENTS, (link_id,))
             return cur.rowcount
 
-    async def other_live_links_of_account(self, email: str, link_id: str) -> list[str]:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(_OTHER_LIVE_LINKS_OF_ACCOUNT, (email, link_id))
-            return [row["id"] for row in await cur.fetchall()]
+    async def release_grant(
+        self, account: str, link_id: str, revoke: Callable[[str], Awaitable[bool]]
+    ) -> tuple[bool, list[str]]:
+        """The disconnected link no longer uses its account's grant: revoke it at Google
+        (`revoke(refresh_token)`) unless another link still uses it, decided with the
+        grant's row locked until the revoke is recorded, so that a link connected or
+        selected meanwhile is either seen here or stored after (and told). (Whether it was
+        revoked, the other links that use it.)"""
+        async with self.pool.connection() as conn, conn.transaction():
+            grant = await (await conn.execute(_LOCK_GRANT, (account,))).fetchone()
+            if grant is None or grant["refresh_token_enc"] is None:
+                return False, []
+            users = await (await conn.execute(_GRANT_USERS, (account, link_id))).fetchall()
+            if users:
+                return False, [row["id"] for row in users]
+            revoked = await revoke(self.cipher.decrypt(grant["refresh_token_enc"]))
+            await conn.execute(
+                _REVOKED, (f"revoked at Google by the disconnect of {link_id}", account)
+            )
+        return revoked, []
 
-    async def wipe_tokens(self, link_id: str, reason: str) -> None:
+    async def finish_disconnect(self, link_id: str, reason: str) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute(_WIPE_TOKENS, (reason, link_id))
+            await conn.execute(_FINISH_DISCONNECT, (reason, link_id))
 
     # --- backfill progress --------------------------------------------------------------
 
@@ -424,12 +557,14 @@ class LinkStore:
 
     # --- keys ---------------------------------------------------------------------------
 
-    async def rotate_key(self) -> tuple[int, int]:
-        """Re-encrypt every stored secret under the first key: (links, states)."""
+    async def rotate_key(self) -> tuple[int, int, int]:
+        """Re-encrypt every stored secret under the first key: (grants, the live links
+        that use them, states)."""
         async with self.pool.connection() as conn, conn.transaction():
-            links = await self._rotate(conn, _TOKEN_ROWS, _REENCRYPT_LINK)
+            grants = await self._rotate(conn, _TOKEN_ROWS, _REENCRYPT_GRANT)
             states = await self._rotate(conn, _STATE_ROWS, _REENCRYPT_STATE)
-        return links, states
+            row = await (await conn.execute(_LINKS_OF_GRANTS)).fetchone()
+        return grants, int(row["n"]) if row else 0, states
 
     async def _rotate(self, conn: Connection, select: str, update: str) -> int:
         rows = await (await conn.execute(select)).fetchall()

@@ -1,6 +1,7 @@
 """Listens for link changes (PostgreSQL NOTIFY on `calsync_links`, sent by a trigger on
 calendar_links) so that a consumer stops a link's in-flight work the moment another process
-disconnects it, and drops cached tokens when a link is reconnected.
+disconnects it; and for grant changes (`calsync_grants`, a trigger on google_grants) so that
+it drops an account's cached access token when its grant is replaced, refused or revoked.
 
 A LISTEN connection only ever reads, so a dead one (the server failed over, a NAT or a
 firewall forgot the connection, a peer that froze) looks just like a quiet one: waiting on
@@ -26,6 +27,7 @@ from consumer.domain.models import LinkState
 
 log = structlog.get_logger(__name__)
 CHANNEL = "calsync_links"
+GRANTS_CHANNEL = "calsync_grants"
 CHECK_INTERVAL_S = 15.0
 CHECK_TIMEOUT_S = 5.0
 # Connecting, listening and reading every link's state again: bounded too (a peer that
@@ -58,6 +60,7 @@ async def connect(database_url: str) -> psycopg.AsyncConnection[Any]:
 async def watch_links(
     database_url: str,
     changed: Callable[[str, LinkState, float], None],
+    grant_changed: Callable[[str], None] | None = None,
     retry_s: float = 1.0,
     check_interval_s: float = CHECK_INTERVAL_S,
     check_timeout_s: float = CHECK_TIMEOUT_S,
@@ -69,6 +72,8 @@ async def watch_links(
             async with asyncio.timeout(SETUP_TIMEOUT_S):
                 conn = await connect(database_url)
                 await conn.execute(f"LISTEN {CHANNEL}")
+                if grant_changed is not None:
+                    await conn.execute(f"LISTEN {GRANTS_CHANNEL}")
                 # Notices sent while this process was not listening are lost: the links
                 # that are not active now are told once more, so none of their work goes on.
                 cur = await conn.execute(
@@ -76,10 +81,21 @@ async def watch_links(
                     " FROM calendar_links"
                 )
                 rows = await cur.fetchall()
+                accounts: list[str] = []
+                if grant_changed is not None:  # and cached access tokens are read again
+                    grants = await conn.execute("SELECT account_email FROM google_grants")
+                    accounts = [account for (account,) in await grants.fetchall()]
             for link_id, state, changed_at in rows:
                 changed(link_id, LinkState(state), changed_at)
+            for account in accounts:
+                assert grant_changed is not None
+                grant_changed(account)
             while True:
                 async for notice in conn.notifies(timeout=check_interval_s):
+                    if notice.channel == GRANTS_CHANNEL:
+                        if grant_changed is not None:
+                            grant_changed(notice.payload)
+                        continue
                     _tell(changed, notice.payload)
                 await _check(conn, check_timeout_s)
         except (psycopg.OperationalError, ConnectionDead, TimeoutError) as exc:

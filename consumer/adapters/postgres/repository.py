@@ -21,17 +21,24 @@ from consumer.domain.models import (
     LinkTokens,
     MessagePosition,
     RecordedEvent,
+    StoredGrant,
 )
 
 log = structlog.get_logger(__name__)
 Connection = psycopg.AsyncConnection[DictRow]
 Pool = AsyncConnectionPool[Connection]
 
-_LINK_COLUMNS = (
-    "id, activity_id, account_email, calendar_id, state, state_reason, state_changed_at, "
-    "refresh_token_enc, access_token_enc, token_expires_at, created_at, backfilled_at"
+# A link's tokens are its account's grant's (one per Google account, shared by all its
+# links), until the link's disconnect has finished.
+_LINK_WITH_GRANT = (
+    "SELECT l.id, l.activity_id, l.account_email, l.calendar_id, l.state, l.state_reason,"
+    " l.state_changed_at, l.created_at, l.backfilled_at, l.disconnect_finished_at,"
+    " g.refresh_token_enc, g.access_token_enc, g.token_expires_at"
+    " FROM calendar_links l LEFT JOIN google_grants g ON g.account_email = l.account_email"
+    " AND g.state <> 'revoked'"
+    " AND (l.state <> 'disconnected' OR l.disconnect_finished_at IS NULL)"
 )
-_LINKS_FOR_ACTIVITY = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE activity_id = %s"
+_LINKS_FOR_ACTIVITY = f"{_LINK_WITH_GRANT} WHERE l.activity_id = %s"
 # The hot path reads links without their tokens: the token provider caches those per link.
 _LINKS_OF_ACTIVITIES = (
     "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
@@ -39,7 +46,7 @@ _LINKS_OF_ACTIVITIES = (
     " NULL AS token_expires_at, created_at, backfilled_at"
     " FROM calendar_links WHERE activity_id = ANY(%s)"
 )
-_LINK_BY_ID = f"SELECT {_LINK_COLUMNS} FROM calendar_links WHERE id = %s"
+_LINK_BY_ID = f"{_LINK_WITH_GRANT} WHERE l.id = %s"
 _LINKS_BY_IDS = (
     "SELECT id, activity_id, account_email, calendar_id, state, state_reason,"
     " state_changed_at, NULL AS refresh_token_enc, NULL AS access_token_enc,"
@@ -55,23 +62,46 @@ _LINKS_HOLDING = (
     " FROM link_bookings lb JOIN calendar_links cl ON cl.id = lb.link_id"
     " WHERE lb.booking_id = ANY(%s) AND lb.google_event_id IS NOT NULL"
 )
-_ALL_LINKS = f"SELECT {_LINK_COLUMNS} FROM calendar_links ORDER BY created_at, id"
-_LOCK_LINK_TOKENS = (
-    "SELECT refresh_token_enc, access_token_enc, token_expires_at FROM calendar_links "
-    "WHERE id = %s FOR NO KEY UPDATE"  # no conflict with FK key-share locks
+_ALL_LINKS = f"{_LINK_WITH_GRANT} ORDER BY l.created_at, l.id"
+# --- grants: one per Google account ---------------------------------------------------------
+_LOCK_GRANT = (
+    "SELECT refresh_token_enc, access_token_enc, token_expires_at, state, state_reason"
+    " FROM google_grants WHERE account_email = %s FOR NO KEY UPDATE"
 )
 _SAVE_ACCESS_TOKEN = (
-    "UPDATE calendar_links SET access_token_enc = %s, token_expires_at = %s, updated_at = now()"
-    " WHERE id = %s"
+    "UPDATE google_grants SET access_token_enc = %s, token_expires_at = %s, updated_at = now()"
+    " WHERE account_email = %s"
 )
 _SAVE_ALL_TOKENS = (
-    "UPDATE calendar_links SET access_token_enc = %s, token_expires_at = %s,"
-    " refresh_token_enc = %s, updated_at = now() WHERE id = %s"
+    "UPDATE google_grants SET access_token_enc = %s, token_expires_at = %s,"
+    " refresh_token_enc = %s, updated_at = now() WHERE account_email = %s"
+)
+# Google refused the refresh token: the access tokens it gave are void too.
+_REFUSE_GRANT = (
+    "UPDATE google_grants SET state = 'refused', state_reason = %s, access_token_enc = NULL,"
+    " token_expires_at = NULL, state_changed_at = now(), updated_at = now()"
+    " WHERE account_email = %s"
+)
+# A grant Google just gave (a consent, an import): the account's one grant from now on.
+_STORE_GRANT = (
+    "INSERT INTO google_grants (account_email, refresh_token_enc, access_token_enc,"
+    " token_expires_at) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (account_email) DO UPDATE SET refresh_token_enc = EXCLUDED.refresh_token_enc,"
+    " access_token_enc = EXCLUDED.access_token_enc,"
+    " token_expires_at = EXCLUDED.token_expires_at, state = 'valid', state_reason = NULL,"
+    " state_changed_at = CASE WHEN google_grants.state = 'valid'"
+    " THEN google_grants.state_changed_at ELSE now() END, updated_at = now()"
+)
+_GRANT_STATE = "SELECT state FROM google_grants WHERE account_email = %s FOR SHARE"
+_LEAVE_ACTIVE_GRANT = (
+    "UPDATE calendar_links SET state = 'reauth_required', state_reason = %s,"
+    " state_changed_at = now(), updated_at = now() WHERE account_email = %s AND state = 'active'"
+    " RETURNING id, activity_id, calendar_id,"
+    " extract(epoch FROM state_changed_at)::float8 AS changed_at"
 )
 _INSERT_LINK = (
-    "INSERT INTO calendar_links (id, activity_id, account_email, calendar_id, state,"
-    " refresh_token_enc, access_token_enc, token_expires_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+    "INSERT INTO calendar_links (id, activity_id, account_email, calendar_id, state)"
+    " VALUES (%s, %s, %s, %s, %s)"
 )
 _UPSERT_BOOKINGS = (
     "INSERT INTO bookings (booking_id, activity_id, version, event_type, event)"
@@ -139,6 +169,7 @@ _MARK_DEAD_LETTER_REPROCESSED = (
 
 
 def _link_row(row: dict[str, Any], cipher: TokenCipher | None) -> LinkRow:
+    """(Rows read without tokens carry NULLs in their place.)"""
     tokens: LinkTokens | None = None
     if row["refresh_token_enc"] is not None and cipher is not None:
         access = row["access_token_enc"]
@@ -160,7 +191,12 @@ def _link_row(row: dict[str, Any], cipher: TokenCipher | None) -> LinkRow:
         state_changed_at=row["state_changed_at"],
         created_at=row["created_at"],
         backfilled_at=row["backfilled_at"],
+        disconnect_finished_at=row.get("disconnect_finished_at"),
     )
+
+
+def _link_params(link: CalendarLink) -> tuple[str, str, str, str | None, str]:
+    return (link.id, link.activity_id, link.account_email, link.calendar_id, link.state.value)
 
 
 def _stored_event(data: Any, booking_id: str | None) -> BookingEvent | None:
@@ -264,22 +300,24 @@ class Repository:
     async def insert_link(
         self, link: CalendarLink, tokens: LinkTokens, conn: Connection | None = None
     ) -> None:
-        refresh, access = self.encrypt_tokens(tokens)
-        params = (
-            link.id,
-            link.activity_id,
-            link.account_email,
-            link.calendar_id,
-            link.state.value,
-            refresh,
-            access,
-            tokens.expires_at,
-        )
+        """The link, and its account's grant made these tokens (in one transaction)."""
         if conn is not None:
-            await conn.execute(_INSERT_LINK, params)
+            await self.store_grant(conn, link.account_email, tokens)
+            await conn.execute(_INSERT_LINK, _link_params(link))
             return
-        async with self.pool.connection() as own:
-            await own.execute(_INSERT_LINK, params)
+        async with self.pool.connection() as own, own.transaction():
+            await self.store_grant(own, link.account_email, tokens)
+            await own.execute(_INSERT_LINK, _link_params(link))
+
+    async def insert_link_row(self, conn: Connection, link: CalendarLink) -> None:
+        """The link alone (its account's grant is stored by the caller, in `conn`'s
+        transaction)."""
+        await conn.execute(_INSERT_LINK, _link_params(link))
+
+    async def store_grant(self, conn: Connection, account: str, tokens: LinkTokens) -> None:
+        """The account's one grant is now these tokens (valid)."""
+        refresh, access = self.encrypt_tokens(tokens)
+        await conn.execute(_STORE_GRANT, (account, refresh, access, tokens.expires_at))
 
     async def leave_active(self, link_id: str, state: LinkState, reason: str) -> float | None:
         """Move an active link to an unhealthy state: when (epoch seconds), or None if it
@@ -329,26 +367,52 @@ class Repository:
         async with self.pool.connection() as conn:
             await conn.execute(_MARK_BACKFILLED, (link_id,))
 
-    async def lock_link_tokens(self, conn: Connection, link_id: str) -> LinkTokens | None:
-        row = await (await conn.execute(_LOCK_LINK_TOKENS, (link_id,))).fetchone()
+    # --- grants (the token provider's) ------------------------------------------------------
+
+    async def lock_grant(self, conn: Connection, account: str) -> StoredGrant | None:
+        """The account's grant, its row locked until `conn`'s transaction ends (one refresh
+        per grant in the consumer group). None: no grant (or revoked)."""
+        row = await (await conn.execute(_LOCK_GRANT, (account,))).fetchone()
         if row is None or row["refresh_token_enc"] is None:
             return None
         cipher = self._cipher()
         access = row["access_token_enc"]
-        return LinkTokens(
+        tokens = LinkTokens(
             cipher.decrypt(row["refresh_token_enc"]),
             cipher.decrypt(access) if access else None,
             row["token_expires_at"],
         )
+        refused = (row["state_reason"] or "invalid_grant") if row["state"] == "refused" else None
+        return StoredGrant(tokens, refused)
 
     async def save_tokens(
-        self, conn: Connection, link_id: str, tokens: LinkTokens, refresh_token_changed: bool
+        self, conn: Connection, account: str, tokens: LinkTokens, refresh_token_changed: bool
     ) -> None:
         refresh, access = self.encrypt_tokens(tokens)
         if refresh_token_changed:
-            await conn.execute(_SAVE_ALL_TOKENS, (access, tokens.expires_at, refresh, link_id))
+            await conn.execute(_SAVE_ALL_TOKENS, (access, tokens.expires_at, refresh, account))
         else:
-            await conn.execute(_SAVE_ACCESS_TOKEN, (access, tokens.expires_at, link_id))
+            await conn.execute(_SAVE_ACCESS_TOKEN, (access, tokens.expires_at, account))
+
+    async def refuse_grant(self, conn: Connection, account: str, reason: str) -> None:
+        """Google refused the grant (`invalid_grant: ...`): no process presents it again."""
+        await conn.execute(_REFUSE_GRANT, (printable(reason, 500), account))
+
+    async def leave_active_grant(
+        self, account: str, reason: str
+    ) -> list[tuple[str, str, str | None, float]]:
+        """Every active link of the account becomes `reauth_required`, unless its grant was
+        replaced meanwhile (a reconnect, which locks the grant's row first too): of each,
+        (link, activity, calendar, since when in epoch seconds)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            grant = await (await conn.execute(_GRANT_STATE, (account,))).fetchone()
+            if grant is not None and grant["state"] == "valid":
+                return []
+            cur = await conn.execute(_LEAVE_ACTIVE_GRANT, (printable(reason, 500), account))
+            return [
+                (row["id"], row["activity_id"], row["calendar_id"], float(row["changed_at"]))
+                for row in await cur.fetchall()
+            ]
 
     # --- bookings and dead letters ---------------------------------------------------------
 

@@ -55,7 +55,9 @@ log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SESSION = web.RequestKey("calsync_session", Session)
 # A refused choice shows the choice again (with why) rather than an error page.
-_CHOOSE_AGAIN = frozenset({"calendar_not_writable", "calendar_unknown", "calendar_taken"})
+_CHOOSE_AGAIN = frozenset(
+    {"calendar_not_writable", "calendar_unknown", "calendar_taken", "disconnect_in_progress"}
+)
 _LOGIN_FAILURE_DELAY_S = 0.5
 
 
@@ -211,7 +213,7 @@ class Pages:
             "error.html",
             trouble.title,
             status=status,
-            detail=detail,
+            detail=views.for_people(detail, problem),
             code=status,
             advice=trouble.advice,
             action=trouble.action,
@@ -376,9 +378,9 @@ async def after_consent(request: web.Request) -> web.StreamResponse:
             ("activity_id", connected.activity_id),
         ]
         return pages.redirect(views.with_query(return_url, params))
-    if connected.reconnected:
-        return pages.redirect(pages.progress_url(list(connected.backfill_ids.values())))
     link = connected.links[0]
+    if link.state != "pending":  # reconnected: the catch-ups (every activity's) run
+        return pages.redirect(pages.progress_url(list(connected.backfill_ids.values())))
     taken = await pages.service.taken(connected.activity_id, link.id)
     return pages.choice_page(request, link, connected.calendars, taken)
 
@@ -422,7 +424,7 @@ async def choose(request: web.Request) -> web.StreamResponse:
             choice.link,
             choice.calendars,
             choice.taken,
-            error=_sentence(str(exc)),
+            error=_sentence(views.for_people(str(exc), exc.problem)),
             status=http_status(exc),
         )
     log.info("page_calendar_chosen", link_id=chosen.link.id, calendar_id=calendar_id)

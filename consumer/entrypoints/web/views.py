@@ -273,8 +273,16 @@ TROUBLES: dict[str, Trouble] = {
     ),
     "calendar_taken": Trouble(
         "That calendar is already synced",
-        "Another link of this activity already puts the bookings there.",
+        "Another link of this activity already puts the bookings there (through this "
+        "Google account or another one the calendar is shared with).",
         "Choose again",
+    ),
+    "disconnect_in_progress": Trouble(
+        "A disconnect is still under way",
+        "Calendar Sync is still disconnecting this account or calendar (removing its "
+        "events, giving up its access). Try again once it has finished: the links page "
+        "shows when.",
+        "Open the links page",
     ),
     "form_expired": Trouble(
         "This calendar choice expired",
@@ -329,6 +337,13 @@ TROUBLES: dict[str, Trouble] = {
         "This address does not take that request", "Use the pages' buttons."
     ),
 }
+
+
+def for_people(detail: str, problem: str) -> str:
+    """A refusal's message without the machine name some put first for programs and
+    terminals (`calendar_taken: ...`)."""
+    prefix = f"{problem}: "
+    return detail[len(prefix) :] if detail.startswith(prefix) else detail
 
 
 def trouble(problem: str, status: int) -> Trouble:
