@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import unquote
 
-from calsync_dev.sandbox.state import Fault, SandboxState
+from calsync_dev.sandbox.state import Fault, SandboxState, now_rfc3339
 
 
 def admin_routes(state: SandboxState) -> Callable[..., tuple[int, Any]]:
@@ -78,10 +78,20 @@ def _route(
             # An event put there by someone else, or by an old bug: stored as given.
             import secrets
 
+            event_id = body.get("id") or secrets.token_hex(13)
+            stamp = now_rfc3339()
+            # Everything Google keeps on an event it holds, where the plant does not say.
             event = {
                 "kind": "calendar#event",
                 "status": "confirmed",
-                "id": body.get("id") or secrets.token_hex(13),
+                "id": event_id,
+                "created": stamp,
+                "updated": stamp,
+                "sequence": 0,
+                "etag": f'"{state.next_sequence()}"',
+                "iCalUID": f"{event_id}@google.com",
+                "htmlLink": f"https://www.google.com/calendar/event?eid={event_id}",
+                "organizer": {"email": calendar_id, "self": True},
                 **body,
             }
             state.calendar(email, calendar_id).events[event["id"]] = event

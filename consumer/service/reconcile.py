@@ -114,6 +114,10 @@ _SCHEDULE_NEXT = (
 )
 
 
+class _NotApplied(Exception):
+    """A repair went through the sync path and was not applied (its result says why)."""
+
+
 @dataclass
 class Progress:
     """What a terminal (or `calsync status`) shows of a run while it goes."""
@@ -418,7 +422,13 @@ class Reconciler:
             result = await self.engine.sync_link(
                 booking, row, None, source="reconcile", force=True, latest=True, adopt=adopt
             )
-            return result.outcome.value == "applied"
+            if result.outcome.value != "applied":  # said as unrepaired, never silently lost
+                raise _NotApplied(
+                    f"{result.outcome.value} ({result.reason}"
+                    + (f": {result.error}" if result.error else "")
+                    + ")"
+                )
+            return True
         assert drift.event_id is not None
         on = drift.calendar_id or calendar_id
         removed = await self.engine.remove_extra_event(

@@ -23,6 +23,7 @@ from calsync_dev.stack import free_port
 from consumer.bootstrap import link_service
 from consumer.domain.errors import LinkError
 from consumer.entrypoints.http_api import serve
+from consumer.entrypoints.problems import http_status
 from consumer.service.links import LinkService
 from tests.oracle import assert_exact
 from tests.plugins.environment import ADMIN_TOKEN, Env, calsync, wait_until
@@ -261,7 +262,7 @@ async def test_a_calendar_being_disconnected_cannot_be_chosen_until_the_disconne
         with pytest.raises(LinkError) as refused:
             await meanwhile.select(fresh, "cal-a")
         assert refused.value.problem == "disconnect_in_progress"
-        assert refused.value.status == 409
+        assert http_status(refused.value) == 409
         one_line_with(
             await asyncio.to_thread(calsync, env, "links", "select", fresh, "cal-a"),
             "disconnect_in_progress",

@@ -20,6 +20,7 @@ import pytest
 from consumer.adapters.crypto import TokenCipher
 from consumer.bootstrap import link_service
 from consumer.domain.errors import LinkError
+from consumer.entrypoints.problems import http_status
 from consumer.service.answers import Connected
 from consumer.service.links import LinkService
 from tests.oracle import assert_exact
@@ -198,7 +199,7 @@ async def test_a_connection_whose_grant_a_disconnect_revoked_meanwhile_is_refuse
             with pytest.raises(LinkError) as refused:
                 await connecting
     assert refused.value.problem == "disconnect_in_progress"
-    assert refused.value.status == 409
+    assert http_status(refused.value) == 409
     assert env.query("SELECT id FROM calendar_links") == [{"id": old_link}]
     # Connecting again works: its grant is alive.
     async with link_service(env.settings) as service:

@@ -16,6 +16,7 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.bootstrap import link_service
 from consumer.domain.errors import LinkError, TokenKeyError
 from consumer.entrypoints.http_api import serve
+from consumer.entrypoints.problems import http_status
 from tests.plugins.environment import ADMIN_TOKEN, TOKEN_KEY, Env, calsync, wait_until
 from tests.plugins.events import booking_event
 
@@ -165,7 +166,7 @@ async def test_an_expired_state_is_refused(env: Env) -> None:
         await asyncio.sleep(2.2)
         with pytest.raises(LinkError) as refused:
             await service.finish_connect(params)
-    assert refused.value.problem == "state_expired" and refused.value.status == 400
+    assert refused.value.problem == "state_expired" and http_status(refused.value) == 400
     assert env.query("SELECT * FROM calendar_links") == []
 
 

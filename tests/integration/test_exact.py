@@ -627,3 +627,23 @@ async def test_reconcile_removes_a_demoted_links_doubles_on_a_shared_calendar(en
 
 def _of(event: dict[str, Any], link_id: str) -> bool:
     return bool(event["extendedProperties"]["private"]["link_id"] == link_id)
+
+
+async def test_a_repair_reconcile_could_not_apply_is_said_unrepaired(env: Env) -> None:
+    """A changed event whose re-render Google keeps refusing (a 500 for as long as the
+    retry budget lasts) is neither counted repaired nor silently dropped: the run lists it as
+    unrepaired and the command exits 1; once Google answers, the next run repairs it."""
+    email, link_id, latest = await two_bookings_on_cal_a(env)
+    event = next(e for e in env.events(email, "cal-a") if e["summary"].endswith("Jane Smith"))
+    env.sandbox.edit_by_hand(email, "cal-a", event["id"], summary="edited by hand")
+    env.sandbox.add_fault(500, method="PUT", duration_s=30)
+    answer = calsync(env, "reconcile", "--execute", "--json")
+    report = json.loads(answer.stdout)
+    assert answer.returncode == 1, answer.stdout
+    assert report["found"] == {"changed": 1} and report["repaired"] == {}
+    (unrepaired,) = report["links"][0]["unrepaired"]
+    assert unrepaired.startswith("changed ") and "failed" in unrepaired
+    env.sandbox.clear_faults()
+    again = calsync(env, "reconcile", "--execute", "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["repaired"] == {"changed": 1}
+    assert_exact(env, email, link_id, latest, calendar_id="cal-a")
