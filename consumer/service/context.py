@@ -11,6 +11,7 @@ from consumer.adapters.google.tokens import TokenProvider
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.connections import Connect
 from consumer.adapters.postgres.repository import Repository
+from consumer.service.shutdown import Deadline
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 
@@ -25,3 +26,5 @@ class Services:
     tokens: TokenProvider
     engine: SyncEngine
     connect: Connect  # a connection of its own, outside the pools (see connections.py)
+    # Set by whoever stops the process: closing these waits for nothing past it.
+    closing: Deadline | None = None

@@ -9,7 +9,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from consumer.adapters.postgres.connections import Connect, connector
+from consumer.adapters.postgres.connections import Connect, connector, session_conninfo
 from consumer.adapters.postgres.link_store import Backfill
 from consumer.adapters.postgres.members import alive_members
 from consumer.domain.errors import OpsError
@@ -56,7 +56,7 @@ _DLQ = (
 async def collect(settings: Settings, connect: Connect | None = None) -> Status:
     # Bootstrap hands in the process's connection factory; a caller with only the settings
     # (a script written against the earlier collect(settings)) gets one of its own.
-    connect = connect or connector(settings.database_url)
+    connect = connect or connector(session_conninfo(settings))
     group, topic = settings.group_id, settings.topic
     alive = await alive_members(connect, group)
     members = [
