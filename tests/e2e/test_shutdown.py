@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,8 +20,9 @@ import pytest
 
 from consumer.adapters.postgres.connections import session_conninfo
 from consumer.bootstrap import services
+from consumer.entrypoints.problems import SHUTDOWN_OVERRAN_EXIT_CODE
 from tests.oracle import assert_exact
-from tests.plugins.environment import Env, wait_until
+from tests.plugins.environment import ROOT, Env, wait_until
 from tests.plugins.events import booking_event
 
 GRACE_S = 3
@@ -124,3 +126,24 @@ async def _timeouts(conn: psycopg.AsyncConnection[object]) -> tuple[str, str]:
     return str(lock[0] if isinstance(lock, tuple) else lock["lock_timeout"]), str(
         statement[0] if isinstance(statement, tuple) else statement["statement_timeout"]
     )
+
+
+def test_the_watchdog_ends_a_process_something_still_holds_at_the_bound(tmp_path: Path) -> None:
+    """The last guarantee: whatever still holds the process at the bound (here a thread in a
+    blocking call, which no bounded wait can end) is ended there, with one error line."""
+    script = (
+        "import threading, time\n"
+        "from consumer.logs import configure_logging\n"
+        "from consumer.settings import Settings\n"
+        "from consumer.entrypoints.worker import _arm_watchdog\n"
+        "configure_logging(Settings(log_format='json'))\n"
+        "_arm_watchdog(0.5)\n"
+        "threading.Thread(target=time.sleep, args=(60,)).start()  # not a daemon: holds exit\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, cwd=ROOT
+    )
+    assert time.monotonic() - started < 20
+    assert done.returncode == SHUTDOWN_OVERRAN_EXIT_CODE, done.stderr
+    assert '"event": "shutdown_overran"' in done.stdout + done.stderr, done
