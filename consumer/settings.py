@@ -90,9 +90,9 @@ class Settings(BaseSettings):
         ge=0,
         description="How long a statement of ours waits for a lock before it fails "
         "(PostgreSQL lock_timeout, on every session the consumer, the CLI and the links API "
-        "open): a table locked by someone else (a CREATE INDEX without CONCURRENTLY, a long "
-        "transaction) makes the work fail and be retried instead of hanging, a shutdown "
-        "included; 0: no limit",
+        "open; not calsync migrate's): a table locked by someone else (a CREATE INDEX "
+        "without CONCURRENTLY, a long transaction) makes the work fail and be retried "
+        "instead of hanging, a shutdown included; 0: no limit",
     )
     db_statement_timeout_s: float = Field(
         default=30.0,
