@@ -21,7 +21,7 @@ from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.google.tokens import TokenProvider
 from consumer.adapters.kafka import KafkaGroupAdmin, build_consumer, build_producer
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.connections import Connect, connector
+from consumer.adapters.postgres.connections import Connect, connector, session_conninfo
 from consumer.adapters.postgres.deployment import deployment
 from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.ops_store import OpsStore
@@ -34,8 +34,12 @@ from consumer.service.context import Services
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.runner import ConsumerRunner
+from consumer.service.shutdown import Deadline, within
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
+
+_CLOSE_S = 10.0  # closing the services when nobody set a deadline (commands, `serve`)
+_ENGINE_CLOSE_S = 2.0
 
 
 def _cipher(settings: Settings) -> TokenCipher:
@@ -47,7 +51,7 @@ def _cipher(settings: Settings) -> TokenCipher:
 
 def connections(settings: Settings) -> Connect:
     """New connections to the database, one per `async with connect()`."""
-    return connector(settings.database_url)
+    return connector(session_conninfo(settings))
 
 
 def ops_store(settings: Settings) -> OpsStore:
@@ -63,12 +67,12 @@ def group_admin(settings: Settings) -> KafkaGroupAdmin:
 @asynccontextmanager
 async def services(settings: Settings, pool_size: int | None = None) -> AsyncIterator[Services]:
     cipher = _cipher(settings)
+    database = session_conninfo(settings)  # every session with its lock and statement timeouts
     # Token refreshes get a pool of their own: they must never queue behind the intake.
     repository = Repository(
-        Repository.pool_for(settings.database_url, pool_size or settings.db_pool_size, "sync"),
-        cipher,
+        Repository.pool_for(database, pool_size or settings.db_pool_size, "sync"), cipher
     )
-    token_repository = Repository(Repository.pool_for(settings.database_url, 4, "tokens"), cipher)
+    token_repository = Repository(Repository.pool_for(database, 4, "tokens"), cipher)
     await repository.pool.open(wait=True, timeout=30)
     await token_repository.pool.open(wait=True, timeout=30)
     try:
@@ -87,28 +91,24 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
         google,
         tokens,
         GroupQuota(settings, repository.pool, metrics),
-        SyncStore(settings.database_url),
+        SyncStore(database),
         metrics,
         deployment=ours.id,
     )
+    svc = Services(
+        settings, metrics, cipher, repository, google, tokens, engine, connections(settings), ours
+    )
     try:
-        yield Services(
-            settings,
-            metrics,
-            cipher,
-            repository,
-            google,
-            tokens,
-            engine,
-            connections(settings),
-            ours,
-        )
+        yield svc
     finally:
-        await engine.close()
+        # Bounded: work left behind may hold a flush or a connection on a locked table.
+        closing = svc.closing or Deadline.after(_CLOSE_S)
+        # Its flushes end at once unless left-behind work holds one on a locked table.
+        await within(engine.close(), closing.left(_ENGINE_CLOSE_S), "sync_engine")
         google.close()
         tokens.close()
-        await token_repository.pool.close()
-        await repository.pool.close()
+        for pool in (token_repository.pool, repository.pool):
+            await within(pool.close(timeout=closing.left(1.0)), closing.left(), f"pool {pool.name}")
 
 
 def consumer_runner(settings: Settings, svc: Services) -> ConsumerRunner:
@@ -145,7 +145,7 @@ def page_store(service: LinkService) -> PageStore:
 async def link_tables(settings: Settings) -> AsyncIterator[LinkStore]:
     """The links table alone: one small pool, no Google, no engine, no quota."""
     cipher = _cipher(settings)
-    repository = Repository(Repository.pool_for(settings.database_url, 2, "links"), cipher)
+    repository = Repository(Repository.pool_for(session_conninfo(settings), 2, "links"), cipher)
     await repository.pool.open(wait=True, timeout=30)
     try:
         yield LinkStore(repository, cipher)

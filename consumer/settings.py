@@ -117,6 +117,21 @@ class Settings(BaseSettings):
         "other accounts' bookings go on while one account waits for its quota",
     )
     db_pool_size: int = Field(default=16, ge=2)
+    db_lock_timeout_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a statement of ours waits for a lock before it fails "
+        "(PostgreSQL lock_timeout, on every session the consumer, the CLI and the links API "
+        "open; not calsync migrate's): a table locked by someone else (a CREATE INDEX "
+        "without CONCURRENTLY, a long transaction) makes the work fail and be retried "
+        "instead of hanging, a shutdown included; 0: no limit",
+    )
+    db_statement_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="The longest one statement of ours may run (PostgreSQL "
+        "statement_timeout, on the same sessions); 0: no limit",
+    )
     google_concurrency: int = Field(
         default=64,
         ge=1,

@@ -19,6 +19,8 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
 
+from calsync_dev.sandbox.state import RawBody
+
 BATCH_PATH = "/batch/calendar/v3"
 MAX_PARTS = 1000  # Google refuses larger batches
 
@@ -41,7 +43,7 @@ class InnerRequest:
 class InnerResponse:
     content_id: str
     status: int
-    body: Any  # JSON-able; nothing for 204
+    body: Any  # JSON-able (nothing for 204), or a RawBody (a page, not Google's)
     headers: dict[str, str]
 
 
@@ -89,7 +91,11 @@ def render_batch(responses: list[InnerResponse]) -> tuple[str, bytes]:
     boundary = "batch_" + secrets.token_hex(12)
     chunks = []
     for response in responses:
-        payload = b"" if response.status == 204 else json.dumps(response.body).encode()
+        content_type = "application/json; charset=UTF-8"
+        if isinstance(response.body, RawBody):  # a page, not Google's JSON
+            payload, content_type = response.body.payload, response.body.content_type
+        else:
+            payload = b"" if response.status == 204 else json.dumps(response.body).encode()
         content_id = response.content_id.removeprefix("<").removesuffix(">")
         lines = [
             f"--{boundary}",
@@ -98,8 +104,8 @@ def render_batch(responses: list[InnerResponse]) -> tuple[str, bytes]:
             "",
             f"HTTP/1.1 {response.status} {HTTPStatus(response.status).phrase}",
         ]
-        if response.status != 204:
-            lines.append("Content-Type: application/json; charset=UTF-8")
+        if payload or response.status != 204:
+            lines.append(f"Content-Type: {content_type}")
         lines += [f"{name}: {value}" for name, value in response.headers.items()]
         lines += [f"Content-Length: {len(payload)}", "", ""]
         chunks.append("\r\n".join(lines).encode() + payload + b"\r\n")

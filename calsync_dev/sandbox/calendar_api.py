@@ -183,4 +183,42 @@ def list_events(
     answer: dict[str, Any] = {"kind": "calendar#events", "summary": calendar.summary, "items": page}
     if start + max_results < len(items):
         answer["nextPageToken"] = str(start + max_results)
+    if "fields" in query:  # a partial response: only what was asked for, `kind` included
+        answer = partial_response(answer, query["fields"][0])
     return 200, answer
+
+
+def _split_fields(fields: str) -> list[str]:
+    """`kind,items(id,start),nextPageToken` -> its top-level selectors."""
+    parts, depth, current = [], 0, ""
+    for char in fields:
+        if char == "," and depth == 0:
+            parts.append(current.strip())
+            current = ""
+            continue
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        current += char
+    if current.strip():
+        parts.append(current.strip())
+    return parts
+
+
+def partial_response(answer: dict[str, Any], fields: str) -> dict[str, Any]:
+    """What Google answers for a `fields` selector: the named fields only (a sub-selection
+    in parentheses applies to each item of a list or to an object). Nothing else comes back,
+    not even `kind` unless it is named."""
+    selected: dict[str, Any] = {}
+    for selector in _split_fields(fields):
+        name, _, inner = selector.partition("(")
+        name = name.strip()
+        if name not in answer:
+            continue
+        value = answer[name]
+        if inner:
+            sub = inner[:-1] if inner.endswith(")") else inner
+            if isinstance(value, list):
+                value = [partial_response(v, sub) if isinstance(v, dict) else v for v in value]
+            elif isinstance(value, dict):
+                value = partial_response(value, sub)
+        selected[name] = value
+    return selected

@@ -37,7 +37,7 @@ from calsync_dev.sandbox.batch import (
     render_batch,
 )
 from calsync_dev.sandbox.oauth import ConsentError, OAuthError
-from calsync_dev.sandbox.state import Call, Fault, GoogleError, SandboxState
+from calsync_dev.sandbox.state import Call, Fault, GoogleError, RawBody, SandboxState
 
 _EVENTS = re.compile(r"^/calendar/v3/calendars/([^/]+)/events(?:/([^/]+))?$")
 _CAL_LIST = "/calendar/v3/users/me/calendarList"
@@ -71,10 +71,14 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
-        payload = b"" if status == 204 else json.dumps(body).encode()
+        if isinstance(body, RawBody):  # not Google's answer: a page in front of it
+            payload, content_type = body.payload, body.content_type
+        else:
+            payload = b"" if status == 204 else json.dumps(body).encode()
+            content_type = "application/json; charset=UTF-8"
         self.send_response(status)
-        if status != 204:
-            self.send_header("Content-Type", "application/json; charset=UTF-8")
+        if payload or status != 204:
+            self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -261,6 +265,10 @@ def _calendar_call(
             fault = state.take_fault(method, path, account)
             if fault is not None:
                 delay += fault.delay_s
+                if fault.body_html is not None:  # a page in front of Google: never served
+                    status = fault.status
+                    page = RawBody("text/html; charset=utf-8", fault.body_html.encode())
+                    return fault.status, page, {}, delay
                 raise _fault_error(fault)
             state.charge_quota(account)
             body = json.loads(raw) if raw else {}

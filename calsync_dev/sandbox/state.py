@@ -35,6 +35,14 @@ BATCH_MODES = ("sequential", "parallel")
 _Z99 = 2.3263478740408408  # the standard normal's 99th percentile
 
 
+@dataclass(frozen=True)
+class RawBody:
+    """An answer that is not Google's JSON (a page a proxy puts in front of Google)."""
+
+    content_type: str
+    payload: bytes
+
+
 class GoogleError(Exception):
     """An error answer, in the JSON shape the Calendar API uses."""
 
@@ -103,7 +111,11 @@ class Account:
 
 @dataclass
 class Fault:
-    """Answer the next `count` matching calls with an error instead of serving them."""
+    """Answer the next `count` matching calls with an error instead of serving them.
+
+    `body_html`: not Google's answer at all but a page in front of it (a proxy's login page,
+    a captive portal, a wrong `CALSYNC_GOOGLE_API_URL`), sent as `text/html` with `status`
+    (200 included) for any call it matches, without Google seeing the call."""
 
     status: int
     count: int = 1
@@ -114,6 +126,7 @@ class Fault:
     retry_after: float | None = None
     delay_s: float = 0.0
     duration_s: float | None = None  # instead of a count: every matching call for this long
+    body_html: str | None = None  # not Google's JSON: a page (any status, 200 too)
     until: float | None = None  # set from duration_s when the fault is added (time.time())
 
     def __post_init__(self) -> None:

@@ -15,7 +15,8 @@ bounded number of times and then dead-lettered, so that it costs one message, no
     |-- TokenRefreshFailed        Google refused (not retriable) or was unreachable
     |-- Deferred                  not a failure: the work waits
     |   |-- QuotaPaused           a Google quota is spent for a while
-    |   `-- AccountBacklogged     the account's queue is too long
+    |   |-- AccountBacklogged     the account's queue is too long, or Google paces it
+    |   `-- AccountFailing        the account's calls fail, and enough of them retry already
     |-- LinkHalted                the link left `active` while work was in flight
     |-- CalendarUnavailable       the link's calendar is gone or read-only
     |-- BatchFormatError          Google's batch answer could not be read (also ValueError)
@@ -142,6 +143,20 @@ class AccountBacklogged(Deferred):
         super().__init__(f"the account's Google quota is booked for {seconds:.0f}s")
         self.seconds = seconds
         self.reason = reason
+
+
+class AccountFailing(Deferred):
+    """Google fails this account's calls (5xx, timeouts, no connection, answers that are not
+    Google's) and as many of its live messages as may retry inside the in-flight window
+    already do: this one leaves the window for the repair loop (after its backoff, never
+    before `seconds`) instead of holding other accounts' work behind it."""
+
+    reason = "account_failing"
+
+    def __init__(self, seconds: float, cause: str | None) -> None:
+        super().__init__(f"the account's Google calls are failing ({cause or 'retrying'})")
+        self.seconds = seconds
+        self.cause = cause
 
 
 class LinkHalted(CalsyncError):

@@ -6,6 +6,7 @@ matches decides.
 
 status, reason (domain)                               call                      action
 none (timeout, no connection)                          any                       retry
+any (2xx too) notGoogleAnswer: not Google's JSON       any                       retry
 401                                                    any                       refresh_token
 403/429 rateLimitExceeded, userRateLimitExceeded       any                       pace
 429 any other reason                                   any                       pace
@@ -27,6 +28,13 @@ other 4xx (400 invalid, 412, ...; not 408)            any                       
 - check_calendar: `calendarList.get` says whether the calendar is gone or read-only;
 - refused: Google would answer the same again soon: no retry now, the repair loop later;
 - retry: within the retry budget, then the repair loop takes it.
+
+`notGoogleAnswer` is ours, not Google's: an answer that is not a JSON object of the kind the
+call asked for (an event with an id for a write, a list for a list, an empty body for a
+delete), or a 4xx other than 408 and 429 without Google's JSON error (a proxy's login page,
+a captive portal, a wrong `CALSYNC_GOOGLE_API_URL`). Whoever answered, it was not Google:
+nothing is known to be done (a 404 page says nothing of the event), and the call is tried
+again.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ class Action(StrEnum):
     CHECK_CALENDAR = "check_calendar"
 
 
+NOT_GOOGLE_ANSWER = "notGoogleAnswer"  # an answer that did not come from Google (see above)
 RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
 # The project's: its daily quota, or the project itself (the API not enabled, no key).
 PROJECT_QUOTA_REASONS = frozenset(
@@ -69,7 +78,7 @@ _CALENDAR_CALLS = frozenset(
 
 def classify(status: int | None, reason: str, domain: str, method: str) -> Action:
     """The action for a refusal of `method` (e.g. `events.update`)."""
-    if status is None:
+    if status is None or reason == NOT_GOOGLE_ANSWER:
         return Action.RETRY
     if status == 401:
         return Action.REFRESH_TOKEN

@@ -460,10 +460,9 @@ def _cmd_migrate(settings: Settings) -> int:
 
 
 def _cmd_consume(settings: Settings) -> int:
-    from consumer.entrypoints.worker import consume
+    from consumer.entrypoints.worker import run_process
 
-    asyncio.run(consume(settings, install_signal_handlers=True))
-    return 0
+    return run_process(settings)
 
 
 def _cmd_schema(write: bool) -> int:

@@ -16,9 +16,12 @@ HTTP_STATUS: dict[RefusalKind, int] = {
     RefusalKind.UPSTREAM: 502,
     RefusalKind.UNAVAILABLE: 503,
 }
-# `calsync` exits 1 on any refusal (printed as one line), 130 when interrupted.
+# `calsync` exits 1 on any refusal (printed as one line), 130 when interrupted; `calsync
+# consume` exits 3 when something still held it at the shutdown's bound and it was ended
+# (one `shutdown_overran` error line says so).
 REFUSED_EXIT_CODE = 1
 INTERRUPTED_EXIT_CODE = 130
+SHUTDOWN_OVERRAN_EXIT_CODE = 3
 
 
 def http_status(refusal: Refusal) -> int:

@@ -1,28 +1,103 @@
 """The consumer process (`calsync consume`): the Kafka runner, the ops HTTP server (/metrics,
 health) and the background loops (link watcher, gauges, repairs, scheduled reconcile), until
-SIGTERM/SIGINT or `stop`."""
+SIGTERM/SIGINT or `stop`.
+
+A SIGTERM ends the process within `CALSYNC_SHUTDOWN_GRACE_S` + 10 s whatever the database and
+the broker do: every step past the grace is bounded (consumer/service/shutdown.py), the
+event loop's own closing too (`run_process`), and a watchdog armed by the signal ends the
+process at the bound if anything still holds it (one `shutdown_overran` error line, exit
+status 3). Offsets are only ever committed for recorded results, so ending there loses
+nothing: what was left behind is read again.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 
 import structlog
 from aiokafka.errors import KafkaError
 
 from consumer.adapters.kafka import ensure_topics
+from consumer.adapters.postgres.connections import session_conninfo
 from consumer.adapters.postgres.link_watcher import watch_links
 from consumer.adapters.postgres.migrations import pending_migrations
 from consumer.bootstrap import consumer_runner, ops_store, services
 from consumer.domain.errors import StartupError
 from consumer.entrypoints.ops_http import start_ops_http
+from consumer.entrypoints.problems import SHUTDOWN_OVERRAN_EXIT_CODE
 from consumer.service import reconcile
 from consumer.service.repairs import RepairLoop
+from consumer.service.shutdown import AFTER_GRACE_S, STEPS_AFTER_GRACE_S, Deadline, within
 from consumer.service.status import refresh_gauges
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
+_WATCHDOG_MARGIN_S = 0.5  # the watchdog fires this long before the bound: exiting takes time
+_LEFT_BEHIND_S = 0.5  # what the event loop's closing gives tasks left behind, cancelled
+
+
+def run_process(settings: Settings) -> int:
+    """`calsync consume` as a process. Like `asyncio.run`, except that tasks a bounded
+    shutdown left behind (cancelled work still waiting on the database) are not waited for
+    without limit when the event loop closes."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(consume(settings, install_signal_handlers=True))
+    finally:
+        try:
+            _close_left_behind(loop)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+    return 0
+
+
+def _close_left_behind(loop: asyncio.AbstractEventLoop) -> None:
+    left = asyncio.all_tasks(loop)
+    for task in left:
+        task.cancel()
+    if left:
+        loop.run_until_complete(asyncio.wait(left, timeout=_LEFT_BEHIND_S))
+        if still := [t for t in left if not t.done()]:
+            log.warning("shutdown_left_tasks_behind", tasks=len(still))
+    closing_generators = loop.create_task(loop.shutdown_asyncgens())
+    loop.run_until_complete(asyncio.wait([closing_generators], timeout=_LEFT_BEHIND_S))
+
+
+def _stop_within_bound(stop: asyncio.Event, settings: Settings) -> None:
+    """SIGTERM/SIGINT: stop, and make sure the process ends within the grace + 10 s."""
+    if stop.is_set():
+        return
+    stop.set()
+    _arm_watchdog(settings.shutdown_grace_s + AFTER_GRACE_S - _WATCHDOG_MARGIN_S)
+
+
+def _arm_watchdog(seconds: float) -> None:
+    """A thread that ends the process after `seconds`, whatever still holds it (a thread in
+    a blocking call, a connection that never answers): the last guarantee of the bound."""
+
+    def overrun() -> None:
+        log.error(
+            "shutdown_overran",
+            after_s=round(seconds, 1),
+            exit_status=SHUTDOWN_OVERRAN_EXIT_CODE,
+            why="something still held the process at the shutdown's bound "
+            "(CALSYNC_SHUTDOWN_GRACE_S + 10 s): ended; offsets were committed only for "
+            "recorded results, so nothing is lost",
+        )
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(SHUTDOWN_OVERRAN_EXIT_CODE)
+
+    timer = threading.Timer(seconds, overrun)
+    timer.daemon = True  # a process that ends in time is not kept by it
+    timer.start()
 
 
 async def consume(
@@ -33,7 +108,7 @@ async def consume(
     if install_signal_handlers:  # first: a SIGTERM while starting is a clean stop too
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, _stop_within_bound, stop, settings)
     missing = await asyncio.to_thread(pending_migrations, settings.database_url)
     if missing:
         raise StartupError(
@@ -62,7 +137,7 @@ async def consume(
             _supervised(
                 "link_watcher",
                 lambda: watch_links(
-                    settings.database_url, svc.engine.link_changed, svc.engine.grant_changed
+                    session_conninfo(settings), svc.engine.link_changed, svc.engine.grant_changed
                 ),
             ),
             _supervised("gauges", lambda: refresh_gauges(svc.metrics, on_call)),
@@ -81,10 +156,17 @@ async def consume(
         try:
             await runner.run(stop)
         finally:
+            # What is left of the shutdown's bound (the runner's steps past the grace took
+            # the rest); the services are closed within it too.
+            closing = svc.closing = runner.closing or Deadline.after(STEPS_AFTER_GRACE_S)
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            await ops.cleanup()
+            await within(
+                asyncio.gather(*background, return_exceptions=True),
+                closing.left(2.0),
+                "background_tasks",
+            )
+            await within(ops.cleanup(), closing.left(1.0), "ops_http")
 
 
 def _supervised(

@@ -12,6 +12,7 @@ from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.connections import Connect
 from consumer.adapters.postgres.repository import Repository
 from consumer.domain.records import Deployment
+from consumer.service.shutdown import Deadline
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 
@@ -27,3 +28,5 @@ class Services:
     engine: SyncEngine
     connect: Connect  # a connection of its own, outside the pools (see connections.py)
     deployment: Deployment  # whose events are ours: every event written is tagged with it
+    # Set by whoever stops the process: closing these waits for nothing past it.
+    closing: Deadline | None = None

@@ -7,7 +7,10 @@
 - A partition's committed offset is the oldest record not yet fully recorded in
   PostgreSQL (see PartitionOffsets), committed every `commit_interval_s`.
 - On revocation or shutdown, in-flight work gets `shutdown_grace_s` to finish; what
-  finished is committed, what did not is cancelled and left for the next owner.
+  finished is committed, what did not is cancelled and left for the next owner. Past the
+  grace every wait is bounded (consumer/service/shutdown.py): cancelled work that does not
+  end soon (a statement waiting on a locked table) is left behind uncommitted, so a
+  shutdown ends within the grace + 10 s and a revocation within the rebalance timeout.
 - Every message ends, in bounded time, as synced or dead-lettered, exactly once. Bad input
   is dead-lettered at once; an infrastructure fault (consumer.adapters.classify.is_retriable:
   database or broker unreachable, a deadlock, a timeout) is retried with backoff without giving up,
@@ -41,6 +44,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from consumer.adapters.classify import KAFKA_AUTHORIZATION, is_retriable
 from consumer.adapters.kafka import DLQ_REPLAY_OF, dead_letter_copy
 from consumer.adapters.metrics import Metrics, PartitionLag
+from consumer.adapters.postgres.connections import session_conninfo
 from consumer.adapters.postgres.members import HEARTBEAT_S, MemberReport
 from consumer.adapters.postgres.repository import Repository
 from consumer.domain.errors import describe, printable
@@ -48,6 +52,7 @@ from consumer.domain.messages import BadMessage, parse_message
 from consumer.domain.models import MessagePosition
 from consumer.domain.offsets import PartitionOffsets
 from consumer.domain.records import Stall
+from consumer.service.shutdown import STEPS_AFTER_GRACE_S, Deadline, within
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 
@@ -57,6 +62,11 @@ _Chain = tuple[TopicPartition, bytes | None]
 # corrupt batch): never our input's fault to carry, and never a reason to stop.
 _UNREADABLE = (UnicodeDecodeError, CorruptRecordException, InvalidMessageError)
 _STALL_CHECK_S = 1.0
+# Past the grace, what a drain gives cancelled work to end (most ends at once; one waiting
+# on the database ends within CALSYNC_DB_LOCK_TIMEOUT_S), then its last commit; the rest of
+# the shutdown's steps take what is left of STEPS_AFTER_GRACE_S.
+_CANCELLED_WAIT_S = 5.0
+_LAST_COMMIT_S = 1.5
 
 
 @dataclass
@@ -100,7 +110,7 @@ class ConsumerRunner:
         self.started = False
         self.ops_port: int | None = None  # where /metrics and the health checks listen
         self.member = MemberReport(
-            settings.database_url, settings.group_id, settings.topic, settings.instance_id
+            session_conninfo(settings), settings.group_id, settings.topic, settings.instance_id
         )
         self._reported_at = 0.0
         self.loop_turned_at = time.monotonic()
@@ -110,6 +120,9 @@ class ConsumerRunner:
         # Off-loop calls: at most one of each at a time, each bounded by a timeout.
         self._commit_task: asyncio.Task[None] | None = None
         self._report_task: asyncio.Task[None] | None = None
+        # Set when the loop stops: by when the whole shutdown is to be over (the worker
+        # closes what is left within it too).
+        self.closing: Deadline | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
@@ -136,14 +149,15 @@ class ConsumerRunner:
                 self._check_stalls()
                 self._report_membership()
         finally:
-            for task in (self._commit_task, self._report_task):
-                if task is not None:
-                    await asyncio.gather(task, return_exceptions=True)
-            await self.drain(list(self._offsets), reason="shutdown")
-            await self.consumer.stop()  # leaves the group
-            await self.producer.stop()
+            grace = Deadline.after(self.settings.shutdown_grace_s)
+            closing = self.closing = Deadline(grace.at + STEPS_AFTER_GRACE_S)
+            if self._report_task is not None:
+                await within(self._report_task, grace.left(), "membership_report")
+            await self.drain(list(self._offsets), reason="shutdown", grace=grace)
+            await within(self.consumer.stop(), closing.left(2.0), "leave_group")
+            await within(self.producer.stop(), closing.left(1.0), "dead_letter_producer")
             try:
-                async with asyncio.timeout(HEARTBEAT_S):
+                async with asyncio.timeout(closing.left(HEARTBEAT_S)):
                     await self.member.leave()
             except (psycopg.Error, TimeoutError) as exc:
                 log.warning("member_not_removed", cause=type(exc).__name__)
@@ -169,7 +183,8 @@ class ConsumerRunner:
     # --- dispatch ------------------------------------------------------------------------
 
     def _dispatch(self, tp: TopicPartition, record: ConsumerRecord[Any, Any]) -> None:
-        if not self._offsets.setdefault(tp, PartitionOffsets()).add(record.offset):
+        offsets = self._offsets.setdefault(tp, PartitionOffsets())
+        if not offsets.add(record.offset):
             log.debug("redelivery_skipped", partition=tp.partition, offset=record.offset)
             return
         chain: _Chain = (tp, record.key)
@@ -180,7 +195,7 @@ class ConsumerRunner:
             record.timestamp,
             time.monotonic(),
         )
-        task = asyncio.create_task(self._process(tp, record, self._tails.get(chain)))
+        task = asyncio.create_task(self._process(tp, record, self._tails.get(chain), offsets))
         self._tails[chain] = task
         self._tasks[tp].add(task)
         self.in_flight += 1
@@ -200,7 +215,11 @@ class ConsumerRunner:
         tp: TopicPartition,
         record: ConsumerRecord[Any, Any],
         before: asyncio.Task[None] | None,
+        taken_into: PartitionOffsets,
     ) -> None:
+        """`taken_into`: the partition's bookkeeping the record was taken into. A drain may
+        forget it (and a new assignment start another) while this task is left behind: it
+        then finishes nothing of the new one."""
         if before is not None:
             await asyncio.wait([before])  # same booking: strictly after the previous record
         position = MessagePosition(tp.topic, tp.partition, record.offset)
@@ -259,11 +278,11 @@ class ConsumerRunner:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.infra_retry_max_s)
         offsets = self._offsets.get(tp)
-        if offsets is not None:
+        if offsets is not None and offsets is taken_into:
             offsets.finish(record.offset)
-        in_flight = self._in_flight.get(tp)
-        if in_flight is not None:
-            in_flight.pop(record.offset, None)
+            in_flight = self._in_flight.get(tp)
+            if in_flight is not None:
+                in_flight.pop(record.offset, None)
         self.processed += 1
 
     async def _handle(self, record: ConsumerRecord[Any, Any], position: MessagePosition) -> None:
@@ -486,7 +505,10 @@ class ConsumerRunner:
         self._commit_task = asyncio.create_task(self._commit(force=True))
 
     async def _commit(
-        self, force: bool, partitions: Iterable[TopicPartition] | None = None
+        self,
+        force: bool,
+        partitions: Iterable[TopicPartition] | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         now = time.monotonic()
         if not force and now - self._last_commit < self.settings.commit_interval_s:
@@ -501,8 +523,9 @@ class ConsumerRunner:
         if not wanted:
             return
         started = time.perf_counter()
+        limit = self.settings.commit_timeout_s
         try:
-            async with asyncio.timeout(self.settings.commit_timeout_s):
+            async with asyncio.timeout(limit if timeout_s is None else min(limit, timeout_s)):
                 await self.consumer.commit(wanted)
         except (KafkaError, TimeoutError) as exc:
             log.warning("offset_commit_failed", cause=repr(exc))
@@ -583,19 +606,29 @@ class ConsumerRunner:
                     waiting_s=stall.waiting_s,
                 )
 
-    async def drain(self, partitions: list[TopicPartition], reason: str) -> None:
-        """Let in-flight work of these partitions finish within the grace, commit, forget."""
-        if self._commit_task is not None:  # one commit at a time
-            await asyncio.gather(self._commit_task, return_exceptions=True)
+    async def drain(
+        self, partitions: list[TopicPartition], reason: str, grace: Deadline | None = None
+    ) -> None:
+        """Let in-flight work of these partitions finish within the grace, commit, forget.
+        Past the grace every wait is bounded: work cancelled that does not end within
+        `_CANCELLED_WAIT_S` (a statement waiting for a lock, a Google call outliving its
+        cancellation) is left behind, its offset not committed (it is read again)."""
+        grace = grace or Deadline.after(self.settings.shutdown_grace_s)
+        if self._commit_task is not None and not self._commit_task.done():
+            # One commit at a time: the one out ends (it has its own timeout), or is given
+            # up when the grace is over.
+            await within(self._commit_task, grace.left(), "offset_commit")
         tasks = set().union(*(self._tasks.get(tp, set()) for tp in partitions))
-        cancelled = 0
+        cancelled = left_behind = 0
         if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
+            _, pending = await asyncio.wait(tasks, timeout=grace.left())
             for task in pending:
                 task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            if pending:
+                _, stuck = await asyncio.wait(pending, timeout=_CANCELLED_WAIT_S)
+                left_behind = len(stuck)
             cancelled = len(pending)
-        await self._commit(force=True, partitions=partitions)
+        await self._commit(force=True, partitions=partitions, timeout_s=_LAST_COMMIT_S)
         for tp in partitions:
             self._offsets.pop(tp, None)
             self._tasks.pop(tp, None)
@@ -610,6 +643,15 @@ class ConsumerRunner:
                 partitions=len(partitions),
                 finished=len(tasks) - cancelled,
                 cancelled=cancelled,
+            )
+        if left_behind:
+            log.warning(
+                "drain_left_work_behind",
+                reason=reason,
+                messages=left_behind,
+                waited_s=_CANCELLED_WAIT_S,
+                why="cancelled work still waiting (the database or Google) past the grace; "
+                "its offsets are not committed: the next owner reads it again",
             )
 
 

@@ -51,6 +51,7 @@ from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import (
     AccountBacklogged,
+    AccountFailing,
     CalendarUnavailable,
     ClaimLost,
     GoogleApiError,
@@ -75,12 +76,12 @@ from consumer.domain.models import (
 from consumer.domain.planning import google_event_id, plan_operation, render_event
 from consumer.domain.refusals import Action
 from consumer.logs import debug_enabled
+from consumer.service.pressure import FAILING, RATE_LIMITED, AccountPressure
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 _MAX_GENERATIONS = 3  # ids tried per create before giving up (each 409 then 410 moves on)
-_PACING_IN_WINDOW = 2  # live messages of one account retrying a rate limit inside the window
 
 
 class CalendarGateway(Protocol):
@@ -129,7 +130,8 @@ class _LinkCall:
     token: str | None = None
     attempts: int = 0
     refreshed: bool = field(default=False)
-    pacing: bool = False  # retrying in the window after Google asked the account to slow
+    # Why this call holds one of its account's places in the window (pressure.py), if it does.
+    placed: str | None = None
 
     def _check_active(self) -> None:
         if self.row.link.id in self.engine.halted:
@@ -184,23 +186,13 @@ class _LinkCall:
     async def _with_retries(self, call: Callable[[str], Awaitable[T]]) -> T:
         settings = self.engine.settings
         account = self.row.link.account_email
-        if (
-            self.may_defer
-            and self.attempts == 0
-            and self.engine.pacing[account] >= _PACING_IN_WINDOW
-        ):
-            # Google is pacing this account and enough of its messages already wait for it
-            # in the window: this one leaves at once, without a call Google would refuse
-            # and without holding a place other accounts' messages need meanwhile; its
-            # repair comes no sooner than Google's Retry-After allows.
-            raise AccountBacklogged(
-                max(
-                    self.engine.paced_for(account),
-                    self.engine.quota.expected_wait(account),
-                    settings.retry_initial_s,
-                ),
-                "account_rate_limited",
-            )
+        pressure = self.engine.pressure
+        if self.may_defer and self.attempts == 0 and pressure.full(account):
+            # Google is pacing this account, or failing its calls, and enough of its
+            # messages already retry in the window: this one leaves at once, without a call
+            # Google would refuse and without holding a place other accounts' messages need
+            # meanwhile; its repair comes no sooner than Google's Retry-After allows.
+            raise self._leave_window(pressure.why(account))
         # The first slot is waited for before the retry budget starts: a long queue for a
         # busy account is not a failure (but a live message may leave the window for it).
         await self._slot(account, self.may_defer)
@@ -232,9 +224,37 @@ class _LinkCall:
                     return await self._attempt(call)
             raise AssertionError("unreachable")
         finally:
-            if self.pacing:
-                self.pacing = False
-                self.engine.pacing[account] -= 1
+            if self.placed is not None:
+                pressure.leave(account, self.placed)
+                self.placed = None
+
+    def _leave_window(
+        self, why: str, cause: str | None = None
+    ) -> AccountBacklogged | AccountFailing:
+        """The deferral of a live message whose account has no place left in the window."""
+        account = self.row.link.account_email
+        pressure, settings = self.engine.pressure, self.engine.settings
+        if pressure.announce(account):
+            log.warning(
+                "account_work_deferred",
+                account=account,
+                reason=why,
+                cause=cause or pressure.last_failure(account),
+                retrying_in_window=pressure.held(account),
+            )
+        if why == FAILING:
+            return AccountFailing(
+                max(pressure.retry_after_left(account), settings.retry_initial_s),
+                cause or pressure.last_failure(account),
+            )
+        return AccountBacklogged(
+            max(
+                pressure.retry_after_left(account),
+                self.engine.quota.expected_wait(account),
+                settings.retry_initial_s,
+            ),
+            RATE_LIMITED,
+        )
 
     async def _attempt(self, call: Callable[[str], Awaitable[T]]) -> T:
         # Checked right before each call, after every wait: a link disconnected meanwhile
@@ -243,12 +263,15 @@ class _LinkCall:
         self.attempts += 1
         assert self.token is not None
         try:
-            return await _outlive_cancellation(
+            answer = await _outlive_cancellation(
                 call(self.token), self.engine.settings.google_timeout_s + 1.0
             )
         except GoogleApiError as exc:
             await self._spent_quota(exc)
+            self._failed(exc)
             raise
+        self.engine.pressure.recovered(self.row.link.account_email)
+        return answer
 
     async def _slot(self, account: str, may_defer: bool) -> None:
         """A quota slot; a link halted while waiting for it stops the wait at once."""
@@ -277,25 +300,44 @@ class _LinkCall:
             raise LinkHalted(self.row.link.id)
         waiting.result()
 
+    def _failed(self, exc: GoogleApiError) -> None:
+        """A retriable failure of a live message: it retries inside the window only while
+        its account has a place left there (pressure.py); otherwise it leaves it now."""
+        if not exc.retriable:
+            return
+        account, pressure = self.row.link.account_email, self.engine.pressure
+        why = RATE_LIMITED if exc.action is Action.PACE else FAILING
+        if why == FAILING:
+            pressure.failed(account, str(exc))
+            if exc.retry_after:  # a 503 may say when to come back
+                pressure.retry_after(account, exc.retry_after)
+        if not self.may_defer:
+            return
+        if self.placed is not None:  # it retries already: its place kept, its reason told
+            if self.placed != why:
+                pressure.move(account, self.placed, why)
+                self.placed = why
+            return
+        if why == RATE_LIMITED:
+            # Google asked this account to slow down. A few of its live messages wait for
+            # it inside the window; more would hold other accounts' messages behind them:
+            # those go to the repair loop (not before Retry-After).
+            wait = max(exc.retry_after or 0.0, self.engine.quota.expected_wait(account))
+            if wait > self.engine.settings.quota_max_wait_s or not pressure.enter(account, why):
+                raise AccountBacklogged(
+                    max(wait, self.engine.settings.retry_initial_s), RATE_LIMITED
+                ) from exc
+        elif not pressure.enter(account, why):
+            raise self._leave_window(why, str(exc)) from exc
+        self.placed = why
+
     async def _spent_quota(self, exc: GoogleApiError) -> None:
         quota, account = self.engine.quota, self.row.link.account_email
         action = exc.action
         if action is Action.PACE:
             if exc.retry_after:
-                self.engine.paced_until(account, exc.retry_after)
+                self.engine.pressure.retry_after(account, exc.retry_after)
             await quota.refused(account, exc.reason, exc.retry_after)
-            if self.may_defer and not self.pacing:
-                # Google asked this account to slow down. A few of its live messages wait
-                # for it inside the window; more would hold other accounts' messages behind
-                # them: those go to the repair loop (not before Retry-After).
-                wait = max(exc.retry_after or 0.0, quota.expected_wait(account))
-                busy = self.engine.pacing[account]
-                if busy >= _PACING_IN_WINDOW or wait > self.engine.settings.quota_max_wait_s:
-                    raise AccountBacklogged(
-                        max(wait, self.engine.settings.retry_initial_s), "account_rate_limited"
-                    ) from exc
-                self.pacing = True
-                self.engine.pacing[account] += 1
         elif action is Action.PAUSE_ACCOUNT:
             raise QuotaPaused("account", await quota.pause(account, exc.reason)) from exc
         elif action is Action.PAUSE_PROJECT:
@@ -344,8 +386,8 @@ class SyncEngine:
         # epoch seconds): work that read `active` before that is stopped.
         self.halted: dict[str, float] = {}
         self._halt_signals: dict[str, asyncio.Event] = {}
-        self.pacing: Counter[str] = Counter()  # per account: live calls retrying a rate limit
-        self._paced_until: dict[str, float] = {}  # per account: Google's Retry-After ends
+        # Per account: its live messages retrying inside the window, and why; Retry-After.
+        self.pressure = AccountPressure()
         self._unsettled: set[tuple[str, str]] = set()  # written at Google, not recorded
         # Many messages' bookings are upserted and their links read in one round trip.
         self._intake: Batcher[BookingEvent, list[LinkRow]] = Batcher(
@@ -371,21 +413,19 @@ class SyncEngine:
         cached access token is dropped (the next call reads the grant again)."""
         self.tokens.forget(account)
 
+    @property
+    def pacing(self) -> Counter[str]:
+        """Per account, its live messages retrying a rate limit inside the window (the
+        pressure's count; the name of the days when only rate limits had one)."""
+        return self.pressure.retrying[RATE_LIMITED]
+
     def paced_until(self, account: str, retry_after_s: float) -> None:
-        """Google asked this account to wait `retry_after_s` before its next call."""
-        until = time.monotonic() + retry_after_s
-        self._paced_until[account] = max(until, self._paced_until.get(account, 0.0))
+        """Google asked this account to wait `retry_after_s` (see AccountPressure)."""
+        self.pressure.retry_after(account, retry_after_s)
 
     def paced_for(self, account: str) -> float:
         """Seconds left of the account's last Retry-After (0: none)."""
-        until = self._paced_until.get(account)
-        if until is None:
-            return 0.0
-        left = until - time.monotonic()
-        if left <= 0:
-            del self._paced_until[account]
-            return 0.0
-        return left
+        return self.pressure.retry_after_left(account)
 
     def halt(self, link_id: str, since: float) -> None:
         """Stop the link's work in this process before its next Google call, waits included:
@@ -554,6 +594,17 @@ class SyncEngine:
                     repair=RepairPlan(
                         reason=f"{exc.scope}_paused", not_before_s=exc.seconds, backoff=False
                     ),
+                )
+            except AccountFailing as exc:
+                result = _result(
+                    row,
+                    op,
+                    Outcome.DEFERRED,
+                    exc.reason,
+                    call,
+                    error=exc.cause,
+                    # Its calls fail: the repair loop's backoff, not a retry at once.
+                    repair=RepairPlan(reason=exc.reason, not_before_s=exc.seconds, backoff=True),
                 )
             except AccountBacklogged as exc:
                 result = _result(

@@ -11,6 +11,11 @@ from consumer.domain.refusals import Action, classify
     ("status", "reason", "domain", "method", "action"),
     [
         (None, "TimeoutError", "global", "events.insert", Action.RETRY),
+        (200, "notGoogleAnswer", "global", "events.insert", Action.RETRY),
+        (200, "notGoogleAnswer", "global", "events.get", Action.RETRY),
+        (204, "notGoogleAnswer", "global", "events.delete", Action.RETRY),
+        (404, "notGoogleAnswer", "global", "events.update", Action.RETRY),
+        (403, "notGoogleAnswer", "global", "events.insert", Action.RETRY),
         (401, "authError", "global", "events.update", Action.REFRESH_TOKEN),
         (403, "rateLimitExceeded", "usageLimits", "events.insert", Action.PACE),
         (429, "rateLimitExceeded", "usageLimits", "events.insert", Action.PACE),

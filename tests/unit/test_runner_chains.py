@@ -17,6 +17,7 @@ from aiokafka.structs import TopicPartition
 
 from consumer.adapters.metrics import Metrics
 from consumer.domain.models import BookingEvent, MessagePosition
+from consumer.service import runner as runner_module
 from consumer.service.runner import ConsumerRunner
 from consumer.settings import Settings
 from tests.plugins.environment import wait_until
@@ -88,7 +89,7 @@ class Loop:
         return self.kafka.committed_offset(TP)
 
 
-async def make_loop(**changes: Any) -> Loop:
+async def make_loop(engine: GatedEngine | None = None, **changes: Any) -> Loop:
     settings = Settings(
         topic=TOPIC,
         dlq_topic=f"{TOPIC}.dlq",
@@ -96,7 +97,7 @@ async def make_loop(**changes: Any) -> Loop:
         infra_retry_max_s=0.05,
         **changes,
     )
-    engine, repository = GatedEngine(), FakeRepository()
+    engine, repository = engine or GatedEngine(), FakeRepository()
     kafka, producer = FakeKafkaConsumer([TP]), FakeProducer()
     runner = ConsumerRunner(
         settings,
@@ -212,6 +213,53 @@ async def test_a_drain_commits_what_finished_and_cancels_the_rest() -> None:
     assert loop.engine.finished == [("bk_0", 1), ("bk_2", 1)]
     assert loop.runner.in_flight == 0
     assert await loop.commit() == 1 and len(loop.kafka.commits) == 1  # partition forgotten
+
+
+@dataclass
+class StubbornEngine(GatedEngine):
+    """Work that does not end when cancelled (a statement waiting for a locked table, in a
+    `finally`): it goes on until its gate opens, then ends as if nothing had happened."""
+
+    async def handle(self, event: BookingEvent, position: MessagePosition | None) -> list[Any]:
+        key = (event.booking.id, event.booking.version)
+        self.started.append(key)
+        try:
+            await self.gate(*key).wait()
+        except asyncio.CancelledError:
+            await self.gate(*key).wait()  # holds on past its cancellation
+        self.finished.append(key)
+        return []
+
+
+async def test_a_drain_leaves_behind_work_that_will_not_end_and_commits_below_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(runner_module, "_CANCELLED_WAIT_S", 0.1)
+    loop = await make_loop(StubbornEngine(), shutdown_grace_s=0.05)
+    try:
+        for booking in ("bk_0", "bk_1", "bk_2"):
+            loop.take(booking)
+        loop.engine.open("bk_0")
+        loop.engine.open("bk_2")
+        await loop.settle()
+        # bk_1 does not end: the drain does not wait for it past the grace and the wait after.
+        await asyncio.wait_for(loop.runner.drain([TP], reason="revoked"), 5)
+        assert loop.kafka.committed_offset(TP) == 1  # never past the message left behind
+        # The partition comes back; offset 1 is read again (here another booking's record).
+        loop.runner._dispatch(
+            TP, record(TOPIC, 0, 1, b"bk_9", json.dumps(booking_event("bk_9")).encode())
+        )
+        loop.engine.open("bk_1")  # the work left behind ends at last...
+        await loop.settle()
+        assert ("bk_1", 1) in loop.engine.finished
+        assert await loop.commit() == 1  # ...and finishes nothing of the new bookkeeping
+        loop.engine.open("bk_9")
+        await loop.settle()
+        assert await loop.commit() == 2
+    finally:  # stubborn work ends only through its gate: none is left waiting
+        for gate in loop.engine.gates.values():
+            gate.set()
+        await loop.runner.drain([TP], reason="test over")
 
 
 async def test_fetching_pauses_at_max_in_flight_and_resumes_at_half() -> None:

@@ -7,6 +7,7 @@ recorded, the link's state and the calls made: the decision, not only the outcom
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from consumer.domain.models import (
     SyncResult,
 )
 from consumer.domain.planning import google_event_id
+from consumer.domain.refusals import NOT_GOOGLE_ANSWER as NOT_GOOGLE
+from consumer.service.pressure import FAILING
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 from tests.plugins.events import booking_model
@@ -438,6 +441,76 @@ async def test_a_rate_limit_with_two_already_pacing_defers_a_call_already_made(
     result = await world.sync()
     assert (result.outcome, result.reason) == (Outcome.DEFERRED, "account_rate_limited")
     assert world.google.count("events.insert") == 1
+
+
+# --- an account whose calls fail (issue 20, point 8) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [(503, "backendError"), (500, "backendError"), (None, "TimeoutError"), (200, NOT_GOOGLE)],
+)
+async def test_a_failing_call_takes_one_of_its_accounts_places_and_gives_it_back(
+    world: World, status: int | None, reason: str
+) -> None:
+    world.google.fail("events.insert", status, reason)
+    result = await world.sync()
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)  # retried in the window
+    assert world.engine.pressure.held(ACCOUNT) == 0  # its place given back
+
+
+async def test_a_live_message_of_an_account_failing_with_its_places_taken_leaves_at_once(
+    world: World,
+) -> None:
+    world.engine.pressure.retrying[FAILING][ACCOUNT] = 2  # two of its messages retry already
+    world.engine.pressure.retrying[FAILING]["other@example.com"] = 5  # not this account's
+    world.engine.pressure.failed(ACCOUNT, "503 backendError: Service Unavailable")
+    result = await world.sync()
+    assert (result.outcome, result.reason) == (Outcome.DEFERRED, "account_failing")
+    assert result.error == "503 backendError: Service Unavailable"  # what its calls meet
+    # Its calls fail: the repair loop's backoff (not at once, as a mere queue would be).
+    assert result.repair is not None and result.repair.backoff and result.repair.due_in_s > 0
+    assert world.google.count("events.insert") == 0  # no call while the places are taken
+    assert world.engine.pressure.held(ACCOUNT) == 2
+
+
+async def test_a_failure_met_when_the_last_place_went_meanwhile_leaves_after_one_call(
+    world: World,
+) -> None:
+    world.google.fail("events.insert", 503, "backendError", times=10_000)
+    world.engine.pressure.retrying[FAILING][ACCOUNT] = 1  # one place left: the first takes it
+    first, second = booking_model("bk_1", 1), booking_model("bk_2", 1)
+    results = await asyncio.gather(
+        world.engine.handle(first, MessagePosition("bookings", 0, 1)),
+        world.engine.handle(second, MessagePosition("bookings", 0, 2)),
+    )
+    outcomes = sorted((r[0].outcome, r[0].reason, r[0].attempts > 1) for r in results)
+    assert outcomes == [
+        (Outcome.DEFERRED, "account_failing", False),  # left after its first call
+        (Outcome.FAILED, "retries_exhausted", True),  # retried in the window, then owed
+    ]
+    assert world.engine.pressure.held(ACCOUNT) == 1  # the place taken before, nothing more
+
+
+async def test_a_5xx_that_says_retry_after_defers_no_sooner(world: World) -> None:
+    world.google.fail("events.insert", 503, "backendError", times=10_000, retry_after=4.0)
+    world.engine.pressure.retrying[FAILING][ACCOUNT] = 2
+    world.engine.pressure.retry_after(ACCOUNT, 4.0)
+    result = await world.sync()
+    assert (result.outcome, result.reason) == (Outcome.DEFERRED, "account_failing")
+    assert result.repair is not None and result.repair.due_in_s > 3.5
+
+
+async def test_a_message_that_may_not_be_deferred_retries_whatever_its_account(
+    world: World,
+) -> None:
+    """Work outside the window (a backfill, a resync) has no place to leave: it retries."""
+    world.engine.pressure.retrying[FAILING][ACCOUNT] = 2
+    world.google.fail("events.insert", 503, "backendError")
+    result = await world.engine.sync_link(
+        booking_model("bk_1", 1), world.link, None, source="backfill"
+    )
+    assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,13 @@ and answered on its own. No timer holds a call back to fill a batch.
 The batch envelope is written and read here (consumer/google_batch.py, where the reason is),
 the requests inside it built and their answers read by google-api-python-client. A 401 in
 a batch is that call's own answer: the sync engine refreshes the token and tries again.
+
+An answer is only taken for Google's when it looks like one (`_not_googles_answer`): a JSON
+object of the kind the call asks for (an event with an id for an event's write or read),
+an empty body for a delete, Google's JSON error for a refusal. A proxy's login page, a
+captive portal or a wrong `CALSYNC_GOOGLE_API_URL` answers 200 with HTML; taken at its word,
+a write nobody made would be recorded as applied. Anything else is a GoogleApiError with the
+reason `notGoogleAnswer`, which the refusals table retries like a 5xx.
 """
 
 from __future__ import annotations
@@ -45,12 +52,72 @@ from consumer.adapters.google.concurrency import ConcurrencyController
 from consumer.adapters.metrics import Metrics
 from consumer.domain.errors import BatchFormatError, GoogleApiError, printable
 from consumer.domain.planning import MANAGED_BY
+from consumer.domain.refusals import NOT_GOOGLE_ANSWER
 from consumer.settings import Settings
+
+# What Google answers each call with (`kind`), when it does what was asked.
+_KINDS = {
+    "events.insert": "calendar#event",
+    "events.update": "calendar#event",
+    "events.patch": "calendar#event",
+    "events.get": "calendar#event",  # an event deleted by hand too (`status: cancelled`)
+    "events.list": "calendar#events",
+    "calendarList.get": "calendar#calendarListEntry",
+    "calendarList.list": "calendar#calendarList",
+}
+_WITH_ID = frozenset({"calendar#event", "calendar#calendarListEntry"})
+
+
+def _not_google(
+    status: int, response: httplib2.Response, content: bytes, method: str, why: str
+) -> GoogleApiError:
+    """The answer's status, type and size, never its body (a page may echo what was sent)."""
+    content_type = response.get("content-type") or "no content type"
+    return GoogleApiError(
+        status,
+        NOT_GOOGLE_ANSWER,
+        printable(
+            f"a {status} answer that is not Google's ({content_type}, {len(content)} bytes): {why}",
+            500,
+        ),
+        method=method,
+    )
+
+
+def _not_googles_answer(
+    method: str, response: httplib2.Response, content: bytes, result: Any
+) -> GoogleApiError | None:
+    """None when a 2xx `result` is what Google answers `method` with; otherwise the failure
+    (retried: whoever answered, nothing is known to be done)."""
+    status = int(response.status)
+    if method == "events.delete":  # Google: 204, no body
+        if not content.strip():
+            return None
+        return _not_google(status, response, content, method, "expected no body")
+    kind = _KINDS.get(method)
+    if kind is None:
+        return None  # a call this adapter does not make
+    if isinstance(result, dict) and result.get("kind") == kind:
+        if kind not in _WITH_ID or (isinstance(result.get("id"), str) and result["id"]):
+            return None
+    expected = f"expected a {kind}" + (" with an id" if kind in _WITH_ID else "")
+    return _not_google(status, response, content, method, expected)
 
 
 def _from_http_error(exc: HttpError, method: str) -> GoogleApiError:
     reason, domain = "unknown", "global"
     message = str(exc.reason)
+    status = int(exc.resp.status)
+    try:
+        body = json.loads(exc.content)
+        googles = isinstance(body, dict) and isinstance(body.get("error"), dict | str)
+    except (ValueError, TypeError):
+        googles = False
+    if not googles and 400 <= status < 500 and status not in (408, 429):
+        # A refusal's meaning (gone, exists, no right to the calendar) is Google's to give:
+        # a page answered 404 or 403 by something in front of Google says nothing of the
+        # event or the calendar. (5xx, 408 and 429 are retried or paced whoever says them.)
+        return _not_google(status, exc.resp, exc.content, method, "expected Google's error")
     try:
         error = json.loads(exc.content)["error"]
         first = error["errors"][0]
@@ -65,7 +132,7 @@ def _from_http_error(exc: HttpError, method: str) -> GoogleApiError:
     except ValueError:
         retry = None
     return GoogleApiError(
-        int(exc.resp.status), str(reason), printable(str(message), 500), retry, str(domain), method
+        status, str(reason), printable(str(message), 500), retry, str(domain), method
     )
 
 
@@ -82,8 +149,10 @@ Call = tuple[Callable[[_Resources], Any], str]  # (builds the request, access to
 
 
 WRITE_ROLES = frozenset({"writer", "owner"})
+# `kind` named too: a partial response carries only what `fields` names, and an answer
+# without it is not taken for Google's (see _not_googles_answer).
 _MANAGED_FIELDS = (
-    "items(id,status,summary,description,location,start,end,extendedProperties),nextPageToken"
+    "kind,items(id,status,summary,description,location,start,end,extendedProperties),nextPageToken"
 )
 
 
@@ -225,6 +294,7 @@ class GoogleCalendar:
                 content = await answer.read()
                 response = _response_of(answer)
             result = request.postproc(response, content)  # HttpError from 300 on
+            failure = _not_googles_answer(method, response, content, result)
         except HttpError as exc:
             self._metrics.google_call(method, started, int(exc.resp.status))
             return [_from_http_error(exc, method)], time.perf_counter() - started, exchange.cold
@@ -236,7 +306,7 @@ class GoogleCalendar:
                 exchange.cold,
             )
         self._metrics.google_call(method, started, response.status)
-        return [result], time.perf_counter() - started, exchange.cold
+        return [failure or result], time.perf_counter() - started, exchange.cold
 
     async def _execute_batch(self, calls: list[Call]) -> tuple[list[Any], float, bool]:
         """Answers in the calls' order (a call's failure is its GoogleApiError), the
@@ -301,7 +371,7 @@ class GoogleCalendar:
             self._metrics.google_call(method, started, int(exc.resp.status))
             return _from_http_error(exc, method)
         self._metrics.google_call(method, started, int(response.status))
-        return result
+        return _not_googles_answer(method, response, content, result) or result
 
     async def _send(self, calls: list[Call]) -> list[Any]:
         if len(calls) == 1:
@@ -362,7 +432,7 @@ class GoogleCalendar:
                     privateExtendedProperty=f"link_id={link_id}",
                     maxResults=2500,
                     pageToken=after,
-                    fields="items(id,extendedProperties),nextPageToken",
+                    fields="kind,items(id,extendedProperties),nextPageToken",
                 )
 
             page = await self._call(request, token)

@@ -10,6 +10,11 @@ never open one from the settings themselves.
 
 Each connection is in autocommit and answers rows as dicts; it is closed when its `async
 with` block ends.
+
+`session_conninfo` is the one place that says how every session of ours is opened: the
+database URL with `lock_timeout` and `statement_timeout` (CALSYNC_DB_LOCK_TIMEOUT_S,
+CALSYNC_DB_STATEMENT_TIMEOUT_S) sent at connection start-up, so that no statement of ours
+waits without end on a table someone else locked (a shutdown would wait with it).
 """
 
 from __future__ import annotations
@@ -19,9 +24,31 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
+from consumer.settings import Settings
+
 DictConnection = psycopg.AsyncConnection[DictRow]
+
+
+def session_conninfo(settings: Settings) -> str:
+    """`CALSYNC_DATABASE_URL` with the session settings every connection of ours runs with
+    (lock and statement timeouts, in the start-up packet: no round trip, no pool hook). A
+    timeout of 0 leaves PostgreSQL's own. Options the URL already has are kept."""
+    wanted = [
+        f"-c {name}={round(seconds * 1000)}"
+        for name, seconds in (
+            ("lock_timeout", settings.db_lock_timeout_s),
+            ("statement_timeout", settings.db_statement_timeout_s),
+        )
+        if seconds > 0
+    ]
+    if not wanted:
+        return settings.database_url
+    given = conninfo_to_dict(settings.database_url).get("options")
+    options = " ".join([*([str(given)] if given else []), *wanted])
+    return make_conninfo(settings.database_url, options=options)
 
 
 class Connect(Protocol):
