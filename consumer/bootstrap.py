@@ -30,12 +30,15 @@ from consumer.adapters.postgres.quota import GroupQuota
 from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import StartupError, TokenKeyError
+from consumer.service.calls import CallPolicy, GoogleCalls
+from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
 from consumer.service.context import Services
+from consumer.service.event_writes import EventWrites
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.runner import ConsumerRunner
 from consumer.service.shutdown import Deadline, within
-from consumer.service.sync import SyncEngine
+from consumer.service.sync import EngineConfig, SyncEngine
 from consumer.settings import Settings
 
 _CLOSE_S = 10.0  # closing the services when nobody set a deadline (commands, `serve`)
@@ -85,18 +88,19 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
     metrics = Metrics()
     google = GoogleCalendar(settings, metrics)
     tokens = TokenProvider(settings, token_repository, metrics)
-    engine = SyncEngine(
+    calls = google_calls(settings, GroupQuota(settings, repository.pool, metrics), tokens)
+    engine = sync_engine(settings, repository, SyncStore(database), calls, google, metrics, ours.id)
+    svc = Services(
         settings,
+        metrics,
+        cipher,
         repository,
         google,
         tokens,
-        GroupQuota(settings, repository.pool, metrics),
-        SyncStore(database),
-        metrics,
-        deployment=ours.id,
-    )
-    svc = Services(
-        settings, metrics, cipher, repository, google, tokens, engine, connections(settings), ours
+        calls,
+        engine,
+        connections(settings),
+        ours,
     )
     try:
         yield svc
@@ -109,6 +113,44 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
         tokens.close()
         for pool in (token_repository.pool, repository.pool):
             await within(pool.close(timeout=closing.left(1.0)), closing.left(), f"pool {pool.name}")
+
+
+def google_calls(settings: Settings, quota: Quota, tokens: AccessTokens) -> GoogleCalls:
+    """The one Google-call policy of the process, over its quota and tokens."""
+    return GoogleCalls(
+        CallPolicy(
+            retry_budget_s=settings.retry_budget_s,
+            retry_initial_s=settings.retry_initial_s,
+            retry_max_s=settings.retry_max_s,
+            google_timeout_s=settings.google_timeout_s,
+            quota_max_wait_s=settings.quota_max_wait_s,
+        ),
+        quota,
+        tokens,
+    )
+
+
+def sync_engine(
+    settings: Settings,
+    records: SyncRecords,
+    store: Claims,
+    calls: GoogleCalls,
+    google: CalendarGateway,
+    metrics: Metrics,
+    deployment: str | None,
+) -> SyncEngine:
+    """The sync engine over its ports (the real adapters here; fakes in the unit tier)."""
+    return SyncEngine(
+        EngineConfig(
+            repair_initial_backoff_s=settings.repair_initial_backoff_s,
+            repair_max_backoff_s=settings.repair_max_backoff_s,
+        ),
+        records,
+        store,
+        calls,
+        EventWrites(google, deployment),
+        metrics,
+    )
 
 
 def consumer_runner(settings: Settings, svc: Services) -> ConsumerRunner:

@@ -159,6 +159,18 @@ class AccountFailing(Deferred):
         self.cause = cause
 
 
+class SlotTooFar(CalsyncError):
+    """The quota's answer to a call that may not wait long: its account's next slot for it
+    is `wait_s` away, further than it may wait (`slowed`: because Google just slowed the
+    account down). A fact, not a decision: the account pressure decides what the work does
+    (consumer.service.pressure)."""
+
+    def __init__(self, wait_s: float, slowed: bool = False) -> None:
+        super().__init__(f"the account's next slot is {wait_s:.1f}s away")
+        self.wait_s = wait_s
+        self.slowed = slowed
+
+
 class LinkHalted(CalsyncError):
     """The link left `active` while work for it was in flight."""
 

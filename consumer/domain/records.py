@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from consumer.domain.models import LinkState, RecordedEvent
+
 
 @dataclass(frozen=True)
 class RepairCount:
@@ -134,3 +136,34 @@ class Deployment:
 
     id: str
     source: Literal["setting", "database"]
+
+
+@dataclass(frozen=True)
+class CalendarInfo:
+    """One calendar of an account's calendar list, as Google lists it: whether it can receive
+    bookings (`writable`: the access role is writer or owner)."""
+
+    id: str
+    name: str
+    primary: bool
+    writable: bool
+    access_role: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A (link, booking) pair this process alone works on, group-wide (the sync store's
+    locks), with what was read under them."""
+
+    link_id: str
+    booking_id: str
+    recorded: RecordedEvent | None  # None when never applied
+    state: LinkState  # the link's state, read under its shared lock
+    epoch: int  # which connection holds the locks
+    repair_attempts: int = 0  # failures of this pair so far, as its repair row says
+    calendar_id: str | None = None  # the link's calendar, read under its shared lock
+    state_changed_at: float = 0.0  # since when the link is in `state` (epoch seconds)
+    latest_version: int | None = None  # the booking's latest version taken in (bookings)
+    # An event of ours for this pair left on the link's current calendar by an earlier move
+    # away from it (stranded): taken back instead of creating a second one.
+    stranded_event_id: str | None = None

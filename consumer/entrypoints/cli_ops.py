@@ -141,7 +141,7 @@ def repair(args: argparse.Namespace, settings: Settings) -> int:
                 if args.link:
                     row = await svc.repository.link(args.link)
                     account = row.link.account_email if row else None
-                lifted = await svc.engine.quota.lift_pauses(account)
+                lifted = await svc.calls.quota.lift_pauses(account)
             member = (
                 MemberReport(settings.database_url, settings.group_id, settings.topic, None).member
                 + "-repair"

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, field_serializer
 
-from consumer.adapters.google.calendar import CalendarInfo
 from consumer.domain.models import LinkRow
+from consumer.domain.records import CalendarInfo
 
 
 def _iso(moment: datetime) -> str:

@@ -12,6 +12,7 @@ from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.connections import Connect
 from consumer.adapters.postgres.repository import Repository
 from consumer.domain.records import Deployment
+from consumer.service.calls import GoogleCalls
 from consumer.service.shutdown import Deadline
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
@@ -25,6 +26,7 @@ class Services:
     repository: Repository
     google: GoogleCalendar
     tokens: TokenProvider
+    calls: GoogleCalls  # the one Google-call policy (quota, retries, deferral, halts)
     engine: SyncEngine
     connect: Connect  # a connection of its own, outside the pools (see connections.py)
     deployment: Deployment  # whose events are ours: every event written is tagged with it

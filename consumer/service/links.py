@@ -23,10 +23,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from consumer.adapters.google.backoff import google_backoff
-from consumer.adapters.google.calendar import CalendarInfo
 from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.postgres.link_store import Activation, Backfill, LastResult, LinkStore
 from consumer.domain.drift import foreign
@@ -49,6 +46,7 @@ from consumer.domain.models import (
     Operation,
 )
 from consumer.domain.planning import plan_operation
+from consumer.domain.records import CalendarInfo
 from consumer.service import repairs
 from consumer.service.answers import (
     ActivitySummary,
@@ -265,35 +263,20 @@ class LinkService:
     # --- calendars ----------------------------------------------------------------------
 
     async def _google(self, account: str, call: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """An operator's Google call, paced like the sync's: it first takes a slot of the
-        account's and the project's group-wide quota (ahead of queued messages: someone is
-        waiting), transient failures are retried, and a 403/429 for rate limits slows that
-        quota down for the whole group. Without this, removing a calendar's thousands of
+        """An operator's Google call, through the one call policy (consumer.service.calls):
+        a slot of the account's and the project's group-wide quota first (ahead of queued
+        messages: someone is waiting), transient failures retried, rate limits slowing the
+        account down for the whole group. Without it, removing a calendar's thousands of
         events would burst past the account's 600 calls a minute."""
-        quota = self.svc.engine.quota
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(lambda e: isinstance(e, GoogleApiError) and e.retriable),
-            wait=google_backoff(self.settings.retry_initial_s, self.settings.retry_max_s),
-            stop=stop_after_attempt(6),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    await quota.acquire(account)
-                except QuotaPaused as exc:
-                    raise LinkError(
-                        f"Google said the {exc.scope}'s quota is spent: no call is "
-                        f"made for {exc.seconds:.0f}s more; try again later",
-                        RefusalKind.UNAVAILABLE,
-                        "quota_paused",
-                    ) from None
-                try:
-                    return await call(*args)
-                except GoogleApiError as exc:
-                    if exc.rate_limited:
-                        await quota.refused(account, exc.reason, exc.retry_after)
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self.svc.calls.operator(account, lambda: call(*args))
+        except QuotaPaused as exc:
+            raise LinkError(
+                f"Google said the {exc.scope}'s quota is spent: no call is "
+                f"made for {exc.seconds:.0f}s more; try again later",
+                RefusalKind.UNAVAILABLE,
+                "quota_paused",
+            ) from None
 
     async def _list_calendars(self, token: str, email: str) -> list[CalendarInfo]:
         try:

@@ -12,7 +12,17 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from consumer.adapters.postgres.ops_store import Overview
+from consumer.domain.models import (
+    BookingEvent,
+    LinkRow,
+    LinkState,
+    LinkTokens,
+    MessagePosition,
+    SyncResult,
+)
 from consumer.domain.records import (
+    CalendarInfo,
+    Claim,
     DeadLetterRecord,
     Deployment,
     GroupAtBroker,
@@ -21,6 +31,102 @@ from consumer.domain.records import (
     PartitionOffsets,
     RepairCount,
 )
+
+# --- the sync engine -------------------------------------------------------------------------
+
+
+class SyncRecords(Protocol):
+    """What the sync engine reads and writes of bookings and links (outside a claim)."""
+
+    async def upsert_bookings(self, events: list[BookingEvent]) -> None: ...
+
+    async def links_of_activities(self, activity_ids: set[str]) -> dict[str, list[LinkRow]]: ...
+
+    async def links_holding(self, booking_ids: set[str]) -> dict[str, list[LinkRow]]: ...
+
+    async def latest_booking(self, booking_id: str) -> BookingEvent | None: ...
+
+    async def leave_active(self, link_id: str, state: LinkState, reason: str) -> float | None: ...
+
+    async def leave_active_grant(
+        self, account: str, reason: str
+    ) -> list[tuple[str, str, str | None, float]]: ...
+
+    async def forget_event(self, link_id: str, booking_id: str, event_id: str) -> None: ...
+
+
+class Claims(Protocol):
+    """(link, booking) pairs worked by one process at a time, group-wide, and their results
+    recorded durably (the sync store)."""
+
+    async def claim(self, link_id: str, booking_id: str) -> Claim: ...
+
+    async def record(
+        self,
+        claim: Claim,
+        event: BookingEvent,
+        position: MessagePosition | None,
+        result: SyncResult,
+        source: str,
+    ) -> None: ...
+
+    async def release(self, claim: Claim) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# --- Google --------------------------------------------------------------------------------------
+
+
+class CalendarGateway(Protocol):
+    """Google Calendar's calls; each carries its own access token (links belong to different
+    accounts). A failure is a GoogleApiError."""
+
+    async def insert_event(
+        self, token: str, calendar_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    async def update_event(
+        self, token: str, calendar_id: str, event_id: str, body: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    async def delete_event(self, token: str, calendar_id: str, event_id: str) -> None: ...
+
+    async def get_event(self, token: str, calendar_id: str, event_id: str) -> dict[str, Any]: ...
+
+    async def calendar_entry(self, token: str, calendar_id: str) -> CalendarInfo: ...
+
+
+class AccessTokens(Protocol):
+    """Access tokens per Google account (its one grant, shared by all its links)."""
+
+    async def access_token(
+        self, account: str, stored: LinkTokens | None, rejected: str | None = None
+    ) -> str: ...
+
+    def forget(self, account: str) -> None: ...
+
+
+class Quota(Protocol):
+    """Google's quotas, kept by the whole consumer group (per account and per project)."""
+
+    @property
+    def limited(self) -> bool: ...
+
+    async def acquire(
+        self, account: str, ticket: int = 0, max_wait_s: float | None = None
+    ) -> None: ...
+
+    def expected_wait(self, account: str) -> float: ...
+
+    async def refused(self, account: str, reason: str, retry_after_s: float | None) -> None: ...
+
+    async def pause(self, account: str | None, reason: str) -> float: ...
+
+    async def lift_pauses(self, account: str | None) -> int: ...
+
+    async def close(self) -> None: ...
+
 
 # --- on-call: `calsync status`, `calsync replay`, `calsync dlq`, the gauges ---------------------
 

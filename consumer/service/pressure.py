@@ -17,6 +17,12 @@ result is `deferred` with that reason and the repair loop takes it later (never 
 account's Retry-After ends; after the repair loop's backoff when its calls fail). The
 places are given back when the retrying messages end, applied or out of budget.
 
+The other way an account's live work leaves the window early is the quota's queue: a live
+message waits for its account's slot only `CALSYNC_QUOTA_MAX_WAIT_S`; when the quota says its
+slot is further off (now, or once Google slows the account down while it waits), it leaves
+with `account_backlogged` or `account_rate_limited` (`slot_too_far`). One object, one
+question: should this account's live work leave the window?
+
 Also kept here: until when Google's last Retry-After for the account runs.
 """
 
@@ -25,8 +31,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from consumer.domain.errors import AccountBacklogged, SlotTooFar
+
 RATE_LIMITED = "account_rate_limited"
 FAILING = "account_failing"
+BACKLOGGED = "account_backlogged"  # its quota queue would keep a live message too long
 REASONS = (RATE_LIMITED, FAILING)
 PLACES_PER_ACCOUNT = 2  # live messages of one account retrying inside the window at once
 _ANNOUNCE_EVERY_S = 60.0  # one log line per troubled account at most this often
@@ -98,6 +107,12 @@ class AccountPressure:
             del self._retry_after_until[account]
             return 0.0
         return left
+
+    def slot_too_far(self, far: SlotTooFar) -> AccountBacklogged:
+        """The quota says a live message's slot is further off than it may wait: it leaves
+        the window, rate limited when Google just slowed the account down (its repair not
+        before the slot), backlogged otherwise (a long queue of the account's own)."""
+        return AccountBacklogged(far.wait_s, RATE_LIMITED if far.slowed else BACKLOGGED)
 
     def announce(self, account: str) -> bool:
         """Whether to log that the account's work leaves the window (once a minute)."""

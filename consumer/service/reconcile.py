@@ -448,9 +448,9 @@ class Reconciler:
         return token
 
     async def _google(self, row: LinkRow, call: Any, *args: Any) -> Any:
-        """A listing, paced like every call: it takes the account's and project's slots."""
-        await self.engine.quota.acquire(row.link.account_email, self.engine.next_ticket())
-        return await call(*args)
+        """A listing, through the one call policy: the account's and the project's slots,
+        transient failures retried, rate limits slowing the account down group-wide."""
+        return await self.svc.calls.operator(row.link.account_email, lambda: call(*args))
 
 
 # --- the schedule --------------------------------------------------------------------------

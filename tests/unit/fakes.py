@@ -45,8 +45,7 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from consumer.adapters.google.calendar import WRITE_ROLES, CalendarInfo
-from consumer.adapters.postgres.sync_store import Claim
+from consumer.adapters.google.calendar import WRITE_ROLES
 from consumer.domain.errors import GoogleApiError, QuotaPaused, TokenRefreshFailed
 from consumer.domain.models import (
     BookingEvent,
@@ -60,6 +59,7 @@ from consumer.domain.models import (
     StoredGrant,
     SyncResult,
 )
+from consumer.domain.records import CalendarInfo, Claim
 
 # --- Google Calendar -------------------------------------------------------------------------
 
@@ -632,8 +632,9 @@ class FakeQuota:
         self.pauses: list[tuple[str | None, str]] = []
         self.paused: dict[str | None, float] = {}  # account (None: the project) -> seconds
 
-    async def acquire(self, account: str, ticket: int = 0, may_defer: bool = False) -> None:
-        self.acquired.append((account, ticket, may_defer))
+    async def acquire(self, account: str, ticket: int = 0, max_wait_s: float | None = None) -> None:
+        # (account, ticket, whether the caller may leave the window rather than wait)
+        self.acquired.append((account, ticket, max_wait_s is not None))
         for key, scope in ((account, "account"), (None, "project")):
             if key in self.paused:
                 raise QuotaPaused(scope, self.paused[key])
@@ -648,6 +649,12 @@ class FakeQuota:
 
     def expected_wait(self, account: str) -> float:
         return 0.0
+
+    async def lift_pauses(self, account: str | None) -> int:
+        lifted = [key for key in self.paused if account is None or key == account]
+        for key in lifted:
+            del self.paused[key]
+        return len(lifted)
 
     async def close(self) -> None:
         pass

@@ -8,6 +8,7 @@ recorded, the link's state and the calls made: the decision, not only the outcom
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from consumer.adapters.metrics import Metrics
+from consumer.bootstrap import google_calls, sync_engine
 from consumer.domain.errors import TokenRefreshFailed
 from consumer.domain.models import (
     LinkRow,
@@ -26,7 +28,7 @@ from consumer.domain.models import (
 )
 from consumer.domain.planning import google_event_id
 from consumer.domain.refusals import NOT_GOOGLE_ANSWER as NOT_GOOGLE
-from consumer.service.pressure import FAILING
+from consumer.service.pressure import FAILING, RATE_LIMITED
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
 from tests.plugins.events import booking_model
@@ -84,6 +86,11 @@ class World:
         return self.google.live_events(CALENDAR)
 
 
+def pacing(world: World) -> Counter[str]:
+    """Per account, its live messages retrying a rate limit inside the window."""
+    return world.engine.calls.pressure.retrying[RATE_LIMITED]
+
+
 async def make_world(deleted_event_update_status: int = 403, **settings: Any) -> World:
     google = FakeCalendar(deleted_event_update_status)
     google.add_calendar(CALENDAR)
@@ -92,15 +99,9 @@ async def make_world(deleted_event_update_status: int = 403, **settings: Any) ->
     tokens = FakeTokens(google, repository)
     store = FakeSyncStore(repository)
     link = repository.add_link("lnk_1", "act_1", ACCOUNT, CALENDAR)
-    engine = SyncEngine(
-        unit_settings(**settings),
-        repository,
-        google,
-        tokens,  # type: ignore[arg-type]
-        quota,
-        store,
-        Metrics(),
-    )  # type: ignore[arg-type]
+    config = unit_settings(**settings)
+    calls = google_calls(config, quota, tokens)
+    engine = sync_engine(config, repository, store, calls, google, Metrics(), config.deployment_id)
     return World(google, tokens, repository, store, quota, engine, link)
 
 
@@ -295,7 +296,7 @@ async def test_a_refresh_token_google_refuses_turns_the_link_reauth_required(wor
     )
     assert len(world.tokens.asked) == 1 and not world.google.calls  # never retried
     assert world.repository.state(world.link_id) is LinkState.REAUTH_REQUIRED
-    assert world.link_id in world.engine.halted
+    assert world.link_id in world.engine.calls.halts
     assert await world.engine.handle(booking_model("bk_2"), None) == []  # no more work
 
 
@@ -313,9 +314,9 @@ async def test_a_refused_grant_stops_every_active_link_of_the_account(world: Wor
         (world.link_id, LinkState.REAUTH_REQUIRED, reason),
         (other.link.id, LinkState.REAUTH_REQUIRED, reason),
     ]
-    assert {world.link_id, other.link.id} <= set(world.engine.halted)
+    assert {world.link_id, other.link.id} <= set(world.engine.calls.halts.halted)
     assert world.repository.state(elsewhere.link.id) is LinkState.ACTIVE
-    assert elsewhere.link.id not in world.engine.halted
+    assert elsewhere.link.id not in world.engine.calls.halts
 
 
 async def test_a_token_endpoint_outage_is_retried_then_left_to_the_repair_loop(
@@ -389,16 +390,16 @@ async def test_a_rate_limit_slows_the_accounts_quota_and_is_retried(
     result = await world.sync()
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
     assert world.quota.refusals == [(ACCOUNT, reason, None)]
-    assert world.engine.pacing[ACCOUNT] == 0  # its place in the window is given back
+    assert pacing(world)[ACCOUNT] == 0  # its place in the window is given back
 
 
 async def test_a_rate_limit_for_an_account_already_pacing_leaves_the_window(world: World) -> None:
-    world.engine.pacing[ACCOUNT] = 1  # one of its live messages already waits in the window
-    world.engine.pacing["other@example.com"] = 5  # another account's pacing is not this one's
+    pacing(world)[ACCOUNT] = 1  # one of its live messages already waits in the window
+    pacing(world)["other@example.com"] = 5  # another account's pacing is not this one's
     world.google.fail(
         "events.insert", 403, "userRateLimitExceeded", domain="usageLimits", retry_after=3.0
     )
-    world.engine.pacing[ACCOUNT] += 1  # a second one, meanwhile: the window has its two
+    pacing(world)[ACCOUNT] += 1  # a second one, meanwhile: the window has its two
     result = await world.sync()
     assert (result.outcome, result.reason) == (Outcome.DEFERRED, "account_rate_limited")
     assert result.repair is not None and not result.repair.backoff
@@ -409,8 +410,8 @@ async def test_a_rate_limit_for_an_account_already_pacing_leaves_the_window(worl
 async def test_a_message_of_an_account_pacing_leaves_no_sooner_than_retry_after(
     world: World,
 ) -> None:
-    world.engine.paced_until(ACCOUNT, 4.0)  # Google said: not for 4 seconds
-    world.engine.pacing[ACCOUNT] = 2
+    world.engine.calls.pressure.retry_after(ACCOUNT, 4.0)  # Google said: not for 4 seconds
+    pacing(world)[ACCOUNT] = 2
     result = await world.sync()
     assert result.repair is not None and result.repair.not_before_s > 3.5
 
@@ -418,12 +419,12 @@ async def test_a_message_of_an_account_pacing_leaves_no_sooner_than_retry_after(
 async def test_a_rate_limit_met_by_the_second_of_two_in_the_window_defers_it(
     world: World,
 ) -> None:
-    world.engine.pacing[ACCOUNT] = 1  # one pacing: this message may call, and is refused
+    pacing(world)[ACCOUNT] = 1  # one pacing: this message may call, and is refused
     world.google.fail("events.insert", 429, "rateLimitExceeded", domain="usageLimits")
     result = await world.sync()
     # It becomes the second pacing one, retries within the budget and is applied.
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)
-    assert world.engine.pacing[ACCOUNT] == 1  # its own place given back
+    assert pacing(world)[ACCOUNT] == 1  # its own place given back
 
 
 async def test_a_rate_limit_with_two_already_pacing_defers_a_call_already_made(
@@ -434,7 +435,7 @@ async def test_a_rate_limit_with_two_already_pacing_defers_a_call_already_made(
     original = world.quota.refused
 
     async def two_more_meanwhile(account: str, reason: str, retry_after_s: float | None) -> None:
-        world.engine.pacing[ACCOUNT] = 2
+        pacing(world)[ACCOUNT] = 2
         await original(account, reason, retry_after_s)
 
     world.quota.refused = two_more_meanwhile  # type: ignore[method-assign]
@@ -456,29 +457,29 @@ async def test_a_failing_call_takes_one_of_its_accounts_places_and_gives_it_back
     world.google.fail("events.insert", status, reason)
     result = await world.sync()
     assert (result.outcome, result.attempts) == (Outcome.APPLIED, 2)  # retried in the window
-    assert world.engine.pressure.held(ACCOUNT) == 0  # its place given back
+    assert world.engine.calls.pressure.held(ACCOUNT) == 0  # its place given back
 
 
 async def test_a_live_message_of_an_account_failing_with_its_places_taken_leaves_at_once(
     world: World,
 ) -> None:
-    world.engine.pressure.retrying[FAILING][ACCOUNT] = 2  # two of its messages retry already
-    world.engine.pressure.retrying[FAILING]["other@example.com"] = 5  # not this account's
-    world.engine.pressure.failed(ACCOUNT, "503 backendError: Service Unavailable")
+    world.engine.calls.pressure.retrying[FAILING][ACCOUNT] = 2  # two of its messages retry already
+    world.engine.calls.pressure.retrying[FAILING]["other@example.com"] = 5  # not this account's
+    world.engine.calls.pressure.failed(ACCOUNT, "503 backendError: Service Unavailable")
     result = await world.sync()
     assert (result.outcome, result.reason) == (Outcome.DEFERRED, "account_failing")
     assert result.error == "503 backendError: Service Unavailable"  # what its calls meet
     # Its calls fail: the repair loop's backoff (not at once, as a mere queue would be).
     assert result.repair is not None and result.repair.backoff and result.repair.due_in_s > 0
     assert world.google.count("events.insert") == 0  # no call while the places are taken
-    assert world.engine.pressure.held(ACCOUNT) == 2
+    assert world.engine.calls.pressure.held(ACCOUNT) == 2
 
 
 async def test_a_failure_met_when_the_last_place_went_meanwhile_leaves_after_one_call(
     world: World,
 ) -> None:
     world.google.fail("events.insert", 503, "backendError", times=10_000)
-    world.engine.pressure.retrying[FAILING][ACCOUNT] = 1  # one place left: the first takes it
+    world.engine.calls.pressure.retrying[FAILING][ACCOUNT] = 1  # one place left: the first takes it
     first, second = booking_model("bk_1", 1), booking_model("bk_2", 1)
     results = await asyncio.gather(
         world.engine.handle(first, MessagePosition("bookings", 0, 1)),
@@ -489,13 +490,13 @@ async def test_a_failure_met_when_the_last_place_went_meanwhile_leaves_after_one
         (Outcome.DEFERRED, "account_failing", False),  # left after its first call
         (Outcome.FAILED, "retries_exhausted", True),  # retried in the window, then owed
     ]
-    assert world.engine.pressure.held(ACCOUNT) == 1  # the place taken before, nothing more
+    assert world.engine.calls.pressure.held(ACCOUNT) == 1  # the place taken before, nothing more
 
 
 async def test_a_5xx_that_says_retry_after_defers_no_sooner(world: World) -> None:
     world.google.fail("events.insert", 503, "backendError", times=10_000, retry_after=4.0)
-    world.engine.pressure.retrying[FAILING][ACCOUNT] = 2
-    world.engine.pressure.retry_after(ACCOUNT, 4.0)
+    world.engine.calls.pressure.retrying[FAILING][ACCOUNT] = 2
+    world.engine.calls.pressure.retry_after(ACCOUNT, 4.0)
     result = await world.sync()
     assert (result.outcome, result.reason) == (Outcome.DEFERRED, "account_failing")
     assert result.repair is not None and result.repair.due_in_s > 3.5
@@ -505,7 +506,7 @@ async def test_a_message_that_may_not_be_deferred_retries_whatever_its_account(
     world: World,
 ) -> None:
     """Work outside the window (a backfill, a resync) has no place to leave: it retries."""
-    world.engine.pressure.retrying[FAILING][ACCOUNT] = 2
+    world.engine.calls.pressure.retrying[FAILING][ACCOUNT] = 2
     world.google.fail("events.insert", 503, "backendError")
     result = await world.engine.sync_link(
         booking_model("bk_1", 1), world.link, None, source="backfill"
@@ -609,7 +610,7 @@ async def test_without_a_quota_configured_calls_go_straight_and_a_halt_still_sto
 
 async def test_a_link_made_active_again_after_its_halt_works_again(world: World) -> None:
     world.engine.link_changed(world.link_id, LinkState.DISCONNECTED, 1.0)
-    assert world.link_id in world.engine.halted
+    assert world.link_id in world.engine.calls.halts
     world.engine.grant_changed(ACCOUNT)  # its account's grant replaced (the watcher tells)
     assert world.tokens.forgotten == [ACCOUNT]  # its cached token is dropped
     world.engine.link_changed(world.link_id, LinkState.ACTIVE, 2.0)

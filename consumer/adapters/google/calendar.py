@@ -52,6 +52,7 @@ from consumer.adapters.google.concurrency import ConcurrencyController
 from consumer.adapters.metrics import Metrics
 from consumer.domain.errors import BatchFormatError, GoogleApiError, printable
 from consumer.domain.planning import MANAGED_BY
+from consumer.domain.records import CalendarInfo
 from consumer.domain.refusals import NOT_GOOGLE_ANSWER
 from consumer.settings import Settings
 
@@ -154,15 +155,6 @@ WRITE_ROLES = frozenset({"writer", "owner"})
 _MANAGED_FIELDS = (
     "kind,items(id,status,summary,description,location,start,end,extendedProperties),nextPageToken"
 )
-
-
-@dataclass(frozen=True)
-class CalendarInfo:
-    id: str
-    name: str
-    primary: bool
-    writable: bool
-    access_role: str
 
 
 class _Exchange(SimpleNamespace):

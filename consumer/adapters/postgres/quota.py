@@ -19,9 +19,10 @@ the project's pace drops only on project-level signals (several accounts refused
 A quota Google says is spent for hours (`quotaExceeded` for an account, `dailyLimitExceeded`
 for the project) is paused group-wide for `quota_exceeded_pause_s`: calls for it raise
 QuotaPaused at once instead of waiting, and the sync defers that work to the repair loop.
-An account whose queue here would make a call wait longer than `quota_max_wait_s` raises
-AccountBacklogged the same way (when the caller allows it), so that a throttled account's
-work leaves the in-flight window instead of holding other accounts' work behind it.
+A call that may wait only so long (`max_wait_s`: a live message) is answered SlotTooFar when
+its account's queue here would keep it longer, at once or as soon as Google slows the account
+down: whether its work then leaves the in-flight window is the account pressure's decision
+(consumer.service.pressure), not the quota's.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import structlog
 from consumer.adapters.batching import Batcher
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.repository import Pool
-from consumer.domain.errors import AccountBacklogged, QuotaPaused
+from consumer.domain.errors import QuotaPaused, SlotTooFar
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -61,8 +62,9 @@ _PROJECT_SIGNAL_WINDOW_S = 10.0
 class _Queue:
     interval_s: float
     step_s: float = 0.0  # the spacing last handed out (the interval, slower after refusals)
-    # A heap of (ticket, arrival, future, may_defer): lowest ticket first.
-    waiters: list[tuple[int, int, asyncio.Future[None], bool]] = field(default_factory=list)
+    # A heap of (ticket, arrival, future, max_wait_s): lowest ticket first; max_wait_s is
+    # how long the caller may wait for its slot (None: as long as it takes).
+    waiters: list[tuple[int, int, asyncio.Future[None], float | None]] = field(default_factory=list)
     pump: asyncio.Task[None] | None = None
     quiet_until: float = 0.0  # loop time: refused by Google, slots reserved before are void
 
@@ -72,7 +74,6 @@ class GroupQuota:
         # Bootstrap hands in the process's metrics; a quota built alone keeps its own.
         self._metrics = metrics or Metrics()
         self._pause_s = settings.quota_exceeded_pause_s
-        self._max_wait_s = settings.quota_max_wait_s
         self._paused: dict[str, float] = {}  # key -> loop time its pause ends
         self._pauses_read_at = -_PAUSES_FRESH_S
         self._pauses_reading: asyncio.Task[None] | None = None
@@ -105,10 +106,11 @@ class GroupQuota:
     def account_key(self, account: str) -> str:
         return self._account_prefix + account
 
-    async def acquire(self, account: str, ticket: int = 0, may_defer: bool = False) -> None:
+    async def acquire(self, account: str, ticket: int = 0, max_wait_s: float | None = None) -> None:
         """Wait for this account's next slot, then the project's; lower tickets go first.
-        Raises QuotaPaused while either is paused; with `may_defer`, AccountBacklogged
-        when the account's queue would keep this call waiting past `quota_max_wait_s`."""
+        Raises QuotaPaused while either is paused; with `max_wait_s`, SlotTooFar when the
+        account's queue would keep this call waiting longer (now, or once Google slows the
+        account down while it waits)."""
         await self._fresh_pauses()
         for key, scope in (
             (self._account_prefix + account, "account"),
@@ -116,12 +118,12 @@ class GroupQuota:
         ):
             if (left := self.paused_for(key)) > 0:
                 raise QuotaPaused(scope, left)
-        if may_defer and (wait := self.expected_wait(account)) > self._max_wait_s:
-            raise AccountBacklogged(wait)
+        if max_wait_s is not None and (wait := self.expected_wait(account)) > max_wait_s:
+            raise SlotTooFar(wait)
         if self._account_interval is not None:
             started = time.perf_counter()
             await self._slot(
-                self._account_prefix + account, self._account_interval, ticket, may_defer
+                self._account_prefix + account, self._account_interval, ticket, max_wait_s
             )
             self._metrics.quota_waits.labels("account").observe(time.perf_counter() - started)
         if self._project_interval is not None:
@@ -240,18 +242,18 @@ class GroupQuota:
                 )
 
     def _defer_the_far_waiters(self, queue: _Queue, pace: float) -> None:
-        """Google slowed an account down: a live message already waiting for one of its
-        slots, whose turn is now further off than `quota_max_wait_s`, leaves the window at
-        once (AccountBacklogged) instead of holding its place there for the slower pace
-        (and then spending a call Google may refuse again)."""
+        """Google slowed an account down: a call already waiting for one of its slots that
+        may wait only so long, and whose turn is now further off, is answered SlotTooFar at
+        once instead of holding its place for the slower pace (and then spending a call
+        Google may refuse again)."""
         loop = asyncio.get_running_loop()
         step = max(queue.interval_s / max(pace, 0.1), queue.step_s)
         wait = max(0.0, queue.quiet_until - loop.time())
-        for _, _, waiter, may_defer in sorted(queue.waiters, key=lambda w: w[:2]):
+        for _, _, waiter, max_wait_s in sorted(queue.waiters, key=lambda w: w[:2]):
             if waiter.done():
                 continue
-            if may_defer and wait > self._max_wait_s:
-                waiter.set_exception(AccountBacklogged(wait, "account_rate_limited"))
+            if max_wait_s is not None and wait > max_wait_s:
+                waiter.set_exception(SlotTooFar(wait, slowed=True))
                 continue
             wait += step
         # The deferred leave the queue now: expected_wait and the pump count who is left.
@@ -259,13 +261,13 @@ class GroupQuota:
         heapq.heapify(queue.waiters)
 
     async def _slot(
-        self, key: str, interval_s: float, ticket: int, may_defer: bool = False
+        self, key: str, interval_s: float, ticket: int, max_wait_s: float | None = None
     ) -> None:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(interval_s)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(queue.waiters, (ticket, next(self._arrivals), waiter, may_defer))
+        heapq.heappush(queue.waiters, (ticket, next(self._arrivals), waiter, max_wait_s))
         if queue.pump is None or queue.pump.done():
             queue.pump = asyncio.create_task(self._pump(key, queue))
         await waiter

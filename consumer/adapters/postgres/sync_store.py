@@ -34,6 +34,7 @@ from consumer.domain.models import (
     RecordedEvent,
     SyncResult,
 )
+from consumer.domain.records import Claim
 
 log = structlog.get_logger(__name__)
 
@@ -93,22 +94,6 @@ _INSERT_RESULT = (
     " booking_id, booking_version, link_id, operation, outcome, reason, google_event_id, error,"
     " attempts, source) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 )
-
-
-@dataclass(frozen=True)
-class Claim:
-    link_id: str
-    booking_id: str
-    recorded: RecordedEvent | None  # None when never applied
-    state: LinkState  # the link's state, read under its shared lock
-    epoch: int  # which connection holds the locks
-    repair_attempts: int = 0  # failures of this pair so far, as its repair row says
-    calendar_id: str | None = None  # the link's calendar, read under its shared lock
-    state_changed_at: float = 0.0  # since when the link is in `state` (epoch seconds)
-    latest_version: int | None = None  # the booking's latest version taken in (bookings)
-    # An event of ours for this pair left on the link's current calendar by an earlier move
-    # away from it (stranded): taken back instead of creating a second one.
-    stranded_event_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from urllib.parse import quote, urlsplit
 import structlog
 from aiohttp import web
 
-from consumer.adapters.google.calendar import CalendarInfo
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.domain.errors import LinkError, RefusalKind, TokenRefused
+from consumer.domain.records import CalendarInfo
 from consumer.entrypoints.problems import http_status
 from consumer.entrypoints.web import views
 from consumer.entrypoints.web.render import render, static_files

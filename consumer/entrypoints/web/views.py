@@ -8,8 +8,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from consumer.adapters.google.calendar import CalendarInfo
 from consumer.adapters.postgres.link_store import Backfill, LastResult
+from consumer.domain.records import CalendarInfo
 from consumer.service.links import LinkHealth
 from consumer.service.progress import progress as backfill_progress
 
