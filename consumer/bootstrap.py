@@ -31,11 +31,11 @@ from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import StartupError, TokenKeyError
 from consumer.service.calls import CallPolicy, GoogleCalls
-from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
 from consumer.service.context import Services
 from consumer.service.event_writes import EventWrites
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
+from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
 from consumer.service.runner import ConsumerRunner
 from consumer.service.shutdown import Deadline, within
 from consumer.service.sync import EngineConfig, SyncEngine
