@@ -214,6 +214,14 @@ class Settings(BaseSettings):
         description="How often the consumer group reconciles every "
         "active link's calendar with --execute (one process at a time); 0: never",
     )
+    backfill_past_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="The horizon: a link's backfill, reconcile and any drift repair cover "
+        "only bookings that end after now minus this many days (older ones are never "
+        "created by them, and their events never touched); live messages are applied "
+        "whatever their date",
+    )
 
     # The repair loop: every (link, booking) left off its calendar is re-driven until applied.
     repair_initial_backoff_s: float = Field(default=30.0, gt=0)
