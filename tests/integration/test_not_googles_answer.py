@@ -68,7 +68,10 @@ async def test_a_page_answered_200_to_a_write_is_a_failure_owed_to_the_repair_lo
             await wait_until(lambda: env.events(email), what="v1 on the calendar")
             await wait_until(lambda: _recorded(env, link_id, "bk_1"), what="v1 recorded")
         before = _recorded(env, link_id, "bk_1")
-        env.sandbox.add_fault(200, account=email, method=method, body_html=LOGIN_PAGE, duration_s=5)
+        # Until the failure is recorded, however long the consumer takes to join its group.
+        env.sandbox.add_fault(
+            200, account=email, method=method, body_html=LOGIN_PAGE, count=1_000_000
+        )
         await env.publish(changed)
         result = (
             await wait_until(
@@ -83,6 +86,7 @@ async def test_a_page_answered_200_to_a_write_is_a_failure_owed_to_the_repair_lo
         assert result["attempts"] > 1  # retried within the budget first
         assert _recorded(env, link_id, "bk_1") == before
         assert [r["reason"] for r in _owed(env, link_id, "bk_1")] == ["retries_exhausted"]
+        env.sandbox.clear_faults()
         # Once Google answers again, the repair loop applies it.
         await wait_until(
             lambda: not _owed(env, link_id, "bk_1"), timeout_s=40, what="the repair applied"
