@@ -16,17 +16,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from consumer.adapters.crypto import TokenCipher
-from consumer.adapters.google.calendar import GoogleCalendar
-from consumer.adapters.google.oauth import OAuthClient
-from consumer.adapters.google.tokens import TokenProvider
+from consumer.adapters.google.calendar import CalendarConfig, GoogleCalendar
+from consumer.adapters.google.oauth import OAuthClient, OAuthConfig
+from consumer.adapters.google.tokens import GrantStore, TokenConfig, TokenProvider
 from consumer.adapters.kafka import KafkaGroupAdmin, build_consumer, build_producer
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.connections import Connect, connector, session_conninfo
+from consumer.adapters.postgres.connections import Connect, DatabaseConfig, connector
 from consumer.adapters.postgres.deployment import deployment
 from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
-from consumer.adapters.postgres.quota import GroupQuota
+from consumer.adapters.postgres.quota import GroupQuota, QuotaConfig
 from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import StartupError, TokenKeyError
@@ -47,9 +47,83 @@ _ENGINE_CLOSE_S = 2.0
 
 def _cipher(settings: Settings) -> TokenCipher:
     try:
-        return TokenCipher.from_settings(settings)
+        return TokenCipher.from_keys(
+            settings.token_key.get_secret_value() if settings.token_key else ""
+        )
     except TokenKeyError as exc:
         raise StartupError(str(exc)) from None
+
+
+# --- each adapter's small frozen config, sliced from the settings ------------------------------
+
+
+def database(settings: Settings) -> DatabaseConfig:
+    return DatabaseConfig(
+        url=settings.database_url,
+        lock_timeout_s=settings.db_lock_timeout_s,
+        statement_timeout_s=settings.db_statement_timeout_s,
+    )
+
+
+def session_conninfo(settings: Settings) -> str:
+    """CALSYNC_DATABASE_URL with every session's lock and statement timeouts."""
+    return database(settings).session_conninfo()
+
+
+def calendar_config(settings: Settings) -> CalendarConfig:
+    quota_per_min = settings.quota_per_project_per_min * settings.quota_use_share
+    return CalendarConfig(
+        api_endpoint=settings.calendar_api_endpoint,
+        batch_uri=settings.calendar_batch_uri,
+        ca_bundle=settings.google_ca_bundle,
+        timeout_s=settings.google_timeout_s,
+        concurrency=settings.google_concurrency,
+        batch_size=settings.google_batch_size,
+        project_quota_per_s=quota_per_min / 60 if quota_per_min else None,
+    )
+
+
+def token_config(settings: Settings) -> TokenConfig:
+    return TokenConfig(
+        token_url=settings.google_token_url,
+        client_id=settings.google_client_id,
+        client_secret=settings.google_client_secret,
+        ca_bundle=settings.google_ca_bundle,
+        timeout_s=settings.google_timeout_s,
+        refresh_margin_s=settings.token_refresh_margin_s,
+    )
+
+
+def quota_config(settings: Settings) -> QuotaConfig:
+    return QuotaConfig(
+        project=settings.google_client_id,
+        per_account_per_min=settings.quota_per_account_per_min,
+        per_project_per_min=settings.quota_per_project_per_min,
+        use_share=settings.quota_use_share,
+        exceeded_pause_s=settings.quota_exceeded_pause_s,
+    )
+
+
+def oauth_config(settings: Settings) -> OAuthConfig:
+    return OAuthConfig(
+        client_id=settings.google_client_id,
+        client_secret=settings.google_client_secret,
+        auth_url=settings.google_auth_url,
+        token_url=settings.google_token_url,
+        revoke_url=settings.google_revoke_url,
+        redirect_uri=settings.oauth_redirect_uri,
+        ca_bundle=settings.google_ca_bundle,
+        timeout_s=settings.google_timeout_s,
+        state_ttl_s=settings.oauth_state_ttl_s,
+    )
+
+
+def google_calendar(settings: Settings, metrics: Metrics) -> GoogleCalendar:
+    return GoogleCalendar(calendar_config(settings), metrics)
+
+
+def token_provider(settings: Settings, grants: GrantStore, metrics: Metrics) -> TokenProvider:
+    return TokenProvider(token_config(settings), grants, metrics)
 
 
 def connections(settings: Settings) -> Connect:
@@ -86,9 +160,10 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
         await repository.pool.close()
         raise
     metrics = Metrics()
-    google = GoogleCalendar(settings, metrics)
-    tokens = TokenProvider(settings, token_repository, metrics)
-    calls = google_calls(settings, GroupQuota(settings, repository.pool, metrics), tokens)
+    google = google_calendar(settings, metrics)
+    tokens = token_provider(settings, token_repository, metrics)
+    quota = GroupQuota(quota_config(settings), repository.pool, metrics)
+    calls = google_calls(settings, quota, tokens)
     engine = sync_engine(settings, repository, SyncStore(database), calls, google, metrics, ours.id)
     svc = Services(
         settings,
@@ -169,7 +244,9 @@ def consumer_runner(settings: Settings, svc: Services) -> ConsumerRunner:
 async def link_service(settings: Settings) -> AsyncIterator[LinkService]:
     async with services(settings, pool_size=4) as svc:
         service = LinkService(
-            svc, LinkStore(svc.repository, svc.cipher), OAuthClient(svc.settings, svc.cipher)
+            svc,
+            LinkStore(svc.repository, svc.cipher),
+            OAuthClient(oauth_config(svc.settings), svc.cipher),
         )
         try:
             yield service

@@ -137,8 +137,8 @@ class Settings(BaseSettings):
         ge=1,
         description="Upper bound on HTTP requests to Google at once per "
         "process (kept-alive connections of one pool). The number in use is measured, not "
-        "set: it follows Google's latency and the quota (consumer/concurrency.py); this "
-        "only caps it",
+        "set: it follows Google's latency and the quota "
+        "(consumer/adapters/google/concurrency.py); this only caps it",
     )
     google_batch_size: int = Field(
         default=50,

@@ -6,7 +6,7 @@ trips), the next items queue up, so the batch size follows the load by itself: o
 when idle, hundreds under a backlog, and no timer adds latency.
 
 Both bounds may be functions, read at every flush: Google's are set by a controller that
-measures (consumer/concurrency.py), and change while the batcher runs.
+measures (consumer/adapters/google/concurrency.py), and change while the batcher runs.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ from __future__ import annotations
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from consumer.domain.errors import TokenKeyError
-from consumer.settings import Settings
 
 
 class TokenCipher:
@@ -30,8 +29,8 @@ class TokenCipher:
         self.keys = list(keys)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TokenCipher:
-        raw = settings.token_key.get_secret_value() if settings.token_key else ""
+    def from_keys(cls, raw: str) -> TokenCipher:
+        """From CALSYNC_TOKEN_KEY's text: keys separated by commas, the first one first."""
         return cls([key.strip() for key in raw.split(",") if key.strip()])
 
     @staticmethod

@@ -80,11 +80,6 @@ class GoogleApiError(CalsyncError):
         return action_retriable(self.action)
 
     @property
-    def transient(self) -> bool:
-        """The same as `retriable` (the name of the flat layout's days)."""
-        return self.retriable
-
-    @property
     def rate_limited(self) -> bool:
         return self.action is Action.PACE
 
@@ -113,11 +108,6 @@ class TokenRefreshFailed(CalsyncError):
     def explained(self) -> str:
         """`invalid_grant: Token has been expired or revoked.`, or the reason alone."""
         return f"{self.reason}: {self.description}" if self.description else self.reason
-
-    @property
-    def permanent(self) -> bool:
-        """Not retriable: Google refused (the name of the flat layout's days)."""
-        return not self.retriable
 
 
 class Deferred(CalsyncError):

@@ -2,7 +2,7 @@
 
 Every route needs `Authorization: Bearer <CALSYNC_ADMIN_TOKEN>`, except Google's redirect
 (`GET /oauth/callback`, protected by its signed single-use `state`), `GET /healthz`, and the
-pages a person uses in a browser (consumer/web: protected by signed tokens and a session
+pages a person uses in a browser (consumer/entrypoints/web: protected by signed tokens and a session
 cookie). Errors are RFC 9457 problem documents (`application/problem+json`), except for
 browsers (Accept prefers text/html), which get a page saying what happened and how to start
 again. Tokens are never part of an answer.

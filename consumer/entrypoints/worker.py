@@ -23,10 +23,9 @@ import structlog
 from aiokafka.errors import KafkaError
 
 from consumer.adapters.kafka import ensure_topics
-from consumer.adapters.postgres.connections import session_conninfo
 from consumer.adapters.postgres.link_watcher import watch_links
 from consumer.adapters.postgres.migrations import pending_migrations
-from consumer.bootstrap import consumer_runner, ops_store, services
+from consumer.bootstrap import consumer_runner, ops_store, services, session_conninfo
 from consumer.domain.errors import StartupError
 from consumer.entrypoints.ops_http import start_ops_http
 from consumer.entrypoints.problems import SHUTDOWN_OVERRAN_EXIT_CODE

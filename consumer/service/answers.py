@@ -10,8 +10,6 @@ always carried as ISO 8601 text (`datetime.isoformat()`, `+00:00` rather than py
 
 from __future__ import annotations
 
-import json
-from collections.abc import ItemsView, KeysView, Mapping, ValuesView
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -30,48 +28,10 @@ IsoDatetime = Annotated[datetime, PlainSerializer(_iso, return_type=str)]
 
 class Answer(BaseModel):
     """The base of every service answer: frozen, strict (a value is never quietly coerced:
-    an int stays an int, a bool a bool), no unknown fields.
-
-    Compatibility: until issue 15 the services answered plain dicts, and callers written
-    against those (tests, scripts: `answer["events_removed"]`, `answer.get("backfill")`)
-    still index them. So an answer also reads like a read-only mapping over its dump
-    (`model_dump()`: exactly the dict the service used to return): `answer[key]`,
-    `answer.get(key)`, `key in answer`, `keys()`, `items()`, `values()`, and it equals the
-    dict it used to be (`answer == {...}`). Nothing can be
-    written through it. New code reads attributes, and entrypoints render with
-    `model_dump()`. Iterating an answer is pydantic's (field, value) pairs, not keys.
-    """
+    an int stays an int, a bool a bool), no unknown fields. Code reads its attributes; the
+    entrypoints render it with `model_dump()`."""
 
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
-
-    def _mapping(self) -> dict[str, Any]:
-        return self.model_dump()
-
-    def __getitem__(self, key: str) -> Any:
-        return self._mapping()[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._mapping().get(key, default)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._mapping()
-
-    def keys(self) -> KeysView[str]:
-        return self._mapping().keys()
-
-    def items(self) -> ItemsView[str, Any]:
-        return self._mapping().items()
-
-    def values(self) -> ValuesView[Any]:
-        return self._mapping().values()
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):  # compared with the dict it used to be
-            return self._mapping() == dict(other)
-        return super().__eq__(other)
-
-    def __hash__(self) -> int:  # equal answers hash alike (lists inside included)
-        return hash(json.dumps(self.model_dump(mode="json"), sort_keys=True))
 
 
 # --- links ------------------------------------------------------------------------------------

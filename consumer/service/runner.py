@@ -44,7 +44,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from consumer.adapters.classify import KAFKA_AUTHORIZATION, is_retriable
 from consumer.adapters.kafka import DLQ_REPLAY_OF, dead_letter_copy
 from consumer.adapters.metrics import Metrics, PartitionLag
-from consumer.adapters.postgres.connections import session_conninfo
+from consumer.adapters.postgres.connections import DatabaseConfig
 from consumer.adapters.postgres.members import HEARTBEAT_S, MemberReport
 from consumer.adapters.postgres.repository import Repository
 from consumer.domain.errors import describe, printable
@@ -110,7 +110,12 @@ class ConsumerRunner:
         self.started = False
         self.ops_port: int | None = None  # where /metrics and the health checks listen
         self.member = MemberReport(
-            session_conninfo(settings), settings.group_id, settings.topic, settings.instance_id
+            DatabaseConfig(
+                settings.database_url, settings.db_lock_timeout_s, settings.db_statement_timeout_s
+            ).session_conninfo(),
+            settings.group_id,
+            settings.topic,
+            settings.instance_id,
         )
         self._reported_at = 0.0
         self.loop_turned_at = time.monotonic()

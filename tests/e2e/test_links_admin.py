@@ -162,7 +162,7 @@ async def test_an_expired_state_is_refused(env: Env) -> None:
     settings = env.settings.model_copy(update={"oauth_state_ttl_s": 1.0})
     async with link_service(settings) as service:
         started = await service.start_connect("act_1")
-        params = query_of(env.sandbox.consent(started["authorization_url"], email))
+        params = query_of(env.sandbox.consent(started.authorization_url, email))
         await asyncio.sleep(2.2)
         with pytest.raises(LinkError) as refused:
             await service.finish_connect(params)
@@ -262,7 +262,7 @@ async def test_removing_a_links_events_keeps_to_the_accounts_quota(env: Env) -> 
     settings = env.settings.model_copy(update={"quota_per_account_per_min": 300})
     async with link_service(settings) as service:
         done = await service.disconnect(link_id, remove_events=True)
-    assert done["events_removed"] == 20 and env.events(email) == []
+    assert done.events_removed == 20 and env.events(email) == []
     deletes = [
         c["at"]
         for c in env.sandbox.calls(since=since, detail=True)["calls"]

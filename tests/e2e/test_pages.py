@@ -337,7 +337,7 @@ async def test_sign_in_and_the_links_page(env: Env) -> None:
     link_id = await env.link(owner, refresh, calendar_id=None, activity_id=activity)
     async with link_service(env.settings) as service:  # as the CLI does it: it waits
         chosen = await service.select(link_id, "cal-bookings")
-    assert chosen["backfill"] == {"bookings": 3, "applied": 3}
+    assert chosen.backfill == {"bookings": 3, "applied": 3}
     links_path = f"/activities/{activity}/links"
     async with site(env) as browser:
         # Not signed in: the page sends to the sign-in, which comes back.
@@ -526,7 +526,7 @@ async def test_a_background_backfill_stopped_by_shutdown_says_so(env: Env) -> No
     )
     async with link_service(settings) as service:
         chosen = await service.choose(link_id, "cal-bookings", wait=False)
-        assert chosen.backfill is None and chosen.link["state"] == "active"
+        assert chosen.backfill is None and chosen.link.state == "active"
         await wait_until(
             lambda: env.query("SELECT total FROM backfills")[0]["total"] == 6,
             what="the backfill counting its bookings",

@@ -18,8 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from consumer.adapters.postgres.connections import session_conninfo
-from consumer.bootstrap import services
+from consumer.bootstrap import services, session_conninfo
 from consumer.entrypoints.problems import SHUTDOWN_OVERRAN_EXIT_CODE
 from tests.oracle import assert_exact
 from tests.plugins.environment import ROOT, Env, wait_until

@@ -1,5 +1,5 @@
 """The unit tier's FakeCalendar keeps the contract of the real one: one story of calls, played
-on the real adapter (consumer.google_calendar over HTTPS) against the Google sandbox and on
+on the real adapter (consumer.adapters.google.calendar over HTTPS) against the Google sandbox and on
 the fake, answers the same at every step. If the sandbox's reading of Google changes, this
 says the fake must change with it."""
 
@@ -10,7 +10,8 @@ from typing import Any, Protocol
 
 import pytest
 
-from consumer.adapters.google.calendar import GoogleCalendar
+from consumer.adapters.metrics import Metrics
+from consumer.bootstrap import google_calendar
 from consumer.domain.errors import GoogleApiError
 from consumer.domain.planning import google_event_id
 from tests.plugins.environment import Env
@@ -37,7 +38,7 @@ class SandboxBackend:
         self.email, _ = env.account("contract")
         self.calendar = self.email
         self.token = env.sandbox.issue_access_token(self.email)[0]
-        self.gateway = GoogleCalendar(env.settings)
+        self.gateway = google_calendar(env.settings, Metrics())
 
     def delete_by_hand(self, event_id: str) -> None:
         self.env.sandbox.delete_by_hand(self.email, self.calendar, event_id)

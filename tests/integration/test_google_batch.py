@@ -22,7 +22,8 @@ from googleapiclient.http import BatchHttpRequest
 
 from calsync_dev.sandbox import SandboxClient, SandboxHTTPServer, start_in_thread
 from calsync_dev.sandbox.state import SandboxState
-from consumer.adapters.google.calendar import GoogleCalendar
+from consumer.adapters.metrics import Metrics
+from consumer.bootstrap import google_calendar
 from consumer.domain.errors import GoogleApiError
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
@@ -43,8 +44,9 @@ async def test_calls_that_wait_go_together_in_batches_each_answered_on_its_own(e
     token_a, token_b = env.sandbox.issue_access_token(a)[0], env.sandbox.issue_access_token(b)[0]
     env.sandbox.add_fault(429, count=1, account=b, retry_after=7)
     since = env.sandbox.calls()["now"]
-    google = GoogleCalendar(
-        env.settings.model_copy(update={"google_concurrency": 1, "google_batch_size": 10})
+    google = google_calendar(
+        env.settings.model_copy(update={"google_concurrency": 1, "google_batch_size": 10}),
+        Metrics(),
     )
     try:
         calls = [google.insert_event("not-a-token", a, event_body())]
@@ -111,7 +113,7 @@ async def test_batches_grow_only_as_far_as_google_serves_them_side_by_side(
     server, client = own_sandbox
     client.configure(batch_mode=mode, latency_s=0.05)
     account, token = new_account(client, "bulk")
-    google = GoogleCalendar(
+    google = google_calendar(
         env.settings.model_copy(
             update={
                 "google_api_url": server.url,
@@ -119,7 +121,8 @@ async def test_batches_grow_only_as_far_as_google_serves_them_side_by_side(
                 "google_concurrency": 4,
                 "quota_per_project_per_min": 0,
             }
-        )
+        ),
+        Metrics(),
     )
     try:
         for _ in range(3):  # rounds of a backlog: the first ones teach how batches are served

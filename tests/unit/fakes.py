@@ -271,7 +271,7 @@ class FakeTokens:
                 self.failures_left -= 1
                 if not self.failures_left:
                     self.failure = None
-            if failure.permanent and self.repository is not None:
+            if not failure.retriable and self.repository is not None:
                 self.repository.refused_grants[account] = failure.explained
             raise failure
         token = self.current.get(account)
@@ -485,6 +485,10 @@ class FakeRepository:
 
     # --- what the token provider uses --------------------------------------------------------
 
+    @asynccontextmanager
+    async def locked_grant(self, account: str) -> AsyncIterator[FakeLockedGrant]:
+        yield FakeLockedGrant(self, account, await self.lock_grant(None, account))
+
     async def lock_grant(self, conn: Any, account: str) -> StoredGrant | None:
         tokens = self.grants.get(account)
         if tokens is None:
@@ -614,6 +618,21 @@ class FakeSyncStore:
 
     async def close(self) -> None:
         pass
+
+
+class FakeLockedGrant:
+    """A grant as FakeRepository.locked_grant hands it out (no lock needed in one process)."""
+
+    def __init__(self, repository: FakeRepository, account: str, grant: StoredGrant | None) -> None:
+        self._repository = repository
+        self._account = account
+        self.grant = grant
+
+    async def save(self, tokens: LinkTokens, refresh_token_changed: bool) -> None:
+        await self._repository.save_tokens(None, self._account, tokens, refresh_token_changed)
+
+    async def refuse(self, reason: str) -> None:
+        await self._repository.refuse_grant(None, self._account, reason)
 
 
 # --- the quota ---------------------------------------------------------------------------------

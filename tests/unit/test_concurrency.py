@@ -1,5 +1,5 @@
-"""The concurrency controller (consumer/concurrency.py), on a fake clock and a simulated
-Google: no servers, no threads, no sleeps. The limit of requests in flight rises with
+"""The concurrency controller (consumer/adapters/google/concurrency.py), on a fake clock and
+a simulated Google: no servers, no threads, no sleeps. The limit of requests in flight rises with
 Google's latency until the quota is the only ceiling, falls on refusals and on congestion,
 and the batch size follows how Google serves a batch."""
 

@@ -15,7 +15,7 @@ from tests.plugins.events import booking_event
 
 def test_published_schema_is_generated_from_the_models() -> None:
     assert SCHEMA_PATH.read_text() == booking_event_schema_text(), (
-        "schemas/ is out of step with consumer/models.py: run `calsync schema --write`"
+        "schemas/ is out of step with consumer/domain/models.py: run `calsync schema --write`"
     )
 
 

@@ -1,4 +1,4 @@
-"""The batch envelope (consumer/google_batch.py) against Google's format as the sandbox's
+"""The batch envelope (consumer/adapters/google/batch.py) against Google's format as the sandbox's
 parser reads it and its renderer writes it: no server, no network."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from calsync_dev.sandbox.state import GoogleError
 from consumer.adapters.google.batch import decode_batch, encode_batch
 from consumer.domain.errors import BatchFormatError
 
-# --- the batch envelope (consumer/google_batch.py), against the sandbox's reading of it -------
+# --- the batch envelope (consumer/adapters/google/batch.py), against the sandbox's reading ----
 
 
 def test_the_batch_envelope_round_trips_through_googles_format() -> None:

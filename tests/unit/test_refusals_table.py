@@ -1,4 +1,4 @@
-"""Google's refusals table (consumer/refusals.py), row by row: what each refusal means."""
+"""Google's refusals table (consumer/domain/refusals.py), row by row: what each refusal means."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The runner's chains and commit points (consumer/runner.py, consumer/offsets.py), on fakes:
-records dispatched as fetched, one chain per (partition, key), the offset committed only
+"""The runner's chains and commit points (consumer/service/runner.py,
+consumer/domain/offsets.py), on fakes: records dispatched as fetched, one chain per (partition,
+key), the offset committed only
 below the oldest unrecorded record, bad input dead-lettered once, drains that commit what
 finished. No broker: the Kafka clients, the engine and the repository are fakes.
 """

@@ -1,4 +1,4 @@
-"""The sync engine's decisions (consumer/sync.py), on fakes of its ports: what it does with
+"""The sync engine's decisions (consumer/service/sync.py), on fakes of its ports: what it does with
 each answer Google gives, without a broker, a database or HTTP.
 
 Each test drives SyncEngine.handle (the runner's entry) and checks the calendar, the result
@@ -339,7 +339,7 @@ async def test_a_token_endpoint_that_comes_back_within_the_budget_is_no_failure(
     assert result.outcome is Outcome.APPLIED and len(world.tokens.asked) == 3
 
 
-# --- each refusal of Google's table (consumer/refusals.py) ----------------------------------------
+# --- each refusal of Google's table (consumer/domain/refusals.py) --------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""The seed's token rules in the real TokenProvider (consumer/tokens.py), without Kafka,
-PostgreSQL or the sandbox: its repository is FakeRepository, Google's token endpoint a
+"""The seed's token rules in the real TokenProvider (consumer/adapters/google/tokens.py),
+without Kafka, PostgreSQL or the sandbox: its repository is FakeRepository, Google's token endpoint
+a
 FakeTokenEndpoint in place of its one blocking call.
 
 - more than the margin (5 minutes) left: used as is; within it, or expired: refreshed, and
@@ -17,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from consumer.adapters.google.tokens import TokenProvider
 from consumer.adapters.metrics import Metrics
+from consumer.bootstrap import token_provider
 from consumer.domain.errors import TokenRefreshFailed
 from consumer.domain.models import LinkTokens
 from consumer.settings import Settings
@@ -33,9 +34,9 @@ class Tokens:
     def __init__(self, margin_s: float = 300.0) -> None:
         self.repository = FakeRepository()
         self.endpoint = FakeTokenEndpoint()
-        self.provider = TokenProvider(
+        self.provider = token_provider(
             Settings(token_refresh_margin_s=margin_s), self.repository, Metrics()
-        )  # type: ignore[arg-type]
+        )
         self.endpoint.install(self.provider)
 
     def store(self, access_token: str | None, left: timedelta | None) -> LinkTokens:
@@ -126,10 +127,10 @@ async def test_a_refused_refresh_token_is_not_presented_again_until_reconnected(
     tokens.store(None, None)
     with pytest.raises(TokenRefreshFailed) as first:
         await tokens.ask()
-    assert first.value.permanent and first.value.reason == "invalid_grant"
+    assert not first.value.retriable and first.value.reason == "invalid_grant"
     with pytest.raises(TokenRefreshFailed) as second:
         await tokens.ask()
-    assert second.value.permanent and len(tokens.endpoint.grants) == 1  # not asked again
+    assert not second.value.retriable and len(tokens.endpoint.grants) == 1  # not asked again
     tokens.provider.forget(ACCOUNT)  # reconnected: the account's new grant is tried afresh
     tokens.repository.refused_grants.pop(ACCOUNT)
     tokens.endpoint.refuse_with = None
@@ -143,7 +144,7 @@ async def test_an_unavailable_token_endpoint_is_not_a_revocation(tokens: Tokens)
     for _ in range(2):
         with pytest.raises(TokenRefreshFailed) as refused:
             await tokens.ask()
-        assert not refused.value.permanent
+        assert refused.value.retriable
     assert len(tokens.endpoint.grants) == 2  # tried again: an outage passes
 
 
@@ -160,14 +161,14 @@ async def test_google_refusing_the_grant_is_kept_with_its_words_for_every_proces
     assert tokens.repository.refused_grants == {
         ACCOUNT: "invalid_grant: Token has been expired or revoked."
     }
-    other = TokenProvider(Settings(), tokens.repository, Metrics())  # type: ignore[arg-type]
+    other = token_provider(Settings(), tokens.repository, Metrics())
     tokens.endpoint.install(other)
     try:
         with pytest.raises(TokenRefreshFailed) as again:
             await other.access_token(ACCOUNT, None)
     finally:
         other.close()
-    assert (again.value.reason, again.value.description, again.value.permanent) == (
+    assert (again.value.reason, again.value.description, not again.value.retriable) == (
         "invalid_grant",
         "Token has been expired or revoked.",
         True,

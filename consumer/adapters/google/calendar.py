@@ -9,15 +9,16 @@ the event loop was busy: the threads took turns at the GIL with it. When Google 
 batch's calls one after another, it needs a request out for every call served at once.)
 
 How many requests are out at once, and how many calls each carries, is measured rather than
-configured (consumer/concurrency.py): the limit follows Google's latency and the quota
-(Little's law) and backs off on congestion and rate-limit refusals, within
+configured (consumer/adapters/google/concurrency.py): the limit follows Google's latency and
+the quota (Little's law) and backs off on congestion and rate-limit refusals, within
 `google_concurrency` connections; calls that wait for a free request go together to Google's
 batch endpoint, as many as Google's way of serving a batch allows without costing latency
 (`google_batch_size` at most): each call still authenticated, counted against the quotas
 and answered on its own. No timer holds a call back to fill a batch.
 
-The batch envelope is written and read here (consumer/google_batch.py, where the reason is),
-the requests inside it built and their answers read by google-api-python-client. A 401 in
+The batch envelope is written and read here (consumer/adapters/google/batch.py, where the
+reason is), the requests inside it built and their answers read by google-api-python-client. A 401
+in
 a batch is that call's own answer: the sync engine refreshes the token and tries again.
 
 An answer is only taken for Google's when it looks like one (`_not_googles_answer`): a JSON
@@ -54,7 +55,6 @@ from consumer.domain.errors import BatchFormatError, GoogleApiError, printable
 from consumer.domain.planning import MANAGED_BY
 from consumer.domain.records import CalendarInfo
 from consumer.domain.refusals import NOT_GOOGLE_ANSWER
-from consumer.settings import Settings
 
 # What Google answers each call with (`kind`), when it does what was asked.
 _KINDS = {
@@ -182,30 +182,43 @@ def _response_of(answer: aiohttp.ClientResponse) -> httplib2.Response:
     return response
 
 
+@dataclass(frozen=True)
+class CalendarConfig:
+    """Where the Calendar API is and how it is called (CALSYNC_GOOGLE_API_URL, _CA_BUNDLE,
+    _TIMEOUT_S, _GOOGLE_CONCURRENCY, _GOOGLE_BATCH_SIZE), and the project's quota the group
+    aims at, in calls a second (None: no quota), which the concurrency controller follows."""
+
+    api_endpoint: str  # .../calendar/v3/
+    batch_uri: str  # .../batch/calendar/v3
+    ca_bundle: str | None
+    timeout_s: float
+    concurrency: int
+    batch_size: int
+    project_quota_per_s: float | None
+
+
 class GoogleCalendar:
-    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        # Optional: tests (test_google_batch.py) drive the gateway alone, without the rest.
-        self._metrics = metrics or Metrics()
-        self._timeout = settings.google_timeout_s
+    def __init__(self, config: CalendarConfig, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._timeout = config.timeout_s
         self._service = build(  # builds requests only: they are sent by aiohttp, below
             "calendar",
             "v3",
             http=httplib2.Http(),
-            client_options={"api_endpoint": settings.calendar_api_endpoint},
+            client_options={"api_endpoint": config.api_endpoint},
             static_discovery=True,
             cache_discovery=False,
         )
         self._resources = _Resources(self._service.events(), self._service.calendarList())
-        self._batch_uri = settings.calendar_batch_uri
-        self._tls = ssl.create_default_context(cafile=settings.google_ca_bundle)
-        self._max_connections = settings.google_concurrency
+        self._batch_uri = config.batch_uri
+        self._tls = ssl.create_default_context(cafile=config.ca_bundle)
+        self._max_connections = config.concurrency
         self._session: aiohttp.ClientSession | None = None
         self._closing: asyncio.Task[None] | None = None
-        quota_per_min = settings.quota_per_project_per_min * settings.quota_use_share
         self.flow = ConcurrencyController(
-            max_requests=settings.google_concurrency,
-            max_batch=settings.google_batch_size,
-            quota_per_s=quota_per_min / 60 if quota_per_min else None,
+            max_requests=config.concurrency,
+            max_batch=config.batch_size,
+            quota_per_s=config.project_quota_per_s,
         )
         self._calls: Batcher[Call, Any] = Batcher(
             self._send, max_size=self.flow.take_batch_size, concurrency=lambda: self.flow.limit

@@ -10,8 +10,9 @@ the batch size follow:
 - **Little's law, when the quota is known.** To use the quota, a process needs the quota's
   rate x the mean latency per call requests out, on average; x `HEADROOM` for the variance
   of both, that is the limit's floor, reached at once, so a slow Google (or a slow start)
-  cannot hold the process under its quota. The group's quota gate (consumer/quota.py) paces
-  the calls, so a floor computed from the whole project's rate only leaves some connections
+  cannot hold the process under its quota. The group's quota gate
+  (consumer/adapters/postgres/quota.py) paces the calls, so a floor computed from the whole
+  project's rate only leaves some connections
   idle.
 - **AIMD on latency and refusals, for the rest.** While calls wait for a free request slot
   and the latency per call is not inflated, the limit grows by one request per round trip

@@ -23,11 +23,11 @@ from google_auth_oauthlib.flow import Flow
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 from oauthlib.oauth2 import WebApplicationClient
 from oauthlib.oauth2.rfc6749.errors import InsecureTransportError, OAuth2Error
+from pydantic import SecretStr
 
 from consumer.adapters.crypto import TokenCipher
 from consumer.domain.errors import OAuthRefused
 from consumer.domain.models import LinkTokens
-from consumer.settings import Settings
 
 EVENTS_SCOPE = "https://www.googleapis.com/auth/calendar.events"
 CALENDAR_LIST_SCOPE = "https://www.googleapis.com/auth/calendar.calendarlist.readonly"
@@ -44,30 +44,48 @@ class GrantedAccount:
     scopes: list[str]
 
 
+@dataclass(frozen=True)
+class OAuthConfig:
+    """Our OAuth client and Google's endpoints (CALSYNC_GOOGLE_CLIENT_ID, _CLIENT_SECRET,
+    _AUTH_URL, _TOKEN_URL, _REVOKE_URL, _CA_BUNDLE, _TIMEOUT_S), where Google sends the browser
+    back (CALSYNC_HTTP_PUBLIC_URL + /oauth/callback), and how long a started connection may
+    take (CALSYNC_OAUTH_STATE_TTL_S)."""
+
+    client_id: str
+    client_secret: SecretStr
+    auth_url: str
+    token_url: str
+    revoke_url: str
+    redirect_uri: str
+    ca_bundle: str | None
+    timeout_s: float
+    state_ttl_s: float
+
+
 class OAuthClient:
-    def __init__(self, settings: Settings, cipher: TokenCipher) -> None:
-        self._settings = settings
+    def __init__(self, config: OAuthConfig, cipher: TokenCipher) -> None:
+        self._config = config
         # itsdangerous signs with the last key and accepts all: newest last.
         self._signer = URLSafeTimedSerializer(
             list(reversed(cipher.keys)), salt="calsync-oauth-state"
         )
-        self._verify: bool | str = settings.google_ca_bundle or True
+        self._verify: bool | str = config.ca_bundle or True
 
     def _flow(self, code_verifier: str | None = None) -> Flow:
-        s = self._settings
+        c = self._config
         config = {
             "web": {
-                "client_id": s.google_client_id,
-                "client_secret": s.google_client_secret.get_secret_value(),
-                "auth_uri": s.google_auth_url,
-                "token_uri": s.google_token_url,
-                "redirect_uris": [s.oauth_redirect_uri],
+                "client_id": c.client_id,
+                "client_secret": c.client_secret.get_secret_value(),
+                "auth_uri": c.auth_url,
+                "token_uri": c.token_url,
+                "redirect_uris": [c.redirect_uri],
             }
         }
         return Flow.from_client_config(
             config,
             scopes=SCOPES,
-            redirect_uri=s.oauth_redirect_uri,
+            redirect_uri=c.redirect_uri,
             code_verifier=code_verifier,
             autogenerate_code_verifier=True,
         )
@@ -82,14 +100,14 @@ class OAuthClient:
         url, _ = flow.authorization_url(
             access_type="offline", prompt="consent", state=self._signer.dumps(nonce), **hint
         )
-        expires_at = datetime.now(UTC) + timedelta(seconds=self._settings.oauth_state_ttl_s)
+        expires_at = datetime.now(UTC) + timedelta(seconds=self._config.state_ttl_s)
         assert flow.code_verifier is not None
         return url, flow.code_verifier, expires_at
 
     def read_state(self, state: str) -> str:
         """The nonce a state carries, if we signed it and it has not expired."""
         try:
-            nonce = self._signer.loads(state, max_age=int(self._settings.oauth_state_ttl_s))
+            nonce = self._signer.loads(state, max_age=int(self._config.state_ttl_s))
         except SignatureExpired:
             raise OAuthRefused(
                 "state_expired",
@@ -108,7 +126,7 @@ class OAuthClient:
         flow = self._flow(code_verifier)
         try:
             token: dict[str, Any] = flow.fetch_token(
-                code=code, verify=self._verify, timeout=self._settings.google_timeout_s
+                code=code, verify=self._verify, timeout=self._config.timeout_s
             )
         except OAuth2Error as exc:
             raise OAuthRefused(
@@ -151,7 +169,7 @@ class OAuthClient:
             )
         except ValueError:
             raise OAuthRefused("bad_id_token", "Google's id_token is malformed") from None
-        if claims.get("aud") != self._settings.google_client_id:
+        if claims.get("aud") != self._config.client_id:
             raise OAuthRefused("bad_id_token", "the id_token was issued to another client")
         if claims.get("iss") not in _ISSUERS or float(claims.get("exp", 0)) < time.time():
             raise OAuthRefused("bad_id_token", "the id_token is expired or not from Google")
@@ -165,9 +183,9 @@ class OAuthClient:
         # oauthlib builds the RFC 7009 request (and refuses a revocation URL without TLS).
         try:
             url, headers, body = WebApplicationClient(
-                self._settings.google_client_id
+                self._config.client_id
             ).prepare_token_revocation_request(
-                self._settings.google_revoke_url, token, token_type_hint="refresh_token"
+                self._config.revoke_url, token, token_type_hint="refresh_token"
             )
         except InsecureTransportError:
             raise OAuthRefused(
@@ -179,7 +197,7 @@ class OAuthClient:
                 data=body,
                 headers=headers,
                 verify=self._verify,
-                timeout=self._settings.google_timeout_s,
+                timeout=self._config.timeout_s,
             )
         except requests.RequestException as exc:
             raise OAuthRefused(

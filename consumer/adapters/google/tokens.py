@@ -23,32 +23,60 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 import google_auth_httplib2
 import httplib2
 import structlog
 from google.auth.exceptions import RefreshError, TransportError
 from google.oauth2.credentials import Credentials
+from pydantic import SecretStr
 
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.repository import Repository
 from consumer.domain.errors import TokenRefreshFailed, printable
-from consumer.domain.models import LinkTokens
-from consumer.settings import Settings
+from consumer.domain.models import LinkTokens, StoredGrant
 
 log = structlog.get_logger(__name__)
 
 
+@dataclass(frozen=True)
+class TokenConfig:
+    """Google's token endpoint and our OAuth client (CALSYNC_GOOGLE_TOKEN_URL,
+    _GOOGLE_CLIENT_ID, _GOOGLE_CLIENT_SECRET, _GOOGLE_CA_BUNDLE, _GOOGLE_TIMEOUT_S), and how
+    close to its expiry a token is refreshed (CALSYNC_TOKEN_REFRESH_MARGIN_S)."""
+
+    token_url: str
+    client_id: str
+    client_secret: SecretStr
+    ca_bundle: str | None
+    timeout_s: float
+    refresh_margin_s: float
+
+
+class LockedGrant(Protocol):
+    """An account's grant with its row locked (one refresh per grant in the group) until the
+    `locked_grant` block ends, and what a refresh writes back under that lock."""
+
+    grant: StoredGrant | None  # None: no grant (or revoked)
+
+    async def save(self, tokens: LinkTokens, refresh_token_changed: bool) -> None: ...
+
+    async def refuse(self, reason: str) -> None: ...
+
+
+class GrantStore(Protocol):
+    def locked_grant(self, account: str) -> AbstractAsyncContextManager[LockedGrant]: ...
+
+
 class TokenProvider:
-    def __init__(
-        self, settings: Settings, repository: Repository, metrics: Metrics | None = None
-    ) -> None:
-        # Bootstrap hands in the process's metrics; a provider built alone keeps its own.
-        self._metrics = metrics or Metrics()
-        self._settings = settings
-        self._repository = repository
-        self._margin = timedelta(seconds=settings.token_refresh_margin_s)
+    def __init__(self, config: TokenConfig, grants: GrantStore, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._config = config
+        self._grants = grants
+        self._margin = timedelta(seconds=config.refresh_margin_s)
         self._cache: dict[str, LinkTokens] = {}  # per account (its grant)
         self._refused: dict[str, str] = {}  # account -> refresh token Google refused
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -86,8 +114,9 @@ class TokenProvider:
             return await self._refresh(account, rejected)
 
     async def _refresh(self, account: str, rejected: str | None) -> str:
-        async with self._repository.pool.connection() as conn, conn.transaction():
-            grant = await self._repository.lock_grant(conn, account)
+        refused: TokenRefreshFailed | None = None
+        async with self._grants.locked_grant(account) as locked:
+            grant = locked.grant
             if grant is None:
                 raise TokenRefreshFailed("no_grant", permanent=True)
             current = grant.tokens
@@ -100,7 +129,6 @@ class TokenProvider:
             if self._refused.get(account) == current.refresh_token:
                 raise TokenRefreshFailed("invalid_grant", permanent=True)
             loop = asyncio.get_running_loop()
-            refused: TokenRefreshFailed | None = None
             try:
                 fresh = await loop.run_in_executor(self._pool, self._grant, current.refresh_token)
             except TokenRefreshFailed as exc:
@@ -112,16 +140,11 @@ class TokenProvider:
                 self._refused[account] = current.refresh_token
                 # Under the row's lock, committed with it (raised after): a grant stored
                 # meanwhile (a reconnect) waits for this, and replaces it after.
-                await self._repository.refuse_grant(conn, account, exc.explained)
+                await locked.refuse(exc.explained)
                 refused = exc
             else:
                 self._metrics.token_refreshes.labels("ok").inc()
-                await self._repository.save_tokens(
-                    conn,
-                    account,
-                    fresh,
-                    refresh_token_changed=fresh.refresh_token != current.refresh_token,
-                )
+                await locked.save(fresh, fresh.refresh_token != current.refresh_token)
         if refused is not None:
             raise refused
         self._cache[account] = fresh
@@ -133,14 +156,12 @@ class TokenProvider:
         credentials = Credentials(  # type: ignore[no-untyped-call]
             token=None,
             refresh_token=refresh_token,
-            token_uri=self._settings.google_token_url,
-            client_id=self._settings.google_client_id,
-            client_secret=self._settings.google_client_secret.get_secret_value(),
+            token_uri=self._config.token_url,
+            client_id=self._config.client_id,
+            client_secret=self._config.client_secret.get_secret_value(),
         )
         request = google_auth_httplib2.Request(
-            httplib2.Http(
-                timeout=self._settings.google_timeout_s, ca_certs=self._settings.google_ca_bundle
-            )
+            httplib2.Http(timeout=self._config.timeout_s, ca_certs=self._config.ca_bundle)
         )
         try:
             credentials.refresh(request)  # type: ignore[no-untyped-call]

@@ -21,34 +21,42 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 
-from consumer.settings import Settings
-
 DictConnection = psycopg.AsyncConnection[DictRow]
 
 
-def session_conninfo(settings: Settings) -> str:
-    """`CALSYNC_DATABASE_URL` with the session settings every connection of ours runs with
-    (lock and statement timeouts, in the start-up packet: no round trip, no pool hook). A
-    timeout of 0 leaves PostgreSQL's own. Options the URL already has are kept."""
-    wanted = [
-        f"-c {name}={round(seconds * 1000)}"
-        for name, seconds in (
-            ("lock_timeout", settings.db_lock_timeout_s),
-            ("statement_timeout", settings.db_statement_timeout_s),
-        )
-        if seconds > 0
-    ]
-    if not wanted:
-        return settings.database_url
-    given = conninfo_to_dict(settings.database_url).get("options")
-    options = " ".join([*([str(given)] if given else []), *wanted])
-    return make_conninfo(settings.database_url, options=options)
+@dataclass(frozen=True)
+class DatabaseConfig:
+    """Where PostgreSQL is (CALSYNC_DATABASE_URL) and how every session of ours runs there
+    (CALSYNC_DB_LOCK_TIMEOUT_S, CALSYNC_DB_STATEMENT_TIMEOUT_S; 0 leaves PostgreSQL's own)."""
+
+    url: str
+    lock_timeout_s: float
+    statement_timeout_s: float
+
+    def session_conninfo(self) -> str:
+        """The URL with the session settings every connection of ours runs with (lock and
+        statement timeouts, in the start-up packet: no round trip, no pool hook). Options the
+        URL already has are kept."""
+        wanted = [
+            f"-c {name}={round(seconds * 1000)}"
+            for name, seconds in (
+                ("lock_timeout", self.lock_timeout_s),
+                ("statement_timeout", self.statement_timeout_s),
+            )
+            if seconds > 0
+        ]
+        if not wanted:
+            return self.url
+        given = conninfo_to_dict(self.url).get("options")
+        options = " ".join([*([str(given)] if given else []), *wanted])
+        return make_conninfo(self.url, options=options)
 
 
 class Connect(Protocol):

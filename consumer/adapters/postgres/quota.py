@@ -40,7 +40,6 @@ from consumer.adapters.batching import Batcher
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.repository import Pool
 from consumer.domain.errors import QuotaPaused, SlotTooFar
-from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -69,28 +68,37 @@ class _Queue:
     quiet_until: float = 0.0  # loop time: refused by Google, slots reserved before are void
 
 
+@dataclass(frozen=True)
+class QuotaConfig:
+    """The group's quotas: per Google account and per project, in calls a minute (0: no
+    limit; CALSYNC_QUOTA_PER_ACCOUNT_PER_MIN, _PER_PROJECT_PER_MIN), the share of them aimed at
+    (CALSYNC_QUOTA_USE_SHARE), how long a spent quota pauses (CALSYNC_QUOTA_EXCEEDED_PAUSE_S),
+    and the project (the OAuth client id) whose quotas they are."""
+
+    project: str
+    per_account_per_min: int
+    per_project_per_min: int
+    use_share: float
+    exceeded_pause_s: float
+
+
 class GroupQuota:
-    def __init__(self, settings: Settings, pool: Pool, metrics: Metrics | None = None) -> None:
-        # Bootstrap hands in the process's metrics; a quota built alone keeps its own.
-        self._metrics = metrics or Metrics()
-        self._pause_s = settings.quota_exceeded_pause_s
+    def __init__(self, config: QuotaConfig, pool: Pool, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._pause_s = config.exceeded_pause_s
         self._paused: dict[str, float] = {}  # key -> loop time its pause ends
         self._pauses_read_at = -_PAUSES_FRESH_S
         self._pauses_reading: asyncio.Task[None] | None = None
         self._rate_refusals: deque[tuple[float, str]] = deque()  # (when, account)
-        share = settings.quota_use_share
-        project = settings.google_client_id or "default"
+        share = config.use_share
+        project = config.project or "default"
         self._project_key = f"{project}:project"
         self._account_prefix = f"{project}:account:"
         self._project_interval = (
-            60.0 / (settings.quota_per_project_per_min * share)
-            if settings.quota_per_project_per_min
-            else None
+            60.0 / (config.per_project_per_min * share) if config.per_project_per_min else None
         )
         self._account_interval = (
-            60.0 / (settings.quota_per_account_per_min * share)
-            if settings.quota_per_account_per_min
-            else None
+            60.0 / (config.per_account_per_min * share) if config.per_account_per_min else None
         )
         self._pool = pool
         self._queues: dict[str, _Queue] = {}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -369,6 +370,13 @@ class Repository:
 
     # --- grants (the token provider's) ------------------------------------------------------
 
+    @asynccontextmanager
+    async def locked_grant(self, account: str) -> AsyncIterator[_LockedGrant]:
+        """The account's grant with its row locked until the block ends (one refresh per
+        grant in the consumer group), and what a refresh writes back under the lock."""
+        async with self.pool.connection() as conn, conn.transaction():
+            yield _LockedGrant(self, conn, account, await self.lock_grant(conn, account))
+
     async def lock_grant(self, conn: Connection, account: str) -> StoredGrant | None:
         """The account's grant, its row locked until `conn`'s transaction ends (one refresh
         per grant in the consumer group). None: no grant (or revoked)."""
@@ -485,3 +493,21 @@ class Repository:
     async def mark_dead_letter_reprocessed(self, dead_letter_id: int) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(_MARK_DEAD_LETTER_REPROCESSED, (dead_letter_id,))
+
+
+class _LockedGrant:
+    """A grant's row locked on `conn` (see Repository.locked_grant)."""
+
+    def __init__(
+        self, repository: Repository, conn: Connection, account: str, grant: StoredGrant | None
+    ) -> None:
+        self._repository = repository
+        self._conn = conn
+        self._account = account
+        self.grant = grant
+
+    async def save(self, tokens: LinkTokens, refresh_token_changed: bool) -> None:
+        await self._repository.save_tokens(self._conn, self._account, tokens, refresh_token_changed)
+
+    async def refuse(self, reason: str) -> None:
+        await self._repository.refuse_grant(self._conn, self._account, reason)
