@@ -11,7 +11,7 @@ TEST_WORKERS ?= 3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser run test unit lint schema bench clean
+.PHONY: install browser run test unit lint schema docs bench clean
 
 install: $(STAMP)
 
@@ -71,6 +71,10 @@ bench: install
 # Regenerate schemas/ from the pydantic models (a test fails when they differ).
 schema: install
 	$(BIN)/calsync schema --write
+
+# Write README's settings table from the settings' descriptions (a test fails when they differ).
+docs: install
+	$(BIN)/calsync-dev docs --write
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole story on an embedded stack (make run)")
     demo.add_argument("--state-dir", default=".run")
     demo.add_argument("--pace", type=float, default=1.0, help="seconds between story steps")
+    docs = sub.add_parser("docs", help="the README's settings table, from the settings")
+    docs.add_argument("--write", action="store_true", help="write it into README.md")
     return parser
 
 
@@ -39,6 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "sandbox":
         return _sandbox(args.host, args.port, args.ca_file)
+    if args.command == "docs":
+        from calsync_dev.docs import settings_table, write_readme
+
+        if args.write:
+            print("README.md " + ("updated" if write_readme() else "already up to date"))
+        else:
+            print(settings_table())
+        return 0
     from calsync_dev.demo import run_demo
 
     return run_demo(args.state_dir, args.pace)
