@@ -216,8 +216,11 @@ def _configure(state: SandboxState, body: dict[str, Any]) -> tuple[int, Any]:
             return _bad(f"{key}: one of {', '.join(allowed)}")
     if body.get("max_page_items") is not None and int(body["max_page_items"]) < 1:
         return _bad("max_page_items: at least 1 (or None)")
+    notifications = dict(body.get("notifications") or {})
+    if "allow_http_notifications" in body:  # the same switch, by its top-level name
+        notifications["allow_http"] = body["allow_http_notifications"]
     try:
-        state.notifier.faults.update(body.get("notifications") or {})
+        state.notifier.faults.update(notifications)
     except (TypeError, ValueError) as exc:
         return _bad(str(exc))
     if "latency_seed" in body:

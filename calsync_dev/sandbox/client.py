@@ -227,7 +227,8 @@ class SandboxClient:
         ("given" or "withheld"), cancelled_in_list ("minimal" or "full"), max_page_items
         (None: pages fill up to maxResults); channels: channel_max_ttl_s,
         channel_expiration_json ("string" or "number"), notifications (a dict: see
-        `configure_notifications`), notification_seed."""
+        `configure_notifications`), allow_http_notifications (its allow_http),
+        notification_seed."""
         self._call("POST", "config", settings)
 
     def configure_notifications(self, **faults: Any) -> None:

@@ -306,6 +306,7 @@ class SandboxState:
             "channel_expiration_json": self.channel_expiration_json,
             "deleted_event_update_status": self.deleted_event_update_status,
             "notifications": self.notifier.faults.as_dict(),
+            "allow_http_notifications": self.notifier.faults.allow_http,
             "latency_median_s": self.latency_median_s,
             "latency_p99_s": self.latency_p99_s,
             "quota_per_account_per_min": self.quota_per_account_per_min,

@@ -270,7 +270,9 @@ def test_plain_http_goes_to_a_loopback_receiver_only_when_allowed(
         assert plain.url.startswith("http://127.0.0.1:")
         hook = {"id": "plain", "type": "web_hook", "address": plain.url}
         assert error_of(google.call("POST", WATCH, hook)) == (400, "push.webhookUrlNotHttps")
-        admin.configure_notifications(allow_http=True)
+        assert admin.config()["allow_http_notifications"] is False  # Google's: https only
+        admin.configure(allow_http_notifications=True)
+        assert admin.config()["notifications"]["allow_http"] is True
         remote = {"id": "remote", "type": "web_hook", "address": "http://example.com/hook"}
         assert error_of(google.call("POST", WATCH, remote)) == (400, "push.webhookUrlNotHttps")
         watch(google, plain.url)
