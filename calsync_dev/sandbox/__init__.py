@@ -5,6 +5,13 @@ configuration (CALSYNC_GOOGLE_API_URL, CALSYNC_GOOGLE_TOKEN_URL), never a specia
 """
 
 from calsync_dev.sandbox.client import SandboxClient
+from calsync_dev.sandbox.receiver import Notification, NotificationReceiver
 from calsync_dev.sandbox.server import SandboxHTTPServer, start_in_thread
 
-__all__ = ["SandboxClient", "SandboxHTTPServer", "start_in_thread"]
+__all__ = [
+    "Notification",
+    "NotificationReceiver",
+    "SandboxClient",
+    "SandboxHTTPServer",
+    "start_in_thread",
+]

@@ -1,7 +1,11 @@
-"""The sandbox's admin API (`/_sandbox/...`): what tests, the demo and the bench drive."""
+"""The sandbox's admin API (`/_sandbox/...`): what tests, the demo and the bench drive.
+
+A person's edits (`PATCH`, `POST` and `DELETE` of `.../events`) are changes like any other:
+they enter the calendar's sync-token feed and wake its push channels."""
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -9,7 +13,15 @@ from dataclasses import asdict
 from typing import Any
 from urllib.parse import unquote
 
-from calsync_dev.sandbox.state import Fault, SandboxState, now_rfc3339
+from calsync_dev.sandbox.channels import expire_channel
+from calsync_dev.sandbox.state import (
+    CANCELLED_IN_LIST,
+    EXPIRATION_JSON,
+    FILTERED_SYNC_TOKEN,
+    Fault,
+    SandboxState,
+    now_rfc3339,
+)
 
 
 def admin_routes(state: SandboxState) -> Callable[..., tuple[int, Any]]:
@@ -55,8 +67,12 @@ def _route(
             return 200, {}
         case ("PATCH", ["accounts", email, "calendars", calendar_id]):
             cal = state.calendar(email, calendar_id)
-            cal.access_role = body.get("access_role", cal.access_role)
+            state.set_access_role(email, calendar_id, body.get("access_role", cal.access_role))
             return 200, {}
+        case ("POST", ["accounts", email, "sync-tokens", "void"]):
+            return 200, {"calendars": state.void_sync_tokens(email)}
+        case ("POST", ["accounts", email, "calendars", calendar_id, "sync-tokens", "void"]):
+            return 200, {"calendars": state.void_sync_tokens(email, calendar_id)}
         case ("DELETE", ["accounts", email, "calendars", calendar_id]):
             state.accounts[email].calendars.pop(calendar_id, None)
             return 200, {}
@@ -70,14 +86,16 @@ def _route(
             return 200, {"items": events}
         case ("PATCH", ["accounts", email, "calendars", calendar_id, "events", event_id]):
             # A person editing the event in Google Calendar.
-            event = state.calendar(email, calendar_id).events[event_id]
+            calendar = state.calendar(email, calendar_id)
+            event = calendar.events[event_id]
             event.update(body)
             event["sequence"] = event.get("sequence", 0) + 1
+            event["updated"] = now_rfc3339()
+            event["etag"] = f'"{state.next_sequence()}"'
+            state.changed(calendar, event_id)
             return 200, event
         case ("POST", ["accounts", email, "calendars", calendar_id, "events"]):
             # An event put there by someone else, or by an old bug: stored as given.
-            import secrets
-
             event_id = body.get("id") or secrets.token_hex(13)
             stamp = now_rfc3339()
             # Everything Google keeps on an event it holds, where the plant does not say.
@@ -94,13 +112,38 @@ def _route(
                 "organizer": {"email": calendar_id, "self": True},
                 **body,
             }
-            state.calendar(email, calendar_id).events[event["id"]] = event
+            calendar = state.calendar(email, calendar_id)
+            calendar.events[event["id"]] = event
+            state.changed(calendar, event["id"])
             return 200, event
         case ("DELETE", ["accounts", email, "calendars", calendar_id, "events", event_id]):
             # A person deleting the event by hand in Google Calendar.
-            event = state.calendar(email, calendar_id).events[event_id]
+            calendar = state.calendar(email, calendar_id)
+            event = calendar.events[event_id]
             event["status"] = "cancelled"
+            event["updated"] = now_rfc3339()
+            event["etag"] = f'"{state.next_sequence()}"'
+            state.changed(calendar, event_id)
             return 200, {}
+        case ("GET", ["channels"]):
+            account = query.get("account", [None])[0]
+            channels = [
+                c.describe()
+                for c in state.channels.values()
+                if account is None or c.account == account
+            ]
+            return 200, {"channels": channels}
+        case ("POST", ["channels", channel_id, "expire"]):
+            return 200, expire_channel(state, channel_id).describe()
+        case ("POST", ["certificates"]):
+            # A server certificate from the sandbox's CA, for a test's notification receiver.
+            if state.authority is None:
+                return _bad("the sandbox has no CA")
+            cert = state.authority.issue_cert(*body.get("hosts", ["127.0.0.1", "localhost"]))
+            return 200, {
+                "cert_pem": "".join(b.bytes().decode() for b in cert.cert_chain_pems),
+                "key_pem": cert.private_key_pem.bytes().decode(),
+            }
         case ("GET", ["tokens"]):
             return 200, {"access_tokens": len(state.access_tokens), "issued": state.issued}
         case ("POST", ["faults"]):
@@ -132,11 +175,15 @@ def _route(
                 state.reset_quota_windows()
             return 200, {}
         case ("POST", ["reset"]):
+            authority, notifier = state.authority, state.notifier
             fresh = SandboxState()
             for key, value in vars(fresh).items():
                 if key != "lock":
                     setattr(state, key, value)
             state.oauth.state = state
+            notifier.close()  # the old channels' messages go nowhere now
+            if authority is not None:
+                state.trust_authority(authority)
             return 200, {}
     return 404, {"error": {"code": 404, "message": f"no admin route {method} /{'/'.join(parts)}"}}
 
@@ -159,8 +206,27 @@ def _configure(state: SandboxState, body: dict[str, Any]) -> tuple[int, Any]:
             state.set_batch_mode(str(body["batch_mode"]))
     except (TypeError, ValueError) as exc:
         return _bad(str(exc))
+    choices = {
+        "filtered_sync_token": FILTERED_SYNC_TOKEN,
+        "cancelled_in_list": CANCELLED_IN_LIST,
+        "channel_expiration_json": EXPIRATION_JSON,
+    }
+    for key, allowed in choices.items():
+        if key in body and body[key] not in allowed:
+            return _bad(f"{key}: one of {', '.join(allowed)}")
+    if body.get("max_page_items") is not None and int(body["max_page_items"]) < 1:
+        return _bad("max_page_items: at least 1 (or None)")
+    notifications = dict(body.get("notifications") or {})
+    if "allow_http_notifications" in body:  # the same switch, by its top-level name
+        notifications["allow_http"] = body["allow_http_notifications"]
+    try:
+        state.notifier.faults.update(notifications)
+    except (TypeError, ValueError) as exc:
+        return _bad(str(exc))
     if "latency_seed" in body:
         state.seed(body["latency_seed"])
+    if "notification_seed" in body:
+        state.notifier.seed(body["notification_seed"])
     for key in (
         "token_lifetime_s",
         "quota_per_account_per_min",
@@ -168,6 +234,10 @@ def _configure(state: SandboxState, body: dict[str, Any]) -> tuple[int, Any]:
         "rate_limit_status",
         "deleted_event_update_status",
         "refresh_token_limit",
+        "sync_token_lifetime_s",
+        "max_page_items",
+        "channel_max_ttl_s",
+        *choices,
     ):
         if key in body:
             setattr(state, key, body[key])

@@ -1,4 +1,20 @@
-"""Calendar v3 operations of the sandbox, over its state. Each returns (status, body)."""
+"""Calendar v3 operations of the sandbox, over its state. Each returns (status, body).
+
+`update` (PUT) and `patch` (PATCH) keep Google's semantics (the events.update and
+events.patch references, and Google's "Performance tips" on patch):
+- update replaces the event: a field not sent is removed, except what Google keeps on an
+  event whatever a client sends (`kind`, `id`, `created`, `iCalUID`, `htmlLink`,
+  `organizer`, `creator`, and `etag`, `updated`, `sequence`, which it sets) and what it
+  fills in when absent (`status` "confirmed", `reminders` `{"useDefault": true}`,
+  `eventType` "default");
+- patch merges: "The modified data you send is merged into the data for the parent
+  object" (so an object such as `extendedProperties.private` or `reminders` is merged key by
+  key, recursively), a field sent as `null` is deleted, and "Patch requests that contain
+  arrays replace the existing array with the one you provide" (`attendees`,
+  `reminders.overrides`, `recurrence`);
+- both validate the event as it would be stored (sandbox/validation.py) and answer the
+  full stored event; insert validates the same way.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +22,8 @@ import copy
 import secrets
 from typing import Any
 
+from calsync_dev.sandbox.listing import list_events as _list_events
+from calsync_dev.sandbox.listing import partial_response
 from calsync_dev.sandbox.state import (
     EVENT_ID,
     WRITE_ROLES,
@@ -16,6 +34,12 @@ from calsync_dev.sandbox.state import (
     not_found,
     now_rfc3339,
 )
+from calsync_dev.sandbox.validation import validate_event
+
+__all__ = ["partial_response"]
+
+# What an update cannot remove: Google keeps these on the event whatever the body says.
+KEPT_BY_GOOGLE = ("kind", "created", "iCalUID", "htmlLink", "organizer", "creator")
 
 
 def _writable(calendar: Calendar) -> Calendar:
@@ -24,17 +48,6 @@ def _writable(calendar: Calendar) -> Calendar:
             403, "requiredAccessLevel", "You need to have writer access to this calendar."
         )
     return calendar
-
-
-def _validate_event(body: dict[str, Any]) -> None:
-    for key in ("start", "end"):
-        when = body.get(key)
-        if not isinstance(when, dict) or not (when.get("dateTime") or when.get("date")):
-            raise GoogleError(
-                400, "required", "Missing end time." if key == "end" else "Missing start time."
-            )
-    if str(body["end"].get("dateTime")) < str(body["start"].get("dateTime")):
-        raise GoogleError(400, "timeRangeEmpty", "The specified time range is empty.")
 
 
 def _stored(calendar: Calendar, event_id: str) -> dict[str, Any]:
@@ -90,18 +103,17 @@ def insert_event(
     state: SandboxState, email: str, calendar_id: str, body: dict[str, Any]
 ) -> tuple[int, dict[str, Any]]:
     calendar = _writable(state.calendar(email, calendar_id))
-    _validate_event(body)
+    validate_event(body)
     event_id = body.get("id") or secrets.token_hex(13)
     if not EVENT_ID.fullmatch(event_id):
         raise GoogleError(400, "invalid", "Invalid resource id value.")
     if event_id in calendar.events:  # deleted ids stay taken, as at Google
         raise GoogleError(409, "duplicate", "The requested identifier already exists.")
     stamp = now_rfc3339()
-    event = copy.deepcopy(body)
+    event = _with_defaults(copy.deepcopy(body))
     event.update(
         kind="calendar#event",
         id=event_id,
-        status=body.get("status", "confirmed"),
         created=stamp,
         updated=stamp,
         sequence=0,
@@ -109,9 +121,33 @@ def insert_event(
         iCalUID=f"{event_id}@google.com",
         htmlLink=f"https://www.google.com/calendar/event?eid={event_id}",
         organizer={"email": calendar_id, "self": True},
+        creator={"email": email, "self": True},
     )
     calendar.events[event_id] = event
+    state.changed(calendar, event_id)
     return 200, event
+
+
+def _with_defaults(event: dict[str, Any]) -> dict[str, Any]:
+    """What Google fills in on an event stored without it."""
+    event.setdefault("status", "confirmed")
+    event.setdefault("reminders", {"useDefault": True})
+    event.setdefault("eventType", "default")
+    return event
+
+
+def merge_patch(current: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """Google's patch semantics: objects merged key by key (recursively), `null` deletes,
+    anything else (arrays included) replaces."""
+    merged = copy.deepcopy(current)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def get_event(
@@ -135,21 +171,22 @@ def update_event(
     calendar = _writable(state.calendar(email, calendar_id))
     current = _to_update(state, calendar, event_id)
     if patch:
-        merged = copy.deepcopy(current)
-        merged.update(copy.deepcopy(body))
-    else:
-        merged = copy.deepcopy(body)
-        for keep in ("kind", "created", "iCalUID", "htmlLink", "organizer"):
-            merged[keep] = current[keep]
-    _validate_event(merged)
+        merged = merge_patch(current, body)
+    else:  # a replacement: what the body does not say is gone
+        merged = _with_defaults({k: copy.deepcopy(v) for k, v in body.items() if v is not None})
+        for keep in KEPT_BY_GOOGLE:
+            if keep in current:
+                merged[keep] = current[keep]
+    validate_event(merged)
     merged.update(
         id=event_id,
-        status=merged.get("status", "confirmed"),
         updated=now_rfc3339(),
-        sequence=current["sequence"] + 1,
+        sequence=current.get("sequence", 0) + 1,
         etag=f'"{state.next_sequence()}"',
     )
+    merged.setdefault("status", "confirmed")
     calendar.events[event_id] = merged
+    state.changed(calendar, event_id)
     return 200, merged
 
 
@@ -160,65 +197,13 @@ def delete_event(
     event = _stored(calendar, event_id)
     event["status"] = "cancelled"
     event["updated"] = now_rfc3339()
+    event["etag"] = f'"{state.next_sequence()}"'
+    state.changed(calendar, event_id)
     return 204, {}
 
 
 def list_events(
     state: SandboxState, email: str, calendar_id: str, query: dict[str, list[str]]
 ) -> tuple[int, dict[str, Any]]:
-    calendar = state.calendar(email, calendar_id)
-    show_deleted = query.get("showDeleted", ["false"])[0] == "true"
-    wanted = [p.split("=", 1) for p in query.get("privateExtendedProperty", []) if "=" in p]
-    items = []
-    for event in calendar.events.values():
-        if event["status"] == "cancelled" and not show_deleted:
-            continue
-        private = event.get("extendedProperties", {}).get("private", {})
-        if all(private.get(k) == v for k, v in wanted):
-            items.append(event)
-    items.sort(key=lambda e: (e["start"].get("dateTime", ""), e["id"]))
-    max_results = min(int(query.get("maxResults", ["250"])[0]), 2500)
-    start = int(query.get("pageToken", ["0"])[0])
-    page = items[start : start + max_results]
-    answer: dict[str, Any] = {"kind": "calendar#events", "summary": calendar.summary, "items": page}
-    if start + max_results < len(items):
-        answer["nextPageToken"] = str(start + max_results)
-    if "fields" in query:  # a partial response: only what was asked for, `kind` included
-        answer = partial_response(answer, query["fields"][0])
-    return 200, answer
-
-
-def _split_fields(fields: str) -> list[str]:
-    """`kind,items(id,start),nextPageToken` -> its top-level selectors."""
-    parts, depth, current = [], 0, ""
-    for char in fields:
-        if char == "," and depth == 0:
-            parts.append(current.strip())
-            current = ""
-            continue
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        current += char
-    if current.strip():
-        parts.append(current.strip())
-    return parts
-
-
-def partial_response(answer: dict[str, Any], fields: str) -> dict[str, Any]:
-    """What Google answers for a `fields` selector: the named fields only (a sub-selection
-    in parentheses applies to each item of a list or to an object). Nothing else comes back,
-    not even `kind` unless it is named."""
-    selected: dict[str, Any] = {}
-    for selector in _split_fields(fields):
-        name, _, inner = selector.partition("(")
-        name = name.strip()
-        if name not in answer:
-            continue
-        value = answer[name]
-        if inner:
-            sub = inner[:-1] if inner.endswith(")") else inner
-            if isinstance(value, list):
-                value = [partial_response(v, sub) if isinstance(v, dict) else v for v in value]
-            elif isinstance(value, dict):
-                value = partial_response(value, sub)
-        selected[name] = value
-    return selected
+    """events.list: full and incremental listings (sandbox/listing.py)."""
+    return _list_events(state, email, calendar_id, query)

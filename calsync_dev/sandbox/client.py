@@ -16,6 +16,48 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+class CalendarCaller:
+    """Calendar v3 calls as one user makes them (a Bearer access token), over HTTPS with the
+    sandbox's CA: what a test uses to speak to the sandbox as Google's clients do, without the
+    service's adapter. Answers (status, parsed JSON body or None); never raises for a status."""
+
+    def __init__(self, client: SandboxClient, access_token: str) -> None:
+        self._client = client
+        self.access_token = access_token
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        query: dict[str, Any] | list[tuple[str, Any]] | None = None,
+    ) -> tuple[int, Any]:
+        """`path` below /calendar/v3/, e.g. "calendars/{id}/events" (ids already quoted, or
+        use `events_path`); `query` a dict or pairs (repeat a name for repeated params)."""
+        url = f"{self._client.base_url}/calendar/v3/{path.lstrip('/')}"
+        if query:
+            url += "?" + urlencode(query)
+        request = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={
+                "Authorization": f"Bearer {self.access_token}",
+                "Content-Type": "application/json",
+            },
+        )
+        try:
+            with self._client._opener.open(request, timeout=30) as answer:
+                status, raw = int(answer.status), answer.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = int(exc.code), exc.read()
+        return status, (json.loads(raw) if raw else None)
+
+    @staticmethod
+    def events_path(calendar_id: str, *rest: str) -> str:
+        return "/".join([f"calendars/{quote(calendar_id, safe='')}/events", *rest])
+
+
 class SandboxClient:
     def __init__(self, base_url: str, ca_file: Path | str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -100,6 +142,10 @@ class SandboxClient:
             },
         )
 
+    def as_user(self, access_token: str) -> CalendarCaller:
+        """Calendar v3 calls with this access token (see CalendarCaller)."""
+        return CalendarCaller(self, access_token)
+
     def revoke(self, email: str) -> None:
         self._call("POST", f"accounts/{quote(email)}/revoke")
 
@@ -176,8 +222,59 @@ class SandboxClient:
         batch_mode ("sequential" or "parallel"), quota_per_project_per_min,
         quota_per_account_per_min (None: no limit), rate_limit_status (403 or 429),
         token_lifetime_s, refresh_token_limit (refresh tokens an account keeps, Google's
-        100; a new one voids the oldest), clients."""
+        100; a new one voids the oldest), clients, deleted_event_update_status (403 or 410);
+        sync tokens: sync_token_lifetime_s (None: until voided), filtered_sync_token
+        ("given" or "withheld"), cancelled_in_list ("minimal" or "full"), max_page_items
+        (None: pages fill up to maxResults); channels: channel_max_ttl_s,
+        channel_expiration_json ("string" or "number"), notifications (a dict: see
+        `configure_notifications`), allow_http_notifications (its allow_http),
+        notification_seed."""
         self._call("POST", "config", settings)
+
+    def configure_notifications(self, **faults: Any) -> None:
+        """How push notifications are delivered from now on: drop_rate and duplicate_rate
+        (0..1), delay_s plus up to delay_spread_s (late, possibly out of order),
+        sequential_numbers (False: increasing with gaps, as Google's), retries and
+        retry_backoff_s (resends after a 500/502/503/504; 0: none), timeout_s, allow_http
+        (plain http:// to a loopback address)."""
+        self.configure(notifications=faults)
+
+    # --- sync tokens and push channels ------------------------------------------------------
+
+    def void_sync_tokens(self, email: str, calendar_id: str | None = None) -> int:
+        """Google invalidating sync tokens: every token issued so far for the account's
+        calendars (or one of them) answers 410 fullSyncRequired. Returns how many calendars."""
+        path = f"accounts/{quote(email)}"
+        if calendar_id is not None:
+            path += f"/calendars/{quote(calendar_id, safe='')}"
+        return int(self._call("POST", f"{path}/sync-tokens/void")["calendars"])
+
+    def channels(self, account: str | None = None) -> list[dict[str, Any]]:
+        """Every channel made (of one account): id, resourceId, resourceUri, address,
+        account, calendar_id, expiration (ms), status ("active", "stopped", "expired"),
+        last_number and counts (sync and exists: messages meant; sent, delivered, failed,
+        dropped, duplicated, retried, suppressed)."""
+        query = f"?{urlencode({'account': account})}" if account is not None else ""
+        return list(self._call("GET", f"channels{query}")["channels"])
+
+    def channel(self, channel_id: str) -> dict[str, Any]:
+        found = [c for c in self.channels() if c["id"] == channel_id]
+        if not found:
+            raise KeyError(channel_id)
+        return found[0]
+
+    def expire_channel(self, channel_id: str) -> dict[str, Any]:
+        """The channel's expiration is now: nothing more is sent on it."""
+        answer: dict[str, Any] = self._call("POST", f"channels/{quote(channel_id, safe='')}/expire")
+        return answer
+
+    def receiver_certificate(
+        self, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    ) -> tuple[str, str]:
+        """A server certificate (chain PEM, key PEM) from the sandbox's CA, the only CA it
+        trusts when it delivers a push notification over HTTPS."""
+        answer = self._call("POST", "certificates", {"hosts": list(hosts)})
+        return str(answer["cert_pem"]), str(answer["key_pem"])
 
     def config(self) -> dict[str, Any]:
         answer: dict[str, Any] = self._call("GET", "config")

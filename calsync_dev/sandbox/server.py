@@ -2,8 +2,10 @@
 
 Google paths: `GET /o/oauth2/auth` (consent), `POST /token`, `POST /revoke`,
 `/calendar/v3/users/me/calendarList`, `/calendar/v3/calendars/{calendarId}/events[/{eventId}]`,
-and the batch endpoint `POST /batch/calendar/v3` over them (sandbox/batch.py), whose calls
-are served one after another or side by side (`batch_mode`, sandbox/state.py).
+`POST /calendar/v3/calendars/{calendarId}/events/watch` and `POST /calendar/v3/channels/stop`
+(sandbox/channels.py), and the batch endpoint `POST /batch/calendar/v3` over them
+(sandbox/batch.py; a watch in a batch is refused), whose calls are served one after another
+or side by side (`batch_mode`, sandbox/state.py).
 It speaks HTTPS only, as Google does, with a certificate from its own throwaway CA
 (trustme): clients trust it through CALSYNC_GOOGLE_CA_BUNDLE, the file `ca_file` names.
 Admin paths (tests, demo, bench; never used by the service): `/_sandbox/...`.
@@ -28,7 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-from calsync_dev.sandbox import calendar_api
+from calsync_dev.sandbox import calendar_api, channels
 from calsync_dev.sandbox.batch import (
     BATCH_PATH,
     BatchFormatError,
@@ -42,6 +44,8 @@ from calsync_dev.sandbox.state import Call, Fault, GoogleError, RawBody, Sandbox
 _EVENTS = re.compile(r"^/calendar/v3/calendars/([^/]+)/events(?:/([^/]+))?$")
 _CAL_LIST = "/calendar/v3/users/me/calendarList"
 _CAL_LIST_ENTRY = re.compile(r"^/calendar/v3/users/me/calendarList/([^/]+)$")
+_CHANNELS_STOP = "/calendar/v3/channels/stop"
+_WATCH = "watch"  # events/watch: never an event id (not base32hex)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -255,6 +259,8 @@ def _calendar_call(
         calendar_id = unquote(entry.group(1))
     event_id = unquote(match.group(2)) if match and match.group(2) else None
     op = _operation(method, path, match, event_id)
+    if op == "events.watch":
+        event_id = None
     account: str | None = None
     status = 500
     delay = state.draw_latency()
@@ -271,6 +277,10 @@ def _calendar_call(
                     return fault.status, page, {}, delay
                 raise _fault_error(fault)
             state.charge_quota(account)
+            if op == "events.watch" and batch is not None:
+                raise GoogleError(
+                    403, "watchDenied", "Watch requests are not allowed in a batch.", "push"
+                )
             body = json.loads(raw) if raw else {}
             if op == "events.insert" and isinstance(body.get("id"), str):
                 event_id = body["id"]  # client-supplied: the call log names it
@@ -302,8 +312,12 @@ def _operation(method: str, path: str, match: re.Match[str] | None, event_id: st
         return "calendarList.list"
     if _CAL_LIST_ENTRY.match(path) and method == "GET":
         return "calendarList.get"
+    if path == _CHANNELS_STOP and method == "POST":
+        return "channels.stop"
     if match is None:
         return "unknown"
+    if event_id == _WATCH:
+        return "events.watch" if method == "POST" else "unknown"
     if event_id is None:
         return {"POST": "events.insert", "GET": "events.list"}.get(method, "unknown")
     return {
@@ -327,12 +341,16 @@ def _serve(
         return calendar_api.calendar_list(state, account)
     if op == "calendarList.get" and calendar_id is not None:
         return calendar_api.calendar_list_entry(state, account, calendar_id)
+    if op == "channels.stop":
+        return channels.stop_channel(state, account, body)
     if calendar_id is None or op == "unknown":
         raise GoogleError(404, "notFound", "Not Found")
     if op == "events.insert":
         return calendar_api.insert_event(state, account, calendar_id, body)
     if op == "events.list":
         return calendar_api.list_events(state, account, calendar_id, query)
+    if op == "events.watch":
+        return channels.watch_events(state, account, calendar_id, body)
     assert event_id is not None
     if op == "events.get":
         return calendar_api.get_event(state, account, calendar_id, event_id)
@@ -387,6 +405,8 @@ class SandboxHTTPServer(ThreadingHTTPServer):
 
         self._admin: Callable[..., tuple[int, Any]] = admin_routes(self.state)
         authority = trustme.CA(organization_name="calendar-sync Google sandbox")
+        # Push notifications go only to a receiver whose certificate this CA issued.
+        self.state.trust_authority(authority)
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
         # The handshake runs in the request's thread (finish_request), not in the accept loop.
@@ -410,6 +430,10 @@ class SandboxHTTPServer(ThreadingHTTPServer):
         except (ssl.SSLError, OSError):
             return
         super().finish_request(request, client_address)
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.state.notifier.close()
 
     def admin(
         self, method: str, path: str, query: dict[str, list[str]], raw: bytes

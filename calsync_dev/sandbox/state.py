@@ -5,6 +5,12 @@ client-supplied event ids (base32hex, 5-1024 characters) that stay taken after a
 409 on a second insert, 410 on a deleted event, 404 on an unknown one, 401 on a bad or
 expired access token, `invalid_grant` on a revoked refresh token, 403/429 rate limits.
 
+Every change to a calendar's events (through the API or by a person, `edit_by_hand`,
+`delete_by_hand`, `plant_event`) is a step in the calendar's feed (`Feed`): what an
+incremental `events.list` with a sync token returns (sandbox/listing.py) and what wakes the
+calendar's push channels (sandbox/notifier.py). A calendar shared with several accounts has
+one feed, as it has one set of events.
+
 How long Google takes is drawn per call: a fixed `latency_s`, or a log-normal distribution
 fitted to a median and a 99th percentile (`latency_median_s`, `latency_p99_s`). How it serves
 a batch is `batch_mode`: `sequential` (the default, the conservative reading: nothing in
@@ -20,6 +26,7 @@ import math
 import random
 import re
 import secrets
+import ssl
 import threading
 import time
 from collections import Counter, deque
@@ -27,11 +34,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from calsync_dev.sandbox.notifier import Channel, Notifier
 from calsync_dev.sandbox.oauth import OAuthError, OAuthServer
 
 EVENT_ID = re.compile(r"[a-v0-9]{5,1024}")
 WRITE_ROLES = frozenset({"writer", "owner"})
 BATCH_MODES = ("sequential", "parallel")
+FILTERED_SYNC_TOKEN = ("given", "withheld")
+CANCELLED_IN_LIST = ("minimal", "full")
+EXPIRATION_JSON = ("string", "number")
+# The default life of a channel when a watch asks for none: params.ttl's documented default.
+CHANNEL_DEFAULT_TTL_S = 604800
 _Z99 = 2.3263478740408408  # the standard normal's 99th percentile
 
 
@@ -53,6 +66,7 @@ class GoogleError(Exception):
         message: str,
         domain: str = "global",
         headers: dict[str, str] | None = None,
+        location: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -60,6 +74,7 @@ class GoogleError(Exception):
         self.message = message
         self.domain = domain
         self.headers = headers or {}
+        self.location = location  # the query parameter the error is about, if one
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {
@@ -67,6 +82,8 @@ class GoogleError(Exception):
             "code": self.status,
             "message": self.message,
         }
+        if self.location is not None:
+            error["errors"][0].update(locationType="parameter", location=self.location)
         if self.status == 401:
             error["errors"][0].update(location="Authorization", locationType="header")
             error["status"] = "UNAUTHENTICATED"
@@ -86,12 +103,27 @@ def now_rfc3339() -> str:
 
 
 @dataclass
+class Feed:
+    """A calendar's events as they change: which change last touched each event (what a
+    sync token's incremental listing returns), the generation every sync token must carry
+    (voiding the tokens bumps it) and the channels watching the calendar. One per calendar,
+    shared by every account the calendar is shared with."""
+
+    resource_id: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    sequence: int = 0  # the calendar's changes so far
+    changed_at: dict[str, int] = field(default_factory=dict)  # event id -> its last change
+    generation: int = 0
+    channels: list[Channel] = field(default_factory=list)
+
+
+@dataclass
 class Calendar:
     id: str
     summary: str
     access_role: str = "owner"
     primary: bool = False
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    feed: Feed = field(default_factory=Feed)
 
 
 @dataclass
@@ -153,6 +185,13 @@ class Call:
 PROJECT = "*project*"  # the quota report's key for the project as a whole
 
 
+def _carry_over(old: Notifier, trust: ssl.SSLContext) -> Notifier:
+    fresh = Notifier(trust)
+    fresh.faults = old.faults
+    old.close()
+    return fresh
+
+
 def _window_stats(times: list[float], refused: int) -> dict[str, Any]:
     most, start = 0, 0
     for end, at in enumerate(times):
@@ -190,6 +229,27 @@ class SandboxState:
         self.rate_limit_status = 403
         # An update of an event a person deleted: 403 (what users report), or 410.
         self.deleted_event_update_status = 403
+        # Sync tokens (sandbox/listing.py). Google documents no lifetime, only that a token
+        # may expire or be invalidated at any time (410): None keeps them until voided.
+        self.sync_token_lifetime_s: float | None = None
+        # A full listing narrowed by filters a sync token may not carry (timeMin, timeMax,
+        # privateExtendedProperty, ...): "given" answers a nextSyncToken whose increments
+        # are every change to the calendar, unfiltered; "withheld" answers none.
+        self.filtered_sync_token = "given"
+        # A deleted event in a listing: "minimal" (id, status and little else: Google only
+        # guarantees the id) or "full" (its last content, as the organizer's calendar shows).
+        self.cancelled_in_list = "minimal"
+        # Google "may" answer fewer events than maxResults: None fills pages up to it.
+        self.max_page_items: int | None = None
+        # Push channels (sandbox/notifier.py): the longest life granted to one (a longer
+        # expiration asked for is shortened: "the more restrictive value is used").
+        self.channel_max_ttl_s: float | None = CHANNEL_DEFAULT_TTL_S
+        # A channel's `expiration` in the watch answer: a string of milliseconds (int64 in
+        # Google's discovery document) or a JSON number (the guide's example).
+        self.channel_expiration_json = "string"
+        self.channels: dict[str, Channel] = {}  # every channel ever made: ids stay taken
+        self.notifier = Notifier()
+        self.authority: Any = None  # the server's CA (trustme), which the notifier trusts
         self._window_project: deque[float] = deque()
         self._window_account: dict[str, deque[float]] = {}
         # What a quota report reads: every charged call's time, and the refusals, by quota.
@@ -238,6 +298,15 @@ class SandboxState:
     def config(self) -> dict[str, Any]:
         return {
             "batch_mode": self.batch_mode,
+            "sync_token_lifetime_s": self.sync_token_lifetime_s,
+            "filtered_sync_token": self.filtered_sync_token,
+            "cancelled_in_list": self.cancelled_in_list,
+            "max_page_items": self.max_page_items,
+            "channel_max_ttl_s": self.channel_max_ttl_s,
+            "channel_expiration_json": self.channel_expiration_json,
+            "deleted_event_update_status": self.deleted_event_update_status,
+            "notifications": self.notifier.faults.as_dict(),
+            "allow_http_notifications": self.notifier.faults.allow_http,
             "latency_median_s": self.latency_median_s,
             "latency_p99_s": self.latency_p99_s,
             "quota_per_account_per_min": self.quota_per_account_per_min,
@@ -289,9 +358,67 @@ class SandboxState:
                 access_role=access_role,
                 primary=False,
                 events=source.events,  # one calendar: one set of events, seen by both
+                feed=source.feed,  # ... one history of changes, one set of channels
             )
             account.calendars[calendar_id] = shared
+            self.acl_changed(shared)
             return shared
+
+    def set_access_role(self, email: str, calendar_id: str, access_role: str) -> None:
+        calendar = self.calendar(email, calendar_id)
+        if calendar.access_role != access_role:
+            calendar.access_role = access_role
+            self.acl_changed(calendar)
+
+    def acl_changed(self, calendar: Calendar) -> None:
+        """Sync tokens are invalidated by "changes in related ACLs" (Google's sync guide):
+        a calendar's sharing or access role changing voids its tokens."""
+        calendar.feed.generation += 1
+
+    def void_sync_tokens(self, email: str, calendar_id: str | None = None) -> int:
+        """What Google does when it invalidates sync tokens "for various reasons": every
+        token issued so far for the account's calendars (or one of them) answers 410
+        `fullSyncRequired` from now on. Returns how many calendars."""
+        with self.lock:
+            account = self.accounts.get(email)
+            if account is None:
+                raise not_found()
+            calendars = (
+                [self.calendar(email, calendar_id)]
+                if calendar_id is not None
+                else list(account.calendars.values())
+            )
+            for calendar in calendars:
+                calendar.feed.generation += 1
+            return len(calendars)
+
+    # --- changes: the sync-token feed and the push channels ------------------------------
+
+    def changed(self, calendar: Calendar, event_id: str) -> None:
+        """An event of the calendar was created, changed or deleted, by anyone: the change
+        goes into the calendar's feed and wakes its channels (an `exists` message each)."""
+        feed = calendar.feed
+        feed.sequence += 1
+        feed.changed_at[event_id] = feed.sequence
+        live = [c for c in feed.channels if not c.stopped and not c.expired()]
+        feed.channels[:] = live  # a channel stopped or expired is never woken again
+        for channel in live:
+            if self._watches(channel, feed):
+                self.notifier.notify(channel, "exists")
+
+    def _watches(self, channel: Channel, feed: Feed) -> bool:
+        """A channel hears of a calendar only while its account still has the calendar in
+        its list (one removed, or unsubscribed, goes silent)."""
+        account = self.accounts.get(channel.account)
+        calendar = account.calendars.get(channel.calendar_id) if account else None
+        return calendar is not None and calendar.feed is feed
+
+    def trust_authority(self, authority: Any) -> None:
+        """The sandbox's CA (trustme): the one a receiver's certificate must come from."""
+        self.authority = authority
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        authority.configure_trust(context)
+        self.notifier = _carry_over(self.notifier, context)
 
     def issue_access_token(self, email: str, lifetime_s: float | None = None) -> tuple[str, float]:
         with self.lock:
