@@ -19,11 +19,18 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.google.calendar import CalendarConfig, GoogleCalendar
 from consumer.adapters.google.oauth import OAuthClient, OAuthConfig
 from consumer.adapters.google.tokens import GrantStore, TokenConfig, TokenProvider
-from consumer.adapters.kafka import KafkaGroupAdmin, build_consumer, build_producer
+from consumer.adapters.kafka import (
+    DeadLetterProducer,
+    GroupConsumer,
+    KafkaGroupAdmin,
+    build_consumer,
+    build_producer,
+)
 from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.connections import Connect, DatabaseConfig, connector
 from consumer.adapters.postgres.deployment import deployment
 from consumer.adapters.postgres.link_store import LinkStore
+from consumer.adapters.postgres.members import MemberReport
 from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.adapters.postgres.quota import GroupQuota, QuotaConfig
@@ -32,11 +39,12 @@ from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import StartupError, TokenKeyError
 from consumer.service.calls import CallPolicy, GoogleCalls
 from consumer.service.context import Services
+from consumer.service.dead_letters import DeadLetters
 from consumer.service.event_writes import EventWrites
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
-from consumer.service.runner import ConsumerRunner
+from consumer.service.runner import ConsumerRunner, RunnerConfig
 from consumer.service.shutdown import Deadline, within
 from consumer.service.sync import EngineConfig, SyncEngine
 from consumer.settings import Settings
@@ -229,14 +237,42 @@ def sync_engine(
 
 
 def consumer_runner(settings: Settings, svc: Services) -> ConsumerRunner:
-    """The consume loop over the group's Kafka clients, on `svc`'s engine and metrics."""
+    """The consume loop over the group's Kafka clients, on `svc`'s engine and metrics: the
+    dead letters' rows in `svc`'s repository, their copies on CALSYNC_DLQ_TOPIC."""
     return ConsumerRunner(
-        settings,
+        runner_config(settings),
         svc.engine,
-        svc.repository,
-        build_consumer(settings),
-        build_producer(settings),
+        GroupConsumer(build_consumer(settings)),
+        DeadLetters(
+            svc.repository,
+            DeadLetterProducer(build_producer(settings), settings.dlq_topic),
+            svc.metrics,
+            settings.infra_retry_max_s,
+        ),
+        member_report(settings),
         svc.metrics,
+    )
+
+
+def runner_config(settings: Settings) -> RunnerConfig:
+    return RunnerConfig(
+        topic=settings.topic,
+        dlq_topic=settings.dlq_topic,
+        group_id=settings.group_id,
+        max_in_flight=settings.max_in_flight,
+        commit_interval_s=settings.commit_interval_s,
+        commit_timeout_s=settings.commit_timeout_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        stall_threshold_s=settings.stall_threshold_s,
+        poison_attempts=settings.poison_attempts,
+        infra_retry_max_s=settings.infra_retry_max_s,
+    )
+
+
+def member_report(settings: Settings) -> MemberReport:
+    """This process as a member of its group (CALSYNC_INSTANCE_ID names it, when set)."""
+    return MemberReport(
+        session_conninfo(settings), settings.group_id, settings.topic, settings.instance_id
     )
 
 

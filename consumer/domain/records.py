@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-from consumer.domain.models import LinkState, RecordedEvent
+from consumer.domain.models import LinkState, MessagePosition, RecordedEvent
 
 
 @dataclass(frozen=True)
@@ -167,3 +167,50 @@ class Claim:
     # An event of ours for this pair left on the link's current calendar by an earlier move
     # away from it (stranded): taken back instead of creating a second one.
     stranded_event_id: str | None = None
+
+
+# --- the consumer runner's records (consumer.service.runner) -----------------------------------
+
+
+class Partition(NamedTuple):
+    """A partition of a topic. A named tuple as the Kafka client's own TopicPartition, so the
+    two compare (and hash) alike."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    """A record the group's consumer fetched, as the runner reads it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+    timestamp_ms: int  # the record's own timestamp (0: unknown)
+
+    @property
+    def at(self) -> Partition:
+        return Partition(self.topic, self.partition)
+
+    @property
+    def position(self) -> MessagePosition:
+        return MessagePosition(self.topic, self.partition, self.offset)
+
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A record the Kafka client could not read (a header key that is not UTF-8, a corrupt
+    batch): only where it is, and what the client raised."""
+
+    topic: str
+    partition: int
+    offset: int
+    failure: BaseException
+
+    @property
+    def at(self) -> Partition:
+        return Partition(self.topic, self.partition)

@@ -7,11 +7,12 @@ names the port it uses, never the adapter's class.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 from consumer.adapters.postgres.ops_store import Overview
+from consumer.domain.messages import BadMessage
 from consumer.domain.models import (
     BookingEvent,
     LinkRow,
@@ -23,13 +24,17 @@ from consumer.domain.models import (
 from consumer.domain.records import (
     CalendarInfo,
     Claim,
+    ConsumedRecord,
     DeadLetterRecord,
     Deployment,
     GroupAtBroker,
     KafkaRecord,
     Member,
+    Partition,
     PartitionOffsets,
     RepairCount,
+    Stall,
+    UnreadableRecord,
 )
 
 # --- the sync engine -------------------------------------------------------------------------
@@ -195,3 +200,105 @@ class GroupAdmin(Protocol):
     ) -> AsyncIterator[KafkaRecord]: ...
 
     def publisher(self) -> AbstractAsyncContextManager[Publishing]: ...
+
+
+# --- the consumer runner (consumer.service.runner) ----------------------------------------------
+
+# What the runner is told when the group takes partitions from it or gives it some.
+PartitionsHook = Callable[[list[Partition]], Awaitable[None]]
+
+
+class KafkaConsumerPort(Protocol):
+    """The group's consumer (consumer.adapters.kafka.consumer): the Kafka mechanics are its
+    own (the rebalance listener, rewinds past a record the client cannot read, a commit
+    bounded by its timeout); which offsets to commit, and when, is the runner's."""
+
+    def subscribe(self, topic: str, revoked: PartitionsHook, assigned: PartitionsHook) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def getmany(
+        self, timeout_ms: int, max_records: int
+    ) -> list[ConsumedRecord | UnreadableRecord]:
+        """The records fetched, in each partition's order; a record the client could not read
+        comes as an UnreadableRecord at its place (nothing before it is lost; the reading
+        goes on past it)."""
+        ...
+
+    def assignment(self) -> set[Partition]: ...
+
+    def paused(self) -> set[Partition]: ...
+
+    def pause(self, *partitions: Partition) -> None: ...
+
+    def resume(self, *partitions: Partition) -> None: ...
+
+    def highwater(self, partition: Partition) -> int | None: ...
+
+    async def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
+        """Commit these offsets within `timeout_s`; False (said in a warning) when the broker
+        refused or did not answer in time: the next commit carries them."""
+        ...
+
+    async def topics(self) -> set[str]: ...
+
+
+class DeadLetterCopies(Protocol):
+    """The dead-letter topic (consumer.adapters.kafka.dead_letters)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send_copy(self, record: ConsumedRecord, bad: BadMessage) -> str | None:
+        """Put the record's copy on the dead-letter topic; what the dead letter's row says
+        of it (None: sent whole; else why only a minimal copy, or none). A fault that passes
+        (the broker away) is raised: the caller tries again."""
+        ...
+
+
+class DeadLetterRows(Protocol):
+    """The dead letters' rows (consumer.adapters.postgres.repository)."""
+
+    async def record_dead_letter(
+        self,
+        position: MessagePosition,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]],
+        error_type: str,
+        error: str,
+    ) -> tuple[int, bool]: ...
+
+    async def mark_dead_letter_published(
+        self, dead_letter_id: int, copy_error: str | None = None
+    ) -> None: ...
+
+    async def dead_letter_reprocessed(self, dead_letter_id: int) -> bool: ...
+
+    async def mark_dead_letter_reprocessed(self, dead_letter_id: int) -> None: ...
+
+
+class MemberReports(Protocol):
+    """This process as a member of its group, reported in PostgreSQL every `heartbeat_s`
+    (consumer.adapters.postgres.members)."""
+
+    @property
+    def member(self) -> str: ...
+
+    @property
+    def heartbeat_s(self) -> float: ...
+
+    async def report(self, partitions: list[int], stalls: list[Stall]) -> None: ...
+
+    async def leave(self) -> None: ...
+
+
+class BookingHandler(Protocol):
+    """What the runner hands a booking event to (the sync engine): it returns once every
+    result is recorded."""
+
+    async def handle(self, event: BookingEvent, position: MessagePosition | None) -> object: ...

@@ -65,17 +65,21 @@ async def until_done(
     *,
     initial_s: float,
     max_s: float,
-    failed: Callable[[BaseException, int, float], None],
+    failed: Callable[[BaseException, int, float], bool | None],
 ) -> T:
     """`work()` until it succeeds: after each failure `failed(exc, attempts, retry_in_s)` is
-    told (to log it, to note the cause), then the delay doubles up to `max_s`."""
+    told (to log it, to note the cause), then the delay doubles up to `max_s`. When `failed`
+    answers True, `work()` is tried again at once, the delay unchanged: what it does next
+    changed (a message the poison policy gave up on is dead-lettered instead), so there is
+    nothing to wait for."""
     delay, attempts = initial_s, 0
     while True:
         try:
             return await work()
         except Exception as exc:
             attempts += 1
-            failed(exc, attempts, delay)
+            if failed(exc, attempts, delay):
+                continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, max_s)
 

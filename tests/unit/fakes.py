@@ -26,24 +26,24 @@ tell, and records what it was asked so a test can check the decisions made:
   bookings, link_bookings, results, repairs, dead letters.
 - FakeQuota (consumer.adapters.postgres.quota.GroupQuota): never waits; records refusals and
   pauses, and can be paused.
-- FakeKafkaConsumer / FakeProducer: the parts of aiokafka's clients the runner's dispatch,
-  commits and drains use.
+- FakeKafkaConsumer (KafkaConsumerPort: the group's consumer as the runner sees it, records
+  queued by the test), FakeProducer (the AIOKafkaProducer under the real DeadLetterProducer,
+  so a copy's fallbacks are the adapter's own), FakeMemberReports (MemberReports).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-
-from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from consumer.adapters.google.calendar import WRITE_ROLES
 from consumer.domain.errors import GoogleApiError, QuotaPaused, TokenRefreshFailed
@@ -59,7 +59,15 @@ from consumer.domain.models import (
     StoredGrant,
     SyncResult,
 )
-from consumer.domain.records import CalendarInfo, Claim
+from consumer.domain.records import (
+    CalendarInfo,
+    Claim,
+    ConsumedRecord,
+    Partition,
+    Stall,
+    UnreadableRecord,
+)
+from consumer.service.ports import PartitionsHook
 
 # --- Google Calendar -------------------------------------------------------------------------
 
@@ -519,7 +527,7 @@ class FakeRepository:
         timestamp_ms: int,
         key: bytes | None,
         value: bytes | None,
-        headers: list[tuple[str, bytes]],
+        headers: Sequence[tuple[str, bytes]],
         error_type: str,
         error: str,
     ) -> tuple[int, bool]:
@@ -679,7 +687,7 @@ class FakeQuota:
         pass
 
 
-# --- Kafka -------------------------------------------------------------------------------------
+# --- Kafka and the runner's other ports ---------------------------------------------------------
 
 
 def record(
@@ -689,61 +697,100 @@ def record(
     key: bytes | None,
     value: bytes | None,
     headers: Iterable[tuple[str, bytes]] = (),
-) -> ConsumerRecord[Any, Any]:
-    return ConsumerRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp=int(time.time() * 1000),
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=len(value or b""),
-        headers=tuple(headers),
+) -> ConsumedRecord:
+    return ConsumedRecord(
+        topic, partition, offset, key, value, tuple(headers), int(time.time() * 1000)
     )
 
 
 class FakeKafkaConsumer:
-    """What the runner's dispatch, commits, backpressure and drains use of AIOKafkaConsumer."""
+    """The group's consumer (KafkaConsumerPort): hands out what a test queued with `fetch`,
+    in order, as the adapter does (an UnreadableRecord at its place); records commits,
+    pauses and the rebalance hooks it was given."""
 
-    def __init__(self, assigned: Iterable[TopicPartition] = ()) -> None:
+    def __init__(self, assigned: Iterable[Partition] = ()) -> None:
         self.assigned = set(assigned)
-        self.commits: list[dict[TopicPartition, int]] = []
-        self._paused: set[TopicPartition] = set()
+        self.commits: list[dict[Partition, int]] = []
+        self.refuse_commits = False  # the broker away: commits fail (the adapter says False)
+        self.highwaters: dict[Partition, int] = {}
+        self.revoked: PartitionsHook | None = None
+        self.assigned_hook: PartitionsHook | None = None
+        self.running = False
+        self._paused: set[Partition] = set()
+        self._fetchable: list[ConsumedRecord | UnreadableRecord] = []
+        self._arrived = asyncio.Event()
 
-    def assignment(self) -> set[TopicPartition]:
+    def fetch(self, *fetched: ConsumedRecord | UnreadableRecord) -> None:
+        """What the next polls hand out."""
+        self._fetchable.extend(fetched)
+        self._arrived.set()
+
+    def subscribe(self, topic: str, revoked: PartitionsHook, assigned: PartitionsHook) -> None:
+        self.revoked, self.assigned_hook = revoked, assigned
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+
+    async def getmany(
+        self, timeout_ms: int, max_records: int
+    ) -> list[ConsumedRecord | UnreadableRecord]:
+        if not self._fetchable:  # a poll waits for records, at most its timeout
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout_ms / 1000)
+        fetched = [f for f in self._fetchable[:max_records] if f.at in self.assigned - self._paused]
+        for f in fetched:
+            self._fetchable.remove(f)
+        return fetched
+
+    def assignment(self) -> set[Partition]:
         return set(self.assigned)
 
-    def paused(self) -> set[TopicPartition]:
+    def paused(self) -> set[Partition]:
         return set(self._paused)
 
-    def pause(self, *partitions: TopicPartition) -> None:
+    def pause(self, *partitions: Partition) -> None:
         self._paused |= set(partitions)
 
-    def resume(self, *partitions: TopicPartition) -> None:
+    def resume(self, *partitions: Partition) -> None:
         self._paused -= set(partitions)
 
-    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def highwater(self, partition: Partition) -> int | None:
+        return self.highwaters.get(partition)
+
+    async def commit(self, offsets: dict[Partition, int], timeout_s: float) -> bool:
+        if self.refuse_commits:
+            return False
         self.commits.append(dict(offsets))
+        return True
 
-    def highwater(self, tp: TopicPartition) -> int | None:
-        return None
+    async def topics(self) -> set[str]:
+        return {p.topic for p in self.assigned}
 
-    def committed_offset(self, tp: TopicPartition) -> int | None:
-        """The last offset committed for `tp` (None: never)."""
+    def committed_offset(self, partition: Partition) -> int | None:
+        """The last offset committed for `partition` (None: never)."""
         for commit in reversed(self.commits):
-            if tp in commit:
-                return int(commit[tp])
+            if partition in commit:
+                return int(commit[partition])
         return None
 
 
 class FakeProducer:
-    """AIOKafkaProducer's send_and_wait, kept in a list."""
+    """The dead-letter producer's AIOKafkaProducer, under the real DeadLetterProducer
+    (consumer.adapters.kafka.dead_letters): send_and_wait, kept in a list."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+        self.running = False
+
+    async def start(self) -> None:
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
 
     async def send_and_wait(
         self,
@@ -753,3 +800,27 @@ class FakeProducer:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         self.sent.append((topic, key, value, list(headers or ())))
+
+
+class FakeMemberReports:
+    """MemberReports: the reports kept in a list, and whether it left."""
+
+    def __init__(self, member: str = "host-1-abc", heartbeat_s: float = 5.0) -> None:
+        self._member = member
+        self._heartbeat_s = heartbeat_s
+        self.reports: list[tuple[list[int], list[Stall]]] = []
+        self.left = False
+
+    @property
+    def member(self) -> str:
+        return self._member
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self._heartbeat_s
+
+    async def report(self, partitions: list[int], stalls: list[Stall]) -> None:
+        self.reports.append((partitions, stalls))
+
+    async def leave(self) -> None:
+        self.left = True

@@ -1,32 +1,48 @@
-"""The runner's chains and commit points (consumer/service/runner.py,
-consumer/domain/offsets.py), on fakes: records dispatched as fetched, one chain per (partition,
-key), the offset committed only
-below the oldest unrecorded record, bad input dead-lettered once, drains that commit what
-finished. No broker: the Kafka clients, the engine and the repository are fakes.
+"""The runner's chains and commit points (consumer/service/runner.py, intake.py,
+consumer/domain/offsets.py), on fakes: records dispatched as fetched, one chain per
+(partition, key), the offset committed only below the oldest unrecorded record, bad input
+dead-lettered once, drains that commit what finished, the poison policy, a record the
+Kafka client could not read dead-lettered at its place. No broker: the runner's ports (the
+group's consumer, the membership report, the dead letters' rows) and the engine are fakes;
+the dead-letter copies are the real adapter's over a fake producer.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from aiokafka.structs import TopicPartition
 
+from calsync_dev.events import booking_event
+from consumer.adapters.kafka import DeadLetterProducer
 from consumer.adapters.metrics import Metrics
+from consumer.bootstrap import runner_config
 from consumer.domain.models import BookingEvent, MessagePosition
+from consumer.domain.records import Partition, UnreadableRecord
+from consumer.service import retrying
 from consumer.service import runner as runner_module
+from consumer.service.dead_letters import DeadLetters
 from consumer.service.runner import ConsumerRunner
 from consumer.settings import Settings
 from tests.plugins.environment import wait_until
-from tests.plugins.events import booking_event
-from tests.unit.fakes import FakeKafkaConsumer, FakeProducer, FakeRepository, record
+from tests.unit.fakes import (
+    FakeKafkaConsumer,
+    FakeMemberReports,
+    FakeProducer,
+    FakeRepository,
+    record,
+)
 
 TOPIC = "bookings"
-TP = TopicPartition(TOPIC, 0)
+TP = Partition(TOPIC, 0)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -63,6 +79,7 @@ class Loop:
     kafka: FakeKafkaConsumer
     producer: FakeProducer
     repository: FakeRepository
+    member: FakeMemberReports
     offsets: int = 0
 
     def take(
@@ -78,7 +95,7 @@ class Loop:
         data = (
             value if value is not None else json.dumps(booking_event(booking_id, version)).encode()
         )
-        self.runner._dispatch(TP, record(TOPIC, 0, offset, key or booking_id.encode(), data))
+        self.runner._dispatch(record(TOPIC, 0, offset, key or booking_id.encode(), data))
         return offset
 
     async def settle(self) -> None:
@@ -90,25 +107,39 @@ class Loop:
         return self.kafka.committed_offset(TP)
 
 
-async def make_loop(engine: GatedEngine | None = None, **changes: Any) -> Loop:
+async def make_loop(
+    engine: GatedEngine | None = None, producer: FakeProducer | None = None, **changes: Any
+) -> Loop:
     settings = Settings(
-        topic=TOPIC,
-        dlq_topic=f"{TOPIC}.dlq",
-        commit_interval_s=0.01,
-        infra_retry_max_s=0.05,
-        **changes,
+        **{
+            "topic": TOPIC,
+            "dlq_topic": f"{TOPIC}.dlq",
+            "commit_interval_s": 0.01,
+            "infra_retry_max_s": 0.05,
+            **changes,
+        }
     )
     engine, repository = engine or GatedEngine(), FakeRepository()
-    kafka, producer = FakeKafkaConsumer([TP]), FakeProducer()
-    runner = ConsumerRunner(
-        settings,
-        engine,
-        repository,
-        kafka,
-        producer,  # type: ignore[arg-type]
-        Metrics(),
+    kafka, producer, member = (
+        FakeKafkaConsumer([TP]),
+        producer or FakeProducer(),
+        FakeMemberReports(),
     )
-    return Loop(runner, engine, kafka, producer, repository)
+    metrics = Metrics()
+    runner = ConsumerRunner(
+        runner_config(settings),
+        engine,
+        kafka,
+        DeadLetters(
+            repository,
+            DeadLetterProducer(producer, settings.dlq_topic),
+            metrics,
+            settings.infra_retry_max_s,
+        ),
+        member,
+        metrics,
+    )
+    return Loop(runner, engine, kafka, producer, repository, member)
 
 
 @pytest.fixture
@@ -156,9 +187,7 @@ async def test_a_redelivered_offset_is_not_handled_twice(loop: Loop) -> None:
     loop.take("bk_1")
     loop.engine.open("bk_1")
     await loop.settle()
-    loop.runner._dispatch(
-        TP, record(TOPIC, 0, 0, b"bk_1", json.dumps(booking_event("bk_1")).encode())
-    )
+    loop.runner._dispatch(record(TOPIC, 0, 0, b"bk_1", json.dumps(booking_event("bk_1")).encode()))
     await loop.settle()
     assert loop.engine.started == [("bk_1", 1)]
 
@@ -248,7 +277,7 @@ async def test_a_drain_leaves_behind_work_that_will_not_end_and_commits_below_it
         assert loop.kafka.committed_offset(TP) == 1  # never past the message left behind
         # The partition comes back; offset 1 is read again (here another booking's record).
         loop.runner._dispatch(
-            TP, record(TOPIC, 0, 1, b"bk_9", json.dumps(booking_event("bk_9")).encode())
+            record(TOPIC, 0, 1, b"bk_9", json.dumps(booking_event("bk_9")).encode())
         )
         loop.engine.open("bk_1")  # the work left behind ends at last...
         await loop.settle()
@@ -283,3 +312,147 @@ async def test_fetching_pauses_at_max_in_flight_and_resumes_at_half() -> None:
         for gate in loop.engine.gates.values():
             gate.set()
         await loop.runner.drain([TP], reason="test over")
+
+
+async def test_a_poisoned_message_is_dead_lettered_without_another_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The poison policy drives the one retry helper: a wait (doubling) after each failure
+    it retries, none between the last failure and the dead letter."""
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(delay: float) -> None:
+        waits.append(delay)
+        await real_sleep(0)
+
+    # The helper's waits, and only them (the test's own go on).
+    monkeypatch.setattr(retrying, "asyncio", SimpleNamespace(sleep=sleep))
+    loop = await make_loop(poison_attempts=3, infra_retry_max_s=10.0)
+    try:
+        loop.engine.failures[("bk_1", 1)] = [TimeoutError()] + [ValueError("a bug")] * 3
+        loop.engine.open("bk_1")
+        loop.take("bk_1")
+        await wait_until(lambda: loop.repository.dead_letters, 5, "the dead letter")
+        await loop.settle()
+        # An infrastructure fault, then two failures of ours (each waited for, the delay
+        # doubling), the third dead-letters at once.
+        assert waits == [0.2, 0.4, 0.8]
+        assert len(loop.engine.started) == 4
+        [letter] = loop.repository.dead_letters.values()
+        assert letter.error_type == "internal_error" and letter.published
+        assert await loop.commit() == 1
+    finally:
+        monkeypatch.undo()
+        await loop.runner.drain([TP], reason="test over")
+
+
+def _fetched(offset: int, booking_id: str) -> Any:
+    return record(
+        TOPIC, 0, offset, booking_id.encode(), json.dumps(booking_event(booking_id)).encode()
+    )
+
+
+async def _running(loop: Loop) -> tuple[asyncio.Event, asyncio.Task[None]]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(loop.runner.run(stop))
+    await wait_until(lambda: loop.runner.started, 5, "the loop started")
+    return stop, task
+
+
+async def test_a_record_the_client_could_not_read_is_dead_lettered_at_its_place() -> None:
+    """The consumer's adapter hands out an unreadable record at its place: the records
+    before and after it go, it is dead-lettered (`record_unreadable`, the copy saying where
+    it was), and the offset moves past it."""
+    loop = await make_loop()
+    for booking in ("bk_0", "bk_2"):
+        loop.engine.open(booking)
+    loop.kafka.fetch(
+        _fetched(0, "bk_0"),
+        UnreadableRecord(TOPIC, 0, 1, UnicodeDecodeError("utf-8", b"\xff", 0, 1, "bad")),
+        _fetched(2, "bk_2"),
+    )
+    stop, task = await _running(loop)
+    try:
+        await wait_until(lambda: loop.kafka.committed_offset(TP) == 3, 5, "offsets past it")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert loop.engine.finished == [("bk_0", 1), ("bk_2", 1)]
+    [letter] = loop.repository.dead_letters.values()
+    assert (letter.position.offset, letter.error_type) == (1, "record_unreadable")
+    assert "UnicodeDecodeError" in letter.error and letter.published
+    [(topic, key, value, headers)] = loop.producer.sent
+    assert (topic, key, value) == (f"{TOPIC}.dlq", None, b"")
+    assert ("error.source.offset", b"1") in headers
+
+
+async def test_the_loop_reports_its_membership_and_closes_what_it_started() -> None:
+    loop = await make_loop()
+    stop, task = await _running(loop)
+    try:
+        await wait_until(lambda: loop.member.reports, 5, "the first membership report")
+        assert loop.kafka.running and loop.producer.running
+        assert loop.member.reports[0] == ([0], [])
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    assert not loop.kafka.running and not loop.producer.running and loop.member.left
+
+
+async def test_a_revocation_drains_its_partitions_and_commits_what_finished() -> None:
+    """The rebalance listener (the adapter's) calls the runner's hooks."""
+    loop = await make_loop(shutdown_grace_s=0.05)
+    stop, task = await _running(loop)
+    try:
+        assert loop.kafka.revoked is not None and loop.kafka.assigned_hook is not None
+        await loop.kafka.assigned_hook([TP])
+        loop.engine.open("bk_0")
+        loop.kafka.fetch(_fetched(0, "bk_0"), _fetched(1, "bk_1"))
+        await wait_until(lambda: loop.engine.finished, 5, "bk_0 handled")
+        await loop.kafka.revoked([TP])
+        assert loop.kafka.committed_offset(TP) == 1  # bk_1 never finished: the next owner's
+        assert loop.runner.in_flight == 0 and not loop.runner.intake.offsets
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_a_commit_the_broker_refuses_is_carried_by_the_next(loop: Loop) -> None:
+    loop.take("bk_0")
+    loop.engine.open("bk_0")
+    await loop.settle()
+    loop.kafka.refuse_commits = True
+    assert await loop.commit() is None
+    assert loop.runner.intake.offsets[TP].committed is None  # not taken as committed
+    loop.kafka.refuse_commits = False
+    assert await loop.commit() == 1
+
+
+def test_the_runner_talks_to_its_ports_and_is_cut_by_job() -> None:
+    """Issue 21: the runner imports neither the Kafka client nor PostgreSQL's (its ports
+    do), no module of it or of the Kafka adapter is over 500 lines, no function over 60."""
+    service = [
+        ROOT / "consumer" / "service" / n for n in ("runner.py", "intake.py", "dead_letters.py")
+    ]
+    modules = service + sorted((ROOT / "consumer" / "adapters" / "kafka").glob("*.py"))
+    for path in modules:
+        text = path.read_text()
+        tree = ast.parse(text)
+        assert len(text.splitlines()) <= 500, path
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                assert length < 60, f"{path.name}:{node.name} has {length} lines"
+        if path in service:
+            imported = {
+                name.split(".")[0]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.Import | ast.ImportFrom)
+                for name in (
+                    [a.name for a in node.names]
+                    if isinstance(node, ast.Import)
+                    else [node.module or ""]
+                )
+            }
+            assert not imported & {"aiokafka", "psycopg", "psycopg_pool"}, path

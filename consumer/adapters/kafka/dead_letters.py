@@ -1,9 +1,22 @@
 """The dead-letter topic's copies: what a copy carries (Kafka Connect's convention: the
-original key, value and headers, plus where it came from and why), cut to fit."""
+original key, value and headers, plus where it came from and why), cut to fit, and the
+producer that sends it with its fallbacks (DeadLetterProducer: a minimal copy for a copy
+the broker refuses for what it is, none for a topic it refuses this client)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from consumer.adapters.classify import KAFKA_AUTHORIZATION, is_retriable
+from consumer.domain.errors import describe
+from consumer.domain.messages import BadMessage
+from consumer.domain.records import ConsumedRecord
+
+log = structlog.get_logger(__name__)
 
 # Header names on dead-lettered copies (modelled on Kafka Connect's __connect.errors.*).
 DLQ_ERROR = "error"
@@ -83,3 +96,70 @@ def dead_letter_copy(
     if key is None and value is None:  # Kafka clients refuse a record with neither
         value = b""
     return key, value, [*kept, *added]
+
+
+class DeadLetterProducer:
+    """The copies on the dead-letter topic `topic` (consumer.service.ports.DeadLetterCopies),
+    sent by the group's dead-letter producer (consumer.adapters.kafka.clients)."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self.topic = topic
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def send_copy(self, record: ConsumedRecord, bad: BadMessage) -> str | None:
+        """The copy on the dead-letter topic. A broker that refuses it for what it is (too
+        large for the topic) gets a minimal one (no key, value or original headers); one
+        that refuses even that, or refuses this client the topic (an ACL missing), gets
+        none, and the answer says why (None: sent). Only a fault that passes (the broker
+        away, a leader moving) is raised, for the caller to try again."""
+        key, value, headers = dead_letter_copy(
+            record.key,
+            record.value,
+            record.headers,
+            bad.error_type,
+            bad.error,
+            record.topic,
+            record.partition,
+            record.offset,
+        )
+        try:
+            await self._producer.send_and_wait(self.topic, value=value, key=key, headers=headers)
+            return None
+        except KafkaError as exc:
+            if is_retriable(exc):
+                raise
+            first = exc
+        if isinstance(first, KAFKA_AUTHORIZATION):
+            # A smaller copy would be refused the same way: the refusal is the topic's.
+            return self._no_copy(
+                f"no copy: the broker refuses this client the dead-letter topic "
+                f"{self.topic!r} ({describe(first, 200)})",
+                first,
+                record,
+            )
+        minimal = [(k, v) for k, v in headers if k.startswith("error")]
+        try:
+            await self._producer.send_and_wait(self.topic, value=b"", key=None, headers=minimal)
+            return f"only a minimal copy: {describe(first, 200)}"
+        except KafkaError as exc:
+            if is_retriable(exc):
+                raise
+            return self._no_copy(f"no copy: {describe(exc, 200)}", exc, record)
+
+    @staticmethod
+    def _no_copy(copy_error: str, exc: KafkaError, record: ConsumedRecord) -> str:
+        log.error(
+            "dead_letter_copy_refused",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            cause=type(exc).__name__,
+            copy_error=copy_error,
+        )
+        return copy_error

@@ -27,7 +27,10 @@ _LEAVE = "DELETE FROM consumer_members WHERE group_id = %s AND member = %s"
 
 
 class MemberReport:
-    """This process, as a member of its group."""
+    """This process, as a member of its group (consumer.service.ports.MemberReports), built
+    by consumer.bootstrap and reported by the runner every `heartbeat_s`."""
+
+    heartbeat_s = HEARTBEAT_S
 
     def __init__(
         self, database_url: str, group_id: str, topic: str, instance_id: str | None
