@@ -222,6 +222,15 @@ class Settings(BaseSettings):
         "created by them, and their events never touched); live messages are applied "
         "whatever their date",
     )
+    results_retention_days: float = Field(
+        default=90.0,
+        ge=0,
+        description="Retention: the consumer group removes (one process at a time, hourly, in "
+        "small batches) sync_results recorded longer ago than this many days, settled dead "
+        "letters, finished reconcile runs and backfills, replays, and bookings that can no "
+        "longer need an event (not live, or ending before the horizon; never one whose event "
+        "is still on a calendar or that a repair is owed for) unchanged for as long; 0: never",
+    )
 
     # The repair loop: every (link, booking) left off its calendar is re-driven until applied.
     repair_initial_backoff_s: float = Field(default=30.0, gt=0)

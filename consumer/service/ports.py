@@ -29,7 +29,9 @@ from consumer.domain.records import (
     KafkaRecord,
     Member,
     PartitionOffsets,
+    PrunedBatch,
     RepairCount,
+    RetentionCutoffs,
 )
 
 # --- the sync engine -------------------------------------------------------------------------
@@ -195,3 +197,24 @@ class GroupAdmin(Protocol):
     ) -> AsyncIterator[KafkaRecord]: ...
 
     def publisher(self) -> AbstractAsyncContextManager[Publishing]: ...
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+class RetentionBatches(Protocol):
+    """A retention pass's session: the group's retention lock is held while it lives."""
+
+    async def due(self) -> bool: ...
+
+    async def schedule_next(self, interval_s: float) -> None: ...
+
+    async def prune(
+        self, table: str, cutoffs: RetentionCutoffs, limit: int, after: str | None
+    ) -> PrunedBatch: ...
+
+
+class RetentionRecords(Protocol):
+    """The tables retention prunes, one process of the group at a time."""
+
+    def exclusive(self) -> AbstractAsyncContextManager[RetentionBatches | None]: ...
