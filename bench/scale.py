@@ -25,18 +25,19 @@ scenario ends whatever the code it measures does.
 from __future__ import annotations
 
 import asyncio
+import json
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 from aiokafka import AIOKafkaProducer
 
-from bench.common import ROOT, STATE, Row, consumer_env, consumers, event, migrated_database
+from bench.common import ROOT, STATE, Row, consumer_env, consumers, migrated_database
 from bench.scale_fill import (
     ACCOUNTS,
     BIG_ACTIVITY,
@@ -47,6 +48,7 @@ from bench.scale_fill import (
     fill,
 )
 from bench.scenarios import LATENCY, UNLIMITED, Bench, percentiles
+from calsync_dev.events import booking_event
 from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.metrics import Metrics
 from consumer.bootstrap import link_service, retention, services
@@ -262,9 +264,29 @@ def repair_loop(bench: Bench, settings: Settings, mode: str) -> tuple[Row, list[
     ]
 
 
-async def _steady(settings: Settings, activities: list[str], first: int) -> dict[str, float]:
-    """STEADY_RATE messages a second for STEADY_S, bookings numbered from `first`; each
-    booking's message timestamp."""
+def _message(booking_id: str, activity: str, at: datetime) -> bytes:
+    """A new booking a week ahead, as the upstream publishes it (ids apart from the fill's)."""
+    start = at + timedelta(days=7)
+    return json.dumps(
+        booking_event(
+            booking_id,
+            1,
+            "booking.created",
+            activity,
+            occurred_at=_iso(at),
+            start=_iso(start),
+            end=_iso(start + timedelta(hours=2)),
+        )
+    ).encode()
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def _steady(settings: Settings, activities: list[str], tag: str) -> dict[str, float]:
+    """STEADY_RATE messages a second for STEADY_S, bookings `bk_<tag>_<n>`; each booking's
+    message timestamp."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, linger_ms=1)
     await producer.start()
     sent: dict[str, float] = {}
@@ -277,11 +299,13 @@ async def _steady(settings: Settings, activities: list[str], first: int) -> dict
                 await asyncio.sleep(delay)
             now = datetime.now(UTC)
             stamp_ms = int(now.timestamp() * 1000)
-            value = event(first + n, 1, activities[n % len(activities)],
-                          occurred_at=now.isoformat().replace("+00:00", "Z"))  # fmt: skip
-            sent[f"bk_{first + n}"] = stamp_ms / 1000
+            booking_id = f"bk_{tag}_{n}"
+            sent[booking_id] = stamp_ms / 1000
             await producer.send(
-                settings.topic, value, key=f"bk_{first + n}".encode(), timestamp_ms=stamp_ms
+                settings.topic,
+                _message(booking_id, activities[n % len(activities)], now),
+                key=booking_id.encode(),
+                timestamp_ms=stamp_ms,
             )
         await producer.flush()
     finally:
@@ -334,13 +358,13 @@ def retention_pass(bench: Bench, settings: Settings) -> tuple[list[Row], list[st
         _latencies(settings.database_url, warm, 5, 60)
         print(f"   retention: {STEADY_S:.0f} s of steady inflow without a pass", flush=True)
         quiet = _latencies(
-            settings.database_url, asyncio.run(_steady(settings, activities, 5_000_000)), 5, 60
+            settings.database_url, asyncio.run(_steady(settings, activities, "quiet")), 5, 60
         )
         pruning = threading.Thread(target=prune, name="retention pass")
         pruning.start()
         print(f"   retention: a pass, and {STEADY_S:.0f} s of steady inflow", flush=True)
         busy = _latencies(
-            settings.database_url, asyncio.run(_steady(settings, activities, 6_000_000)), 5, 60
+            settings.database_url, asyncio.run(_steady(settings, activities, "busy")), 5, 60
         )
         results_gone = metrics.retention_pruned.labels("sync_results")._value.get()
         pruning.join(RETENTION_CAP_S + 30)
@@ -387,13 +411,13 @@ async def _steady_once(settings: Settings, activity: str) -> dict[str, float]:
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
     await producer.start()
     try:
-        stamp = time.time()
+        now = datetime.now(UTC)
         await producer.send_and_wait(
-            settings.topic, event(4_999_999, 1, activity), key=b"bk_4999999"
+            settings.topic, _message("bk_warm", activity, now), key=b"bk_warm"
         )
     finally:
         await producer.stop()
-    return {"bk_4999999": stamp}
+    return {"bk_warm": now.timestamp()}
 
 
 def scenario_6(bench: Bench, modes: list[str], scale: float = 1.0) -> tuple[list[Row], list[str]]:
