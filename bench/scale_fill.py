@@ -66,10 +66,11 @@ FROM (SELECT n,
              END AS act,
              date_trunc('minute', CASE WHEN n < %(big)s
                   THEN now() - interval '1 day' * %(years)s
-                       + interval '1 day' * (%(years)s + %(big_ahead)s) * (n + 1) / %(big)s
+                       + interval '1 day' * ((%(years)s + %(big_ahead)s) * (n + 1)::float8
+                                             / %(big)s)
                   ELSE now() - interval '1 day' * %(years)s
-                       + interval '1 day' * (%(years)s + %(ahead)s) * (n - %(big)s + 1)
-                         / (%(bookings)s - %(big)s) END) AS ends
+                       + interval '1 day' * ((%(years)s + %(ahead)s) * (n - %(big)s + 1)::float8
+                                             / (%(bookings)s - %(big)s)) END) AS ends
       FROM generate_series(%(first)s::int, %(last)s::int) AS n) AS s
 """
 _LINKS = """
