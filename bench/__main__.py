@@ -22,6 +22,11 @@ so it runs once, whatever the mode.
 5. One account whose calls Google answers 503 for 10 minutes, a backlog of 10 x
    CALSYNC_MAX_IN_FLIGHT of its messages ahead and more arriving all along: the other
    accounts' bookings must reach their calendars with p99 under 2 s (as in 4).
+6. Scale: ten years of a large company filled directly in PostgreSQL (1,000,000 bookings,
+   2,000 links, 1,000,000 repairs waiting, 10,000,000 results; under 3 minutes): peak RSS
+   of a backfill of 200,000 bookings and of a reconcile of every link, the backfill's
+   Google calls, one repair poll and the repair loop at the quotas with that backlog, and
+   a retention pass's cost to the consumer's latency (bench/scale.py).
 
 Prints one table, the targets marked MET or MISSED, and writes them as JSON and Markdown
 (bench-results/latest.*).
@@ -39,6 +44,7 @@ import time
 from dataclasses import asdict
 
 from bench.common import ROOT, STATE, Row
+from bench.scale import scenario_6
 from bench.scenarios import (
     Bench,
     scenario_1,
@@ -68,7 +74,7 @@ def _cell(value: float | None, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def render(rows: list[Row], machine: str) -> str:
+def render(rows: list[Row], machine: str, extra: list[str] | None = None) -> str:
     lines = [
         f"machine: {machine}",
         "",
@@ -86,7 +92,7 @@ def render(rows: list[Row], machine: str) -> str:
             f"{_cell(r.latency_p99_s, '.2f')} | {_cell(r.limit, 'd')} | "
             f"{_cell(r.calls_per_request, '.1f')} |"
         )
-    lines += ["", *targets(rows), "", "Notes:"]
+    lines += ["", *targets(rows), *(extra or []), "", "Notes:"]
     lines += [f"- {r.scenario} [{r.mode}], {r.consumer}: {r.note}" for r in rows if r.note]
     return "\n".join(lines)
 
@@ -167,7 +173,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["1", "2", "3", "4", "5"],
+        choices=["1", "2", "3", "4", "5", "6"],
         action="append",
         help="run only these scenarios (repeatable)",
     )
@@ -178,6 +184,12 @@ def main() -> int:
         help="how the sandbox serves a batch's calls: one after another or "
         "side by side (repeatable; default: both)",
     )
+    parser.add_argument(
+        "--scale-factor",
+        type=float,
+        default=1.0,
+        help="scenario 6: the history's size as a share of the issue's (0.01: a quick try)",
+    )
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument(
         "--profile",
@@ -187,7 +199,7 @@ def main() -> int:
         "and s1p-0.pyspy.txt (parallel)",
     )
     args = parser.parse_args()
-    wanted = set(args.only or ["1", "2", "3", "4", "5"])
+    wanted = set(args.only or ["1", "2", "3", "4", "5", "6"])
     modes = [m for m in MODES if m in (args.batch_mode or MODES)]
     STATE.mkdir(exist_ok=True)
     pg = start_postgres(STATE / "postgres")
@@ -210,6 +222,7 @@ def main() -> int:
         cwd=ROOT,
     )
     rows: list[Row] = []
+    scale_targets: list[str] = []
     try:
         wait_for_port(port, 30)
         deadline = time.monotonic() + 30
@@ -263,6 +276,10 @@ def main() -> int:
                     flush=True,
                 )
                 rows.append(scenario_5(bench, mode, args.refused_seconds, args.refused_rate))
+        if "6" in wanted:
+            print(f"== Scenario 6 [{', '.join(modes)}]: scale, ten years of history", flush=True)
+            scale_rows, scale_targets = scenario_6(bench, modes, args.scale_factor)
+            rows += scale_rows
         elapsed = time.monotonic() - started
     finally:
         sandbox_process.terminate()
@@ -276,7 +293,7 @@ def main() -> int:
         f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, after "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
     )
-    table = render(rows, machine)
+    table = render(rows, machine, scale_targets)
     print("\n" + table)
     (STATE / "latest.json").write_text(
         json.dumps(
@@ -284,7 +301,7 @@ def main() -> int:
                 "machine": machine,
                 "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "rows": [asdict(r) for r in rows],
-                "targets": targets(rows),
+                "targets": [*targets(rows), *scale_targets],
             },
             indent=2,
         )

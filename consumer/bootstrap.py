@@ -35,6 +35,7 @@ from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.adapters.postgres.quota import GroupQuota, QuotaConfig
 from consumer.adapters.postgres.repository import Repository
+from consumer.adapters.postgres.retention_store import RetentionStore
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import StartupError, TokenKeyError
 from consumer.service.calls import CallPolicy, GoogleCalls
@@ -44,6 +45,7 @@ from consumer.service.event_writes import EventWrites
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
+from consumer.service.retention import Retention, RetentionPolicy
 from consumer.service.runner import ConsumerRunner, RunnerConfig
 from consumer.service.shutdown import Deadline, within
 from consumer.service.sync import EngineConfig, SyncEngine
@@ -273,6 +275,22 @@ def member_report(settings: Settings) -> MemberReport:
     """This process as a member of its group (CALSYNC_INSTANCE_ID names it, when set)."""
     return MemberReport(
         session_conninfo(settings), settings.group_id, settings.topic, settings.instance_id
+    )
+
+
+def retention(settings: Settings, metrics: Metrics) -> Retention:
+    """The group's retention passes, on connections of their own (a pass holds its lock on
+    one for its whole length). A batch may take at most a third of the session's statement
+    timeout (10 s when there is none): it is cut short rather than run long."""
+    batch_timeout_s = (settings.db_statement_timeout_s or 30.0) / 3
+    return Retention(
+        RetentionPolicy(
+            retention_days=settings.results_retention_days,
+            past_days=settings.backfill_past_days,
+            login_window_s=settings.http_login_window_s,
+        ),
+        RetentionStore(connections(settings), batch_timeout_s),
+        metrics,
     )
 
 

@@ -382,6 +382,15 @@ class Settings(BaseSettings):
             "events never touched); live messages are applied whatever their date"
         ),
     )
+    results_retention_days: float = Field(
+        default=90.0,
+        ge=0,
+        description="[retention](#retention): the group (one process at a time, hourly, in "
+        "small batches) removes `sync_results` older than this many days, settled dead "
+        "letters, finished reconcile runs and backfills, replays, and bookings unchanged for as "
+        "long that can no longer need an event (not live, or ending before the horizon; never "
+        "one whose event is still on a calendar or that a repair is owed for); `0`: never",
+    )
 
     # The repair loop: every (link, booking) left off its calendar is re-driven until applied.
     repair_initial_backoff_s: float = Field(
@@ -395,7 +404,7 @@ class Settings(BaseSettings):
         default=3600.0,
         gt=0,
         description=(
-            "the repair loop's longest wait between two attempts (never before a pause or Retry- "
+            "the repair loop's longest wait between two attempts (never before a pause or Retry-"
             "After ends)"
         ),
     )

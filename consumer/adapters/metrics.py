@@ -146,6 +146,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.retention_pruned = Counter(
+            "calsync_retention_pruned",
+            "Rows removed by the retention pass, by table",
+            ["table"],
+            registry=r,
+        )
         self.quota_slowdowns = Counter(
             "calsync_quota_slowdowns",
             "Quotas slowed down after Google refused calls for rate limits, by quota",

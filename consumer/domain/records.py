@@ -214,3 +214,46 @@ class UnreadableRecord:
     @property
     def at(self) -> Partition:
         return Partition(self.topic, self.partition)
+
+
+# What a retention pass prunes, in the order it prunes them (consumer/service/retention.py).
+# `bookings` last: its rule reads link_bookings and repairs as they are then.
+PRUNED_TABLES = (
+    "sync_results",
+    "dead_letters",
+    "reconcile_runs",
+    "replays",
+    "backfills",
+    "consumer_members",
+    "page_form_tokens",
+    "page_sessions",
+    "page_login_failures",
+    "oauth_states",
+    "bookings",
+)
+
+
+@dataclass(frozen=True)
+class RetentionCutoffs:
+    """What one retention pass may remove. `before`: now minus CALSYNC_RESULTS_RETENTION_DAYS
+    (results, settled dead letters, finished runs, replays, members, bookings last changed
+    before it). `horizon`: now minus CALSYNC_BACKFILL_PAST_DAYS (consumer.domain.horizon): a
+    booking ending at or before it can no longer need an event from backfill, reconcile or
+    repair. `now`: the pass's clock, for what expires (sessions, forms, sign-in states).
+    `login_window_s`: failed sign-ins are forgotten once their window and block are over (as
+    the pages themselves forget them)."""
+
+    now: datetime
+    before: datetime
+    horizon: datetime
+    login_window_s: float
+
+
+@dataclass(frozen=True)
+class PrunedBatch:
+    """One batch of a retention pass: rows removed, where the next batch starts (tables
+    walked by key), and whether there may be more."""
+
+    pruned: int
+    more: bool
+    after: str | None = None

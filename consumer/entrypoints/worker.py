@@ -1,6 +1,6 @@
 """The consumer process (`calsync consume`): the Kafka runner, the ops HTTP server (/metrics,
-health) and the background loops (link watcher, gauges, repairs, scheduled reconcile), until
-SIGTERM/SIGINT or `stop`.
+health) and the background loops (link watcher, gauges, repairs, scheduled reconcile,
+retention), until SIGTERM/SIGINT or `stop`.
 
 A SIGTERM ends the process within `CALSYNC_SHUTDOWN_GRACE_S` + 10 s whatever the database and
 the broker do: every step past the grace is bounded (consumer/service/shutdown.py), the
@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.postgres.link_watcher import watch_links
 from consumer.adapters.postgres.migrations import pending_migrations
-from consumer.bootstrap import consumer_runner, ops_store, services, session_conninfo
+from consumer.bootstrap import consumer_runner, ops_store, retention, services, session_conninfo
 from consumer.domain.errors import StartupError
 from consumer.entrypoints.ops_http import start_ops_http
 from consumer.entrypoints.problems import SHUTDOWN_OVERRAN_EXIT_CODE
@@ -149,6 +149,11 @@ async def consume(
                     )
                 ]
                 if settings.reconcile_interval_s > 0
+                else []
+            ),
+            *(
+                [_supervised("retention", retention(settings, svc.metrics).scheduled)]
+                if settings.results_retention_days > 0
                 else []
             ),
         ]

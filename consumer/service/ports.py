@@ -32,7 +32,9 @@ from consumer.domain.records import (
     Member,
     Partition,
     PartitionOffsets,
+    PrunedBatch,
     RepairCount,
+    RetentionCutoffs,
     Stall,
     UnreadableRecord,
 )
@@ -302,3 +304,24 @@ class BookingHandler(Protocol):
     result is recorded."""
 
     async def handle(self, event: BookingEvent, position: MessagePosition | None) -> object: ...
+
+
+# --- retention -------------------------------------------------------------------------------
+
+
+class RetentionBatches(Protocol):
+    """A retention pass's session: the group's retention lock is held while it lives."""
+
+    async def due(self) -> bool: ...
+
+    async def schedule_next(self, interval_s: float) -> None: ...
+
+    async def prune(
+        self, table: str, cutoffs: RetentionCutoffs, limit: int, after: str | None
+    ) -> PrunedBatch: ...
+
+
+class RetentionRecords(Protocol):
+    """The tables retention prunes, one process of the group at a time."""
+
+    def exclusive(self) -> AbstractAsyncContextManager[RetentionBatches | None]: ...
