@@ -27,6 +27,7 @@ from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.adapters.postgres.quota import GroupQuota
+from consumer.adapters.postgres.reconcile_store import ReconcileStore
 from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import StartupError, TokenKeyError
@@ -36,6 +37,7 @@ from consumer.service.event_writes import EventWrites
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
+from consumer.service.reconcile import ReconcileConfig, Reconciler
 from consumer.service.runner import ConsumerRunner
 from consumer.service.shutdown import Deadline, within
 from consumer.service.sync import EngineConfig, SyncEngine
@@ -161,6 +163,20 @@ def consumer_runner(settings: Settings, svc: Services) -> ConsumerRunner:
         svc.repository,
         build_consumer(settings),
         build_producer(settings),
+        svc.metrics,
+    )
+
+
+def reconciler(svc: Services) -> Reconciler:
+    """Reconcile over the services' Google calls and engine, with its own store (on the
+    sync's pool; the schedule's lock on a connection of its own)."""
+    return Reconciler(
+        ReconcileConfig(deployment=svc.deployment.id, past_days=svc.settings.backfill_past_days),
+        ReconcileStore(svc.repository, svc.connect),
+        svc.google,
+        svc.tokens,
+        svc.calls,
+        svc.engine,
         svc.metrics,
     )
 
