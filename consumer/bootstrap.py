@@ -34,6 +34,7 @@ from consumer.adapters.postgres.members import MemberReport
 from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.adapters.postgres.quota import GroupQuota, QuotaConfig
+from consumer.adapters.postgres.reconcile_store import ReconcileStore
 from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.retention_store import RetentionStore
 from consumer.adapters.postgres.sync_store import SyncStore
@@ -45,6 +46,7 @@ from consumer.service.event_writes import EventWrites
 from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
+from consumer.service.reconcile import ReconcileConfig, Reconciler
 from consumer.service.retention import Retention, RetentionPolicy
 from consumer.service.runner import ConsumerRunner, RunnerConfig
 from consumer.service.shutdown import Deadline, within
@@ -291,6 +293,20 @@ def retention(settings: Settings, metrics: Metrics) -> Retention:
         ),
         RetentionStore(connections(settings), batch_timeout_s),
         metrics,
+    )
+
+
+def reconciler(svc: Services) -> Reconciler:
+    """Reconcile over the services' Google calls and engine, with its own store (on the
+    sync's pool; the schedule's lock on a connection of its own)."""
+    return Reconciler(
+        ReconcileConfig(deployment=svc.deployment.id, past_days=svc.settings.backfill_past_days),
+        ReconcileStore(svc.repository, svc.connect),
+        svc.google,
+        svc.tokens,
+        svc.calls,
+        svc.engine,
+        svc.metrics,
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from consumer.domain.models import LinkState, MessagePosition, RecordedEvent
+from consumer.domain.models import BookingEvent, LinkState, MessagePosition, RecordedEvent
 
 
 @dataclass(frozen=True)
@@ -257,3 +257,53 @@ class PrunedBatch:
     pruned: int
     more: bool
     after: str | None = None
+
+
+# --- reconcile -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HorizonBooking:
+    """A booking of a link's activity that ends after the horizon (its latest state), with
+    the event the link's records hold for it on the link's calendar (None: none there)."""
+
+    event: BookingEvent
+    recorded_event_id: str | None
+    ends_at: datetime  # with the booking id, where the next keyset page starts
+
+
+@dataclass(frozen=True)
+class KnownBooking:
+    """A booking an event on a calendar names, as the records know it: whether it ends
+    after the horizon, and the event the reconciled link records for it on its calendar."""
+
+    booking_id: str
+    within_horizon: bool
+    recorded_event_id: str | None
+
+
+@dataclass(frozen=True)
+class StrandedEvent:
+    """An event of ours left on a calendar a link moved away from (`stranded_events`); for
+    one of a link not active any more, the active link of the same account whose token may
+    remove it (`helper_link_id`, None: there is none)."""
+
+    link_id: str
+    booking_id: str
+    calendar_id: str
+    google_event_id: str
+    helper_link_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ReconcileRunState:
+    """How far a reconcile run got, as recorded: where a resumed run starts again."""
+
+    id: int
+    executed: bool
+    link_filter: str | None
+    links_done: list[str]
+    events_seen: int
+    found: dict[str, int]
+    repaired: dict[str, int]
+    report: list[dict[str, Any]]  # the links with something to say (drift, an error)

@@ -184,8 +184,9 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from consumer.domain.drift import LinkReport
     from consumer.entrypoints.text import reconcile_text
     from consumer.service import reconcile as drift
+    from consumer.service.reconcile_runs import Progress
 
-    def show(progress: drift.Progress) -> None:  # a line that rewrites itself, on a terminal
+    def show(progress: Progress) -> None:  # a line that rewrites itself, on a terminal
         eta = progress.eta_s()
         sys.stderr.write(
             f"\rreconciling: {progress.links_done}/{progress.links_total} "
@@ -205,7 +206,7 @@ def reconcile(args: argparse.Namespace, settings: Settings) -> int:
                         f"link {args.link} is {row.link.state.value}: only active "
                         "links are reconciled"
                     )
-            reconciler = drift.Reconciler(svc)
+            reconciler = bootstrap.reconciler(svc)
             run_id = await reconciler.start(
                 "cli", f"{getpass.getuser()}@{socket.gethostname()}", args.execute, args.link
             )

@@ -4,6 +4,7 @@ screens of `calsync status` and `calsync reconcile` (their `--json` dumps the sa
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 from consumer.domain.drift import REPAIRED_KINDS, LinkReport
 from consumer.service.answers import Status
@@ -62,30 +63,33 @@ def status_text(answer: Status) -> str:
             f"backfill #{backfill['id']} of link {backfill['link_id']}: "
             f"{backfill['status']}, {backfill['done']}/{backfill['total']}{left}"
         )
-    run = status["reconcile"]
-    if run is None:
-        lines.append("reconcile: never run")
-    else:
-        found = ", ".join(f"{k} {v}" for k, v in sorted(run["found"].items())) or "no drift"
-        fixed = sum(run["repaired"].values())
-        when = (
-            f"running since {run['started_at'][:19]}"
-            if run["running"]
-            else f"finished {run['finished_at'][:19]}"
-        )
-        lines.append(
-            f"reconcile #{run['id']} ({run['trigger']}, "
-            f"{'executed' if run['executed'] else 'dry run'}): {when}, "
-            f"{run['links_done']}/{run['links_total']} link(s), {found}"
-            + (f", repaired {fixed}" if run["executed"] else "")
-            + (f"; FAILED: {run['error']}" if run["error"] else "")
-        )
+    lines.append(reconcile_run_line(status["reconcile"]))
     dlq = status["dead_letters"]
     lines.append(
         f"dead letters: {dlq['waiting']} waiting (of {dlq['total']})"
         + (f", oldest {dlq['oldest_waiting'][:19]}" if dlq["oldest_waiting"] else "")
     )
     return "\n".join(lines)
+
+
+def reconcile_run_line(run: dict[str, Any] | None) -> str:
+    """`calsync status`: the latest reconcile run, in one line."""
+    if run is None:
+        return "reconcile: never run"
+    found = ", ".join(f"{k} {v}" for k, v in sorted(run["found"].items())) or "no drift"
+    fixed = sum(run["repaired"].values())
+    when = (
+        f"running since {run['started_at'][:19]}"
+        if run["running"]
+        else f"finished {run['finished_at'][:19]}"
+    )
+    return (
+        f"reconcile #{run['id']} ({run['trigger']}, "
+        f"{'executed' if run['executed'] else 'dry run'}): {when}, "
+        f"{run['links_done']}/{run['links_total']} link(s), {found}"
+        + (f", repaired {fixed}" if run["executed"] else "")
+        + (f"; FAILED: {run['error']}" if run["error"] else "")
+    )
 
 
 def reconcile_text(reports: list[LinkReport], executed: bool) -> str:

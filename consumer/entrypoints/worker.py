@@ -25,7 +25,14 @@ from aiokafka.errors import KafkaError
 from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.postgres.link_watcher import watch_links
 from consumer.adapters.postgres.migrations import pending_migrations
-from consumer.bootstrap import consumer_runner, ops_store, retention, services, session_conninfo
+from consumer.bootstrap import (
+    consumer_runner,
+    ops_store,
+    reconciler,
+    retention,
+    services,
+    session_conninfo,
+)
 from consumer.domain.errors import StartupError
 from consumer.entrypoints.ops_http import start_ops_http
 from consumer.entrypoints.problems import SHUTDOWN_OVERRAN_EXIT_CODE
@@ -145,7 +152,9 @@ async def consume(
                 [
                     _supervised(
                         "reconcile_schedule",
-                        lambda: reconcile.scheduled(svc, settings.reconcile_interval_s, member),
+                        lambda: reconcile.scheduled(
+                            reconciler(svc), settings.reconcile_interval_s, member
+                        ),
                     )
                 ]
                 if settings.reconcile_interval_s > 0

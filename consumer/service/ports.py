@@ -7,8 +7,9 @@ names the port it uses, never the adapter's class.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
+from datetime import datetime
 from typing import Any, Protocol
 
 from consumer.adapters.postgres.ops_store import Overview
@@ -28,14 +29,18 @@ from consumer.domain.records import (
     DeadLetterRecord,
     Deployment,
     GroupAtBroker,
+    HorizonBooking,
     KafkaRecord,
+    KnownBooking,
     Member,
     Partition,
     PartitionOffsets,
     PrunedBatch,
+    ReconcileRunState,
     RepairCount,
     RetentionCutoffs,
     Stall,
+    StrandedEvent,
     UnreadableRecord,
 )
 
@@ -325,3 +330,74 @@ class RetentionRecords(Protocol):
     """The tables retention prunes, one process of the group at a time."""
 
     def exclusive(self) -> AbstractAsyncContextManager[RetentionBatches | None]: ...
+
+
+# --- reconcile ---------------------------------------------------------------------------------
+
+
+class ReconcileRecords(Protocol):
+    """The records as reconcile reads and writes them: its runs, the group's schedule, and
+    what a link's comparison needs (from the horizon on, never the history)."""
+
+    async def active_links(self, link_filter: str | None) -> list[str]: ...
+
+    async def new_run(
+        self, trigger: str, who: str, executed: bool, link_filter: str | None, links_total: int
+    ) -> int: ...
+
+    async def run(self, run_id: int) -> ReconcileRunState | None: ...
+
+    async def save_progress(
+        self,
+        run_id: int,
+        links_done: Sequence[str],
+        events_seen: int,
+        found: Mapping[str, int],
+        repaired: Mapping[str, int],
+        report: Sequence[Mapping[str, Any]],
+    ) -> None: ...
+
+    async def heartbeat(self, run_id: int, progress: Mapping[str, Any]) -> None: ...
+
+    async def finish(self, run_id: int, error: str | None) -> None: ...
+
+    def schedule_turn(self) -> AbstractAsyncContextManager[bool]: ...
+
+    async def unfinished_run(self, stale_s: float) -> int | None: ...
+
+    async def schedule_due(self, interval_s: float) -> bool: ...
+
+    async def schedule_next(self, interval_s: float) -> None: ...
+
+    async def link(self, link_id: str) -> LinkRow | None: ...
+
+    async def link_states(self, link_ids: Collection[str]) -> dict[str, tuple[str, str | None]]: ...
+
+    def horizon_bookings(
+        self, link_id: str, activity_id: str, calendar_id: str, since: datetime
+    ) -> AsyncIterator[list[HorizonBooking]]: ...
+
+    async def known_bookings(
+        self, link_id: str, calendar_id: str, booking_ids: Collection[str], since: datetime
+    ) -> dict[str, KnownBooking]: ...
+
+    async def latest_booking(self, booking_id: str) -> BookingEvent | None: ...
+
+    async def stranded(self, link_id: str, since: datetime) -> list[StrandedEvent]: ...
+
+    def stranded_elsewhere(self, since: datetime) -> AsyncIterator[list[StrandedEvent]]: ...
+
+    async def unstrand(self, calendar_id: str, event_id: str) -> None: ...
+
+
+class ManagedEvents(Protocol):
+    """Google's listing of a calendar's events of ours, a page at a time, from `time_min`
+    on (events that end after it)."""
+
+    async def managed_events_page(
+        self,
+        token: str,
+        calendar_id: str,
+        page_token: str | None,
+        time_min: datetime | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]: ...

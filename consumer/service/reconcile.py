@@ -29,206 +29,100 @@ everything else. A run is recorded in `reconcile_runs` as it goes (links done, w
 found and repaired, a heartbeat): `calsync status` shows it, and a run whose process went
 away is resumed by the next one. The consumer group runs one every
 `CALSYNC_RECONCILE_INTERVAL_S`, one process at a time (an advisory lock).
+
+Bounded by the horizon (CALSYNC_BACKFILL_PAST_DAYS), not by the history: a link's bookings
+that end after it are read in keyset pages, Google's events are listed from it on (`timeMin`)
+a page at a time and compared as they come (consumer.domain.drift.CalendarDrift keeps event
+ids, not events), and what ended before it is neither created, deleted nor reported. Links
+are reconciled one after another, and a link's repairs are worked by a few workers fed from
+a bounded queue. The records are read and written through the ReconcileRecords port
+(consumer.adapters.postgres.reconcile_store).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-import psycopg
 import structlog
-from psycopg.types.json import Jsonb
 
-from consumer.adapters.postgres.locks import advisory_key
-from consumer.domain.drift import REPAIRED_KINDS, Drift, LinkReport, compare
+from consumer.adapters.classify import is_retriable
+from consumer.adapters.metrics import Metrics
+from consumer.domain.drift import REPAIRED_KINDS, CalendarDrift, Drift, LinkReport
+from consumer.domain.horizon import horizon
 from consumer.domain.models import BookingEvent, LinkRow, LinkState
+from consumer.domain.records import ReconcileRunState
 from consumer.service.answers import ReconcileResult
-
-if TYPE_CHECKING:
-    from consumer.service.context import Services
-    from consumer.service.sync import SyncEngine
+from consumer.service.bounded import each_bounded
+from consumer.service.calls import GoogleCalls
+from consumer.service.ports import AccessTokens, ManagedEvents, ReconcileRecords
+from consumer.service.reconcile_runs import STRANDED_ELSEWHERE, OnProgress, Progress, RunTally
+from consumer.service.sync import SyncEngine
 
 log = structlog.get_logger(__name__)
 
-_RECONCILE_LOCK = advisory_key("calsync.reconcile")
-_REPAIR_CONCURRENCY = 8
-_STALE_RUN_S = 120.0  # a run without news for this long lost its process: resume it
 
-
-# --- one run ---------------------------------------------------------------------------------
-
-_ACTIVE_LINKS = (
-    "SELECT id FROM calendar_links WHERE state = 'active'"
-    " AND (%(link)s::text IS NULL OR id = %(link)s) ORDER BY id"
-)
-_LINK_STATES = "SELECT id, state, calendar_id FROM calendar_links WHERE id = ANY(%s)"
-_RECORDED = (
-    "SELECT booking_id, google_event_id FROM link_bookings WHERE link_id = %s"
-    " AND google_event_id IS NOT NULL AND calendar_id = %s"
-)
-_STRANDED = (
-    "SELECT booking_id, calendar_id, google_event_id FROM stranded_events WHERE link_id = %s"
-)
-_UNSTRAND = "DELETE FROM stranded_events WHERE calendar_id = %s AND google_event_id = %s"
-_NEW_RUN = (
-    "INSERT INTO reconcile_runs (trigger, by_whom, executed, link_filter, links_total)"
-    " VALUES (%s, %s, %s, %s, %s) RETURNING id"
-)
-_RUN = "SELECT * FROM reconcile_runs WHERE id = %s"
-_PROGRESS = (
-    "UPDATE reconcile_runs SET links_done = %s, events_seen = %s, found = %s, repaired = %s,"
-    " report = %s, updated_at = now() WHERE id = %s"
-)
-_HEARTBEAT = "UPDATE reconcile_runs SET progress = %s, updated_at = now() WHERE id = %s"
-# Stranded events of links not active any more, with an active link of the same account
-# whose token can reach them.
-_STRANDED_ELSEWHERE = (
-    "SELECT s.link_id, s.booking_id, s.calendar_id, s.google_event_id,"
-    " (SELECT a.id FROM calendar_links a WHERE a.account_email = cl.account_email"
-    "  AND a.state = 'active' ORDER BY a.id LIMIT 1) AS helper_link_id"
-    " FROM stranded_events s JOIN calendar_links cl ON cl.id = s.link_id"
-    " WHERE cl.state <> 'active'"
-)
-_FINISH = (
-    "UPDATE reconcile_runs SET finished_at = now(), updated_at = now(), error = %s WHERE id = %s"
-)
-_UNFINISHED = (
-    "SELECT id FROM reconcile_runs WHERE finished_at IS NULL AND executed"
-    " AND updated_at < now() - make_interval(secs => %s) ORDER BY id DESC LIMIT 1"
-)
-# The schedule: first due one interval after it is first seen, then one after each run.
-_SCHEDULE_DUE = (
-    "WITH seen AS (INSERT INTO schedules (name, next_at)"
-    " VALUES ('reconcile', now() + make_interval(secs => %(interval)s))"
-    " ON CONFLICT (name) DO NOTHING RETURNING next_at)"
-    " SELECT coalesce((SELECT next_at FROM seen), (SELECT next_at FROM schedules"
-    " WHERE name = 'reconcile')) <= now() AS due"
-)
-_SCHEDULE_NEXT = (
-    "UPDATE schedules SET next_at = now() + make_interval(secs => %s) WHERE name = 'reconcile'"
-)
+@dataclass(frozen=True)
+class ReconcileConfig:
+    deployment: str  # whose events are ours
+    past_days: float  # the horizon: CALSYNC_BACKFILL_PAST_DAYS
+    repair_concurrency: int = 8  # a link's repairs worked at once
+    stale_run_s: float = 120.0  # a run without news for this long lost its process
+    heartbeat_s: float = 5.0
 
 
 class _NotApplied(Exception):
     """A repair went through the sync path and was not applied (its result says why)."""
 
 
-@dataclass
-class Progress:
-    """What a terminal (or `calsync status`) shows of a run while it goes."""
-
-    links_total: int
-    links_done: int = 0
-    repairs_total: int = 0
-    repairs_done: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-    def as_json(self) -> dict[str, Any]:
-        eta = self.eta_s()
-        return {
-            "links_done": self.links_done,
-            "links_total": self.links_total,
-            "repairs_done": self.repairs_done,
-            "repairs_total": self.repairs_total,
-            "eta_s": round(eta) if eta is not None else None,
-        }
-
-    def eta_s(self) -> float | None:
-        done = self.links_done + self.repairs_done
-        left = (self.links_total - self.links_done) + (self.repairs_total - self.repairs_done)
-        if done == 0 or left <= 0:
-            return None if left > 0 else 0.0
-        return (time.monotonic() - self.started) / done * left
-
-
 class Reconciler:
-    def __init__(self, svc: Services) -> None:
-        self.svc = svc
-        self.engine: SyncEngine = svc.engine
-        self.repository = svc.repository
-        self.metrics = svc.metrics
+    def __init__(
+        self,
+        config: ReconcileConfig,
+        records: ReconcileRecords,
+        calendar: ManagedEvents,
+        tokens: AccessTokens,
+        calls: GoogleCalls,
+        engine: SyncEngine,
+        metrics: Metrics,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.config = config
+        self.records = records
+        self.calendar = calendar
+        self.tokens = tokens
+        self.calls = calls
+        self.engine = engine
+        self.metrics = metrics
+        self.clock = clock
 
     # --- runs ---------------------------------------------------------------------------
 
     async def start(self, trigger: str, who: str, execute: bool, link_id: str | None) -> int:
-        async with self.repository.pool.connection() as conn:
-            links = await (await conn.execute(_ACTIVE_LINKS, {"link": link_id})).fetchall()
-            row = await (
-                await conn.execute(_NEW_RUN, (trigger, who, execute, link_id, len(links)))
-            ).fetchone()
-        assert row is not None
-        return int(row["id"])
+        links = await self.records.active_links(link_id)
+        return await self.records.new_run(trigger, who, execute, link_id, len(links))
 
     async def run(
-        self, run_id: int, on_progress: Callable[[Progress], None] | None = None
+        self, run_id: int, on_progress: OnProgress | None = None, keep_reports: bool = True
     ) -> list[LinkReport]:
         """Work a run to its end (resuming after the links it already did). A run cut short
-        (its process stopped) stays unfinished, and the group's next look resumes it."""
-        async with self.repository.pool.connection() as conn:
-            run = await (await conn.execute(_RUN, (run_id,))).fetchone()
-            assert run is not None
-            links = [
-                r["id"]
-                for r in await (
-                    await conn.execute(_ACTIVE_LINKS, {"link": run["link_filter"]})
-                ).fetchall()
-            ]
-        done: list[str] = list(run["links_done"])
-        reports: list[dict[str, Any]] = list(run["report"])
-        found: Counter[str] = Counter(run["found"])
-        repaired: Counter[str] = Counter(run["repaired"])
-        seen = int(run["events_seen"])
-        progress = Progress(links_total=len(set(links) | set(done)), links_done=len(done))
-        out: list[LinkReport] = []
+        (its process stopped) stays unfinished, and the group's next look resumes it.
+        Returns the reports of the links done here (none unless `keep_reports`: a
+        scheduled run keeps no link's report once it is recorded)."""
+        run = await self.records.run(run_id)
+        assert run is not None
+        tally = RunTally.of(run)
+        links = [link for link in await self.records.active_links(run.link_filter)]
+        progress = Progress(len(set(links) | set(tally.done)), len(tally.done))
         heartbeat = asyncio.create_task(self._heartbeat(run_id, progress))
+        out: list[LinkReport] = []
         error: str | None = None
         finished = False
-
-        async def save() -> None:  # what is done so far: a run cut short resumes from it
-            async with self.repository.pool.connection() as conn:
-                await conn.execute(
-                    _PROGRESS,
-                    (
-                        done,
-                        seen,
-                        Jsonb(dict(found)),
-                        Jsonb(dict(repaired)),
-                        Jsonb(reports),
-                        run_id,
-                    ),
-                )
-
         try:
-            for link_id in links:
-                if link_id in done:
-                    continue
-                report = await self.link(link_id, run["executed"], progress, on_progress)
-                if report is None:  # left `active` since the run began
-                    progress.links_total -= 1
-                    continue
-                out.append(report)
-                done.append(link_id)
-                progress.links_done += 1
-                found.update(report.found())
-                repaired.update(report.repaired)
-                seen += report.events_seen
-                reports.append(report.as_json())
-                await save()
-                if on_progress is not None:
-                    on_progress(progress)
-            if run["executed"] and run["link_filter"] is None:
-                stranded = await self.stranded_elsewhere()
-                if stranded.found():
-                    out.append(stranded)
-                    found.update(stranded.found())
-                    repaired.update(stranded.repaired)
-                    reports.append(stranded.as_json())
-                    await save()
+            await self._links(run, links, tally, progress, on_progress, out, keep_reports)
             finished = True
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -238,51 +132,78 @@ class Reconciler:
             heartbeat.cancel()
             await asyncio.gather(heartbeat, return_exceptions=True)
             if finished:
-                async with self.repository.pool.connection() as conn:
-                    await conn.execute(_FINISH, (error, run_id))
+                await self.records.finish(run_id, error)
         return out
 
-    async def _heartbeat(self, run_id: int, progress: Progress, every_s: float = 5.0) -> None:
+    async def _links(
+        self,
+        run: ReconcileRunState,
+        links: list[str],
+        tally: RunTally,
+        progress: Progress,
+        on_progress: OnProgress | None,
+        out: list[LinkReport],
+        keep_reports: bool,
+    ) -> None:
+        """The run's links one after another (one link's work in memory at a time)."""
+        done = set(tally.done)
+        for link_id in links:
+            if link_id in done:
+                continue
+            report = await self.link(link_id, run.executed, progress, on_progress)
+            if report is None:  # left `active` since the run began
+                progress.links_total -= 1
+                continue
+            await self._record(run.id, tally, report, out if keep_reports else None)
+            progress.links_done += 1
+            if on_progress is not None:
+                on_progress(progress)
+        if run.executed and run.link_filter is None:
+            stranded = await self.stranded_elsewhere()
+            if stranded.found():
+                await self._record(run.id, tally, stranded, out if keep_reports else None)
+
+    async def _record(
+        self, run_id: int, tally: RunTally, report: LinkReport, out: list[LinkReport] | None
+    ) -> None:
+        tally.add(report)
+        if out is not None:
+            out.append(report)
+        await self.records.save_progress(
+            run_id, tally.done, tally.seen, tally.found, tally.repaired, tally.report
+        )
+
+    async def _heartbeat(self, run_id: int, progress: Progress) -> None:
         """While a run goes: it is alive (not resumed by another process), and how far."""
         while True:
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(self.config.heartbeat_s)
             try:
-                async with self.repository.pool.connection() as conn:
-                    await conn.execute(_HEARTBEAT, (Jsonb(progress.as_json()), run_id))
-            except psycopg.Error as exc:
+                await self.records.heartbeat(run_id, progress.as_json())
+            except Exception as exc:  # the next beat tries again; the run goes on
                 log.info("reconcile_heartbeat_missed", cause=type(exc).__name__)
 
     async def stranded_elsewhere(self) -> LinkReport:
         """Events stranded by links that are not active any more (disconnected, or moved
-        again), removed with the token of an active link of the same account."""
-        report = LinkReport("(stranded)", "", "", "")
-        async with self.repository.pool.connection() as conn:
-            rows = await (await conn.execute(_STRANDED_ELSEWHERE)).fetchall()
-        for r in rows:
-            drift = Drift(
-                "orphaned",
-                r["booking_id"],
-                r["google_event_id"],
-                "stranded by a link not active any more",
-                link_id=r["link_id"],
-                calendar_id=r["calendar_id"],
-            )
-            report.drift.append(drift)
-            helper = await self.repository.link(r["helper_link_id"])
-            if helper is None:
-                continue
-            try:
-                removed = await self.engine.remove_extra_event(
-                    helper, r["link_id"], r["booking_id"], r["calendar_id"], r["google_event_id"]
+        again), removed with the token of an active link of the same account; from the
+        horizon on, a page at a time."""
+        report = LinkReport(STRANDED_ELSEWHERE, "", "", "")
+        since = horizon(self.clock(), self.config.past_days)
+        async for page in self.records.stranded_elsewhere(since):
+            for stranded in page:
+                drift = Drift(
+                    "orphaned",
+                    stranded.booking_id,
+                    stranded.google_event_id,
+                    "stranded by a link not active any more",
+                    link_id=stranded.link_id,
+                    calendar_id=stranded.calendar_id,
                 )
-            except Exception as exc:
-                report.unrepaired.append(f"orphaned {r['google_event_id']}: {type(exc).__name__}")
-                continue
-            if removed:
-                report.repaired["orphaned"] += 1
-                self.metrics.reconcile_repaired.labels("orphaned").inc()
-                async with self.repository.pool.connection() as conn:
-                    await conn.execute(_UNSTRAND, (r["calendar_id"], r["google_event_id"]))
+                report.drift.append(drift)
+                helper = stranded.helper_link_id and await self.records.link(
+                    stranded.helper_link_id
+                )
+                if helper:
+                    await self._repair_one(helper, report, drift, None, None, None)
         return report
 
     # --- one link -----------------------------------------------------------------------
@@ -292,9 +213,9 @@ class Reconciler:
         link_id: str,
         execute: bool,
         progress: Progress | None = None,
-        on_progress: Callable[[Progress], None] | None = None,
+        on_progress: OnProgress | None = None,
     ) -> LinkReport | None:
-        row = await self.repository.link(link_id)
+        row = await self.records.link(link_id)
         if row is None or row.link.state is not LinkState.ACTIVE or not row.link.calendar_id:
             return None
         report = LinkReport(
@@ -315,109 +236,105 @@ class Reconciler:
         report: LinkReport,
         execute: bool,
         progress: Progress | None,
-        on_progress: Callable[[Progress], None] | None,
+        on_progress: OnProgress | None,
     ) -> None:
-        calendar_id = row.link.calendar_id
-        assert calendar_id is not None
-        token = await self._token(row)
-        events: list[dict[str, Any]] = []
-        page: str | None = None
-        while True:
-            items, page = await self._google(
-                row, self.svc.google.managed_events_page, token, calendar_id, page
-            )
-            events += items
-            if not page:
-                break
-        bookings = await self.repository.bookings_of_activity(row.link.id, row.link.activity_id)
-        latest = {event.booking.id: event for event, _ in bookings}
-        named = {
-            str(((e.get("extendedProperties") or {}).get("private") or {}).get("link_id"))
-            for e in events
-        } - {row.link.id}
-        async with self.repository.pool.connection() as conn:
-            others = {
-                r["id"]: (r["state"], r["calendar_id"])
-                for r in await (await conn.execute(_LINK_STATES, (list(named),))).fetchall()
-            }
-            recorded = {
-                r["booking_id"]: r["google_event_id"]
-                for r in await (
-                    await conn.execute(_RECORDED, (row.link.id, calendar_id))
-                ).fetchall()
-            }
-            stranded = await (await conn.execute(_STRANDED, (row.link.id,))).fetchall()
-        report.drift = compare(
-            row, latest, recorded, events, others, deployment=self.svc.deployment.id
-        )
-        report.events_seen = len(events) - sum(d.kind == "foreign" for d in report.drift)
-        report.drift += [
-            Drift(
-                "orphaned",
-                s["booking_id"],
-                s["google_event_id"],
-                "stranded on a calendar the link moved away from",
-                calendar_id=s["calendar_id"],
-            )
-            for s in stranded
-        ]
+        since = horizon(self.clock(), self.config.past_days)
+        comparison = await self._compare(row, since)
+        report.drift = comparison.finish() + await self._stranded(row, since)
+        report.events_seen = comparison.events_seen
         owed = [d for d in report.drift if d.kind in REPAIRED_KINDS]  # never foreign ones
         if not execute or not owed:
             return
         if progress is not None:
             progress.repairs_total += len(owed)
-        gate = asyncio.Semaphore(_REPAIR_CONCURRENCY)
 
         async def repair(drift: Drift) -> None:
-            try:
-                async with gate:
-                    if await self._repair(row, drift, latest, recorded):
-                        report.repaired[drift.kind] += 1
-                        self.metrics.reconcile_repaired.labels(drift.kind).inc()
-                        log.info(
-                            "reconcile_repaired",
-                            link_id=row.link.id,
-                            kind=drift.kind,
-                            booking_id=drift.booking_id,
-                            event_id=drift.event_id,
-                            detail=drift.detail or None,
-                        )
-            except Exception as exc:  # one event's trouble (a calendar still read-only...)
-                report.unrepaired.append(
-                    f"{drift.kind} {drift.event_id or drift.booking_id}: "
-                    f"{type(exc).__name__}: {str(exc)[:200]}"
-                )
-                log.warning(
-                    "reconcile_repair_failed",
+            await self._repair_one(row, report, drift, comparison, progress, on_progress)
+
+        await each_bounded(owed, repair, self.config.repair_concurrency)
+
+    async def _compare(self, row: LinkRow, since: datetime) -> CalendarDrift:
+        """The link's calendar compared with its bookings within the horizon: those read a
+        keyset page at a time, then Google's events a page at a time, each page compared as
+        it comes with what the records say of the bookings and links it names."""
+        link, calendar_id = row.link, str(row.link.calendar_id)
+        comparison = CalendarDrift(row, deployment=self.config.deployment, since=since)
+        pages = self.records.horizon_bookings(link.id, link.activity_id, calendar_id, since)
+        async for page in pages:
+            for booking in page:
+                comparison.want(booking.event, booking.recorded_event_id)
+        page_token: str | None = None
+        while True:
+            token = await self.tokens.access_token(link.account_email, row.tokens)
+            events, page_token = await self.calls.operator(
+                link.account_email,
+                lambda: self.calendar.managed_events_page(token, calendar_id, page_token, since),  # noqa: B023
+            )
+            bookings, links = comparison.to_look_up(events)
+            known = await self.records.known_bookings(link.id, calendar_id, bookings, since)
+            comparison.compare_page(events, known, await self.records.link_states(links))
+            if not page_token:
+                return comparison
+
+    async def _stranded(self, row: LinkRow, since: datetime) -> list[Drift]:
+        return [
+            Drift(
+                "orphaned",
+                s.booking_id,
+                s.google_event_id,
+                "stranded on a calendar the link moved away from",
+                calendar_id=s.calendar_id,
+            )
+            for s in await self.records.stranded(row.link.id, since)
+        ]
+
+    # --- repairs ------------------------------------------------------------------------
+
+    async def _repair_one(
+        self,
+        row: LinkRow,
+        report: LinkReport,
+        drift: Drift,
+        comparison: CalendarDrift | None,
+        progress: Progress | None,
+        on_progress: OnProgress | None,
+    ) -> None:
+        """One repair, said in the report: repaired, or unrepaired and why."""
+        try:
+            if await self._repair(row, drift, comparison):
+                report.repaired[drift.kind] += 1
+                self.metrics.reconcile_repaired.labels(drift.kind).inc()
+                log.info(
+                    "reconcile_repaired",
                     link_id=row.link.id,
                     kind=drift.kind,
                     booking_id=drift.booking_id,
-                    cause=type(exc).__name__,
+                    event_id=drift.event_id,
+                    detail=drift.detail or None,
                 )
-            if progress is not None:
-                progress.repairs_done += 1
-                if on_progress is not None:
-                    on_progress(progress)
+        except Exception as exc:  # one event's trouble (a calendar still read-only...)
+            report.unrepaired.append(
+                f"{drift.kind} {drift.event_id or drift.booking_id}: "
+                f"{type(exc).__name__}: {str(exc)[:200]}"
+            )
+            log.warning(
+                "reconcile_repair_failed",
+                link_id=row.link.id,
+                kind=drift.kind,
+                booking_id=drift.booking_id,
+                cause=type(exc).__name__,
+            )
+        if progress is not None:
+            progress.repairs_done += 1
+            if on_progress is not None:
+                on_progress(progress)
 
-        await asyncio.gather(*(repair(d) for d in owed))
-
-    async def _repair(
-        self, row: LinkRow, drift: Drift, latest: dict[str, BookingEvent], recorded: dict[str, str]
-    ) -> bool:
-        calendar_id = row.link.calendar_id
-        assert calendar_id is not None
-        booking = latest.get(drift.booking_id or "")
-        held_by_records = (
-            drift.link_id is None
-            and drift.calendar_id is None
-            and drift.event_id is not None
-            and recorded.get(drift.booking_id or "") == drift.event_id
-        )
-        if drift.kind in ("missing", "changed") or (held_by_records and booking is not None):
+    async def _repair(self, row: LinkRow, drift: Drift, comparison: CalendarDrift | None) -> bool:
+        booking = await self._sync_path_booking(drift, comparison)
+        if booking is not None:
             # Through the sync path, from the latest state read under the claim: a missing
             # or edited event is put right, one the records hold but the booking no longer
             # wants is deleted, one they lost is taken back.
-            assert booking is not None
             adopt = drift.event_id if drift.detail == "not recorded" else None
             result = await self.engine.sync_link(
                 booking, row, None, source="reconcile", force=True, latest=True, adopt=adopt
@@ -430,7 +347,7 @@ class Reconciler:
                 )
             return True
         assert drift.event_id is not None
-        on = drift.calendar_id or calendar_id
+        on = drift.calendar_id or str(row.link.calendar_id)
         removed = await self.engine.remove_extra_event(
             row,
             drift.link_id or row.link.id,
@@ -439,75 +356,76 @@ class Reconciler:
             drift.event_id,
         )
         if removed and drift.calendar_id is not None:
-            async with self.repository.pool.connection() as conn:
-                await conn.execute(_UNSTRAND, (drift.calendar_id, drift.event_id))
+            await self.records.unstrand(drift.calendar_id, drift.event_id)
         return removed
 
-    async def _token(self, row: LinkRow) -> str:
-        token: str = await self.svc.tokens.access_token(row.link.account_email, row.tokens)
-        return token
+    async def _sync_path_booking(
+        self, drift: Drift, comparison: CalendarDrift | None
+    ) -> BookingEvent | None:
+        """The booking whose latest state repairs `drift` through the sync path; None when
+        the event is an extra to delete (a duplicate, an orphan the records do not hold)."""
+        if comparison is None:
+            return None
+        if drift.kind in ("missing", "changed"):
+            booking = comparison.wanted(drift.booking_id)
+            assert booking is not None
+            return booking
+        own = drift.link_id is None and drift.calendar_id is None
+        if own and drift.event_id in comparison.held_by_records and drift.booking_id:
+            return await self.records.latest_booking(drift.booking_id)
+        return None
 
-    async def _google(self, row: LinkRow, call: Any, *args: Any) -> Any:
-        """A listing, through the one call policy: the account's and the project's slots,
-        transient failures retried, rate limits slowing the account down group-wide."""
-        return await self.svc.calls.operator(row.link.account_email, lambda: call(*args))
+    # --- the schedule -------------------------------------------------------------------
 
-
-# --- the schedule --------------------------------------------------------------------------
+    async def scheduled_turn(self, interval_s: float, member: str) -> None:
+        """One look of the group's schedule: if this process holds the group's reconcile
+        lock, an unfinished run whose process went away is resumed, else a run is started
+        when one is due."""
+        async with self.records.schedule_turn() as ours:
+            if not ours:
+                return  # another process of the group reconciles
+            stale = await self.records.unfinished_run(self.config.stale_run_s)
+            if stale is not None:
+                log.info("reconcile_resumed", run_id=stale)
+                await self.run(stale, keep_reports=False)
+                return
+            if not await self.records.schedule_due(interval_s):
+                return
+            run_id = await self.start("schedule", member, True, None)
+            log.info("reconcile_started", run_id=run_id)
+            try:
+                await self.run(run_id, keep_reports=False)
+            except asyncio.CancelledError:
+                raise  # cut short: the run is resumed (unfinished), the schedule stays due
+            except Exception:
+                await self.records.schedule_next(interval_s)
+                raise
+            await self.records.schedule_next(interval_s)
+            run = await self.records.run(run_id)
+            assert run is not None
+            log.info(
+                "reconcile_finished",
+                run_id=run_id,
+                links=len(run.links_done),
+                found=run.found,
+                repaired=run.repaired,
+            )
 
 
 async def scheduled(
-    svc: Services, interval_s: float, member: str, check_every_s: float = 60.0
+    reconciler: Reconciler, interval_s: float, member: str, check_every_s: float = 60.0
 ) -> None:
     """Until cancelled: every `interval_s`, one process of the group reconciles every active
     link with --execute (the one holding the advisory lock); an unfinished run whose process
     went away is resumed first."""
     while True:
         try:
-            await _maybe_run(svc, interval_s, member)
-        except psycopg.Error as exc:
+            await reconciler.scheduled_turn(interval_s, member)
+        except Exception as exc:
+            if not is_retriable(exc):
+                raise
             log.info("reconcile_not_scheduled", cause=type(exc).__name__)
         await asyncio.sleep(min(check_every_s, interval_s))
-
-
-async def _maybe_run(svc: Services, interval_s: float, member: str) -> None:
-    # A connection of its own: the lock is held by its session for the whole run.
-    async with svc.connect() as conn:
-        got = await (
-            await conn.execute("SELECT pg_try_advisory_lock(%s) AS ok", (_RECONCILE_LOCK,))
-        ).fetchone()
-        if not got or not got["ok"]:
-            return  # another process of the group reconciles
-        try:
-            reconciler = Reconciler(svc)
-            stale = await (await conn.execute(_UNFINISHED, (_STALE_RUN_S,))).fetchone()
-            if stale is not None:
-                log.info("reconcile_resumed", run_id=stale["id"])
-                await reconciler.run(int(stale["id"]))
-                return
-            due = await (await conn.execute(_SCHEDULE_DUE, {"interval": interval_s})).fetchone()
-            if not due or not due["due"]:
-                return
-            run_id = await reconciler.start("schedule", member, True, None)
-            log.info("reconcile_started", run_id=run_id)
-            try:
-                reports = await reconciler.run(run_id)
-            except asyncio.CancelledError:
-                raise  # cut short: the run is resumed (_UNFINISHED), the schedule stays due
-            except Exception:
-                await conn.execute(_SCHEDULE_NEXT, (interval_s,))
-                raise
-            await conn.execute(_SCHEDULE_NEXT, (interval_s,))
-            found = sum((r.found() for r in reports), Counter())
-            log.info(
-                "reconcile_finished",
-                run_id=run_id,
-                links=len(reports),
-                found=dict(found),
-                repaired=dict(sum((r.repaired for r in reports), Counter())),
-            )
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(%s)", (_RECONCILE_LOCK,))
 
 
 def result(run_id: int, reports: list[LinkReport], executed: bool) -> ReconcileResult:

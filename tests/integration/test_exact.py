@@ -19,7 +19,6 @@ from consumer.adapters.postgres.locks import link_lock_key, pair_lock_key
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.bootstrap import services
 from consumer.domain.models import BookingEvent
-from consumer.service.reconcile import Reconciler
 from tests.oracle import assert_exact, assert_none_of_ours
 from tests.plugins.environment import Env, calsync, wait_until
 from tests.plugins.events import booking_event
@@ -479,7 +478,7 @@ async def test_an_interrupted_reconcile_stays_unfinished_and_is_resumed(env: Env
     env.sandbox.configure(latency_s=1.0)
     try:
         async with services(env.settings, pool_size=4) as svc:
-            reconciler = Reconciler(svc)
+            reconciler = bootstrap.reconciler(svc)
             run_id = await reconciler.start("cli", "test", True, None)
             task = asyncio.create_task(reconciler.run(run_id))
             await asyncio.sleep(2.5)

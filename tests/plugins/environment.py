@@ -55,7 +55,12 @@ PROCESS_SETTINGS = (
     "retry_initial_s",
     "commit_interval_s",
     "log_format",
+    "backfill_past_days",
 )
+# The suite's bookings are dated by the one builder's defaults (April 2026) and by fixed
+# dates of their own, whatever day the suite runs: a horizon of a century keeps them all
+# within it. The horizon's own tests set CALSYNC_BACKFILL_PAST_DAYS (7, the default).
+SUITE_PAST_DAYS = 36_500.0
 
 
 class Env:
@@ -89,6 +94,7 @@ class Env:
             admin_token=ADMIN_TOKEN,
             metrics_port=0,
             kafka_session_timeout_s=SESSION_TIMEOUT_S,
+            backfill_past_days=SUITE_PAST_DAYS,
         )
         self.producer: AIOKafkaProducer | None = None
 

@@ -38,6 +38,7 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -447,22 +448,18 @@ class GoogleCalendar:
                 return events
 
     async def managed_events_page(
-        self, token: str, calendar_id: str, page_token: str | None
+        self,
+        token: str,
+        calendar_id: str,
+        page_token: str | None,
+        time_min: datetime | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """One page (up to 2,500) of the live events this service put on a calendar, for
         any link (found by their private `managed_by` property), with the fields rendered:
-        what a reconcile compares. Returns the events and the next page's token."""
-
-        def request(r: _Resources) -> Any:
-            return r.events.list(
-                calendarId=calendar_id,
-                privateExtendedProperty=f"managed_by={MANAGED_BY}",
-                maxResults=2500,
-                pageToken=page_token,
-                fields=_MANAGED_FIELDS,
-            )
-
-        page = await self._call(request, token)
+        what a reconcile compares. `time_min`: only events that end after it (Google's
+        `timeMin` filters on an event's end, exclusive). Returns the events and the next
+        page's token."""
+        page = await self._call(managed_events_request(calendar_id, page_token, time_min), token)
         return list(page.get("items", [])), page.get("nextPageToken")
 
     async def list_calendars(self, token: str) -> list[CalendarInfo]:
@@ -474,6 +471,32 @@ class GoogleCalendar:
             page_token = page.get("nextPageToken")
             if not page_token:
                 return calendars
+
+
+def rfc3339(moment: datetime) -> str:
+    """A moment as Google takes it in a query (`timeMin`): RFC 3339 in UTC, whole seconds
+    (Google ignores fractions)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def managed_events_request(
+    calendar_id: str, page_token: str | None, time_min: datetime | None
+) -> Callable[[_Resources], Any]:
+    """The events.list of one page of a calendar's events of ours (see managed_events_page);
+    built from the client's resources."""
+
+    def request(r: _Resources) -> Any:
+        optional = {} if time_min is None else {"timeMin": rfc3339(time_min)}
+        return r.events.list(
+            calendarId=calendar_id,
+            privateExtendedProperty=f"managed_by={MANAGED_BY}",
+            maxResults=2500,
+            pageToken=page_token,
+            fields=_MANAGED_FIELDS,
+            **optional,
+        )
+
+    return request
 
 
 def _calendar_info(item: dict[str, Any]) -> CalendarInfo:
