@@ -9,6 +9,16 @@ from consumer.domain.drift import REPAIRED_KINDS, LinkReport
 from consumer.service.answers import Status
 
 
+def outstanding_text(answer: Status) -> str:
+    """The work owed in one line: what to wait for before calling an incident over."""
+    owed = answer.outstanding
+    accounts = ", ".join(f"{account} {due}" for account, due in owed.by_account.items())
+    return (
+        f"outstanding: {owed.total} ({owed.messages} message(s) not committed, "
+        f"{owed.repairs_due} repair(s) due" + (f"; most owed: {accounts}" if accounts else "") + ")"
+    )
+
+
 def status_text(answer: Status) -> str:
     """`calsync status`: one screen for on-call."""
     status = answer.model_dump()
@@ -28,6 +38,7 @@ def status_text(answer: Status) -> str:
     for m in status["members"]:
         lines.append(f"  {m['member']:40} partitions {m['partitions']}  seen {m['seen_at'][:19]}")
     lines.append(f"lag: {status['total_lag']} message(s)")
+    lines.append(outstanding_text(answer))
     lines.append("  " + "  ".join(f"p{p['partition']}={p['lag']}" for p in status["partitions"]))
     for stall in status["stalls"]:
         lines.append(

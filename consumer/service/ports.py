@@ -27,9 +27,12 @@ from consumer.domain.records import (
     Deployment,
     GroupAtBroker,
     KafkaRecord,
+    Lease,
+    LeaseRequest,
     Member,
     PartitionOffsets,
     RepairCount,
+    RepairsDue,
 )
 
 # --- the sync engine -------------------------------------------------------------------------
@@ -195,3 +198,37 @@ class GroupAdmin(Protocol):
     ) -> AsyncIterator[KafkaRecord]: ...
 
     def publisher(self) -> AbstractAsyncContextManager[Publishing]: ...
+
+
+# --- the repair loop (consumer.service.repairs) -------------------------------------------------
+
+
+class RepairQueue(Protocol):
+    """The `repairs` queue: what the repair loop leases and settles, what backfills and
+    reconciles owe to it, and what is due (the work owed, issue 22 point 5)."""
+
+    async def lease(self, ask: LeaseRequest) -> Lease: ...
+
+    async def release(self, member: str) -> None: ...
+
+    async def drop_inactive(self) -> int: ...
+
+    async def settle_gone(self, link_id: str, booking_id: str) -> None: ...
+
+    async def make_due(self, link_id: str | None) -> int: ...
+
+    async def owe(
+        self, link_id: str, pairs: list[tuple[str, int]], reason: str, member: str, lease_s: float
+    ) -> None: ...
+
+    async def renew(self, member: str, lease_s: float) -> None: ...
+
+    async def due(self, top: int) -> RepairsDue: ...
+
+
+class RepairReads(Protocol):
+    """What the repair loop reads of the links and bookings it repairs (the repository)."""
+
+    async def links_by_id(self, link_ids: set[str]) -> dict[str, LinkRow]: ...
+
+    async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]: ...
