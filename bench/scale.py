@@ -36,6 +36,7 @@ from pathlib import Path
 
 import psycopg
 from aiokafka import AIOKafkaProducer
+from psycopg.rows import dict_row
 
 from bench.common import ROOT, STATE, Row, consumer_env, consumers, migrated_database
 from bench.scale_fill import (
@@ -51,8 +52,9 @@ from bench.scenarios import LATENCY, UNLIMITED, Bench, percentiles
 from calsync_dev.events import booking_event
 from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.metrics import Metrics
-from consumer.bootstrap import link_service, retention, services
-from consumer.service.repairs import RepairLoop
+from consumer.bootstrap import link_service, repair_store, retention
+from consumer.domain.records import LeaseRequest
+from consumer.domain.repair_queue import places_per_account
 from consumer.settings import Settings
 
 RSS_TARGET_MB = 250.0
@@ -194,18 +196,30 @@ def reconcile(bench: Bench, settings: Settings) -> tuple[Row, list[str]]:
 
 
 async def _poll_ms(settings: Settings, polls: int = 5) -> float | None:
-    """The repair loop's own poll (its lease of due repairs), timed; None when the loop has
-    no such step any more (the bench must then follow its change)."""
-    async with services(settings, pool_size=4) as svc:
-        loop = RepairLoop(settings, svc.engine, svc.repository, svc.metrics, "bench-poll")
-        lease = getattr(loop, "_lease", None)
-        if lease is None:
-            return None
-        times = []
+    """One poll of the repair loop (its one lease statement), timed on a connection held
+    open (its opening is not the poll's), as a fresh process would ask it (no account worked
+    here yet: every account's default places)."""
+    store = repair_store(settings)
+    ask = LeaseRequest(
+        member="bench-poll",
+        limit=settings.repair_concurrency,
+        per_account=places_per_account(
+            settings.quota_per_account_per_min, settings.quota_max_wait_s
+        ),
+        lease_s=1.0,  # released at once after: the consumer's own loop leases them next
+    )
+    times = []
+    async with await psycopg.AsyncConnection.connect(
+        settings.database_url, autocommit=True, row_factory=dict_row
+    ) as conn:
         for _ in range(polls):
             started = time.perf_counter()
-            await lease(None, settings.repair_concurrency)
+            await store.lease_on(conn, ask)
             times.append((time.perf_counter() - started) * 1000)
+            await conn.execute(
+                "UPDATE repairs SET leased_by = NULL, leased_until = NULL"
+                " WHERE leased_by = 'bench-poll'"
+            )
     return statistics.median(times)
 
 

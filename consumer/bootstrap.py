@@ -13,7 +13,7 @@ of single connections handed to what needs one outside the pools (`calsync statu
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.google.calendar import CalendarConfig, GoogleCalendar
@@ -27,7 +27,12 @@ from consumer.adapters.kafka import (
     build_producer,
 )
 from consumer.adapters.metrics import Metrics
-from consumer.adapters.postgres.connections import Connect, DatabaseConfig, connector
+from consumer.adapters.postgres.connections import (
+    Connect,
+    DatabaseConfig,
+    DictConnection,
+    connector,
+)
 from consumer.adapters.postgres.deployment import deployment
 from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.members import MemberReport
@@ -35,10 +40,12 @@ from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.adapters.postgres.quota import GroupQuota, QuotaConfig
 from consumer.adapters.postgres.reconcile_store import ReconcileStore
+from consumer.adapters.postgres.repair_store import RepairStore
 from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.retention_store import RetentionStore
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import StartupError, TokenKeyError
+from consumer.domain.repair_queue import places_per_account
 from consumer.service.calls import CallPolicy, GoogleCalls
 from consumer.service.context import Services
 from consumer.service.dead_letters import DeadLetters
@@ -47,6 +54,7 @@ from consumer.service.links import LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
 from consumer.service.reconcile import ReconcileConfig, Reconciler
+from consumer.service.repairs import RepairLoop, RepairLoopConfig
 from consumer.service.retention import Retention, RetentionPolicy
 from consumer.service.runner import ConsumerRunner, RunnerConfig
 from consumer.service.shutdown import Deadline, within
@@ -188,6 +196,7 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
         engine,
         connections(settings),
         ours,
+        RepairStore(pooled(repository)),
     )
     try:
         yield svc
@@ -200,6 +209,38 @@ async def services(settings: Settings, pool_size: int | None = None) -> AsyncIte
         tokens.close()
         for pool in (token_repository.pool, repository.pool):
             await within(pool.close(timeout=closing.left(1.0)), closing.left(), f"pool {pool.name}")
+
+
+def pooled(repository: Repository) -> Connect:
+    """Connections from the repository's pool, as a `Connect` (a store that runs often, the
+    repair loop's, must not open a connection per statement)."""
+
+    def connect(timeout_s: float | None = None) -> AbstractAsyncContextManager[DictConnection]:
+        return repository.pool.connection(timeout=timeout_s)
+
+    return connect
+
+
+def repair_store(settings: Settings) -> RepairStore:
+    """The repair queue over short connections of its own (`calsync status`)."""
+    return RepairStore(connections(settings))
+
+
+def repair_loop(svc: Services, member: str | None = None) -> RepairLoop:
+    """The repair loop over `svc`'s engine and repair queue, leasing as `member` (a
+    consumer's member id; None: this command's own, as `calsync repair` works)."""
+    settings = svc.settings
+    if member is None:
+        member = f"{member_report(settings).member}-repair"
+    config = RepairLoopConfig(
+        concurrency=settings.repair_concurrency,
+        poll_s=settings.repair_poll_s,
+        lease_s=settings.repair_lease_s,
+        places_per_account=places_per_account(
+            settings.quota_per_account_per_min, settings.quota_max_wait_s
+        ),
+    )
+    return RepairLoop(config, svc.engine, svc.repairs, svc.repository, svc.metrics, member)
 
 
 def google_calls(settings: Settings, quota: Quota, tokens: AccessTokens) -> GoogleCalls:

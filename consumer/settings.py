@@ -411,7 +411,9 @@ class Settings(BaseSettings):
     repair_poll_s: float = Field(
         default=2.0,
         gt=0,
-        description="how often each consumer looks for repairs due",
+        description="the longest a consumer waits before it looks again for repairs due (it "
+        "looks again at once while it finds work, and waits longer each time, from 0.05 s up "
+        "to this, while it finds none)",
     )
     repair_concurrency: int = Field(
         default=256,

@@ -2,19 +2,23 @@
 
 Names follow Prometheus conventions (`calsync_` prefix, base units, `_total` on counters) and
 labels are bounded: operation, outcome, method, status, state, error type, partition. Never
-a booking, link or account id.
+a booking or link id; an account only on `calsync_outstanding_work_by_account`, which carries
+at most `OUTSTANDING_TOP_ACCOUNTS` series at a time (the accounts owed the most).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+# The accounts `calsync_outstanding_work_by_account` shows at a time: an account label over
+# thousands of accounts would be unbounded, and the few owed the most are the ones to see.
+OUTSTANDING_TOP_ACCOUNTS = 10
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -121,18 +125,6 @@ class Metrics:
             ["quota"],
             registry=r,
         )
-        self.repairs_waiting = Gauge(
-            "calsync_repairs_waiting",
-            "(link, booking) pairs left off their calendar, waiting for the repair loop, by reason",
-            ["reason"],
-            registry=r,
-        )
-        self.repairs = Counter(
-            "calsync_repairs",
-            "Repairs attempted by this process, by outcome",
-            ["outcome"],
-            registry=r,
-        )
         self.reconcile_drift = Counter(
             "calsync_reconcile_drift",
             "Drift found by reconciles, by kind (missing, changed, orphaned, duplicated; foreign: "
@@ -158,6 +150,42 @@ class Metrics:
             ["quota"],
             registry=r,
         )
+        self._repair_gauges(r)
+
+    def _repair_gauges(self, r: CollectorRegistry) -> None:
+        self.repairs_waiting = Gauge(
+            "calsync_repairs_waiting",
+            "(link, booking) pairs left off their calendar, waiting for the repair loop, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.repairs = Counter(
+            "calsync_repairs",
+            "Repairs attempted by this process, by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        # The group's figures: every process reports the same (aggregate with max, not sum).
+        self.outstanding_work = Gauge(
+            "calsync_outstanding_work",
+            "Work the consumer group owes calendars: messages not committed (the group's lag "
+            "at the broker) plus repairs due; the same in every process",
+            registry=r,
+        )
+        self.outstanding_by_account = Gauge(
+            "calsync_outstanding_work_by_account",
+            f"Repairs due per Google account, for the {OUTSTANDING_TOP_ACCOUNTS} accounts owed "
+            "the most; the same in every process",
+            ["account"],
+            registry=r,
+        )
+
+    def owed(self, total: int, by_account: Iterable[tuple[str, int]]) -> None:
+        """The work owed, as last read: in all, and for the accounts owed the most."""
+        self.outstanding_work.set(total)
+        self.outstanding_by_account.clear()
+        for account, due in by_account:
+            self.outstanding_by_account.labels(account).set(due)
 
     def watch_lag(self, source: Callable[[], list[PartitionLag]]) -> None:
         self.registry.register(_LagCollector(source))

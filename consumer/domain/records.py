@@ -307,3 +307,53 @@ class ReconcileRunState:
     found: dict[str, int]
     repaired: dict[str, int]
     report: list[dict[str, Any]]  # the links with something to say (drift, an error)
+
+
+# --- the repair queue (consumer.service.repairs, consumer.adapters.postgres.repair_store) ---
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    """What one poll of the repair loop asks for: at most `limit` repairs due, at most
+    `places[account]` of an account this process already works repairs of (`per_account`
+    of any other), leased to `member` for `lease_s`. Accounts are visited in turn, a window
+    of them per poll, starting after `after` ('' : from the first); `link_id` narrows the
+    poll to one link (`calsync repair --link`)."""
+
+    member: str
+    limit: int
+    per_account: int
+    lease_s: float
+    places: tuple[tuple[str, int], ...] = ()  # (account, places left here)
+    after: str = ""
+    link_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LeasedRepair:
+    """A repair this process holds the lease of: the pair, why it is owed, its account."""
+
+    link_id: str
+    booking_id: str
+    reason: str
+    account: str
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One poll's answer: what was leased, and where the walk over the accounts stopped
+    (`last_account`; `swept_to_end`: no account after it has repairs, the next poll starts
+    from the first again)."""
+
+    repairs: tuple[LeasedRepair, ...]
+    last_account: str
+    swept_to_end: bool
+
+
+@dataclass(frozen=True)
+class RepairsDue:
+    """Repairs of active links due now: in all, and per account for the accounts with the
+    most (at most the number asked for, the most first)."""
+
+    total: int
+    by_account: tuple[tuple[str, int], ...]

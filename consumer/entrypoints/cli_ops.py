@@ -114,6 +114,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             settings.topic,
             quota_ceiling(settings),
             settings.deployment_id,
+            bootstrap.repair_store(settings),
         )
     )
     if args.json:
@@ -126,8 +127,6 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 def repair(args: argparse.Namespace, settings: Settings) -> int:
     """`calsync repair [--link LINK] [--now]`: work the repairs here and now."""
     from consumer import bootstrap
-    from consumer.adapters.postgres.members import MemberReport
-    from consumer.service import repairs
     from consumer.service.status import repair_summary
 
     async def run() -> dict[str, Any]:
@@ -136,18 +135,13 @@ def repair(args: argparse.Namespace, settings: Settings) -> int:
                 raise CliError(f"no link {args.link!r} (see: calsync links list)")
             made_due = lifted = 0
             if args.now:  # an operator's word: backoffs and Google pauses waived
-                made_due = await repairs.make_due(svc.repository, args.link)
+                made_due = await svc.repairs.make_due(args.link)
                 account = None
                 if args.link:
                     row = await svc.repository.link(args.link)
                     account = row.link.account_email if row else None
                 lifted = await svc.calls.quota.lift_pauses(account)
-            member = (
-                MemberReport(settings.database_url, settings.group_id, settings.topic, None).member
-                + "-repair"
-            )
-            loop = repairs.RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
-            outcomes = await loop.drain(args.link)
+            outcomes = await bootstrap.repair_loop(svc).drain(args.link)
             left = repair_summary(await bootstrap.ops_store(settings).repair_counts())
         return {
             "made_due": made_due,

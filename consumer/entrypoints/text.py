@@ -10,6 +10,43 @@ from consumer.domain.drift import REPAIRED_KINDS, LinkReport
 from consumer.service.answers import Status
 
 
+def outstanding_text(answer: Status) -> str:
+    """The work owed in one line: what to wait for before calling an incident over."""
+    owed = answer.outstanding
+    accounts = ", ".join(f"{account} {due}" for account, due in owed.by_account.items())
+    return (
+        f"outstanding: {owed.total} ({owed.messages} message(s) not committed, "
+        f"{owed.repairs_due} repair(s) due" + (f"; most owed: {accounts}" if accounts else "") + ")"
+    )
+
+
+def _lag_lines(answer: Status, status: dict[str, Any]) -> list[str]:
+    """The lag, the work owed, the lag per partition and what stalls a partition."""
+    lines = [
+        f"lag: {status['total_lag']} message(s)",
+        outstanding_text(answer),
+        "  " + "  ".join(f"p{p['partition']}={p['lag']}" for p in status["partitions"]),
+    ]
+    for stall in status["stalls"]:
+        lines.append(
+            f"  STALLED p{stall['partition']} at offset {stall['offset']} "
+            f"(key {stall['key']!r}) for {stall['waiting_s']:.0f}s on "
+            f"{stall['member']}: {stall['cause']}"
+        )
+    return lines
+
+
+def _repairs_line(repairs: dict[str, Any]) -> str:
+    if not repairs["waiting"]:
+        return "repairs: none waiting"
+    reasons = ", ".join(f"{reason} {n}" for reason, n in repairs["by_reason"].items())
+    return (
+        f"repairs: {repairs['waiting']} (link, booking) pair(s) not on their "
+        f"calendar yet, {repairs['due']} due now, oldest "
+        f"{repairs['oldest_age_s']:.0f}s ago ({reasons})"
+    )
+
+
 def status_text(answer: Status) -> str:
     """`calsync status`: one screen for on-call."""
     status = answer.model_dump()
@@ -28,14 +65,7 @@ def status_text(answer: Status) -> str:
     ]
     for m in status["members"]:
         lines.append(f"  {m['member']:40} partitions {m['partitions']}  seen {m['seen_at'][:19]}")
-    lines.append(f"lag: {status['total_lag']} message(s)")
-    lines.append("  " + "  ".join(f"p{p['partition']}={p['lag']}" for p in status["partitions"]))
-    for stall in status["stalls"]:
-        lines.append(
-            f"  STALLED p{stall['partition']} at offset {stall['offset']} "
-            f"(key {stall['key']!r}) for {stall['waiting_s']:.0f}s on "
-            f"{stall['member']}: {stall['cause']}"
-        )
+    lines += _lag_lines(answer, status)
     lines.append("links:")
     for row in status["links"]:
         reasons = f"  ({'; '.join(row['reasons'])})" if row["reasons"] else ""
@@ -47,16 +77,7 @@ def status_text(answer: Status) -> str:
     )
     for row in status["failures_last_hour"]:
         lines.append(f"  {row['outcome']:8} {row['reason']:28} {row['results']}")
-    repairs = status["repairs"]
-    if repairs["waiting"]:
-        reasons = ", ".join(f"{reason} {n}" for reason, n in repairs["by_reason"].items())
-        lines.append(
-            f"repairs: {repairs['waiting']} (link, booking) pair(s) not on their "
-            f"calendar yet, {repairs['due']} due now, oldest "
-            f"{repairs['oldest_age_s']:.0f}s ago ({reasons})"
-        )
-    else:
-        lines.append("repairs: none waiting")
+    lines.append(_repairs_line(status["repairs"]))
     for backfill in status["backfills"]:
         left = f", about {backfill['remaining_s']:.0f}s left" if backfill["remaining_s"] else ""
         lines.append(

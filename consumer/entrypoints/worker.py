@@ -25,10 +25,14 @@ from aiokafka.errors import KafkaError
 from consumer.adapters.kafka import ensure_topics
 from consumer.adapters.postgres.link_watcher import watch_links
 from consumer.adapters.postgres.migrations import pending_migrations
+from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.bootstrap import (
     consumer_runner,
+    group_admin,
     ops_store,
     reconciler,
+    repair_loop,
+    repair_store,
     retention,
     services,
     session_conninfo,
@@ -37,9 +41,9 @@ from consumer.domain.errors import StartupError
 from consumer.entrypoints.ops_http import start_ops_http
 from consumer.entrypoints.problems import SHUTDOWN_OVERRAN_EXIT_CODE
 from consumer.service import reconcile
-from consumer.service.repairs import RepairLoop
+from consumer.service.context import Services
 from consumer.service.shutdown import AFTER_GRACE_S, STEPS_AFTER_GRACE_S, Deadline, within
-from consumer.service.status import refresh_gauges
+from consumer.service.status import GaugeSources, refresh_gauges
 from consumer.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -137,35 +141,7 @@ async def consume(
                 f"cannot listen on {settings.http_host}:{settings.metrics_port} "
                 f"for /metrics ({exc.strerror}): set CALSYNC_METRICS_PORT"
             ) from None
-        member = runner.member.member
-        repair_loop = RepairLoop(settings, svc.engine, svc.repository, svc.metrics, member)
-        background = [
-            _supervised(
-                "link_watcher",
-                lambda: watch_links(
-                    session_conninfo(settings), svc.engine.link_changed, svc.engine.grant_changed
-                ),
-            ),
-            _supervised("gauges", lambda: refresh_gauges(svc.metrics, on_call)),
-            _supervised("repair_loop", repair_loop.run),
-            *(
-                [
-                    _supervised(
-                        "reconcile_schedule",
-                        lambda: reconcile.scheduled(
-                            reconciler(svc), settings.reconcile_interval_s, member
-                        ),
-                    )
-                ]
-                if settings.reconcile_interval_s > 0
-                else []
-            ),
-            *(
-                [_supervised("retention", retention(settings, svc.metrics).scheduled)]
-                if settings.results_retention_days > 0
-                else []
-            ),
-        ]
+        background = _background_loops(settings, svc, on_call, runner.member.member)
         try:
             await runner.run(stop)
         finally:
@@ -180,6 +156,38 @@ async def consume(
                 "background_tasks",
             )
             await within(ops.cleanup(), closing.left(1.0), "ops_http")
+
+
+def _background_loops(
+    settings: Settings, svc: Services, on_call: OpsStore, member: str
+) -> list[asyncio.Task[None]]:
+    """The loops beside the runner, each supervised: the link watcher, the gauges, the
+    repair loop (leasing as this member), the scheduled reconcile, retention."""
+    repairs = repair_loop(svc, member)
+    gauges = GaugeSources(on_call, repair_store(settings), group_admin(settings))
+    background = [
+        _supervised(
+            "link_watcher",
+            lambda: watch_links(
+                session_conninfo(settings), svc.engine.link_changed, svc.engine.grant_changed
+            ),
+        ),
+        _supervised(
+            "gauges",
+            lambda: refresh_gauges(svc.metrics, gauges, settings.group_id, settings.topic),
+        ),
+        _supervised("repair_loop", repairs.run),
+    ]
+    if settings.reconcile_interval_s > 0:
+        background.append(
+            _supervised(
+                "reconcile_schedule",
+                lambda: reconcile.scheduled(reconciler(svc), settings.reconcile_interval_s, member),
+            )
+        )
+    if settings.results_retention_days > 0:
+        background.append(_supervised("retention", retention(settings, svc.metrics).scheduled))
+    return background
 
 
 def _supervised(

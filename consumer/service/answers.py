@@ -200,6 +200,20 @@ class RepairSummary(Answer):
     by_reason: dict[str, int]
 
 
+class Outstanding(Answer):
+    """The work the consumer group owes calendars, in one figure (issue 22, point 5):
+    messages not committed yet (the group's lag at the broker) plus repairs due. Since
+    offsets move on past work deferred to the repair loop, lag 0 does not mean every
+    calendar is up to date; `total` 0 does."""
+
+    total: int
+    messages: int
+    repairs_due: int
+    # Repairs due per Google account, for the accounts with the most (the most first; a
+    # message has no account until it is read).
+    by_account: dict[str, int]
+
+
 class ReconcileRun(Answer):
     """A reconcile run as recorded (the latest one is in `calsync status`)."""
 
@@ -283,3 +297,4 @@ class Status(Answer):
     reconcile: ReconcileRun | None
     backfills: list[dict[str, Any]]  # a few of each BackfillProgress's fields
     dead_letters: DeadLetterCounts
+    outstanding: Outstanding

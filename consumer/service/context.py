@@ -13,6 +13,7 @@ from consumer.adapters.postgres.connections import Connect
 from consumer.adapters.postgres.repository import Repository
 from consumer.domain.records import Deployment
 from consumer.service.calls import GoogleCalls
+from consumer.service.ports import RepairQueue
 from consumer.service.shutdown import Deadline
 from consumer.service.sync import SyncEngine
 from consumer.settings import Settings
@@ -30,5 +31,6 @@ class Services:
     engine: SyncEngine
     connect: Connect  # a connection of its own, outside the pools (see connections.py)
     deployment: Deployment  # whose events are ours: every event written is tagged with it
+    repairs: RepairQueue  # the repair queue: what backfills and reconciles owe, leased, settled
     # Set by whoever stops the process: closing these waits for nothing past it.
     closing: Deadline | None = None

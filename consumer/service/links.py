@@ -47,7 +47,6 @@ from consumer.domain.models import (
 )
 from consumer.domain.planning import plan_operation
 from consumer.domain.records import CalendarInfo
-from consumer.service import repairs
 from consumer.service.answers import (
     ActivitySummary,
     Chosen,
@@ -114,7 +113,7 @@ class LinkService:
         self.store = store
         self.oauth = oauth
         self._background: set[asyncio.Task[Any]] = set()
-        # Who holds the leases of the backfills this process works (see repairs.owe).
+        # Who holds the leases of the backfills this process works (see RepairQueue.owe).
         self.member = f"{socket.gethostname()}-{os.getpid()}-links"
 
     async def close(self) -> None:
@@ -466,8 +465,7 @@ class LinkService:
             await self.store.backfill_total(backfill_id, len(pending))
             # Written down first: if this process stops, the consumer group's repair loop
             # finishes what is left once this process's lease on it ends.
-            await repairs.owe(
-                self.repository,
+            await self.svc.repairs.owe(
                 row.link.id,
                 [(e.booking.id, e.booking.version) for e in pending],
                 "backfill",
@@ -518,7 +516,7 @@ class LinkService:
                 try:
                     await self.store.backfill_progress(backfill_id, tally.done, dict(tally.counts))
                     # The leases on what is left stay this process's while it works them.
-                    await repairs.renew(self.repository, self.member, self.settings.repair_lease_s)
+                    await self.svc.repairs.renew(self.member, self.settings.repair_lease_s)
                 except Exception as exc:  # progress is for people; the backfill goes on
                     log.warning(
                         "backfill_progress_not_saved", backfill_id=backfill_id, error=repr(exc)

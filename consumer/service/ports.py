@@ -32,12 +32,15 @@ from consumer.domain.records import (
     HorizonBooking,
     KafkaRecord,
     KnownBooking,
+    Lease,
+    LeaseRequest,
     Member,
     Partition,
     PartitionOffsets,
     PrunedBatch,
     ReconcileRunState,
     RepairCount,
+    RepairsDue,
     RetentionCutoffs,
     Stall,
     StrandedEvent,
@@ -401,3 +404,37 @@ class ManagedEvents(Protocol):
         page_token: str | None,
         time_min: datetime | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+
+# --- the repair loop (consumer.service.repairs) -------------------------------------------------
+
+
+class RepairQueue(Protocol):
+    """The `repairs` queue: what the repair loop leases and settles, what backfills and
+    reconciles owe to it, and what is due (the work owed, issue 22 point 5)."""
+
+    async def lease(self, ask: LeaseRequest) -> Lease: ...
+
+    async def release(self, member: str) -> None: ...
+
+    async def drop_inactive(self) -> int: ...
+
+    async def settle_gone(self, link_id: str, booking_id: str) -> None: ...
+
+    async def make_due(self, link_id: str | None) -> int: ...
+
+    async def owe(
+        self, link_id: str, pairs: list[tuple[str, int]], reason: str, member: str, lease_s: float
+    ) -> None: ...
+
+    async def renew(self, member: str, lease_s: float) -> None: ...
+
+    async def due(self, top: int) -> RepairsDue: ...
+
+
+class RepairReads(Protocol):
+    """What the repair loop reads of the links and bookings it repairs (the repository)."""
+
+    async def links_by_id(self, link_ids: set[str]) -> dict[str, LinkRow]: ...
+
+    async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]: ...

@@ -1,23 +1,27 @@
 """`calsync status`: what on-call reads first, gathered from the broker and the database
-(`consumer.entrypoints.text` renders it as one screen, `--json` dumps it)."""
+(`consumer.entrypoints.text` renders it as one screen, `--json` dumps it); and the gauges a
+consumer refreshes from the same sources, among them the work owed (`outstanding`)."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
-from consumer.adapters.metrics import Metrics
+from consumer.adapters.metrics import OUTSTANDING_TOP_ACCOUNTS, Metrics
 from consumer.domain.models import LinkState
-from consumer.domain.records import ReconcileRunRecord, RepairCount
+from consumer.domain.records import Member, ReconcileRunRecord, RepairCount, RepairsDue
 from consumer.service.answers import (
     DeadLetterCounts,
+    Outstanding,
     PartitionLag,
     ReconcileRun,
     RepairSummary,
     Status,
 )
-from consumer.service.ports import GroupAdmin, OpsRecords
+from consumer.service.ports import GroupAdmin, OpsRecords, RepairQueue
 from consumer.service.progress import progress
 
 log = structlog.get_logger(__name__)
@@ -42,34 +46,18 @@ async def collect(
     topic: str,
     quota_ceiling_per_s: float | None,
     deployment_id: str | None,
+    repairs: RepairQueue,
 ) -> Status:
     """`quota_ceiling_per_s`: the most calls a second one account's quota allows the group,
     which bounds a backfill's estimated end; `deployment_id`: CALSYNC_DEPLOYMENT_ID (None:
-    the database's own)."""
+    the database's own); `repairs`: the repair queue (what is due, for `outstanding`)."""
     ours = await store.deployment(deployment_id)
     alive = await store.alive_members(group)
-    members = [
-        {
-            "member": m.member,
-            "host": m.host,
-            "pid": m.pid,
-            "partitions": m.partitions,
-            "seen_at": m.seen_at.isoformat(),
-        }
-        for m in alive
-    ]
+    members = [_member(m) for m in alive]
     # What holds a partition back, as its member last reported it: the oldest unrecorded
     # message (topic, partition, offset, key) and why it waits.
     stalls = [{**stall, "member": m.member} for m in alive for stall in m.stalls]
-    lag = [
-        PartitionLag(
-            partition=p.partition,
-            committed=p.committed,
-            end=p.latest,
-            lag=p.latest - (p.committed or 0),
-        )
-        for p in await admin.offsets(group, topic)
-    ]
+    lag = await partition_lag(admin, group, topic)
     at_broker = await admin.group(group)
     overview = await store.overview()
     backfills = [
@@ -77,6 +65,8 @@ async def collect(
         for b in overview.running_backfills
     ]
     tally = overview.dead_letters
+    total_lag = sum(p.lag for p in lag)
+    due = await repairs.due(OUTSTANDING_TOP_ACCOUNTS)
     return Status(
         deployment_id=ours.id,
         deployment_id_source=ours.source,
@@ -85,7 +75,7 @@ async def collect(
         members=members,
         broker_group={"state": at_broker.state, "members": at_broker.members},
         partitions=lag,
-        total_lag=sum(p.lag for p in lag),
+        total_lag=total_lag,
         stalls=stalls,
         links=overview.links,
         failures_last_hour=overview.failures_last_hour,
@@ -95,7 +85,47 @@ async def collect(
         dead_letters=DeadLetterCounts(
             waiting=tally.waiting, total=tally.total, oldest_waiting=tally.oldest_waiting
         ),
+        outstanding=outstanding(total_lag, due),
     )
+
+
+def outstanding(messages: int, due: RepairsDue) -> Outstanding:
+    """The work owed: `messages` not committed (the group's lag) plus the repairs `due`."""
+    return Outstanding(
+        total=messages + due.total,
+        messages=messages,
+        repairs_due=due.total,
+        by_account=dict(due.by_account),
+    )
+
+
+def _member(member: Member) -> dict[str, Any]:
+    return {
+        "member": member.member,
+        "host": member.host,
+        "pid": member.pid,
+        "partitions": member.partitions,
+        "seen_at": member.seen_at.isoformat(),
+    }
+
+
+async def partition_lag(admin: GroupAdmin, group: str, topic: str) -> list[PartitionLag]:
+    """Per partition of `topic`, the messages the group has not committed yet."""
+    return [
+        PartitionLag(
+            partition=p.partition,
+            committed=p.committed,
+            end=p.latest,
+            lag=p.latest - (p.committed or 0),
+        )
+        for p in await admin.offsets(group, topic)
+    ]
+
+
+async def group_lag(admin: GroupAdmin, group: str, topic: str) -> int:
+    """Messages of `topic` the group has not committed yet, on every partition (whichever
+    member holds it, or none)."""
+    return sum(p.lag for p in await partition_lag(admin, group, topic))
 
 
 def repair_summary(counts: list[RepairCount]) -> RepairSummary:
@@ -130,18 +160,41 @@ def reconcile_run(run: ReconcileRunRecord | None) -> ReconcileRun | None:
     )
 
 
-async def refresh_gauges(metrics: Metrics, store: OpsRecords, every_s: float = 15.0) -> None:
-    """Links by state and repairs waiting by reason, from the database, until cancelled."""
+@dataclass(frozen=True)
+class GaugeSources:
+    """Where the gauges are read: the database as on-call reads it, the repair queue, and
+    the broker (the group's lag)."""
+
+    store: OpsRecords
+    repairs: RepairQueue
+    admin: GroupAdmin
+
+
+async def refresh_gauges(
+    metrics: Metrics, sources: GaugeSources, group: str, topic: str, every_s: float = 15.0
+) -> None:
+    """Until cancelled, every `every_s`: links by state and repairs waiting by reason, from
+    the database; and the work owed (the group's lag at the broker plus repairs due), the
+    group's figure, the same in every process."""
     while True:
         try:
             async with asyncio.timeout(every_s):
-                counts = await store.link_state_counts()
-                repairs = await store.repair_counts()
+                counts = await sources.store.link_state_counts()
+                waiting = await sources.store.repair_counts()
             for state in LinkState:
                 metrics.links.labels(state.value).set(counts.get(state.value, 0))
             metrics.repairs_waiting.clear()
-            for repair in repairs:
+            for repair in waiting:
                 metrics.repairs_waiting.labels(repair.reason).set(repair.waiting)
         except Exception as exc:  # the database: seen elsewhere; the gauges wait for it
             log.debug("gauges_not_refreshed", cause=type(exc).__name__)
+        try:
+            async with asyncio.timeout(every_s):
+                owed = outstanding(
+                    await group_lag(sources.admin, group, topic),
+                    await sources.repairs.due(OUTSTANDING_TOP_ACCOUNTS),
+                )
+            metrics.owed(owed.total, owed.by_account.items())
+        except Exception as exc:  # the broker or the database: the figure waits for both
+            log.debug("outstanding_not_refreshed", cause=type(exc).__name__)
         await asyncio.sleep(every_s)

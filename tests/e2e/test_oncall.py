@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from calsync_dev.stack import free_port
 from tests.plugins.environment import Env, calsync, wait_until
 from tests.plugins.events import booking_event
+from tests.plugins.ops_http import scrape, value
 
 
 def ok_json(result: subprocess.CompletedProcess[str]) -> Any:
@@ -229,4 +232,82 @@ async def test_status_shows_members_lag_links_failures_and_dead_letters(env: Env
         ("skipped", "token_refresh_failed")
     ]
     assert status["dead_letters"]["waiting"] == 1
+    assert status["outstanding"] == {
+        "total": 0,
+        "messages": 0,
+        "repairs_due": 0,
+        "by_account": {},
+    }
     assert text.returncode == 0 and "dead letters: 1 waiting" in text.stdout
+    assert "outstanding: 0 (0 message(s) not committed, 0 repair(s) due)" in text.stdout
+
+
+async def test_outstanding_work_counts_repairs_due_when_the_lag_is_zero(env: Env) -> None:
+    """Offsets move on past work deferred to the repair loop: a burst Google refuses shows
+    lag 0 while its bookings wait in `repairs`. The work owed (`outstanding` in `calsync
+    status`, `calsync_outstanding_work` on /metrics) says so, and comes back to 0 only once
+    the repairs are worked."""
+    email, refresh = env.account()
+    other, other_refresh = env.account("other")
+    link_id = await env.link(email, refresh)
+    await env.link(other, other_refresh, activity_id="act_other")
+    port = free_port()
+    # Every write of the account fails past a short budget; a failed repair is due again
+    # almost at once (so it counts as due nearly all the time it is owed).
+    env.sandbox.add_fault(500, count=1_000_000, account=email)
+    fast = {
+        "retry_budget_s": 0.5,
+        "repair_initial_backoff_s": 0.05,
+        "repair_max_backoff_s": 0.1,
+        "repair_poll_s": 0.2,
+        "metrics_port": port,
+    }
+    try:
+        async with env.consumer(**fast):
+            for n in range(5):
+                await env.publish(booking_event(f"bk_{n}", 1))
+            await env.publish(booking_event("bk_other", 1, activity_id="act_other"))
+            await wait_until(env.all_committed, timeout_s=60, what="offsets committed")
+            await wait_until(
+                lambda: len(env.query("SELECT 1 FROM repairs")) == 5, what="5 repairs owed"
+            )
+            status = ok_json(calsync(env, "status", "--json"))
+            assert status["total_lag"] == 0
+            owed = status["outstanding"]
+            assert owed["messages"] == 0 and 0 < owed["repairs_due"] <= 5, owed
+            assert owed["total"] == owed["repairs_due"]
+            assert set(owed["by_account"]) == {email}
+            # (A refresh while the burst was not committed yet counts its messages.)
+            owing = await wait_until(
+                lambda: scraped(port, "calsync_outstanding_work_by_account", lambda v: v > 0),
+                timeout_s=60,
+                what="repairs due in the gauge of work owed",
+            )
+            due = value(owing, "calsync_outstanding_work_by_account", account=email)
+            assert 0 < due <= 5 and value(owing, "calsync_outstanding_work") >= due
+            assert value(owing, "calsync_outstanding_work_by_account", account=other) == 0
+            env.sandbox.clear_faults()  # Google takes them again: the repair loop catches up
+            await wait_until(
+                lambda: not env.query("SELECT 1 FROM repairs"), timeout_s=60, what="repaired"
+            )
+            done = await wait_until(
+                lambda: scraped(port, "calsync_outstanding_work", lambda v: v == 0),
+                timeout_s=60,
+                what="the gauge of work owed back to 0",
+            )
+            assert value(done, "calsync_outstanding_work_by_account") == 0
+            after = ok_json(calsync(env, "status", "--json"))
+    finally:
+        env.sandbox.clear_faults()
+    assert after["outstanding"] == {"total": 0, "messages": 0, "repairs_due": 0, "by_account": {}}
+    assert len(env.events(email)) == 5 and len(env.events(other)) == 1
+    assert {r["link_id"] for r in env.results() if r["source"] == "repair"} == {link_id}
+
+
+async def scraped(
+    port: int, name: str, wanted: Callable[[float], bool]
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+    """/metrics when the sample `name` is as `wanted` (present, and its value passes)."""
+    samples = await scrape(port)
+    present = any(n == name for n, _ in samples)
+    return samples if present and wanted(value(samples, name)) else None

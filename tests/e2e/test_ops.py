@@ -14,6 +14,7 @@ import psycopg
 
 from calsync_dev.stack import free_port
 from consumer.adapters.kafka import ensure_topics
+from consumer.adapters.metrics import OUTSTANDING_TOP_ACCOUNTS
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 from tests.plugins.ops_http import probe, scrape, value
@@ -66,8 +67,14 @@ async def test_metrics_move_as_messages_flow(env: Env) -> None:
         )
         assert value(second, "calsync_google_request_duration_seconds_count") == 2
         await wait_until(lambda: scrape_links(port), timeout_s=30, what="links gauge")
-    # Bounded labels only: no booking, link or account ids.
-    labels = {k for (_, ls) in second for k, _ in ls}
+        # The work owed, refreshed with the other gauges: the group's figure, one series.
+        gauges = await scrape(port)
+        assert ("calsync_outstanding_work", ()) in gauges
+    # Bounded labels only: no booking or link ids, and an account only on the work owed by
+    # account, at most OUTSTANDING_TOP_ACCOUNTS series of it.
+    by_account = [n for (n, _) in second if n == "calsync_outstanding_work_by_account"]
+    assert len(by_account) <= OUTSTANDING_TOP_ACCOUNTS
+    labels = {k for (n, ls) in second for k, _ in ls if n != "calsync_outstanding_work_by_account"}
     assert labels <= {
         "outcome",
         "operation",

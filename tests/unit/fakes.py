@@ -29,6 +29,13 @@ tell, and records what it was asked so a test can check the decisions made:
 - FakeKafkaConsumer (KafkaConsumerPort: the group's consumer as the runner sees it, records
   queued by the test), FakeProducer (the AIOKafkaProducer under the real DeadLetterProducer,
   so a copy's fallbacks are the adapter's own), FakeMemberReports (MemberReports).
+
+
+- FakeRepairQueue (RepairQueue, i.e. consumer.adapters.postgres.repair_store.RepairStore):
+  the repair loop's queue over FakeSyncStore's repairs (one table, as in PostgreSQL): a
+  poll walks the accounts a window at a time, an equal share each within its places.
+- FakeKafkaConsumer / FakeProducer: the parts of aiokafka's clients the runner's dispatch,
+  commits and drains use.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import contextlib
 import copy
 import itertools
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -54,8 +61,10 @@ from consumer.domain.models import (
     LinkState,
     LinkTokens,
     MessagePosition,
+    Operation,
     Outcome,
     RecordedEvent,
+    RepairPlan,
     StoredGrant,
     SyncResult,
 )
@@ -63,7 +72,11 @@ from consumer.domain.records import (
     CalendarInfo,
     Claim,
     ConsumedRecord,
+    Lease,
+    LeasedRepair,
+    LeaseRequest,
     Partition,
+    RepairsDue,
     Stall,
     UnreadableRecord,
 )
@@ -454,6 +467,14 @@ class FakeRepository:
     async def latest_booking(self, booking_id: str) -> BookingEvent | None:
         return self.bookings.get(booking_id)
 
+    # --- what the repair loop reads (RepairReads) --------------------------------------------
+
+    async def links_by_id(self, link_ids: set[str]) -> dict[str, LinkRow]:
+        return {link_id: self.links[link_id] for link_id in link_ids if link_id in self.links}
+
+    async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]:
+        return {b: self.bookings[b] for b in booking_ids if b in self.bookings}
+
     async def leave_active(self, link_id: str, state: LinkState, reason: str) -> float | None:
         row = self.links[link_id]
         if row.link.state is not LinkState.ACTIVE:
@@ -688,6 +709,176 @@ class FakeQuota:
 
 
 # --- Kafka and the runner's other ports ---------------------------------------------------------
+
+
+# --- the repair queue --------------------------------------------------------------------------
+
+
+@dataclass
+class _QueuedRepair:
+    entry: tuple[int, SyncResult]  # FakeSyncStore.repairs' row it mirrors (replaced: rescheduled)
+    account: str
+    reason: str
+    due_at: float
+    leased_by: str | None = None
+    leased_until: float = 0.0
+
+
+class FakeRepairQueue:
+    """The repair queue (RepairQueue, i.e. consumer.adapters.postgres.repair_store) over
+    FakeSyncStore's `repairs`, the one table both write, as in PostgreSQL: a pair is owed while
+    the sync store keeps it; a new result for it reschedules it (due after its plan's
+    `due_in_s`, lease cleared). A poll walks the accounts in order, `accounts_per_poll` at a
+    time from `after`, gives each ready account an equal share of the poll (at most its
+    places), and leases each one's oldest due repairs of active links, as `_LEASE` does. Every
+    request is kept in `asks`; `fail_next` makes the next lease raise it."""
+
+    def __init__(self, store: FakeSyncStore, accounts_per_poll: int = 64) -> None:
+        self.store = store
+        self.db = store.db
+        self.accounts_per_poll = accounts_per_poll
+        self.asks: list[LeaseRequest] = []
+        self.fail_next: Exception | None = None
+        self.released: list[str] = []
+        self._rows: dict[tuple[str, str], _QueuedRepair] = {}
+
+    def owe_now(
+        self,
+        link_id: str,
+        booking_id: str,
+        version: int = 1,
+        reason: str = "retries_exhausted",
+        due_in_s: float = 0.0,
+    ) -> None:
+        """A repair row, as a failed result (or an operator's INSERT) leaves it."""
+        plan = RepairPlan(reason=reason, attempts=1, due_in_s=due_in_s)
+        failed = SyncResult(
+            link_id=link_id,
+            operation=Operation.CREATE,
+            outcome=Outcome.FAILED,
+            reason=reason,
+            repair=plan,
+        )
+        self.store.repairs[(link_id, booking_id)] = (version, failed)
+
+    def owed(self) -> set[tuple[str, str]]:
+        return set(self._sync())
+
+    def _sync(self) -> dict[tuple[str, str], _QueuedRepair]:
+        now = time.monotonic()
+        for pair in set(self._rows) - set(self.store.repairs):
+            del self._rows[pair]
+        for pair, entry in self.store.repairs.items():
+            row = self._rows.get(pair)
+            if row is None or row.entry is not entry:
+                plan = entry[1].repair
+                self._rows[pair] = _QueuedRepair(
+                    entry,
+                    self.db.links[pair[0]].link.account_email,
+                    plan.reason if plan else entry[1].reason,
+                    now + (plan.due_in_s if plan else 0.0),
+                )
+        return self._rows
+
+    def _ready(self, row: _QueuedRepair, now: float) -> bool:
+        return row.due_at <= now and (row.leased_by is None or row.leased_until < now)
+
+    def _active(self, link_id: str) -> bool:
+        return self.db.links[link_id].link.state is LinkState.ACTIVE
+
+    async def lease(self, ask: LeaseRequest) -> Lease:
+        self.asks.append(ask)
+        if self.fail_next is not None:
+            failure, self.fail_next = self.fail_next, None
+            raise failure
+        rows, now = self._sync(), time.monotonic()
+        places = dict(ask.places)
+        due = sorted(
+            (row.due_at, pair)
+            for pair, row in rows.items()
+            if self._ready(row, now)
+            and self._active(pair[0])
+            and (ask.link_id is None or pair[0] == ask.link_id)
+        )
+        if ask.link_id is not None:
+            account = self.db.links[ask.link_id].link.account_email
+            taken = [p for _, p in due][: min(ask.limit, places.get(account, ask.per_account))]
+            return Lease(self._take(taken, ask, now), "", True)
+        accounts = sorted({row.account for row in rows.values()})
+        visited = [a for a in accounts if a > ask.after][: self.accounts_per_poll]
+        ready = [
+            a
+            for a in visited
+            if places.get(a, ask.per_account) > 0
+            and any(self._ready(r, now) for r in rows.values() if r.account == a)
+        ]
+        chosen: list[tuple[float, tuple[str, str]]] = []
+        for account in ready:
+            share = min(places.get(account, ask.per_account), -(-ask.limit // len(ready)))
+            chosen += [(d, p) for d, p in due if rows[p].account == account][:share]
+        taken = [p for _, p in sorted(chosen)][: ask.limit]
+        swept = len(visited) < self.accounts_per_poll
+        return Lease(self._take(taken, ask, now), visited[-1] if visited else "", swept)
+
+    def _take(
+        self, pairs: list[tuple[str, str]], ask: LeaseRequest, now: float
+    ) -> tuple[LeasedRepair, ...]:
+        leased = []
+        for pair in pairs:
+            row = self._rows[pair]
+            row.leased_by, row.leased_until = ask.member, now + ask.lease_s
+            leased.append(LeasedRepair(pair[0], pair[1], row.reason, row.account))
+        return tuple(leased)
+
+    async def release(self, member: str) -> None:
+        self.released.append(member)
+        for row in self._sync().values():
+            if row.leased_by == member:
+                row.leased_by = None
+
+    async def drop_inactive(self) -> int:
+        gone = [pair for pair in self._sync() if not self._active(pair[0])]
+        for pair in gone:
+            del self.store.repairs[pair]
+        return len(gone)
+
+    async def settle_gone(self, link_id: str, booking_id: str) -> None:
+        self.store.repairs.pop((link_id, booking_id), None)
+
+    async def make_due(self, link_id: str | None) -> int:
+        made = 0
+        for pair, row in self._sync().items():
+            if link_id is None or pair[0] == link_id:
+                row.due_at, row.leased_by, made = time.monotonic(), None, made + 1
+        return made
+
+    async def owe(
+        self, link_id: str, pairs: list[tuple[str, int]], reason: str, member: str, lease_s: float
+    ) -> None:
+        for booking_id, version in pairs:
+            self.owe_now(link_id, booking_id, version, reason)
+        rows = self._sync()
+        for booking_id, _ in pairs:
+            row = rows[(link_id, booking_id)]
+            row.leased_by, row.leased_until = member, time.monotonic() + lease_s
+
+    async def renew(self, member: str, lease_s: float) -> None:
+        for row in self._sync().values():
+            if row.leased_by == member and row.leased_until > time.monotonic():
+                row.leased_until = time.monotonic() + lease_s
+
+    async def due(self, top: int) -> RepairsDue:
+        now = time.monotonic()
+        counts = Counter(
+            row.account
+            for pair, row in self._sync().items()
+            if row.due_at <= now and self._active(pair[0])
+        )
+        ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+        return RepairsDue(sum(counts.values()), tuple(ranked))
+
+
+# --- Kafka -------------------------------------------------------------------------------------
 
 
 def record(
