@@ -12,6 +12,7 @@ from consumer.adapters.metrics import Metrics
 from consumer.adapters.postgres.retention_store import RetentionStore
 from consumer.bootstrap import connections
 from consumer.service.retention import Retention, RetentionPass, RetentionPolicy
+from consumer.settings import Settings
 from tests.plugins.environment import Env, wait_until
 from tests.plugins.events import booking_event
 
@@ -21,10 +22,11 @@ RECENT = "now() - interval '1 day'"
 
 def retention(env: Env, batch_rows: int = 1000, min_pause_s: float = 0.0) -> Retention:
     """A pass as the consumer runs it (the store on connections of its own), with the
-    default retention and horizon, and batches as small as the test needs."""
+    default retention and horizon (not the suite's century: tests/plugins/environment.py),
+    and batches as small as the test needs."""
     policy = RetentionPolicy(
         retention_days=env.settings.results_retention_days,
-        past_days=env.settings.backfill_past_days,
+        past_days=Settings().backfill_past_days,
         login_window_s=env.settings.http_login_window_s,
         batch_rows=batch_rows,
         min_pause_s=min_pause_s,
