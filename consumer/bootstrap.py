@@ -21,8 +21,10 @@ from consumer.adapters.google.oauth import OAuthClient
 from consumer.adapters.google.tokens import TokenProvider
 from consumer.adapters.kafka import KafkaGroupAdmin, build_consumer, build_producer
 from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.backfill_store import BackfillStore
 from consumer.adapters.postgres.connections import Connect, connector, session_conninfo
 from consumer.adapters.postgres.deployment import deployment
+from consumer.adapters.postgres.link_health_store import LinkHealthStore
 from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.ops_store import OpsStore
 from consumer.adapters.postgres.page_store import PageStore
@@ -30,10 +32,11 @@ from consumer.adapters.postgres.quota import GroupQuota
 from consumer.adapters.postgres.repository import Repository
 from consumer.adapters.postgres.sync_store import SyncStore
 from consumer.domain.errors import StartupError, TokenKeyError
+from consumer.service import repairs
 from consumer.service.calls import CallPolicy, GoogleCalls
 from consumer.service.context import Services
 from consumer.service.event_writes import EventWrites
-from consumer.service.links import LinkService
+from consumer.service.links import LinkParts, LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
 from consumer.service.runner import ConsumerRunner
@@ -168,13 +171,45 @@ def consumer_runner(settings: Settings, svc: Services) -> ConsumerRunner:
 @asynccontextmanager
 async def link_service(settings: Settings) -> AsyncIterator[LinkService]:
     async with services(settings, pool_size=4) as svc:
-        service = LinkService(
-            svc, LinkStore(svc.repository, svc.cipher), OAuthClient(svc.settings, svc.cipher)
-        )
+        service = LinkService(svc, link_parts(svc))
         try:
             yield service
         finally:
             await service.close()
+
+
+def link_parts(svc: Services) -> LinkParts:
+    """The link lifecycle's ports over the process's pool, Google, tokens and engine."""
+    pool = svc.repository.pool
+    return LinkParts(
+        settings=svc.settings,
+        links=LinkStore(svc.repository, svc.cipher),
+        backfills=BackfillStore(pool),
+        health=LinkHealthStore(pool),
+        oauth=OAuthClient(svc.settings, svc.cipher),
+        google=svc.google,
+        tokens=svc.tokens,
+        calls=svc.calls,
+        engine=svc.engine,
+        repairs=_OwedRepairs(svc.repository),
+        deployment_id=svc.deployment.id,
+    )
+
+
+class _OwedRepairs:
+    """The repair ledger a backfill owes its bookings to: `repairs`, through the repair
+    loop's own statements (consumer.service.repairs)."""
+
+    def __init__(self, repository: Repository) -> None:
+        self._repository = repository
+
+    async def owe(
+        self, link_id: str, pairs: list[tuple[str, int]], reason: str, member: str, lease_s: float
+    ) -> None:
+        await repairs.owe(self._repository, link_id, pairs, reason, member, lease_s)
+
+    async def renew(self, member: str, lease_s: float) -> None:
+        await repairs.renew(self._repository, member, lease_s)
 
 
 def page_store(service: LinkService) -> PageStore:

@@ -13,7 +13,6 @@ issuer, expiry and `email_verified` are still checked.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +26,7 @@ from oauthlib.oauth2.rfc6749.errors import InsecureTransportError, OAuth2Error
 from consumer.adapters.crypto import TokenCipher
 from consumer.domain.errors import OAuthRefused
 from consumer.domain.models import LinkTokens
+from consumer.domain.records import GrantedAccount
 from consumer.settings import Settings
 
 EVENTS_SCOPE = "https://www.googleapis.com/auth/calendar.events"
@@ -35,13 +35,6 @@ EMAIL_SCOPE = "https://www.googleapis.com/auth/userinfo.email"
 # Least privilege: write events, read the calendar list, know who the account is.
 SCOPES = ["openid", EMAIL_SCOPE, EVENTS_SCOPE, CALENDAR_LIST_SCOPE]
 _ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
-
-
-@dataclass(frozen=True)
-class GrantedAccount:
-    email: str
-    tokens: LinkTokens
-    scopes: list[str]
 
 
 class OAuthClient:
