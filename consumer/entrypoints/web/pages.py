@@ -33,7 +33,7 @@ from aiohttp import web
 
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.domain.errors import LinkError, RefusalKind, TokenRefused
-from consumer.domain.records import CalendarInfo
+from consumer.domain.records import Backfill, CalendarInfo
 from consumer.entrypoints.problems import http_status
 from consumer.entrypoints.web import views
 from consumer.entrypoints.web.render import render, static_files
@@ -447,27 +447,7 @@ async def backfill_progress(request: web.Request) -> web.StreamResponse:
     backfills = await pages.service.backfills(ids)
     if not backfills:
         raise web.HTTPNotFound()
-    items: list[dict[str, Any]] = []
-    for backfill in backfills:
-        view = views.progress(backfill, quota_ceiling(pages.service.settings))
-        link = await pages.service.get(backfill.link_id)
-        remaining = view["remaining_s"]
-        items.append(
-            {
-                "view": view,
-                "text": views.progress_text(view),
-                "account": link.account_email,
-                "activity_id": link.activity_id,
-                "calendar_label": backfill.calendar_name or backfill.calendar_id,
-                "will_write_text": views.backfill_will_write_text(backfill),
-                "eta_text": (
-                    f"{views.utc(datetime.fromisoformat(view['estimated_end']))} (in "
-                    f"{views.duration(remaining)})"
-                    if view["estimated_end"] and remaining is not None
-                    else None
-                ),
-            }
-        )
+    items = [await _progress_item(pages, backfill) for backfill in backfills]
     running = any(item["view"]["status"] == "running" for item in items)
     if not views.prefers_html(request.headers.get("Accept")):
         answer = web.json_response(
@@ -506,6 +486,27 @@ async def backfill_progress(request: web.Request) -> web.StreamResponse:
             else None
         ),
     )
+
+
+async def _progress_item(pages: Pages, backfill: Backfill) -> dict[str, Any]:
+    """One backfill as the progress page (and its JSON) shows it."""
+    view = views.progress(backfill, quota_ceiling(pages.service.settings))
+    link = await pages.service.get(backfill.link_id)
+    remaining = view["remaining_s"]
+    return {
+        "view": view,
+        "text": views.progress_text(view),
+        "account": link.account_email,
+        "activity_id": link.activity_id,
+        "calendar_label": backfill.calendar_name or backfill.calendar_id,
+        "will_write_text": views.backfill_will_write_text(backfill),
+        "eta_text": (
+            f"{views.utc(datetime.fromisoformat(view['estimated_end']))} (in "
+            f"{views.duration(remaining)})"
+            if view["estimated_end"] and remaining is not None
+            else None
+        ),
+    }
 
 
 # --- signing in ---------------------------------------------------------------------------
