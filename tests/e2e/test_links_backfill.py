@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -313,3 +314,28 @@ async def test_a_stopped_backfill_is_finished_by_the_repair_loop(env: Env) -> No
     json.loads(repaired.stdout)
     assert on_calendar(env, email) == sorted(upcoming)  # each once: no duplicates
     assert env.query("SELECT count(*) AS n FROM repairs") == [{"n": 0}]
+
+
+async def test_a_backfill_page_is_read_from_the_index_not_the_history(env: Env) -> None:
+    """The page statement reads the activity's bookings within the horizon straight from
+    `bookings_activity_end` (sql/017), never a scan of the activity's whole history."""
+    from consumer.adapters.postgres.backfill_store import _ACTIVITY_PAGE
+
+    fill(env, "past_", 20_000, "-30 days", "-1 hour")
+    fill(env, "next_", 20, "2 days")
+    fill(env, "other_", 5_000, "2 days", activity="act_other")
+    with psycopg.connect(env.database_url) as conn:
+        conn.execute("ANALYZE bookings")
+        params = {
+            "link": "lnk_none",
+            "activity": ACTIVITY,
+            "since": datetime.now(UTC) - timedelta(days=7),
+            "after_end": datetime.now(UTC) - timedelta(days=7),
+            "after_id": "",
+            "limit": 500,
+        }
+        row = conn.execute(f"EXPLAIN (FORMAT JSON) {_ACTIVITY_PAGE}", params).fetchone()
+    assert row is not None
+    plan = json.dumps(row[0])
+    assert "bookings_activity_end" in plan, plan
+    assert '"Seq Scan"' not in plan, plan
