@@ -27,6 +27,7 @@ from consumer.adapters.kafka import (
     build_producer,
 )
 from consumer.adapters.metrics import Metrics
+from consumer.adapters.postgres.backfill_store import BackfillStore
 from consumer.adapters.postgres.connections import (
     Connect,
     DatabaseConfig,
@@ -34,6 +35,7 @@ from consumer.adapters.postgres.connections import (
     connector,
 )
 from consumer.adapters.postgres.deployment import deployment
+from consumer.adapters.postgres.link_health_store import LinkHealthStore
 from consumer.adapters.postgres.link_store import LinkStore
 from consumer.adapters.postgres.members import MemberReport
 from consumer.adapters.postgres.ops_store import OpsStore
@@ -50,7 +52,7 @@ from consumer.service.calls import CallPolicy, GoogleCalls
 from consumer.service.context import Services
 from consumer.service.dead_letters import DeadLetters
 from consumer.service.event_writes import EventWrites
-from consumer.service.links import LinkService
+from consumer.service.links import LinkParts, LinkService
 from consumer.service.operations import resync_bookings
 from consumer.service.ports import AccessTokens, CalendarGateway, Claims, Quota, SyncRecords
 from consumer.service.reconcile import ReconcileConfig, Reconciler
@@ -354,15 +356,29 @@ def reconciler(svc: Services) -> Reconciler:
 @asynccontextmanager
 async def link_service(settings: Settings) -> AsyncIterator[LinkService]:
     async with services(settings, pool_size=4) as svc:
-        service = LinkService(
-            svc,
-            LinkStore(svc.repository, svc.cipher),
-            OAuthClient(oauth_config(svc.settings), svc.cipher),
-        )
+        service = LinkService(svc, link_parts(svc))
         try:
             yield service
         finally:
             await service.close()
+
+
+def link_parts(svc: Services) -> LinkParts:
+    """The link lifecycle's ports over the process's pool, Google, tokens and engine."""
+    pool = svc.repository.pool
+    return LinkParts(
+        settings=svc.settings,
+        links=LinkStore(svc.repository, svc.cipher),
+        backfills=BackfillStore(pool),
+        health=LinkHealthStore(pool),
+        oauth=OAuthClient(oauth_config(svc.settings), svc.cipher),
+        google=svc.google,
+        tokens=svc.tokens,
+        calls=svc.calls,
+        engine=svc.engine,
+        repairs=svc.repairs,
+        deployment_id=svc.deployment.id,
+    )
 
 
 def page_store(service: LinkService) -> PageStore:

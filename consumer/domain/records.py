@@ -10,7 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
-from consumer.domain.models import BookingEvent, LinkState, MessagePosition, RecordedEvent
+from consumer.domain.models import (
+    BookingEvent,
+    LinkState,
+    LinkTokens,
+    MessagePosition,
+    RecordedEvent,
+)
 
 
 @dataclass(frozen=True)
@@ -357,3 +363,104 @@ class RepairsDue:
 
     total: int
     by_account: tuple[tuple[str, int], ...]
+
+
+# --- the link lifecycle ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """A backfill as recorded: `now` is the database's clock when it was read; `total` is
+    how many bookings it writes (counted before it starts: those of the horizon that need
+    an operation), None until counted."""
+
+    id: int
+    link_id: str
+    calendar_id: str
+    calendar_name: str | None
+    trigger: str
+    total: int | None
+    done: int
+    counts: dict[str, int]
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    now: datetime
+    horizon: datetime | None = None  # bookings ending after it are covered (None: before 017)
+
+
+@dataclass(frozen=True)
+class LastResult:
+    """A link's latest result in `sync_results`, as the links page shows it."""
+
+    operation: str
+    outcome: str
+    reason: str
+    source: str
+    booking_id: str
+    recorded_at: datetime
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A calendar chosen: the link that is now active (an earlier one, when revived)."""
+
+    link_id: str
+    merged_from: str | None  # the pending link folded into it
+
+
+@dataclass(frozen=True)
+class TakenState:
+    """A started connection, used: its activity, PKCE verifier, and when it was used (the
+    database's clock, before Google's code is exchanged)."""
+
+    activity_id: str
+    code_verifier: str
+    taken_at: datetime
+
+
+@dataclass(frozen=True)
+class GrantedAccount:
+    """What Google granted at a consent: the account, its tokens, the scopes."""
+
+    email: str
+    tokens: LinkTokens
+    scopes: list[str]
+
+
+@dataclass(frozen=True)
+class StoredConnection:
+    """What a connection stored: the account's links reconnected (every activity), those
+    of them in the connection's activity, and the new pending link when there were none."""
+
+    reconnected: list[str]
+    here: list[str]
+    created: str | None
+
+
+@dataclass(frozen=True)
+class BookingPosition:
+    """Where a keyset page of bookings ends: the last booking's id, and its end when the
+    pages are ordered by end first (an activity's bookings; None otherwise)."""
+
+    booking_id: str
+    end: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HeldBooking:
+    """A booking as a backfill reads it: its latest recorded state and what the link holds
+    for it (None when nothing was ever applied)."""
+
+    event: BookingEvent
+    recorded: RecordedEvent | None
+
+
+@dataclass(frozen=True)
+class BookingsPage:
+    """One keyset page of bookings: those readable, and where the next page starts (None:
+    this was the last one)."""
+
+    bookings: list[HeldBooking]
+    next: BookingPosition | None

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import NoReturn, TypeVar
 
@@ -18,24 +17,13 @@ from consumer import bootstrap
 from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.postgres.migrations import migrate
 from consumer.domain.errors import CliError, LinkError, OpsError, StartupError, TokenKeyError
-from consumer.entrypoints import cli_ops
-from consumer.entrypoints.cli_ops import print_json
+from consumer.entrypoints import cli_links, cli_ops
 from consumer.entrypoints.problems import INTERRUPTED_EXIT_CODE, REFUSED_EXIT_CODE
 from consumer.logs import configure_logging
-from consumer.service import links
-from consumer.service.answers import Chosen, LinkSummary
 from consumer.service.operations import parse_duration
 from consumer.settings import Settings
 
 T = TypeVar("T")
-
-
-def _with_links(settings: Settings, work: Callable[[links.LinkService], Awaitable[T]]) -> T:
-    async def run() -> T:
-        async with bootstrap.link_service(settings) as service:
-            return await work(service)
-
-    return asyncio.run(run())
 
 
 def _aware(value: str) -> datetime:
@@ -174,208 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_parser("generate", help="print a new key")
     keys.add_parser("rotate", help="re-encrypt every stored token under the first key")
 
-    link = sub.add_parser("links", help="calendar links").add_subparsers(
-        dest="links_command", required=True
-    )
-    con = link.add_parser(
-        "connect",
-        help="start connecting a Google account to an activity: "
-        "prints the consent URL to open in a browser",
-    )
-    con.add_argument("activity")
-    dis = link.add_parser("disconnect", help="revoke the account's token and stop syncing")
-    dis.add_argument("link")
-    dis.add_argument(
-        "--remove-events",
-        action="store_true",
-        help="also delete the link's events from the calendar (default: keep)",
-    )
-    imp = link.add_parser("import", help="register a link from tokens obtained elsewhere")
-    imp.add_argument("--activity", required=True)
-    imp.add_argument("--account", required=True, help="the Google account's email")
-    refresh = imp.add_mutually_exclusive_group(required=True)
-    refresh.add_argument(
-        "--refresh-token-file",
-        metavar="PATH",
-        help="read the refresh token from this file, or from standard input with '-' "
-        "(a trailing newline is ignored; on a terminal it is asked for without echo)",
-    )
-    refresh.add_argument(
-        "--refresh-token",
-        metavar="TOKEN",
-        help="visible in shell history and ps: the token on the command line is seen by "
-        "every user of the machine and stays in the history; prefer --refresh-token-file",
-    )
-    imp.add_argument(
-        "--access-token",
-        help="a current access token (on the command line like --refresh-token, but it "
-        "expires within the hour); optional, with --expires-at",
-    )
-    imp.add_argument("--expires-at", type=_aware, help="access token expiry, ISO 8601")
-    imp.add_argument("--calendar", help="calendar id; without it the link is pending")
-    cal = link.add_parser("calendars", help="the account's calendars, from Google")
-    cal.add_argument("link")
-    cal.add_argument("--json", action="store_true")
-    sel = link.add_parser("select", help="choose the calendar that receives events")
-    sel.add_argument("link")
-    sel.add_argument("calendar_id")
-    lst = link.add_parser("list", help="all links and their state")
-    lst.add_argument("--json", action="store_true")
+    cli_links.add_links_commands(sub, _aware)
     return parser
-
-
-def _cmd_links(args: argparse.Namespace, settings: Settings) -> int:
-    command = args.links_command
-    if command == "import":
-        if (args.access_token is None) != (args.expires_at is None):
-            raise CliError("--access-token and --expires-at go together")
-        refresh_token = _refresh_token(args)
-        link_id = _with_links(
-            settings,
-            lambda s: s.import_link(
-                activity_id=args.activity,
-                account_email=args.account,
-                refresh_token=refresh_token,
-                access_token=args.access_token,
-                expires_at=args.expires_at,
-                calendar_id=args.calendar,
-            ),
-        )
-        state = "active" if args.calendar else "pending (choose a calendar: calsync links select)"
-        print(
-            f"imported link for {args.account} on activity {args.activity}: {state}",
-            file=sys.stderr,
-        )
-        print(link_id)
-        return 0
-    if command == "connect":
-        started = _with_links(settings, lambda s: s.start_connect(args.activity))
-        print(
-            f"open this URL in a browser and sign in with the Google account to connect to "
-            f"activity {started.activity_id} (valid until {started.expires_at.isoformat()}); "
-            f"Google will send the browser back to {started.redirect_uri}",
-            file=sys.stderr,
-        )
-        print(started.authorization_url)
-        return 0
-    if command == "calendars":
-        calendars = _with_links(settings, lambda s: s.calendars(args.link))
-        if args.json:
-            print_json([c.model_dump() for c in calendars])
-        else:
-            print(f"{'NAME':30} {'PRIMARY':8} {'WRITABLE':9} {'TAKEN':6} ID")
-            for c in calendars:
-                print(
-                    f"{c.name[:30]:30} {'yes' if c.primary else 'no':8} "
-                    f"{'yes' if c.writable else 'no':9} {'yes' if c.taken else 'no':6} {c.id}"
-                )
-        return 0
-    if command == "select":
-        chosen = _with_links(
-            settings, lambda s: _select_showing_progress(s, args.link, args.calendar_id)
-        )
-        merged = f" (folded into earlier link {chosen.link.id})" if chosen.merged_from else ""
-        print(
-            f"link {args.link} now syncs to calendar {chosen.calendar.name!r} "
-            f"({chosen.calendar.id}){merged}; backfilled: {_counts(chosen.backfill or {})}"
-        )
-        return 0
-    if command == "disconnect":
-        done = _with_links(settings, lambda s: s.disconnect(args.link, args.remove_events))
-        events = (
-            f"{done.events_removed} events removed"
-            if args.remove_events
-            else "events kept on the calendar"
-        )
-        token = (
-            "token revoked at Google"
-            if done.token_revoked
-            else "token not revoked at Google (still used by "
-            f"{', '.join(done.token_still_used_by)})"
-            if done.token_still_used_by
-            else "token was already revoked"
-        )
-        print(f"link {args.link} disconnected: {events}; {token}")
-        return 0
-    rows = asyncio.run(_list_links(settings))
-    if args.json:
-        print_json([r.model_dump() for r in rows])
-    else:
-        print(
-            f"{'ID':22} {'ACTIVITY':14} {'ACCOUNT':30} {'STATE':21} {'SINCE':20} "
-            f"{'CALENDAR':24} REASON"
-        )
-        for r in rows:
-            print(
-                f"{r.id:22} {r.activity_id[:14]:14} {r.account_email[:30]:30} "
-                f"{r.state:21} {r.state_changed_at.isoformat()[:19]:20} "
-                f"{(r.calendar_id or '-')[:24]:24} {r.state_reason or ''}"
-            )
-    return 0
-
-
-def _refresh_token(args: argparse.Namespace) -> str:
-    """`links import`'s refresh token: from --refresh-token-file (a file, or standard input
-    with `-`), or from --refresh-token. Surrounding whitespace (the file's trailing newline)
-    is not part of it; an empty one is refused."""
-    token: str
-    if args.refresh_token is not None:
-        token, source = str(args.refresh_token), "--refresh-token"
-    elif args.refresh_token_file == "-":
-        source = "standard input"
-        if sys.stdin.isatty():
-            token = getpass.getpass("refresh token: ")
-        else:
-            token = sys.stdin.read()
-    else:
-        source = str(args.refresh_token_file)
-        try:
-            with open(args.refresh_token_file, encoding="utf-8") as file:
-                token = file.read()
-        except OSError as exc:
-            raise CliError(f"cannot read {args.refresh_token_file}: {exc.strerror}") from None
-        except UnicodeDecodeError:
-            raise CliError(f"{args.refresh_token_file} is not UTF-8 text") from None
-    token = token.strip()
-    if not token:
-        raise CliError(f"the refresh token is empty (read from {source})")
-    return token
-
-
-async def _list_links(settings: Settings) -> list[LinkSummary]:
-    """`links list` reads the links table alone (no Google, no sync engine, no quota)."""
-    async with bootstrap.link_tables(settings) as store:
-        return [LinkSummary.of(row) for row in await store.repository.all_links()]
-
-
-async def _select_showing_progress(
-    service: links.LinkService, link_id: str, calendar_id: str
-) -> Chosen:
-    """`links select`: on a terminal, the backfill's progress while it runs (one line that
-    rewrites itself on stderr: done of total, rate, about how long is left)."""
-    from consumer.service.progress import progress, quota_ceiling
-
-    selecting = asyncio.create_task(service.select(link_id, calendar_id))
-    shown = False
-    while sys.stderr.isatty():
-        done, _ = await asyncio.wait([selecting], timeout=1.0)
-        if done:
-            break
-        latest = (await service.store.latest_backfills([link_id])).get(link_id)
-        if latest is None or latest.finished_at is not None:
-            continue
-        view = progress(latest, quota_ceiling(service.settings))
-        left = f", about {view.remaining_s:.0f}s left" if view.remaining_s else ""
-        sys.stderr.write(f"\rbackfilling: {view.done}/{view.total or '?'} booking(s){left}   ")
-        sys.stderr.flush()
-        shown = True
-    if shown:
-        sys.stderr.write("\n")
-    return await selecting
-
-
-def _counts(counts: dict[str, int]) -> str:
-    return ", ".join(f"{v} {k}" for k, v in counts.items()) or "nothing to do"
 
 
 def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:
@@ -431,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate": lambda: _cmd_migrate(settings),
         "consume": lambda: _cmd_consume(settings),
         "schema": lambda: _cmd_schema(args.write),
-        "links": lambda: _cmd_links(args, settings),
+        "links": lambda: cli_links.run(args, settings),
         "keys": lambda: _cmd_keys(args, settings),
         "serve": lambda: _cmd_serve(settings),
         "replay": lambda: cli_ops.replay(args, settings),

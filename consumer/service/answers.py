@@ -150,6 +150,15 @@ class Chosen(Answer):
         return _calendar_summary(calendar)
 
 
+class Imported(Answer):
+    """A link imported from tokens obtained elsewhere: its id, and (imported with its
+    calendar, unless told not to) its backfill's counts."""
+
+    link_id: str
+    backfill: dict[str, int] | None  # the counts, when backfilled
+    backfill_id: int | None = Field(exclude=True)  # its row in `backfills`
+
+
 class Disconnected(Answer):
     """What a disconnect did: events removed (or kept), the token revoked (or why not)."""
 

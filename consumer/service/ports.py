@@ -16,6 +16,7 @@ from consumer.adapters.postgres.ops_store import Overview
 from consumer.domain.messages import BadMessage
 from consumer.domain.models import (
     BookingEvent,
+    CalendarLink,
     LinkRow,
     LinkState,
     LinkTokens,
@@ -23,15 +24,21 @@ from consumer.domain.models import (
     SyncResult,
 )
 from consumer.domain.records import (
+    Activation,
+    Backfill,
+    BookingPosition,
+    BookingsPage,
     CalendarInfo,
     Claim,
     ConsumedRecord,
     DeadLetterRecord,
     Deployment,
+    GrantedAccount,
     GroupAtBroker,
     HorizonBooking,
     KafkaRecord,
     KnownBooking,
+    LastResult,
     Lease,
     LeaseRequest,
     Member,
@@ -43,7 +50,9 @@ from consumer.domain.records import (
     RepairsDue,
     RetentionCutoffs,
     Stall,
+    StoredConnection,
     StrandedEvent,
+    TakenState,
     UnreadableRecord,
 )
 
@@ -438,3 +447,156 @@ class RepairReads(Protocol):
     async def links_by_id(self, link_ids: set[str]) -> dict[str, LinkRow]: ...
 
     async def latest_bookings(self, booking_ids: set[str]) -> dict[str, BookingEvent]: ...
+
+
+# --- the link lifecycle: connect, backfill, disconnect, inspect ------------------------------
+
+
+class LinkRecords(Protocol):
+    """The links as stored, and what connecting, choosing, importing and disconnecting one
+    change (the link store). Refusals: StateRefused, CalendarTaken."""
+
+    async def link(self, link_id: str) -> LinkRow | None: ...
+
+    async def links_of_activity(self, activity_id: str) -> list[LinkRow]: ...
+
+    async def all_links(self) -> list[LinkRow]: ...
+
+    async def save_state(
+        self, nonce: str, activity_id: str, code_verifier: str, expires_at: datetime
+    ) -> None: ...
+
+    async def take_state(self, nonce: str) -> TakenState: ...
+
+    async def connect(
+        self, pending: CalendarLink, tokens: LinkTokens, asked_at: datetime
+    ) -> StoredConnection: ...
+
+    async def import_link(self, link: CalendarLink, tokens: LinkTokens) -> None: ...
+
+    async def activate(self, link_id: str, calendar_id: str) -> Activation: ...
+
+    async def use_form_token(self, jti: str, link_id: str, expires_at: datetime) -> bool: ...
+
+    async def mark_disconnected(self, link_id: str, reason: str) -> float: ...
+
+    async def wait_for_in_flight(self, link_id: str, timeout_s: float) -> bool: ...
+
+    async def recorded_events(self, link_id: str, calendar_id: str) -> list[tuple[str, str]]: ...
+
+    async def events_elsewhere(
+        self, link_id: str, calendar_id: str
+    ) -> list[tuple[str, str, str]]: ...
+
+    async def strand(self, link_id: str, left: list[tuple[str, str, str, str]]) -> None: ...
+
+    async def drop_repairs(self, link_id: str) -> None: ...
+
+    async def forget_events(self, link_id: str) -> int: ...
+
+    async def release_grant(
+        self, account: str, link_id: str, revoke: Callable[[str], Awaitable[bool]]
+    ) -> tuple[bool, list[str]]: ...
+
+    async def finish_disconnect(self, link_id: str, reason: str) -> None: ...
+
+
+class BackfillRecords(Protocol):
+    """The bookings a backfill reads (keyset pages within the horizon) and its record in
+    `backfills` (the backfill store)."""
+
+    async def activity_page(
+        self,
+        link_id: str,
+        activity_id: str,
+        since: datetime,
+        after: BookingPosition | None,
+        limit: int,
+    ) -> BookingsPage: ...
+
+    async def moved_away_page(
+        self,
+        link_id: str,
+        activity_id: str,
+        since: datetime,
+        after: BookingPosition | None,
+        limit: int,
+    ) -> BookingsPage: ...
+
+    async def mark_backfilled(self, link_id: str) -> None: ...
+
+    async def start_backfill(
+        self,
+        link_id: str,
+        calendar_id: str,
+        calendar_name: str | None,
+        trigger: str,
+        horizon: datetime,
+    ) -> int: ...
+
+    async def backfill_total(self, backfill_id: int, total: int) -> None: ...
+
+    async def backfill_progress(
+        self, backfill_id: int, done: int, counts: Mapping[str, int]
+    ) -> None: ...
+
+    async def finish_backfill(
+        self, backfill_id: int, done: int, counts: Mapping[str, int], error: str | None
+    ) -> None: ...
+
+    async def backfills(self, ids: list[int]) -> list[Backfill]: ...
+
+    async def latest_backfills(self, link_ids: list[str]) -> dict[str, Backfill]: ...
+
+
+class LinkHealthRecords(Protocol):
+    """What the links page shows of each link (the link health store)."""
+
+    async def events_synced(self, link_ids: list[str]) -> dict[str, int]: ...
+
+    async def last_results(self, link_ids: list[str]) -> dict[str, LastResult]: ...
+
+    async def repair_backlog(self, link_ids: list[str]) -> dict[str, int]: ...
+
+    async def activities(self) -> list[dict[str, Any]]: ...
+
+    async def calendar_names(self, calendars: Mapping[str, str]) -> dict[str, str]: ...
+
+
+class OAuthFlow(Protocol):
+    """Google's consent (the OAuth client): blocking calls (`exchange`, `revoke`) run in a
+    thread. Refusals: OAuthRefused."""
+
+    def authorization_url(
+        self, nonce: str, login_hint: str | None = None
+    ) -> tuple[str, str, datetime]: ...
+
+    def read_state(self, state: str) -> str: ...
+
+    def exchange(self, code: str, code_verifier: str) -> GrantedAccount: ...
+
+    def revoke(self, token: str) -> bool: ...
+
+
+class LinkCalendars(Protocol):
+    """Google's calls an operator's link work makes (through the call policy's
+    `operator`): the account's calendars, a link's events, deleting one."""
+
+    async def list_calendars(self, token: str) -> list[CalendarInfo]: ...
+
+    async def list_link_events(
+        self, token: str, calendar_id: str, link_id: str
+    ) -> list[dict[str, Any]]: ...
+
+    async def delete_event(self, token: str, calendar_id: str, event_id: str) -> None: ...
+
+
+class RepairLedger(Protocol):
+    """What a backfill owes a link, written in `repairs` before it is worked and leased to
+    the process working it (if it stops, the group's repair loop finishes it)."""
+
+    async def owe(
+        self, link_id: str, pairs: list[tuple[str, int]], reason: str, member: str, lease_s: float
+    ) -> None: ...
+
+    async def renew(self, member: str, lease_s: float) -> None: ...

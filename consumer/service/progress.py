@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from consumer.adapters.postgres.link_store import Backfill
+from consumer.domain.records import Backfill
 from consumer.service.answers import BackfillProgress
 from consumer.settings import Settings
 

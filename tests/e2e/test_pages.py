@@ -184,6 +184,7 @@ async def test_the_calendar_choice_after_consent(env: Env) -> None:
             "Holidays",
             "Read-only: your access to this calendar is “reader”",
             f"Already synced by this activity&#39;s link {existing}",
+            "2 bookings will be written to the calendar you choose",
         )
         assert page.headers["Cache-Control"] == "no-store"
         assert "default-src 'none'" in page.headers["Content-Security-Policy"]
@@ -261,6 +262,7 @@ async def test_the_calendar_choice_after_consent(env: Env) -> None:
         done = body["backfills"][0]
         assert (done["status"], done["total"], done["done"]) == ("finished", 2, 2)
         assert done["counts"] == {"bookings": 2, "applied": 2}
+        assert done["will_write_text"].startswith("2 bookings will be written (those ending")
         assert done["calendar_name"] == "Owner" and done["rate_per_s"] > 0
         assert len(env.events(owner, "cal-primary")) == 2
         shown = await browser.go("GET", progress_url)

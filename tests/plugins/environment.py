@@ -162,7 +162,11 @@ class Env:
         activity_id: str = "act_1",
         access_token: str | None = None,
         expires_at: datetime | None = None,
+        backfill: bool = False,
     ) -> str:
+        """A link imported (active on `calendar_id`, by default the account's primary
+        calendar; pending with None); not backfilled unless asked (tests set up their
+        links before the bookings they publish)."""
         async with link_service(self.settings) as service:
             return await service.import_link(
                 activity_id=activity_id,
@@ -171,6 +175,7 @@ class Env:
                 access_token=access_token,
                 expires_at=expires_at,
                 calendar_id=email if calendar_id == "" else calendar_id,
+                backfill=backfill,
             )
 
     def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:

@@ -46,7 +46,7 @@ import copy
 import itertools
 import time
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -69,9 +69,13 @@ from consumer.domain.models import (
     SyncResult,
 )
 from consumer.domain.records import (
+    Backfill,
+    BookingPosition,
+    BookingsPage,
     CalendarInfo,
     Claim,
     ConsumedRecord,
+    HeldBooking,
     Lease,
     LeasedRepair,
     LeaseRequest,
@@ -1015,3 +1019,134 @@ class FakeMemberReports:
 
     async def leave(self) -> None:
         self.left = True
+
+
+# --- the link lifecycle's backfill ------------------------------------------------------------
+
+
+class FakeBackfills:
+    """BackfillRecords over FakeRepository's bookings and link_bookings: keyset pages of an
+    activity's bookings ending after the horizon (ordered by end, then id), and the record
+    of each backfill; it counts the bookings it handed out."""
+
+    def __init__(self, repository: FakeRepository) -> None:
+        self.db = repository
+        self.records: dict[int, dict[str, Any]] = {}
+        self.read = 0  # bookings handed out in pages, in all
+        self.pages: list[tuple[str, datetime]] = []  # (which, horizon) of each page asked
+        self.backfilled: list[str] = []  # links marked backfilled
+
+    def _held(self, link_id: str, event: BookingEvent) -> HeldBooking:
+        return HeldBooking(event, self.db.link_bookings.get((link_id, event.booking.id)))
+
+    async def activity_page(
+        self,
+        link_id: str,
+        activity_id: str,
+        since: datetime,
+        after: BookingPosition | None,
+        limit: int,
+    ) -> BookingsPage:
+        self.pages.append(("activity", since))
+        start = (after.end, after.booking_id) if after is not None and after.end else None
+        found = sorted(
+            (e for e in self.db.bookings.values() if e.booking.activity_id == activity_id),
+            key=lambda e: (e.booking.end, e.booking.id),
+        )
+        page = [
+            e
+            for e in found
+            if e.booking.end > since and (start is None or (e.booking.end, e.booking.id) > start)
+        ][:limit]
+        self.read += len(page)
+        last = BookingPosition(page[-1].booking.id, page[-1].booking.end) if page else None
+        return BookingsPage(
+            [self._held(link_id, e) for e in page], last if len(page) == limit else None
+        )
+
+    async def moved_away_page(
+        self,
+        link_id: str,
+        activity_id: str,
+        since: datetime,
+        after: BookingPosition | None,
+        limit: int,
+    ) -> BookingsPage:
+        self.pages.append(("moved_away", since))
+        held = sorted(
+            booking_id
+            for (link, booking_id), rec in self.db.link_bookings.items()
+            if link == link_id and rec.google_event_id is not None
+        )
+        page = [
+            self.db.bookings[b]
+            for b in held
+            if (after is None or b > after.booking_id)
+            and b in self.db.bookings
+            and self.db.bookings[b].booking.activity_id != activity_id
+            and self.db.bookings[b].booking.end > since
+        ][:limit]
+        self.read += len(page)
+        last = BookingPosition(page[-1].booking.id) if page else None
+        return BookingsPage(
+            [self._held(link_id, e) for e in page], last if len(page) == limit else None
+        )
+
+    async def mark_backfilled(self, link_id: str) -> None:
+        self.backfilled.append(link_id)
+
+    async def start_backfill(
+        self,
+        link_id: str,
+        calendar_id: str,
+        calendar_name: str | None,
+        trigger: str,
+        horizon: datetime,
+    ) -> int:
+        backfill_id = len(self.records) + 1
+        self.records[backfill_id] = {
+            "link_id": link_id,
+            "calendar_id": calendar_id,
+            "trigger": trigger,
+            "horizon": horizon,
+            "total": None,
+            "done": 0,
+            "finished": False,
+        }
+        return backfill_id
+
+    async def backfill_total(self, backfill_id: int, total: int) -> None:
+        self.records[backfill_id]["total"] = total
+
+    async def backfill_progress(
+        self, backfill_id: int, done: int, counts: Mapping[str, int]
+    ) -> None:
+        self.records[backfill_id].update(done=done, counts=dict(counts))
+
+    async def finish_backfill(
+        self, backfill_id: int, done: int, counts: Mapping[str, int], error: str | None
+    ) -> None:
+        self.records[backfill_id].update(done=done, counts=dict(counts), error=error, finished=True)
+
+    async def backfills(self, ids: list[int]) -> list[Backfill]:
+        return []
+
+    async def latest_backfills(self, link_ids: list[str]) -> dict[str, Backfill]:
+        return {}
+
+
+class FakeRepairLedger:
+    """RepairLedger: what was owed, per (link, booking) its version, and the renewals."""
+
+    def __init__(self) -> None:
+        self.owed: dict[tuple[str, str], int] = {}
+        self.renewed = 0
+
+    async def owe(
+        self, link_id: str, pairs: list[tuple[str, int]], reason: str, member: str, lease_s: float
+    ) -> None:
+        for booking_id, version in pairs:
+            self.owed[(link_id, booking_id)] = version
+
+    async def renew(self, member: str, lease_s: float) -> None:
+        self.renewed += 1

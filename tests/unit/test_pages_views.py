@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 
 from consumer.adapters.crypto import TokenCipher
-from consumer.adapters.postgres.link_store import Backfill
 from consumer.domain.errors import TokenRefused
-from consumer.domain.records import CalendarInfo
+from consumer.domain.records import Backfill, CalendarInfo
 from consumer.entrypoints.web import views
 from consumer.entrypoints.web.security import PageSigner
 

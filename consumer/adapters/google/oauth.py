@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from consumer.adapters.crypto import TokenCipher
 from consumer.domain.errors import OAuthRefused
 from consumer.domain.models import LinkTokens
+from consumer.domain.records import GrantedAccount
 
 EVENTS_SCOPE = "https://www.googleapis.com/auth/calendar.events"
 CALENDAR_LIST_SCOPE = "https://www.googleapis.com/auth/calendar.calendarlist.readonly"
@@ -35,13 +36,6 @@ EMAIL_SCOPE = "https://www.googleapis.com/auth/userinfo.email"
 # Least privilege: write events, read the calendar list, know who the account is.
 SCOPES = ["openid", EMAIL_SCOPE, EVENTS_SCOPE, CALENDAR_LIST_SCOPE]
 _ISSUERS = frozenset({"accounts.google.com", "https://accounts.google.com"})
-
-
-@dataclass(frozen=True)
-class GrantedAccount:
-    email: str
-    tokens: LinkTokens
-    scopes: list[str]
 
 
 @dataclass(frozen=True)

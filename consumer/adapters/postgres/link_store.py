@@ -1,4 +1,6 @@
-"""PostgreSQL queries of the link lifecycle: OAuth states, connect, select, disconnect, keys.
+"""PostgreSQL queries of the link lifecycle: OAuth states, connect, select, import,
+disconnect, single-use forms, keys. (Backfills: backfill_store; the links page's figures:
+link_health_store.)
 
 The hot path's queries (what the consumer runs per message) stay in `db.Repository`.
 
@@ -14,11 +16,8 @@ Two rules hold here under row locks, so that concurrent requests cannot break th
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
 
 from psycopg import errors
 
@@ -26,7 +25,8 @@ from consumer.adapters.crypto import TokenCipher
 from consumer.adapters.postgres.locks import link_lock_key
 from consumer.adapters.postgres.repository import Connection, Repository
 from consumer.domain.errors import CalendarTaken, StateRefused
-from consumer.domain.models import CalendarLink, LinkState, LinkTokens
+from consumer.domain.models import CalendarLink, LinkRow, LinkState, LinkTokens
+from consumer.domain.records import Activation, StoredConnection, TakenState
 
 _INSERT_STATE = (
     "INSERT INTO oauth_states (nonce, activity_id, code_verifier_enc, expires_at)"
@@ -134,112 +134,14 @@ _LINKS_OF_GRANTS = (
     "SELECT count(*) AS n FROM calendar_links WHERE state <> 'disconnected' AND account_email"
     " IN (SELECT account_email FROM google_grants WHERE refresh_token_enc IS NOT NULL)"
 )
-# --- what the pages read and write ------------------------------------------------------
-_START_BACKFILL = (
-    "INSERT INTO backfills (link_id, calendar_id, calendar_name, trigger)"
-    " VALUES (%s, %s, %s, %s) RETURNING id"
-)
-_BACKFILL_TOTAL = "UPDATE backfills SET total = %s, updated_at = now() WHERE id = %s"
-_BACKFILL_PROGRESS = "UPDATE backfills SET done = %s, counts = %s, updated_at = now() WHERE id = %s"
-_FINISH_BACKFILL = (
-    "UPDATE backfills SET done = %s, counts = %s, error = %s, updated_at = now(),"
-    " finished_at = now() WHERE id = %s AND finished_at IS NULL"
-)
-_BACKFILL_COLUMNS = (
-    "id, link_id, calendar_id, calendar_name, trigger, total, done, counts, started_at,"
-    " updated_at, finished_at, error, now() AS now"
-)
-_BACKFILLS = f"SELECT {_BACKFILL_COLUMNS} FROM backfills WHERE id = ANY(%s) ORDER BY id"
-_LATEST_BACKFILLS = (
-    f"SELECT DISTINCT ON (link_id) {_BACKFILL_COLUMNS} FROM backfills"
-    " WHERE link_id = ANY(%s) ORDER BY link_id, id DESC"
-)
-_CALENDAR_NAMES = (
-    "SELECT DISTINCT ON (b.link_id) b.link_id, b.calendar_name FROM backfills b"
-    " JOIN unnest(%s::text[], %s::text[]) AS l(link_id, calendar_id)"
-    " ON b.link_id = l.link_id AND b.calendar_id = l.calendar_id"
-    " WHERE b.calendar_name IS NOT NULL ORDER BY b.link_id, b.id DESC"
-)
+# --- what the pages write --------------------------------------------------------------
 _USE_FORM_TOKEN = (
     "INSERT INTO page_form_tokens (jti, link_id, expires_at) VALUES (%s, %s, %s)"
     " ON CONFLICT (jti) DO NOTHING RETURNING jti"
 )
 _FORGET_OLD_FORM_TOKENS = "DELETE FROM page_form_tokens WHERE expires_at < now() - interval '1 day'"
-_EVENTS_SYNCED = (
-    "SELECT link_id, count(*) AS n FROM link_bookings WHERE link_id = ANY(%s)"
-    " AND google_event_id IS NOT NULL GROUP BY link_id"
-)
-_LAST_RESULTS = (
-    "SELECT l.id AS link_id, r.operation, r.outcome, r.reason, r.source, r.booking_id,"
-    " r.recorded_at FROM unnest(%s::text[]) AS l(id) CROSS JOIN LATERAL ("
-    " SELECT operation, outcome, reason, source, booking_id, recorded_at FROM sync_results"
-    " WHERE link_id = l.id ORDER BY id DESC LIMIT 1) AS r"
-)
-_REPAIR_BACKLOG = (
-    "SELECT link_id, count(*) AS n FROM repairs WHERE link_id = ANY(%s) GROUP BY link_id"
-)
-_ACTIVITIES = (
-    "SELECT activity_id, count(*) FILTER (WHERE state <> 'disconnected') AS live,"
-    " count(*) FILTER (WHERE state IN ('reauth_required', 'calendar_unavailable'))"
-    " AS needing_action FROM calendar_links GROUP BY activity_id ORDER BY activity_id"
-)
 _STATE_ROWS = "SELECT nonce, code_verifier_enc FROM oauth_states FOR UPDATE"
 _REENCRYPT_STATE = "UPDATE oauth_states SET code_verifier_enc = %s WHERE nonce = %s"
-
-
-@dataclass(frozen=True)
-class Backfill:
-    """A backfill as recorded: `now` is the database's clock when it was read."""
-
-    id: int
-    link_id: str
-    calendar_id: str
-    calendar_name: str | None
-    trigger: str
-    total: int | None
-    done: int
-    counts: dict[str, int]
-    started_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    error: str | None
-    now: datetime
-
-
-@dataclass(frozen=True)
-class LastResult:
-    operation: str
-    outcome: str
-    reason: str
-    source: str
-    booking_id: str
-    recorded_at: datetime
-
-
-@dataclass(frozen=True)
-class Activation:
-    link_id: str  # the link that is now active (an earlier one, when revived)
-    merged_from: str | None  # the pending link folded into it
-
-
-@dataclass(frozen=True)
-class TakenState:
-    """A started connection, used: its activity, PKCE verifier, and when it was used (the
-    database's clock, before Google's code is exchanged)."""
-
-    activity_id: str
-    code_verifier: str
-    taken_at: datetime
-
-
-@dataclass(frozen=True)
-class StoredConnection:
-    """What a connection stored: the account's links reconnected (every activity), those
-    of them in the connection's activity, and the new pending link when there were none."""
-
-    reconnected: list[str]
-    here: list[str]
-    created: str | None
 
 
 class LinkStore:
@@ -247,6 +149,20 @@ class LinkStore:
         self.repository = repository
         self.cipher = cipher
         self.pool = repository.pool
+
+    # --- links as stored (the repository's reads) ---------------------------------------
+
+    async def link(self, link_id: str) -> LinkRow | None:
+        """The link, with its account's grant's tokens."""
+        return await self.repository.link(link_id)
+
+    async def links_of_activity(self, activity_id: str) -> list[LinkRow]:
+        """Every link of the activity, without tokens."""
+        found = await self.repository.links_of_activities({activity_id})
+        return found.get(activity_id, [])
+
+    async def all_links(self) -> list[LinkRow]:
+        return await self.repository.all_links()
 
     # --- the OAuth flow -----------------------------------------------------------------
 
@@ -464,54 +380,6 @@ class LinkStore:
         async with self.pool.connection() as conn:
             await conn.execute(_FINISH_DISCONNECT, (reason, link_id))
 
-    # --- backfill progress --------------------------------------------------------------
-
-    async def start_backfill(
-        self, link_id: str, calendar_id: str, calendar_name: str | None, trigger: str
-    ) -> int:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                _START_BACKFILL, (link_id, calendar_id, calendar_name, trigger)
-            )
-            row = await cur.fetchone()
-        assert row is not None
-        return int(row["id"])
-
-    async def backfill_total(self, backfill_id: int, total: int) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(_BACKFILL_TOTAL, (total, backfill_id))
-
-    async def backfill_progress(
-        self, backfill_id: int, done: int, counts: Mapping[str, int]
-    ) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(_BACKFILL_PROGRESS, (done, json.dumps(counts), backfill_id))
-
-    async def finish_backfill(
-        self, backfill_id: int, done: int, counts: Mapping[str, int], error: str | None
-    ) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(_FINISH_BACKFILL, (done, json.dumps(counts), error, backfill_id))
-
-    async def backfills(self, ids: list[int]) -> list[Backfill]:
-        async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_BACKFILLS, (ids,))).fetchall()
-        return [_backfill(row) for row in rows]
-
-    async def latest_backfills(self, link_ids: list[str]) -> dict[str, Backfill]:
-        async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_LATEST_BACKFILLS, (link_ids,))).fetchall()
-        return {row["link_id"]: _backfill(row) for row in rows}
-
-    async def calendar_names(self, calendars: Mapping[str, str]) -> dict[str, str]:
-        """The name each link's calendar (link id -> calendar id) had when it was chosen,
-        where it was recorded."""
-        async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(_CALENDAR_NAMES, (list(calendars), list(calendars.values())))
-            ).fetchall()
-        return {row["link_id"]: row["calendar_name"] for row in rows}
-
     # --- single-use forms ---------------------------------------------------------------
 
     async def use_form_token(self, jti: str, link_id: str, expires_at: datetime) -> bool:
@@ -520,40 +388,6 @@ class LinkStore:
             await conn.execute(_FORGET_OLD_FORM_TOKENS)
             cur = await conn.execute(_USE_FORM_TOKEN, (jti, link_id, expires_at))
             return await cur.fetchone() is not None
-
-    # --- link health --------------------------------------------------------------------
-
-    async def events_synced(self, link_ids: list[str]) -> dict[str, int]:
-        """Events on each link's calendar that the link put there (by our records)."""
-        async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_EVENTS_SYNCED, (link_ids,))).fetchall()
-        return {row["link_id"]: int(row["n"]) for row in rows}
-
-    async def last_results(self, link_ids: list[str]) -> dict[str, LastResult]:
-        async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_LAST_RESULTS, (link_ids,))).fetchall()
-        return {
-            row["link_id"]: LastResult(
-                row["operation"],
-                row["outcome"],
-                row["reason"],
-                row["source"],
-                row["booking_id"],
-                row["recorded_at"],
-            )
-            for row in rows
-        }
-
-    async def repair_backlog(self, link_ids: list[str]) -> dict[str, int]:
-        """(Link, booking) pairs waiting for a repair, per link."""
-        async with self.pool.connection() as conn:
-            rows = await (await conn.execute(_REPAIR_BACKLOG, (link_ids,))).fetchall()
-        return {row["link_id"]: int(row["n"]) for row in rows}
-
-    async def activities(self) -> list[dict[str, Any]]:
-        """Every activity with links: how many are live, how many need someone."""
-        async with self.pool.connection() as conn:
-            return list(await (await conn.execute(_ACTIVITIES)).fetchall())
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -574,21 +408,3 @@ class LinkStore:
             fresh = [self.cipher.rotate(v) if v else None for v in secrets]
             await conn.execute(update, (*fresh, key))
         return len(rows)
-
-
-def _backfill(row: Mapping[str, Any]) -> Backfill:
-    return Backfill(
-        id=row["id"],
-        link_id=row["link_id"],
-        calendar_id=row["calendar_id"],
-        calendar_name=row["calendar_name"],
-        trigger=row["trigger"],
-        total=row["total"],
-        done=row["done"],
-        counts=dict(row["counts"] or {}),
-        started_at=row["started_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        error=row["error"],
-        now=row["now"],
-    )

@@ -14,9 +14,9 @@ from typing import Any
 
 from consumer.adapters.postgres.connections import Connect, DictConnection
 from consumer.adapters.postgres.deployment import deployment
-from consumer.adapters.postgres.link_store import Backfill
 from consumer.adapters.postgres.members import ALIVE_WITHIN_S
 from consumer.domain.records import (
+    Backfill,
     DeadLetterRecord,
     DeadLetterTally,
     Deployment,

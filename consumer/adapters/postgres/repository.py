@@ -126,7 +126,6 @@ _BOOKINGS_OF_ACTIVITY = (
     " ORDER BY b.booking_id"
 )
 _LATEST_BOOKING = "SELECT event FROM bookings WHERE booking_id = %s"
-_MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"
 _FORGET_EVENT = (
     "UPDATE link_bookings SET google_event_id = NULL, calendar_id = NULL, applied_version = NULL,"
     " generation = generation + 1, updated_at = now()"
@@ -332,7 +331,8 @@ class Repository:
         self, link_id: str, activity_id: str
     ) -> list[tuple[BookingEvent, RecordedEvent | None]]:
         """The latest recorded state of each booking of the activity, with what the link
-        holds for it."""
+        holds for it: the whole history in memory (reconcile's, for now). A backfill reads
+        keyset pages within the horizon instead (backfill_store)."""
         async with self.pool.connection() as conn:
             rows = await (
                 await conn.execute(
@@ -363,10 +363,6 @@ class Repository:
         """The records of a (link, booking) no longer hold this event (it was removed)."""
         async with self.pool.connection() as conn:
             await conn.execute(_FORGET_EVENT, (link_id, booking_id, event_id))
-
-    async def mark_backfilled(self, link_id: str) -> None:
-        async with self.pool.connection() as conn:
-            await conn.execute(_MARK_BACKFILLED, (link_id,))
 
     # --- grants (the token provider's) ------------------------------------------------------
 

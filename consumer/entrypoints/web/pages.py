@@ -33,7 +33,7 @@ from aiohttp import web
 
 from consumer.adapters.postgres.page_store import PageStore
 from consumer.domain.errors import LinkError, RefusalKind, TokenRefused
-from consumer.domain.records import CalendarInfo
+from consumer.domain.records import Backfill, CalendarInfo
 from consumer.entrypoints.problems import http_status
 from consumer.entrypoints.web import views
 from consumer.entrypoints.web.render import render, static_files
@@ -321,7 +321,9 @@ class Pages:
         taken: dict[str, tuple[str, str]],
         error: str | None = None,
         status: int = 200,
+        will_write: int | None = None,
     ) -> web.Response:
+        """`will_write`: how many bookings the backfill writes once a calendar is saved."""
         binding = request.cookies.get(BINDING_COOKIE) or new_secret()
         response = self.page(
             request,
@@ -336,6 +338,7 @@ class Pages:
             calendars=views.calendar_choices(calendars, taken, link.account_email),
             valid_for=views.duration(self.settings.oauth_state_ttl_s),
             links_url=self.links_url(link.activity_id) if self.session(request) else None,
+            will_write_text=views.will_write_text(will_write, self.settings.backfill_past_days),
         )
         self.set_cookie(
             response,
@@ -382,7 +385,8 @@ async def after_consent(request: web.Request) -> web.StreamResponse:
     if link.state != "pending":  # reconnected: the catch-ups (every activity's) run
         return pages.redirect(pages.progress_url(list(connected.backfill_ids.values())))
     taken = await pages.service.taken(connected.activity_id, link.id)
-    return pages.choice_page(request, link, connected.calendars, taken)
+    will_write = await pages.service.will_write(link.id)
+    return pages.choice_page(request, link, connected.calendars, taken, will_write=will_write)
 
 
 async def choose(request: web.Request) -> web.StreamResponse:
@@ -426,6 +430,7 @@ async def choose(request: web.Request) -> web.StreamResponse:
             choice.taken,
             error=_sentence(views.for_people(str(exc), exc.problem)),
             status=http_status(exc),
+            will_write=choice.will_write,
         )
     log.info("page_calendar_chosen", link_id=chosen.link.id, calendar_id=calendar_id)
     return pages.redirect(pages.progress_url([chosen.backfill_id]))
@@ -442,33 +447,19 @@ async def backfill_progress(request: web.Request) -> web.StreamResponse:
     backfills = await pages.service.backfills(ids)
     if not backfills:
         raise web.HTTPNotFound()
-    items: list[dict[str, Any]] = []
-    for backfill in backfills:
-        view = views.progress(backfill, quota_ceiling(pages.service.settings))
-        link = await pages.service.get(backfill.link_id)
-        remaining = view["remaining_s"]
-        items.append(
-            {
-                "view": view,
-                "text": views.progress_text(view),
-                "account": link.account_email,
-                "activity_id": link.activity_id,
-                "calendar_label": backfill.calendar_name or backfill.calendar_id,
-                "eta_text": (
-                    f"{views.utc(datetime.fromisoformat(view['estimated_end']))} (in "
-                    f"{views.duration(remaining)})"
-                    if view["estimated_end"] and remaining is not None
-                    else None
-                ),
-            }
-        )
+    items = [await _progress_item(pages, backfill) for backfill in backfills]
     running = any(item["view"]["status"] == "running" for item in items)
     if not views.prefers_html(request.headers.get("Accept")):
         answer = web.json_response(
             {
                 "finished": not running,
                 "backfills": [
-                    {**item["view"], "text": item["text"], "eta_text": item["eta_text"]}
+                    {
+                        **item["view"],
+                        "text": item["text"],
+                        "eta_text": item["eta_text"],
+                        "will_write_text": item["will_write_text"],
+                    }
                     for item in items
                 ],
             }
@@ -495,6 +486,27 @@ async def backfill_progress(request: web.Request) -> web.StreamResponse:
             else None
         ),
     )
+
+
+async def _progress_item(pages: Pages, backfill: Backfill) -> dict[str, Any]:
+    """One backfill as the progress page (and its JSON) shows it."""
+    view = views.progress(backfill, quota_ceiling(pages.service.settings))
+    link = await pages.service.get(backfill.link_id)
+    remaining = view["remaining_s"]
+    return {
+        "view": view,
+        "text": views.progress_text(view),
+        "account": link.account_email,
+        "activity_id": link.activity_id,
+        "calendar_label": backfill.calendar_name or backfill.calendar_id,
+        "will_write_text": views.backfill_will_write_text(backfill),
+        "eta_text": (
+            f"{views.utc(datetime.fromisoformat(view['estimated_end']))} (in "
+            f"{views.duration(remaining)})"
+            if view["estimated_end"] and remaining is not None
+            else None
+        ),
+    }
 
 
 # --- signing in ---------------------------------------------------------------------------
@@ -693,7 +705,9 @@ async def choose_again(request: web.Request) -> web.StreamResponse:
     pages.require_session(request)
     await _link_of(pages, request)
     choice = await pages.service.choice(request.match_info["link"])
-    return pages.choice_page(request, choice.link, choice.calendars, choice.taken)
+    return pages.choice_page(
+        request, choice.link, choice.calendars, choice.taken, will_write=choice.will_write
+    )
 
 
 async def disconnect_page(request: web.Request) -> web.StreamResponse:

@@ -8,8 +8,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from consumer.adapters.postgres.link_store import Backfill, LastResult
-from consumer.domain.records import CalendarInfo
+from consumer.domain.records import Backfill, CalendarInfo, LastResult
 from consumer.service.links import LinkHealth
 from consumer.service.progress import progress as backfill_progress
 
@@ -123,6 +122,28 @@ def progress_text(view: dict[str, Any]) -> str:
     if view["remaining_s"] is not None and done:
         parts.append(f"about {duration(view['remaining_s'])} left")
     return ", ".join(parts) + "."
+
+
+def will_write_text(count: int | None, past_days: float) -> str | None:
+    """What choosing a calendar writes: "N bookings will be written" (those ending after
+    the horizon; older ones are never sent)."""
+    if count is None:
+        return None
+    days = f"{past_days:g} day{'s' if past_days != 1 else ''}"
+    return (
+        f"{count} booking{'s' if count != 1 else ''} will be written to the calendar you "
+        f"choose (those ending after {days} ago; older ones are left out)."
+    )
+
+
+def backfill_will_write_text(backfill: Backfill) -> str | None:
+    """A backfill's total, once counted: "N bookings will be written" (those ending after
+    its horizon)."""
+    if backfill.total is None:
+        return None
+    total = backfill.total
+    since = f" (those ending after {utc(backfill.horizon)})" if backfill.horizon else ""
+    return f"{total} booking{'s' if total != 1 else ''} will be written{since}."
 
 
 # --- the calendar choice ----------------------------------------------------------------
