@@ -318,7 +318,7 @@ async def test_a_stopped_backfill_is_finished_by_the_repair_loop(env: Env) -> No
 
 async def test_a_backfill_page_is_read_from_the_index_not_the_history(env: Env) -> None:
     """The page statement reads the activity's bookings within the horizon straight from
-    `bookings_activity_end` (sql/017), never a scan of the activity's whole history."""
+    `bookings_activity_ends` (sql/016), never a scan of the activity's whole history."""
     from consumer.adapters.postgres.backfill_store import _ACTIVITY_PAGE
 
     fill(env, "past_", 20_000, "-30 days", "-1 hour")
@@ -337,5 +337,5 @@ async def test_a_backfill_page_is_read_from_the_index_not_the_history(env: Env) 
         row = conn.execute(f"EXPLAIN (FORMAT JSON) {_ACTIVITY_PAGE}", params).fetchone()
     assert row is not None
     plan = json.dumps(row[0])
-    assert "bookings_activity_end" in plan, plan
+    assert "bookings_activity_ends" in plan, plan
     assert '"Seq Scan"' not in plan, plan

@@ -1,8 +1,8 @@
 """PostgreSQL of backfills: the bookings a backfill reads, in keyset pages bounded by the
 horizon, and its record in `backfills` (progress as it goes, for pages, status and CLI).
 
-A page is read straight from an index (`bookings_activity_end`, sql/017): the activity's
-bookings ending after the horizon, ordered by (end, booking id), however many past
+A page is read straight from an index (`bookings_activity_ends`, sql/016 and sql/023): the
+activity's bookings ending after the horizon, ordered by (end, booking id), however many past
 bookings the activity has; the memory of a backfill is one page, never the history.
 """
 
@@ -25,12 +25,12 @@ log = structlog.get_logger(__name__)
 _HELD = "lb.applied_version, lb.google_event_id, lb.generation, lb.calendar_id"
 # The activity's bookings ending after the horizon, with what the link holds for each.
 _ACTIVITY_PAGE = (
-    f"SELECT b.booking_id, calsync_booking_end(b.event) AS ends_at, b.event, {_HELD}"
+    f"SELECT b.booking_id, b.ends_at AS ends_at, b.event, {_HELD}"
     " FROM bookings b"
     " LEFT JOIN link_bookings lb ON lb.link_id = %(link)s AND lb.booking_id = b.booking_id"
-    " WHERE b.activity_id = %(activity)s AND calsync_booking_end(b.event) > %(since)s"
-    " AND (calsync_booking_end(b.event), b.booking_id) > (%(after_end)s, %(after_id)s)"
-    " ORDER BY calsync_booking_end(b.event), b.booking_id LIMIT %(limit)s"
+    " WHERE b.activity_id = %(activity)s AND b.ends_at > %(since)s"
+    " AND (b.ends_at, b.booking_id) > (%(after_end)s, %(after_id)s)"
+    " ORDER BY b.ends_at, b.booking_id LIMIT %(limit)s"
 )
 # Bookings ending after the horizon whose event is still on the link's calendars although
 # they moved to another activity since (they must leave); by the link's own key.
@@ -39,7 +39,7 @@ _MOVED_AWAY_PAGE = (
     " FROM link_bookings lb JOIN bookings b ON b.booking_id = lb.booking_id"
     " WHERE lb.link_id = %(link)s AND lb.booking_id > %(after_id)s"
     " AND lb.google_event_id IS NOT NULL AND b.activity_id <> %(activity)s"
-    " AND calsync_booking_end(b.event) > %(since)s"
+    " AND b.ends_at > %(since)s"
     " ORDER BY lb.booking_id LIMIT %(limit)s"
 )
 _MARK_BACKFILLED = "UPDATE calendar_links SET backfilled_at = now() WHERE id = %s"

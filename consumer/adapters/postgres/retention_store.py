@@ -120,7 +120,7 @@ _BOOKINGS = (
     " AND (b.event_type IN ('booking.deleted', 'booking.canceled')"
     " OR b.event -> 'booking' ->> 'status' IN ('draft', 'canceled')"
     " OR b.event -> 'booking' ->> 'source' = 'ical'"
-    " OR (b.event -> 'booking' ->> 'end')::timestamptz <= %(horizon)s)"
+    " OR b.ends_at <= %(horizon)s)"
     " AND NOT EXISTS (SELECT 1 FROM link_bookings lb WHERE lb.booking_id = b.booking_id"
     " AND lb.google_event_id IS NOT NULL)"
     " AND NOT EXISTS (SELECT 1 FROM repairs r WHERE r.booking_id = b.booking_id)"
