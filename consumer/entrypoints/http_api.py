@@ -32,7 +32,7 @@ from aiohttp import web
 from consumer.bootstrap import page_store
 from consumer.domain.errors import LinkError, RefusalKind
 from consumer.entrypoints.problems import http_status
-from consumer.entrypoints.web import pages
+from consumer.entrypoints.web import flow, pages, site
 from consumer.entrypoints.web.views import prefers_html
 from consumer.service.answers import Answer
 from consumer.service.links import LinkService
@@ -74,7 +74,7 @@ def _middlewares(admin_token: str) -> list[Any]:
                     "<CALSYNC_ADMIN_TOKEN>)"
                 )
                 if prefers_html(request.headers.get("Accept")):
-                    page = request.app[pages.PAGES_KEY].error_page(
+                    page = request.app[site.PAGES_KEY].error_page(
                         request, 401, "unauthorized", detail
                     )
                     page.headers["WWW-Authenticate"] = 'Bearer realm="calsync"'
@@ -89,7 +89,7 @@ def _middlewares(admin_token: str) -> list[Any]:
         ) -> web.StreamResponse:
             if prefers_html(request.headers.get("Accept")):
                 try:
-                    return request.app[pages.PAGES_KEY].error_page(
+                    return request.app[site.PAGES_KEY].error_page(
                         request, status, name, detail, activity_id
                     )
                 except Exception:
@@ -110,7 +110,7 @@ def _middlewares(admin_token: str) -> list[Any]:
             log.exception("http_error", path=request.path)
             return refusal(500, "internal_error", "the request failed; see the service's log")
 
-    return [problems, authenticate, pages.session_middleware]
+    return [problems, authenticate, site.session_middleware]
 
 
 def _json(answer: Answer, status: int = 200) -> web.Response:
@@ -151,7 +151,7 @@ async def oauth_callback(request: web.Request) -> web.StreamResponse:
     """Google's redirect. Browsers get the calendar choice page (or, embedded, go back to
     the host's dashboard); API clients keep the JSON answer."""
     if prefers_html(request.headers.get("Accept")):
-        return await pages.after_consent(request)
+        return await flow.after_consent(request)
     return _json(await request.app[SERVICE_KEY].finish_connect(dict(request.query)))
 
 
@@ -206,7 +206,7 @@ def build_app(settings: Settings, service: LinkService) -> web.Application:
     assert settings.admin_token is not None
     app = web.Application(middlewares=_middlewares(settings.admin_token.get_secret_value()))
     app[SERVICE_KEY] = service
-    app[pages.PAGES_KEY] = pages.Pages.build(settings, service, page_store(service))
+    app[site.PAGES_KEY] = site.Pages.build(settings, service, page_store(service))
     if (settings.http_public_url or "").strip().lower().startswith("https://"):
         # Every answer, the JSON API's, redirects and errors too (not over plain http:
         # browsers ignore it there, and it would say nothing true).
