@@ -79,7 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("consume", help="run the consumer until SIGTERM or SIGINT")
     schema = sub.add_parser("schema", help="print the booking event JSON Schema")
     schema.add_argument("--write", action="store_true", help="write it into schemas/")
+    _add_replay(sub)
+    _add_on_call(sub)
+    _add_serving_and_keys(sub)
+    cli_links.add_links_commands(sub, _aware)
+    return parser
 
+
+def _add_replay(sub: argparse._SubParsersAction[_Parser]) -> None:
     replay = sub.add_parser(
         "replay",
         help="reset the group's offsets to re-read messages "
@@ -109,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--by", help="who asks (recorded; default: user@host)")
     replay.add_argument("--json", action="store_true")
+
+
+def _add_on_call(sub: argparse._SubParsersAction[_Parser]) -> None:
+    """status, repair, reconcile, dlq"""
     status = sub.add_parser("status", help="members, lag, links, failures, repairs, dead letters")
     status.add_argument("--json", action="store_true")
     repair = sub.add_parser(
@@ -151,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_replay.add_argument("--value-file", help="a corrected value for one dead letter")
     dlq_replay.add_argument("--by", help="who asks (recorded; default: user@host)")
 
+
+def _add_serving_and_keys(sub: argparse._SubParsersAction[_Parser]) -> None:
     sub.add_parser(
         "serve",
         help="the links HTTP API and Google's OAuth redirect "
@@ -161,9 +174,6 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_subparsers(dest="keys_command", required=True)
     keys.add_parser("generate", help="print a new key")
     keys.add_parser("rotate", help="re-encrypt every stored token under the first key")
-
-    cli_links.add_links_commands(sub, _aware)
-    return parser
 
 
 def _cmd_keys(args: argparse.Namespace, settings: Settings) -> int:

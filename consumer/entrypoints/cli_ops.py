@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from consumer.domain.errors import CliError
 from consumer.service.answers import DeadLetterMessage
 from consumer.settings import Settings
+
+if TYPE_CHECKING:  # imported where a command runs: each command loads only what it needs
+    from consumer.service.operations import PartitionPlan
 
 
 def print_json(value: Any) -> None:
@@ -31,19 +34,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
     from consumer import bootstrap
     from consumer.service import operations as ops
 
-    if args.resync and not args.execute:
-        raise CliError("--resync goes with --execute (a dry run changes nothing)")
-    if args.dry_run and args.execute:
-        raise CliError("--dry-run and --execute exclude each other")
-    group, topic = args.group or settings.group_id, args.topic or settings.topic
-    if ":" in topic:  # kafka-consumer-groups' topic:0,1,2
-        topic, _, listed = topic.partition(":")
-        if args.partitions:
-            raise CliError("give partitions once: --topic T:0,1 or --partitions 0,1")
-        try:
-            args.partitions = sorted({int(p) for p in listed.split(",") if p.strip()})
-        except ValueError:
-            raise CliError(f"not a list of partitions after {topic}: {listed!r}") from None
+    group, topic = _replay_target(args, settings)
     spec = ops.ResetSpec(
         args.to_datetime, args.by_duration, args.to_offset, args.shift_by, args.to_earliest
     )
@@ -65,6 +56,36 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
         return plan, resynced
 
     plan, resynced = asyncio.run(run())
+    _print_replay(args, group, topic, plan, resynced)
+    return 0
+
+
+def _replay_target(args: argparse.Namespace, settings: Settings) -> tuple[str, str]:
+    """The group and topic a replay is about (refusing arguments that do not go together);
+    `topic:0,1,2` (kafka-consumer-groups' way) sets the partitions."""
+    if args.resync and not args.execute:
+        raise CliError("--resync goes with --execute (a dry run changes nothing)")
+    if args.dry_run and args.execute:
+        raise CliError("--dry-run and --execute exclude each other")
+    group, topic = args.group or settings.group_id, args.topic or settings.topic
+    if ":" in topic:
+        topic, _, listed = topic.partition(":")
+        if args.partitions:
+            raise CliError("give partitions once: --topic T:0,1 or --partitions 0,1")
+        try:
+            args.partitions = sorted({int(p) for p in listed.split(",") if p.strip()})
+        except ValueError:
+            raise CliError(f"not a list of partitions after {topic}: {listed!r}") from None
+    return group, topic
+
+
+def _print_replay(
+    args: argparse.Namespace,
+    group: str,
+    topic: str,
+    plan: list[PartitionPlan],
+    resynced: int | None,
+) -> None:
     if args.json:
         print_json(
             {
@@ -83,7 +104,7 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
                 ],
             }
         )
-        return 0
+        return
     print(f"{'PARTITION':10} {'CURRENT':>10} {'NEW':>10} {'RE-READ':>8}")
     for p in plan:
         print(f"{p.partition:<10} {p.current:>10} {p.new:>10} {p.rereads:>8}")
@@ -97,7 +118,6 @@ def replay(args: argparse.Namespace, settings: Settings) -> int:
             f"done: group {group} will re-read {total} message(s) on {topic}"
             + (f"; {resynced} event operation(s) re-applied to Google" if args.resync else "")
         )
-    return 0
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
